@@ -1,0 +1,127 @@
+"""`python -m client`: one province's daemon; every flag has an environment fallback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from client.daemon import ClientDaemon, ClientError
+from client.local import LocalWork
+from common.data import DataError, load_province, synthesize_province
+from common.logs import setup_logging
+from common.provinces import PROVINCES, check_province
+
+log = logging.getLogger("fedstock.client")
+
+DEFAULT_ROWS = 270_000
+
+
+def env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"FEDSTOCK_{name}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description="Run one province's fedstock client: load its own rows, join the server, "
+        "train and evaluate when asked, exit 0 when the server says stop. Each flag falls back "
+        "to the environment variable named in brackets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--province",
+        default=env("PROVINCE", None),
+        help=f"this client's province, one of: {', '.join(PROVINCES)} [FEDSTOCK_PROVINCE]",
+    )
+    add(
+        "--server",
+        default=env("SERVER", "localhost:50051"),
+        help="the aggregation server's HOST:PORT [FEDSTOCK_SERVER]",
+    )
+    add(
+        "--data",
+        type=Path,
+        default=env("DATA", None),
+        help="folder holding <province>.parquet (see `python -m common.data --help`); without "
+        "it the client synthesizes its province of the embedded default market [FEDSTOCK_DATA]",
+    )
+    add(
+        "--rows",
+        type=int,
+        default=env("ROWS", str(DEFAULT_ROWS)),
+        help="rows of the whole synthetic market, of which this province makes its share "
+        "(ignored with --data) [FEDSTOCK_ROWS]",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=env("SEED", "7"),
+        help="seed of the synthetic market (ignored with --data) [FEDSTOCK_SEED]",
+    )
+    add(
+        "--connect-timeout",
+        type=float,
+        default=env("CONNECT_TIMEOUT", "300"),
+        help="seconds to keep retrying while the server is unreachable [FEDSTOCK_CONNECT_TIMEOUT]",
+    )
+    add(
+        "--transfer-timeout",
+        type=float,
+        default=env("TRANSFER_TIMEOUT", "600"),
+        help="deadline in seconds for sending or receiving one set of parameters "
+        "[FEDSTOCK_TRANSFER_TIMEOUT]",
+    )
+    add(
+        "--max-model-mb",
+        type=float,
+        default=env("MAX_MODEL_MB", "4096"),
+        help="largest global model accepted from the server, in MiB [FEDSTOCK_MAX_MODEL_MB]",
+    )
+    args = parser.parse_args(argv)
+    if args.province is None:
+        parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
+    try:
+        args.province = check_province(args.province)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.rows < 1:
+        parser.error("--rows must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        if args.data is not None:
+            raw = load_province(args.data, args.province)
+        else:
+            raw = synthesize_province(args.province, args.rows, args.seed)
+    except DataError as error:
+        log.error("cannot load %s's data: %s", args.province, error)
+        return 2
+    log.info("%s holds %d rows", args.province, len(raw))
+    daemon = ClientDaemon(
+        args.province,
+        args.server,
+        LocalWork(raw),
+        connect_timeout=args.connect_timeout,
+        transfer_timeout=args.transfer_timeout,
+        max_model_bytes=int(args.max_model_mb * (1 << 20)),
+    )
+    try:
+        daemon.run()
+    except ClientError as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The province daemon's link to the server: join, poll for tasks, do them, submit outcomes.
+
+The client always dials out (data owners sit behind firewalls). It waits with backoff while the
+server is not up yet, rejoins if the server forgot it, and exits when told to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from client.local import LocalWork, Outcome
+from common.preprocess import features_for
+from common.tensors import Arrays, Payload, PayloadReceiver, from_tensor
+from common.wire import CHANNEL_OPTIONS, SESSION_METADATA_KEY, SOFTWARE_VERSION, from_config
+from proto.fedstock.v1 import federation_pb2 as pb
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger("fedstock.client")
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+JOIN_DEADLINE_SECONDS = 10.0
+
+
+class ClientError(RuntimeError):
+    """The client cannot go on; the message says why and what to do."""
+
+
+class Backoff:
+    """Exponential backoff with jitter, giving up once `patience` seconds have passed."""
+
+    def __init__(self, patience: float, first: float = 0.5, ceiling: float = 10.0) -> None:
+        self.patience, self.first, self.ceiling = patience, first, ceiling
+        self.reset()
+
+    def reset(self) -> None:
+        self._since = time.monotonic()
+        self._delay = self.first
+
+    def wait(self, why: str) -> None:
+        if time.monotonic() - self._since > self.patience:
+            raise ClientError(f"gave up after {self.patience:g} s: {why}")
+        log.info("%s; retrying in %.1f s", why, self._delay)
+        time.sleep(self._delay * random.uniform(0.8, 1.2))
+        self._delay = min(self._delay * 2, self.ceiling)
+
+
+class ClientDaemon:
+    def __init__(
+        self,
+        province: str,
+        address: str,
+        work: LocalWork,
+        connect_timeout: float,
+        transfer_timeout: float,
+        max_model_bytes: int,
+    ) -> None:
+        self.province = province
+        self.address = address
+        self.work = work
+        self.connect_timeout = connect_timeout
+        self.transfer_timeout = transfer_timeout
+        self.max_model_bytes = max_model_bytes
+        self._session = ""
+        self._poll_seconds = 20.0
+
+    def run(self) -> None:
+        """Serve the federation until the server says stop."""
+        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.FederationStub(channel)
+            backoff = Backoff(self.connect_timeout)
+            self._join(stub, backoff)
+            while True:
+                try:
+                    task, parameters = self._next_task(stub)
+                except grpc.RpcError as error:
+                    self._recover(stub, error, backoff)
+                    continue
+                backoff.reset()
+                if task.kind == pb.TASK_KIND_STOP:
+                    log.info("server says stop: %s", task.reason or "no reason given")
+                    return
+                if task.kind == pb.TASK_KIND_WAIT:
+                    continue
+                outcome = self._perform(task, parameters)
+                self._submit(stub, task, outcome)
+
+    def _join(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> None:
+        request = pb.JoinRequest(
+            province=self.province, rows=len(self.work.raw), software_version=SOFTWARE_VERSION
+        )
+        while True:
+            try:
+                reply = stub.Join(request, timeout=JOIN_DEADLINE_SECONDS, wait_for_ready=False)
+                break
+            except grpc.RpcError as error:
+                if error.code() not in RETRYABLE:
+                    raise ClientError(
+                        f"the server refused to let {self.province} join: {error.details()}"
+                    ) from None
+                backoff.wait(f"server {self.address} not reachable ({error.code().name})")
+        self._session = reply.session
+        self._poll_seconds = reply.poll_seconds or self._poll_seconds
+        backoff.reset()
+        log.info(
+            "%s joined server %s (version %s)", self.province, self.address, reply.server_version
+        )
+
+    def _recover(
+        self, stub: pb_grpc.FederationStub, error: grpc.RpcError, backoff: Backoff
+    ) -> None:
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+            log.warning("the server no longer knows this session; joining again")
+            self._join(stub, backoff)
+        elif error.code() in RETRYABLE:
+            backoff.wait(f"lost the server ({error.code().name}: {error.details()})")
+        else:
+            raise ClientError(
+                f"the server ended the task stream: {error.code().name}: {error.details()}"
+            )
+
+    def _metadata(self) -> tuple[tuple[str, str]]:
+        return ((SESSION_METADATA_KEY, self._session),)
+
+    def _next_task(self, stub: pb_grpc.FederationStub) -> tuple[pb.Task, Arrays | None]:
+        stream = stub.GetTask(
+            pb.TaskRequest(),
+            timeout=self._poll_seconds + self.transfer_timeout,
+            metadata=self._metadata(),
+        )
+        first = next(stream)
+        if first.WhichOneof("part") != "task":
+            raise ClientError("the server's task stream did not start with a task")
+        task = first.task
+        if not task.HasField("parameters"):
+            return task, None
+        receiver = PayloadReceiver(task.parameters, self.max_model_bytes)
+        for chunk in stream:
+            receiver.add(chunk.data)
+        return task, receiver.arrays()
+
+    def _perform(self, task: pb.Task, parameters: Arrays | None) -> Outcome:
+        config = from_config(task.config)
+        kind = pb.TaskKind.Name(task.kind)
+        log.info("round %d: %s", task.round, kind.removeprefix("TASK_KIND_").lower())
+        if task.kind == pb.TASK_KIND_STATISTICS:
+            return self.work.statistics(config)
+        scaler = self._scaler(task, str(config["setting"]))
+        if task.kind == pb.TASK_KIND_TRAIN:
+            return self.work.train(config, scaler, parameters)
+        if task.kind == pb.TASK_KIND_EVALUATE and parameters is not None:
+            return self.work.evaluate(config, scaler, parameters)
+        raise ClientError(f"the server sent a task this client does not understand: {kind}")
+
+    @staticmethod
+    def _scaler(task: pb.Task, setting: str) -> tuple[np.ndarray, np.ndarray]:
+        expected = features_for(setting)
+        if list(task.scaler.features) != expected:
+            raise ClientError(
+                f"the server scales features {list(task.scaler.features)}, "
+                f"this client has {expected}"
+            )
+        return from_tensor(task.scaler.mean), from_tensor(task.scaler.scale)
+
+    def _submit(self, stub: pb_grpc.FederationStub, task: pb.Task, outcome: Outcome) -> None:
+        payload = Payload.encode(outcome.arrays) if outcome.arrays else None
+
+        def chunks() -> Iterator[pb.SubmitChunk]:
+            yield pb.SubmitChunk(
+                outcome=pb.Outcome(
+                    task_id=task.task_id,
+                    round=task.round,
+                    kind=task.kind,
+                    num_examples=outcome.num_examples,
+                    metrics=outcome.metrics,
+                    parameters=payload.header if payload else None,
+                )
+            )
+            if payload is not None:
+                for data in payload.chunks():
+                    yield pb.SubmitChunk(data=data)
+
+        try:
+            stub.Submit(chunks(), timeout=self.transfer_timeout, metadata=self._metadata())
+        except grpc.RpcError as error:
+            log.warning(
+                "round %d: the server did not accept the outcome: %s: %s",
+                task.round,
+                error.code().name,
+                error.details(),
+            )

@@ -1,0 +1,79 @@
+"""A province's own work on its own rows: statistics, training and evaluation.
+
+Rows never leave this module; what it returns are sums, parameters and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from client.trainers import trainer_for
+from common import preprocess
+from common.tensors import Arrays
+from common.wire import ConfigScalar
+
+
+@dataclass(frozen=True)
+class Outcome:
+    num_examples: int
+    metrics: dict[str, float]
+    arrays: Arrays = field(default_factory=dict)
+
+
+class LocalWork:
+    def __init__(self, raw: pd.DataFrame) -> None:
+        self.raw = raw
+        self._splits: dict[tuple[str, float, int], preprocess.Split] = {}
+
+    def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
+        """The province's split for the federation's data settings, computed once per setting."""
+        key = (str(config["setting"]), float(config["test_fraction"]), int(config["seed"]))
+        if key not in self._splits:
+            self._splits[key] = preprocess.split(self.raw, *key)
+        return self._splits[key]
+
+    def statistics(self, config: Mapping[str, ConfigScalar]) -> Outcome:
+        started = time.perf_counter()
+        data = self.split(config)
+        sums = preprocess.statistics(data.x_train, data.y_train)
+        return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)
+
+    def train(
+        self,
+        config: Mapping[str, ConfigScalar],
+        scaler: tuple[np.ndarray, np.ndarray],
+        parameters: Arrays | None,
+    ) -> Outcome:
+        started = time.perf_counter()
+        data = self.split(config)
+        trainer = trainer_for(str(config["model"]))
+        x = preprocess.scale(data.x_train, *scaler)
+        update = trainer.fit(x, data.y_train, parameters, config)
+        metrics = {}
+        if trainer.update_is_model:
+            metrics["train_mse"] = _mse(trainer.predict(update, x), data.y_train)
+        metrics["seconds"] = time.perf_counter() - started
+        return Outcome(len(data.y_train), metrics, update)
+
+    def evaluate(
+        self,
+        config: Mapping[str, ConfigScalar],
+        scaler: tuple[np.ndarray, np.ndarray],
+        parameters: Arrays,
+    ) -> Outcome:
+        started = time.perf_counter()
+        data = self.split(config)
+        prediction = trainer_for(str(config["model"])).predict(
+            parameters, preprocess.scale(data.x_test, *scaler)
+        )
+        metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
+        return Outcome(len(data.y_test), metrics)
+
+
+def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean((prediction - truth) ** 2))

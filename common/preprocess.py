@@ -1,0 +1,120 @@
+"""From raw daily bars to model-ready arrays, the same way on every client.
+
+Cleaning is local (each client drops its own bad rows). Scaling is global: a client only ever
+shares sums over its rows (n, Σz, Σzzᵀ), from which the server derives the federation's mean,
+variance and Pearson correlation, and every client then scales with the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SETTINGS = ("next-day", "paper")
+# The paper's seven features after its correlation analysis dropped the stock id.
+PAPER_FEATURES = ["close", "high", "low", "high_limit", "low_limit", "volume", "money"]
+# Forecasting tomorrow, today's average price is itself a feature.
+NEXT_DAY_FEATURES = [*PAPER_FEATURES, "price"]
+TARGET = "target"
+
+
+def features_for(setting: str) -> list[str]:
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; expected one of: {', '.join(SETTINGS)}")
+    return list(NEXT_DAY_FEATURES if setting == "next-day" else PAPER_FEATURES)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One province's rows, ready for a model: unscaled features and the price target."""
+
+    features: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def clean(raw: pd.DataFrame) -> pd.DataFrame:
+    """Add `price = money / volume` and drop rows where any number is missing or infinite.
+
+    Suspended days have no volume, so their price is undefined and they go too.
+    """
+    frame = raw.assign(price=raw["money"] / raw["volume"])
+    numbers = frame[[*PAPER_FEATURES, "price"]].to_numpy(dtype=np.float64)
+    keep = np.isfinite(numbers).all(axis=1) & (frame["volume"].to_numpy() > 0)
+    return frame.loc[keep].reset_index(drop=True)
+
+
+def split(
+    raw: pd.DataFrame, setting: str = "next-day", test_fraction: float = 0.2, seed: int = 0
+) -> Split:
+    """Targets and a train/test split for one province.
+
+    next-day: the target is the stock's price on its next trading day, and the split is by time
+    (the last `test_fraction` of dates is the test set: train on the past, test on the future).
+    paper: the target is the same day's price with a random split, as the seed paper did.
+    """
+    features = features_for(setting)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
+    frame = clean(raw)
+    if setting == "next-day":
+        frame = frame.sort_values(["code", "date"], kind="stable")
+        frame[TARGET] = frame.groupby("code", sort=False)["price"].shift(-1)
+        frame = frame.dropna(subset=[TARGET])
+        cutoff = frame["date"].quantile(1.0 - test_fraction)
+        is_test = (frame["date"] > cutoff).to_numpy()
+    else:
+        frame = frame.assign(**{TARGET: frame["price"]})
+        order = np.random.default_rng(seed).permutation(len(frame))
+        is_test = np.zeros(len(frame), dtype=bool)
+        is_test[order[: round(len(frame) * test_fraction)]] = True
+    x = frame[features].to_numpy(dtype=np.float64)
+    y = frame[TARGET].to_numpy(dtype=np.float64)
+    if len(y) == 0:
+        raise ValueError("no usable rows remain after cleaning")
+    return Split(features, x[~is_test], y[~is_test], x[is_test], y[is_test])
+
+
+def statistics(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """The sums a client shares: n, Σz and Σzzᵀ over z = [features, target]."""
+    z = np.column_stack([x, y])
+    return {"count": np.array(len(z), dtype=np.float64), "sum": z.sum(axis=0), "cross": z.T @ z}
+
+
+@dataclass(frozen=True)
+class GlobalStatistics:
+    """Federation-wide mean, standard deviation and correlation, from summed statistics."""
+
+    columns: list[str]
+    count: int
+    mean: np.ndarray
+    std: np.ndarray
+    correlation: np.ndarray
+
+    @classmethod
+    def from_sums(cls, columns: list[str], parts: list[dict[str, np.ndarray]]) -> GlobalStatistics:
+        count = float(sum(p["count"] for p in parts))
+        if count < 2:
+            raise ValueError("global statistics need at least two rows in the federation")
+        mean = sum(p["sum"] for p in parts) / count
+        covariance = sum(p["cross"] for p in parts) / count - np.outer(mean, mean)
+        variance = np.clip(np.diag(covariance), 0.0, None)
+        std = np.sqrt(variance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            correlation = covariance / np.outer(std, std)
+        correlation[~np.isfinite(correlation)] = 0.0
+        return cls(list(columns), int(count), mean, std, correlation)
+
+    def scaler(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and scale of the features (not the target), as StandardScaler would fit them."""
+        scale = self.std[:-1].copy()
+        scale[scale == 0.0] = 1.0
+        return self.mean[:-1].copy(), scale
+
+
+def scale(x: np.ndarray, mean: np.ndarray, scale_: np.ndarray) -> np.ndarray:
+    return (x - mean) / scale_

@@ -1,0 +1,149 @@
+"""Named numpy arrays to and from the wire: raw little-endian bytes, dtype and shape.
+
+No element is touched one by one: an array's buffer is written as it is and viewed again on
+arrival, so a 300 MB model costs a copy, not a loop. Payloads travel as a header listing the
+tensors followed by byte chunks small enough for any gRPC message limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from proto.fedstock.v1 import tensor_pb2 as pb
+
+Arrays = dict[str, np.ndarray]
+
+CHUNK_BYTES = 1 << 20
+
+_DTYPES: dict[int, np.dtype] = {
+    pb.DTYPE_FLOAT64: np.dtype("<f8"),
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_FLOAT16: np.dtype("<f2"),
+    pb.DTYPE_INT64: np.dtype("<i8"),
+    pb.DTYPE_INT32: np.dtype("<i4"),
+    pb.DTYPE_INT8: np.dtype("i1"),
+    pb.DTYPE_UINT8: np.dtype("u1"),
+}
+_CODES: dict[str, int] = {dtype.str.lstrip("<|"): code for code, dtype in _DTYPES.items()}
+
+
+class PayloadError(ValueError):
+    """A payload that does not describe itself honestly: bad dtype, size or chunking."""
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    code = _CODES.get(array.dtype.str.lstrip("<>|"))
+    if code is None:
+        raise PayloadError(f"dtype {array.dtype} cannot travel; use one of {sorted(_CODES)}")
+    return np.ascontiguousarray(array, dtype=_DTYPES[code])
+
+
+def _spec(name: str, array: np.ndarray) -> pb.TensorSpec:
+    code = _CODES[array.dtype.str.lstrip("<|")]
+    return pb.TensorSpec(name=name, dtype=code, shape=list(array.shape))
+
+
+def spec_nbytes(spec: pb.TensorSpec) -> int:
+    """Bytes a tensor of this spec occupies; rejects unknown dtypes and negative dimensions."""
+    dtype = _DTYPES.get(spec.dtype)
+    if dtype is None:
+        raise PayloadError(f"tensor {spec.name!r} has unknown dtype code {spec.dtype}")
+    if any(d < 0 for d in spec.shape):
+        raise PayloadError(f"tensor {spec.name!r} has a negative dimension {list(spec.shape)}")
+    return math.prod(spec.shape) * dtype.itemsize
+
+
+def to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
+    """A small array carried whole in one message."""
+    array = _little_endian(array)
+    return pb.Tensor(spec=_spec(name, array), data=array.tobytes())
+
+
+def from_tensor(tensor: pb.Tensor) -> np.ndarray:
+    expected = spec_nbytes(tensor.spec)
+    if len(tensor.data) != expected:
+        raise PayloadError(
+            f"tensor {tensor.spec.name!r} carries {len(tensor.data)} bytes, "
+            f"its spec says {expected}"
+        )
+    dtype = _DTYPES[tensor.spec.dtype]
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.spec.shape)).copy()
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Arrays encoded once, ready to be cut into chunks for any number of receivers."""
+
+    header: pb.ParametersHeader
+    blob: bytes
+
+    @classmethod
+    def encode(cls, arrays: Mapping[str, np.ndarray]) -> Payload:
+        prepared = {name: _little_endian(a) for name, a in arrays.items()}
+        header = pb.ParametersHeader(
+            tensors=[_spec(name, a) for name, a in prepared.items()],
+            total_bytes=sum(a.nbytes for a in prepared.values()),
+        )
+        return cls(header, b"".join(a.data for a in prepared.values()))
+
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        view = memoryview(self.blob)
+        for start in range(0, len(view), chunk_bytes):
+            yield bytes(view[start : start + chunk_bytes])
+
+
+class PayloadReceiver:
+    """Rebuilds arrays from a header and its chunks, refusing anything over `max_bytes`."""
+
+    def __init__(self, header: pb.ParametersHeader, max_bytes: int) -> None:
+        sizes = [spec_nbytes(spec) for spec in header.tensors]
+        names = [spec.name for spec in header.tensors]
+        if len(set(names)) != len(names):
+            raise PayloadError(f"tensor names repeat: {names}")
+        if sum(sizes) != header.total_bytes:
+            raise PayloadError(
+                f"header says {header.total_bytes} bytes but its tensors need {sum(sizes)}"
+            )
+        if header.total_bytes > max_bytes:
+            raise PayloadError(
+                f"payload of {header.total_bytes} bytes exceeds the limit of {max_bytes} bytes"
+            )
+        self._header = header
+        self._sizes = sizes
+        self._buffer = bytearray(header.total_bytes)
+        self._filled = 0
+
+    def add(self, chunk: bytes) -> None:
+        end = self._filled + len(chunk)
+        if end > len(self._buffer):
+            raise PayloadError(f"chunks overrun the announced {len(self._buffer)} bytes")
+        self._buffer[self._filled : end] = chunk
+        self._filled = end
+
+    def arrays(self) -> Arrays:
+        if self._filled != len(self._buffer):
+            raise PayloadError(
+                f"payload ended after {self._filled} of {len(self._buffer)} announced bytes"
+            )
+        arrays: Arrays = {}
+        offset = 0
+        for spec, size in zip(self._header.tensors, self._sizes, strict=True):
+            dtype = _DTYPES[spec.dtype]
+            flat = np.frombuffer(
+                self._buffer, dtype=dtype, count=size // dtype.itemsize, offset=offset
+            )
+            arrays[spec.name] = flat.reshape(tuple(spec.shape))
+            offset += size
+        return arrays
+
+
+def receive(header: pb.ParametersHeader, chunks: Iterable[bytes], max_bytes: int) -> Arrays:
+    receiver = PayloadReceiver(header, max_bytes)
+    for chunk in chunks:
+        receiver.add(chunk)
+    return receiver.arrays()

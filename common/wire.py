@@ -1,0 +1,62 @@
+"""Conventions both ends of the federation's gRPC link must agree on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from proto.fedstock.v1 import federation_pb2 as pb
+
+SOFTWARE_VERSION = "0.1.0"
+SESSION_METADATA_KEY = "x-fedstock-session"
+
+ConfigScalar = float | int | str | bool
+
+# Chunks are 1 MiB; a message never needs more than a few MiB, whatever the model's size.
+MAX_MESSAGE_BYTES = 16 << 20
+
+# Pings keep long local training from looking like a dead link to proxies and to gRPC itself.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def to_config(values: Mapping[str, ConfigScalar]) -> dict[str, pb.ConfigValue]:
+    """Typed task configuration; bool is checked before int because bool is an int in Python."""
+    config: dict[str, pb.ConfigValue] = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            config[key] = pb.ConfigValue(flag=value)
+        elif isinstance(value, int):
+            config[key] = pb.ConfigValue(integer=value)
+        elif isinstance(value, float):
+            config[key] = pb.ConfigValue(number=value)
+        elif isinstance(value, str):
+            config[key] = pb.ConfigValue(text=value)
+        else:
+            raise TypeError(f"config value {key}={value!r} is not a number, text or flag")
+    return config
+
+
+def from_config(config: Mapping[str, pb.ConfigValue]) -> dict[str, ConfigScalar]:
+    values: dict[str, ConfigScalar] = {}
+    for key, value in config.items():
+        kind = value.WhichOneof("value")
+        if kind is None:
+            raise ValueError(f"config value {key!r} is empty")
+        values[key] = getattr(value, kind)
+    return values

@@ -1,0 +1,214 @@
+"""`python -m server`: the aggregation daemon; every flag has an environment fallback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.logs import setup_logging
+from common.preprocess import SETTINGS
+from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION
+from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
+from server.coordinator import Coordinator
+from server.models import STRATEGIES, build_strategy
+from server.results import ResultsFile
+from server.rounds import FederationError, RoundLoop, RunSettings
+from server.servicer import FederationServicer
+
+log = logging.getLogger("fedstock.server")
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(f"FEDSTOCK_{name}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Run the fedstock aggregation server: wait for province clients, run the "
+        "rounds, write the results, exit 0 after the last round. Each flag falls back to the "
+        "environment variable named in brackets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--host", default=env("HOST", "[::]"), help="address to listen on [FEDSTOCK_HOST]")
+    add("--port", type=int, default=env("PORT", "50051"), help="port to listen on [FEDSTOCK_PORT]")
+    add(
+        "--model",
+        choices=sorted(STRATEGIES),
+        default=env("MODEL", "lr"),
+        help="lr: FedAvg of locally fitted weights (the paper's); lr-exact: summed normal "
+        "equations solved once, equal to a centralised fit [FEDSTOCK_MODEL]",
+    )
+    add("--rounds", type=int, default=env("ROUNDS", "3"), help="training rounds [FEDSTOCK_ROUNDS]")
+    add(
+        "--min-clients",
+        type=int,
+        default=env("MIN_CLIENTS", "9"),
+        help="clients needed to start and to accept a round (the quorum) [FEDSTOCK_MIN_CLIENTS]",
+    )
+    add(
+        "--round-timeout",
+        type=float,
+        default=env("ROUND_TIMEOUT", "300"),
+        help="seconds to wait for clients' answers in each phase of a round "
+        "[FEDSTOCK_ROUND_TIMEOUT]",
+    )
+    add(
+        "--join-timeout",
+        type=float,
+        default=env("JOIN_TIMEOUT", "600"),
+        help="seconds to wait for the quorum to connect [FEDSTOCK_JOIN_TIMEOUT]",
+    )
+    add(
+        "--setting",
+        choices=SETTINGS,
+        default=env("SETTING", "next-day"),
+        help="next-day: forecast tomorrow's price, split by time; paper: same-day price with a "
+        "random split, as the seed paper [FEDSTOCK_SETTING]",
+    )
+    add(
+        "--test-fraction",
+        type=float,
+        default=env("TEST_FRACTION", "0.2"),
+        help="share of each province's rows held out for evaluation [FEDSTOCK_TEST_FRACTION]",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=env("SEED", "0"),
+        help="seed of the random split in the paper setting [FEDSTOCK_SEED]",
+    )
+    add(
+        "--results",
+        type=Path,
+        default=Path(env("RESULTS", "runs/results.json")),
+        help="JSON results file, rewritten after every round [FEDSTOCK_RESULTS]",
+    )
+    add(
+        "--poll-seconds",
+        type=float,
+        default=env("POLL_SECONDS", "20"),
+        help="how long a client's request for work is held open before it is told to wait "
+        "[FEDSTOCK_POLL_SECONDS]",
+    )
+    add(
+        "--max-update-mb",
+        type=float,
+        default=env("MAX_UPDATE_MB", "4096"),
+        help="largest update a client may send, in MiB [FEDSTOCK_MAX_UPDATE_MB]",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=env("WORKERS", "32"),
+        help="gRPC handler threads; each connected client holds one while it waits for work "
+        "[FEDSTOCK_WORKERS]",
+    )
+    args = parser.parse_args(argv)
+    if args.model not in STRATEGIES:
+        parser.error(f"--model must be one of {', '.join(STRATEGIES)}, got {args.model!r}")
+    if args.setting not in SETTINGS:
+        parser.error(f"--setting must be one of {', '.join(SETTINGS)}, got {args.setting!r}")
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    for flag in ("rounds", "min_clients"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if not 0 < args.test_fraction < 1:
+        parser.error("--test-fraction must lie strictly between 0 and 1")
+    if args.workers < args.min_clients + 4:
+        parser.error(f"--workers must be at least --min-clients + 4 ({args.min_clients + 4})")
+    return args
+
+
+def build_server(
+    coordinator: Coordinator, address: str, workers: int, max_update_bytes: int
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """The gRPC server with the Federation, health and reflection services, bound to `address`."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+    federation_pb2_grpc.add_FederationServicer_to_server(
+        FederationServicer(coordinator, max_update_bytes), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_name = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
+    reflection.enable_server_reflection(
+        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(
+            f"cannot listen on {address}: is the port already in use? ({error})"
+        ) from None
+    for name in ("", service_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    coordinator = Coordinator(poll_seconds=args.poll_seconds)
+    address = f"{args.host}:{args.port}"
+    try:
+        server, health_servicer = build_server(
+            coordinator, address, args.workers, int(args.max_update_mb * (1 << 20))
+        )
+    except OSError as error:
+        log.error("%s", error)
+        return 2
+    settings = RunSettings(
+        rounds=args.rounds,
+        min_clients=args.min_clients,
+        round_timeout=args.round_timeout,
+        join_timeout=args.join_timeout,
+        setting=args.setting,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
+    results = ResultsFile(
+        args.results,
+        {
+            "model": args.model,
+            "setting": args.setting,
+            "server_version": SOFTWARE_VERSION,
+            "config": {k: str(v) for k, v in vars(args).items()},
+        },
+    )
+    server.start()
+    log.info(
+        "fedstock server %s listening on %s; model %s, %d rounds, quorum %d",
+        SOFTWARE_VERSION,
+        address,
+        args.model,
+        args.rounds,
+        args.min_clients,
+    )
+    try:
+        RoundLoop(coordinator, build_strategy(args.model), settings, results).run()
+        status = 0
+    except FederationError as error:
+        log.error("federation stopped: %s", error)
+        status = 1
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        status = 130
+    coordinator.stop(grace_seconds=args.poll_seconds + 5)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace=2).wait()
+    log.info("results written to %s", args.results)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

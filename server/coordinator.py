@@ -1,0 +1,216 @@
+"""Where the round loop and the gRPC handlers meet: who is connected, and which tasks are open.
+
+The round loop hands out tasks and waits with a deadline; handler threads deliver tasks to
+polling clients and accept their outcomes. Accepting (is this update well formed, from the
+right client, for an open task?) happens here, as it arrives; combining is the strategy's.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common.tensors import Payload
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.strategy import ClientResult, Failure
+
+log = logging.getLogger("fedstock.server")
+
+# A client seen this recently counts as connected even between two polls.
+RECENTLY_SEEN_SECONDS = 5.0
+
+
+class JoinRefused(Exception):
+    """A join the server will not accept; `reason` tells the client what to do about it."""
+
+
+@dataclass
+class Assignment:
+    task: pb.Task
+    payload: Payload | None
+
+
+@dataclass
+class ClientSession:
+    province: str
+    session: str
+    rows: int
+    version: str
+    last_seen: float
+    polling: int = 0
+    pending: Assignment | None = None
+    open_task: str | None = None
+    told_to_stop: bool = False
+
+    def alive(self, now: float) -> bool:
+        return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
+
+
+@dataclass
+class Phase:
+    """One kind of task sent to several clients in one round, open until answered or expired."""
+
+    server_round: int
+    kind: int
+    check: Callable[[ClientResult], None]
+    provinces: dict[str, str] = field(default_factory=dict)  # task id -> province
+    waiting: set[str] = field(default_factory=set)
+    results: list[ClientResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+class Coordinator:
+    def __init__(self, poll_seconds: float) -> None:
+        self.poll_seconds = poll_seconds
+        self._cond = threading.Condition()
+        self._clients: dict[str, ClientSession] = {}
+        self._sessions: dict[str, ClientSession] = {}
+        self._open: dict[str, Phase] = {}
+        self._stopping = False
+
+    # -- membership ---------------------------------------------------------------------------
+
+    def join(self, province: str, rows: int, version: str) -> ClientSession:
+        now = time.monotonic()
+        with self._cond:
+            if self._stopping:
+                raise JoinRefused("the federation has finished its rounds")
+            existing = self._clients.get(province)
+            if existing is not None and existing.alive(now):
+                raise JoinRefused(f"province {province!r} is already connected")
+            if existing is not None:
+                log.info("%s rejoins; its previous session is closed", province)
+                self._sessions.pop(existing.session, None)
+            client = ClientSession(province, secrets.token_urlsafe(24), rows, version, now)
+            self._clients[province] = client
+            self._sessions[client.session] = client
+            self._cond.notify_all()
+            return client
+
+    def client_for(self, session: str) -> ClientSession | None:
+        with self._cond:
+            client = self._sessions.get(session)
+            if client is not None:
+                client.last_seen = time.monotonic()
+            return client
+
+    def connected(self) -> list[str]:
+        now = time.monotonic()
+        with self._cond:
+            return sorted(p for p, c in self._clients.items() if c.alive(now))
+
+    def wait_for_clients(self, count: int, timeout: float) -> list[str]:
+        """Connected provinces once `count` are there, or whoever is there when time runs out."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while len(self.connected()) < count and time.monotonic() < end:
+                self._cond.wait(timeout=min(1.0, max(0.0, end - time.monotonic())))
+        return self.connected()
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def run_phase(
+        self,
+        server_round: int,
+        kind: int,
+        assignments: dict[str, Assignment],
+        check: Callable[[ClientResult], None],
+        deadline_seconds: float,
+    ) -> tuple[list[ClientResult], list[Failure]]:
+        """Hand each province its task and wait until all answered or the deadline passed."""
+        phase = Phase(server_round, kind, check)
+        kind_name = pb.TaskKind.Name(kind).removeprefix("TASK_KIND_").lower()
+        with self._cond:
+            for province, assignment in assignments.items():
+                task_id = f"r{server_round}-{kind_name}-{province}-{secrets.token_hex(4)}"
+                assignment.task.task_id = task_id
+                assignment.task.deadline_seconds = deadline_seconds
+                client = self._clients[province]
+                client.pending, client.open_task = assignment, task_id
+                phase.provinces[task_id] = province
+                phase.waiting.add(task_id)
+                self._open[task_id] = phase
+            self._cond.notify_all()
+            end = time.monotonic() + deadline_seconds
+            while phase.waiting and time.monotonic() < end:
+                self._cond.wait(timeout=end - time.monotonic())
+            for task_id in list(phase.waiting):
+                self._close(phase, task_id, f"no answer within the {deadline_seconds:g} s deadline")
+        for failure in phase.failures:
+            log.warning("round %d: %s dropped: %s", server_round, failure.province, failure.reason)
+        return list(phase.results), list(phase.failures)
+
+    def next_assignment(self, client: ClientSession, is_active: Callable[[], bool]) -> Assignment:
+        """The client's next task, waiting up to the poll interval; WAIT or STOP otherwise."""
+        end = time.monotonic() + self.poll_seconds
+        with self._cond:
+            client.polling += 1
+            try:
+                while True:
+                    if client.pending is not None:
+                        assignment, client.pending = client.pending, None
+                        return assignment
+                    if self._stopping:
+                        client.told_to_stop = True
+                        self._cond.notify_all()
+                        return Assignment(
+                            pb.Task(kind=pb.TASK_KIND_STOP, reason="training is complete"), None
+                        )
+                    remaining = end - time.monotonic()
+                    if remaining <= 0 or not is_active():
+                        return Assignment(pb.Task(kind=pb.TASK_KIND_WAIT), None)
+                    self._cond.wait(timeout=min(remaining, 1.0))
+            finally:
+                client.polling -= 1
+                client.last_seen = time.monotonic()
+
+    def task_phase(self, task_id: str) -> Phase | None:
+        with self._cond:
+            return self._open.get(task_id)
+
+    def resolve(self, task_id: str, result: ClientResult) -> bool:
+        """Accept a checked outcome; False if its task closed meanwhile."""
+        with self._cond:
+            phase = self._open.get(task_id)
+            if phase is None:
+                return False
+            phase.results.append(result)
+            self._close(phase, task_id)
+            return True
+
+    def fail(self, task_id: str, reason: str) -> None:
+        with self._cond:
+            phase = self._open.get(task_id)
+            if phase is not None:
+                self._close(phase, task_id, reason)
+
+    def _close(self, phase: Phase, task_id: str, failure: str | None = None) -> None:
+        province = phase.provinces[task_id]
+        if failure is not None:
+            phase.failures.append(Failure(province, failure))
+        phase.waiting.discard(task_id)
+        self._open.pop(task_id, None)
+        client = self._clients.get(province)
+        if client is not None and client.open_task == task_id:
+            client.open_task = None
+            client.pending = None
+        self._cond.notify_all()
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def stop(self, grace_seconds: float) -> None:
+        """Tell every connected client to stop; wait up to `grace_seconds` for them to hear it."""
+        end = time.monotonic() + grace_seconds
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            while time.monotonic() < end:
+                now = time.monotonic()
+                waiting = [c for c in self._clients.values() if c.alive(now) and not c.told_to_stop]
+                if not waiting:
+                    return
+                self._cond.wait(timeout=min(0.5, end - now))

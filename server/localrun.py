@@ -1,0 +1,170 @@
+"""A whole federation on this machine: the server and one client process per province.
+
+Used by `make demo`, the benchmark and the integration tests; every process is real and talks
+real gRPC over localhost. Each process's log goes to a file in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.provinces import PROVINCES
+from server.summary import format_summary
+
+# Nine clients share two cores: one BLAS thread each keeps them from fighting over them.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class LocalFederation:
+    """Starts the processes; `wait` collects their exit codes."""
+
+    out: Path
+    model: str = "lr"
+    rounds: int = 3
+    rows: int = 270_000
+    seed: int = 7
+    data: Path | None = None
+    provinces: tuple[str, ...] = PROVINCES
+    server_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    server: subprocess.Popen | None = None
+    clients: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / "results.json"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_server(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--model",
+            self.model,
+            "--rounds",
+            str(self.rounds),
+            "--min-clients",
+            str(len(self.provinces)),
+            "--results",
+            str(self.results_path),
+            *self.server_args,
+        ]
+        self.server = self._spawn("server", ["-m", "server", *args])
+
+    def start_client(self, province: str, *extra: str) -> subprocess.Popen:
+        args = ["--province", province, "--server", self.address]
+        args += (
+            ["--data", str(self.data)]
+            if self.data
+            else ["--rows", str(self.rows), "--seed", str(self.seed)]
+        )
+        process = self._spawn(province, ["-m", "client", *args, *extra])
+        self.clients[province] = process
+        return process
+
+    def start(self) -> None:
+        self.start_server()
+        for province in self.provinces:
+            self.start_client(province)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.out / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, **SINGLE_THREADED, "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def wait(self, timeout: float) -> dict[str, int | None]:
+        """Exit codes by process name (None: still running at the timeout, then killed)."""
+        end = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        processes = {"server": self.server, **self.clients}
+        for name, process in processes.items():
+            if process is None:
+                continue
+            try:
+                codes[name] = process.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                codes[name] = None
+        self.kill()
+        return codes
+
+    def kill(self) -> None:
+        for process in [self.server, *self.clients.values()]:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def results(self) -> dict[str, Any]:
+        return json.loads(self.results_path.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.localrun",
+        description="Run the server and nine province clients as processes on this machine, "
+        "then print MSE per province and overall.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", default="lr", help="model to train (see python -m server --help)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="training rounds")
+    parser.add_argument("--rows", type=int, default=270_000, help="rows of the synthetic market")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic market")
+    parser.add_argument(
+        "--data", type=Path, help="folder of <province>.parquet instead of synthetic data"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="folder for results and logs"
+    )
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before giving up")
+    args, server_args = parser.parse_known_args(argv)
+    federation = LocalFederation(
+        args.out, args.model, args.rounds, args.rows, args.seed, args.data, server_args=server_args
+    )
+    print(
+        f"starting the server on {federation.address} and {len(federation.provinces)} province "
+        f"clients; logs in {args.out}/",
+        flush=True,
+    )
+    federation.start()
+    codes = federation.wait(args.timeout)
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if federation.results_path.exists():
+        print(format_summary(federation.results()))
+        print(f"\nresults: {federation.results_path}")
+    if failed:
+        print(
+            f"\nprocesses that did not exit cleanly (exit codes): {failed}; see their logs in "
+            f"{args.out}/",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

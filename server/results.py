@@ -1,0 +1,37 @@
+"""The run's record: a JSON file a script can read, rewritten atomically after every round."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ResultsFile:
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {**header, "rounds": [], "final": None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self._write()
+
+    def add_round(self, record: dict[str, Any]) -> None:
+        self.data["rounds"].append(record)
+        self._write()
+
+    def _write(self) -> None:
+        """Write beside the target and rename, so a reader never sees half a file."""
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(self.data, out, indent=2, allow_nan=False)
+                out.write("\n")
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,242 @@
+"""The round loop, in one place: statistics once, then train and evaluate, round after round."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.models.checks import UpdateError, check_arrays
+from common.preprocess import TARGET, GlobalStatistics, features_for
+from common.tensors import Arrays, Payload, to_tensor
+from common.wire import ConfigScalar, to_config
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.coordinator import Assignment, Coordinator
+from server.results import ResultsFile
+from server.strategy import ClientResult, Evaluation, Failure, Instruction, Strategy
+
+log = logging.getLogger("fedstock.server")
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on: too few clients, or no model came out of any round."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    rounds: int
+    min_clients: int
+    round_timeout: float
+    join_timeout: float
+    setting: str
+    test_fraction: float
+    seed: int
+
+    def data_config(self) -> dict[str, ConfigScalar]:
+        """What every client needs to prepare its rows the same way."""
+        return {"setting": self.setting, "test_fraction": self.test_fraction, "seed": self.seed}
+
+
+def check_outcome(result: ClientResult) -> None:
+    if result.num_examples <= 0:
+        raise UpdateError("an outcome must report a positive number of examples")
+    bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise UpdateError(f"metrics {bad} are not finite")
+
+
+def check_evaluation(result: ClientResult) -> None:
+    check_outcome(result)
+    if result.arrays:
+        raise UpdateError("an evaluation carries metrics only, no tensors")
+    if result.metrics.get("mse", -1.0) < 0:
+        raise UpdateError("an evaluation must report a non-negative 'mse'")
+
+
+class RoundLoop:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        strategy: Strategy,
+        settings: RunSettings,
+        results: ResultsFile,
+    ) -> None:
+        self.coordinator = coordinator
+        self.strategy = strategy
+        self.settings = settings
+        self.results = results
+        self.features = features_for(settings.setting)
+        self.parameters: Arrays | None = None
+        self.scaler: pb.Scaler | None = None
+
+    def run(self) -> None:
+        s = self.settings
+        self._statistics(self._quorum())
+        started = time.perf_counter()
+        evaluation: Evaluation | None = None
+        for server_round in range(1, s.rounds + 1):
+            evaluation = self._round(server_round, self._quorum()) or evaluation
+        if self.parameters is None or evaluation is None:
+            raise FederationError("no round produced an evaluated model")
+        train_seconds = time.perf_counter() - started
+        self.results.update(
+            final={
+                "mse": evaluation.mse,
+                "clients": len(evaluation.per_client),
+                "per_client": evaluation.per_client,
+                "train_seconds": train_seconds,
+            }
+        )
+        log.info(
+            "done: final MSE %.6g over %d provinces, %.2f s of training",
+            evaluation.mse,
+            len(evaluation.per_client),
+            train_seconds,
+        )
+
+    def _quorum(self) -> list[str]:
+        s = self.settings
+        provinces = self.coordinator.wait_for_clients(s.min_clients, s.join_timeout)
+        if len(provinces) < s.min_clients:
+            raise FederationError(
+                f"only {len(provinces)} of the {s.min_clients} required clients are connected "
+                f"after {s.join_timeout:g} s: {', '.join(provinces) or 'none'}"
+            )
+        return provinces
+
+    def _statistics(self, provinces: list[str]) -> None:
+        size = len(self.features) + 1
+        shapes = {"count": (), "sum": (size,), "cross": (size, size)}
+
+        def check(result: ClientResult) -> None:
+            check_outcome(result)
+            check_arrays(result.arrays, shapes)
+
+        instructions = [Instruction(p, {}, None) for p in provinces]
+        results, _ = self._phase(0, pb.TASK_KIND_STATISTICS, instructions, check)
+        if len(results) < self.settings.min_clients:
+            raise FederationError(f"only {len(results)} clients sent their statistics")
+        stats = GlobalStatistics.from_sums([*self.features, TARGET], [r.arrays for r in results])
+        mean, scale = stats.scaler()
+        self.scaler = pb.Scaler(
+            features=self.features, mean=to_tensor("mean", mean), scale=to_tensor("scale", scale)
+        )
+        self.results.update(
+            statistics={
+                "rows": stats.count,
+                "columns": stats.columns,
+                "mean": stats.mean.tolist(),
+                "std": stats.std.tolist(),
+                "pearson": stats.correlation.round(6).tolist(),
+                "train_samples": {r.province: r.num_examples for r in results},
+            }
+        )
+        log.info(
+            "global statistics from %d provinces over %d training rows", len(results), stats.count
+        )
+
+    def _round(self, server_round: int, provinces: list[str]) -> Evaluation | None:
+        s, strategy = self.settings, self.strategy
+        started = time.perf_counter()
+        record: dict[str, Any] = {"round": server_round}
+
+        def check_fit(result: ClientResult) -> None:
+            check_outcome(result)
+            strategy.check_update(result.arrays, len(self.features))
+
+        fit = strategy.configure_fit(server_round, self.parameters, provinces)
+        results, failures = self._phase(server_round, pb.TASK_KIND_TRAIN, fit, check_fit)
+        overhead = time.perf_counter() - started - _slowest(results)
+        record["clients"] = sorted(r.province for r in results)
+        if len(results) >= s.min_clients:
+            aggregated = strategy.aggregate_fit(server_round, results, failures, self.parameters)
+            self.parameters = aggregated if aggregated is not None else self.parameters
+        else:
+            log.warning(
+                "round %d: quorum not met (%d of %d); the global model is unchanged",
+                server_round,
+                len(results),
+                s.min_clients,
+            )
+        evaluation = None
+        if self.parameters is not None:
+            phase_start = time.perf_counter()
+            ask = strategy.configure_evaluate(
+                server_round, self.parameters, self.coordinator.connected()
+            )
+            scores, eval_failures = self._phase(
+                server_round, pb.TASK_KIND_EVALUATE, ask, check_evaluation
+            )
+            overhead += time.perf_counter() - phase_start - _slowest(scores)
+            evaluation = strategy.aggregate_evaluate(server_round, scores, eval_failures)
+            failures += eval_failures
+        record.update(
+            mse=evaluation.mse if evaluation else None,
+            train_mse=_weighted_metric(results, "train_mse"),
+            per_client=evaluation.per_client if evaluation else {},
+            failures=[{"province": f.province, "reason": f.reason} for f in failures],
+            seconds=time.perf_counter() - started,
+            overhead_seconds=max(overhead, 0.0),
+        )
+        self.results.add_round(record)
+        log.info(_round_line(record, s.rounds))
+        return evaluation
+
+    def _phase(
+        self,
+        server_round: int,
+        kind: int,
+        instructions: list[Instruction],
+        check: Callable[[ClientResult], None],
+    ) -> tuple[list[ClientResult], list[Failure]]:
+        payloads: dict[int, Payload] = {}
+        assignments: dict[str, Assignment] = {}
+        for instruction in instructions:
+            payload = None
+            if instruction.parameters is not None:
+                key = id(instruction.parameters)
+                if key not in payloads:
+                    payloads[key] = Payload.encode(instruction.parameters)
+                payload = payloads[key]
+            task = pb.Task(
+                round=server_round,
+                kind=kind,
+                config=to_config({**self.settings.data_config(), **instruction.config}),
+                scaler=self.scaler,
+                parameters=payload.header if payload else None,
+            )
+            assignments[instruction.province] = Assignment(task, payload)
+        return self.coordinator.run_phase(
+            server_round, kind, assignments, check, self.settings.round_timeout
+        )
+
+
+def _slowest(results: list[ClientResult]) -> float:
+    return max((r.metrics.get("seconds", 0.0) for r in results), default=0.0)
+
+
+def _weighted_metric(results: list[ClientResult], name: str) -> float | None:
+    scored = [r for r in results if name in r.metrics]
+    total = sum(r.num_examples for r in scored)
+    if not total:
+        return None
+    return float(np.sum([r.metrics[name] * r.num_examples for r in scored]) / total)
+
+
+def _round_line(record: dict[str, Any], rounds: int) -> str:
+    mse = "n/a" if record["mse"] is None else f"{record['mse']:.6g}"
+    dropped = (
+        f", dropped: {', '.join(f['province'] for f in record['failures'])}"
+        if record["failures"]
+        else ""
+    )
+    return (
+        f"round {record['round']}/{rounds}: {len(record['clients'])} clients trained, "
+        f"global MSE {mse}, {record['seconds']:.3f} s "
+        f"(server overhead {record['overhead_seconds'] * 1000:.1f} ms){dropped}"
+    )

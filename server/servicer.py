@@ -1,0 +1,135 @@
+"""The Federation gRPC service: transport only, no model knowledge.
+
+Every refusal carries a status code and a sentence a person can act on; nothing that arrives is
+trusted before it is checked, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from common.models.checks import UpdateError
+from common.provinces import check_province
+from common.tensors import PayloadError, PayloadReceiver
+from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
+from proto.fedstock.v1 import federation_pb2 as pb
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.coordinator import ClientSession, Coordinator, JoinRefused
+from server.strategy import ClientResult
+
+log = logging.getLogger("fedstock.server")
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(self, coordinator: Coordinator, max_update_bytes: int) -> None:
+        self._coordinator = coordinator
+        self._max_update_bytes = max_update_bytes
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        try:
+            province = check_province(request.province)
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            client = self._coordinator.join(province, request.rows, request.software_version)
+        except JoinRefused as refusal:
+            log.warning("join refused for %s from %s: %s", province, context.peer(), refusal)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(refusal))
+        log.info(
+            "%s joined from %s (%d rows, version %s)",
+            province,
+            context.peer(),
+            request.rows,
+            request.software_version or "unknown",
+        )
+        return pb.JoinReply(
+            session=client.session,
+            server_version=SOFTWARE_VERSION,
+            poll_seconds=self._coordinator.poll_seconds,
+        )
+
+    def GetTask(
+        self, request: pb.TaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TaskChunk]:
+        client = self._authenticate(context)
+        assignment = self._coordinator.next_assignment(client, context.is_active)
+        delivered = False
+        try:
+            yield pb.TaskChunk(task=assignment.task)
+            if assignment.payload is not None:
+                for chunk in assignment.payload.chunks():
+                    yield pb.TaskChunk(data=chunk)
+            delivered = True
+        finally:
+            if not delivered and assignment.task.task_id:
+                self._coordinator.fail(
+                    assignment.task.task_id, "connection lost while the task was being sent"
+                )
+
+    def Submit(
+        self, request_iterator: Iterator[pb.SubmitChunk], context: grpc.ServicerContext
+    ) -> pb.SubmitReply:
+        client = self._authenticate(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "outcome":
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "a submission must start with its outcome"
+            )
+        outcome = first.outcome
+        phase = self._coordinator.task_phase(outcome.task_id)
+        if phase is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {outcome.task_id!r} is not open: it is unknown, already answered, or its "
+                "round's deadline has passed",
+            )
+        if phase.provinces.get(outcome.task_id) != client.province:
+            log.warning("%s submitted for a task that is not its own", client.province)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this task was not given to you")
+        if outcome.round != phase.server_round or outcome.kind != phase.kind:
+            self._refuse(
+                context,
+                outcome.task_id,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"outcome names round {outcome.round}, kind {outcome.kind}; the task was "
+                f"round {phase.server_round}, kind {phase.kind}",
+            )
+        try:
+            receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes)
+            for chunk in request_iterator:
+                if chunk.WhichOneof("part") != "data":
+                    raise PayloadError("only data chunks may follow the outcome")
+                receiver.add(chunk.data)
+            result = ClientResult(
+                client.province, outcome.num_examples, dict(outcome.metrics), receiver.arrays()
+            )
+            phase.check(result)
+        except (PayloadError, UpdateError) as error:
+            self._refuse(
+                context,
+                outcome.task_id,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"update refused: {error}",
+            )
+        if not self._coordinator.resolve(outcome.task_id, result):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the round closed before your update arrived"
+            )
+        return pb.SubmitReply(accepted=True, message="accepted")
+
+    def _refuse(
+        self, context: grpc.ServicerContext, task_id: str, code: grpc.StatusCode, why: str
+    ) -> None:
+        """Drop the client from this task's round, tell it why, and log it."""
+        self._coordinator.fail(task_id, why)
+        context.abort(code, why)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> ClientSession:
+        token = dict(context.invocation_metadata()).get(SESSION_METADATA_KEY, "")
+        client = self._coordinator.client_for(token) if token else None
+        if client is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid session: call Join first")
+        return client

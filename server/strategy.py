@@ -1,0 +1,142 @@
+"""How the federation learns: whom to ask, what to send, and how to combine what comes back.
+
+The round loop owns time and transport; a strategy sees only provinces, arrays and metrics.
+It is told about failures as well as results, so a strategy may weigh them (or ignore them).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.models import linear
+from common.tensors import Arrays
+from common.wire import ConfigScalar
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What one province is asked to do: its configuration and the parameters it starts from."""
+
+    province: str
+    config: Mapping[str, ConfigScalar]
+    parameters: Arrays | None
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    province: str
+    num_examples: int
+    metrics: Mapping[str, float]
+    arrays: Arrays = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    province: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Federated evaluation: the sample-weighted MSE over every test row, and each province's."""
+
+    mse: float
+    per_client: dict[str, dict[str, float]]
+
+    @classmethod
+    def weighted(cls, results: list[ClientResult]) -> Evaluation | None:
+        total = sum(r.num_examples for r in results)
+        if total == 0:
+            return None
+        mse = sum(r.metrics["mse"] * r.num_examples for r in results) / total
+        per_client = {
+            r.province: {"mse": float(r.metrics["mse"]), "n_test": r.num_examples}
+            for r in sorted(results, key=lambda r: r.province)
+        }
+        return cls(float(mse), per_client)
+
+
+class Strategy(ABC):
+    """A federated learning algorithm, in the shape of Flower's strategy interface."""
+
+    def __init__(self, model_config: Mapping[str, ConfigScalar]) -> None:
+        self.model_config = dict(model_config)
+
+    def configure_fit(
+        self, server_round: int, parameters: Arrays | None, provinces: list[str]
+    ) -> list[Instruction]:
+        config = {**self.model_config, "round": server_round}
+        return [Instruction(p, config, parameters) for p in provinces]
+
+    @abstractmethod
+    def check_update(self, arrays: Arrays, n_features: int) -> None:
+        """Raise UpdateError unless `arrays` is a well-formed update for this strategy."""
+
+    @abstractmethod
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[ClientResult],
+        failures: list[Failure],
+        current: Arrays | None,
+    ) -> Arrays | None:
+        """The new global parameters, or None to keep the current ones."""
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Arrays, provinces: list[str]
+    ) -> list[Instruction]:
+        config = {**self.model_config, "round": server_round}
+        return [Instruction(p, config, parameters) for p in provinces]
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[ClientResult], failures: list[Failure]
+    ) -> Evaluation | None:
+        return Evaluation.weighted(results)
+
+
+def weighted_average(results: list[ClientResult]) -> Arrays:
+    """Each named array averaged over clients, weighted by their training samples."""
+    total = sum(r.num_examples for r in results)
+    if total <= 0:
+        raise ValueError("cannot average updates that report no training samples")
+    names = results[0].arrays.keys()
+    return {
+        name: np.asarray(sum(r.arrays[name] * (r.num_examples / total) for r in results))
+        for name in names
+    }
+
+
+class FedAvg(Strategy):
+    """McMahan et al.'s federated averaging: the sample-weighted mean of the clients' parameters."""
+
+    def __init__(
+        self,
+        model_config: Mapping[str, ConfigScalar],
+        check: Callable[[Arrays, int], None],
+    ) -> None:
+        super().__init__(model_config)
+        self._check = check
+
+    def check_update(self, arrays: Arrays, n_features: int) -> None:
+        self._check(arrays, n_features)
+
+    def aggregate_fit(self, server_round, results, failures, current):
+        return weighted_average(results) if results else None
+
+
+class ExactLinear(Strategy):
+    """Least squares on the union of the data: sum every client's normal equations, solve once."""
+
+    def check_update(self, arrays: Arrays, n_features: int) -> None:
+        linear.check_normal_equations(arrays, n_features)
+
+    def aggregate_fit(self, server_round, results, failures, current):
+        if not results:
+            return None
+        xtx = sum(r.arrays["xtx"] for r in results)
+        xty = sum(r.arrays["xty"] for r in results)
+        return linear.solve_normal_equations(xtx, xty)
