@@ -137,12 +137,18 @@ class ClientDaemon:
         if first.WhichOneof("part") != "task":
             raise ClientError("the server's task stream did not start with a task")
         task = first.task
-        if not task.HasField("parameters"):
-            return task, None
-        receiver = PayloadReceiver(task.parameters, self.max_model_bytes)
+        # Read the stream to its end even without parameters: leaving early cancels it, and the
+        # server would take the task as undelivered.
+        receiver = (
+            PayloadReceiver(task.parameters, self.max_model_bytes)
+            if task.HasField("parameters")
+            else None
+        )
         for chunk in stream:
+            if receiver is None or chunk.WhichOneof("part") != "data":
+                raise ClientError("the server sent an unexpected message after the task")
             receiver.add(chunk.data)
-        return task, receiver.arrays()
+        return task, receiver.arrays() if receiver else None
 
     def _perform(self, task: pb.Task, parameters: Arrays | None) -> Outcome:
         config = from_config(task.config)

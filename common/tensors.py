@@ -40,7 +40,7 @@ def _little_endian(array: np.ndarray) -> np.ndarray:
     code = _CODES.get(array.dtype.str.lstrip("<>|"))
     if code is None:
         raise PayloadError(f"dtype {array.dtype} cannot travel; use one of {sorted(_CODES)}")
-    return np.ascontiguousarray(array, dtype=_DTYPES[code])
+    return np.asarray(array, dtype=_DTYPES[code], order="C")
 
 
 def _spec(name: str, array: np.ndarray) -> pb.TensorSpec:

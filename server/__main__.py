@@ -56,6 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="clients needed to start and to accept a round (the quorum) [FEDSTOCK_MIN_CLIENTS]",
     )
     add(
+        "--min-available",
+        type=int,
+        default=env("MIN_AVAILABLE", "0"),
+        help="clients that must be connected before training starts; 0 means --min-clients "
+        "[FEDSTOCK_MIN_AVAILABLE]",
+    )
+    add(
         "--round-timeout",
         type=float,
         default=env("ROUND_TIMEOUT", "300"),
@@ -123,6 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("rounds", "min_clients"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    args.min_available = args.min_available or args.min_clients
+    if args.min_available < args.min_clients:
+        parser.error("--min-available cannot be below --min-clients")
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
     if args.workers < args.min_clients + 4:
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = RunSettings(
         rounds=args.rounds,
         min_clients=args.min_clients,
+        min_available=args.min_available,
         round_timeout=args.round_timeout,
         join_timeout=args.join_timeout,
         setting=args.setting,
@@ -196,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         RoundLoop(coordinator, build_strategy(args.model), settings, results).run()
-        status = 0
+        status, reason = 0, "training is complete"
     except FederationError as error:
         log.error("federation stopped: %s", error)
-        status = 1
+        status, reason = 1, f"the federation failed: {error}"
     except KeyboardInterrupt:
         log.warning("interrupted")
-        status = 130
-    coordinator.stop(grace_seconds=args.poll_seconds + 5)
+        status, reason = 130, "the server was interrupted"
+    coordinator.stop(reason, grace_seconds=args.poll_seconds + 5)
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=2).wait()
     log.info("results written to %s", args.results)

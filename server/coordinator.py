@@ -70,15 +70,15 @@ class Coordinator:
         self._clients: dict[str, ClientSession] = {}
         self._sessions: dict[str, ClientSession] = {}
         self._open: dict[str, Phase] = {}
-        self._stopping = False
+        self._stop_reason = ""
 
     # -- membership ---------------------------------------------------------------------------
 
     def join(self, province: str, rows: int, version: str) -> ClientSession:
         now = time.monotonic()
         with self._cond:
-            if self._stopping:
-                raise JoinRefused("the federation has finished its rounds")
+            if self._stop_reason:
+                raise JoinRefused(f"the federation is stopping: {self._stop_reason}")
             existing = self._clients.get(province)
             if existing is not None and existing.alive(now):
                 raise JoinRefused(f"province {province!r} is already connected")
@@ -154,11 +154,11 @@ class Coordinator:
                     if client.pending is not None:
                         assignment, client.pending = client.pending, None
                         return assignment
-                    if self._stopping:
+                    if self._stop_reason:
                         client.told_to_stop = True
                         self._cond.notify_all()
                         return Assignment(
-                            pb.Task(kind=pb.TASK_KIND_STOP, reason="training is complete"), None
+                            pb.Task(kind=pb.TASK_KIND_STOP, reason=self._stop_reason), None
                         )
                     remaining = end - time.monotonic()
                     if remaining <= 0 or not is_active():
@@ -202,11 +202,11 @@ class Coordinator:
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    def stop(self, grace_seconds: float) -> None:
+    def stop(self, reason: str, grace_seconds: float) -> None:
         """Tell every connected client to stop; wait up to `grace_seconds` for them to hear it."""
         end = time.monotonic() + grace_seconds
         with self._cond:
-            self._stopping = True
+            self._stop_reason = reason
             self._cond.notify_all()
             while time.monotonic() < end:
                 now = time.monotonic()

@@ -31,6 +31,7 @@ class FederationError(RuntimeError):
 class RunSettings:
     rounds: int
     min_clients: int
+    min_available: int
     round_timeout: float
     join_timeout: float
     setting: str
@@ -76,20 +77,23 @@ class RoundLoop:
 
     def run(self) -> None:
         s = self.settings
-        self._statistics(self._quorum())
+        self._statistics(self._quorum(s.min_available))
         started = time.perf_counter()
         evaluation: Evaluation | None = None
         for server_round in range(1, s.rounds + 1):
-            evaluation = self._round(server_round, self._quorum()) or evaluation
+            evaluation = self._round(server_round, self._quorum(s.min_clients)) or evaluation
         if self.parameters is None or evaluation is None:
             raise FederationError("no round produced an evaluated model")
         train_seconds = time.perf_counter() - started
+        model_file = self.results.path.with_name("model.npz")
+        np.savez(model_file, **self.parameters)
         self.results.update(
             final={
                 "mse": evaluation.mse,
                 "clients": len(evaluation.per_client),
                 "per_client": evaluation.per_client,
                 "train_seconds": train_seconds,
+                "model_file": model_file.name,
             }
         )
         log.info(
@@ -99,12 +103,12 @@ class RoundLoop:
             train_seconds,
         )
 
-    def _quorum(self) -> list[str]:
+    def _quorum(self, count: int) -> list[str]:
         s = self.settings
-        provinces = self.coordinator.wait_for_clients(s.min_clients, s.join_timeout)
-        if len(provinces) < s.min_clients:
+        provinces = self.coordinator.wait_for_clients(count, s.join_timeout)
+        if len(provinces) < count:
             raise FederationError(
-                f"only {len(provinces)} of the {s.min_clients} required clients are connected "
+                f"only {len(provinces)} of the {count} required clients are connected "
                 f"after {s.join_timeout:g} s: {', '.join(provinces) or 'none'}"
             )
         return provinces

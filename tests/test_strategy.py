@@ -1,7 +1,7 @@
 import numpy as np
 
 from common.models import linear
-from server.strategy import ClientResult, Evaluation, ExactLinear, FedAvg, Failure
+from server.strategy import ClientResult, Evaluation, ExactLinear, Failure, FedAvg
 
 
 def result(province, n, **arrays):

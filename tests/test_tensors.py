@@ -27,6 +27,7 @@ def test_every_dtype_and_shape_survives_chunking():
     assert list(back) == list(arrays)
     for name, array in arrays.items():
         assert back[name].dtype == np.asarray(array).dtype.newbyteorder("<")
+        assert back[name].shape == np.shape(array)
         np.testing.assert_array_equal(back[name], array)
 
 

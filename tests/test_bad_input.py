@@ -1,0 +1,211 @@
+"""Bad input over real localhost gRPC: every case gets a clear error, and the model stays clean."""
+
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from common.tensors import Payload
+from common.wire import SESSION_METADATA_KEY
+from proto.fedstock.v1 import federation_pb2 as pb
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.localrun import LocalFederation
+from tests.test_federation import FAST, ROWS, SEED, centralised_fit
+
+pytestmark = pytest.mark.integration
+
+HONEST = ("hubei", "fujian", "sichuan", "shandong", "beijing", "zhejiang", "jiangsu", "guangdong")
+
+
+class RogueClient(threading.Thread):
+    """Joins as shanghai, then answers every task with something the server must refuse."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.refusals: list[tuple[grpc.StatusCode, str]] = []
+        self.error: BaseException | None = None
+        self.joined = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._misbehave()
+        except BaseException as error:  # surfaced by the test, not lost in the thread
+            self.error = error
+
+    def _misbehave(self) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=60)
+        session = self.stub.Join(pb.JoinRequest(province="shanghai", rows=1), timeout=10).session
+        self.joined.set()
+        metadata = ((SESSION_METADATA_KEY, session),)
+        bad_updates = iter(
+            [
+                {
+                    "count": np.array(1.0),
+                    "sum": np.zeros(3),
+                    "cross": np.zeros((9, 9)),
+                },  # wrong shape
+                {"xtx": np.full((9, 9), np.nan), "xty": np.zeros(9)},  # NaN
+                {"xtx": np.zeros((9, 9), dtype=np.float32), "xty": np.zeros(9, dtype=np.float32)},
+            ]
+        )
+        while True:
+            chunks = list(self.stub.GetTask(pb.TaskRequest(), timeout=30, metadata=metadata))
+            task = chunks[0].task
+            if task.kind == pb.TASK_KIND_STOP:
+                return
+            if task.kind in (pb.TASK_KIND_WAIT, pb.TASK_KIND_EVALUATE):
+                continue  # an evaluation left unanswered: dropped at the deadline
+            payload = Payload.encode(next(bad_updates, {"wrong": np.zeros(1)}))
+            outcome = pb.Outcome(
+                task_id=task.task_id,
+                round=task.round,
+                kind=task.kind,
+                num_examples=10,
+                parameters=payload.header,
+            )
+            messages = [pb.SubmitChunk(outcome=outcome)]
+            messages += [pb.SubmitChunk(data=c) for c in payload.chunks()]
+            try:
+                self.stub.Submit(iter(messages), timeout=30, metadata=metadata)
+            except grpc.RpcError as error:
+                self.refusals.append((error.code(), error.details()))
+
+
+def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
+    federation = LocalFederation(
+        tmp_path,
+        "lr-exact",
+        2,
+        ROWS,
+        SEED,
+        provinces=HONEST,
+        server_args=[*FAST, "--round-timeout", "8", "--min-available", "9"],
+    )
+    federation.start_server()
+    rogue = RogueClient(federation.address)
+    rogue.start()
+    assert rogue.joined.wait(timeout=60), rogue.error
+    for province in HONEST:
+        federation.start_client(province)
+    codes = federation.wait(timeout=240)
+    rogue.join(timeout=30)
+    assert not rogue.is_alive() and rogue.error is None, rogue.error
+    assert set(codes.values()) == {0}, codes
+    codes_seen = [code for code, _ in rogue.refusals]
+    assert codes_seen == [grpc.StatusCode.INVALID_ARGUMENT] * 3, rogue.refusals
+    messages = " | ".join(m for _, m in rogue.refusals)
+    assert "shape" in messages and "NaN" in messages and "dtype" in messages
+    results = federation.results()
+    for record in results["rounds"]:
+        assert record["clients"] == sorted(HONEST)
+        assert {f["province"] for f in record["failures"]} == {"shanghai"}
+    model = np.load(tmp_path / "model.npz")
+    central = centralised_fit(provinces=HONEST)
+    np.testing.assert_allclose(model["coef"], central.coef_, rtol=1e-6)
+
+
+@pytest.fixture
+def server(tmp_path):
+    federation = LocalFederation(tmp_path, "lr", 1, server_args=FAST)
+    federation.start_server()
+    channel = grpc.insecure_channel(federation.address)
+    grpc.channel_ready_future(channel).result(timeout=60)
+    yield federation, pb_grpc.FederationStub(channel)
+    channel.close()
+    federation.kill()
+
+
+def test_protocol_abuse_gets_status_codes_a_person_can_act_on(server):
+    _, stub = server
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.Join(pb.JoinRequest(province="atlantis"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hubei" in unknown.value.details()
+
+    with pytest.raises(grpc.RpcError) as anonymous:
+        list(stub.GetTask(pb.TaskRequest(), timeout=10))
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    session = stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=10).session
+    with pytest.raises(grpc.RpcError) as twice:
+        stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=10)
+    assert twice.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already connected" in twice.value.details()
+
+    metadata = ((SESSION_METADATA_KEY, session),)
+    stale = pb.SubmitChunk(outcome=pb.Outcome(task_id="r0-train-hubei-0000", round=0))
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Submit(iter([stale]), timeout=10, metadata=metadata)
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as headless:
+        stub.Submit(iter([pb.SubmitChunk(data=b"x")]), timeout=10, metadata=metadata)
+    assert headless.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection_are_served(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    federation, _ = server
+    channel = grpc.insecure_channel(federation.address)
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    reply = next(
+        reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([request]), timeout=10
+        )
+    )
+    names = {s.name for s in reply.list_services_response.service}
+    assert "fedstock.v1.Federation" in names and "grpc.health.v1.Health" in names
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_busy_port_is_a_clear_error(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = run_cli(
+            "-m",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--results",
+            str(tmp_path / "r.json"),
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "client", "--province", "atlantis"], "unknown province 'atlantis'"),
+        (["-m", "client"], "--province is required"),
+        (["-m", "client", "--province", "hubei", "--rows", "many"], "invalid int value"),
+        (["-m", "server", "--rounds", "0"], "--rounds must be at least 1"),
+        (["-m", "server", "--model", "gpt"], "invalid choice"),
+    ],
+)
+def test_wrong_flags_are_refused_with_a_reason(args, message):
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_missing_data_file_stops_the_client_with_a_clear_error(tmp_path):
+    done = run_cli("-m", "client", "--province", "hubei", "--data", str(tmp_path))
+    assert done.returncode == 2
+    assert "hubei" in done.stderr and "Traceback" not in done.stderr

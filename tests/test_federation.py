@@ -1,0 +1,60 @@
+"""The whole federation over localhost: a real server process and nine real client processes."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from common import preprocess
+from common.data import synthesize_province
+from common.provinces import PROVINCES
+from server.localrun import LocalFederation
+
+pytestmark = pytest.mark.integration
+
+ROWS, SEED = 20_000, 3
+FAST = ["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"]
+
+
+def run(tmp_path, model, rounds=2):
+    federation = LocalFederation(tmp_path, model, rounds, ROWS, SEED, server_args=FAST)
+    federation.start()
+    codes = federation.wait(timeout=240)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    return federation.results()
+
+
+def centralised_fit(setting="next-day", provinces=PROVINCES):
+    """scikit-learn on the union of the provinces' training rows, globally scaled."""
+    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), setting) for p in provinces]
+    x = np.vstack([s.x_train for s in splits])
+    y = np.concatenate([s.y_train for s in splits])
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    return LinearRegression().fit((x - mean) / scale, y)
+
+
+def test_fedavg_lr_over_nine_client_processes(tmp_path):
+    results = run(tmp_path, "lr")
+    assert results["model"] == "lr"
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    for record in results["rounds"]:
+        assert record["clients"] == sorted(PROVINCES)
+        assert math.isfinite(record["mse"]) and record["failures"] == []
+        assert set(record["per_client"]) == set(PROVINCES)
+    final = results["final"]
+    assert final["clients"] == 9 and final["train_seconds"] > 0
+    total = sum(s["n_test"] for s in final["per_client"].values())
+    weighted = sum(s["mse"] * s["n_test"] for s in final["per_client"].values()) / total
+    assert final["mse"] == pytest.approx(weighted)
+    stats = results["statistics"]
+    assert stats["columns"] == [*preprocess.NEXT_DAY_FEATURES, "target"]
+    assert np.allclose(np.diag(stats["pearson"]), 1.0)
+
+
+def test_exact_lr_equals_the_centralised_fit(tmp_path):
+    results = run(tmp_path, "lr-exact", rounds=1)
+    model = np.load(tmp_path / results["final"]["model_file"])
+    central = centralised_fit()
+    np.testing.assert_allclose(model["coef"], central.coef_, rtol=1e-6)
+    np.testing.assert_allclose(model["intercept"], central.intercept_, rtol=1e-6)
