@@ -56,7 +56,8 @@ class Phase:
 
     server_round: int
     kind: int
-    check: Callable[[ClientResult], None]
+    # Checks an outcome and returns what to keep of it (a strategy may fold arrays in at once).
+    accept: Callable[[ClientResult], ClientResult]
     provinces: dict[str, str] = field(default_factory=dict)  # task id -> province
     waiting: set[str] = field(default_factory=set)
     results: list[ClientResult] = field(default_factory=list)
@@ -118,11 +119,11 @@ class Coordinator:
         server_round: int,
         kind: int,
         assignments: dict[str, Assignment],
-        check: Callable[[ClientResult], None],
+        accept: Callable[[ClientResult], ClientResult],
         deadline_seconds: float,
     ) -> tuple[list[ClientResult], list[Failure]]:
         """Hand each province its task and wait until all answered or the deadline passed."""
-        phase = Phase(server_round, kind, check)
+        phase = Phase(server_round, kind, accept)
         kind_name = pb.TaskKind.Name(kind).removeprefix("TASK_KIND_").lower()
         with self._cond:
             for province, assignment in assignments.items():

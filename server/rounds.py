@@ -51,12 +51,13 @@ def check_outcome(result: ClientResult) -> None:
         raise UpdateError(f"metrics {bad} are not finite")
 
 
-def check_evaluation(result: ClientResult) -> None:
+def accept_evaluation(result: ClientResult) -> ClientResult:
     check_outcome(result)
     if result.arrays:
         raise UpdateError("an evaluation carries metrics only, no tensors")
     if result.metrics.get("mse", -1.0) < 0:
         raise UpdateError("an evaluation must report a non-negative 'mse'")
+    return result
 
 
 class RoundLoop:
@@ -117,12 +118,13 @@ class RoundLoop:
         size = len(self.features) + 1
         shapes = {"count": (), "sum": (size,), "cross": (size, size)}
 
-        def check(result: ClientResult) -> None:
+        def accept(result: ClientResult) -> ClientResult:
             check_outcome(result)
             check_arrays(result.arrays, shapes)
+            return result
 
         instructions = [Instruction(p, {}, None) for p in provinces]
-        results, _ = self._phase(0, pb.TASK_KIND_STATISTICS, instructions, check)
+        results, _ = self._phase(0, pb.TASK_KIND_STATISTICS, instructions, accept)
         if len(results) < self.settings.min_clients:
             raise FederationError(f"only {len(results)} clients sent their statistics")
         stats = GlobalStatistics.from_sums([*self.features, TARGET], [r.arrays for r in results])
@@ -149,12 +151,13 @@ class RoundLoop:
         started = time.perf_counter()
         record: dict[str, Any] = {"round": server_round}
 
-        def check_fit(result: ClientResult) -> None:
+        def accept_fit(result: ClientResult) -> ClientResult:
             check_outcome(result)
             strategy.check_update(result.arrays, len(self.features))
+            return strategy.accept_fit(server_round, result)
 
         fit = strategy.configure_fit(server_round, self.parameters, provinces)
-        results, failures = self._phase(server_round, pb.TASK_KIND_TRAIN, fit, check_fit)
+        results, failures = self._phase(server_round, pb.TASK_KIND_TRAIN, fit, accept_fit)
         overhead = time.perf_counter() - started - _slowest(results)
         record["clients"] = sorted(r.province for r in results)
         if len(results) >= s.min_clients:
@@ -174,7 +177,7 @@ class RoundLoop:
                 server_round, self.parameters, self.coordinator.connected()
             )
             scores, eval_failures = self._phase(
-                server_round, pb.TASK_KIND_EVALUATE, ask, check_evaluation
+                server_round, pb.TASK_KIND_EVALUATE, ask, accept_evaluation
             )
             overhead += time.perf_counter() - phase_start - _slowest(scores)
             evaluation = strategy.aggregate_evaluate(server_round, scores, eval_failures)
@@ -196,7 +199,7 @@ class RoundLoop:
         server_round: int,
         kind: int,
         instructions: list[Instruction],
-        check: Callable[[ClientResult], None],
+        accept: Callable[[ClientResult], ClientResult],
     ) -> tuple[list[ClientResult], list[Failure]]:
         payloads: dict[int, Payload] = {}
         assignments: dict[str, Assignment] = {}
@@ -216,7 +219,7 @@ class RoundLoop:
             )
             assignments[instruction.province] = Assignment(task, payload)
         return self.coordinator.run_phase(
-            server_round, kind, assignments, check, self.settings.round_timeout
+            server_round, kind, assignments, accept, self.settings.round_timeout
         )
 
 

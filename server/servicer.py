@@ -103,10 +103,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 if chunk.WhichOneof("part") != "data":
                     raise PayloadError("only data chunks may follow the outcome")
                 receiver.add(chunk.data)
-            result = ClientResult(
-                client.province, outcome.num_examples, dict(outcome.metrics), receiver.arrays()
+            result = phase.accept(
+                ClientResult(
+                    client.province, outcome.num_examples, dict(outcome.metrics), receiver.arrays()
+                )
             )
-            phase.check(result)
         except (PayloadError, UpdateError) as error:
             self._refuse(
                 context,

@@ -76,6 +76,14 @@ class Strategy(ABC):
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         """Raise UpdateError unless `arrays` is a well-formed update for this strategy."""
 
+    def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
+        """Called as each checked update arrives, on a handler thread: what to keep of it.
+
+        A strategy whose updates are large folds the arrays into its running aggregate here
+        and returns the result without them, so the server never holds every update at once.
+        """
+        return result
+
     @abstractmethod
     def aggregate_fit(
         self,
