@@ -12,16 +12,17 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
+# The build happens in /tmp/src; the code ends up installed (and byte-compiled) in
+# site-packages only, so `python -m server` and `python -m client` work from any directory.
+WORKDIR /tmp/src
 
 # Runtime dependencies first, read from pyproject.toml (no dev extras), in their own layer so
 # that code changes do not reinstall them. The packages' own test suites and C headers are
 # never used at run time; deleting them in the same layer saves about 120 MB.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt \
+        > requirements.txt \
+ && pip install --no-cache-dir -r requirements.txt \
  && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && for pkg in numpy pandas pyarrow scipy sklearn; do \
         find "$site/$pkg" -depth -type d -name tests -exec rm -rf {} + ; \
@@ -33,17 +34,16 @@ COPY common/ common/
 COPY server/ server/
 COPY client/ client/
 COPY proto/ proto/
-# Install the project itself (dependencies are already there) so `python -m server` and
-# `python -m client` work from any directory; then drop the build leftovers.
 RUN pip install --no-cache-dir --no-deps . \
- && rm -rf build ./*.egg-info
+ && cd / && rm -rf /tmp/src
 
 # Run as an unprivileged user. /results is where the server writes by default; it is created
 # here owned by that user so a named volume mounted on it starts out writable.
 RUN groupadd --gid 10001 fedstock \
- && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin fedstock \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin fedstock \
  && mkdir -p /results /data \
  && chown fedstock:fedstock /results
 USER fedstock
+WORKDIR /app
 
 CMD ["sh", "-c", "echo 'fedstock image: run one of'; echo '  python -m server --help'; echo '  python -m client --help'; echo '  python -m server.healthcheck --help'"]

