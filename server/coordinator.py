@@ -41,6 +41,8 @@ class ClientSession:
     rows: int
     version: str
     last_seen: float
+    # Shares the coordinator's lock; notified only when this client has something to hear.
+    wakeup: threading.Condition
     polling: int = 0
     pending: Assignment | None = None
     open_task: str | None = None
@@ -67,7 +69,9 @@ class Phase:
 class Coordinator:
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        # Wakes the round loop (answers, joins); each client has its own for new tasks.
+        self._cond = threading.Condition(self._lock)
         self._clients: dict[str, ClientSession] = {}
         self._sessions: dict[str, ClientSession] = {}
         self._open: dict[str, Phase] = {}
@@ -86,7 +90,14 @@ class Coordinator:
             if existing is not None:
                 log.info("%s rejoins; its previous session is closed", province)
                 self._sessions.pop(existing.session, None)
-            client = ClientSession(province, secrets.token_urlsafe(24), rows, version, now)
+            client = ClientSession(
+                province,
+                secrets.token_urlsafe(24),
+                rows,
+                version,
+                now,
+                threading.Condition(self._lock),
+            )
             self._clients[province] = client
             self._sessions[client.session] = client
             self._cond.notify_all()
@@ -135,7 +146,7 @@ class Coordinator:
                 phase.provinces[task_id] = province
                 phase.waiting.add(task_id)
                 self._open[task_id] = phase
-            self._cond.notify_all()
+                client.wakeup.notify()
             end = time.monotonic() + deadline_seconds
             while phase.waiting and time.monotonic() < end:
                 self._cond.wait(timeout=end - time.monotonic())
@@ -164,7 +175,7 @@ class Coordinator:
                     remaining = end - time.monotonic()
                     if remaining <= 0 or not is_active():
                         return Assignment(pb.Task(kind=pb.TASK_KIND_WAIT), None)
-                    self._cond.wait(timeout=min(remaining, 1.0))
+                    client.wakeup.wait(timeout=min(remaining, 1.0))
             finally:
                 client.polling -= 1
                 client.last_seen = time.monotonic()
@@ -208,7 +219,8 @@ class Coordinator:
         end = time.monotonic() + grace_seconds
         with self._cond:
             self._stop_reason = reason
-            self._cond.notify_all()
+            for client in self._clients.values():
+                client.wakeup.notify_all()
             while time.monotonic() < end:
                 now = time.monotonic()
                 waiting = [c for c in self._clients.values() if c.alive(now) and not c.told_to_stop]

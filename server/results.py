@@ -29,8 +29,9 @@ class ResultsFile:
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(handle, "w") as out:
-                json.dump(self.data, out, indent=2, allow_nan=False)
-                out.write("\n")
+                # Compact on purpose: only then does json use its C encoder, and the file is
+                # rewritten every round. `python -m server.summary FILE` shows it to a person.
+                out.write(json.dumps(self.data, allow_nan=False) + "\n")
             os.replace(temporary, self.path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -148,7 +148,7 @@ class RoundLoop:
 
     def _round(self, server_round: int, provinces: list[str]) -> Evaluation | None:
         s, strategy = self.settings, self.strategy
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"round": server_round}
 
         def accept_fit(result: ClientResult) -> ClientResult:
@@ -189,6 +189,8 @@ class RoundLoop:
             failures=[{"province": f.province, "reason": f.reason} for f in failures],
             seconds=time.perf_counter() - started,
             overhead_seconds=max(overhead, 0.0),
+            # All of the server process's threads: transport, checks, aggregation, bookkeeping.
+            server_cpu_seconds=time.process_time() - cpu_started,
         )
         self.results.add_round(record)
         log.info(_round_line(record, s.rounds))
