@@ -9,7 +9,7 @@ MODEL ?= lr
 ROUNDS ?= 3
 ROWS ?= 270000
 
-.PHONY: install proto demo test lint bench clean
+.PHONY: install proto demo test unit lint bench test-compose up down base-image clean
 
 install: $(STAMP)
 
@@ -29,8 +29,29 @@ proto: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m server.localrun --model $(MODEL) --rounds $(ROUNDS) --rows $(ROWS) --out runs/demo
 
-test: $(STAMP)
+# Everything CI runs: lint, unit and integration tests, then the containers on a real engine.
+test: lint unit test-compose
+
+unit: $(STAMP)
 	$(PY) -m pytest -q -ra
+
+# Installs and starts a Docker engine when none answers, builds the images, runs the federation.
+test-compose:
+	bash tests/compose/run.sh
+
+# The federation in containers; results stay in the `results` volume (see the README).
+# Without a registry: `make base-image`, then `make up BASE_IMAGE=fedstock-base:bookworm`.
+BASE_IMAGE ?= python:3.11-slim
+up:
+	bash docker/engine.sh
+	source docker/env.sh && BASE_IMAGE=$(BASE_IMAGE) $$DOCKER compose up --build --abort-on-container-failure
+
+down:
+	source docker/env.sh && $$DOCKER compose down -v
+
+base-image:
+	bash docker/engine.sh
+	bash docker/base-image.sh fedstock-base:bookworm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
