@@ -6,6 +6,8 @@
 #   --build-arg BASE_IMAGE=fedstock-base:bookworm
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+# Lets scripts find this project's images, e.g. to prune the dangling ones rebuilds leave.
+LABEL org.opencontainers.image.title=fedstock
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

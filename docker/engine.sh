@@ -27,6 +27,19 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# apt-get, quiet unless it fails. needrestart (pulled in by docker.io) has nothing to do here.
+apt_get() {
+    local out
+    out="$(mktemp)"
+    if ! as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 \
+        apt-get -q "$@" >"$out" 2>&1; then
+        cat "$out" >&2
+        rm -f "$out"
+        die "apt-get $* failed"
+    fi
+    rm -f "$out"
+}
+
 engine_answers() { "$DOCKER" info >/dev/null 2>&1; }
 
 # --- 1. engine -------------------------------------------------------------------------------
@@ -35,8 +48,8 @@ if engine_answers; then
 else
     if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
         log "installing docker.io and debootstrap with apt-get"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap
+        apt_get update
+        apt_get install -y docker.io debootstrap
         # The package installs its client as /usr/bin/docker: re-pick the client now.
         # shellcheck source=env.sh
         source "$here/env.sh"
@@ -62,8 +75,8 @@ else
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
+    apt_get update
+    apt_get install -y debootstrap
 fi
 
 # --- 2. compose v2 plugin --------------------------------------------------------------------
@@ -83,7 +96,8 @@ if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&
 elif command -v pip3 >/dev/null 2>&1; then
     pip=(pip3)
 else
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
+    apt_get update
+    apt_get install -y python3-pip
     pip=(python3 -m pip)
 fi
 # --require-hashes makes pip check the digest before it touches the archive (it would

@@ -44,6 +44,8 @@ compose_data=("${compose[@]}" -f docker/compose.data.yml)
 
 # --- reporting -------------------------------------------------------------------------------
 t_total=$SECONDS
+scenarios=2 # the federation (up) and one province alone (solo)
+passed=0
 timings=()
 step_name=""
 step_start=0
@@ -84,6 +86,9 @@ teardown() {
         step down
         "${compose_data[@]}" down -v --remove-orphans --timeout 10 >>"$work/down.log" 2>&1 ||
             { cat "$work/down.log" >&2; status=1; }
+        # Earlier builds of the test image, left untagged by this one (not the user's images).
+        "$DOCKER" image prune -f --filter label=org.opencontainers.image.title=fedstock \
+            >/dev/null 2>&1
         done_step
     fi
     report
@@ -92,10 +97,12 @@ teardown() {
     else
         rm -rf "$work"
     fi
+    # A plain closing line that test-log readers recognise.
+    printf '\ncompose: %d passed, %d failed\n' "$passed" $((scenarios - passed))
     if [ "$status" -eq 0 ]; then
-        printf '\nPASS: compose test\n'
+        printf 'PASS: compose test\n'
     else
-        printf '\nFAIL: compose test (exit %s)\n' "$status" >&2
+        printf 'FAIL: compose test (exit %s)\n' "$status" >&2
     fi
     exit "$status"
 }
@@ -149,6 +156,9 @@ exit_codes() {
 # --- 1. engine -------------------------------------------------------------------------------
 step engine
 bash docker/engine.sh || fail "docker/engine.sh failed"
+# Pick the client again: Debian's /usr/bin/docker may have just been installed.
+# shellcheck source=../../docker/env.sh
+source docker/env.sh
 "$DOCKER" version --format 'client {{.Client.Version}}, engine {{.Server.Version}}'
 "$DOCKER" compose version
 done_step
@@ -204,6 +214,7 @@ python3 tests/compose/check_results.py "$work/results.json" --clients 9 --rounds
 if [ -s "$work/peak_mib" ]; then
     echo "peak memory of the ten containers (sampled): $(cat "$work/peak_mib") MiB"
 fi
+passed=$((passed + 1))
 done_step
 
 # --- 5. one province alone, on mounted data --------------------------------------------------
@@ -244,4 +255,5 @@ server_status="$(timeout 120 "$DOCKER" wait "$server_id")" || fail "server did n
     fail "could not copy the solo results"
 python3 tests/compose/check_results.py "$work/solo.json" --clients 1 --rounds "$ROUNDS" ||
     fail "solo results are wrong"
+passed=$((passed + 1))
 done_step
