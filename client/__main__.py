@@ -13,6 +13,7 @@ from client.local import LocalWork
 from common.data import DataError, load_province, synthesize_province
 from common.logs import setup_logging
 from common.provinces import PROVINCES, check_province
+from common.tls import TLSSetupError, client_credentials
 
 log = logging.getLogger("fedstock.client")
 
@@ -81,6 +82,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("MAX_MODEL_MB", "4096"),
         help="largest global model accepted from the server, in MiB [FEDSTOCK_MAX_MODEL_MB]",
     )
+    add(
+        "--tls-dir",
+        type=Path,
+        default=env("TLS_DIR", "certs"),
+        help="folder with ca.pem and this province's <province>.pem and <province>.key "
+        "(see python -m server.certs) [FEDSTOCK_TLS_DIR]",
+    )
+    add(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", "") not in ("", "0", "false"),
+        help="connect without TLS, to a server started with --insecure [FEDSTOCK_INSECURE=1]",
+    )
     args = parser.parse_args(argv)
     if args.province is None:
         parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
@@ -105,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot load %s's data: %s", args.province, error)
         return 2
     log.info("%s holds %d rows", args.province, len(raw))
+    try:
+        credentials = None if args.insecure else client_credentials(args.tls_dir, args.province)
+    except TLSSetupError as error:
+        log.error("%s", error)
+        return 2
+    if credentials is None:
+        log.warning("connecting WITHOUT TLS (--insecure)")
     daemon = ClientDaemon(
         args.province,
         args.server,
+        credentials,
         LocalWork(raw),
         connect_timeout=args.connect_timeout,
         transfer_timeout=args.transfer_timeout,

@@ -55,6 +55,7 @@ class ClientDaemon:
         self,
         province: str,
         address: str,
+        credentials: grpc.ChannelCredentials | None,
         work: LocalWork,
         connect_timeout: float,
         transfer_timeout: float,
@@ -62,6 +63,7 @@ class ClientDaemon:
     ) -> None:
         self.province = province
         self.address = address
+        self.credentials = credentials
         self.work = work
         self.connect_timeout = connect_timeout
         self.transfer_timeout = transfer_timeout
@@ -71,7 +73,7 @@ class ClientDaemon:
 
     def run(self) -> None:
         """Serve the federation until the server says stop."""
-        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+        with self.channel() as channel:
             stub = pb_grpc.FederationStub(channel)
             backoff = Backoff(self.connect_timeout)
             self._join(stub, backoff)
@@ -89,6 +91,11 @@ class ClientDaemon:
                     continue
                 outcome = self._perform(task, parameters)
                 self._submit(stub, task, outcome)
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(self.address, self.credentials, options=CHANNEL_OPTIONS)
 
     def _join(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> None:
         request = pb.JoinRequest(

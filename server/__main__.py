@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.logs import setup_logging
 from common.preprocess import SETTINGS
+from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server.coordinator import Coordinator
@@ -120,6 +121,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gRPC handler threads; each connected client holds one while it waits for work "
         "[FEDSTOCK_WORKERS]",
     )
+    add(
+        "--tls-dir",
+        type=Path,
+        default=env("TLS_DIR", "certs"),
+        help="folder with ca.pem, server.pem and server.key (see python -m server.certs); "
+        "clients must present a certificate from the same CA naming their province "
+        "[FEDSTOCK_TLS_DIR]",
+    )
+    add(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", "") not in ("", "0", "false"),
+        help="serve without TLS: anyone who reaches the port can join as any province "
+        "[FEDSTOCK_INSECURE=1]",
+    )
+    add(
+        "--health-port",
+        type=int,
+        default=env("HEALTH_PORT", "0"),
+        help="also serve the health service in plaintext on 127.0.0.1:PORT for local probes "
+        "(0: no such port) [FEDSTOCK_HEALTH_PORT]",
+    )
     args = parser.parse_args(argv)
     if args.model not in STRATEGIES:
         parser.error(f"--model must be one of {', '.join(STRATEGIES)}, got {args.model!r}")
@@ -141,12 +164,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_server(
-    coordinator: Coordinator, address: str, workers: int, max_update_bytes: int
+    coordinator: Coordinator,
+    address: str,
+    workers: int,
+    max_update_bytes: int,
+    credentials: grpc.ServerCredentials | None = None,
+    health_address: str | None = None,
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """The gRPC server with the Federation, health and reflection services, bound to `address`."""
+    """The gRPC server with the Federation, health and reflection services, bound to `address`.
+
+    With `credentials` (mutual TLS) every Federation call must carry a province certificate;
+    `health_address` adds a plaintext port for local probes, where Federation calls are refused.
+    """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
     federation_pb2_grpc.add_FederationServicer_to_server(
-        FederationServicer(coordinator, max_update_bytes), server
+        FederationServicer(coordinator, max_update_bytes, mutual_tls=credentials is not None),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -154,12 +187,17 @@ def build_server(
     reflection.enable_server_reflection(
         (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as error:
-        raise OSError(
-            f"cannot listen on {address}: is the port already in use? ({error})"
-        ) from None
+    ports = [(address, credentials)] + ([(health_address, None)] if health_address else [])
+    for where, secure in ports:
+        try:
+            if secure is None:
+                server.add_insecure_port(where)
+            else:
+                server.add_secure_port(where, secure)
+        except RuntimeError as error:
+            raise OSError(
+                f"cannot listen on {where}: is the port already in use? ({error})"
+            ) from None
     for name in ("", service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, health_servicer
@@ -170,11 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     coordinator = Coordinator(poll_seconds=args.poll_seconds)
     address = f"{args.host}:{args.port}"
+    if args.insecure:
+        log.warning("serving WITHOUT TLS (--insecure): clients are not authenticated")
     try:
+        credentials = None if args.insecure else server_credentials(args.tls_dir)
         server, health_servicer = build_server(
-            coordinator, address, args.workers, int(args.max_update_mb * (1 << 20))
+            coordinator,
+            address,
+            args.workers,
+            int(args.max_update_mb * (1 << 20)),
+            credentials,
+            f"127.0.0.1:{args.health_port}" if args.health_port else None,
         )
-    except OSError as error:
+    except (OSError, TLSSetupError) as error:
         log.error("%s", error)
         return 2
     settings = RunSettings(

@@ -85,11 +85,15 @@ class Coordinator:
             if self._stop_reason:
                 raise JoinRefused(f"the federation is stopping: {self._stop_reason}")
             existing = self._clients.get(province)
-            if existing is not None and existing.alive(now):
+            if existing is not None and existing.polling:
                 raise JoinRefused(f"province {province!r} is already connected")
             if existing is not None:
+                # Not waiting for work: crashed or restarted. The new session takes its place.
                 log.info("%s rejoins; its previous session is closed", province)
                 self._sessions.pop(existing.session, None)
+                phase = self._open.get(existing.open_task or "")
+                if phase is not None:
+                    self._close(phase, existing.open_task, "the client restarted during the task")
             client = ClientSession(
                 province,
                 secrets.token_urlsafe(24),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.provinces import PROVINCES
+from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.summary import format_summary
 
 # Nine clients share two cores: one BLAS thread each keeps them from fighting over them.
@@ -42,6 +43,7 @@ class LocalFederation:
     data: Path | None = None
     provinces: tuple[str, ...] = PROVINCES
     server_args: list[str] = field(default_factory=list)
+    insecure: bool = False
     port: int = field(default_factory=free_port)
     server: subprocess.Popen | None = None
     clients: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -53,6 +55,18 @@ class LocalFederation:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.out / "certs"
+
+    def _security(self) -> list[str]:
+        """Mutual TLS with a CA made for this run, unless the run is explicitly insecure."""
+        if self.insecure:
+            return ["--insecure"]
+        if not (self.tls_dir / "ca.pem").exists():
+            write_federation(self.tls_dir, DEFAULT_SERVER_NAMES, PROVINCES)
+        return ["--tls-dir", str(self.tls_dir)]
 
     def start_server(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -69,12 +83,13 @@ class LocalFederation:
             str(len(self.provinces)),
             "--results",
             str(self.results_path),
+            *self._security(),
             *self.server_args,
         ]
         self.server = self._spawn("server", ["-m", "server", *args])
 
     def start_client(self, province: str, *extra: str) -> subprocess.Popen:
-        args = ["--province", province, "--server", self.address]
+        args = ["--province", province, "--server", self.address, *self._security()]
         args += (
             ["--data", str(self.data)]
             if self.data

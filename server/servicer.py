@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import grpc
 
 from common.models.checks import UpdateError
-from common.provinces import check_province
+from common.provinces import PROVINCES, check_province
 from common.tensors import PayloadError, PayloadReceiver
+from common.tls import peer_common_name
 from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
@@ -24,15 +25,25 @@ log = logging.getLogger("fedstock.server")
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, coordinator: Coordinator, max_update_bytes: int) -> None:
+    def __init__(self, coordinator: Coordinator, max_update_bytes: int, mutual_tls: bool) -> None:
         self._coordinator = coordinator
         self._max_update_bytes = max_update_bytes
+        self._mutual_tls = mutual_tls
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         try:
             province = check_province(request.province)
         except ValueError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        certified = self._certified_province(context)
+        if certified is not None and certified != province:
+            log.warning(
+                "%s (certified) tried to join as %s from %s", certified, province, context.peer()
+            )
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"your certificate is for {certified}; you cannot join as {province}",
+            )
         try:
             client = self._coordinator.join(province, request.rows, request.software_version)
         except JoinRefused as refusal:
@@ -128,9 +139,28 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._coordinator.fail(task_id, why)
         context.abort(code, why)
 
+    def _certified_province(self, context: grpc.ServicerContext) -> str | None:
+        """Under mutual TLS, the province named by the caller's verified certificate."""
+        if not self._mutual_tls:
+            return None
+        name = peer_common_name(context)
+        if name not in PROVINCES:
+            log.warning("refused a certificate for %r from %s", name, context.peer())
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate names {name!r}, which is not a province of this federation",
+            )
+        return name
+
     def _authenticate(self, context: grpc.ServicerContext) -> ClientSession:
         token = dict(context.invocation_metadata()).get(SESSION_METADATA_KEY, "")
         client = self._coordinator.client_for(token) if token else None
         if client is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid session: call Join first")
+        certified = self._certified_province(context)
+        if certified is not None and certified != client.province:
+            log.warning("%s (certified) used the session of %s", certified, client.province)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this session belongs to another province"
+            )
         return client

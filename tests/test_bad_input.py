@@ -4,12 +4,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
 
 from common.tensors import Payload
+from common.tls import client_credentials
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
@@ -24,9 +26,9 @@ HONEST = ("hubei", "fujian", "sichuan", "shandong", "beijing", "zhejiang", "jian
 class RogueClient(threading.Thread):
     """Joins as shanghai, then answers every task with something the server must refuse."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials) -> None:
         super().__init__(daemon=True)
-        self.channel = grpc.insecure_channel(address)
+        self.channel = grpc.secure_channel(address, credentials)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.refusals: list[tuple[grpc.StatusCode, str]] = []
         self.error: BaseException | None = None
@@ -88,7 +90,7 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
         server_args=[*FAST, "--round-timeout", "8", "--min-available", "9"],
     )
     federation.start_server()
-    rogue = RogueClient(federation.address)
+    rogue = RogueClient(federation.address, client_credentials(federation.tls_dir, "shanghai"))
     rogue.start()
     assert rogue.joined.wait(timeout=60), rogue.error
     for province in HONEST:
@@ -112,7 +114,7 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
 
 @pytest.fixture
 def server(tmp_path):
-    federation = LocalFederation(tmp_path, "lr", 1, server_args=FAST)
+    federation = LocalFederation(tmp_path, "lr", 1, server_args=FAST, insecure=True)
     federation.start_server()
     channel = grpc.insecure_channel(federation.address)
     grpc.channel_ready_future(channel).result(timeout=60)
@@ -133,12 +135,18 @@ def test_protocol_abuse_gets_status_codes_a_person_can_act_on(server):
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     session = stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=10).session
+    metadata = ((SESSION_METADATA_KEY, session),)
+    polling = threading.Thread(
+        target=lambda: list(stub.GetTask(pb.TaskRequest(), timeout=10, metadata=metadata))
+    )
+    polling.start()  # the first hubei now waits for work: it is connected
+    time.sleep(0.5)
     with pytest.raises(grpc.RpcError) as twice:
         stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=10)
+    polling.join()
     assert twice.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "already connected" in twice.value.details()
 
-    metadata = ((SESSION_METADATA_KEY, session),)
     stale = pb.SubmitChunk(outcome=pb.Outcome(task_id="r0-train-hubei-0000", round=0))
     with pytest.raises(grpc.RpcError) as late:
         stub.Submit(iter([stale]), timeout=10, metadata=metadata)
@@ -184,6 +192,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
             str(port),
             "--results",
             str(tmp_path / "r.json"),
+            "--insecure",
         )
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr

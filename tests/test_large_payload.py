@@ -34,7 +34,9 @@ def test_a_300_mb_model_travels_down_and_back_intact():
     server, _ = build_server(coordinator, f"127.0.0.1:{port}", workers=8, max_update_bytes=1 << 30)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    daemon = ClientDaemon("hubei", f"127.0.0.1:{port}", LocalWork(pd.DataFrame()), 30, 120, 1 << 30)
+    daemon = ClientDaemon(
+        "hubei", f"127.0.0.1:{port}", None, LocalWork(pd.DataFrame()), 30, 120, 1 << 30
+    )
     stub = pb_grpc.FederationStub(channel)
     received: dict = {}
 
