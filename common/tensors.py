@@ -7,6 +7,7 @@ tensors followed by byte chunks small enough for any gRPC message limit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class Payload:
         )
         return cls(header, b"".join(a.data for a in prepared.values()))
 
+    def digest(self) -> str:
+        return payload_digest(self.header, self.blob)
+
     def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         view = memoryview(self.blob)
         for start in range(0, len(view), chunk_bytes):
@@ -125,6 +129,9 @@ class PayloadReceiver:
         self._buffer[self._filled : end] = chunk
         self._filled = end
 
+    def digest(self) -> str:
+        return payload_digest(self._header, self._buffer)
+
     def arrays(self) -> Arrays:
         if self._filled != len(self._buffer):
             raise PayloadError(
@@ -140,6 +147,13 @@ class PayloadReceiver:
             arrays[spec.name] = flat.reshape(tuple(spec.shape))
             offset += size
         return arrays
+
+
+def payload_digest(header: pb.ParametersHeader, blob: bytes | bytearray) -> str:
+    """SHA-256 over the tensor specs and their bytes: the same arrays always hash the same."""
+    digest = hashlib.sha256(header.SerializeToString(deterministic=True))
+    digest.update(blob)
+    return digest.hexdigest()
 
 
 def receive(header: pb.ParametersHeader, chunks: Iterable[bytes], max_bytes: int) -> Arrays:

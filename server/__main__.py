@@ -19,6 +19,7 @@ from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server.coordinator import Coordinator
+from server.ledger import Ledger, LedgerError
 from server.models import STRATEGIES, build_strategy
 from server.results import ResultsFile
 from server.rounds import FederationError, RoundLoop, RunSettings
@@ -203,6 +204,15 @@ def build_server(
     return server, health_servicer
 
 
+def open_ledger(path: Path, resuming: bool) -> Ledger:
+    """The run's ledger; a fresh run keeps an earlier run's ledger aside, under its head hash."""
+    if path.exists() and not resuming:
+        kept = path.with_name(f"{path.stem}-{Ledger(path).head[:12]}{path.suffix}")
+        path.replace(kept)
+        log.info("an earlier run's ledger is kept as %s", kept)
+    return Ledger(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -252,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         args.min_clients,
     )
     try:
-        RoundLoop(coordinator, build_strategy(args.model), settings, results).run()
+        checkpoint = args.results.with_name("checkpoint.npz")
+        ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
+        RoundLoop(
+            coordinator, build_strategy(args.model), settings, results, ledger, checkpoint
+        ).run()
         status, reason = 0, "training is complete"
-    except FederationError as error:
+    except (FederationError, LedgerError) as error:
         log.error("federation stopped: %s", error)
         status, reason = 1, f"the federation failed: {error}"
     except KeyboardInterrupt:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.models.checks import UpdateError, check_arrays
 from common.preprocess import TARGET, GlobalStatistics, features_for
-from common.tensors import Arrays, Payload, to_tensor
+from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.checkpoint import Checkpoint
 from server.coordinator import Assignment, Coordinator
+from server.ledger import Ledger
 from server.results import ResultsFile
 from server.strategy import ClientResult, Evaluation, Failure, Instruction, Strategy
 
@@ -67,25 +71,33 @@ class RoundLoop:
         strategy: Strategy,
         settings: RunSettings,
         results: ResultsFile,
+        ledger: Ledger,
+        checkpoint_path: Path,
     ) -> None:
         self.coordinator = coordinator
         self.strategy = strategy
         self.settings = settings
         self.results = results
+        self.ledger = ledger
+        self.checkpoint_path = checkpoint_path
         self.features = features_for(settings.setting)
         self.parameters: Arrays | None = None
         self.scaler: pb.Scaler | None = None
 
     def run(self) -> None:
         s = self.settings
-        self._statistics(self._quorum(s.min_available))
+        first_round, seconds_before, evaluation = self._resume()
+        if first_round == 1:
+            self._statistics(self._quorum(s.min_available))
         started = time.perf_counter()
-        evaluation: Evaluation | None = None
-        for server_round in range(1, s.rounds + 1):
-            evaluation = self._round(server_round, self._quorum(s.min_clients)) or evaluation
+        for server_round in range(first_round, s.rounds + 1):
+            evaluation, entry = self._round(server_round, self._quorum(s.min_clients))
+            evaluation = evaluation or self._last_evaluation
+            self._last_evaluation = evaluation
+            self._complete(server_round, entry, seconds_before + time.perf_counter() - started)
         if self.parameters is None or evaluation is None:
             raise FederationError("no round produced an evaluated model")
-        train_seconds = time.perf_counter() - started
+        train_seconds = seconds_before + time.perf_counter() - started
         model_file = self.results.path.with_name("model.npz")
         np.savez(model_file, **self.parameters)
         self.results.update(
@@ -95,14 +107,62 @@ class RoundLoop:
                 "per_client": evaluation.per_client,
                 "train_seconds": train_seconds,
                 "model_file": model_file.name,
+                "ledger_head": self.ledger.head,
             }
         )
+        self.checkpoint_path.unlink(missing_ok=True)
         log.info(
             "done: final MSE %.6g over %d provinces, %.2f s of training",
             evaluation.mse,
             len(evaluation.per_client),
             train_seconds,
         )
+
+    def _complete(self, server_round: int, entry: dict[str, Any], train_seconds: float) -> None:
+        """Make the round durable: checkpoint first (it carries the ledger entry), then ledger."""
+        mean, scale = from_tensor(self.scaler.mean), from_tensor(self.scaler.scale)
+        last = self._last_evaluation
+        state = {
+            "model": self.results.data["model"],
+            "setting": self.settings.setting,
+            "train_seconds": train_seconds,
+            "results": self.results.data,
+            "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
+            "ledger_entry": entry,
+        }
+        Checkpoint(server_round, self.parameters or {}, mean, scale, state).save(
+            self.checkpoint_path
+        )
+        self.ledger.append(entry)
+
+    def _resume(self) -> tuple[int, float, Evaluation | None]:
+        """Pick up after the last completed round if a checkpoint of this run exists."""
+        self._last_evaluation: Evaluation | None = None
+        if not self.checkpoint_path.exists():
+            return 1, 0.0, None
+        checkpoint = Checkpoint.load(self.checkpoint_path)
+        state = checkpoint.state
+        wanted = (self.results.data["model"], self.settings.setting)
+        if (state["model"], state["setting"]) != wanted:
+            raise FederationError(
+                f"{self.checkpoint_path} belongs to a run of model {state['model']} "
+                f"({state['setting']}); remove it or choose another --results folder"
+            )
+        self.parameters = checkpoint.parameters or None
+        self.scaler = pb.Scaler(
+            features=self.features,
+            mean=to_tensor("mean", checkpoint.scaler_mean),
+            scale=to_tensor("scale", checkpoint.scaler_scale),
+        )
+        self.results.update(**{k: v for k, v in state["results"].items() if k != "config"})
+        if state["evaluation"]:
+            self._last_evaluation = Evaluation(**state["evaluation"])
+        if self.ledger.last_round < checkpoint.server_round:
+            self.ledger.append(state["ledger_entry"])
+        log.warning(
+            "resuming after round %d from %s", checkpoint.server_round, self.checkpoint_path
+        )
+        return checkpoint.server_round + 1, state["train_seconds"], self._last_evaluation
 
     def _quorum(self, count: int) -> list[str]:
         s = self.settings
@@ -146,7 +206,9 @@ class RoundLoop:
             "global statistics from %d provinces over %d training rows", len(results), stats.count
         )
 
-    def _round(self, server_round: int, provinces: list[str]) -> Evaluation | None:
+    def _round(
+        self, server_round: int, provinces: list[str]
+    ) -> tuple[Evaluation | None, dict[str, Any]]:
         s, strategy = self.settings, self.strategy
         started, cpu_started = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"round": server_round}
@@ -194,7 +256,16 @@ class RoundLoop:
         )
         self.results.add_round(record)
         log.info(_round_line(record, s.rounds))
-        return evaluation
+        entry = {
+            "round": server_round,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "model_digest": Payload.encode(self.parameters).digest() if self.parameters else None,
+            "participants": record["clients"],
+            "updates": {r.province: r.digest for r in sorted(results, key=lambda r: r.province)},
+            "metrics": {"mse": record["mse"], "per_client": record["per_client"]},
+            "failures": record["failures"],
+        }
+        return evaluation, entry
 
     def _phase(
         self,

@@ -116,7 +116,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 receiver.add(chunk.data)
             result = phase.accept(
                 ClientResult(
-                    client.province, outcome.num_examples, dict(outcome.metrics), receiver.arrays()
+                    client.province,
+                    outcome.num_examples,
+                    dict(outcome.metrics),
+                    receiver.arrays(),
+                    receiver.digest(),
                 )
             )
         except (PayloadError, UpdateError) as error:

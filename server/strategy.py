@@ -32,6 +32,8 @@ class ClientResult:
     num_examples: int
     metrics: Mapping[str, float]
     arrays: Arrays = field(default_factory=dict)
+    # SHA-256 of the update as received, for the ledger.
+    digest: str = ""
 
 
 @dataclass(frozen=True)
