@@ -1,0 +1,87 @@
+"""Clients and the server killed mid-run (SIGKILL), with real processes over localhost."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from common.provinces import PROVINCES
+from server.ledger import read_verified
+from server.localrun import LocalFederation
+from tests.test_federation import ROWS, SEED
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for_rounds(federation: LocalFederation, count: int, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if len(json.loads(federation.results_path.read_text())["rounds"]) >= count:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the federation did not reach round {count} in {timeout} s")
+
+
+def test_a_killed_client_is_dropped_at_the_deadline_and_rejoins_when_restarted(tmp_path):
+    federation = LocalFederation(
+        tmp_path,
+        "lr",
+        12,
+        ROWS,
+        SEED,
+        server_args=[
+            "--poll-seconds",
+            "2",
+            "--round-timeout",
+            "4",
+            "--min-clients",
+            "8",
+            "--min-available",
+            "9",
+        ],
+    )
+    federation.start()
+    wait_for_rounds(federation, 2)
+    federation.clients["hubei"].send_signal(signal.SIGKILL)
+    federation.clients["hubei"].wait()
+    dropped_round = len(json.loads(federation.results_path.read_text())["rounds"]) + 1
+    time.sleep(1)
+    federation.start_client("hubei")
+    codes = federation.wait(timeout=300)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    rounds = federation.results()["rounds"]
+    assert [r["round"] for r in rounds] == list(range(1, 13))
+    missed = [r for r in rounds if "hubei" not in r["clients"]]
+    assert missed, "hubei should have missed a round while it was dead"
+    assert all(r["round"] >= dropped_round - 1 for r in missed)
+    assert all(len(r["clients"]) >= 8 and r["mse"] is not None for r in rounds)
+    assert any(f["province"] == "hubei" for r in missed for f in r["failures"])
+    assert "hubei" in rounds[-1]["clients"], "hubei should be back by the last round"
+
+
+def test_a_killed_server_resumes_from_its_checkpoint_and_clients_come_back(tmp_path):
+    rounds = 40
+    federation = LocalFederation(
+        tmp_path, "lr-exact", rounds, ROWS, SEED, server_args=["--poll-seconds", "2"]
+    )
+    federation.start()
+    wait_for_rounds(federation, 3)
+    federation.server.send_signal(signal.SIGKILL)
+    federation.server.wait()
+    before = read_verified(tmp_path / "ledger.jsonl")
+    assert len(before) >= 3
+    federation.start_server()
+    codes = federation.wait(timeout=300)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    results = federation.results()
+    assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
+    ledger = read_verified(tmp_path / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == list(range(1, rounds + 1))
+    assert ledger[: len(before)] == before
+    assert results["final"]["ledger_head"] == ledger[-1]["hash"]
+    assert "resuming after round" in (tmp_path / "server.log").read_text()
+    assert not (tmp_path / "checkpoint.npz").exists()
