@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from common.models import linear
 from common.models.checks import UpdateError
 from common.tensors import Payload, PayloadError, PayloadReceiver
-from common.wire import SESSION_METADATA_KEY
+from common.wire import MAX_MESSAGE_BYTES, SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from proto.fedstock.v1 import tensor_pb2
@@ -101,7 +101,9 @@ class LiveServer:
 
         thread = threading.Thread(target=phase)
         thread.start()
-        task = next(self.stub.GetTask(pb.TaskRequest(), timeout=10, metadata=self.metadata)).task
+        # Read the whole stream: leaving it early would count as a lost connection.
+        first, *_ = self.stub.GetTask(pb.TaskRequest(), timeout=10, metadata=self.metadata)
+        task = first.task
         return task, thread, outcome
 
     def raw(self, method: str, payload: bytes) -> grpc.StatusCode:
@@ -201,3 +203,28 @@ def test_a_live_server_survives_hostile_messages_and_still_takes_an_honest_updat
         f"\nlive fuzzing: {fuzzed['raw']} raw messages and {fuzzed['lies']} lying submissions; "
         "every lie refused, the server answered throughout, the honest update arrived intact"
     )
+
+
+@pytest.mark.integration
+def test_oversized_messages_and_updates_are_refused():
+    live = LiveServer()
+    try:
+        task, phase, outcome = live.open_task()
+        huge_chunk = submission(task.task_id, VALID.header, [b"x" * (MAX_MESSAGE_BYTES + 1)])
+        assert live.submit(huge_chunk) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        big = Payload.encode({"xtx": np.zeros((400, 400)), "xty": np.zeros(400)})  # over 1 MiB
+        try:
+            live.stub.Submit(
+                iter(submission(task.task_id, big.header, list(big.chunks()))),
+                timeout=10,
+                metadata=live.metadata,
+            )
+            raise AssertionError("an update over the limit was accepted")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "exceeds the limit" in error.details()
+        phase.join(timeout=30)
+    finally:
+        live.close()
+    results, failures = outcome[0]
+    assert results == [] and "exceeds the limit" in failures[0].reason
