@@ -110,7 +110,9 @@ class ClientDaemon:
                     raise ClientError(
                         f"the server refused to let {self.province} join: {error.details()}"
                     ) from None
-                backoff.wait(f"server {self.address} not reachable ({error.code().name})")
+                backoff.wait(
+                    f"server {self.address} not reachable ({error.code().name}: {error.details()})"
+                )
         self._session = reply.session
         self._poll_seconds = reply.poll_seconds or self._poll_seconds
         backoff.reset()
