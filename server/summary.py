@@ -19,6 +19,12 @@ def format_summary(results: dict[str, Any]) -> str:
             f"  round {record['round']}: {len(record['clients'])} clients, MSE {mse}, "
             f"{record['seconds']:.3f} s, server overhead {record['overhead_seconds'] * 1000:.1f} ms"
         )
+    stats = results.get("statistics")
+    if stats:
+        *features, target = stats["columns"]
+        correlation = [row[-1] for row in stats["pearson"][:-1]]
+        pairs = ", ".join(f"{f} {c:+.3f}" for f, c in zip(features, correlation, strict=True))
+        lines.append(f"  Pearson correlation with the {target} ({stats['rows']:,} rows): {pairs}")
     if not final:
         lines.append("no final result: the run did not finish (see the server's log)")
         return "\n".join(lines)

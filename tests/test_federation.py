@@ -10,6 +10,7 @@ from common import preprocess
 from common.data import synthesize_province
 from common.provinces import PROVINCES
 from server.localrun import LocalFederation
+from server.summary import format_summary
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +48,9 @@ def test_fedavg_lr_over_nine_client_processes(tmp_path):
     total = sum(s["n_test"] for s in final["per_client"].values())
     weighted = sum(s["mse"] * s["n_test"] for s in final["per_client"].values()) / total
     assert final["mse"] == pytest.approx(weighted)
+    summary = format_summary(results)
+    assert "Pearson correlation with the target" in summary
+    assert all(province in summary for province in PROVINCES) and "overall" in summary
     stats = results["statistics"]
     assert stats["columns"] == [*preprocess.NEXT_DAY_FEATURES, "target"]
     assert np.allclose(np.diag(stats["pearson"]), 1.0)
