@@ -3,19 +3,20 @@
 #   1. engine      docker/engine.sh (installs and starts the engine and Compose v2 if needed)
 #   2. base image  docker/base-image.sh, unless BASE_IMAGE names one to use instead
 #   3. image       `docker compose build` of the project image on that base
-#   4. up          the nine-province federation on the embedded synthetic market; passes when
-#                  the server and all nine clients exit 0 and the results file lists nine
-#                  clients and a finite MSE for every round
+#   4. up          the nine-province federation on the embedded synthetic market, over mutual
+#                  TLS; passes when the certs job, the server and all nine clients exit 0 and
+#                  the results file lists nine clients and a finite MSE for every round
 #   5. solo        one province alone (hubei, `docker compose run --no-deps`) against a server
 #                  with a quorum of one, reading its own mounted, read-only data file; checks
 #                  the server's health check turns healthy and that the client sees only its
-#                  own province's file
+#                  own province's data file and its own certificate and key
 #   6. down        `docker compose down -v` (also on failure, from the EXIT trap)
 #
 # Settings: BASE_IMAGE (default: build fedstock-base:bookworm locally, as no registry is
 # assumed; e.g. BASE_IMAGE=python:3.11-slim where one is reachable), FEDSTOCK_TEST_PROJECT
 # [fedstock-test], FEDSTOCK_TEST_ROUNDS [2], FEDSTOCK_TEST_ROWS [3000], FEDSTOCK_TEST_MODEL
-# [lr], FEDSTOCK_TEST_TIMEOUT [600] seconds for `up`, KEEP_LOGS=1 to keep the log directory.
+# [lr], FEDSTOCK_TEST_TIMEOUT [600] seconds for `up`, KEEP_LOGS=1 to keep the log directory,
+# FEDSTOCK_INSECURE=1 to test without TLS.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -34,7 +35,9 @@ PROVINCES=(hubei fujian sichuan shandong beijing zhejiang jiangsu guangdong shan
 export FEDSTOCK_IMAGE="${FEDSTOCK_TEST_IMAGE:-fedstock:compose-test}"
 export FEDSTOCK_ROUNDS="$ROUNDS" FEDSTOCK_ROWS="$ROWS" FEDSTOCK_SEED="$SEED"
 export FEDSTOCK_MODEL="${FEDSTOCK_TEST_MODEL:-lr}" FEDSTOCK_MIN_CLIENTS=9 FEDSTOCK_PORT=50051
-unset FEDSTOCK_DATA_DIR FEDSTOCK_ROUND_TIMEOUT
+unset FEDSTOCK_DATA_DIR FEDSTOCK_ROUND_TIMEOUT FEDSTOCK_HEALTH_PORT
+# Mutual TLS (the compose default) unless the caller asks for FEDSTOCK_INSECURE=1.
+[ "${FEDSTOCK_INSECURE:-}" = 1 ] || unset FEDSTOCK_INSECURE
 # Plain progress output in logs.
 export COMPOSE_ANSI=never COMPOSE_PROGRESS=plain
 
@@ -201,7 +204,7 @@ grep -E 'exited with code|federation stopped|ERROR' "$work/compose.log" | sed 's
 [ "$up_status" -ne 124 ] || fail "docker compose up did not finish within ${UP_TIMEOUT}s"
 codes="$(exit_codes)"
 bad=()
-for service in server "${PROVINCES[@]}"; do
+for service in certs server "${PROVINCES[@]}"; do
     grep -qx "$service=0" <<<"$codes" ||
         bad+=("$service=$(grep "^$service=" <<<"$codes" | cut -d= -f2 | xargs || true)")
 done
@@ -244,6 +247,12 @@ seen="$("${compose_data[@]}" run --rm --no-deps -T hubei ls -A /data 2>>"$work/c
     fail "could not list /data in the hubei container"
 [ "$seen" = hubei.parquet ] || fail "hubei's container sees in /data: $(echo "$seen" | xargs)"
 echo "hubei's container sees only /data/hubei.parquet"
+if [ "${FEDSTOCK_INSECURE:-}" != 1 ]; then
+    seen="$("${compose[@]}" run --rm --no-deps -T hubei ls -A /certs 2>>"$work/compose.log" | xargs)" ||
+        fail "could not list /certs in the hubei container"
+    [ "$seen" = "ca.pem hubei.key hubei.pem" ] || fail "hubei's container sees in /certs: $seen"
+    echo "hubei's container holds only its own identity: /certs/{ca.pem,hubei.key,hubei.pem}"
+fi
 
 solo_status=0
 timeout 300 "${compose_data[@]}" run --rm --no-deps -T hubei >>"$work/compose.log" 2>&1 ||
