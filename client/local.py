@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from client.privacy import privatize
 from client.trainers import trainer_for
 from common import preprocess
 from common.tensors import Arrays
@@ -53,7 +54,7 @@ class LocalWork:
         data = self.split(config)
         trainer = trainer_for(str(config["model"]))
         x = preprocess.scale(data.x_train, *scaler)
-        update = trainer.fit(x, data.y_train, parameters, config)
+        update = privatize(trainer.fit(x, data.y_train, parameters, config), parameters, config)
         metrics = {}
         if trainer.update_is_model:
             metrics["train_mse"] = _mse(trainer.predict(update, x), data.y_train)

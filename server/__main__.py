@@ -18,6 +18,7 @@ from common.preprocess import SETTINGS
 from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
+from server import privacy
 from server.coordinator import Coordinator
 from server.ledger import Ledger, LedgerError
 from server.models import STRATEGIES, build_strategy
@@ -137,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve without TLS: anyone who reaches the port can join as any province "
         "[FEDSTOCK_INSECURE=1]",
     )
+    privacy.add_arguments(add, env)
     add(
         "--health-port",
         type=int,
@@ -159,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--min-available cannot be below --min-clients")
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
+    problem = privacy.check_arguments(args)
+    if problem:
+        parser.error(problem)
     if args.workers < args.min_clients + 4:
         parser.error(f"--workers must be at least --min-clients + 4 ({args.min_clients + 4})")
     return args
@@ -216,6 +221,11 @@ def open_ledger(path: Path, resuming: bool) -> Ledger:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    try:
+        strategy = privacy.wrap(build_strategy(args.model), args)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
     coordinator = Coordinator(poll_seconds=args.poll_seconds)
     address = f"{args.host}:{args.port}"
     if args.insecure:
@@ -264,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint = args.results.with_name("checkpoint.npz")
         ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
-        RoundLoop(
-            coordinator, build_strategy(args.model), settings, results, ledger, checkpoint
-        ).run()
+        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint).run()
         status, reason = 0, "training is complete"
     except (FederationError, LedgerError) as error:
         log.error("federation stopped: %s", error)

@@ -254,6 +254,7 @@ class RoundLoop:
             # All of the server process's threads: transport, checks, aggregation, bookkeeping.
             server_cpu_seconds=time.process_time() - cpu_started,
         )
+        record.update(strategy.round_report(server_round))
         self.results.add_round(record)
         log.info(_round_line(record, s.rounds))
         entry = {

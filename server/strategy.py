@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +107,10 @@ class Strategy(ABC):
         self, server_round: int, results: list[ClientResult], failures: list[Failure]
     ) -> Evaluation | None:
         return Evaluation.weighted(results)
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        """Extra fields for the round's record in the results file (a privacy budget, say)."""
+        return {}
 
 
 def weighted_average(results: list[ClientResult]) -> Arrays:

@@ -1,0 +1,113 @@
+"""Differential privacy: clipping, noise scale, the accountant, and a federation that uses it."""
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+
+from client.privacy import privatize
+from common import vectors
+from common.models import linear
+from common.provinces import PROVINCES
+from server import privacy
+from server.localrun import LocalFederation
+from server.privacy.dp import DPFedAvg, DPSettings, epsilon
+from server.strategy import ClientResult, ExactLinear, FedAvg
+
+ROWS, SEED = 20_000, 3
+FAST = ["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"]
+
+
+def fedavg():
+    return FedAvg({"model": "lr"}, check=linear.check_weights)
+
+
+def test_clipping_bounds_the_norm_and_never_scales_up():
+    big, small = np.array([3.0, 4.0]), np.array([0.3, 0.4])
+    assert np.linalg.norm(vectors.clip(big, 1.0)) == pytest.approx(1.0)
+    np.testing.assert_allclose(vectors.clip(big, 1.0), [0.6, 0.8])
+    np.testing.assert_array_equal(vectors.clip(small, 1.0), small)
+
+
+def test_vectors_round_trip_in_sorted_name_order():
+    arrays = {"intercept": np.array(5.0), "coef": np.array([1.0, 2.0])}
+    flat = vectors.flatten(arrays)
+    np.testing.assert_array_equal(flat, [1.0, 2.0, 5.0])
+    back = vectors.unflatten(flat, arrays)
+    assert back["intercept"].shape == () and float(back["intercept"]) == 5.0
+
+
+def test_local_dp_clips_the_step_from_the_global_model_and_adds_noise_of_sigma_c():
+    reference = {"coef": np.full(40_000, 1.0)}
+    update = {"coef": np.full(40_000, 3.0)}
+    config = {"privacy": "dp-local", "dp_clip": 2.0, "dp_noise_multiplier": 0.0}
+    step = privatize(update, reference, config)["coef"] - 1.0
+    assert np.linalg.norm(step) == pytest.approx(2.0)
+    config["dp_noise_multiplier"] = 0.5
+    noisy = privatize(update, reference, config, np.random.default_rng(0))["coef"] - 1.0
+    assert np.std(noisy - step) == pytest.approx(0.5 * 2.0, rel=0.02)
+    assert privatize(update, reference, {"privacy": "none"}) is update
+
+
+def test_central_dp_averages_clipped_steps_over_the_clients_asked():
+    settings = DPSettings("dp-central", clip=1.0, noise_multiplier=0.0, delta=1e-5)
+    strategy = DPFedAvg(fedavg(), settings)
+    current = {"coef": np.zeros(2), "intercept": np.array(0.0)}
+    strategy.configure_fit(1, current, ["a", "b", "c", "d"])
+    results = [
+        ClientResult("a", 10, {}, {"coef": np.array([3.0, 0.0]), "intercept": np.array(4.0)}),
+        ClientResult("b", 99, {}, {"coef": np.array([0.0, 0.5]), "intercept": np.array(0.0)}),
+    ]
+    merged = strategy.aggregate_fit(1, results, [], current)
+    # a's step (3, 0, 4) is clipped to (0.6, 0, 0.8); b's is kept; both weigh the same; ÷ 4.
+    np.testing.assert_allclose(merged["coef"], [0.15, 0.125])
+    assert float(merged["intercept"]) == pytest.approx(0.2)
+
+
+def test_central_dp_noise_on_the_average_is_sigma_c_over_the_clients():
+    settings = DPSettings("dp-central", clip=2.0, noise_multiplier=1.5, delta=1e-5)
+    strategy = DPFedAvg(fedavg(), settings, np.random.default_rng(1))
+    strategy.configure_fit(1, None, ["a", "b", "c"])
+    zero = {"coef": np.zeros(30_000), "intercept": np.array(0.0)}
+    merged = strategy.aggregate_fit(1, [ClientResult("a", 1, {}, zero)], [], None)
+    assert np.std(merged["coef"]) == pytest.approx(1.5 * 2.0 / 3, rel=0.02)
+
+
+def test_epsilon_falls_with_noise_and_grows_with_rounds():
+    assert epsilon(0.5, 3, 1e-5) > epsilon(1.0, 3, 1e-5) > epsilon(2.0, 3, 1e-5)
+    assert epsilon(1.0, 1, 1e-5) < epsilon(1.0, 10, 1e-5)
+    for mode in ("dp-central", "dp-local"):
+        settings = DPSettings.for_epsilon(mode, clip=1.0, target=3.0, delta=1e-5, rounds=4)
+        assert settings.epsilon(4) == pytest.approx(3.0, rel=1e-3)
+    # Replacing a client's data moves its own release twice as far: local DP needs 2σ.
+    central = DPSettings.for_epsilon("dp-central", 1.0, 3.0, 1e-5, 4).noise_multiplier
+    local = DPSettings.for_epsilon("dp-local", 1.0, 3.0, 1e-5, 4).noise_multiplier
+    assert local == pytest.approx(2 * central)
+
+
+def test_privacy_applies_only_to_averaged_weight_vectors():
+    args = argparse.Namespace(
+        privacy="dp-central",
+        dp_clip=1.0,
+        dp_noise_multiplier=1.0,
+        dp_epsilon=0.0,
+        dp_delta=1e-5,
+        rounds=3,
+    )
+    assert isinstance(privacy.wrap(fedavg(), args), DPFedAvg)
+    with pytest.raises(ValueError, match="weight vectors"):
+        privacy.wrap(ExactLinear({"model": "lr-exact"}), args)
+
+
+@pytest.mark.integration
+def test_local_dp_federation_reports_epsilon_every_round(tmp_path):
+    args = [*FAST, "--privacy", "dp-local", "--dp-epsilon", "3", "--dp-clip", "5"]
+    federation = LocalFederation(tmp_path, "lr", 2, ROWS, SEED, server_args=args)
+    federation.start()
+    codes = federation.wait(timeout=240)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    rounds = federation.results()["rounds"]
+    spent = [r["privacy"]["epsilon"] for r in rounds]
+    assert spent[0] < spent[1] == pytest.approx(3.0, rel=1e-3)
+    assert all(r["privacy"]["delta"] == 1e-5 and math.isfinite(r["mse"]) for r in rounds)
