@@ -1,0 +1,88 @@
+"""Command-line options the baseline jobs share, with the federation's defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from baselines.data import DEFAULT_ROWS, DEFAULT_SEED, DataOptions
+from baselines.models import MODELS, ModelOptions
+from common.preprocess import SETTINGS
+
+
+def depth(text: str) -> int | None:
+    """A tree depth limit; 0 or 'none' for unlimited (the paper's setting)."""
+    if text.lower() in ("0", "none"):
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a depth limit must be positive, or 0 for none")
+    return value
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--data",
+        help="folder of <province>.parquet (see `python -m common.data --help`); without it, "
+        "the synthetic market the clients make by default",
+    )
+    add("--rows", type=int, default=DEFAULT_ROWS, help="rows of the synthetic market")
+    add("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic market")
+    add(
+        "--setting",
+        choices=SETTINGS,
+        default="next-day",
+        help="next-day: tomorrow's price, split by time; paper: same-day price, random split",
+    )
+    add("--test-fraction", type=float, default=0.2, help="share of each province's rows for test")
+    add("--split-seed", type=int, default=0, help="seed of the random split (paper setting)")
+
+
+def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = MODELS) -> None:
+    defaults = ModelOptions()
+    add = parser.add_argument
+    add(
+        "--model",
+        choices=models,
+        default="lr",
+        help="lr: linear regression; rf: random forest (Table 1); svm: RBF kernel by random "
+        "Fourier features + linear SVR; svr: the paper's exact SVR(kernel='rbf') on a subsample",
+    )
+    add("--trees", type=int, default=defaults.trees, help="trees of the random forest")
+    add(
+        "--max-depth",
+        type=depth,
+        default=defaults.max_depth,
+        help="depth limit of the trees (0: none, as the paper; big data then makes huge trees)",
+    )
+    add(
+        "--components",
+        type=int,
+        default=defaults.components,
+        help="random Fourier features of the SVM",
+    )
+    add(
+        "--svr-rows",
+        type=int,
+        default=defaults.svr_rows,
+        help="training rows sampled for the exact SVR (its cost grows with their square)",
+    )
+    add("--model-seed", type=int, default=defaults.seed, help="seed of the models' randomness")
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    return DataOptions(
+        args.data, args.rows, args.seed, args.setting, args.test_fraction, args.split_seed
+    )
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    return ModelOptions(args.trees, args.max_depth, args.components, args.svr_rows, args.model_seed)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0 < args.test_fraction < 1:
+        parser.error("--test-fraction must lie strictly between 0 and 1")
+    for flag in ("rows", "trees", "components", "svr_rows"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")

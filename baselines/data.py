@@ -1,0 +1,108 @@
+"""The rows every baseline trains on, prepared exactly as the federation prepares them.
+
+Each province cleans and splits its own rows (`common.preprocess.split`), and scaling uses the
+global mean and deviation of all provinces' training rows, derived from per-province sums as
+the server derives them. The centralised job and each Spark partition call these same functions,
+so all three frameworks see the same training and test rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import preprocess
+from common.data import load_province, synthesize, write_provinces
+from common.data.loaders import province_path
+from common.provinces import PROVINCES
+from common.tensors import Arrays
+from server.localrun import LocalFederation
+
+DEFAULT_ROWS = LocalFederation.rows  # the client's synthetic market, so the defaults agree
+DEFAULT_SEED = LocalFederation.seed
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the rows come from and how they are split: the federation's data settings."""
+
+    data: str | None = None  # folder (or Spark URL) of <province>.parquet; None: synthetic
+    rows: int = DEFAULT_ROWS
+    seed: int = DEFAULT_SEED
+    setting: str = "next-day"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    @property
+    def features(self) -> list[str]:
+        return preprocess.features_for(self.setting)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Global feature mean and scale (the federation's scaler) plus target moments and rows."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    target_mean: float
+    target_std: float
+    train_rows: int
+
+    @classmethod
+    def from_sums(cls, features: list[str], sums: Iterable[Arrays]) -> Scaling:
+        stats = preprocess.GlobalStatistics.from_sums([*features, preprocess.TARGET], list(sums))
+        mean, scale = stats.scaler()
+        target_std = float(stats.std[-1]) or 1.0
+        return cls(mean, scale, float(stats.mean[-1]), target_std, stats.count)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return preprocess.scale(x, self.mean, self.scale)
+
+
+def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:
+    return preprocess.split(raw, options.setting, options.test_fraction, options.split_seed)
+
+
+def add_sums(a: Arrays, b: Arrays) -> Arrays:
+    """Statistics of two sets of rows together: the sums simply add (a reduce step)."""
+    return {name: a[name] + b[name] for name in a}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Every province's split, and the federation's scaler over them."""
+
+    splits: dict[str, preprocess.Split]
+    scaling: Scaling
+
+
+def prepare(frames: Mapping[str, pd.DataFrame], options: DataOptions) -> Prepared:
+    splits = {name: split_province(raw, options) for name, raw in frames.items()}
+    sums = [preprocess.statistics(s.x_train, s.y_train) for s in splits.values()]
+    return Prepared(splits, Scaling.from_sums(options.features, sums))
+
+
+def load_frames(options: DataOptions) -> dict[str, pd.DataFrame]:
+    """Raw rows of every province: from `options.data`, or the synthetic market as clients make it.
+
+    With a folder, the provinces it holds files for take part (as clients that have data would).
+    """
+    if options.data is None:
+        return synthesize(options.rows, options.seed)
+    present = [p for p in PROVINCES if province_path(options.data, p).is_file()]
+    if not present:
+        raise FileNotFoundError(
+            f"{options.data}: no <province>.parquet files; create them with "
+            f"`python -m common.data synth --out {options.data}`"
+        )
+    return {province: load_province(options.data, province) for province in present}
+
+
+def write_synthetic(out: Path, rows: int, seed: int) -> Path:
+    """The synthetic market as <province>.parquet files, for jobs that read files (Spark)."""
+    write_provinces(synthesize(rows, seed), out)
+    return out

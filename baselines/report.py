@@ -1,0 +1,281 @@
+"""The comparison, written for people: the paper's two tables beside ours, charts and a report.
+
+Everything here reads results documents (the server's shape, plus "framework") and writes
+files; nothing trains. Tables come as CSV for scripts and Markdown for people.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+from baselines import paper
+
+Cell = float | str  # a figure, or why there is none
+Key = tuple[str, str]  # (framework, model)
+
+
+@dataclass
+class Comparison:
+    """Every run of a reproduction, and what a reader needs to know about how they ran."""
+
+    runs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    missing: dict[Key, str] = field(default_factory=dict)  # why a run has no result
+    setup: dict[str, Any] = field(default_factory=dict)  # shown as the report's first table
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, framework: str, model: str, metric: str) -> Cell:
+        run = self.runs.get((framework, model))
+        if run is None:
+            return self.missing.get((framework, model), "n/a")
+        return float(run["final"]["mse" if metric == "mse" else "train_seconds"])
+
+
+TABLES = {
+    "mse": ("table2_mse", "Table 2: MSE on the test rows (price units)", paper.TABLE2_MSE),
+    "seconds": ("table3_seconds", "Table 3: ML training time (seconds)", paper.TABLE3_SECONDS),
+}
+
+
+def _number(value: Cell) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+
+
+def write_table(comparison: Comparison, metric: str, out: Path) -> tuple[Path, Path]:
+    """CSV (one row per model: ours and the paper's per framework) and the same as Markdown."""
+    name, title, published = TABLES[metric]
+    header = ["model"]
+    for framework in paper.FRAMEWORKS:
+        label = paper.FRAMEWORK_LABELS[framework]
+        header += [label, f"{label} (paper)"]
+    rows = []
+    for model in paper.MODELS:
+        row: list[Cell] = [paper.MODEL_LABELS[model]]
+        for framework in paper.FRAMEWORKS:
+            row += [comparison.cell(framework, model, metric), published[model][framework]]
+        rows.append(row)
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+    with csv_path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    lines = [
+        f"**{title}** — this run, with the paper's figure in brackets",
+        "",
+        "| model | " + " | ".join(paper.FRAMEWORK_LABELS[f] for f in paper.FRAMEWORKS) + " |",
+        "|---|" + "---:|" * len(paper.FRAMEWORKS),
+    ]
+    for row in rows:
+        pairs = [f"{_number(row[i])} (paper {_number(row[i + 1])})" for i in range(1, len(row), 2)]
+        lines.append(f"| {row[0]} | " + " | ".join(pairs) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def bar_chart(comparison: Comparison, metric: str, out: Path) -> Path:
+    """Ours beside the paper's, per model and framework, on a log scale (they span decades)."""
+    name, title, published = TABLES[metric]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    width = 0.8 / len(paper.FRAMEWORKS)
+    for axis, (source, values) in zip(axes, _sources(comparison, metric, published), strict=True):
+        for i, framework in enumerate(paper.FRAMEWORKS):
+            heights = [values(framework, model) for model in paper.MODELS]
+            positions = [m + (i - 1) * width for m in range(len(paper.MODELS))]
+            bars = axis.bar(
+                positions,
+                [h if h is not None else 0 for h in heights],
+                width,
+                label=paper.FRAMEWORK_LABELS[framework],
+            )
+            for bar, height in zip(bars, heights, strict=True):
+                middle = bar.get_x() + width / 2
+                if height is None:  # no bar: say so just above the axis
+                    axis.text(middle, 0.02, "n/a", ha="center", size=7, transform=bottom(axis))
+                else:
+                    axis.text(middle, height, _number(height), ha="center", va="bottom", size=7)
+        axis.set_xticks(range(len(paper.MODELS)), [paper.MODEL_LABELS[m] for m in paper.MODELS])
+        axis.set_yscale("log")
+        axis.set_title(source)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("MSE" if metric == "mse" else "seconds")
+    axes[0].legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = out / f"{name}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def bottom(axis: plt.Axes) -> Any:
+    """Coordinates of data along x and of the axes' height along y."""
+    return axis.get_xaxis_transform()
+
+
+Values = Callable[[str, str], float | None]
+
+
+def _sources(
+    comparison: Comparison, metric: str, published: Mapping[str, Mapping[str, float]]
+) -> list[tuple[str, Values]]:
+    def ours(framework: str, model: str) -> float | None:
+        value = comparison.cell(framework, model, metric)
+        return value if isinstance(value, float) and math.isfinite(value) else None
+
+    def theirs(framework: str, model: str) -> float | None:
+        return float(published[model][framework])
+
+    return [("this run", ours), ("the paper", theirs)]
+
+
+def convergence_plot(comparison: Comparison, out: Path) -> Path:
+    """The federation's global test MSE after each round, one line per model."""
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    plotted = False
+    for (framework, model), run in sorted(comparison.runs.items()):
+        rounds = [r for r in run.get("rounds", []) if r.get("mse") is not None]
+        if framework != "federated" or not rounds:
+            continue
+        axis.plot(
+            [r["round"] for r in rounds],
+            [r["mse"] for r in rounds],
+            marker="o",
+            label=paper.MODEL_LABELS.get(model, model),
+        )
+        plotted = True
+    if plotted:
+        values = [v for line in axis.get_lines() for v in line.get_ydata()]
+        if min(values) > 0 and max(values) / min(values) > 10:  # spans decades
+            axis.set_yscale("log")
+        axis.margins(y=0.2)
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, "no federated run finished", ha="center", transform=axis.transAxes)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("round")
+    axis.set_ylabel("global test MSE")
+    axis.set_title("Federated learning: MSE after each round")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = out / "convergence.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def runs_csv(comparison: Comparison, out: Path) -> Path:
+    """Every run, including the extra comparisons, with all its timings."""
+    timing_names = sorted(
+        {name for run in comparison.runs.values() for name in run["final"].get("timings", {})}
+    )
+    path = out / "runs.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["framework", "model", "mse", "train_seconds", *timing_names])
+        for (framework, model), run in sorted(comparison.runs.items()):
+            final = run["final"]
+            timings = final.get("timings", {})
+            writer.writerow(
+                [framework, model, final["mse"], final["train_seconds"]]
+                + [timings.get(name, "") for name in timing_names]
+            )
+    return path
+
+
+def _runs_table(comparison: Comparison) -> list[str]:
+    lines = [
+        "| framework | model | MSE | training s | whole job s | notes |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for (framework, model), run in sorted(comparison.runs.items()):
+        final = run["final"]
+        timings = final.get("timings", {})
+        job = timings.get("job_seconds", timings.get("total_seconds", final.get("wall_seconds")))
+        params = ", ".join(f"{k}={v}" for k, v in run.get("params", {}).items())
+        lines.append(
+            f"| {framework} | {model} | {_number(final['mse'])} | "
+            f"{_number(final['train_seconds'])} | {_number(job) if job else ''} | {params} |"
+        )
+    for (framework, model), reason in sorted(comparison.missing.items()):
+        lines.append(f"| {framework} | {model} | {reason} | | | |")
+    return lines
+
+
+def _per_province(comparison: Comparison) -> list[str]:
+    keys = sorted(comparison.runs)
+    provinces = sorted({p for run in comparison.runs.values() for p in run["final"]["per_client"]})
+    lines = [
+        "| province | " + " | ".join(f"{f} {m}" for f, m in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for province in provinces:
+        cells = []
+        for key in keys:
+            score = comparison.runs[key]["final"]["per_client"].get(province)
+            cells.append(_number(score["mse"]) if score else "")
+        lines.append(f"| {province} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(comparison: Comparison, out: Path) -> Path:
+    """All files of the comparison, and report.md that shows them top to bottom."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {metric: write_table(comparison, metric, out) for metric in TABLES}
+    charts = {metric: bar_chart(comparison, metric, out) for metric in TABLES}
+    convergence = convergence_plot(comparison, out)
+    runs_csv(comparison, out)
+    lines = [
+        "# Federated, centralised and Spark learning on Chinese A-share prices",
+        "",
+        "A reproduction of the seed paper's comparison (its Tables 2 and 3) with fedstock: the "
+        "same rows, split and scaling for all three frameworks.",
+        "",
+        "## Setup",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in comparison.setup.items()),
+        "",
+        "## Table 2: MSE",
+        "",
+        tables["mse"][1].read_text(),
+        f"![Table 2 as bars]({charts['mse'].name})",
+        "",
+        "## Table 3: training time",
+        "",
+        tables["seconds"][1].read_text(),
+        f"![Table 3 as bars]({charts['seconds'].name})",
+        "",
+        "## Federated convergence",
+        "",
+        f"![MSE per round]({convergence.name})",
+        "",
+        "## Every run",
+        "",
+        *_runs_table(comparison),
+        "",
+        "## MSE per province",
+        "",
+        *_per_province(comparison),
+        "",
+        "## Notes",
+        "",
+        *(f"- {note}" for note in comparison.notes),
+        "",
+        "Files: `table2_mse.csv`, `table3_seconds.csv`, `runs.csv` (every run with all its "
+        "timings) and `results/*.json` (each run's results file).",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

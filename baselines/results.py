@@ -1,0 +1,82 @@
+"""Scores and results files of the server's shape, so one reader serves every framework.
+
+The overall MSE is the server's: each province's test MSE weighted by its test rows, in price
+units, computed by the same `Evaluation.weighted`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baselines.data import DataOptions
+from server.results import ResultsFile
+from server.strategy import ClientResult, Evaluation
+
+
+def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean((prediction - truth) ** 2))
+
+
+def evaluation(scores: Iterable[tuple[str, float, int]]) -> Evaluation:
+    """From (province, test MSE, test rows) to the overall and per-province figures."""
+    results = [ClientResult(p, n, {"mse": value}) for p, value, n in scores]
+    evaluated = Evaluation.weighted(results)
+    if evaluated is None:
+        raise ValueError("no test rows to evaluate on")
+    return evaluated
+
+
+def record(
+    model: str,
+    framework: str,
+    data: DataOptions,
+    params: Mapping[str, Any],
+    scored: Evaluation,
+    train_rows: Mapping[str, int],
+    timings: Mapping[str, float],
+    train_seconds: float,
+) -> dict[str, Any]:
+    """A results document: the server's fields (model, setting, final) plus what this run was."""
+    return {
+        "model": model,
+        "framework": framework,
+        "setting": data.setting,
+        "data": asdict(data),
+        "params": dict(params),
+        "statistics": {"rows": sum(train_rows.values()), "train_samples": dict(train_rows)},
+        "rounds": [],
+        "final": {
+            "mse": scored.mse,
+            "clients": len(scored.per_client),
+            "per_client": scored.per_client,
+            "train_seconds": train_seconds,
+            "timings": dict(timings),
+        },
+    }
+
+
+def write(path: Path, results: dict[str, Any]) -> None:
+    """Atomically, as the server writes its own."""
+    ResultsFile(path, {}).update(**results)
+
+
+def summary(results: dict[str, Any]) -> str:
+    """MSE per province and overall, then the timings: what a person running a job wants."""
+    final = results["final"]
+    scores = final["per_client"]
+    width = max(len(p) for p in [*scores, "province"])
+    lines = [
+        f"{results['framework']} {results['model']}, parameters {results['params'] or 'none'}",
+        f"{'province':<{width}}  {'test rows':>10}  {'MSE':>12}",
+        *(f"{p:<{width}}  {s['n_test']:>10}  {s['mse']:>12.6g}" for p, s in scores.items()),
+        f"{'overall':<{width}}  {sum(s['n_test'] for s in scores.values()):>10}  "
+        f"{final['mse']:>12.6g}",
+        f"training seconds: {final['train_seconds']:.2f}",
+        "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in final["timings"].items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,384 @@
+"""`python -m baselines.spark`: the seed paper's decentralised framework on Apache Spark.
+
+Rows are read with Spark's own Parquet reader (never collected to the driver), keyed by
+province into an RDD of exactly nine partitions, one province each. Every partition splits its
+rows as a federation client would; a reduce over per-partition sums gives the global scaler;
+`mapPartitions` trains the scikit-learn model on each province and a reduce merges the nine
+(`baselines.models`). Spark MLlib's own LinearRegression and RandomForestRegressor run on the
+same split rows too, as the choice a Spark user would make.
+
+The same job runs against a cluster (`--master spark://host:7077`) when `--data` is on storage
+every executor can read and the executors have this project's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from baselines import cli, results
+from baselines.data import DataOptions, Scaling, add_sums, split_province, write_synthetic
+from baselines.models import Context, ModelOptions, build_model
+from common import preprocess
+from common.data import RAW_COLUMNS, validate_raw
+from common.provinces import PROVINCES
+
+if TYPE_CHECKING:
+    from pyspark import RDD
+    from pyspark.sql import SparkSession
+
+ENGINES = ("sklearn", "mllib")
+MLLIB_MODELS = ("lr", "rf")
+MLLIB_MAX_DEPTH = 30  # MLlib's own limit on tree depth
+PACKAGES = ("baselines", "common", "server", "client", "proto")  # what executors import
+ProvinceSplit = tuple[str, preprocess.Split]
+
+
+def start_session(master: str, driver_memory: str = "4g") -> SparkSession:
+    """A Spark session whose Python workers run this interpreter (the venv's)."""
+    if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
+        raise RuntimeError("Spark needs a Java runtime (17 or newer): run `make java`")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master.startswith("local"):  # everything on this machine: stay on the loopback
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.master(master)
+        .appName("fedstock-baselines")
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        # pandas writes dates as nanosecond timestamps, which Spark reads only as longs;
+        # `validate_raw` turns those back into dates.
+        .config("spark.sql.legacy.parquet.nanosAsLong", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if master.startswith("local"):  # everything on this machine: stay on the loopback
+        builder = (
+            builder.config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.ui.enabled", "false")
+        )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    if not master.startswith("local"):
+        spark.sparkContext.addPyFile(str(_code_archive()))
+    _warm_up(spark)
+    return spark
+
+
+def _warm_up(spark: SparkSession) -> None:
+    """Start the Python workers and import the models there, as part of the session's start-up,
+    so the first job's times are not charged for it."""
+    slots = spark.sparkContext.defaultParallelism
+    spark.sparkContext.parallelize(range(slots), slots).map(_import_models).collect()
+
+
+def _import_models(_: int) -> int:
+    """Nothing to do: running it on a worker imports this module, and with it the models."""
+    return 0
+
+
+def _code_archive() -> Path:
+    """This project's packages in one zip, for executors on other machines."""
+    root = Path(__file__).resolve().parent.parent
+    archive = Path(tempfile.mkdtemp(prefix="fedstock-code-")) / "fedstock.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for package in PACKAGES:
+            for path in (root / package).rglob("*.py"):
+                out.write(path, path.relative_to(root))
+    return archive
+
+
+# Partition functions run on the executors: module-level, taking only small picklable values.
+
+
+def _split_partition(data: DataOptions) -> Callable[[int, Iterable], Iterator[ProvinceSplit]]:
+    def run(index: int, pairs: Iterable[tuple[int, tuple]]) -> Iterator[ProvinceSplit]:
+        rows = [values for _, values in pairs]
+        if rows:  # a province with no file leaves its partition empty
+            province = PROVINCES[index]
+            raw = validate_raw(pd.DataFrame(rows, columns=list(RAW_COLUMNS)), province)
+            yield province, split_province(raw, data)
+
+    return run
+
+
+def _fit_partition(model: str, context: Context) -> Callable[[Iterable], Iterator[Any]]:
+    def run(pairs: Iterable[ProvinceSplit]) -> Iterator[Any]:
+        spec = build_model(model, context)
+        for _, s in pairs:
+            yield spec.fit(context.scaling.apply(s.x_train), s.y_train, context)
+
+    return run
+
+
+def _score(model: str, context: Context, fitted: Any) -> Callable[[ProvinceSplit], tuple]:
+    def run(pair: ProvinceSplit) -> tuple[str, float, int]:
+        province, s = pair
+        predict = build_model(model, context).predict
+        prediction = predict(fitted.value, context.scaling.apply(s.x_test))
+        return province, results.mse(prediction, s.y_test), len(s.y_test)
+
+    return run
+
+
+def province_splits(spark: SparkSession, data: DataOptions) -> RDD:
+    """RDD of nine partitions, each (province, Split) for one province, cached.
+
+    The province comes from each Parquet file's name, as `common.data` writes them.
+    """
+    from pyspark.sql import functions as F
+
+    index = {province: i for i, province in enumerate(PROVINCES)}
+    name = F.regexp_extract(F.col("_metadata.file_name"), r"^(.+)\.parquet$", 1)
+    rows = (
+        spark.read.parquet(f"{str(data.data).rstrip('/')}/*.parquet")
+        .select(*RAW_COLUMNS, name.alias("province"))
+        .where(F.col("province").isin(*PROVINCES))
+    )
+    keyed = rows.rdd.map(lambda row: (index[row[-1]], tuple(row[:-1])))
+    by_province = keyed.partitionBy(len(PROVINCES), lambda key: key)
+    return by_province.mapPartitionsWithIndex(_split_partition(data)).cache()
+
+
+def global_scaling(splits: RDD, data: DataOptions) -> Scaling:
+    """The federation's scaler: per-province sums, added up by a reduce."""
+    sums = splits.map(lambda pair: preprocess.statistics(pair[1].x_train, pair[1].y_train))
+    return Scaling.from_sums(data.features, [sums.reduce(add_sums)])
+
+
+@dataclass
+class Loaded:
+    """Provinces read, split and cached on the executors, with the global scaler: what every
+    model's job starts from. Jobs on one session may share it (the data is read once)."""
+
+    splits: RDD
+    scaling: Scaling
+    train_rows: dict[str, int]
+    seconds: float
+
+    def release(self) -> None:
+        self.splits.unpersist()
+
+
+def load(spark: SparkSession, data: DataOptions) -> Loaded:
+    """Read and split every province (`data.data` must name files Spark can read)."""
+    started = time.perf_counter()
+    splits = province_splits(spark, data)
+    scaling = global_scaling(splits, data)  # the first action: reads, shuffles and splits
+    train_rows = dict(splits.map(lambda pair: (pair[0], len(pair[1].y_train))).collect())
+    return Loaded(splits, scaling, train_rows, time.perf_counter() - started)
+
+
+def train_partitions(
+    spark: SparkSession, splits: RDD, model: str, context: Context
+) -> tuple[list[tuple[str, float, int]], float, float]:
+    """The paper's scheme: fit per partition, merge by reduce, score on each partition.
+
+    Returns the scores, the seconds of fit + reduce, and the seconds of scoring.
+    """
+    started = time.perf_counter()
+    merge = build_model(model, context).merge
+    merged = splits.mapPartitions(_fit_partition(model, context)).reduce(merge)
+    fitted = time.perf_counter()
+    shared = spark.sparkContext.broadcast(merged)
+    scores = splits.map(_score(model, context, shared)).collect()
+    shared.destroy()
+    return scores, fitted - started, time.perf_counter() - fitted
+
+
+def _rows_of() -> Callable[[ProvinceSplit], Iterator[tuple]]:
+    def run(pair: ProvinceSplit) -> Iterator[tuple]:
+        province, s = pair
+        for is_test, x, y in ((False, s.x_train, s.y_train), (True, s.x_test, s.y_test)):
+            for row, target in zip(x.tolist(), y.tolist(), strict=True):
+                yield (province, is_test, *row, target)
+
+    return run
+
+
+def train_mllib(
+    spark: SparkSession, splits: RDD, model: str, data: DataOptions, options: ModelOptions
+) -> tuple[list[tuple[str, float, int]], float, float]:
+    """MLlib's estimator on the same split rows: VectorAssembler + StandardScaler + model."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+    from pyspark.ml.regression import LinearRegression, RandomForestRegressor
+    from pyspark.sql import functions as F
+
+    features = data.features
+    columns = ["province", "is_test", *features, preprocess.TARGET]
+    frame = spark.createDataFrame(splits.flatMap(_rows_of()), columns)
+    train = frame.where(~F.col("is_test")).cache()
+    test = frame.where(F.col("is_test"))
+    train.count()  # materialise, so the fit below times training alone
+    if model == "lr":
+        estimator: Any = LinearRegression(labelCol=preprocess.TARGET)
+    else:
+        estimator = RandomForestRegressor(
+            labelCol=preprocess.TARGET,
+            numTrees=options.trees,
+            maxDepth=min(options.max_depth or MLLIB_MAX_DEPTH, MLLIB_MAX_DEPTH),
+            featureSubsetStrategy="all",
+            bootstrap=True,
+            seed=options.seed,
+        )
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=features, outputCol="raw"),
+            StandardScaler(inputCol="raw", outputCol="features", withMean=True, withStd=True),
+            estimator,
+        ]
+    )
+    started = time.perf_counter()
+    fitted = pipeline.fit(train)
+    trained = time.perf_counter()
+    error = (F.col("prediction") - F.col(preprocess.TARGET)) ** 2
+    per_province = (
+        fitted.transform(test)
+        .groupBy("province")
+        .agg(F.avg(error).alias("mse"), F.count(F.lit(1)).alias("n"))
+        .collect()
+    )
+    train.unpersist()
+    scores = [(row["province"], float(row["mse"]), int(row["n"])) for row in per_province]
+    return scores, trained - started, time.perf_counter() - trained
+
+
+@contextmanager
+def readable_data(data: DataOptions) -> Iterator[DataOptions]:
+    """`data` with files Spark can read: the synthetic market is written to Parquet first."""
+    if data.data is not None:
+        yield data
+        return
+    folder = Path(tempfile.mkdtemp(prefix="fedstock-synthetic-"))
+    try:
+        yield replace(data, data=str(write_synthetic(folder, data.rows, data.seed)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(
+    spark: SparkSession,
+    model: str,
+    data: DataOptions,
+    options: ModelOptions,
+    engine: str = "sklearn",
+    session_seconds: float = 0.0,
+    loaded: Loaded | None = None,
+) -> dict[str, Any]:
+    """One model's Spark job on a running session, reading the data unless `loaded` has it.
+
+    `session_seconds` is the session's start-up, reported beside the job (total_seconds),
+    never inside its training time; a shared `loaded` counts its reading time in every job.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "mllib" and model not in MLLIB_MODELS:
+        raise ValueError(f"MLlib has no {model!r} here; it runs {', '.join(MLLIB_MODELS)}")
+    if loaded is None:
+        with readable_data(data) as readable:
+            loaded = load(spark, readable)
+            try:
+                return run(spark, model, data, options, engine, session_seconds, loaded)
+            finally:
+                loaded.release()
+    if engine == "sklearn":
+        context = Context(options, loaded.scaling)
+        scores, fit_seconds, score_seconds = train_partitions(spark, loaded.splits, model, context)
+    else:
+        scores, fit_seconds, score_seconds = train_mllib(spark, loaded.splits, model, data, options)
+    job_seconds = loaded.seconds + fit_seconds + score_seconds
+    timings = {
+        "session_seconds": session_seconds,
+        "load_seconds": loaded.seconds,
+        "fit_seconds": fit_seconds,
+        "evaluate_seconds": score_seconds,
+        "job_seconds": job_seconds,
+        "total_seconds": session_seconds + job_seconds,
+    }
+    params = {**options.describe(model), "engine": engine, "master": spark.sparkContext.master}
+    params["partitions"] = loaded.splits.getNumPartitions()
+    return results.record(
+        model,
+        "spark" if engine == "sklearn" else "spark-mllib",
+        data,
+        params,
+        results.evaluation(scores),
+        loaded.train_rows,
+        timings,
+        train_seconds=fit_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m baselines.spark",
+        description="Train one model on Apache Spark as the seed paper's decentralised "
+        "framework: nine RDD partitions (one per province), a scikit-learn model per partition, "
+        "merged by a reduce; or Spark MLlib's own estimator (--engine mllib). Same "
+        "preprocessing, split and scaling as the federation. Prints MSE per province and "
+        "overall, the times with and without session start-up, and writes a results file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    cli.add_model_args(parser)
+    cli.add_data_args(parser)
+    add = parser.add_argument
+    add("--engine", choices=ENGINES, default="sklearn", help="per-partition sklearn, or MLlib")
+    add("--master", default="local[*]", help="Spark master URL, e.g. spark://host:7077")
+    add("--driver-memory", default="4g", help="driver JVM memory (4–6g for 2.7M rows)")
+    add("--results", type=Path, help="results JSON (default: runs/spark-MODEL.json)")
+    args = parser.parse_args(argv)
+    cli.check(parser, args)
+    if args.engine == "mllib" and args.model not in MLLIB_MODELS:
+        parser.error(f"--engine mllib runs --model {' or '.join(MLLIB_MODELS)}")
+    path = args.results or Path(
+        f"runs/spark-{'' if args.engine == 'sklearn' else 'mllib-'}{args.model}.json"
+    )
+    print(f"starting Spark ({args.master})…", flush=True)
+    started = time.perf_counter()
+    spark = start_session(args.master, args.driver_memory)
+    session_seconds = time.perf_counter() - started
+    try:
+        outcome = run(
+            spark,
+            args.model,
+            cli.data_options(args),
+            cli.model_options(args),
+            args.engine,
+            session_seconds,
+        )
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    results.write(path, outcome)
+    print(results.summary(outcome))
+    print(
+        "training seconds are fit_seconds: the model fitted and merged on rows already read, "
+        "split and cached; job_seconds adds reading, splitting and scoring; total_seconds adds "
+        "the session start-up"
+    )
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The centralised and Spark baselines on small data: same rows and scaling as the federation,
+and models that merge as the design says. One local Spark session serves the whole test run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+from sklearn.preprocessing import StandardScaler
+
+from baselines import centralised, spark
+from baselines.data import DataOptions, load_frames, prepare, write_synthetic
+from baselines.models import (
+    Context,
+    Ensemble,
+    ModelOptions,
+    Weighted,
+    build_model,
+    merge_weighted,
+    share,
+)
+from common.provinces import PROVINCES
+
+ROWS, SEED = 5_000, 3
+SMALL = ModelOptions(trees=6, max_depth=5, components=40, svr_rows=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> DataOptions:
+    folder = write_synthetic(tmp_path_factory.mktemp("tiny-market"), ROWS, SEED)
+    return DataOptions(data=str(folder), rows=ROWS, seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def spark_session():
+    """One local Spark for the run; another module asking gets the same session back."""
+    pytest.importorskip("pyspark")
+    try:
+        session = spark.start_session("local[2]", "1g")
+    except RuntimeError as error:  # no Java on this machine
+        pytest.skip(str(error))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded(spark_session, tiny_data):
+    """The tiny market read and split once, shared by the Spark jobs below."""
+    data = spark.load(spark_session, tiny_data)
+    yield data
+    data.release()
+
+
+def union(prepared):
+    splits = prepared.splits.values()
+    x = np.vstack([s.x_train for s in splits])
+    return x, np.concatenate([s.y_train for s in splits])
+
+
+def merged_in_process(model: str, data: DataOptions, options: ModelOptions):
+    """Per-province fits merged on one machine: what the Spark reduce must reproduce."""
+    prepared = prepare(load_frames(data), data)
+    context = Context(options, prepared.scaling)
+    spec = build_model(model, context)
+    parts = [
+        spec.fit(prepared.scaling.apply(s.x_train), s.y_train, context)
+        for s in prepared.splits.values()
+    ]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = spec.merge(merged, part)
+    return {
+        province: float(
+            np.mean((spec.predict(merged, prepared.scaling.apply(s.x_test)) - s.y_test) ** 2)
+        )
+        for province, s in prepared.splits.items()
+    }
+
+
+def test_global_scaling_equals_a_standard_scaler_on_all_training_rows(tiny_data):
+    prepared = prepare(load_frames(tiny_data), tiny_data)
+    x, _ = union(prepared)
+    fitted = StandardScaler().fit(x)
+    np.testing.assert_allclose(prepared.scaling.mean, fitted.mean_, rtol=1e-9)
+    np.testing.assert_allclose(prepared.scaling.scale, fitted.scale_, rtol=1e-7)
+    assert prepared.scaling.train_rows == len(x)
+    assert sorted(prepared.splits) == sorted(PROVINCES)
+
+
+def test_centralised_lr_equals_scikit_learn_on_the_union(tiny_data):
+    outcome = centralised.run("lr", tiny_data, ModelOptions())
+    prepared = prepare(load_frames(tiny_data), tiny_data)
+    x, y = union(prepared)
+    scaler = StandardScaler().fit(x)
+    model = LinearRegression().fit(scaler.transform(x), y)
+    expected = {
+        p: float(np.mean((model.predict(scaler.transform(s.x_test)) - s.y_test) ** 2))
+        for p, s in prepared.splits.items()
+    }
+    final = outcome["final"]
+    assert outcome["framework"] == "centralised" and outcome["model"] == "lr"
+    assert set(final["per_client"]) == set(PROVINCES)
+    for province, score in final["per_client"].items():
+        assert score["mse"] == pytest.approx(expected[province], rel=1e-6)
+        assert score["n_test"] == len(prepared.splits[province].y_test)
+    n = {p: s["n_test"] for p, s in final["per_client"].items()}
+    weighted = sum(expected[p] * n[p] for p in n) / sum(n.values())
+    assert final["mse"] == pytest.approx(weighted, rel=1e-6)
+    assert outcome["statistics"]["rows"] == len(y)
+
+
+@pytest.mark.parametrize("model", ["rf", "svm", "svr"])
+def test_centralised_trains_every_model(tiny_data, model):
+    final = centralised.run(model, tiny_data, SMALL)["final"]
+    assert math.isfinite(final["mse"]) and final["mse"] > 0
+    assert final["train_seconds"] > 0 and len(final["per_client"]) == len(PROVINCES)
+
+
+def test_centralised_command_writes_a_results_file(tiny_data, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    argv = ["--model", "lr", "--data", tiny_data.data, "--results", str(path)]
+    assert centralised.main(argv) == 0
+    written = json.loads(path.read_text())
+    assert written["framework"] == "centralised" and written["final"]["clients"] == 9
+    assert "overall" in capsys.readouterr().out
+    assert centralised.main(["--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_weighted_merge_is_the_sample_weighted_average():
+    a = Weighted({"coef": np.array([1.0, 2.0]), "intercept": np.array(0.0)}, 1)
+    b = Weighted({"coef": np.array([4.0, 5.0]), "intercept": np.array(3.0)}, 2)
+    c = Weighted({"coef": np.array([0.0, 0.0]), "intercept": np.array(6.0)}, 3)
+    left = merge_weighted(merge_weighted(a, b), c)
+    right = merge_weighted(a, merge_weighted(b, c))
+    for merged in (left, right):
+        assert merged.rows == 6
+        np.testing.assert_allclose(merged.arrays["coef"], [9 / 6, 12 / 6])
+        np.testing.assert_allclose(merged.arrays["intercept"], 24 / 6)
+
+
+def test_each_province_grows_trees_in_proportion_to_its_rows(tiny_data):
+    prepared = prepare(load_frames(tiny_data), tiny_data)
+    context = Context(ModelOptions(trees=20, max_depth=3), prepared.scaling)
+    spec = build_model("rf", context)
+    total = prepared.scaling.train_rows
+    for split in list(prepared.splits.values())[:3]:
+        part: Ensemble = spec.fit(prepared.scaling.apply(split.x_train), split.y_train, context)
+        assert len(part.members) == share(20, len(split.y_train), total)
+
+
+@pytest.mark.parametrize("model", ["lr", "rf", "svm"])
+def test_spark_reduce_equals_merging_the_province_fits(spark_session, loaded, tiny_data, model):
+    outcome = spark.run(spark_session, model, tiny_data, SMALL, loaded=loaded)
+    expected = merged_in_process(model, tiny_data, SMALL)
+    final = outcome["final"]
+    assert outcome["framework"] == "spark" and outcome["params"]["partitions"] == 9
+    assert set(final["per_client"]) == set(PROVINCES)
+    for province, score in final["per_client"].items():
+        assert score["mse"] == pytest.approx(expected[province], rel=1e-9)
+    timings = final["timings"]
+    assert final["train_seconds"] == timings["fit_seconds"]
+    assert timings["job_seconds"] >= timings["load_seconds"] + timings["fit_seconds"]
+
+
+def test_spark_reads_the_synthetic_default_through_parquet(spark_session):
+    data = DataOptions(rows=2_000, seed=SEED)
+    outcome = spark.run(spark_session, "lr", data, ModelOptions())
+    assert outcome["data"]["data"] is None  # the temporary files are not the data's name
+    assert centralised.run("lr", data, ModelOptions())["statistics"] == outcome["statistics"]
+
+
+def test_mllib_linear_regression_matches_the_centralised_fit(spark_session, loaded, tiny_data):
+    outcome = spark.run(spark_session, "lr", tiny_data, ModelOptions(), "mllib", loaded=loaded)
+    reference = centralised.run("lr", tiny_data, ModelOptions())
+    assert outcome["framework"] == "spark-mllib"
+    assert outcome["final"]["mse"] == pytest.approx(reference["final"]["mse"], rel=1e-4)
+
+
+def test_spark_command_rejects_what_mllib_lacks(capsys):
+    with pytest.raises(SystemExit):
+        spark.main(["--engine", "mllib", "--model", "svm"])
+    assert "--engine mllib runs" in capsys.readouterr().err
