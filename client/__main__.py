@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from client.daemon import ClientDaemon, ClientError
+from client.he_keys import read_private_key
 from client.local import LocalWork
+from client.privacy import ClientPrivacy, PrivacyError
 from common.data import DataError, load_province, synthesize_province
 from common.logs import setup_logging
 from common.provinces import PROVINCES, check_province
@@ -95,6 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("INSECURE", "") not in ("", "0", "false"),
         help="connect without TLS, to a server started with --insecure [FEDSTOCK_INSECURE=1]",
     )
+    add(
+        "--he-key",
+        type=Path,
+        default=env("HE_KEY", None),
+        help="the federation's Paillier private key (he.key from `python -m client.he_keys`), "
+        "shared by the provinces out of band, never with the server; needed when the server "
+        "runs --privacy he [FEDSTOCK_HE_KEY]",
+    )
     args = parser.parse_args(argv)
     if args.province is None:
         parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s holds %d rows", args.province, len(raw))
     try:
         credentials = None if args.insecure else client_credentials(args.tls_dir, args.province)
-    except TLSSetupError as error:
+        privacy = ClientPrivacy(read_private_key(args.he_key) if args.he_key else None)
+    except (TLSSetupError, ValueError) as error:
         log.error("%s", error)
         return 2
     if credentials is None:
@@ -130,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         args.province,
         args.server,
         credentials,
-        LocalWork(raw),
+        LocalWork(raw, privacy),
         connect_timeout=args.connect_timeout,
         transfer_timeout=args.transfer_timeout,
         max_model_bytes=int(args.max_model_mb * (1 << 20)),
     )
     try:
         daemon.run()
-    except ClientError as error:
+    except (ClientError, PrivacyError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from client.privacy import privatize
+from client.privacy import ClientPrivacy
 from client.trainers import trainer_for
 from common import preprocess
 from common.tensors import Arrays
@@ -27,8 +27,9 @@ class Outcome:
 
 
 class LocalWork:
-    def __init__(self, raw: pd.DataFrame) -> None:
+    def __init__(self, raw: pd.DataFrame, privacy: ClientPrivacy | None = None) -> None:
         self.raw = raw
+        self.privacy = privacy or ClientPrivacy()
         self._splits: dict[tuple[str, float, int], preprocess.Split] = {}
 
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
@@ -54,12 +55,14 @@ class LocalWork:
         data = self.split(config)
         trainer = trainer_for(str(config["model"]))
         x = preprocess.scale(data.x_train, *scaler)
-        update = privatize(trainer.fit(x, data.y_train, parameters, config), parameters, config)
+        parameters = self.privacy.reveal(parameters, config)
+        update = trainer.fit(x, data.y_train, parameters, config)
         metrics = {}
         if trainer.update_is_model:
             metrics["train_mse"] = _mse(trainer.predict(update, x), data.y_train)
+        sent = self.privacy.protect(update, parameters, len(data.y_train), config)
         metrics["seconds"] = time.perf_counter() - started
-        return Outcome(len(data.y_train), metrics, update)
+        return Outcome(len(data.y_train), metrics, sent)
 
     def evaluate(
         self,
@@ -70,7 +73,7 @@ class LocalWork:
         started = time.perf_counter()
         data = self.split(config)
         prediction = trainer_for(str(config["model"])).predict(
-            parameters, preprocess.scale(data.x_test, *scaler)
+            self.privacy.reveal(parameters, config), preprocess.scale(data.x_test, *scaler)
         )
         metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
         return Outcome(len(data.y_test), metrics)

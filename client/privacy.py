@@ -1,18 +1,27 @@
-"""What a province does to its update before it leaves: local differential privacy.
+"""What a province does to an update before it leaves, and to encrypted parameters on arrival.
 
-The server asks for it through the task config (`privacy`, `dp_clip`, `dp_noise_multiplier`);
-the noise is drawn here, so the server never sees the update without it.
+The server asks for a mechanism through the task config (`privacy`): `dp-local` clips the
+step from the global parameters and adds Gaussian noise here, so the server never sees it
+without the noise; `he` encrypts the sample-weighted update under the federation's Paillier
+key, which only the provinces hold, and decrypts the sum the server sends back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
+from phe import paillier as phe
 
+from common import paillier
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 from common.wire import ConfigScalar
+
+
+class PrivacyError(RuntimeError):
+    """The server asks for a mechanism this client is not set up for."""
 
 
 def privatize(
@@ -31,3 +40,57 @@ def privatize(
     noisy = step + rng.normal(0.0, sigma * bound, size=step.shape)
     base = 0.0 if reference is None else flatten(reference)
     return unflatten(base + noisy, update)
+
+
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """The mechanisms as one object, holding the federation's private key if there is one."""
+
+    key: phe.PaillierPrivateKey | None = None
+
+    def _key(self) -> phe.PaillierPrivateKey:
+        if self.key is None:
+            raise PrivacyError("the server asks for encrypted updates; start with --he-key FILE")
+        return self.key
+
+    def reveal(
+        self, parameters: Arrays | None, config: Mapping[str, ConfigScalar]
+    ) -> Arrays | None:
+        """Plain global parameters: decrypted and divided by the total weight under `he`."""
+        if config.get("privacy") != "he" or parameters is None:
+            return parameters
+        key = self._key()
+        n = key.public_key.n
+
+        def plain(tensor: np.ndarray) -> np.ndarray:
+            integers = [key.raw_decrypt(c) for c in paillier.from_tensor(tensor, n)]
+            return paillier.decode(integers, n).reshape(tensor.shape[:-1])
+
+        weight = float(plain(parameters[paillier.WEIGHT]))
+        if weight <= 0:
+            raise PrivacyError("the encrypted aggregate carries no positive sample weight")
+        return {
+            name: plain(t) / weight for name, t in parameters.items() if name != paillier.WEIGHT
+        }
+
+    def protect(
+        self,
+        update: Arrays,
+        reference: Arrays | None,
+        num_examples: int,
+        config: Mapping[str, ConfigScalar],
+    ) -> Arrays:
+        """The update as it may leave this province under the mechanism the server asks for."""
+        if config.get("privacy") != "he":
+            return privatize(update, reference, config)
+        public = self._key().public_key
+        weighted = {name: array * num_examples for name, array in update.items()}
+        weighted[paillier.WEIGHT] = np.array(float(num_examples))
+        return {
+            name: paillier.to_tensor(
+                [public.raw_encrypt(m) for m in paillier.encode(array, public.n)],
+                np.shape(array),
+                public.n,
+            )
+            for name, array in weighted.items()
+        }

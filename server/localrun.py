@@ -43,6 +43,7 @@ class LocalFederation:
     data: Path | None = None
     provinces: tuple[str, ...] = PROVINCES
     server_args: list[str] = field(default_factory=list)
+    client_args: list[str] = field(default_factory=list)
     insecure: bool = False
     port: int = field(default_factory=free_port)
     server: subprocess.Popen | None = None
@@ -95,7 +96,7 @@ class LocalFederation:
             if self.data
             else ["--rows", str(self.rows), "--seed", str(self.seed)]
         )
-        process = self._spawn(province, ["-m", "client", *args, *extra])
+        process = self._spawn(province, ["-m", "client", *args, *self.client_args, *extra])
         self.clients[province] = process
         return process
 

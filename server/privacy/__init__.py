@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
+from common.paillier import read_public_key
 from server.privacy.dp import MODES as DP_MODES
 from server.privacy.dp import DPFedAvg, DPSettings
+from server.privacy.he import HEFedAvg
 from server.strategy import FedAvg, Strategy
 
-PRIVACY_MODES = ("none", *DP_MODES)
+PRIVACY_MODES = ("none", *DP_MODES, "he")
 
 
 def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) -> None:
@@ -22,8 +25,9 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) ->
         choices=PRIVACY_MODES,
         default=env("PRIVACY", "none"),
         help="none; dp-central: the server clips each update and adds Gaussian noise to the "
-        "sum; dp-local: each client clips and adds the noise before sending. DP applies to "
-        "models whose updates are weight vectors (lr, svm), not to forests [FEDSTOCK_PRIVACY]",
+        "sum; dp-local: each client clips and adds the noise before sending; he: clients send "
+        "Paillier ciphertexts that the server adds without a key. Each applies to models "
+        "whose updates are weight vectors (lr, svm), not to forests [FEDSTOCK_PRIVACY]",
     )
     add(
         "--dp-clip",
@@ -51,6 +55,13 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) ->
         default=env("DP_DELTA", "1e-5"),
         help="δ at which ε is reported [FEDSTOCK_DP_DELTA]",
     )
+    add(
+        "--he-public-key",
+        type=Path,
+        default=env("HE_PUBLIC_KEY", "he.pub"),
+        help="with --privacy he: the federation's Paillier public key, he.pub from "
+        "`python -m client.he_keys` (the provinces keep he.key) [FEDSTOCK_HE_PUBLIC_KEY]",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -71,6 +82,8 @@ def wrap(strategy: Strategy, args: argparse.Namespace) -> Strategy:
             f"--privacy {args.privacy} needs a model whose updates are weight vectors averaged "
             "by FedAvg (lr, svm); forests and lr-exact's normal equations are not"
         )
+    if args.privacy == "he":
+        return HEFedAvg(strategy, read_public_key(args.he_public_key))
     if args.dp_epsilon:
         settings = DPSettings.for_epsilon(
             args.privacy, args.dp_clip, args.dp_epsilon, args.dp_delta, args.rounds
