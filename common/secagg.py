@@ -1,0 +1,195 @@
+"""Secure aggregation (Bonawitz et al., CCS 2017): the server learns the sum of the updates only.
+
+Each pair of clients u < v agrees a seed s_uv by X25519 through the server; u adds PRG(s_uv)
+and v subtracts it, so pairwise masks cancel in the sum. A self mask PRG(b_u) hides u's input
+even if the server wrongly says u dropped. Both b_u and u's mask key are Shamir-shared among
+the clients (any `threshold` shares rebuild them), each share encrypted for its holder, so the
+survivors can help remove the masks of clients that drop out: b_u of those whose input
+arrived, the mask key of those whose input did not; never both for one client. Inputs are
+fixed-point integers in Z_2^k, with k wide enough that the sum of N bounded inputs never wraps.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# A Mersenne prime above every 32-byte secret: Shamir's shares live in this field.
+PRIME = (1 << 521) - 1
+SHARE_BYTES = 66
+RAW = serialization.Encoding.Raw
+
+
+class SecAggError(RuntimeError):
+    """The protocol cannot go on safely: too few survivors, or a request that would leak."""
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Fixed point in Z_2^k: |value| ≤ bound in steps of 2^-fraction_bits, for `clients` inputs."""
+
+    bound: float
+    clients: int
+    fraction_bits: int = 24
+
+    @property
+    def bits(self) -> int:
+        """Magnitude bits, a sign bit, and log2(clients) bits of headroom for the sum."""
+        magnitude = math.ceil(math.log2(self.bound * (1 << self.fraction_bits) + 1))
+        bits = magnitude + 1 + math.ceil(math.log2(max(self.clients, 2)))
+        if bits > 62:
+            raise ValueError(f"{bits} bits needed; lower the bound or the fraction bits")
+        return bits
+
+    @property
+    def mask(self) -> np.uint64:
+        return np.uint64((1 << self.bits) - 1)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        if np.abs(values).max(initial=0.0) > self.bound:
+            raise ValueError(f"a value exceeds the encoding's bound {self.bound}")
+        integers = np.round(np.asarray(values, np.float64) * (1 << self.fraction_bits))
+        return integers.astype(np.int64).view(np.uint64) & self.mask
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        ring = (total & self.mask).astype(np.int64)
+        signed = np.where(ring >= 1 << (self.bits - 1), ring - (1 << self.bits), ring)
+        return signed / float(1 << self.fraction_bits)
+
+
+def prg(seed: bytes, size: int, encoding: Encoding) -> np.ndarray:
+    """`size` uniform elements of Z_2^k from a 32-byte seed (the ChaCha20 keystream)."""
+    stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(8 * size)), dtype=np.uint64) & encoding.mask
+
+
+def agree(private: X25519PrivateKey, public: bytes, label: bytes) -> bytes:
+    shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+    return HKDF(hashes.SHA256(), 32, salt=None, info=label).derive(shared)
+
+
+def split(secret: int, holders: list[int], threshold: int) -> dict[int, int]:
+    """Shamir shares of `secret` for each holder index (> 0): any `threshold` rebuild it."""
+    coefficients = [secret] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    return {
+        x: sum(c * pow(x, i, PRIME) for i, c in enumerate(coefficients)) % PRIME for x in holders
+    }
+
+
+def combine(shares: dict[int, int]) -> int:
+    """The secret from shares by Lagrange interpolation at zero."""
+    secret = 0
+    for x, y in shares.items():
+        others = [o for o in shares if o != x]
+        numerator = math.prod(-o for o in others) % PRIME
+        denominator = math.prod(x - o for o in others) % PRIME
+        secret += y * numerator * pow(denominator, -1, PRIME)
+    return secret % PRIME
+
+
+def _pair(u: int, v: int) -> bytes:
+    return f"{min(u, v)}-{max(u, v)}".encode()
+
+
+@dataclass
+class Client:
+    """One client's side of one round; `index` is its position among the round's clients (≥ 1)."""
+
+    index: int
+    encoding: Encoding
+    threshold: int
+    _cipher_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    _mask_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    _self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _held: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def advertise(self) -> tuple[bytes, bytes]:
+        """The public keys the server relays: one to encrypt shares, one to agree masks."""
+        return (
+            self._cipher_key.public_key().public_bytes_raw(),
+            self._mask_key.public_key().public_bytes_raw(),
+        )
+
+    def share(self, adverts: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        """Shares of the self seed and the mask key, encrypted for each other client."""
+        if len(adverts) < self.threshold:
+            raise SecAggError(f"{len(adverts)} clients cannot meet a threshold of {self.threshold}")
+        self._adverts = adverts
+        holders = sorted(adverts)
+        seeds = split(int.from_bytes(self._self_seed), holders, self.threshold)
+        key = int.from_bytes(self._mask_key.private_bytes_raw())
+        keys = split(key, holders, self.threshold)
+        self._held[self.index] = (seeds[self.index], keys[self.index])
+        return {
+            v: self._box(v).encrypt(
+                nonce := secrets.token_bytes(12),
+                seeds[v].to_bytes(SHARE_BYTES) + keys[v].to_bytes(SHARE_BYTES),
+                _pair(self.index, v),
+            )
+            + nonce
+            for v in holders
+            if v != self.index
+        }
+
+    def _box(self, other: int) -> AESGCM:
+        return AESGCM(agree(self._cipher_key, self._adverts[other][0], b"shares"))
+
+    def masked_input(self, values: np.ndarray, shares: dict[int, bytes]) -> np.ndarray:
+        """The encoded input plus the self mask and the pairwise masks: uniform to the server."""
+        for u, sealed in shares.items():
+            plain = self._box(u).decrypt(sealed[-12:], sealed[:-12], _pair(u, self.index))
+            self._held[u] = (
+                int.from_bytes(plain[:SHARE_BYTES]),
+                int.from_bytes(plain[SHARE_BYTES:]),
+            )
+        size = len(values)
+        total = self.encoding.encode(values) + prg(self._self_seed, size, self.encoding)
+        for v, (_, mask_public) in self._adverts.items():
+            if v != self.index:
+                mask = prg(
+                    agree(self._mask_key, mask_public, _pair(self.index, v)), size, self.encoding
+                )
+                total = total + mask if self.index < v else total - mask
+        return total & self.encoding.mask
+
+    def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, int]:
+        """Shares of self seeds for `survivors` and of mask keys for `dropped`; never both."""
+        if survivors & dropped or len(survivors) < self.threshold:
+            raise SecAggError(
+                "refusing to unmask: the server's survivor and dropout sets are unsafe"
+            )
+        return {u: self._held[u][0] for u in survivors} | {u: self._held[u][1] for u in dropped}
+
+
+def aggregate(
+    encoding: Encoding,
+    threshold: int,
+    adverts: dict[int, tuple[bytes, bytes]],
+    masked: dict[int, np.ndarray],
+    replies: dict[int, dict[int, int]],
+) -> np.ndarray:
+    """The server's part: the sum of the survivors' inputs, from masked inputs and replies."""
+    if len(replies) < threshold:
+        raise SecAggError(f"only {len(replies)} clients helped unmask; {threshold} are needed")
+    helpers = dict(list(replies.items())[:threshold])
+    size = len(next(iter(masked.values())))
+    total = sum(masked.values(), np.zeros(size, np.uint64))
+    for u in masked:
+        seed = combine({v: reply[u] for v, reply in helpers.items()})
+        total = total - prg(seed.to_bytes(32), size, encoding)
+    for u in set(adverts) - set(masked):
+        key = combine({v: reply[u] for v, reply in helpers.items()})
+        private = X25519PrivateKey.from_private_bytes(key.to_bytes(32))
+        for v in masked:
+            mask = prg(agree(private, adverts[v][1], _pair(u, v)), size, encoding)
+            # v added this mask if v < u and subtracted it otherwise: undo what v did.
+            total = total - mask if v < u else total + mask
+    return encoding.decode(total & encoding.mask)
