@@ -60,6 +60,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
+# Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
+# in runs/privacy.
+.PHONY: bench-privacy
+bench-privacy: $(STAMP)
+	$(PY) -m tests.bench_privacy --out runs/privacy
+
 # The seed paper's comparison: federated, centralised and Spark for LR, RF and SVM, written as
 # Tables 2 and 3 beside the paper's, charts and report.md in runs/reproduce. SCALE=paper runs
 # the paper's 2,699,730 rows (hours on two cores).
