@@ -13,13 +13,12 @@ from client.he_keys import read_private_key
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
 from common.data import DataError, load_province, synthesize_province
+from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
 from common.logs import setup_logging
 from common.provinces import PROVINCES, check_province
 from common.tls import TLSSetupError, client_credentials
 
 log = logging.getLogger("fedstock.client")
-
-DEFAULT_ROWS = 270_000
 
 
 def env(name: str, default: str | None) -> str | None:
@@ -62,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--seed",
         type=int,
-        default=env("SEED", "7"),
+        default=env("SEED", str(DEFAULT_SEED)),
         help="seed of the synthetic market (ignored with --data) [FEDSTOCK_SEED]",
     )
     add(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
 from common.provinces import PROVINCES
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.summary import format_summary
@@ -38,8 +39,8 @@ class LocalFederation:
     out: Path
     model: str = "lr"
     rounds: int = 3
-    rows: int = 270_000
-    seed: int = 7
+    rows: int = DEFAULT_ROWS
+    seed: int = DEFAULT_SEED
     data: Path | None = None
     provinces: tuple[str, ...] = PROVINCES
     server_args: list[str] = field(default_factory=list)
@@ -148,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="lr", help="model to train (see python -m server --help)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="training rounds")
-    parser.add_argument("--rows", type=int, default=270_000, help="rows of the synthetic market")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic market")
+    parser.add_argument(
+        "--rows", type=int, default=DEFAULT_ROWS, help="rows of the synthetic market"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic market"
+    )
     parser.add_argument(
         "--data", type=Path, help="folder of <province>.parquet instead of synthetic data"
     )

@@ -14,7 +14,7 @@ import pandas as pd
 
 from common.data.loaders import Imported, load_joinquant, load_tushare, write_provinces
 from common.data.schema import DataError
-from common.data.synthetic import PAPER_ROWS, province_rows, synthesize_province
+from common.data.synthetic import DEFAULT_SEED, PAPER_ROWS, province_rows, synthesize_province
 from common.provinces import PROVINCES
 
 OUT_ENV = "FEDSTOCK_DATA_DIR"
@@ -119,7 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         f"(default: {PAPER_ROWS:,}, the paper's data set)",
     )
     synth.add_argument(
-        "--seed", type=_seed, default=0, help="non-negative random seed (default: 0)"
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
+        help=f"non-negative random seed; the clients' embedded default is the same market "
+        f"(default: {DEFAULT_SEED})",
     )
     synth.add_argument(
         "--province",

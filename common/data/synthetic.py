@@ -16,6 +16,9 @@ from common.provinces import PROVINCES, check_province
 
 CALENDAR = pd.bdate_range("2014-01-02", periods=1700).as_unit("ns")  # to mid-2020
 PAPER_ROWS = 2_699_730  # the seed paper's JoinQuant data set, 2014–2020
+# The embedded default market: what a client without --data synthesizes for its province.
+DEFAULT_ROWS = 270_000
+DEFAULT_SEED = 7
 ROWS_PER_STOCK = 1600  # ~1,690 stocks at the paper's 2,699,730 rows
 MIN_TOTAL_ROWS = 1_000  # the smallest province still gets two stocks of a few weeks each
 MAX_TOTAL_ROWS = 10_000_000  # keeps each province within its 2,000 codes
