@@ -85,6 +85,8 @@ class ClientDaemon:
                     continue
                 backoff.reset()
                 if task.kind == pb.TASK_KIND_STOP:
+                    if task.failed:
+                        raise ClientError(f"the federation failed: {task.reason}")
                     log.info("server says stop: %s", task.reason or "no reason given")
                     return
                 if task.kind == pb.TASK_KIND_WAIT:

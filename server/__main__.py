@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted")
         status, reason = 130, "the server was interrupted"
-    coordinator.stop(reason, grace_seconds=args.poll_seconds + 5)
+    coordinator.stop(reason, failed=status != 0, grace_seconds=args.poll_seconds + 5)
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=2).wait()
     log.info("results written to %s", args.results)

@@ -76,6 +76,7 @@ class Coordinator:
         self._sessions: dict[str, ClientSession] = {}
         self._open: dict[str, Phase] = {}
         self._stop_reason = ""
+        self._stop_failed = False
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -173,9 +174,12 @@ class Coordinator:
                     if self._stop_reason:
                         client.told_to_stop = True
                         self._cond.notify_all()
-                        return Assignment(
-                            pb.Task(kind=pb.TASK_KIND_STOP, reason=self._stop_reason), None
+                        stop = pb.Task(
+                            kind=pb.TASK_KIND_STOP,
+                            reason=self._stop_reason,
+                            failed=self._stop_failed,
                         )
+                        return Assignment(stop, None)
                     remaining = end - time.monotonic()
                     if remaining <= 0 or not is_active():
                         return Assignment(pb.Task(kind=pb.TASK_KIND_WAIT), None)
@@ -218,11 +222,11 @@ class Coordinator:
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    def stop(self, reason: str, grace_seconds: float) -> None:
+    def stop(self, reason: str, failed: bool, grace_seconds: float) -> None:
         """Tell every connected client to stop; wait up to `grace_seconds` for them to hear it."""
         end = time.monotonic() + grace_seconds
         with self._cond:
-            self._stop_reason = reason
+            self._stop_reason, self._stop_failed = reason, failed
             for client in self._clients.values():
                 client.wakeup.notify_all()
             while time.monotonic() < end:

@@ -218,3 +218,21 @@ def test_missing_data_file_stops_the_client_with_a_clear_error(tmp_path):
     done = run_cli("-m", "client", "--province", "hubei", "--data", str(tmp_path))
     assert done.returncode == 2
     assert "hubei" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_when_the_federation_fails_its_clients_say_so(tmp_path):
+    """Quorum never reached: the server exits 1, and so does every client it told to stop."""
+    federation = LocalFederation(
+        tmp_path,
+        "lr",
+        1,
+        ROWS,
+        SEED,
+        provinces=("hubei", "fujian"),
+        server_args=["--poll-seconds", "2", "--min-clients", "3", "--join-timeout", "15"],
+    )
+    federation.start()
+    codes = federation.wait(timeout=120)
+    assert codes == {"server": 1, "hubei": 1, "fujian": 1}, codes
+    assert "only 2 of the 3 required clients" in (tmp_path / "server.log").read_text()
+    assert "the federation failed" in (tmp_path / "hubei.log").read_text()

@@ -70,7 +70,7 @@ class Scaler(_message.Message):
     def __init__(self, features: _Optional[_Iterable[str]] = ..., mean: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scale: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "round", "kind", "config", "scaler", "parameters", "deadline_seconds", "reason")
+    __slots__ = ("task_id", "round", "kind", "config", "scaler", "parameters", "deadline_seconds", "reason", "failed")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Task(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     kind: TaskKind
@@ -94,7 +95,8 @@ class Task(_message.Message):
     parameters: _tensor_pb2.ParametersHeader
     deadline_seconds: float
     reason: str
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., scaler: _Optional[_Union[Scaler, _Mapping]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    failed: bool
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., scaler: _Optional[_Union[Scaler, _Mapping]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
     __slots__ = ("task", "data")
