@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from client.daemon import ClientDaemon, ClientError
 from client.he_keys import read_private_key
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
+from common.cli import env, env_flag
 from common.data import DataError, load_province, synthesize_province
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
 from common.logs import setup_logging
@@ -19,10 +19,6 @@ from common.provinces import PROVINCES, check_province
 from common.tls import TLSSetupError, client_credentials
 
 log = logging.getLogger("fedstock.client")
-
-
-def env(name: str, default: str | None) -> str | None:
-    return os.environ.get(f"FEDSTOCK_{name}", default)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--insecure",
         action="store_true",
-        default=env("INSECURE", "") not in ("", "0", "false"),
+        default=env_flag("INSECURE"),
         help="connect without TLS, to a server started with --insecure [FEDSTOCK_INSECURE=1]",
     )
     add(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from concurrent import futures
 from pathlib import Path
@@ -13,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.cli import env, env_flag
 from common.logs import setup_logging
 from common.preprocess import SETTINGS
 from common.tls import TLSSetupError, server_credentials
@@ -27,10 +27,6 @@ from server.rounds import FederationError, RoundLoop, RunSettings
 from server.servicer import FederationServicer
 
 log = logging.getLogger("fedstock.server")
-
-
-def env(name: str, default: str) -> str:
-    return os.environ.get(f"FEDSTOCK_{name}", default)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--insecure",
         action="store_true",
-        default=env("INSECURE", "") not in ("", "0", "false"),
+        default=env_flag("INSECURE"),
         help="serve without TLS: anyone who reaches the port can join as any province "
         "[FEDSTOCK_INSECURE=1]",
     )
