@@ -18,12 +18,9 @@ import pandas as pd
 from common import preprocess
 from common.data import load_province, synthesize, write_provinces
 from common.data.loaders import province_path
+from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
 from common.provinces import PROVINCES
 from common.tensors import Arrays
-from server.localrun import LocalFederation
-
-DEFAULT_ROWS = LocalFederation.rows  # the client's synthetic market, so the defaults agree
-DEFAULT_SEED = LocalFederation.seed
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,56 @@ def _per_province(comparison: Comparison) -> list[str]:
     return lines
 
 
+def _label(framework: str) -> str:
+    return paper.FRAMEWORK_LABELS.get(framework, framework)
+
+
+def findings(comparison: Comparison) -> list[str]:
+    """What the tables say, in words: the winners beside the paper's, and agreements."""
+    lines = []
+    for model in paper.MODELS:
+        for metric, what, published in (
+            ("mse", "lowest MSE", paper.TABLE2_MSE),
+            ("seconds", "shortest training", paper.TABLE3_SECONDS),
+        ):
+            ours = {
+                f: v
+                for f in paper.FRAMEWORKS
+                if isinstance(v := comparison.cell(f, model, metric), float)
+            }
+            if not ours:
+                continue
+            best = min(ours, key=ours.__getitem__)
+            theirs = min(published[model], key=published[model].__getitem__)
+            among = "" if len(ours) == len(paper.FRAMEWORKS) else f" ({len(ours)} frameworks ran)"
+            lines.append(
+                f"{paper.MODEL_LABELS[model]}, {what}: {_label(best)}{among}; "
+                f"in the paper, {_label(theirs)}."
+            )
+    federated, spark = (
+        comparison.runs.get(("federated", "lr")),
+        comparison.runs.get(("spark", "lr")),
+    )
+    if federated and spark:
+        a, b = federated["final"]["mse"], spark["final"]["mse"]
+        same = math.isclose(a, b, rel_tol=1e-6)
+        lines.append(
+            f"FedAvg of the provinces' LR fits and Spark's row-weighted average of them "
+            f"{'give the same model' if same else 'differ'} (MSE {a:.6g} and {b:.6g})."
+        )
+    for model in paper.MODELS:
+        merged, central = (comparison.runs.get((f, model)) for f in ("spark", "centralised"))
+        if merged and central and merged["final"]["mse"] > 2 * central["final"]["mse"]:
+            ratio = merged["final"]["mse"] / central["final"]["mse"]
+            lines.append(
+                f"Spark's merged {paper.MODEL_LABELS[model]} has {ratio:.3g}× the centralised "
+                "MSE: each province's part learned only its own rows, and where provinces "
+                "differ (price levels, here) the merged model fits none of them as well "
+                "(see MSE per province)."
+            )
+    return lines
+
+
 def write_report(comparison: Comparison, out: Path) -> Path:
     """All files of the comparison, and report.md that shows them top to bottom."""
     out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +295,10 @@ def write_report(comparison: Comparison, out: Path) -> Path:
         "| | |",
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in comparison.setup.items()),
+        "",
+        "## What this run shows",
+        "",
+        *(f"- {line}" for line in findings(comparison)),
         "",
         "## Table 2: MSE",
         "",
