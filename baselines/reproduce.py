@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import io
 import json
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -55,7 +56,13 @@ SCALES = {
         6 * 3600,
     ),
 }
-EXTRAS = (("spark-mllib", "lr"), ("spark-mllib", "rf"), ("centralised", "svr"), ("spark", "svr"))
+# Further comparisons, each beside the table's model it accompanies: (model, framework, job).
+EXTRAS = (
+    ("lr", "spark-mllib", "lr"),
+    ("rf", "spark-mllib", "rf"),
+    ("svm", "centralised", "svr"),
+    ("svm", "spark", "svr"),
+)
 
 
 class Progress:
@@ -128,19 +135,11 @@ def run_federation(
     federation.results_path.unlink(missing_ok=True)
     started = time.perf_counter()
     federation.start()
-    seen = 0
-    while federation.server is not None and federation.server.poll() is None:
-        if time.perf_counter() - started > scale.timeout:
-            break
-        time.sleep(2)
-        rounds = _rounds_so_far(federation.results_path)
-        for record in rounds[seen:]:
-            mse = "n/a" if record.get("mse") is None else f"{record['mse']:.6g}"
-            progress.say(
-                f"    federated {model}: round {record['round']}/{scale.rounds}, MSE {mse}"
-            )
-        seen = max(seen, len(rounds))
-    codes = federation.wait(timeout=60)
+    try:
+        _follow(federation, model, scale, progress)
+        codes = federation.wait(timeout=60)
+    finally:
+        federation.kill()  # on an interrupt too: leave no process behind
     wall = time.perf_counter() - started
     failed = {name: code for name, code in codes.items() if code != 0}
     outcome = federation.results() if federation.results_path.exists() else {}
@@ -150,6 +149,24 @@ def run_federation(
     outcome["final"]["wall_seconds"] = wall
     outcome["params"] = {"rounds": scale.rounds, **_model_config(outcome)}
     return outcome
+
+
+def _follow(federation: LocalFederation, model: str, scale: Scale, progress: Progress) -> None:
+    """Show each round as the server records it, until the server exits, a client fails, or
+    the scale's time is up."""
+    started, seen = time.perf_counter(), 0
+    server = federation.server
+    while server is not None and server.poll() is None:
+        crashed = [p for p, c in federation.clients.items() if c.poll() not in (None, 0)]
+        if crashed or time.perf_counter() - started > scale.timeout:
+            return
+        time.sleep(2)
+        rounds = _rounds_so_far(federation.results_path)
+        for record in rounds[seen:]:
+            mse = "n/a" if record.get("mse") is None else f"{record['mse']:.6g}"
+            where = f"round {record['round']}/{scale.rounds}"
+            progress.say(f"    federated {model}: {where}, MSE {mse}")
+        seen = max(seen, len(rounds))
 
 
 def _rounds_so_far(path: Path) -> list[dict[str, Any]]:
@@ -178,10 +195,12 @@ class Plan:
     extras: bool
     synthetic: bool
     scale_name: str
+    models: tuple[str, ...] = paper.MODELS
 
     def jobs(self) -> list[tuple[str, str]]:
-        keys = [(f, m) for f in paper.FRAMEWORKS for m in paper.MODELS]
-        return keys + (list(EXTRAS) if self.extras else [])
+        keys = [(f, m) for f in paper.FRAMEWORKS for m in self.models]
+        extras = [(f, job) for model, f, job in EXTRAS if model in self.models]
+        return keys + (extras if self.extras else [])
 
 
 def execute(plan: Plan, session: SparkSession | None = None) -> report.Comparison:
@@ -194,6 +213,9 @@ def execute(plan: Plan, session: SparkSession | None = None) -> report.Compariso
     owned = session is None
     session_seconds = 0.0
     loaded: spark.Loaded | None = None  # read once, shared by every Spark job
+    for model in set(paper.MODELS) - set(plan.models):
+        for framework in paper.FRAMEWORKS:
+            comparison.missing[(framework, model)] = "not run (--models)"
     try:
         for framework, model in jobs:
             label = f"{framework} {model}"
@@ -329,7 +351,18 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
     add("--master", default="local[*]", help="Spark master URL")
     add("--driver-memory", help="Spark driver memory (default: the scale's)")
     add("--no-extras", action="store_true", help="skip the MLlib and exact-SVR comparisons")
+    add(
+        "--models",
+        type=lambda text: tuple(text.split(",")),
+        default=paper.MODELS,
+        help="comma-separated subset of lr,rf,svm (the tables show n/a for the others)",
+    )
     args = parser.parse_args(argv)
+    # A plain `kill` ends the run through its finally blocks: no federation process left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unknown = set(args.models) - set(paper.MODELS)
+    if unknown:
+        parser.error(f"--models takes {','.join(paper.MODELS)}; unknown: {','.join(unknown)}")
     scale = SCALES[args.scale]
     rows = args.rows or scale.rows
     args.out.mkdir(parents=True, exist_ok=True)
@@ -347,6 +380,7 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
         extras=not args.no_extras,
         synthetic=args.data is None,
         scale_name=args.scale,
+        models=args.models,
     )
     comparison = execute(plan, session)
     path = report.write_report(comparison, args.out)

@@ -51,9 +51,9 @@ def start_session(master: str, driver_memory: str = "4g") -> SparkSession:
     """A Spark session whose Python workers run this interpreter (the venv's)."""
     if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
         raise RuntimeError("Spark needs a Java runtime (17 or newer): run `make java`")
+    local = master.startswith("local")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if master.startswith("local"):  # everything on this machine: stay on the loopback
+    if local:  # everything on this machine: stay on the loopback
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
     from pyspark.sql import SparkSession
@@ -68,7 +68,7 @@ def start_session(master: str, driver_memory: str = "4g") -> SparkSession:
         .config("spark.sql.legacy.parquet.nanosAsLong", "true")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    if master.startswith("local"):  # everything on this machine: stay on the loopback
+    if local:
         builder = (
             builder.config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
@@ -76,7 +76,7 @@ def start_session(master: str, driver_memory: str = "4g") -> SparkSession:
         )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    if not master.startswith("local"):
+    if not local:
         spark.sparkContext.addPyFile(str(_code_archive()))
     _warm_up(spark)
     return spark
