@@ -1,0 +1,110 @@
+"""Local training by mini-batch gradient steps that start from the global weights.
+
+A closed-form fit ignores where the federation stands; gradient steps do not, which is what
+FedProx (a pull back towards the global weights), SCAFFOLD (a drift correction) and FedNova
+(normalising by the number of steps) reason about. The model is linear, as a flat vector
+[coef..., intercept], and the loss half the mean squared error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.scaffold import CONTROL, CONTROL_DELTA
+from common.tensors import Arrays
+from common.wire import ConfigScalar
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """How a province trains in one round, as the server's task config says."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    mu: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, ConfigScalar]) -> LocalPlan:
+        return cls(
+            epochs=int(config["local_epochs"]),
+            learning_rate=float(config["learning_rate"]),
+            batch_size=int(config["batch_size"]),
+            mu=float(config.get("mu", 0.0)),
+            seed=int(config.get("sgd_seed", config.get("round", 0))),
+        )
+
+    def steps(self, n_rows: int) -> int:
+        return self.epochs * math.ceil(n_rows / self.batch_size)
+
+
+def local_steps(n_rows: int, config: Mapping[str, ConfigScalar]) -> int:
+    """τ_i, the gradient steps a province takes in a round: FedNova weighs updates by it."""
+    return LocalPlan.from_config(config).steps(n_rows)
+
+
+def sgd(
+    x: np.ndarray,
+    y: np.ndarray,
+    start: np.ndarray,
+    plan: LocalPlan,
+    correction: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mini-batch SGD on ½·MSE + μ/2·‖w − start‖², plus a constant `correction` to each gradient."""
+    design = np.column_stack([x, np.ones(len(x))])
+    rng = np.random.default_rng(plan.seed)
+    w = start.copy()
+    for _ in range(plan.epochs):
+        order = rng.permutation(len(y))
+        for begin in range(0, len(y), plan.batch_size):
+            batch = order[begin : begin + plan.batch_size]
+            rows = design[batch]
+            gradient = rows.T @ (rows @ w - y[batch]) / len(batch)
+            gradient += plan.mu * (w - start)
+            if correction is not None:
+                gradient += correction
+            w -= plan.learning_rate * gradient
+    return w
+
+
+def _vector(weights: Arrays) -> np.ndarray:
+    return np.append(np.ravel(weights["coef"]), weights["intercept"])
+
+
+class LinearSGD:
+    """A province's gradient trainer; it keeps its SCAFFOLD control variate c_i across rounds."""
+
+    def __init__(self) -> None:
+        self.control: np.ndarray | None = None
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        global_arrays: Arrays | None,
+        config: Mapping[str, ConfigScalar],
+    ) -> Arrays:
+        plan = LocalPlan.from_config(config)
+        size = x.shape[1] + 1
+        start = np.zeros(size) if global_arrays is None else _vector(global_arrays)
+        server_control = (global_arrays or {}).get(CONTROL)
+        if server_control is None:
+            w = sgd(x, y, start, plan)
+            return {"coef": w[:-1].copy(), "intercept": np.asarray(w[-1])}
+        if self.control is None or len(self.control) != size:
+            self.control = np.zeros(size)
+        mine = self.control
+        w = sgd(x, y, start, plan, correction=np.asarray(server_control) - mine)
+        # Karimireddy et al.'s option II: c_i⁺ = c_i − c + (x − y_i) / (K·η).
+        updated = mine - server_control + (start - w) / (plan.steps(len(y)) * plan.learning_rate)
+        self.control = updated
+        return {
+            "coef": w[:-1].copy(),
+            "intercept": np.asarray(w[-1]),
+            CONTROL_DELTA: updated - mine,
+        }

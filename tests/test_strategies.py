@@ -1,0 +1,172 @@
+"""The math of the strategies beyond FedAvg, and of local gradient training, without a network."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from client.optim import LinearSGD, LocalPlan, local_steps, sgd
+from common.models import linear
+from common.models.checks import UpdateError
+from common.scaffold import CONTROL, CONTROL_DELTA
+from server import strategies
+from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
+from server.strategy import ClientResult, Failure, FedAvg
+
+SGD = {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.1, "batch_size": 8}
+
+
+def base() -> FedAvg:
+    return FedAvg(SGD, check=linear.check_weights)
+
+
+def weights(coef, intercept=0.0):
+    return {"coef": np.asarray(coef, dtype=float), "intercept": np.asarray(float(intercept))}
+
+
+def result(province, n, coef, intercept=0.0, **metrics):
+    return ClientResult(province, n, metrics, weights(coef, intercept))
+
+
+def regression(seed, n=400, shift=0.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    return x, x @ np.array([1.0, -2.0, 0.5]) + 3.0 + shift + 0.01 * rng.normal(size=n)
+
+
+def test_sgd_fits_a_linear_model_and_counts_its_steps():
+    x, y = regression(0)
+    config = {**SGD, "local_epochs": 20}
+    fitted = LinearSGD().fit(x, y, None, config)
+    np.testing.assert_allclose(fitted["coef"], [1.0, -2.0, 0.5], atol=0.02)
+    assert float(fitted["intercept"]) == pytest.approx(3.0, abs=0.02)
+    assert local_steps(len(y), config) == 20 * 50
+
+
+def test_sgd_is_seeded_and_the_proximal_term_pulls_towards_the_start():
+    x, y = regression(1)
+    plan = LocalPlan.from_config({**SGD, "sgd_seed": 7})
+    start = np.zeros(4)
+    np.testing.assert_array_equal(sgd(x, y, start, plan), sgd(x, y, start, plan))
+    free = np.linalg.norm(sgd(x, y, start, plan))
+    held = np.linalg.norm(sgd(x, y, start, LocalPlan.from_config({**SGD, "mu": 5.0})))
+    assert held < free
+
+
+def test_fedavg_over_steps_equals_the_weighted_average_of_models():
+    results = [result("a", 1, [0.0, 0.0]), result("b", 3, [4.0, 8.0], 4.0)]
+    current = weights([1.0, 1.0], 1.0)
+    merged = Federated(base()).aggregate_fit(1, results, [], current)
+    expected = base().aggregate_fit(1, results, [], current)
+    for name in ("coef", "intercept"):
+        np.testing.assert_allclose(merged[name], expected[name])
+    assert Federated(base()).aggregate_fit(1, [], [Failure("a", "x")], current) is None
+
+
+def test_each_province_gets_its_own_seed_and_fedprox_sends_mu():
+    strategy = strategies.wrap(base(), arguments(strategy="fedprox", mu=0.5))
+    plan = strategy.configure_fit(3, None, ["hubei", "fujian"])
+    assert plan[0].config["mu"] == 0.5 and plan[0].config["model"] == "lr-sgd"
+    assert plan[0].config["sgd_seed"] != plan[1].config["sgd_seed"]
+
+
+def test_fednova_normalises_each_step_by_its_local_steps():
+    current = weights([0.0])
+    # b took four times the steps of a to get twice as far: per step it moved half as much.
+    results = [result("a", 1, [1.0], local_steps=1.0), result("b", 1, [2.0], local_steps=4.0)]
+    strategy = FedNova(base())
+    for r in results:
+        strategy.accept_fit(1, r)
+    merged = strategy.aggregate_fit(1, results, [], current)
+    # τ_eff = 2.5, normalised mean = (1 + 0.5) / 2 = 0.75 → 1.875; FedAvg would say 1.5.
+    np.testing.assert_allclose(merged["coef"], [1.875])
+    with pytest.raises(UpdateError, match="local_steps"):
+        strategy.accept_fit(1, result("c", 1, [0.0]))
+
+
+def test_fedavgm_accumulates_momentum_and_fedadam_moves_each_coordinate_about_lr():
+    momentum = FedAvgM(base(), lr=1.0, momentum=0.5)
+    current = weights([0.0])
+    first = momentum.aggregate_fit(1, [result("a", 1, [1.0])], [], current)
+    second = momentum.aggregate_fit(2, [result("a", 1, [2.0])], [], first)
+    np.testing.assert_allclose(second["coef"], [2.5])  # v = 0.5·1 + 1
+    adam = FedAdam(base(), lr=0.1)
+    moved = adam.aggregate_fit(1, [result("a", 1, [100.0, -1.0], 5.0)], [], weights([0.0, 0.0]))
+    np.testing.assert_allclose(moved["coef"], [0.1, -0.1], rtol=0.15)
+
+
+def test_scaffold_sends_its_variate_checks_and_strips_the_clients_changes():
+    strategy = Scaffold(base())
+    assert strategy.configure_fit(1, None, ["a"])[0].parameters is None
+    current = weights([0.0, 0.0])
+    sent = strategy.configure_fit(2, current, ["a"])[0].parameters
+    np.testing.assert_array_equal(sent[CONTROL], np.zeros(3))
+    update = {**weights([1.0, 1.0]), CONTROL_DELTA: np.array([3.0, 0.0, 0.0])}
+    strategy.check_update(update, 2)
+    with pytest.raises(UpdateError, match="scaffold"):
+        strategy.check_update(weights([1.0, 1.0]), 2)
+    with pytest.raises(UpdateError, match="scaffold"):
+        strategy.check_update({**update, CONTROL_DELTA: np.zeros(2)}, 2)
+    merged = strategy.aggregate_fit(
+        2, [ClientResult("a", 1, {}, update)], [Failure("b", "x")], None
+    )
+    assert set(merged) == {"coef", "intercept"}
+    np.testing.assert_allclose(strategy.control, [1.5, 0.0, 0.0])  # ΣΔc_i over N = 2 clients
+
+
+def test_scaffold_clients_keep_their_variate_and_correct_their_drift():
+    x, y = regression(2)
+    client = LinearSGD()
+    start = {**weights([0.0, 0.0, 0.0]), CONTROL: np.zeros(4)}
+    first = client.fit(x, y, start, SGD)
+    np.testing.assert_allclose(first[CONTROL_DELTA], client.control)
+    kept = client.control.copy()
+    second = client.fit(x, y, {**weights([0.0, 0.0, 0.0]), CONTROL: kept}, SGD)
+    # With c = c_i the correction vanishes: the same steps as plain SGD from the same start.
+    plain = LinearSGD().fit(x, y, weights([0.0, 0.0, 0.0]), SGD)
+    np.testing.assert_allclose(second["coef"], plain["coef"])
+
+
+def test_qfedavg_with_q_zero_is_the_plain_mean_and_larger_q_favours_the_worse_province():
+    current = weights([0.0])
+    results = [
+        result("good", 9, [1.0], start_mse=1.0),
+        result("bad", 1, [-1.0], start_mse=4.0),
+    ]
+    fair = QFedAvg(base(), q=0.0).aggregate_fit(2, results, [], current)
+    np.testing.assert_allclose(fair["coef"], [0.0])  # unweighted by samples
+    tilted = QFedAvg(base(), q=2.0).aggregate_fit(2, results, [], current)
+    assert tilted["coef"][0] < 0  # the bad province's direction wins
+    with pytest.raises(UpdateError, match="start_mse"):
+        QFedAvg(base(), q=1.0).accept_fit(2, result("c", 1, [0.0]))
+
+
+def arguments(**overrides) -> argparse.Namespace:
+    defaults = dict(
+        strategy="fedavg",
+        aggregation="mean",
+        trim_fraction=0.2,
+        krum_f=2,
+        mu=0.01,
+        q=1.0,
+        server_lr=None,
+        server_momentum=0.9,
+        local_epochs=None,
+        learning_rate=None,
+        batch_size=None,
+    )
+    return argparse.Namespace(**{**defaults, **overrides})
+
+
+def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
+    plain = base()
+    assert strategies.wrap(plain, arguments()) is plain
+    assert isinstance(strategies.wrap(plain, arguments(strategy="scaffold")), Scaffold)
+    tuned = strategies.wrap(plain, arguments(local_epochs=3))
+    assert tuned.configure_fit(1, None, ["a"])[0].config["local_epochs"] == 3
+    closed_form = FedAvg({"model": "lr"}, check=linear.check_weights)
+    with pytest.raises(ValueError, match="gradient"):
+        strategies.wrap(closed_form, arguments(strategy="fednova"))
+    assert strategies.check_arguments(arguments(strategy="qfedavg", aggregation="median"))
+    assert strategies.check_arguments(arguments(learning_rate=-1.0))
+    assert strategies.check_arguments(arguments()) is None
