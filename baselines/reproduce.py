@@ -106,8 +106,12 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
     flags = ["--setting", data.setting, "--test-fraction", str(data.test_fraction)]
     flags += ["--seed", str(data.split_seed)]
     wanted = {
-        "rf": {"--trees": options.trees, "--max-depth": options.max_depth or 0},
-        "svm": {"--components": options.components},
+        "rf": {  # each province grows the paper's forest; the global one keeps `trees` of them
+            "--rf-n-estimators": options.trees,
+            "--rf-global-trees": options.trees,
+            "--rf-max-depth": options.max_depth or 0,
+        },
+        "svm": {"--svm-features": options.components, "--svm-seed": options.seed},
     }.get(model, {})
     for flag, value in wanted.items():
         try:
@@ -177,10 +181,10 @@ def _rounds_so_far(path: Path) -> list[dict[str, Any]]:
 
 
 def _model_config(outcome: dict[str, Any]) -> dict[str, str]:
-    """The server's model settings from its recorded configuration (all but transport)."""
+    """The model's own settings from the server's recorded configuration (rf_*, svm_*)."""
+    prefix = {"rf": "rf_", "svm": "svm_"}.get(outcome["model"])
     config = outcome.get("config", {})
-    keep = ("trees", "max_depth", "components", "setting", "test_fraction")
-    return {k: v for k, v in config.items() if k in keep}
+    return {k: v for k, v in config.items() if prefix and k.startswith(prefix)}
 
 
 @dataclass
