@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from concurrent import futures
 from pathlib import Path
 
@@ -16,15 +17,17 @@ from common.cli import env, env_flag
 from common.logs import setup_logging
 from common.preprocess import SETTINGS
 from common.tls import TLSSetupError, server_credentials
-from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION
+from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
-from server import privacy
+from server import privacy, strategies
 from server.coordinator import Coordinator
 from server.ledger import Ledger, LedgerError
-from server.models import STRATEGIES, build_strategy
+from server.model_selection import ModelSelection, parse_grid
+from server.models import ALL_OPTIONS, MODEL_HELP, OPTIONS, STRATEGIES, build_strategy
 from server.results import ResultsFile
 from server.rounds import FederationError, RoundLoop, RunSettings
 from server.servicer import FederationServicer
+from server.strategy import Strategy
 
 log = logging.getLogger("fedstock.server")
 
@@ -44,8 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         choices=sorted(STRATEGIES),
         default=env("MODEL", "lr"),
-        help="lr: FedAvg of locally fitted weights (the paper's); lr-exact: summed normal "
-        "equations solved once, equal to a centralised fit [FEDSTOCK_MODEL]",
+        help=f"{MODEL_HELP} [FEDSTOCK_MODEL]",
     )
     add("--rounds", type=int, default=env("ROUNDS", "3"), help="training rounds [FEDSTOCK_ROUNDS]")
     add(
@@ -135,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "[FEDSTOCK_INSECURE=1]",
     )
     privacy.add_arguments(add, env)
+    strategies.add_arguments(add, env)
     add(
         "--health-port",
         type=int,
@@ -142,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also serve the health service in plaintext on 127.0.0.1:PORT for local probes "
         "(0: no such port) [FEDSTOCK_HEALTH_PORT]",
     )
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.model not in STRATEGIES:
         parser.error(f"--model must be one of {', '.join(STRATEGIES)}, got {args.model!r}")
@@ -157,12 +161,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--min-available cannot be below --min-clients")
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
-    problem = privacy.check_arguments(args)
+    try:
+        args.grid = parse_grid(args.grid)
+    except ValueError as error:
+        parser.error(str(error))
+    args.cv_folds = args.cv_folds or (5 if args.grid else 0)
+    if args.cv_folds < 0 or args.cv_folds == 1:
+        parser.error("--cv-folds must be 0 (no cross-validation) or at least 2")
+    problem = privacy.check_arguments(args) or strategies.check_arguments(args)
     if problem:
         parser.error(problem)
     if args.workers < args.min_clients + 4:
         parser.error(f"--workers must be at least --min-clients + 4 ({args.min_clients + 4})")
     return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every model's hyperparameters (server/models.py) and model selection, one group each."""
+    for title, options in OPTIONS.items():
+        group = parser.add_argument_group(title)
+        for option in options:
+            group.add_argument(
+                option.flag,
+                dest=option.name,
+                type=option.parse,
+                default=env(option.env, option.default),
+                help=f"{option.help} [FEDSTOCK_{option.env}]",
+            )
+    group = parser.add_argument_group("model selection (federated cross-validation)")
+    group.add_argument(
+        "--cv-folds",
+        type=int,
+        default=env("CV_FOLDS", "0"),
+        help="before training, cross-validate on this many folds of every province's training "
+        "rows (the paper: 5); 0: none, or 5 with --grid [FEDSTOCK_CV_FOLDS]",
+    )
+    group.add_argument(
+        "--grid",
+        nargs="+",
+        default=(env("GRID") or "").split(),
+        metavar="NAME=V1,V2",
+        help="hyperparameter values to cross-validate, e.g. svm-c=0.1,1,10 rf-max-depth=8,16: "
+        "every combination is tried and the best trains the final model [FEDSTOCK_GRID, "
+        "items separated by spaces]",
+    )
 
 
 def build_server(
@@ -217,8 +259,13 @@ def open_ledger(path: Path, resuming: bool) -> Ledger:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    options = {name: getattr(args, name) for name in ALL_OPTIONS}
+
+    def build(params: Mapping[str, ConfigScalar]) -> Strategy:
+        return strategies.wrap(privacy.wrap(build_strategy(args.model, params), args), args)
+
     try:
-        strategy = privacy.wrap(build_strategy(args.model), args)
+        strategy = build(options)
     except ValueError as error:
         log.error("%s", error)
         return 2
@@ -270,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint = args.results.with_name("checkpoint.npz")
         ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
-        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint).run()
+        selection = ModelSelection(build, options, args.grid, args.cv_folds)
+        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint).run(
+            selection.choose if args.cv_folds else None
+        )
         status, reason = 0, "training is complete"
     except (FederationError, LedgerError) as error:
         log.error("federation stopped: %s", error)
