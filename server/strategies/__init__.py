@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from common.compression import METHODS
+from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
 from server.strategies.robust import AGGREGATIONS, combiner
 from server.strategy import FedAvg, Strategy
@@ -69,6 +71,20 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
         help="FedAvgM's momentum β [FEDSTOCK_SERVER_MOMENTUM]",
     )
     add(
+        "--compression",
+        choices=METHODS,
+        default=env("COMPRESSION", "none"),
+        help="how clients send their step from the global weights after the first round: "
+        "whole, as float16, as int8 with a scale, or its largest --topk-fraction coordinates; "
+        "what is dropped is carried to the next round (error feedback) [FEDSTOCK_COMPRESSION]",
+    )
+    add(
+        "--topk-fraction",
+        type=float,
+        default=env("TOPK_FRACTION", "0.1"),
+        help="share of coordinates top-k compression sends [FEDSTOCK_TOPK_FRACTION]",
+    )
+    add(
         "--local-epochs",
         type=int,
         default=env("LOCAL_EPOCHS"),
@@ -97,26 +113,41 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     positive = [f for f in (*LOCAL_FLAGS, "server_lr") if (getattr(args, f) or 1) <= 0]
     if positive:
         return f"--{positive[0].replace('_', '-')} must be positive"
+    if not 0 < args.topk_fraction <= 1:
+        return "--topk-fraction must lie in (0, 1]"
+    if args.strategy == "scaffold" and args.compression != "none":
+        return "SCAFFOLD's control variates travel whole; use it with --compression none"
     if args.strategy == "qfedavg" and args.aggregation != "mean":
         return "q-FedAvg weighs the steps by loss itself; use it with --aggregation mean"
     return None
 
 
 def wrap(strategy: Strategy, args: argparse.Namespace) -> Strategy:
+    """`strategy` as the algorithm and compression the flags ask for."""
+    algorithm = _algorithm(strategy, args)
+    if args.compression == "none":
+        return algorithm
+    return Compressed(algorithm, args.compression, args.topk_fraction)
+
+
+def _algorithm(strategy: Strategy, args: argparse.Namespace) -> Strategy:
     """`strategy` as the algorithm the flags ask for; plain FedAvg is returned as it is."""
     local = {f: getattr(args, f) for f in LOCAL_FLAGS if getattr(args, f) is not None}
-    if args.strategy == "fedavg" and args.aggregation == "mean" and not local:
+    plain = args.strategy == "fedavg" and args.aggregation == "mean" and not local
+    if plain and args.compression == "none":
         return strategy
     if type(strategy) is not FedAvg:
         raise ValueError(
-            f"--strategy {args.strategy} and --aggregation {args.aggregation} need a model whose "
-            "updates are weight vectors averaged by FedAvg (lr, lr-sgd, svm), without --privacy"
+            "--strategy, --aggregation and --compression need a model whose updates are weight "
+            "vectors averaged by FedAvg (lr, lr-sgd, svm), without --privacy"
         )
     gradient = "learning_rate" in strategy.model_config
     if args.strategy in ("fedprox", "fednova", "scaffold", "qfedavg") and not gradient:
         raise ValueError(f"--strategy {args.strategy} needs clients that train by gradient steps")
     if local and not gradient:
         raise ValueError("--local-epochs, --learning-rate and --batch-size apply to lr-sgd")
+    if plain:
+        return strategy
     combine = combiner(args.aggregation, args.trim_fraction, args.krum_f)
     lr = args.server_lr or SERVER_LR.get(args.strategy, 1.0)
     match args.strategy:
