@@ -24,6 +24,11 @@ from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 log = logging.getLogger("fedstock.client")
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+SECAGG_STEPS = {
+    pb.TASK_KIND_SECAGG_KEYS: "keys",
+    pb.TASK_KIND_SECAGG_SHARES: "shares",
+    pb.TASK_KIND_SECAGG_UNMASK: "unmask",
+}
 JOIN_DEADLINE_SECONDS = 10.0
 
 
@@ -167,6 +172,8 @@ class ClientDaemon:
         log.info("round %d: %s", task.round, kind.removeprefix("TASK_KIND_").lower())
         if task.kind == pb.TASK_KIND_STATISTICS:
             return self.work.statistics(config)
+        if task.kind in SECAGG_STEPS:
+            return self.work.secagg(SECAGG_STEPS[task.kind], config, parameters)
         scaler = self._scaler(task, str(config["setting"]))
         if task.kind == pb.TASK_KIND_TRAIN:
             return self.work.train(config, scaler, parameters)

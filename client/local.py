@@ -64,6 +64,21 @@ class LocalWork:
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_train), metrics, sent)
 
+    def secagg(
+        self, step: str, config: Mapping[str, ConfigScalar], parameters: Arrays | None
+    ) -> Outcome:
+        """One step of secure aggregation's key exchange or unmasking (client/secagg.py)."""
+        started = time.perf_counter()
+        protocol = self.privacy.secagg
+        if step == "keys":
+            arrays = protocol.keys(config)
+        elif step == "shares":
+            arrays = protocol.shares(config, parameters or {})
+        else:
+            arrays = protocol.unmask(config)
+        seconds = time.perf_counter() - started
+        return Outcome(len(self.split(config).y_train), {"seconds": seconds}, arrays)
+
     def evaluate(
         self,
         config: Mapping[str, ConfigScalar],

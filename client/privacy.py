@@ -3,17 +3,18 @@
 The server asks for a mechanism through the task config (`privacy`): `dp-local` clips the
 step from the global parameters and adds Gaussian noise here, so the server never sees it
 without the noise; `he` encrypts the sample-weighted update under the federation's Paillier
-key, which only the provinces hold, and decrypts the sum the server sends back.
+key, which only the provinces hold, and decrypts the sum the server sends back; `secagg` masks
+the update so that only the sum of all updates can be unmasked (client/secagg.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 from phe import paillier as phe
 
+from client.secagg import SecAggClient
 from common import paillier
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
@@ -42,11 +43,12 @@ def privatize(
     return unflatten(base + noisy, update)
 
 
-@dataclass(frozen=True)
 class ClientPrivacy:
-    """The mechanisms as one object, holding the federation's private key if there is one."""
+    """The mechanisms as one object: the federation's private key if any, the protocol's state."""
 
-    key: phe.PaillierPrivateKey | None = None
+    def __init__(self, key: phe.PaillierPrivateKey | None = None) -> None:
+        self.key = key
+        self.secagg = SecAggClient()
 
     def _key(self) -> phe.PaillierPrivateKey:
         if self.key is None:
@@ -56,7 +58,9 @@ class ClientPrivacy:
     def reveal(
         self, parameters: Arrays | None, config: Mapping[str, ConfigScalar]
     ) -> Arrays | None:
-        """Plain global parameters: decrypted and divided by the total weight under `he`."""
+        """Plain global parameters: decrypted under `he`, without relayed shares under `secagg`."""
+        if parameters is not None and config.get("privacy") == "secagg":
+            return self.secagg.strip(parameters)
         if config.get("privacy") != "he" or parameters is None:
             return parameters
         key = self._key()
@@ -81,6 +85,8 @@ class ClientPrivacy:
         config: Mapping[str, ConfigScalar],
     ) -> Arrays:
         """The update as it may leave this province under the mechanism the server asks for."""
+        if config.get("privacy") == "secagg":
+            return self.secagg.mask(update, num_examples, config)
         if config.get("privacy") != "he":
             return privatize(update, reference, config)
         public = self._key().public_key

@@ -152,12 +152,11 @@ class Client:
             )
         size = len(values)
         total = self.encoding.encode(values) + prg(self._self_seed, size, self.encoding)
-        for v, (_, mask_public) in self._adverts.items():
-            if v != self.index:
-                mask = prg(
-                    agree(self._mask_key, mask_public, _pair(self.index, v)), size, self.encoding
-                )
-                total = total + mask if self.index < v else total - mask
+        # Masks pair this client with those whose shares it holds: the clients still in.
+        for v in shares:
+            seed = agree(self._mask_key, self._adverts[v][1], _pair(self.index, v))
+            mask = prg(seed, size, self.encoding)
+            total = total + mask if self.index < v else total - mask
         return total & self.encoding.mask
 
     def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, int]:
@@ -193,3 +192,28 @@ def aggregate(
             # v added this mask if v < u and subtracted it otherwise: undo what v did.
             total = total - mask if v < u else total + mask
     return encoding.decode(total & encoding.mask)
+
+
+# How the protocol's messages travel as tensors (server/privacy/secagg.py, client/secagg.py).
+WEIGHT = "secagg_weight"
+SENDERS = "secagg_senders"
+SHARES = "secagg_shares"
+SEALED_BYTES = 2 * SHARE_BYTES + 16 + 12  # two shares, the AES-GCM tag and the nonce
+
+
+def pack_adverts(adverts: dict[int, tuple[bytes, bytes]]) -> dict[str, np.ndarray]:
+    order = sorted(adverts)
+    keys = np.frombuffer(b"".join(b"".join(adverts[i]) for i in order), dtype=np.uint8)
+    return {"index": np.array(order, dtype=np.int64), "keys": keys.reshape(len(order), 2, 32)}
+
+
+def unpack_adverts(arrays: dict[str, np.ndarray]) -> dict[int, tuple[bytes, bytes]]:
+    return {
+        int(i): (keys[0].tobytes(), keys[1].tobytes())
+        for i, keys in zip(arrays["index"], arrays["keys"], strict=True)
+    }
+
+
+def join_input(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """A masked input's tensors (int64 on the wire) as one ring vector, in sorted name order."""
+    return np.concatenate([np.ravel(arrays[name]) for name in sorted(arrays)]).view(np.uint64)

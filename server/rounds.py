@@ -83,6 +83,7 @@ class RoundLoop:
         self.features = features_for(settings.setting)
         self.parameters: Arrays | None = None
         self.scaler: pb.Scaler | None = None
+        strategy.bind_phases(self._phase)
 
     def run(self) -> None:
         s = self.settings

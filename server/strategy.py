@@ -63,11 +63,22 @@ class Evaluation:
         return cls(float(mse), per_client)
 
 
+# Runs one phase of tasks: (round, task kind, instructions, accept) -> (results, failures).
+PhaseRunner = Callable[
+    [int, int, list[Instruction], Callable[[ClientResult], ClientResult]],
+    tuple[list[ClientResult], list[Failure]],
+]
+
+
 class Strategy(ABC):
     """A federated learning algorithm, in the shape of Flower's strategy interface."""
 
     def __init__(self, model_config: Mapping[str, ConfigScalar]) -> None:
         self.model_config = dict(model_config)
+
+    def bind_phases(self, run: PhaseRunner) -> None:
+        """Keep the round loop's phase runner, for strategies that need phases of their own."""
+        self.run_phase = run
 
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]

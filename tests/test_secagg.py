@@ -1,10 +1,20 @@
 """Secure aggregation: masks cancel in the sum, dropouts are recovered, one input looks random."""
 
+import math
+import time
+
 import numpy as np
 import pytest
 from scipy import stats
 
+from client.privacy import ClientPrivacy
+from common.models import linear
+from common.provinces import PROVINCES
 from common.secagg import Client, Encoding, SecAggError, aggregate, combine, split
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.localrun import LocalFederation
+from server.privacy.secagg import SecAggFedAvg
+from server.strategy import ClientResult, Failure, FedAvg
 
 N, THRESHOLD, SIZE = 9, 5, 2_000
 
@@ -88,3 +98,85 @@ def test_the_bit_width_grows_with_the_number_of_clients():
     assert Encoding(1_000.0, 9).bits < Encoding(1_000.0, 1_000).bits
     with pytest.raises(ValueError):
         Encoding(1.0, 9).encode(np.array([2.0]))
+
+
+# The protocol as a --privacy mode: the strategy's phases, with clients in process or as processes.
+
+PROVINCE_UPDATES = {p: updates(4)[i + 1][:9] for i, p in enumerate(PROVINCES)}
+SAMPLES = {p: 100 * (i + 1) for i, p in enumerate(PROVINCES)}
+
+
+def as_update(vector):
+    return {"coef": vector[:8].copy(), "intercept": np.array(vector[8])}
+
+
+def in_process_round(dropped=()):
+    """One round of SecAggFedAvg whose phases are answered by ClientPrivacy objects in process."""
+    clients = {p: ClientPrivacy() for p in PROVINCES}
+    steps = {
+        pb.TASK_KIND_SECAGG_KEYS: lambda c, i: c.secagg.keys(i.config),
+        pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(i.config, i.parameters),
+        pb.TASK_KIND_SECAGG_UNMASK: lambda c, i: c.secagg.unmask(i.config),
+    }
+
+    def train(c, i):
+        c.reveal(i.parameters, i.config)
+        return c.protect(
+            as_update(PROVINCE_UPDATES[i.province]), None, SAMPLES[i.province], i.config
+        )
+
+    def run(server_round, kind, plan, accept):
+        results, failures = [], []
+        for i in plan:
+            if kind == pb.TASK_KIND_TRAIN and i.province in dropped:
+                failures.append(Failure(i.province, "dropped out"))
+                continue
+            arrays = (steps.get(kind) or train)(clients[i.province], i)
+            results.append(accept(ClientResult(i.province, SAMPLES[i.province], {}, arrays)))
+        return results, failures
+
+    strategy = SecAggFedAvg(FedAvg({"model": "lr"}, linear.check_weights))
+    strategy.bind_phases(run)
+    plan = strategy.configure_fit(1, None, list(PROVINCES))
+
+    def accept(result):
+        strategy.check_update(result.arrays, 8)
+        return result
+
+    results, failures = run(1, pb.TASK_KIND_TRAIN, plan, accept)
+    return strategy.aggregate_fit(1, results, failures, None), results
+
+
+@pytest.mark.parametrize("dropped", [(), ("sichuan",), ("hubei", "shanghai")])
+def test_secagg_fedavg_unmasks_the_weighted_average_of_whoever_stayed(dropped):
+    merged, results = in_process_round(dropped)
+    stayed = [p for p in PROVINCES if p not in dropped]
+    total = sum(SAMPLES[p] for p in stayed)
+    expected = sum(PROVINCE_UPDATES[p] * SAMPLES[p] for p in stayed) / total
+    np.testing.assert_allclose(merged["coef"], expected[:8], rtol=0, atol=1e-6)
+    assert float(merged["intercept"]) == pytest.approx(expected[8], abs=1e-6)
+    assert all(r.arrays["coef"].dtype == np.int64 for r in results)
+
+
+@pytest.mark.integration
+def test_a_secagg_federation_survives_a_client_dying_mid_round(tmp_path):
+    """hubei is killed once it has its training task, after sharing its keys and secrets."""
+    flags = ["--poll-seconds", "1", "--round-timeout", "20", "--join-timeout", "120"]
+    flags += ["--min-clients", "7", "--min-available", "9"]
+    federation = LocalFederation(
+        tmp_path, "lr", 1, 20_000, 3, server_args=[*flags, "--privacy", "secagg"]
+    )
+    federation.start()
+    log = tmp_path / "hubei.log"
+    deadline = time.monotonic() + 180
+    while "round 1: train" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "hubei never got its training task"
+        time.sleep(0.02)
+    federation.clients["hubei"].kill()
+    codes = federation.wait(timeout=240)
+    assert {p: c for p, c in codes.items() if p != "hubei"} == {
+        name: 0 for name in ["server", *PROVINCES] if name != "hubei"
+    }, codes
+    record = federation.results()["rounds"][0]
+    assert math.isfinite(record["mse"])
+    assert "hubei" in {f["province"] for f in record["failures"]}

@@ -14,9 +14,10 @@ from common.paillier import read_public_key
 from server.privacy.dp import MODES as DP_MODES
 from server.privacy.dp import DPFedAvg, DPSettings
 from server.privacy.he import HEFedAvg
+from server.privacy.secagg import SecAggFedAvg
 from server.strategy import FedAvg, Strategy
 
-PRIVACY_MODES = ("none", *DP_MODES, "he")
+PRIVACY_MODES = ("none", *DP_MODES, "he", "secagg")
 
 
 def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) -> None:
@@ -26,8 +27,9 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) ->
         default=env("PRIVACY", "none"),
         help="none; dp-central: the server clips each update and adds Gaussian noise to the "
         "sum; dp-local: each client clips and adds the noise before sending; he: clients send "
-        "Paillier ciphertexts that the server adds without a key. Each applies to models "
-        "whose updates are weight vectors (lr, svm), not to forests [FEDSTOCK_PRIVACY]",
+        "Paillier ciphertexts that the server adds without a key; secagg: clients mask their "
+        "updates so the server can unmask only their sum. Each applies to models whose "
+        "updates are weight vectors (lr, svm), not to forests [FEDSTOCK_PRIVACY]",
     )
     add(
         "--dp-clip",
@@ -62,12 +64,30 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) ->
         help="with --privacy he: the federation's Paillier public key, he.pub from "
         "`python -m client.he_keys` (the provinces keep he.key) [FEDSTOCK_HE_PUBLIC_KEY]",
     )
+    add(
+        "--secagg-threshold",
+        type=int,
+        default=env("SECAGG_THRESHOLD", "0"),
+        help="with --privacy secagg: clients that must stay in for a round's sum to be "
+        "unmasked (any fewer learn nothing of a dropped client's secrets); 0 means "
+        "⌊2n/3⌋+1 of the round's n clients [FEDSTOCK_SECAGG_THRESHOLD]",
+    )
+    add(
+        "--secagg-bound",
+        type=float,
+        default=env("SECAGG_BOUND", "1e9"),
+        help="with --privacy secagg: the largest |samples × weight| a client may send; the "
+        "fixed-point ring is made just wide enough that n such values never overflow "
+        "[FEDSTOCK_SECAGG_BOUND]",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
     """What is wrong with the privacy flags, if anything."""
     if args.dp_clip <= 0 or args.dp_noise_multiplier < 0 or args.dp_epsilon < 0:
         return "--dp-clip must be positive, --dp-noise-multiplier and --dp-epsilon non-negative"
+    if args.secagg_threshold < 0 or args.secagg_bound <= 0:
+        return "--secagg-threshold must be non-negative and --secagg-bound positive"
     if not 0 < args.dp_delta < 1:
         return "--dp-delta must lie strictly between 0 and 1"
     return None
@@ -84,6 +104,8 @@ def wrap(strategy: Strategy, args: argparse.Namespace) -> Strategy:
         )
     if args.privacy == "he":
         return HEFedAvg(strategy, read_public_key(args.he_public_key))
+    if args.privacy == "secagg":
+        return SecAggFedAvg(strategy, args.secagg_threshold, args.secagg_bound)
     if args.dp_epsilon:
         settings = DPSettings.for_epsilon(
             args.privacy, args.dp_clip, args.dp_epsilon, args.dp_delta, args.rounds

@@ -16,12 +16,18 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_WAIT: _ClassVar[TaskKind]
     TASK_KIND_STOP: _ClassVar[TaskKind]
     TASK_KIND_STATISTICS: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG_KEYS: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG_SHARES: _ClassVar[TaskKind]
+    TASK_KIND_SECAGG_UNMASK: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_STOP: TaskKind
 TASK_KIND_STATISTICS: TaskKind
+TASK_KIND_SECAGG_KEYS: TaskKind
+TASK_KIND_SECAGG_SHARES: TaskKind
+TASK_KIND_SECAGG_UNMASK: TaskKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("province", "rows", "software_version")

@@ -1,0 +1,176 @@
+"""Secure aggregation as a --privacy mode: the server unmasks the sum of the updates, no single one.
+
+Around each round's training the strategy runs common/secagg.py's protocol through phases of its
+own: KEYS (each client's two public keys), SHARES (each client's secret shares, encrypted for
+every other client, which the server relays without being able to open), TRAIN (each client's
+sample-weighted update and weight, masked) and UNMASK (the survivors' shares that remove the
+masks, whoever dropped out). Clients are numbered 1..n by sorted province each round; a round
+goes ahead as long as `threshold` clients stay in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import secagg, vectors
+from common.models.checks import UpdateError
+from common.tensors import Arrays
+from common.wire import ConfigScalar
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.strategy import ClientResult, FedAvg, Instruction, Strategy
+
+log = logging.getLogger("fedstock.server")
+
+
+def _expect(arrays: Arrays, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    """Exactly these tensors, of these dtypes and shapes (-1: any length)."""
+    if set(arrays) != set(shapes):
+        raise UpdateError(f"expected tensors {sorted(shapes)}, got {sorted(arrays)}")
+    for name, (dtype, shape) in shapes.items():
+        array = arrays[name]
+        fits = array.ndim == len(shape) and all(
+            s in (-1, a) for s, a in zip(shape, array.shape, strict=True)
+        )
+        if array.dtype != dtype or not fits:
+            raise UpdateError(f"tensor {name!r} is {array.dtype} {array.shape}, not {shape}")
+
+
+def _checked(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> Callable:
+    def accept(result: ClientResult) -> ClientResult:
+        _expect(result.arrays, shapes)
+        return result
+
+    return accept
+
+
+@dataclass(frozen=True)
+class _Round:
+    index: dict[str, int]
+    adverts: dict[int, tuple[bytes, bytes]]  # of the clients that sent their shares
+    threshold: int
+    config: dict[str, ConfigScalar]
+
+
+class SecAggFedAvg(Strategy):
+    """`inner` FedAvg whose updates the server only ever sees masked; their sum it unmasks."""
+
+    def __init__(self, inner: FedAvg, threshold: int = 0, bound: float = 1e9) -> None:
+        super().__init__(inner.model_config)
+        self.inner = inner
+        self.threshold = threshold
+        self.bound = bound
+        self._round: _Round | None = None
+
+    def _ask(
+        self,
+        server_round: int,
+        kind: int,
+        targets: dict[str, tuple[dict[str, ConfigScalar], Arrays | None]],
+        accept: Callable[[ClientResult], ClientResult],
+    ) -> list[ClientResult]:
+        plan = [Instruction(p, config, arrays) for p, (config, arrays) in targets.items()]
+        results, failures = self.run_phase(server_round, kind, plan, accept)
+        for failure in failures:
+            log.warning("round %d: secure aggregation lost %s", server_round, failure.province)
+        return results
+
+    def configure_fit(self, server_round, parameters, provinces):
+        index = {p: i for i, p in enumerate(sorted(provinces), start=1)}
+        n = len(index)
+        threshold = self.threshold or n * 2 // 3 + 1
+        base = {
+            **self.model_config,
+            "round": server_round,
+            "privacy": "secagg",
+            "secagg_clients": n,
+            "secagg_threshold": threshold,
+            "secagg_bound": self.bound,
+        }
+        own = {p: {**base, "secagg_index": i} for p, i in index.items()}
+        keys = self._ask(
+            server_round,
+            pb.TASK_KIND_SECAGG_KEYS,
+            {p: (own[p], None) for p in index},
+            _checked({"keys": (np.dtype(np.uint8), (2, 32))}),
+        )
+        adverts = {index[r.province]: tuple(k.tobytes() for k in r.arrays["keys"]) for r in keys}
+        packed = secagg.pack_adverts(adverts)
+        shares = self._ask(
+            server_round,
+            pb.TASK_KIND_SECAGG_SHARES,
+            {r.province: (own[r.province], packed) for r in keys},
+            _checked({"shares": (np.dtype(np.uint8), (len(adverts), secagg.SEALED_BYTES))}),
+        )
+        if len(shares) < threshold:
+            log.warning(
+                "round %d: %d clients shared keys, fewer than %d",
+                server_round,
+                len(shares),
+                threshold,
+            )
+            self._round = None
+            return []
+        row = {i: r for r, i in enumerate(sorted(adverts))}
+        sealed = {index[r.province]: r.arrays["shares"] for r in shares}
+        self._round = _Round(index, {u: adverts[u] for u in sealed}, threshold, base)
+
+        def relay(v: int) -> Arrays:
+            senders = [u for u in sorted(sealed) if u != v]
+            rows = np.stack([sealed[u][row[v]] for u in senders])
+            return {
+                **(parameters or {}),
+                secagg.SENDERS: np.array(senders, dtype=np.int64),
+                secagg.SHARES: rows,
+            }
+
+        return [Instruction(p, own[p], relay(index[p])) for p in index if index[p] in sealed]
+
+    def check_update(self, arrays: Arrays, n_features: int) -> None:
+        """int64 ring elements shaped like an update of the inner model, plus the weight."""
+        if secagg.WEIGHT not in arrays or arrays[secagg.WEIGHT].shape != ():
+            raise UpdateError(f"a masked update must carry one {secagg.WEIGHT!r}")
+        if any(a.dtype != np.int64 for a in arrays.values()):
+            raise UpdateError("a masked update holds int64 ring elements only")
+        shapes = {k: np.zeros(a.shape) for k, a in arrays.items() if k != secagg.WEIGHT}
+        self.inner.check_update(shapes, n_features)
+
+    def aggregate_fit(self, server_round, results, failures, current):
+        state = self._round
+        if state is None or len(results) < state.threshold:
+            return None
+        masked = {state.index[r.province]: secagg.join_input(r.arrays) for r in results}
+        survivors = ",".join(str(i) for i in sorted(masked))
+        dropped = ",".join(str(i) for i in sorted(set(state.adverts) - set(masked)))
+        config = {**state.config, "secagg_survivors": survivors, "secagg_dropped": dropped}
+        helpers = {p: i for p, i in state.index.items() if i in masked}
+        replies = self._ask(
+            server_round,
+            pb.TASK_KIND_SECAGG_UNMASK,
+            {p: ({**config, "secagg_index": i}, None) for p, i in helpers.items()},
+            _checked(
+                {
+                    "for": (np.dtype(np.int64), (-1,)),
+                    "shares": (np.dtype(np.uint8), (-1, secagg.SHARE_BYTES)),
+                }
+            ),
+        )
+        shares = {
+            state.index[r.province]: {
+                int(u): int.from_bytes(s.tobytes())
+                for u, s in zip(r.arrays["for"], r.arrays["shares"], strict=True)
+            }
+            for r in replies
+        }
+        encoding = secagg.Encoding(self.bound, len(state.index))
+        try:
+            total = secagg.aggregate(encoding, state.threshold, state.adverts, masked, shares)
+        except (secagg.SecAggError, KeyError) as error:
+            log.warning("round %d: cannot unmask the sum: %s", server_round, error)
+            return None
+        sums = vectors.unflatten(total, results[0].arrays)
+        weight = float(sums.pop(secagg.WEIGHT))
+        return {k: v / weight for k, v in sums.items()}
