@@ -10,6 +10,7 @@ from common.models import linear
 from common.models.checks import UpdateError
 from common.scaffold import CONTROL, CONTROL_DELTA
 from server import strategies
+from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
 from server.strategy import ClientResult, Failure, FedAvg
 
@@ -154,6 +155,8 @@ def arguments(**overrides) -> argparse.Namespace:
         local_epochs=None,
         learning_rate=None,
         batch_size=None,
+        compression="none",
+        topk_fraction=0.1,
     )
     return argparse.Namespace(**{**defaults, **overrides})
 
@@ -169,4 +172,7 @@ def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
         strategies.wrap(closed_form, arguments(strategy="fednova"))
     assert strategies.check_arguments(arguments(strategy="qfedavg", aggregation="median"))
     assert strategies.check_arguments(arguments(learning_rate=-1.0))
+    assert strategies.check_arguments(arguments(strategy="scaffold", compression="int8"))
+    compressed = strategies.wrap(plain, arguments(compression="topk"))
+    assert isinstance(compressed, Compressed) and compressed.inner is plain
     assert strategies.check_arguments(arguments()) is None
