@@ -2,9 +2,9 @@
 
 For each model whose updates are weight vectors, one federation per mode: the final MSE, the
 median seconds per round, and the tensor bytes per round (each client receives the global
-parameters for training and again for evaluation and sends one update: 3 × clients × payload;
-gRPC and TLS framing not counted). With --out, also the rows as JSON and the MSE/ε plot.
-Benchmarks measure and print; they assert nothing.
+parameters for training and again for evaluation and sends one update: 3 × clients × payload,
+plus secure aggregation's keys and shares; gRPC and TLS framing not counted). With --out, also
+the rows as JSON and the MSE/ε plot. Benchmarks measure and print; they assert nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from client.he_keys import write_keys
+from common import secagg
 from server.localrun import LocalFederation
 from server.models import STRATEGIES
 
@@ -29,6 +30,7 @@ MODES: dict[str, list[str]] = {
     "dp-central ε=10": ["--privacy", "dp-central", "--dp-epsilon", "10"],
     "dp-local ε=10": ["--privacy", "dp-local", "--dp-epsilon", "10"],
     "he": ["--privacy", "he"],
+    "secagg": ["--privacy", "secagg"],
 }
 
 
@@ -54,13 +56,28 @@ def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]
         with np.load(Path(out) / results["final"]["model_file"]) as stored:
             payload = sum(stored[name].nbytes for name in stored.files)
     records = results["rounds"]
+    clients = len(records[-1]["clients"])
     return {
         **row,
         "mse": results["final"]["mse"],
         "seconds_per_round": statistics.median(r["seconds"] for r in records),
-        "bytes_per_round": 3 * len(records[-1]["clients"]) * payload,
+        "bytes_per_round": 3 * clients * payload
+        + (secagg_bytes(clients) if mode == "secagg" else 0),
         "epsilon": records[-1].get("privacy", {}).get("epsilon"),
     }
+
+
+def secagg_bytes(n: int) -> int:
+    """Secure aggregation's own tensors in one round of n clients, up and down, all clients."""
+    index = 8  # one int64 client number beside each relayed item
+    per_client = (
+        64  # keys up
+        + n * (64 + index)  # everyone's keys down
+        + n * secagg.SEALED_BYTES  # encrypted shares up
+        + (n - 1) * (secagg.SEALED_BYTES + index)  # the shares addressed to it down
+        + n * (secagg.SHARE_BYTES + index)  # unmasking shares up
+    )
+    return n * per_client
 
 
 def line(row: dict[str, Any]) -> str:
