@@ -36,8 +36,8 @@ class Comparison:
 
     def cell(self, framework: str, model: str, metric: str) -> Cell:
         run = self.runs.get((framework, model))
-        if run is None:
-            return self.missing.get((framework, model), "n/a")
+        if run is None:  # the reason's head ("failed", "n/a (…)"); details in 'Every run'
+            return self.missing.get((framework, model), "n/a").split(":", 1)[0]
         return float(run["final"]["mse" if metric == "mse" else "train_seconds"])
 
 

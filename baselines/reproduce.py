@@ -140,8 +140,8 @@ def run_federation(
     started = time.perf_counter()
     federation.start()
     try:
-        _follow(federation, model, scale, progress)
-        codes = federation.wait(timeout=60)
+        finished = _follow(federation, model, scale, progress)
+        codes = federation.wait(timeout=60 if finished else 1)
     finally:
         federation.kill()  # on an interrupt too: leave no process behind
     wall = time.perf_counter() - started
@@ -155,15 +155,15 @@ def run_federation(
     return outcome
 
 
-def _follow(federation: LocalFederation, model: str, scale: Scale, progress: Progress) -> None:
-    """Show each round as the server records it, until the server exits, a client fails, or
-    the scale's time is up."""
+def _follow(federation: LocalFederation, model: str, scale: Scale, progress: Progress) -> bool:
+    """Show each round as the server records it, until the server exits (True), or a client
+    fails or the scale's time is up (False)."""
     started, seen = time.perf_counter(), 0
     server = federation.server
     while server is not None and server.poll() is None:
         crashed = [p for p, c in federation.clients.items() if c.poll() not in (None, 0)]
         if crashed or time.perf_counter() - started > scale.timeout:
-            return
+            return False
         time.sleep(2)
         rounds = _rounds_so_far(federation.results_path)
         for record in rounds[seen:]:
@@ -171,6 +171,7 @@ def _follow(federation: LocalFederation, model: str, scale: Scale, progress: Pro
             where = f"round {record['round']}/{scale.rounds}"
             progress.say(f"    federated {model}: {where}, MSE {mse}")
         seen = max(seen, len(rounds))
+    return True
 
 
 def _rounds_so_far(path: Path) -> list[dict[str, Any]]:
