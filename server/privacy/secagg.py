@@ -39,7 +39,9 @@ def _expect(arrays: Arrays, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]])
             raise UpdateError(f"tensor {name!r} is {array.dtype} {array.shape}, not {shape}")
 
 
-def _checked(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> Callable:
+def _checked(
+    shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],
+) -> Callable[[ClientResult], ClientResult]:
     def accept(result: ClientResult) -> ClientResult:
         _expect(result.arrays, shapes)
         return result
