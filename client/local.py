@@ -15,6 +15,7 @@ import pandas as pd
 from client.privacy import ClientPrivacy
 from client.trainers import trainer_for
 from common import preprocess
+from common.compression import ErrorFeedback
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -30,6 +31,8 @@ class LocalWork:
     def __init__(self, raw: pd.DataFrame, privacy: ClientPrivacy | None = None) -> None:
         self.raw = raw
         self.privacy = privacy or ClientPrivacy()
+        # What compression held back of earlier updates, sent with later ones.
+        self.compression = ErrorFeedback()
         self._splits: dict[tuple[str, float, int], preprocess.Split] = {}
 
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
@@ -60,7 +63,12 @@ class LocalWork:
         metrics = {}
         if trainer.update_is_model:
             metrics["train_mse"] = _mse(trainer.predict(update, x), data.y_train)
-        sent = self.privacy.protect(update, parameters, len(data.y_train), config)
+        if trainer.local_steps is not None:
+            metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), config))
+            if parameters is not None:  # q-FedAvg weighs provinces by the global model's loss
+                metrics["start_mse"] = _mse(trainer.predict(parameters, x), data.y_train)
+        protected = self.privacy.protect(update, parameters, len(data.y_train), config)
+        sent = self.compression.compress(protected, parameters, config)
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_train), metrics, sent)
 

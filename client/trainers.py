@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from client.optim import LinearSGD, local_steps
 from common.models import linear
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -24,6 +25,8 @@ class Trainer:
     predict: Predict
     # False where the update is not a model (normal-equation sums): no training MSE then.
     update_is_model: bool = True
+    # Gradient trainers say how many local steps a round takes them (FedNova needs τ_i).
+    local_steps: Callable[[int, Mapping[str, ConfigScalar]], int] | None = None
 
 
 TRAINERS: dict[str, Trainer] = {
@@ -32,6 +35,12 @@ TRAINERS: dict[str, Trainer] = {
         lambda x, y, _global, _config: linear.normal_equations(x, y),
         linear.predict,
         update_is_model=False,
+    ),
+    # One trainer per process: the process is the province, and SCAFFOLD's c_i lives in it.
+    "lr-sgd": Trainer(
+        LinearSGD().fit,
+        linear.predict,
+        local_steps=local_steps,
     ),
 }
 

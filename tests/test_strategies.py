@@ -5,7 +5,10 @@ import argparse
 import numpy as np
 import pytest
 
+from client.local import LocalWork
 from client.optim import LinearSGD, LocalPlan, local_steps, sgd
+from common.compression import SCALE, VALUES
+from common.data import synthesize_province
 from common.models import linear
 from common.models.checks import UpdateError
 from common.scaffold import CONTROL, CONTROL_DELTA
@@ -176,3 +179,16 @@ def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
     compressed = strategies.wrap(plain, arguments(compression="topk"))
     assert isinstance(compressed, Compressed) and compressed.inner is plain
     assert strategies.check_arguments(arguments()) is None
+
+
+def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
+    work = LocalWork(synthesize_province("hubei", 5_000, 1))
+    config = {**SGD, "setting": "next-day", "test_fraction": 0.2, "seed": 0, "round": 2}
+    data = work.split(config)
+    scaler = (data.x_train.mean(axis=0), data.x_train.std(axis=0))
+    start = weights(np.zeros(data.x_train.shape[1]), data.y_train.mean())
+    outcome = work.train(config, scaler, start)
+    assert outcome.metrics["local_steps"] == local_steps(len(data.y_train), config)
+    assert outcome.metrics["start_mse"] > outcome.metrics["train_mse"]
+    squeezed = work.train({**config, "compression": "int8", "topk_fraction": 0.1}, scaler, start)
+    assert set(squeezed.arrays) == {VALUES, SCALE}

@@ -94,7 +94,7 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
         "--learning-rate",
         type=float,
         default=env("LEARNING_RATE"),
-        help="clients' gradient step size (lr-sgd: 0.05) [FEDSTOCK_LEARNING_RATE]",
+        help="clients' gradient step size (lr-sgd: 0.1) [FEDSTOCK_LEARNING_RATE]",
     )
     add(
         "--batch-size",
