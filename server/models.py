@@ -11,7 +11,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "lr": lambda: FedAvg({"model": "lr"}, check=linear.check_weights),
     "lr-exact": lambda: ExactLinear({"model": "lr-exact"}),
     "lr-sgd": lambda: FedAvg(
-        {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.1, "batch_size": 64},
+        {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.05, "batch_size": 64},
         check=linear.check_weights,
     ),
 }

@@ -94,7 +94,8 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
         "--learning-rate",
         type=float,
         default=env("LEARNING_RATE"),
-        help="clients' gradient step size (lr-sgd: 0.1) [FEDSTOCK_LEARNING_RATE]",
+        help="clients' gradient step size (lr-sgd: 0.05; plain SGD diverges above about 0.06 "
+        "on the synthetic market) [FEDSTOCK_LEARNING_RATE]",
     )
     add(
         "--batch-size",
