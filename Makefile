@@ -66,6 +66,12 @@ bench: $(STAMP)
 bench-privacy: $(STAMP)
 	$(PY) -m tests.bench_privacy --out runs/privacy
 
+# Each --strategy's rounds to a target MSE and per-province spread, and each --compression's
+# bytes per round and MSE; strategies.json in runs/strategies.
+.PHONY: bench-strategies
+bench-strategies: $(STAMP)
+	$(PY) -m tests.bench_strategies --out runs/strategies
+
 # The seed paper's comparison: federated, centralised and Spark for LR, RF and SVM, written as
 # Tables 2 and 3 beside the paper's, charts and report.md in runs/reproduce. SCALE=paper runs
 # the paper's 2,699,730 rows (hours on two cores).
