@@ -32,12 +32,16 @@ MODES: dict[str, list[str]] = {
     "he": ["--privacy", "he"],
     "secagg": ["--privacy", "secagg"],
 }
+# Clip norms near each model's update norm: LR's weights are in price units, the SVM's in
+# standard deviations of the target.
+CLIPS = {"lr": 10.0, "svm": 1.0}
 
 
 def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]) -> dict[str, Any]:
     secret, public = keys
-    flags = [*MODES[mode], "--poll-seconds", "2", "--dp-clip", str(args.dp_clip)]
-    row: dict[str, Any] = {"model": model, "mode": mode}
+    clip = args.dp_clip or CLIPS[model]
+    flags = [*MODES[mode], "--poll-seconds", "2", "--dp-clip", str(clip)]
+    row: dict[str, Any] = {"model": model, "mode": mode, "clip": clip}
     with tempfile.TemporaryDirectory() as out:
         federation = LocalFederation(
             Path(out),
@@ -119,12 +123,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=270_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dp-clip", type=float, default=10.0)
+    parser.add_argument("--dp-clip", type=float, help="one clip norm for every model")
+    parser.add_argument("--models", nargs="*", default=list(CLIPS), choices=list(CLIPS))
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--out", type=Path, help="folder for privacy.json and mse-epsilon.png")
     args = parser.parse_args()
-    models = [m for m in ("lr", "svm") if m in STRATEGIES]
-    print(f"{args.rows:,} rows, 9 client processes, {args.rounds} rounds, DP clip {args.dp_clip}")
+    models = [m for m in args.models if m in STRATEGIES]
+    clips = ", ".join(f"{m} {args.dp_clip or CLIPS[m]:g}" for m in models)
+    print(f"{args.rows:,} rows, 9 client processes, {args.rounds} rounds, DP clip: {clips}")
     header = ("model", "mode", "MSE", "s/round", "bytes/round", "ε")
     print("{:<5} {:<16} {:>11} {:>8} {:>12} {:>6}".format(*header))
     rows = []
