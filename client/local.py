@@ -16,6 +16,7 @@ from client.privacy import ClientPrivacy
 from client.trainers import trainer_for
 from common import preprocess
 from common.compression import ErrorFeedback
+from common.crossval import fold_split
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -36,10 +37,16 @@ class LocalWork:
         self._splits: dict[tuple[str, float, int], preprocess.Split] = {}
 
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
-        """The province's split for the federation's data settings, computed once per setting."""
+        """The province's split for the federation's data settings, computed once per setting.
+
+        With `cv_folds` in the config, the split is a cross-validation fold of the training rows.
+        """
         key = (str(config["setting"]), float(config["test_fraction"]), int(config["seed"]))
         if key not in self._splits:
             self._splits[key] = preprocess.split(self.raw, *key)
+        folds = int(config.get("cv_folds", 0))
+        if folds:
+            return fold_split(self._splits[key], folds, int(config["cv_fold"]), key[2])
         return self._splits[key]
 
     def statistics(self, config: Mapping[str, ConfigScalar]) -> Outcome:
@@ -57,16 +64,16 @@ class LocalWork:
         started = time.perf_counter()
         data = self.split(config)
         trainer = trainer_for(str(config["model"]))
-        x = preprocess.scale(data.x_train, *scaler)
+        x = preprocess.scale(data.x_train, *scaler) if trainer.scaled else data.x_train
         parameters = self.privacy.reveal(parameters, config)
         update = trainer.fit(x, data.y_train, parameters, config)
         metrics = {}
         if trainer.update_is_model:
-            metrics["train_mse"] = _mse(trainer.predict(update, x), data.y_train)
+            metrics["train_mse"] = _mse(trainer.predict(update, x, config), data.y_train)
         if trainer.local_steps is not None:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), config))
             if parameters is not None:  # q-FedAvg weighs provinces by the global model's loss
-                metrics["start_mse"] = _mse(trainer.predict(parameters, x), data.y_train)
+                metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
         protected = self.privacy.protect(update, parameters, len(data.y_train), config)
         sent = self.compression.compress(protected, parameters, config)
         metrics["seconds"] = time.perf_counter() - started
@@ -95,9 +102,9 @@ class LocalWork:
     ) -> Outcome:
         started = time.perf_counter()
         data = self.split(config)
-        prediction = trainer_for(str(config["model"])).predict(
-            self.privacy.reveal(parameters, config), preprocess.scale(data.x_test, *scaler)
-        )
+        trainer = trainer_for(str(config["model"]))
+        x = preprocess.scale(data.x_test, *scaler) if trainer.scaled else data.x_test
+        prediction = trainer.predict(self.privacy.reveal(parameters, config), x, config)
         metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
         return Outcome(len(data.y_test), metrics)
 

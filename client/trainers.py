@@ -1,22 +1,27 @@
 """What a province does with its rows for each model: train from the global parameters, predict.
 
-Trainers know scikit-learn and numpy, never gRPC.
+Trainers know scikit-learn and numpy, never gRPC. Hyperparameters arrive in the task's config
+(see `server.models` for their meaning), global numbers from the federation's statistics with
+them (server.rounds.task_context). Whatever a model learns, it answers in yuan.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from client.optim import LinearSGD, local_steps
-from common.models import linear
+from common import preprocess
+from common.models import forest, linear, rff, svr
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
-Fit = Callable[[np.ndarray, np.ndarray, Arrays | None, Mapping[str, ConfigScalar]], Arrays]
-Predict = Callable[[Arrays, np.ndarray], np.ndarray]
+Config = Mapping[str, ConfigScalar]
+Fit = Callable[[np.ndarray, np.ndarray, Arrays | None, Config], Arrays]
+Predict = Callable[[Arrays, np.ndarray, Config], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -25,21 +30,157 @@ class Trainer:
     predict: Predict
     # False where the update is not a model (normal-equation sums): no training MSE then.
     update_is_model: bool = True
+    # False for trees: they split on raw values, and scaling would change nothing.
+    scaled: bool = True
     # Gradient trainers say how many local steps a round takes them (FedNova needs τ_i).
     local_steps: Callable[[int, Mapping[str, ConfigScalar]], int] | None = None
 
 
+# Task-config keys of the forest's hyperparameters, read as scikit-learn's names without "rf_".
+FOREST_PARAMS: dict[str, Callable[[ConfigScalar], ConfigScalar]] = {
+    "rf_n_estimators": int,
+    "rf_criterion": str,
+    "rf_min_samples_split": int,
+    "rf_max_features": float,
+    "rf_bootstrap": bool,
+    "rf_max_depth": int,
+    "rf_min_samples_leaf": int,
+}
+
+
+def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
+    """Today's close in yuan, from raw or globally scaled rows."""
+    column = x[:, preprocess.features_for(str(config["setting"])).index("close")]
+    if not scaled:
+        return column
+    return column * float(config["close_scale"]) + float(config["close_mean"])
+
+
+# A tree or an RBF machine predicts only values near those it was trained on, so a province's
+# model fails on price levels it never saw. Tomorrow's change from today's close (target
+# 'change') is comparable across price levels; 'price' is the price itself, as the paper.
+
+
+def forest_base(x: np.ndarray, config: Config) -> np.ndarray | float:
+    return close(x, config, scaled=False) if config["rf_target"] == "change" else 0.0
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
+    params = {key.removeprefix("rf_"): cast(config[key]) for key, cast in FOREST_PARAMS.items()}
+    params["max_depth"] = params["max_depth"] or None  # 0: grow until leaves are pure
+    target = y - forest_base(x, config)
+    trees = forest.fit_forest(x, target, **params, random_state=int(config["random_state"]))
+    return forest.forest_to_arrays(trees)
+
+
+def predict_forest(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
+    trees = forest.forest_from_arrays(arrays, x.shape[1])
+    return forest_base(x, config) + forest.predict_forest(trees, x)
+
+
+def svm_target(x: np.ndarray, config: Config) -> tuple[np.ndarray | float, float, float]:
+    """Base, mean and deviation of the SVMs' standardised target, (price − base − mean) / std."""
+    if config["svm_target"] == "change":
+        return close(x, config, scaled=True), config["change_mean"], config["change_std"]
+    return 0.0, config["target_mean"], config["target_std"]
+
+
+def standardise(y: np.ndarray, x: np.ndarray, config: Config) -> np.ndarray:
+    base, mean, std = svm_target(x, config)
+    return (y - base - float(mean)) / float(std)
+
+
+def restore(t: np.ndarray, x: np.ndarray, config: Config) -> np.ndarray:
+    base, mean, std = svm_target(x, config)
+    return base + float(mean) + t * float(std)
+
+
+def gamma(n_features: int, config: Config) -> float:
+    """The RBF width: a number, or 'scale' from the federation's feature variance."""
+    if config["svm_gamma"] == "scale":
+        return rff.scale_gamma(n_features, float(config["feature_variance"]))
+    return float(config["svm_gamma"])
+
+
+def fourier_features(n_features: int, config: Config) -> rff.FourierFeatures:
+    return rff.FourierFeatures.draw(
+        n_features, int(config["svm_features"]), gamma(n_features, config), int(config["svm_seed"])
+    )
+
+
+# The Gram of a client's rows is a round's costliest step and the same every round: keep a few.
+_PRECONDITIONERS: dict[tuple[str, bytes], np.ndarray] = {}
+
+
+def local_preconditioner(features: rff.FourierFeatures, x: np.ndarray) -> np.ndarray:
+    key = (hashlib.sha1(np.ascontiguousarray(x)).hexdigest(), features.weights.tobytes())
+    if key not in _PRECONDITIONERS:
+        while len(_PRECONDITIONERS) >= 4:
+            _PRECONDITIONERS.pop(next(iter(_PRECONDITIONERS)))
+        _PRECONDITIONERS[key] = rff.preconditioner(rff.gram(features, x), len(x))
+    return _PRECONDITIONERS[key]
+
+
+def round_rng(config: Config) -> np.random.Generator:
+    return np.random.default_rng([int(config["svm_seed"]), int(config["round"])])
+
+
+def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) -> Arrays:
+    features = fourier_features(x.shape[1], config)
+    return rff.train(
+        features,
+        x,
+        standardise(y, x, config),
+        start or rff.zero_weights(features.n_components),
+        local_preconditioner(features, x),
+        c=float(config["svm_c"]),
+        epsilon=float(config["svm_epsilon"]),
+        rows=int(config["train_rows"]),
+        # Decaying steps let the averaged weights settle over the rounds.
+        learning_rate=float(config["svm_learning_rate"]) / np.sqrt(int(config["round"])),
+        epochs=int(config["svm_epochs"]),
+        rng=round_rng(config),
+    )
+
+
+def predict_svm(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
+    return restore(rff.predict(fourier_features(x.shape[1], config), arrays, x), x, config)
+
+
+def fit_local_rbf(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
+    member = svr.fit_svr(
+        x,
+        standardise(y, x, config),
+        gamma=gamma(x.shape[1], config),
+        subsample=int(config["svm_subsample"]),
+        rng=round_rng(config),
+        C=float(config["svm_c"]),
+        epsilon=float(config["svm_epsilon"]),
+    )
+    return svr.SVRS.pack([member])
+
+
+def predict_local_rbf(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
+    return restore(svr.predict_mean(svr.SVRS.unpack(arrays, x.shape[1]), x), x, config)
+
+
 TRAINERS: dict[str, Trainer] = {
-    "lr": Trainer(lambda x, y, _global, _config: linear.fit_weights(x, y), linear.predict),
+    "lr": Trainer(
+        lambda x, y, _global, _config: linear.fit_weights(x, y),
+        lambda weights, x, _config: linear.predict(weights, x),
+    ),
     "lr-exact": Trainer(
         lambda x, y, _global, _config: linear.normal_equations(x, y),
-        linear.predict,
+        lambda weights, x, _config: linear.predict(weights, x),
         update_is_model=False,
     ),
+    "rf": Trainer(fit_forest, predict_forest, scaled=False),
+    "svm": Trainer(fit_svm, predict_svm),
+    "svm-local-rbf": Trainer(fit_local_rbf, predict_local_rbf),
     # One trainer per process: the process is the province, and SCAFFOLD's c_i lives in it.
     "lr-sgd": Trainer(
         LinearSGD().fit,
-        linear.predict,
+        lambda weights, x, _config: linear.predict(weights, x),
         local_steps=local_steps,
     ),
 }

@@ -1,26 +1,227 @@
-"""The models a federation can train, by the name given to `--model`."""
+"""The models a federation can train, by the name given to `--model`, and their hyperparameters.
+
+Every hyperparameter is a flag of `python -m server` (rf_max_depth: --rf-max-depth, with the
+FEDSTOCK_RF_MAX_DEPTH fallback) and travels to the clients in the task config under its name.
+Defaults are the seed paper's Table 1.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from common.models import linear
+from common.models import linear, rff
+from common.models.forest import TREES
+from common.models.svr import SVRS
+from common.wire import ConfigScalar
+from server.ensemble import EnsembleUnion, forest_quotas, one_each
 from server.strategy import ExactLinear, FedAvg, Strategy
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "lr": lambda: FedAvg({"model": "lr"}, check=linear.check_weights),
-    "lr-exact": lambda: ExactLinear({"model": "lr-exact"}),
-    "lr-sgd": lambda: FedAvg(
+
+def _number(
+    cast: Callable[[str], float], what: str, ok: Callable[[float], bool]
+) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = math.nan
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+def _choice(*names: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of: {', '.join(names)}")
+        return text
+
+    return parse
+
+
+_count = _number(int, "a positive integer", lambda v: v >= 1)
+_whole = _number(int, "a non-negative integer", lambda v: v >= 0)
+_positive = _number(float, "a positive number", lambda v: 0 < v < math.inf)
+_non_negative = _number(float, "a non-negative number", lambda v: 0 <= v < math.inf)
+_fraction = _number(float, "a fraction in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def _flag(text: str) -> bool:
+    return _choice("true", "false")(text.lower()) == "true"
+
+
+def _gamma(text: str) -> str | float:
+    return text if text == "scale" else _positive(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[str], ConfigScalar]
+    default: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return self.name.upper()
+
+
+OPTIONS: dict[str, tuple[Option, ...]] = {
+    "random forest (--model rf)": (
+        Option(
+            "rf_n_estimators", _count, "100", "trees each province grows (Table 1: n_estimators)"
+        ),
+        Option(
+            "rf_global_trees",
+            _count,
+            "100",
+            "trees in the global forest, taken from the provinces by --rf-allocation (at least "
+            "one each; never more than a province grew)",
+        ),
+        Option(
+            "rf_allocation",
+            _choice("proportional", "equal"),
+            "proportional",
+            "share the global forest's trees in proportion to each province's training rows, or "
+            "equally",
+        ),
+        Option(
+            "rf_criterion",
+            _choice("squared_error", "friedman_mse", "absolute_error", "poisson"),
+            "squared_error",
+            "split quality (Table 1)",
+        ),
+        Option(
+            "rf_min_samples_split",
+            _number(int, "an integer of at least 2", lambda v: v >= 2),
+            "2",
+            "rows a node needs to be split (Table 1)",
+        ),
+        Option("rf_max_features", _fraction, "1.0", "share of features tried per split (Table 1)"),
+        Option("rf_bootstrap", _flag, "true", "grow each tree on a bootstrap sample (Table 1)"),
+        Option(
+            "rf_max_depth",
+            _whole,
+            "0",
+            "deepest level of a tree; 0 grows until leaves are pure, as Table 1 (one such tree "
+            "on 2.16M rows is ~200 MB: mind the memory)",
+        ),
+        Option("rf_min_samples_leaf", _count, "1", "fewest rows in a leaf"),
+        Option(
+            "rf_target",
+            _choice("change", "price"),
+            "change",
+            "change: trees learn tomorrow's change from today's close, comparable across price "
+            "levels; price: the price itself, as the paper (a union of trees then fails on the "
+            "price levels a province never saw)",
+        ),
+    ),
+    "support vector machine (--model svm, svm-local-rbf)": (
+        Option(
+            "svm_target",
+            _choice("change", "price"),
+            "change",
+            "change: learn tomorrow's change from today's close, comparable across price "
+            "levels; price: the price itself, as the paper (an RBF machine fails on price "
+            "levels it never saw). Standardised by its global mean and deviation either way",
+        ),
+        Option("svm_c", _positive, "1.0", "SVR regularisation C (Table 1)"),
+        Option(
+            "svm_epsilon",
+            _non_negative,
+            "0.1",
+            "half-width of the ε-insensitive tube, in standard deviations of the target (Table 1)",
+        ),
+        Option(
+            "svm_gamma",
+            _gamma,
+            "scale",
+            "RBF width; scale: 1 / (features × variance of the scaled features), from the "
+            "federation's statistics (Table 1)",
+        ),
+        Option(
+            "svm_features",
+            _count,
+            "500",
+            "random Fourier features approximating the RBF kernel (svm)",
+        ),
+        Option("svm_seed", _whole, "0", "seed of the random features and of local shuffling"),
+        Option(
+            "svm_learning_rate",
+            _positive,
+            "0.05",
+            "step size of local training in round 1, divided by √round later (svm)",
+        ),
+        Option("svm_epochs", _count, "1", "local passes over a province's rows per round (svm)"),
+        Option(
+            "svm_subsample",
+            _count,
+            "20000",
+            "rows of each province the exact RBF SVR is fitted on (svm-local-rbf)",
+        ),
+    ),
+}
+ALL_OPTIONS = {option.name: option for group in OPTIONS.values() for option in group}
+
+
+def defaults() -> dict[str, ConfigScalar]:
+    return {name: option.parse(option.default) for name, option in ALL_OPTIONS.items()}
+
+
+def _config(model: str, options: Mapping[str, ConfigScalar], prefix: str) -> dict:
+    return {"model": model, **{k: v for k, v in options.items() if k.startswith(prefix)}}
+
+
+def _forest(options: Mapping[str, ConfigScalar]) -> Strategy:
+    quotas = forest_quotas(int(options["rf_global_trees"]), str(options["rf_allocation"]))
+    return EnsembleUnion(_config("rf", options, "rf_"), TREES, quotas)
+
+
+def _svm(options: Mapping[str, ConfigScalar]) -> Strategy:
+    components = int(options["svm_features"])
+    return FedAvg(
+        _config("svm", options, "svm_"),
+        check=lambda arrays, _n_features: rff.check_weights(arrays, components),
+    )
+
+
+STRATEGIES: dict[str, Callable[[Mapping[str, ConfigScalar]], Strategy]] = {
+    "lr": lambda _options: FedAvg({"model": "lr"}, check=linear.check_weights),
+    "lr-exact": lambda _options: ExactLinear({"model": "lr-exact"}),
+    "lr-sgd": lambda _options: FedAvg(
         {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.05, "batch_size": 64},
         check=linear.check_weights,
     ),
+    "rf": _forest,
+    "svm": _svm,
+    "svm-local-rbf": lambda options: EnsembleUnion(
+        _config("svm-local-rbf", options, "svm_"), SVRS, one_each
+    ),
 }
+MODEL_HELP = (
+    "lr: FedAvg of locally fitted weights (the paper's); lr-exact: summed normal equations "
+    "solved once, equal to a centralised fit; rf: a global forest of the provinces' trees; "
+    "svm: FedAvg of an ε-insensitive linear model on random Fourier features (an RBF SVR that "
+    "shares no rows); svm-local-rbf: the paper's exact RBF SVR on a subsample of each province, "
+    "averaged, a comparison only: its support vectors are training rows and travel"
+)
 
 
-def build_strategy(model: str) -> Strategy:
+def build_strategy(model: str, options: Mapping[str, ConfigScalar] | None = None) -> Strategy:
+    """The model's strategy; `options` override the hyperparameters' defaults."""
     try:
-        return STRATEGIES[model]()
+        factory = STRATEGIES[model]
     except KeyError:
         raise ValueError(
             f"unknown model {model!r}; expected one of: {', '.join(STRATEGIES)}"
         ) from None
+    return factory({**defaults(), **(options or {})})

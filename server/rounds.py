@@ -83,13 +83,20 @@ class RoundLoop:
         self.features = features_for(settings.setting)
         self.parameters: Arrays | None = None
         self.scaler: pb.Scaler | None = None
+        self.statistics: GlobalStatistics | None = None
+        self.train_samples: dict[str, int] = {}
+        # Added to every task's config: the global numbers models need, and cross-validation's.
+        self.task_config: dict[str, ConfigScalar] = {}
         strategy.bind_phases(self._phase)
 
-    def run(self) -> None:
+    def run(self, select: Callable[[RoundLoop], Strategy] | None = None) -> None:
+        """Statistics, then (with `select`) model selection picks the strategy, then the rounds."""
         s = self.settings
         first_round, seconds_before, evaluation = self._resume()
         if first_round == 1:
             self._statistics(self._quorum(s.min_available))
+        if select is not None:
+            self._adopt(select(self))
         started = time.perf_counter()
         for server_round in range(first_round, s.rounds + 1):
             evaluation, entry = self._round(server_round, self._quorum(s.min_clients))
@@ -160,6 +167,17 @@ class RoundLoop:
             self._last_evaluation = Evaluation(**state["evaluation"])
         if self.ledger.last_round < checkpoint.server_round:
             self.ledger.append(state["ledger_entry"])
+        record = self.results.data["statistics"]
+        self._use_statistics(
+            GlobalStatistics(
+                record["columns"],
+                record["rows"],
+                np.asarray(record["mean"]),
+                np.asarray(record["std"]),
+                np.asarray(record["pearson"]),
+            ),
+            record["train_samples"],
+        )
         log.warning(
             "resuming after round %d from %s", checkpoint.server_round, self.checkpoint_path
         )
@@ -193,6 +211,7 @@ class RoundLoop:
         self.scaler = pb.Scaler(
             features=self.features, mean=to_tensor("mean", mean), scale=to_tensor("scale", scale)
         )
+        train_samples = {r.province: r.num_examples for r in results}
         self.results.update(
             statistics={
                 "rows": stats.count,
@@ -200,23 +219,52 @@ class RoundLoop:
                 "mean": stats.mean.tolist(),
                 "std": stats.std.tolist(),
                 "pearson": stats.correlation.round(6).tolist(),
-                "train_samples": {r.province: r.num_examples for r in results},
+                "train_samples": train_samples,
             }
         )
+        self._use_statistics(stats, train_samples)
         log.info(
             "global statistics from %d provinces over %d training rows", len(results), stats.count
         )
 
+    def _use_statistics(self, stats: GlobalStatistics, train_samples: dict[str, int]) -> None:
+        self.statistics, self.train_samples = stats, train_samples
+        self.task_config = task_context(stats)
+        self.strategy.prepare(stats, train_samples)
+
+    def _adopt(self, strategy: Strategy) -> None:
+        strategy.bind_phases(self._phase)
+        strategy.prepare(self.statistics, self.train_samples)
+        self.strategy = strategy
+
+    def fit(self, strategy: Strategy, config: dict[str, ConfigScalar]) -> Evaluation | None:
+        """Train `strategy` from scratch with `config` added to every task, and its last
+        evaluation. Model selection's inner runs: nothing enters the results' rounds, the
+        checkpoint or the ledger, and the run's own strategy and model are left as they were."""
+        saved = self.strategy, self.parameters, self.task_config
+        self._adopt(strategy)
+        self.parameters, self.task_config = None, {**self.task_config, **config}
+        try:
+            evaluation = None
+            for server_round in range(1, self.settings.rounds + 1):
+                provinces = self._quorum(self.settings.min_clients)
+                evaluation = self._round(server_round, provinces, recorded=False)[0] or evaluation
+            return evaluation
+        finally:
+            self.strategy, self.parameters, self.task_config = saved
+
     def _round(
-        self, server_round: int, provinces: list[str]
+        self, server_round: int, provinces: list[str], recorded: bool = True
     ) -> tuple[Evaluation | None, dict[str, Any]]:
         s, strategy = self.settings, self.strategy
         started, cpu_started = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"round": server_round}
+        received: list[int] = []
 
         def accept_fit(result: ClientResult) -> ClientResult:
             check_outcome(result)
             strategy.check_update(result.arrays, len(self.features))
+            received.append(_nbytes(result.arrays))
             return strategy.accept_fit(server_round, result)
 
         fit = strategy.configure_fit(server_round, self.parameters, provinces)
@@ -234,11 +282,13 @@ class RoundLoop:
                 s.min_clients,
             )
         evaluation = None
+        sent = sum(_nbytes(i.parameters) for i in fit)
         if self.parameters is not None:
             phase_start = time.perf_counter()
             ask = strategy.configure_evaluate(
                 server_round, self.parameters, self.coordinator.connected()
             )
+            sent += sum(_nbytes(i.parameters) for i in ask)
             scores, eval_failures = self._phase(
                 server_round, pb.TASK_KIND_EVALUATE, ask, accept_evaluation
             )
@@ -254,10 +304,14 @@ class RoundLoop:
             overhead_seconds=max(overhead, 0.0),
             # All of the server process's threads: transport, checks, aggregation, bookkeeping.
             server_cpu_seconds=time.process_time() - cpu_started,
+            # Tensor bytes of the round's tasks to clients and of the updates accepted from them.
+            bytes_down=sent,
+            bytes_up=sum(received),
         )
         record.update(strategy.round_report(server_round))
-        self.results.add_round(record)
-        log.info(_round_line(record, s.rounds))
+        if recorded:
+            self.results.add_round(record)
+        log.info(("" if recorded else "cross-validation ") + _round_line(record, s.rounds))
         entry = {
             "round": server_round,
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -288,7 +342,9 @@ class RoundLoop:
             task = pb.Task(
                 round=server_round,
                 kind=kind,
-                config=to_config({**self.settings.data_config(), **instruction.config}),
+                config=to_config(
+                    {**self.settings.data_config(), **self.task_config, **instruction.config}
+                ),
                 scaler=self.scaler,
                 parameters=payload.header if payload else None,
             )
@@ -296,6 +352,35 @@ class RoundLoop:
         return self.coordinator.run_phase(
             server_round, kind, assignments, accept, self.settings.round_timeout
         )
+
+
+def task_context(stats: GlobalStatistics) -> dict[str, ConfigScalar]:
+    """The global numbers every task carries, for the models that need them: training rows N,
+    today's close as scaled, the mean and deviation of the target and of its change from the
+    close (models learn them standardised), and the variance of the scaled features over all
+    entries (gamma='scale'; the scaled features' means are all 0)."""
+    mean, scale = stats.scaler()
+    close, target = stats.columns.index("close"), len(stats.columns) - 1
+    std = stats.std
+    change_variance = (
+        std[target] ** 2
+        + std[close] ** 2
+        - 2 * stats.correlation[target, close] * std[target] * std[close]
+    )
+    return {
+        "train_rows": stats.count,
+        "close_mean": float(mean[close]),
+        "close_scale": float(scale[close]),
+        "target_mean": float(stats.mean[target]),
+        "target_std": float(std[target]) or 1.0,
+        "change_mean": float(stats.mean[target] - stats.mean[close]),
+        "change_std": float(np.sqrt(max(change_variance, 0.0))) or 1.0,
+        "feature_variance": float(np.mean((std[:-1] / scale) ** 2)),
+    }
+
+
+def _nbytes(arrays: Arrays | None) -> int:
+    return sum(a.nbytes for a in (arrays or {}).values())
 
 
 def _slowest(results: list[ClientResult]) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from common.models import linear
+from common.preprocess import GlobalStatistics
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -79,6 +80,14 @@ class Strategy(ABC):
     def bind_phases(self, run: PhaseRunner) -> None:
         """Keep the round loop's phase runner, for strategies that need phases of their own."""
         self.run_phase = run
+
+    def prepare(  # noqa: B027 - an optional hook
+        self, statistics: GlobalStatistics, train_samples: Mapping[str, int]
+    ) -> None:
+        """Called once the federation's statistics are known, before the first round.
+
+        `train_samples` are each province's training rows (a forest shares its trees by them).
+        """
 
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]

@@ -1,0 +1,153 @@
+"""Random forests as arrays: scikit-learn's trees on the wire, a union of trees, exact prediction.
+
+A tree travels as the arrays of scikit-learn's `tree_` (`tree.{i}.children_left` …), never
+pickled, at 36 bytes a node. Decoding checks every array before use, and prediction is a
+vectorised descent in numpy that compares float32 features with float64 thresholds exactly as
+scikit-learn does, so a decoded tree predicts bit for bit what the sender's tree predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.tree import DecisionTreeRegressor
+
+from common.models.checks import UpdateError
+from common.models.ensemble import Member, MemberCodec, check_vector
+from common.tensors import Arrays
+
+# The seed paper's Table 1; max_depth and min_samples_leaf stay scikit-learn's (unlimited).
+TABLE_1 = {
+    "n_estimators": 100,
+    "criterion": "squared_error",
+    "min_samples_split": 2,
+    "min_weight_fraction_leaf": 0.0,
+    "max_features": 1.0,
+    "bootstrap": True,
+}
+INDEX_FIELDS = ("children_left", "children_right", "feature", "n_node_samples")
+FLOAT_FIELDS = ("threshold", "value")
+INDEX, FLOAT = np.dtype("<i4"), np.dtype("<f8")
+LEAF = -1
+
+
+def check_tree(tree: Member, n_features: int, where: str) -> None:
+    """A well-formed tree: every descent ends at a leaf and reads only existing features.
+
+    Children come after their parent and every node but the root has exactly one parent, so
+    the arrays form one tree rooted at node 0 and no descent can loop.
+    """
+    nodes = len(tree["children_left"])
+    if nodes == 0:
+        raise UpdateError(f"{where} has no nodes")
+    for field in INDEX_FIELDS:
+        check_vector(tree, field, INDEX, nodes, where)
+    for field in FLOAT_FIELDS:
+        check_vector(tree, field, FLOAT, nodes, where)
+    left, right = tree["children_left"], tree["children_right"]
+    is_leaf = left == LEAF
+    if not np.array_equal(is_leaf, right == LEAF):
+        raise UpdateError(f"{where} has a node with only one child")
+    parents = np.flatnonzero(~is_leaf)
+    children = np.concatenate([left[parents], right[parents]])
+    if ((children <= np.tile(parents, 2)) | (children >= nodes)).any():
+        raise UpdateError(f"{where} has a child index out of range or before its parent")
+    counts = np.bincount(children, minlength=nodes)
+    if counts[0] != 0 or (counts[1:] != 1).any():
+        raise UpdateError(f"{where}: every node but the root must have exactly one parent")
+    feature = tree["feature"][parents]
+    if ((feature < 0) | (feature >= n_features)).any():
+        raise UpdateError(f"{where} splits on a feature outside [0, {n_features})")
+    if not np.isfinite(tree["threshold"][parents]).all() or not np.isfinite(tree["value"]).all():
+        raise UpdateError(f"{where} holds NaN or infinite thresholds or values")
+    samples = tree["n_node_samples"]
+    split = samples[left[parents]] + samples[right[parents]]
+    if (samples < 1).any() or (samples[parents] != split).any():
+        raise UpdateError(f"{where}: node sample counts must be positive and add up")
+
+
+TREES = MemberCodec("tree", (*INDEX_FIELDS, *FLOAT_FIELDS), check_tree)
+
+
+def tree_arrays(estimator: DecisionTreeRegressor) -> Member:
+    """A fitted single-output regression tree as the arrays that travel."""
+    tree = estimator.tree_
+    if tree.n_outputs != 1:
+        raise ValueError("only single-output regression trees travel")
+    if max(tree.node_count, int(tree.n_node_samples.max())) >= np.iinfo(INDEX).max:
+        raise ValueError("a tree this large does not fit 32-bit node indices")
+    return {
+        "children_left": tree.children_left.astype(INDEX),
+        "children_right": tree.children_right.astype(INDEX),
+        "feature": tree.feature.astype(INDEX),
+        "n_node_samples": tree.n_node_samples.astype(INDEX),
+        "threshold": tree.threshold.astype(FLOAT),
+        "value": tree.value[:, 0, 0].astype(FLOAT),
+    }
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, **params: object) -> list[Member]:
+    """Table 1's RandomForestRegressor, with `params` overriding it, as trees that travel."""
+    model = RandomForestRegressor(**{**TABLE_1, **params, "n_jobs": 1}).fit(x, y)
+    return [tree_arrays(estimator) for estimator in model.estimators_]
+
+
+def forest_to_arrays(trees: Iterable[Member]) -> Arrays:
+    return TREES.pack(trees)
+
+
+def forest_from_arrays(arrays: Arrays, n_features: int) -> list[Member]:
+    """The trees of a forest from the wire, each checked; UpdateError if any is malformed."""
+    return TREES.unpack(arrays, n_features)
+
+
+def union_of_trees(
+    forests: Iterable[Sequence[Member]], counts: Iterable[int] | None = None
+) -> list[Member]:
+    """One forest of the trees of several: all of each, or the first `counts[i]` of forest i."""
+    forests = list(forests)
+    taken = [len(f) for f in forests] if counts is None else list(counts)
+    return [tree for forest, n in zip(forests, taken, strict=True) for tree in forest[:n]]
+
+
+def shares(total: int, samples: Sequence[int]) -> list[int]:
+    """`total` split in proportion to `samples` by largest remainders, but at least 1 each.
+
+    A sender too small for a whole tree still gets one, so the sum may exceed `total`.
+    """
+    weights = np.asarray(samples, dtype=np.float64)
+    if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"cannot share trees by sample counts {list(samples)}")
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(counts - exact, kind="stable")[: total - counts.sum()]] += 1
+    return np.maximum(counts, 1).tolist()
+
+
+def leaves(tree: Member, x32: np.ndarray) -> np.ndarray:
+    """The leaf each row lands in; all rows descend together, one level per step."""
+    left, right = tree["children_left"], tree["children_right"]
+    feature, threshold = tree["feature"], tree["threshold"]
+    node = np.zeros(len(x32), dtype=np.intp)
+    rows = np.arange(len(x32)) if left[0] != LEAF else np.arange(0)
+    while rows.size:
+        at = node[rows]
+        # float32 feature against float64 threshold, as scikit-learn's Cython compares them.
+        at = np.where(x32[rows, feature[at]] <= threshold[at], left[at], right[at])
+        node[rows] = at
+        rows = rows[left[at] != LEAF]
+    return node
+
+
+def predict_forest(trees: Sequence[Member], x: np.ndarray) -> np.ndarray:
+    """The mean of the trees' predictions, summed in order as RandomForestRegressor sums them."""
+    x32 = np.asarray(x, dtype=np.float32)
+    if x32.ndim != 2 or not np.isfinite(x32).all():
+        raise ValueError("a forest predicts from a 2-D array of finite float32 features")
+    total = np.zeros(len(x32))
+    for tree in trees:
+        total += tree["value"][leaves(tree, x32)]
+    total /= len(trees)
+    return total
