@@ -102,15 +102,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib import pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for model in sorted({r["model"] for r in rows}):
+    for k, model in enumerate(sorted({r["model"] for r in rows})):
         done = [r for r in rows if r["model"] == model and "mse" in r]
-        for mode in ("dp-central", "dp-local"):
+        for mode, marker in (("dp-central", "o-"), ("dp-local", "s:")):
             points = sorted((r["epsilon"], r["mse"]) for r in done if r["mode"].startswith(mode))
             if points:
-                axis.plot(*zip(*points, strict=True), marker="o", label=f"{model} {mode}")
+                axis.plot(
+                    *zip(*points, strict=True), marker, color=f"C{k}", label=f"{model} {mode}"
+                )
         for r in done:
             if r["mode"] == "plain":
-                axis.axhline(r["mse"], linestyle="--", color="grey", label=f"{model} no DP")
+                axis.axhline(r["mse"], linestyle="--", color=f"C{k}", label=f"{model} no DP")
     axis.set(xscale="log", yscale="log", xlabel="ε (δ = 1e-5)", ylabel="test MSE")
     axis.set_title("Client-level DP: accuracy against privacy, 9 provinces")
     axis.legend(fontsize="small")
