@@ -7,8 +7,10 @@ from common import compression
 from common.compression import INDICES, SCALE, VALUES, ErrorFeedback, decode, encode
 from common.models import linear
 from common.models.checks import UpdateError
+from server.localrun import LocalFederation
 from server.strategies.compressed import Compressed
 from server.strategy import ClientResult, FedAvg
+from tests.test_federation import FAST, ROWS, SEED
 
 STEP = np.random.default_rng(0).normal(size=1000)
 
@@ -79,3 +81,22 @@ def test_server_decodes_against_the_weights_it_sent_and_counts_bytes():
     assert strategy.round_report(2)["update_bytes"] == 3 + 8
     with pytest.raises(UpdateError, match="carry tensors"):
         strategy.check_update(update, 2)
+
+
+@pytest.mark.integration
+def test_int8_updates_over_nine_client_processes(tmp_path):
+    federation = LocalFederation(
+        tmp_path,
+        "lr-sgd",
+        3,
+        ROWS,
+        SEED,
+        server_args=[*FAST, "--compression", "int8", "--local-epochs", "2"],
+    )
+    federation.start()
+    codes = federation.wait(timeout=240)
+    assert set(codes.values()) == {0}, codes
+    rounds = federation.results()["rounds"]
+    # After the first round each client sends 9 int8 values and one float64 scale.
+    assert [r["update_bytes"] for r in rounds[1:]] == [9 * (9 + 8)] * 2
+    assert rounds[-1]["mse"] < rounds[0]["mse"]
