@@ -168,16 +168,7 @@ class RoundLoop:
         if self.ledger.last_round < checkpoint.server_round:
             self.ledger.append(state["ledger_entry"])
         record = self.results.data["statistics"]
-        self._use_statistics(
-            GlobalStatistics(
-                record["columns"],
-                record["rows"],
-                np.asarray(record["mean"]),
-                np.asarray(record["std"]),
-                np.asarray(record["pearson"]),
-            ),
-            record["train_samples"],
-        )
+        self._use_statistics(statistics_from_record(record), record["train_samples"])
         log.warning(
             "resuming after round %d from %s", checkpoint.server_round, self.checkpoint_path
         )
@@ -220,7 +211,8 @@ class RoundLoop:
                 "std": stats.std.tolist(),
                 "pearson": stats.correlation.round(6).tolist(),
                 "train_samples": train_samples,
-            }
+            },
+            task_context=task_context(stats),
         )
         self._use_statistics(stats, train_samples)
         log.info(
@@ -229,7 +221,7 @@ class RoundLoop:
 
     def _use_statistics(self, stats: GlobalStatistics, train_samples: dict[str, int]) -> None:
         self.statistics, self.train_samples = stats, train_samples
-        self.task_config = task_context(stats)
+        self.task_config = dict(self.results.data["task_context"])
         self.strategy.prepare(stats, train_samples)
 
     def _adopt(self, strategy: Strategy) -> None:
@@ -352,6 +344,17 @@ class RoundLoop:
         return self.coordinator.run_phase(
             server_round, kind, assignments, accept, self.settings.round_timeout
         )
+
+
+def statistics_from_record(record: dict[str, Any]) -> GlobalStatistics:
+    """The global statistics as the results file keeps them (correlations to 6 decimals)."""
+    return GlobalStatistics(
+        record["columns"],
+        record["rows"],
+        np.asarray(record["mean"]),
+        np.asarray(record["std"]),
+        np.asarray(record["pearson"]),
+    )
 
 
 def task_context(stats: GlobalStatistics) -> dict[str, ConfigScalar]:

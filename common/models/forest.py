@@ -1,7 +1,7 @@
 """Random forests as arrays: scikit-learn's trees on the wire, a union of trees, exact prediction.
 
 A tree travels as the arrays of scikit-learn's `tree_` (`tree.{i}.children_left` …), never
-pickled, at 36 bytes a node. Decoding checks every array before use, and prediction is a
+pickled, at 32 bytes a node. Decoding checks every array before use, and prediction is a
 vectorised descent in numpy that compares float32 features with float64 thresholds exactly as
 scikit-learn does, so a decoded tree predicts bit for bit what the sender's tree predicted.
 """
