@@ -17,7 +17,7 @@ import numpy as np
 
 from baselines import cli, results
 from baselines.data import DataOptions, load_frames, prepare
-from baselines.models import Context, ModelOptions, build_model
+from baselines.models import Context, ModelOptions, build_model, train
 
 
 def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
@@ -30,7 +30,12 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
 
     context = Context(options, scaling)
     spec = build_model(model, context)
-    fitted = spec.fit(x, y, context)
+    fitted = train(
+        spec,
+        context,
+        setup_all=lambda ctx: spec.setup(x, ctx),
+        fit_all=lambda ctx, start: spec.fit(x, y, ctx, start),
+    )
     trained = time.perf_counter()
 
     scored = results.evaluation(

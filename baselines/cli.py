@@ -46,7 +46,8 @@ def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = MO
         choices=models,
         default="lr",
         help="lr: linear regression; rf: random forest (Table 1); svm: RBF kernel by random "
-        "Fourier features + linear SVR; svr: the paper's exact SVR(kernel='rbf') on a subsample",
+        "Fourier features + ε-insensitive linear model (the federation's); svr: the paper's "
+        "exact SVR(kernel='rbf') on a subsample",
     )
     add("--trees", type=int, default=defaults.trees, help="trees of the random forest")
     add(
@@ -67,6 +68,19 @@ def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = MO
         default=defaults.svr_rows,
         help="training rows sampled for the exact SVR (its cost grows with their square)",
     )
+    add(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="SVM: rounds of training then averaging (the federation's rounds)",
+    )
+    add(
+        "--learning-rate",
+        type=float,
+        default=defaults.learning_rate,
+        help="SVM: first step size, divided by √round later",
+    )
+    add("--epochs", type=int, default=defaults.epochs, help="SVM: passes over the rows per round")
     add("--model-seed", type=int, default=defaults.seed, help="seed of the models' randomness")
 
 
@@ -77,12 +91,23 @@ def data_options(args: argparse.Namespace) -> DataOptions:
 
 
 def model_options(args: argparse.Namespace) -> ModelOptions:
-    return ModelOptions(args.trees, args.max_depth, args.components, args.svr_rows, args.model_seed)
+    return ModelOptions(
+        trees=args.trees,
+        max_depth=args.max_depth,
+        components=args.components,
+        svr_rows=args.svr_rows,
+        seed=args.model_seed,
+        rounds=args.rounds,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+    )
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
-    for flag in ("rows", "trees", "components", "svr_rows"):
+    if not args.learning_rate > 0:
+        parser.error("--learning-rate must be positive")
+    for flag in ("rows", "trees", "components", "svr_rows", "rounds", "epochs"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")

@@ -4,23 +4,22 @@ A *part* is what one set of rows contributes: the centralised job fits one part 
 the Spark job fits one per province partition and merges them in a reduce step, which is why
 `merge` must be associative. Merging follows the federation's table in the design notes:
 linear weights (LR, and the SVM's weights over random Fourier features) are averaged by
-sample count; forests are the union of trees, each province growing trees in proportion to
-its rows.
+sample count; forests are the union of trees (`common.models.forest`, the federation's own
+codec), each province growing trees in proportion to its rows (`per_province`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.kernel_approximation import RBFSampler
-from sklearn.svm import SVR, LinearSVR
+from sklearn.svm import SVR
 
 from baselines.data import Scaling
-from common.models import linear
+from common.models import forest, linear, rff
+from common.models.ensemble import Member
 from common.tensors import Arrays
 
 
@@ -30,16 +29,25 @@ class ModelOptions:
 
     trees: int = 100  # RF n_estimators
     max_depth: int | None = 16  # full-depth trees on 2.7M rows are ~200 MB each
-    components: int = 300  # random Fourier features of the linear SVM
+    components: int = 500  # random Fourier features of the SVM (the federation's default)
     svr_rows: int = 20_000  # exact RBF SVR costs ~n²: trained on a subsample
     seed: int = 0
+    rounds: int = 3  # the SVM's train-and-average passes, as the federation's rounds
+    learning_rate: float = 0.05  # the SVM's first step size, divided by √round later
+    epochs: int = 1  # the SVM's passes over the rows per round
 
     def describe(self, model: str) -> dict[str, Any]:
         """The options that matter to `model`, for results files and the report."""
         return {
             "lr": {},
             "rf": {"trees": self.trees, "max_depth": self.max_depth, "seed": self.seed},
-            "svm": {"components": self.components, "seed": self.seed},
+            "svm": {
+                "components": self.components,
+                "rounds": self.rounds,
+                "learning_rate": self.learning_rate,
+                "epochs": self.epochs,
+                "seed": self.seed,
+            },
             "svr": {"svr_rows": self.svr_rows, "seed": self.seed},
         }[model]
 
@@ -50,6 +58,8 @@ class Context:
 
     options: ModelOptions
     scaling: Scaling
+    round: int = 1
+    shared: Arrays | None = None  # sums over all rows from the model's setup pass, if any
 
 
 @dataclass
@@ -83,15 +93,27 @@ def predict_ensemble(part: Ensemble, x: np.ndarray) -> np.ndarray:
     return weights @ outputs / weights.sum()
 
 
-def share(total: int, rows: int, all_rows: int) -> int:
-    """This province's share of `total` (trees, sampled rows), at least one."""
-    return max(1, round(total * rows / all_rows))
+def per_province(
+    model: str, options: ModelOptions, train_rows: Mapping[str, int]
+) -> dict[str, ModelOptions]:
+    """Each province's options when each fits a part: a forest's trees (and the exact SVR's
+    sampled rows) are shared in proportion to training rows, at least one each, as the
+    federation shares its global forest."""
+    provinces = list(train_rows)
+    counts = list(train_rows.values())
+    if model == "rf":
+        trees = forest.shares(options.trees, counts)
+        return {p: replace(options, trees=n) for p, n in zip(provinces, trees, strict=True)}
+    if model == "svr":
+        rows = forest.shares(options.svr_rows, counts)
+        return {p: replace(options, svr_rows=n) for p, n in zip(provinces, rows, strict=True)}
+    return dict.fromkeys(provinces, options)
 
 
 # Linear regression: sklearn's LinearRegression with the paper's (default) settings.
 
 
-def fit_lr(x: np.ndarray, y: np.ndarray, context: Context) -> Weighted:
+def fit_lr(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Weighted:
     return Weighted(linear.fit_weights(x, y), len(y))
 
 
@@ -99,58 +121,72 @@ def predict_lr(part: Weighted, x: np.ndarray) -> np.ndarray:
     return linear.predict(part.arrays, x)
 
 
-# Random forest: Table 1's settings; each province grows its share of the trees.
+# Random forest: Table 1's settings, as the federation's codec grows, merges and predicts it.
 
 
-def fit_rf(x: np.ndarray, y: np.ndarray, context: Context) -> Ensemble:
+@dataclass
+class Trees:
+    trees: list[Member]
+
+
+def fit_rf(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Trees:
     o = context.options
-    forest = RandomForestRegressor(
-        n_estimators=share(o.trees, len(y), context.scaling.train_rows),
-        criterion="squared_error",
-        max_depth=o.max_depth,
-        min_samples_split=2,
-        max_features=1.0,
-        bootstrap=True,
-        random_state=o.seed,
-        n_jobs=-1,
-    ).fit(x, y)
-    return Ensemble([(tree, 1.0) for tree in forest.estimators_])
-
-
-# SVM: RBF kernel approximated by random Fourier features drawn from a shared seed (so every
-# province maps rows identically, without seeing others' data), then a linear ε-insensitive
-# model whose weights average. The target is standardised with the global moments: ε and C
-# then mean the same on every province whatever its price level.
-
-
-def feature_map(context: Context, n_features: int) -> RBFSampler:
-    """The random Fourier features of an RBF kernel with gamma='scale' on standardised inputs."""
-    sampler = RBFSampler(
-        gamma=1.0 / n_features,
-        n_components=context.options.components,
-        random_state=context.options.seed,
+    return Trees(
+        forest.fit_forest(x, y, n_estimators=o.trees, max_depth=o.max_depth, random_state=o.seed)
     )
-    return sampler.fit(np.zeros((1, n_features)))
 
 
-def fit_svm(x: np.ndarray, y: np.ndarray, context: Context) -> Weighted:
-    s = context.scaling
-    z = feature_map(context, x.shape[1]).transform(x)
-    model = LinearSVR(C=1.0, epsilon=0.1, dual="auto", max_iter=5000, random_state=0)
-    model.fit(z, (y - s.target_mean) / s.target_std)
-    arrays = {
-        "coef": np.asarray(model.coef_, dtype=np.float64),
-        "intercept": np.asarray(model.intercept_[0], dtype=np.float64),
-        "n_features": np.asarray(float(x.shape[1])),
-    }
-    return Weighted(arrays, len(y))
+def merge_trees(a: Trees, b: Trees) -> Trees:
+    return Trees(forest.union_of_trees([a.trees, b.trees]))
+
+
+def predict_trees(part: Trees, x: np.ndarray) -> np.ndarray:
+    return forest.predict_forest(part.trees, x)
+
+
+# SVM: the federation's own (`common.models.rff`): an RBF kernel approximated by random Fourier
+# features drawn from a seed, an ε-insensitive linear model trained by preconditioned subgradient
+# steps on the standardised target, its weights averaged by rows after every round. The setup
+# pass sums the features' Gram matrix over all rows: the preconditioner every part uses.
+
+
+def fourier_features(context: Context, n_features: int) -> rff.FourierFeatures:
+    """gamma='scale' is 1 / n_features here: globally scaled features have unit variance."""
+    gamma = rff.scale_gamma(n_features, 1.0)
+    o = context.options
+    return rff.FourierFeatures.draw(n_features, o.components, gamma, o.seed)
+
+
+def svm_setup(x: np.ndarray, context: Context) -> Arrays:
+    features = fourier_features(context, x.shape[1])
+    return {"gram": rff.gram(features, x), "rows": np.asarray(float(len(x)))}
+
+
+def fit_svm(x: np.ndarray, y: np.ndarray, context: Context, start: Weighted | None) -> Weighted:
+    s, o = context.scaling, context.options
+    assert context.shared is not None, "the SVM trains after its setup pass"
+    precondition = rff.preconditioner(context.shared["gram"], int(context.shared["rows"]))
+    weights = rff.train(
+        fourier_features(context, x.shape[1]),
+        x,
+        (y - s.target_mean) / s.target_std,
+        start.arrays if start else rff.zero_weights(o.components),
+        precondition,
+        c=1.0,
+        epsilon=0.1,
+        rows=s.train_rows,
+        learning_rate=o.learning_rate / np.sqrt(context.round),
+        epochs=o.epochs,
+        rng=np.random.default_rng(o.seed),
+    )
+    return Weighted(weights, len(y))
 
 
 def svm_predictor(context: Context) -> Callable[[Weighted, np.ndarray], np.ndarray]:
     def predict(part: Weighted, x: np.ndarray) -> np.ndarray:
-        z = feature_map(context, x.shape[1]).transform(x)
         s = context.scaling
-        return linear.predict(part.arrays, z) * s.target_std + s.target_mean
+        standard = rff.predict(fourier_features(context, x.shape[1]), part.arrays, x)
+        return standard * s.target_std + s.target_mean
 
     return predict
 
@@ -158,9 +194,9 @@ def svm_predictor(context: Context) -> Callable[[Weighted, np.ndarray], np.ndarr
 # The paper's literal SVR(kernel='rbf') with Table 1's settings, on a subsample of the rows.
 
 
-def fit_svr(x: np.ndarray, y: np.ndarray, context: Context) -> Ensemble:
+def fit_svr(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Ensemble:
     o = context.options
-    rows = min(len(y), share(o.svr_rows, len(y), context.scaling.train_rows))
+    rows = min(len(y), o.svr_rows)
     pick = np.random.default_rng(o.seed).choice(len(y), rows, replace=False)
     model = SVR(kernel="rbf", degree=3, gamma="scale", coef0=0.0, tol=1e-3, C=1.0, epsilon=0.1)
     return Ensemble([(model.fit(x[pick], y[pick]), float(len(y)))])
@@ -168,19 +204,41 @@ def fit_svr(x: np.ndarray, y: np.ndarray, context: Context) -> Ensemble:
 
 @dataclass(frozen=True)
 class Model:
+    """How to train one model: `fit(x, y, context, start)` a part from the last round's merged
+    part (None at first), `rounds` times; `setup`, if any, sums something over all rows first."""
+
     name: str
-    fit: Callable[[np.ndarray, np.ndarray, Context], Any]
+    fit: Callable[[np.ndarray, np.ndarray, Context, Any], Any]
     merge: Callable[[Any, Any], Any]
     predict: Callable[[Any, np.ndarray], np.ndarray]
+    setup: Callable[[np.ndarray, Context], Arrays] | None = None
+    rounds: int = 1
+
+
+def train(
+    spec: Model,
+    context: Context,
+    setup_all: Callable[[Context], Arrays],
+    fit_all: Callable[[Context, Any], Any],
+) -> Any:
+    """The training loop every framework shares; it brings the passes over its rows:
+    `setup_all` sums `spec.setup` over them, `fit_all` fits and merges one round's parts."""
+    if spec.setup is not None:
+        context = replace(context, shared=setup_all(context))
+    merged = None
+    for number in range(1, spec.rounds + 1):
+        merged = fit_all(replace(context, round=number), merged)
+    return merged
 
 
 def build_model(name: str, context: Context) -> Model:
     if name == "lr":
         return Model(name, fit_lr, merge_weighted, predict_lr)
     if name == "rf":
-        return Model(name, fit_rf, merge_ensembles, predict_ensemble)
+        return Model(name, fit_rf, merge_trees, predict_trees)
     if name == "svm":
-        return Model(name, fit_svm, merge_weighted, svm_predictor(context))
+        svm = svm_predictor(context)
+        return Model(name, fit_svm, merge_weighted, svm, svm_setup, context.options.rounds)
     if name == "svr":
         return Model(name, fit_svr, merge_ensembles, predict_ensemble)
     raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")

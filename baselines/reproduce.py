@@ -32,26 +32,34 @@ from server.localrun import LocalFederation
 @dataclass(frozen=True)
 class Scale:
     rows: int
-    options: ModelOptions
-    rounds: int
+    options: ModelOptions  # options.rounds: the federation's rounds, and the SVM's everywhere
     driver_memory: str
     timeout: float  # seconds for one federated run
+
+    @property
+    def rounds(self) -> int:
+        return self.options.rounds
 
 
 SCALES = {
     # For the test suite: seconds per run.
     "tiny": Scale(
-        4_000, ModelOptions(trees=4, max_depth=6, components=50, svr_rows=400), 2, "1g", 900
+        4_000,
+        ModelOptions(trees=4, max_depth=6, components=50, svr_rows=400, rounds=2),
+        "1g",
+        900,
     ),
     # The default: the client's default market, a few minutes in all on two cores.
     "small": Scale(
-        270_000, ModelOptions(trees=20, max_depth=12, components=300, svr_rows=5_000), 3, "2g", 3600
+        270_000,
+        ModelOptions(trees=20, max_depth=12, components=300, svr_rows=5_000, rounds=3),
+        "2g",
+        3600,
     ),
     # The paper's row count and Table 1's 100 trees (depth-limited: see the notes).
     "paper": Scale(
         paper.PAPER_ROWS,
-        ModelOptions(trees=100, max_depth=16, components=300, svr_rows=20_000),
-        3,
+        ModelOptions(trees=100, max_depth=16, components=500, svr_rows=20_000, rounds=3),
         "6g",
         6 * 3600,
     ),
@@ -111,7 +119,12 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
             "--rf-global-trees": options.trees,
             "--rf-max-depth": options.max_depth or 0,
         },
-        "svm": {"--svm-features": options.components, "--svm-seed": options.seed},
+        "svm": {
+            "--svm-features": options.components,
+            "--svm-seed": options.seed,
+            "--svm-learning-rate": options.learning_rate,
+            "--svm-epochs": options.epochs,
+        },
     }.get(model, {})
     for flag, value in wanted.items():
         try:
@@ -294,7 +307,8 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
         "setting": f"{data.setting} ({target}); test fraction {data.test_fraction}",
         "federated rounds": plan.scale.rounds,
         "RF": f"{o.trees} trees, max_depth {o.max_depth or 'none'}, max_features 1.0, bootstrap",
-        "SVM": f"RBF kernel via {o.components} random Fourier features + linear SVR (ε=0.1, C=1)",
+        "SVM": f"RBF kernel via {o.components} random Fourier features, ε-insensitive linear "
+        f"model (ε=0.1, C=1), {o.rounds} rounds of {o.epochs} epoch(s), step {o.learning_rate}",
         "SVR (extra)": f"exact SVR(kernel='rbf'), Table 1 settings, {o.svr_rows:,} sampled rows",
         "Spark": f"master {plan.master}, driver memory {plan.driver_memory}, "
         f"session start-up {session_seconds:.1f} s",
@@ -320,15 +334,20 @@ def notes(plan: Plan, session_seconds: float) -> list[str]:
         "fitting and scoring, as a job on its own would take, without the session start-up; "
         "`runs.csv` adds `total_seconds`, which includes the session start-up "
         f"({session_seconds:.1f} s here: the JVM and the Python workers).",
-        "Spark merges as the federation does: LR and SVM weights are averaged by training rows; "
-        "the forest is the union of the provinces' trees, each growing trees in proportion to "
-        "its rows. `spark-mllib` rows are Spark MLlib's own LinearRegression and "
-        "RandomForestRegressor (VectorAssembler + StandardScaler) on the same split rows.",
+        "Spark merges as the federation does, with the federation's codecs: LR and SVM weights "
+        "are averaged by training rows; the forest is the union of the provinces' trees "
+        "(`common.models.forest`), each growing trees in proportion to its rows. `spark-mllib` "
+        "rows are Spark MLlib's own LinearRegression and RandomForestRegressor "
+        "(VectorAssembler + StandardScaler) on the same split rows.",
         "SVM: an exact RBF SVR cannot be trained on millions of rows (its cost grows with the "
         "square of the rows) and its support vectors cannot be averaged, so the SVM of the "
-        "tables maps rows through random Fourier features drawn from a shared seed and trains "
-        "a linear ε-insensitive model, with the target standardised by its global moments. "
-        "The paper's literal SVR(kernel='rbf') on a row sample is the extra `svr` run.",
+        "tables is the federation's (`common.models.rff`): rows mapped through random Fourier "
+        "features drawn from a shared seed, an ε-insensitive linear model trained by "
+        "preconditioned subgradient steps on the standardised target, weights averaged by rows "
+        "after each round. Spark and the centralised job run the same rounds, with the "
+        "preconditioner from all rows' Gram matrix from the first round on (the federation "
+        "starts from each province's own). The paper's literal SVR(kernel='rbf') on a row "
+        "sample is the extra `svr` run.",
         "The forest's trees are depth-limited: full-depth trees on millions of rows take "
         "hundreds of MB each. Federated cells marked n/a are models the server does not "
         "train yet.",

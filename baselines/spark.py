@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,10 +31,11 @@ import pandas as pd
 
 from baselines import cli, results
 from baselines.data import DataOptions, Scaling, add_sums, split_province, write_synthetic
-from baselines.models import Context, ModelOptions, build_model
+from baselines.models import Context, ModelOptions, build_model, per_province, train
 from common import preprocess
 from common.data import RAW_COLUMNS, validate_raw
 from common.provinces import PROVINCES
+from common.tensors import Arrays
 
 if TYPE_CHECKING:
     from pyspark import RDD
@@ -119,11 +120,23 @@ def _split_partition(data: DataOptions) -> Callable[[int, Iterable], Iterator[Pr
     return run
 
 
-def _fit_partition(model: str, context: Context) -> Callable[[Iterable], Iterator[Any]]:
+def _setup_partition(model: str, context: Context) -> Callable[[ProvinceSplit], Any]:
+    def run(pair: ProvinceSplit) -> Any:
+        setup = build_model(model, context).setup
+        assert setup is not None
+        return setup(context.scaling.apply(pair[1].x_train), context)
+
+    return run
+
+
+def _fit_partition(
+    model: str, context: Context, options: Mapping[str, ModelOptions], start: Any
+) -> Callable[[Iterable], Iterator[Any]]:
     def run(pairs: Iterable[ProvinceSplit]) -> Iterator[Any]:
         spec = build_model(model, context)
-        for _, s in pairs:
-            yield spec.fit(context.scaling.apply(s.x_train), s.y_train, context)
+        for province, s in pairs:
+            own = replace(context, options=options[province])
+            yield spec.fit(context.scaling.apply(s.x_train), s.y_train, own, start.value)
 
     return run
 
@@ -187,15 +200,28 @@ def load(spark: SparkSession, data: DataOptions) -> Loaded:
 
 
 def train_partitions(
-    spark: SparkSession, splits: RDD, model: str, context: Context
+    spark: SparkSession, loaded: Loaded, model: str, context: Context
 ) -> tuple[list[tuple[str, float, int]], float, float]:
     """The paper's scheme: fit per partition, merge by reduce, score on each partition.
 
     Returns the scores, the seconds of fit + reduce, and the seconds of scoring.
     """
     started = time.perf_counter()
-    merge = build_model(model, context).merge
-    merged = splits.mapPartitions(_fit_partition(model, context)).reduce(merge)
+    spec = build_model(model, context)
+    options = per_province(model, context.options, loaded.train_rows)
+    splits, sc = loaded.splits, spark.sparkContext
+
+    def setup_all(ctx: Context) -> Arrays:
+        return splits.map(_setup_partition(model, ctx)).reduce(add_sums)
+
+    def fit_all(ctx: Context, start: Any) -> Any:
+        previous = sc.broadcast(start)
+        parts = splits.mapPartitions(_fit_partition(model, ctx, options, previous))
+        merged = parts.reduce(spec.merge)
+        previous.destroy()
+        return merged
+
+    merged = train(spec, context, setup_all, fit_all)
     fitted = time.perf_counter()
     shared = spark.sparkContext.broadcast(merged)
     scores = splits.map(_score(model, context, shared)).collect()
@@ -301,7 +327,7 @@ def run(
                 loaded.release()
     if engine == "sklearn":
         context = Context(options, loaded.scaling)
-        scores, fit_seconds, score_seconds = train_partitions(spark, loaded.splits, model, context)
+        scores, fit_seconds, score_seconds = train_partitions(spark, loaded, model, context)
     else:
         scores, fit_seconds, score_seconds = train_mllib(spark, loaded.splits, model, data, options)
     job_seconds = loaded.seconds + fit_seconds + score_seconds
