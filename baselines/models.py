@@ -11,14 +11,13 @@ codec), each province growing trees in proportion to its rows (`per_province`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sklearn.svm import SVR
 
 from baselines.data import Scaling
-from common.models import forest, linear, rff
+from common.models import forest, linear, rff, svr
 from common.models.ensemble import Member
 from common.tensors import Arrays
 
@@ -30,7 +29,7 @@ class ModelOptions:
     trees: int = 100  # RF n_estimators
     max_depth: int | None = 16  # full-depth trees on 2.7M rows are ~200 MB each
     components: int = 500  # random Fourier features of the SVM (the federation's default)
-    svr_rows: int = 20_000  # exact RBF SVR costs ~n²: trained on a subsample
+    svr_rows: int = 20_000  # exact RBF SVR costs ~n²: each part trains on this many rows
     seed: int = 0
     rounds: int = 3  # the SVM's train-and-average passes, as the federation's rounds
     learning_rate: float = 0.05  # the SVM's first step size, divided by √round later
@@ -70,44 +69,21 @@ class Weighted:
     rows: int
 
 
-@dataclass
-class Ensemble:
-    """Predictors whose outputs are averaged with the given weights."""
-
-    members: list[tuple[Any, float]] = field(default_factory=list)
-
-
 def merge_weighted(a: Weighted, b: Weighted) -> Weighted:
     total = a.rows + b.rows
     arrays = {k: (a.arrays[k] * a.rows + b.arrays[k] * b.rows) / total for k in a.arrays}
     return Weighted(arrays, total)
 
 
-def merge_ensembles(a: Ensemble, b: Ensemble) -> Ensemble:
-    return Ensemble([*a.members, *b.members])
-
-
-def predict_ensemble(part: Ensemble, x: np.ndarray) -> np.ndarray:
-    weights = np.array([w for _, w in part.members])
-    outputs = np.stack([model.predict(x) for model, _ in part.members])
-    return weights @ outputs / weights.sum()
-
-
 def per_province(
     model: str, options: ModelOptions, train_rows: Mapping[str, int]
 ) -> dict[str, ModelOptions]:
-    """Each province's options when each fits a part: a forest's trees (and the exact SVR's
-    sampled rows) are shared in proportion to training rows, at least one each, as the
-    federation shares its global forest."""
-    provinces = list(train_rows)
-    counts = list(train_rows.values())
-    if model == "rf":
-        trees = forest.shares(options.trees, counts)
-        return {p: replace(options, trees=n) for p, n in zip(provinces, trees, strict=True)}
-    if model == "svr":
-        rows = forest.shares(options.svr_rows, counts)
-        return {p: replace(options, svr_rows=n) for p, n in zip(provinces, rows, strict=True)}
-    return dict.fromkeys(provinces, options)
+    """Each province's options when each fits a part: a forest's trees are shared in
+    proportion to training rows, at least one each, as the federation shares its forest."""
+    if model != "rf":
+        return dict.fromkeys(train_rows, options)
+    trees = forest.shares(options.trees, list(train_rows.values()))
+    return {p: replace(options, trees=n) for p, n in zip(train_rows, trees, strict=True)}
 
 
 # Linear regression: sklearn's LinearRegression with the paper's (default) settings.
@@ -125,23 +101,25 @@ def predict_lr(part: Weighted, x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Trees:
-    trees: list[Member]
+class Members:
+    """An ensemble's members as the federation's codecs hold them (trees, SVRs)."""
+
+    members: list[Member]
 
 
-def fit_rf(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Trees:
+def fit_rf(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Members:
     o = context.options
-    return Trees(
+    return Members(
         forest.fit_forest(x, y, n_estimators=o.trees, max_depth=o.max_depth, random_state=o.seed)
     )
 
 
-def merge_trees(a: Trees, b: Trees) -> Trees:
-    return Trees(forest.union_of_trees([a.trees, b.trees]))
+def merge_trees(a: Members, b: Members) -> Members:
+    return Members(forest.union_of_trees([a.members, b.members]))
 
 
-def predict_trees(part: Trees, x: np.ndarray) -> np.ndarray:
-    return forest.predict_forest(part.trees, x)
+def predict_trees(part: Members, x: np.ndarray) -> np.ndarray:
+    return forest.predict_forest(part.members, x)
 
 
 # SVM: the federation's own (`common.models.rff`): an RBF kernel approximated by random Fourier
@@ -191,15 +169,33 @@ def svm_predictor(context: Context) -> Callable[[Weighted, np.ndarray], np.ndarr
     return predict
 
 
-# The paper's literal SVR(kernel='rbf') with Table 1's settings, on a subsample of the rows.
+# The paper's literal SVR(kernel='rbf') with Table 1's settings (`common.models.svr`, as the
+# federation's svm-local-rbf): one per part on at most `svr_rows` of its rows, standardised
+# target; the merged model predicts the mean of the parts' SVRs.
 
 
-def fit_svr(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Ensemble:
-    o = context.options
-    rows = min(len(y), o.svr_rows)
-    pick = np.random.default_rng(o.seed).choice(len(y), rows, replace=False)
-    model = SVR(kernel="rbf", degree=3, gamma="scale", coef0=0.0, tol=1e-3, C=1.0, epsilon=0.1)
-    return Ensemble([(model.fit(x[pick], y[pick]), float(len(y)))])
+def fit_svr(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Members:
+    s, o = context.scaling, context.options
+    member = svr.fit_svr(
+        x,
+        (y - s.target_mean) / s.target_std,
+        gamma=rff.scale_gamma(x.shape[1], 1.0),
+        subsample=o.svr_rows,
+        rng=np.random.default_rng(o.seed),
+    )
+    return Members([member])
+
+
+def merge_members(a: Members, b: Members) -> Members:
+    return Members([*a.members, *b.members])
+
+
+def svr_predictor(context: Context) -> Callable[[Members, np.ndarray], np.ndarray]:
+    def predict(part: Members, x: np.ndarray) -> np.ndarray:
+        s = context.scaling
+        return svr.predict_mean(part.members, x) * s.target_std + s.target_mean
+
+    return predict
 
 
 @dataclass(frozen=True)
@@ -240,7 +236,7 @@ def build_model(name: str, context: Context) -> Model:
         svm = svm_predictor(context)
         return Model(name, fit_svm, merge_weighted, svm, svm_setup, context.options.rounds)
     if name == "svr":
-        return Model(name, fit_svr, merge_ensembles, predict_ensemble)
+        return Model(name, fit_svr, merge_members, svr_predictor(context))
     raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
 
 

@@ -68,9 +68,14 @@ SCALES = {
 EXTRAS = (
     ("lr", "spark-mllib", "lr"),
     ("rf", "spark-mllib", "rf"),
+    ("svm", "federated", "svr"),
     ("svm", "centralised", "svr"),
     ("svm", "spark", "svr"),
 )
+# The server's name for a model where it differs from ours.
+SERVER_MODELS = {"svr": "svm-local-rbf"}
+# Ensembles: each round grows a fresh one that replaces the last, so one round is the model.
+ONE_ROUND = ("rf", "svr")
 
 
 class Progress:
@@ -99,10 +104,10 @@ class Progress:
 
 
 def federation_models() -> list[str]:
-    """The paper's models that the federation's server can train now."""
+    """Our models that the federation's server can train now."""
     from server.models import STRATEGIES
 
-    return [model for model in paper.MODELS if model in STRATEGIES]
+    return [m for m in (*paper.MODELS, "svr") if SERVER_MODELS.get(m, m) in STRATEGIES]
 
 
 def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> list[str]:
@@ -125,11 +130,12 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
             "--svm-learning-rate": options.learning_rate,
             "--svm-epochs": options.epochs,
         },
+        "svr": {"--svm-subsample": options.svr_rows, "--svm-seed": options.seed},
     }.get(model, {})
     for flag, value in wanted.items():
         try:
             with contextlib.redirect_stderr(io.StringIO()):
-                parse_args(["--model", model, flag, str(value)])
+                parse_args(["--model", SERVER_MODELS.get(model, model), flag, str(value)])
         except SystemExit:
             continue
         flags += [flag, str(value)]
@@ -142,10 +148,11 @@ def run_federation(
     """The real federation for `model`; its results document, or RuntimeError saying why not."""
     folder = out / "federated" / model
     folder.mkdir(parents=True, exist_ok=True)
+    rounds = 1 if model in ONE_ROUND else scale.rounds
     federation = LocalFederation(
         out=folder,
-        model=model,
-        rounds=scale.rounds,
+        model=SERVER_MODELS.get(model, model),
+        rounds=rounds,
         data=Path(str(data.data)),
         server_args=[*federation_flags(model, scale.options, data), "--poll-seconds", "2"],
     )
@@ -164,7 +171,7 @@ def run_federation(
         raise RuntimeError(f"failed: see the logs in {folder}")
     outcome["framework"] = "federated"
     outcome["final"]["wall_seconds"] = wall
-    outcome["params"] = {"rounds": scale.rounds, **_model_config(outcome)}
+    outcome["params"] = {"rounds": rounds, **_model_config(outcome)}
     return outcome
 
 
@@ -181,7 +188,7 @@ def _follow(federation: LocalFederation, model: str, scale: Scale, progress: Pro
         rounds = _rounds_so_far(federation.results_path)
         for record in rounds[seen:]:
             mse = "n/a" if record.get("mse") is None else f"{record['mse']:.6g}"
-            where = f"round {record['round']}/{scale.rounds}"
+            where = f"round {record['round']}/{federation.rounds}"
             progress.say(f"    federated {model}: {where}, MSE {mse}")
         seen = max(seen, len(rounds))
     return True
@@ -196,7 +203,7 @@ def _rounds_so_far(path: Path) -> list[dict[str, Any]]:
 
 def _model_config(outcome: dict[str, Any]) -> dict[str, str]:
     """The model's own settings from the server's recorded configuration (rf_*, svm_*)."""
-    prefix = {"rf": "rf_", "svm": "svm_"}.get(outcome["model"])
+    prefix = {"rf": "rf_", "svm": "svm_", "svm-local-rbf": "svm_"}.get(outcome["model"])
     config = outcome.get("config", {})
     return {k: v for k, v in config.items() if prefix and k.startswith(prefix)}
 
@@ -309,7 +316,8 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
         "RF": f"{o.trees} trees, max_depth {o.max_depth or 'none'}, max_features 1.0, bootstrap",
         "SVM": f"RBF kernel via {o.components} random Fourier features, ε-insensitive linear "
         f"model (ε=0.1, C=1), {o.rounds} rounds of {o.epochs} epoch(s), step {o.learning_rate}",
-        "SVR (extra)": f"exact SVR(kernel='rbf'), Table 1 settings, {o.svr_rows:,} sampled rows",
+        "SVR (extra)": f"exact SVR(kernel='rbf'), Table 1 settings, on {o.svr_rows:,} sampled "
+        "rows of each part (all rows centralised, each province otherwise)",
         "Spark": f"master {plan.master}, driver memory {plan.driver_memory}, "
         f"session start-up {session_seconds:.1f} s",
     }
@@ -347,7 +355,10 @@ def notes(plan: Plan, session_seconds: float) -> list[str]:
         "after each round. Spark and the centralised job run the same rounds, with the "
         "preconditioner from all rows' Gram matrix from the first round on (the federation "
         "starts from each province's own). The paper's literal SVR(kernel='rbf') on a row "
-        "sample is the extra `svr` run.",
+        "sample is the extra `svr` run (the server's svm-local-rbf: the mean of the "
+        "provinces' SVRs; not private, its support vectors are rows).",
+        "Forests and SVR ensembles are federated in one round: each further round would grow "
+        "a fresh ensemble that replaces the last.",
         "The forest's trees are depth-limited: full-depth trees on millions of rows take "
         "hundreds of MB each. Federated cells marked n/a are models the server does not "
         "train yet.",

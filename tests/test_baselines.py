@@ -162,7 +162,7 @@ def test_each_province_grows_trees_in_proportion_to_its_rows(tiny_data):
     split = prepared.splits[smallest]
     context = Context(options[smallest], prepared.scaling)
     part = build_model("rf", context).fit(split.x_train, split.y_train, context, None)
-    assert len(part.trees) == trees[smallest]
+    assert len(part.members) == trees[smallest]
     assert per_province("lr", ModelOptions(), rows) == dict.fromkeys(rows, ModelOptions())
 
 
