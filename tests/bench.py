@@ -14,6 +14,7 @@ from pathlib import Path
 from common.data import synthesize_province
 from common.provinces import PROVINCES
 from server.localrun import LocalFederation
+from tests import bench_models
 
 PAPER_ROWS = 2_699_730
 
@@ -69,6 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     bench_synthesis(args.rows, args.seed)
     bench_linear(args.rows, args.seed, args.rounds)
+    # Random forest and SVM: tests/bench_models.py.
+    bench_models.run_all(args.rows, args.seed, Path("runs/bench"))
 
 
 if __name__ == "__main__":
