@@ -81,6 +81,13 @@ def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = MO
         help="SVM: first step size, divided by √round later",
     )
     add("--epochs", type=int, default=defaults.epochs, help="SVM: passes over the rows per round")
+    add(
+        "--target",
+        choices=("change", "price"),
+        default=defaults.target,
+        help="RF and SVMs: learn tomorrow's change from today's close (the federation's "
+        "default), or the price itself (the paper)",
+    )
     add("--model-seed", type=int, default=defaults.seed, help="seed of the models' randomness")
 
 
@@ -100,6 +107,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         rounds=args.rounds,
         learning_rate=args.learning_rate,
         epochs=args.epochs,
+        target=args.target,
     )
 
 

@@ -21,6 +21,7 @@ from common.data.loaders import province_path
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
 from common.provinces import PROVINCES
 from common.tensors import Arrays
+from server.rounds import task_context
 
 
 @dataclass(frozen=True)
@@ -41,23 +42,28 @@ class DataOptions:
 
 @dataclass(frozen=True)
 class Scaling:
-    """Global feature mean and scale (the federation's scaler) plus target moments and rows."""
+    """The federation's scaler and the global numbers its tasks carry (`task`: rows, the close's
+    scaling, the target's and its change's moments, the scaled features' variance)."""
 
     mean: np.ndarray
     scale: np.ndarray
-    target_mean: float
-    target_std: float
     train_rows: int
+    close_index: int
+    task: dict[str, float]
 
     @classmethod
     def from_sums(cls, features: list[str], sums: Iterable[Arrays]) -> Scaling:
         stats = preprocess.GlobalStatistics.from_sums([*features, preprocess.TARGET], list(sums))
         mean, scale = stats.scaler()
-        target_std = float(stats.std[-1]) or 1.0
-        return cls(mean, scale, float(stats.mean[-1]), target_std, stats.count)
+        task = {k: float(v) for k, v in task_context(stats).items()}
+        return cls(mean, scale, stats.count, features.index("close"), task)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         return preprocess.scale(x, self.mean, self.scale)
+
+    def close(self, x: np.ndarray) -> np.ndarray:
+        """Today's close in yuan, from scaled rows."""
+        return x[:, self.close_index] * self.scale[self.close_index] + self.mean[self.close_index]
 
 
 def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:

@@ -34,20 +34,29 @@ class ModelOptions:
     rounds: int = 3  # the SVM's train-and-average passes, as the federation's rounds
     learning_rate: float = 0.05  # the SVM's first step size, divided by √round later
     epochs: int = 1  # the SVM's passes over the rows per round
+    # RF and SVMs learn tomorrow's change from today's close ("change", the federation's
+    # default: comparable across price levels) or the price itself ("price", as the paper).
+    target: str = "change"
 
     def describe(self, model: str) -> dict[str, Any]:
         """The options that matter to `model`, for results files and the report."""
         return {
             "lr": {},
-            "rf": {"trees": self.trees, "max_depth": self.max_depth, "seed": self.seed},
+            "rf": {
+                "trees": self.trees,
+                "max_depth": self.max_depth,
+                "target": self.target,
+                "seed": self.seed,
+            },
             "svm": {
                 "components": self.components,
                 "rounds": self.rounds,
                 "learning_rate": self.learning_rate,
                 "epochs": self.epochs,
+                "target": self.target,
                 "seed": self.seed,
             },
-            "svr": {"svr_rows": self.svr_rows, "seed": self.seed},
+            "svr": {"svr_rows": self.svr_rows, "target": self.target, "seed": self.seed},
         }[model]
 
 
@@ -86,6 +95,25 @@ def per_province(
     return {p: replace(options, trees=n) for p, n in zip(train_rows, trees, strict=True)}
 
 
+def target_frame(x: np.ndarray, context: Context) -> tuple[np.ndarray | float, float, float]:
+    """Base, mean and deviation of what RF and the SVMs learn, (price − base − mean) / std,
+    as the federation's trainers do (the forest uses the base alone)."""
+    task = context.scaling.task
+    if context.options.target == "change":
+        return context.scaling.close(x), task["change_mean"], task["change_std"]
+    return 0.0, task["target_mean"], task["target_std"]
+
+
+def standardise(y: np.ndarray, x: np.ndarray, context: Context) -> np.ndarray:
+    base, mean, std = target_frame(x, context)
+    return (y - base - mean) / std
+
+
+def restore(t: np.ndarray, x: np.ndarray, context: Context) -> np.ndarray:
+    base, mean, std = target_frame(x, context)
+    return t * std + mean + base
+
+
 # Linear regression: sklearn's LinearRegression with the paper's (default) settings.
 
 
@@ -109,17 +137,22 @@ class Members:
 
 def fit_rf(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Members:
     o = context.options
-    return Members(
-        forest.fit_forest(x, y, n_estimators=o.trees, max_depth=o.max_depth, random_state=o.seed)
+    base = target_frame(x, context)[0]
+    trees = forest.fit_forest(
+        x, y - base, n_estimators=o.trees, max_depth=o.max_depth, random_state=o.seed
     )
+    return Members(trees)
 
 
 def merge_trees(a: Members, b: Members) -> Members:
     return Members(forest.union_of_trees([a.members, b.members]))
 
 
-def predict_trees(part: Members, x: np.ndarray) -> np.ndarray:
-    return forest.predict_forest(part.members, x)
+def trees_predictor(context: Context) -> Callable[[Members, np.ndarray], np.ndarray]:
+    def predict(part: Members, x: np.ndarray) -> np.ndarray:
+        return target_frame(x, context)[0] + forest.predict_forest(part.members, x)
+
+    return predict
 
 
 # SVM: the federation's own (`common.models.rff`): an RBF kernel approximated by random Fourier
@@ -129,10 +162,13 @@ def predict_trees(part: Members, x: np.ndarray) -> np.ndarray:
 
 
 def fourier_features(context: Context, n_features: int) -> rff.FourierFeatures:
-    """gamma='scale' is 1 / n_features here: globally scaled features have unit variance."""
-    gamma = rff.scale_gamma(n_features, 1.0)
     o = context.options
-    return rff.FourierFeatures.draw(n_features, o.components, gamma, o.seed)
+    return rff.FourierFeatures.draw(n_features, o.components, gamma(context, n_features), o.seed)
+
+
+def gamma(context: Context, n_features: int) -> float:
+    """gamma='scale' over the globally scaled features, as the federation resolves it."""
+    return rff.scale_gamma(n_features, context.scaling.task["feature_variance"])
 
 
 def svm_setup(x: np.ndarray, context: Context) -> Arrays:
@@ -147,7 +183,7 @@ def fit_svm(x: np.ndarray, y: np.ndarray, context: Context, start: Weighted | No
     weights = rff.train(
         fourier_features(context, x.shape[1]),
         x,
-        (y - s.target_mean) / s.target_std,
+        standardise(y, x, context),
         start.arrays if start else rff.zero_weights(o.components),
         precondition,
         c=1.0,
@@ -162,9 +198,8 @@ def fit_svm(x: np.ndarray, y: np.ndarray, context: Context, start: Weighted | No
 
 def svm_predictor(context: Context) -> Callable[[Weighted, np.ndarray], np.ndarray]:
     def predict(part: Weighted, x: np.ndarray) -> np.ndarray:
-        s = context.scaling
         standard = rff.predict(fourier_features(context, x.shape[1]), part.arrays, x)
-        return standard * s.target_std + s.target_mean
+        return restore(standard, x, context)
 
     return predict
 
@@ -175,11 +210,11 @@ def svm_predictor(context: Context) -> Callable[[Weighted, np.ndarray], np.ndarr
 
 
 def fit_svr(x: np.ndarray, y: np.ndarray, context: Context, start: Any = None) -> Members:
-    s, o = context.scaling, context.options
+    o = context.options
     member = svr.fit_svr(
         x,
-        (y - s.target_mean) / s.target_std,
-        gamma=rff.scale_gamma(x.shape[1], 1.0),
+        standardise(y, x, context),
+        gamma=gamma(context, x.shape[1]),
         subsample=o.svr_rows,
         rng=np.random.default_rng(o.seed),
     )
@@ -192,8 +227,7 @@ def merge_members(a: Members, b: Members) -> Members:
 
 def svr_predictor(context: Context) -> Callable[[Members, np.ndarray], np.ndarray]:
     def predict(part: Members, x: np.ndarray) -> np.ndarray:
-        s = context.scaling
-        return svr.predict_mean(part.members, x) * s.target_std + s.target_mean
+        return restore(svr.predict_mean(part.members, x), x, context)
 
     return predict
 
@@ -231,7 +265,7 @@ def build_model(name: str, context: Context) -> Model:
     if name == "lr":
         return Model(name, fit_lr, merge_weighted, predict_lr)
     if name == "rf":
-        return Model(name, fit_rf, merge_trees, predict_trees)
+        return Model(name, fit_rf, merge_trees, trees_predictor(context))
     if name == "svm":
         svm = svm_predictor(context)
         return Model(name, fit_svm, merge_weighted, svm, svm_setup, context.options.rounds)

@@ -123,14 +123,20 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
             "--rf-n-estimators": options.trees,
             "--rf-global-trees": options.trees,
             "--rf-max-depth": options.max_depth or 0,
+            "--rf-target": options.target,
         },
         "svm": {
             "--svm-features": options.components,
             "--svm-seed": options.seed,
             "--svm-learning-rate": options.learning_rate,
             "--svm-epochs": options.epochs,
+            "--svm-target": options.target,
         },
-        "svr": {"--svm-subsample": options.svr_rows, "--svm-seed": options.seed},
+        "svr": {
+            "--svm-subsample": options.svr_rows,
+            "--svm-seed": options.seed,
+            "--svm-target": options.target,
+        },
     }.get(model, {})
     for flag, value in wanted.items():
         try:
@@ -314,6 +320,9 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
         "setting": f"{data.setting} ({target}); test fraction {data.test_fraction}",
         "federated rounds": plan.scale.rounds,
         "RF": f"{o.trees} trees, max_depth {o.max_depth or 'none'}, max_features 1.0, bootstrap",
+        "RF and SVM target": "tomorrow's change from today's close (the federation's default)"
+        if o.target == "change"
+        else "the price itself, as the paper",
         "SVM": f"RBF kernel via {o.components} random Fourier features, ε-insensitive linear "
         f"model (ε=0.1, C=1), {o.rounds} rounds of {o.epochs} epoch(s), step {o.learning_rate}",
         "SVR (extra)": f"exact SVR(kernel='rbf'), Table 1 settings, on {o.svr_rows:,} sampled "
