@@ -19,6 +19,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_SECAGG_KEYS: _ClassVar[TaskKind]
     TASK_KIND_SECAGG_SHARES: _ClassVar[TaskKind]
     TASK_KIND_SECAGG_UNMASK: _ClassVar[TaskKind]
+    TASK_KIND_ANALYSE: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
@@ -28,6 +29,7 @@ TASK_KIND_STATISTICS: TaskKind
 TASK_KIND_SECAGG_KEYS: TaskKind
 TASK_KIND_SECAGG_SHARES: TaskKind
 TASK_KIND_SECAGG_UNMASK: TaskKind
+TASK_KIND_ANALYSE: TaskKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("province", "rows", "software_version")
