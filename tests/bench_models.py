@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.svm import SVR
+from sklearn.tree import DecisionTreeRegressor
 
 from client import trainers
 from common import preprocess
@@ -191,6 +193,31 @@ def bench_forest_memory(seed: int) -> dict[str, Any] | None:
     }
 
 
+def bench_full_depth_tree(rows: int, seed: int) -> dict[str, Any]:
+    """What one of Table 1's trees costs at full depth on all training rows, as the README says:
+    scikit-learn's pickle of it against the arrays the federation sends."""
+    x, y, _, _ = pooled(rows, seed)
+    rng = np.random.default_rng(seed)
+    sample = rng.integers(0, len(x), size=len(x))  # a bootstrap draw, as Table 1's forest does
+    tree = DecisionTreeRegressor(criterion="squared_error", min_samples_split=2)
+    _, seconds = timed(lambda: tree.fit(x[sample], y[sample] - x[sample, 0]))
+    pickled = len(pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL))
+    wire = sum(a.nbytes for a in forest.tree_arrays(tree).values())
+    print(
+        f"\none full-depth tree (Table 1, bootstrap) on {len(x):,} training rows: "
+        f"{tree.tree_.node_count:,} nodes, depth {tree.get_depth()}, fitted in {seconds:.1f} s"
+        f"\n  scikit-learn's pickle {size(pickled)}; on the wire {size(wire)}"
+    )
+    return {
+        "rows": len(x),
+        "nodes": int(tree.tree_.node_count),
+        "depth": int(tree.get_depth()),
+        "fit_seconds": seconds,
+        "pickled_mib": pickled / MIB,
+        "wire_mib": wire / MIB,
+    }
+
+
 def exact_svr_in(budget: float, x: np.ndarray, t: np.ndarray, x_test: np.ndarray) -> list[dict]:
     """Exact RBF SVRs on doubling subsamples while one trains within `budget` seconds."""
     rng = np.random.default_rng(0)
@@ -262,6 +289,7 @@ def run_all(rows: int, seed: int, out: Path | None = None) -> None:
         "rows": rows,
         "forest": bench_forest(rows, seed),
         "forest_memory": bench_forest_memory(seed),
+        "full_depth_tree": bench_full_depth_tree(rows, seed),
         "svm": bench_svm(rows, seed),
     }
     if figures["svm"] and figures["forest_memory"]:
