@@ -14,8 +14,10 @@ from client.privacy import ClientPrivacy, PrivacyError
 from common.cli import env, env_flag
 from common.data import DataError, load_province, synthesize_province
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
+from common.keysign import Identity
 from common.logs import setup_logging
 from common.provinces import PROVINCES, check_province
+from common.secagg import SecAggError
 from common.tls import TLSSetupError, client_credentials
 
 log = logging.getLogger("fedstock.client")
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s holds %d rows", args.province, len(raw))
     try:
         credentials = None if args.insecure else client_credentials(args.tls_dir, args.province)
-        privacy = ClientPrivacy(read_private_key(args.he_key) if args.he_key else None)
+        identity = None if args.insecure else Identity.load(args.tls_dir, args.province)
+        privacy = ClientPrivacy(read_private_key(args.he_key) if args.he_key else None, identity)
     except (TLSSetupError, ValueError) as error:
         log.error("%s", error)
         return 2
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         daemon.run()
-    except (ClientError, PrivacyError) as error:
+    except (ClientError, PrivacyError, SecAggError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from phe import paillier as phe
 
 from client.secagg import SecAggClient
 from common import paillier
+from common.keysign import Identity
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 from common.wire import ConfigScalar
@@ -44,11 +45,15 @@ def privatize(
 
 
 class ClientPrivacy:
-    """The mechanisms as one object: the federation's private key if any, the protocol's state."""
+    """The mechanisms as one object: the federation's private key if any, the province's
+    certificate to sign its secure-aggregation keys with (none when insecure), the protocol's
+    state."""
 
-    def __init__(self, key: phe.PaillierPrivateKey | None = None) -> None:
+    def __init__(
+        self, key: phe.PaillierPrivateKey | None = None, identity: Identity | None = None
+    ) -> None:
         self.key = key
-        self.secagg = SecAggClient()
+        self.secagg = SecAggClient(identity)
 
     def _key(self) -> phe.PaillierPrivateKey:
         if self.key is None:

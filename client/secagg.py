@@ -1,27 +1,38 @@
 """A province's side of secure aggregation: keys, encrypted shares, masked input, unmasking.
 
 The protocol itself is common/secagg.py; this keeps one protocol client per round and turns
-its messages into the tensors the server relays.
+its messages into the tensors the server relays. With the province's certificate it signs its
+keys and checks everyone else's before deriving a mask (common/keysign.py); without one (a
+federation run --insecure) it warns that the keys are unauthenticated.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
 
 from common import secagg
+from common.keysign import Identity, KeyAuthenticationError
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
+
+log = logging.getLogger("fedstock.client")
 
 
 def _indices(text: ConfigScalar) -> set[int]:
     return {int(i) for i in str(text).split(",") if i}
 
 
+def _bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).copy()
+
+
 class SecAggClient:
-    def __init__(self) -> None:
+    def __init__(self, identity: Identity | None = None) -> None:
+        self.identity = identity
         self._round = 0
         self._client: secagg.Client | None = None
         self._relay: dict[int, bytes] = {}
@@ -32,23 +43,67 @@ class SecAggClient:
         return self._client
 
     def keys(self, config: Mapping[str, ConfigScalar]) -> Arrays:
-        """A fresh protocol client for this round; its two public keys."""
+        """A fresh protocol client for this round; its two public keys, signed if it can."""
         encoding = secagg.Encoding(float(config["secagg_bound"]), int(config["secagg_clients"]))
         threshold = int(config["secagg_threshold"])
         self._round = int(config["round"])
-        self._client = secagg.Client(int(config["secagg_index"]), encoding, threshold)
+        index = int(config["secagg_index"])
+        self._client = secagg.Client(index, encoding, threshold)
         self._relay = {}
         keys = b"".join(self._client.advertise())
-        return {"keys": np.frombuffer(keys, dtype=np.uint8).reshape(2, 32).copy()}
+        if self.identity is None:
+            log.warning(
+                "round %d: secure-aggregation keys are UNAUTHENTICATED (no certificate, "
+                "--insecure): the server could substitute its own and unmask updates",
+                self._round,
+            )
+            signature, certificate = b"", b""
+        else:
+            signature = self.identity.sign(self._round, index, keys)
+            certificate = self.identity.certificate
+        return {
+            "keys": _bytes(keys).reshape(2, 32),
+            "signature": _bytes(signature),
+            "certificate": _bytes(certificate),
+        }
 
     def shares(self, config: Mapping[str, ConfigScalar], adverts: Arrays) -> Arrays:
-        """One encrypted row per client in the adverts' order (this client's own row empty)."""
-        sealed = self._current(config).share(secagg.unpack_adverts(adverts))
+        """One encrypted row per client in the adverts' order (this client's own row empty),
+        once every advert is shown to come from the province announced for it."""
+        protocol = self._current(config)
+        keys, proofs = secagg.unpack_adverts(adverts)
+        self._authenticate(config, keys, proofs)
+        sealed = protocol.share(keys)
         rows = np.zeros((len(adverts["index"]), secagg.SEALED_BYTES), dtype=np.uint8)
         for row, v in enumerate(adverts["index"]):
             if int(v) in sealed:
                 rows[row] = np.frombuffer(sealed[int(v)], dtype=np.uint8)
         return {"shares": rows}
+
+    def _authenticate(
+        self,
+        config: Mapping[str, ConfigScalar],
+        adverts: dict[int, tuple[bytes, bytes]],
+        proofs: dict[int, tuple[bytes, bytes]],
+    ) -> None:
+        if self.identity is None:
+            return
+        members = str(config["secagg_members"]).split(",")
+        own = int(config["secagg_index"])
+        if len(set(members)) != len(members) or members[own - 1 : own] != [self.identity.province]:
+            raise KeyAuthenticationError(
+                f"round {self._round}: the server announces the members {members}, with "
+                f"{self.identity.province} missing, misplaced or repeated; refusing the round"
+            )
+        for index, keys in adverts.items():
+            if not 1 <= index <= len(members):
+                raise KeyAuthenticationError(
+                    f"round {self._round}: keys relayed for client {index}, which is no member"
+                )
+            signature, certificate = proofs[index]
+            self.identity.verify(
+                self._round, index, members[index - 1], b"".join(keys), signature, certificate
+            )
 
     def strip(self, parameters: Arrays) -> Arrays | None:
         """The global parameters without the shares relayed to this client, which it keeps."""

@@ -201,17 +201,51 @@ SHARES = "secagg_shares"
 SEALED_BYTES = 2 * SHARE_BYTES + 16 + 12  # two shares, the AES-GCM tag and the nonce
 
 
-def pack_adverts(adverts: dict[int, tuple[bytes, bytes]]) -> dict[str, np.ndarray]:
+def pack_adverts(
+    adverts: dict[int, tuple[bytes, bytes]], proofs: dict[int, tuple[bytes, bytes]]
+) -> dict[str, np.ndarray]:
+    """Every client's keys and their proof (signature, certificate; empty when unsigned)."""
     order = sorted(adverts)
     keys = np.frombuffer(b"".join(b"".join(adverts[i]) for i in order), dtype=np.uint8)
-    return {"index": np.array(order, dtype=np.int64), "keys": keys.reshape(len(order), 2, 32)}
-
-
-def unpack_adverts(arrays: dict[str, np.ndarray]) -> dict[int, tuple[bytes, bytes]]:
+    signatures, signature_ends = _ragged([proofs[i][0] for i in order])
+    certificates, certificate_ends = _ragged([proofs[i][1] for i in order])
     return {
-        int(i): (keys[0].tobytes(), keys[1].tobytes())
-        for i, keys in zip(arrays["index"], arrays["keys"], strict=True)
+        "index": np.array(order, dtype=np.int64),
+        "keys": keys.reshape(len(order), 2, 32),
+        "signatures": signatures,
+        "signature_ends": signature_ends,
+        "certificates": certificates,
+        "certificate_ends": certificate_ends,
     }
+
+
+def unpack_adverts(
+    arrays: dict[str, np.ndarray],
+) -> tuple[dict[int, tuple[bytes, bytes]], dict[int, tuple[bytes, bytes]]]:
+    """The adverts and proofs `pack_adverts` packed, by client index."""
+    order = [int(i) for i in arrays["index"]]
+    adverts = {
+        i: (keys[0].tobytes(), keys[1].tobytes())
+        for i, keys in zip(order, arrays["keys"], strict=True)
+    }
+    signatures = _unragged(arrays["signatures"], arrays["signature_ends"], len(order))
+    certificates = _unragged(arrays["certificates"], arrays["certificate_ends"], len(order))
+    proofs = dict(zip(order, zip(signatures, certificates, strict=True), strict=True))
+    return adverts, proofs
+
+
+def _ragged(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings of any length as one uint8 tensor and the int64 end of each."""
+    ends = np.cumsum([len(item) for item in items], dtype=np.int64)
+    return np.frombuffer(b"".join(items), dtype=np.uint8).copy(), ends
+
+
+def _unragged(flat: np.ndarray, ends: np.ndarray, count: int) -> list[bytes]:
+    last = int(ends[-1]) if len(ends) else 0
+    if len(ends) != count or np.any(np.diff(ends, prepend=0) < 0) or last != len(flat):
+        raise SecAggError("the relayed key proofs are malformed")
+    starts = [0, *ends[:-1]]
+    return [flat[int(a) : int(b)].tobytes() for a, b in zip(starts, ends, strict=True)]
 
 
 def join_input(arrays: dict[str, np.ndarray]) -> np.ndarray:

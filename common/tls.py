@@ -15,7 +15,8 @@ class TLSSetupError(ValueError):
     """Certificates that cannot be used; the message names the file and how to make one."""
 
 
-def _read(folder: Path, name: str) -> bytes:
+def read_pem(folder: Path, name: str) -> bytes:
+    """One of the federation's certificate or key files, or an error that says how to make it."""
     path = folder / name
     try:
         return path.read_bytes()
@@ -29,8 +30,8 @@ def _read(folder: Path, name: str) -> bytes:
 def server_credentials(folder: Path) -> grpc.ServerCredentials:
     """The server's identity, and the CA every client certificate must chain to."""
     return grpc.ssl_server_credentials(
-        [(_read(folder, "server.key"), _read(folder, "server.pem"))],
-        root_certificates=_read(folder, "ca.pem"),
+        [(read_pem(folder, "server.key"), read_pem(folder, "server.pem"))],
+        root_certificates=read_pem(folder, "ca.pem"),
         require_client_auth=True,
     )
 
@@ -38,9 +39,9 @@ def server_credentials(folder: Path) -> grpc.ServerCredentials:
 def client_credentials(folder: Path, province: str) -> grpc.ChannelCredentials:
     """A province's identity, and the CA the server's certificate must chain to."""
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(folder, "ca.pem"),
-        private_key=_read(folder, f"{province}.key"),
-        certificate_chain=_read(folder, f"{province}.pem"),
+        root_certificates=read_pem(folder, "ca.pem"),
+        private_key=read_pem(folder, f"{province}.key"),
+        certificate_chain=read_pem(folder, f"{province}.pem"),
     )
 
 

@@ -1,5 +1,6 @@
 """Secure aggregation: masks cancel in the sum, dropouts are recovered, one input looks random."""
 
+import logging
 import math
 import time
 
@@ -8,10 +9,13 @@ import pytest
 from scipy import stats
 
 from client.privacy import ClientPrivacy
+from client.secagg import SecAggClient
+from common.keysign import Identity, KeyAuthenticationError
 from common.models import linear
 from common.provinces import PROVINCES
 from common.secagg import Client, Encoding, SecAggError, aggregate, combine, split
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.localrun import LocalFederation
 from server.privacy.secagg import SecAggFedAvg
 from server.strategy import ClientResult, Failure, FedAvg
@@ -110,12 +114,16 @@ def as_update(vector):
     return {"coef": vector[:8].copy(), "intercept": np.array(vector[8])}
 
 
-def in_process_round(dropped=()):
-    """One round of SecAggFedAvg whose phases are answered by ClientPrivacy objects in process."""
-    clients = {p: ClientPrivacy() for p in PROVINCES}
+def in_process_round(dropped=(), identities=None, relay=lambda province, adverts: adverts):
+    """One round of SecAggFedAvg whose phases are answered by ClientPrivacy objects in process;
+    `identities` sign and check the keys, which pass through `relay` on their way to each."""
+    identities = identities or {}
+    clients = {p: ClientPrivacy(identity=identities.get(p)) for p in PROVINCES}
     steps = {
         pb.TASK_KIND_SECAGG_KEYS: lambda c, i: c.secagg.keys(i.config),
-        pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(i.config, i.parameters),
+        pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(
+            i.config, relay(i.province, i.parameters)
+        ),
         pb.TASK_KIND_SECAGG_UNMASK: lambda c, i: c.secagg.unmask(i.config),
     }
 
@@ -158,6 +166,77 @@ def test_secagg_fedavg_unmasks_the_weighted_average_of_whoever_stayed(dropped):
     assert all(r.arrays["coef"].dtype == np.int64 for r in results)
 
 
+# Signed keys: a relay that substitutes a client's keys is caught before any mask is derived.
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("certs")
+    write_federation(folder, DEFAULT_SERVER_NAMES, PROVINCES)
+    return {p: Identity.load(folder, p) for p in PROVINCES}
+
+
+def test_signed_keys_give_the_same_sum(identities):
+    merged, _ = in_process_round(identities=identities)
+    total = sum(SAMPLES.values())
+    expected = sum(PROVINCE_UPDATES[p] * SAMPLES[p] for p in PROVINCES) / total
+    np.testing.assert_allclose(merged["coef"], expected[:8], rtol=0, atol=1e-6)
+
+
+def substitute_mask_key(victim_index):
+    """A hostile relay: its own X25519 mask key in place of one client's, for everyone else."""
+
+    def relay(province, adverts):
+        forged = {k: v.copy() for k, v in adverts.items()}
+        row = list(forged["index"]).index(victim_index)
+        forged["keys"][row, 1] = np.frombuffer(
+            Client(99, Encoding(1.0, 9), 5).advertise()[1], np.uint8
+        )
+        return forged
+
+    return relay
+
+
+def test_a_substituted_key_is_refused_before_any_mask(identities):
+    with pytest.raises(KeyAuthenticationError, match="do not match their signature"):
+        in_process_round(identities=identities, relay=substitute_mask_key(3))
+
+
+def test_a_bundle_under_another_provinces_name_or_from_another_ca_is_refused(identities, tmp_path):
+    beijing, hubei = identities["beijing"], identities["hubei"]
+    keys = bytes(range(64))
+    signature = beijing.sign(4, 1, keys)
+    hubei.verify(4, 1, "beijing", keys, signature, beijing.certificate)  # the honest bundle
+    with pytest.raises(KeyAuthenticationError, match="'beijing'"):
+        hubei.verify(4, 1, "fujian", keys, signature, beijing.certificate)
+    with pytest.raises(KeyAuthenticationError, match="do not match"):
+        hubei.verify(5, 1, "beijing", keys, signature, beijing.certificate)  # replayed
+    write_federation(tmp_path, DEFAULT_SERVER_NAMES, ("beijing",))
+    stranger = Identity.load(tmp_path, "beijing")
+    with pytest.raises(KeyAuthenticationError, match="CA did not issue"):
+        hubei.verify(4, 1, "beijing", keys, stranger.sign(4, 1, keys), stranger.certificate)
+
+
+def test_unsigned_keys_are_refused_by_a_client_with_a_certificate(identities):
+    signed_only = dict(identities)
+    del signed_only["hubei"]  # hubei sends its keys without a signature
+    with pytest.raises(KeyAuthenticationError, match="readable certificate"):
+        in_process_round(identities=signed_only)
+
+
+def test_without_a_certificate_the_client_warns_its_keys_are_unauthenticated(caplog):
+    config = {
+        "round": 1,
+        "secagg_bound": 1.0,
+        "secagg_clients": 3,
+        "secagg_threshold": 2,
+        "secagg_index": 1,
+    }
+    with caplog.at_level(logging.WARNING, logger="fedstock.client"):
+        keys = SecAggClient().keys(config)
+    assert keys["signature"].size == 0 and "UNAUTHENTICATED" in caplog.text
+
+
 @pytest.mark.integration
 def test_a_secagg_federation_survives_two_clients_dying_mid_round(tmp_path):
     """hubei and shanghai are killed once they have their training task: after sharing their
@@ -179,3 +258,4 @@ def test_a_secagg_federation_survives_two_clients_dying_mid_round(tmp_path):
     assert set(survivors.values()) == {0}, codes
     record = federation.results()["rounds"][0]
     assert math.isfinite(record["mse"]) and set(record["per_client"]) == set(survivors) - {"server"}
+    assert "unsigned" not in (tmp_path / "server.log").read_text()  # keys were signed

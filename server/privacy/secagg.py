@@ -1,11 +1,12 @@
 """Secure aggregation as a --privacy mode: the server unmasks the sum of the updates, no single one.
 
 Around each round's training the strategy runs common/secagg.py's protocol through phases of its
-own: KEYS (each client's two public keys), SHARES (each client's secret shares, encrypted for
-every other client, which the server relays without being able to open), TRAIN (each client's
-sample-weighted update and weight, masked) and UNMASK (the survivors' shares that remove the
-masks, whoever dropped out). Clients are numbered 1..n by sorted province each round; a round
-goes ahead as long as `threshold` clients stay in.
+own: KEYS (each client's two public keys, signed with its certificate's key; the server relays
+them with the certificate so that every client can check them, common/keysign.py), SHARES (each
+client's secret shares, encrypted for every other client, which the server relays without being
+able to open), TRAIN (each client's sample-weighted update and weight, masked) and UNMASK (the
+survivors' shares that remove the masks, whoever dropped out). Clients are numbered 1..n by
+sorted province each round; a round goes ahead as long as `threshold` clients stay in.
 """
 
 from __future__ import annotations
@@ -91,16 +92,33 @@ class SecAggFedAvg(Strategy):
             "secagg_clients": n,
             "secagg_threshold": threshold,
             "secagg_bound": self.bound,
+            "secagg_members": ",".join(index),  # provinces in index order, for the signatures
         }
         own = {p: {**base, "secagg_index": i} for p, i in index.items()}
         keys = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_KEYS,
             {p: (own[p], None) for p in index},
-            _checked({"keys": (np.dtype(np.uint8), (2, 32))}),
+            _checked(
+                {
+                    "keys": (np.dtype(np.uint8), (2, 32)),
+                    "signature": (np.dtype(np.uint8), (-1,)),
+                    "certificate": (np.dtype(np.uint8), (-1,)),
+                }
+            ),
         )
         adverts = {index[r.province]: tuple(k.tobytes() for k in r.arrays["keys"]) for r in keys}
-        packed = secagg.pack_adverts(adverts)
+        proofs = {
+            index[r.province]: (r.arrays["signature"].tobytes(), r.arrays["certificate"].tobytes())
+            for r in keys
+        }
+        if any(not signature for signature, _ in proofs.values()):
+            log.warning(
+                "round %d: secure-aggregation keys arrive unsigned (clients without "
+                "certificates): nothing stops a relay from substituting them",
+                server_round,
+            )
+        packed = secagg.pack_adverts(adverts, proofs)
         shares = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_SHARES,
