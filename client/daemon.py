@@ -179,6 +179,8 @@ class ClientDaemon:
             return self.work.train(config, scaler, parameters)
         if task.kind == pb.TASK_KIND_EVALUATE and parameters is not None:
             return self.work.evaluate(config, scaler, parameters)
+        if task.kind == pb.TASK_KIND_ANALYSE and parameters is not None:
+            return self.work.analyse(config, scaler, parameters)
         raise ClientError(f"the server sent a task this client does not understand: {kind}")
 
     @staticmethod

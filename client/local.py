@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from client import analysis
 from client.privacy import ClientPrivacy
 from client.trainers import trainer_for
+from common import analysis as shared
 from common import preprocess
 from common.compression import ErrorFeedback
 from common.crossval import fold_split
@@ -106,6 +108,28 @@ class LocalWork:
         x = preprocess.scale(data.x_test, *scaler) if trainer.scaled else data.x_test
         prediction = trainer.predict(self.privacy.reveal(parameters, config), x, config)
         metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
+        return Outcome(len(data.y_test), metrics)
+
+    def analyse(
+        self,
+        config: Mapping[str, ConfigScalar],
+        scaler: tuple[np.ndarray, np.ndarray],
+        parameters: Arrays,
+    ) -> Outcome:
+        """The end-of-run analysis on this province's rows (client/analysis.py)."""
+        started = time.perf_counter()
+        data = self.split(config)
+        trainer = trainer_for(str(config["model"]))
+        model, candidates = shared.unstack(parameters, int(config.get(shared.CANDIDATE_COUNT, 0)))
+        model = self.privacy.reveal(model, config)
+
+        def prepared(x: np.ndarray) -> np.ndarray:
+            return preprocess.scale(x, *scaler) if trainer.scaled else x
+
+        metrics = analysis.analyse(
+            trainer, data, prepared(data.x_train), prepared(data.x_test), model, candidates, config
+        )
+        metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics)
 
 

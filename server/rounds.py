@@ -18,6 +18,7 @@ from common.preprocess import TARGET, GlobalStatistics, features_for
 from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.analysis import Analysis, FinalFit
 from server.checkpoint import Checkpoint
 from server.coordinator import Assignment, Coordinator
 from server.ledger import Ledger
@@ -73,6 +74,7 @@ class RoundLoop:
         results: ResultsFile,
         ledger: Ledger,
         checkpoint_path: Path,
+        analysis: Analysis | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.strategy = strategy
@@ -80,6 +82,9 @@ class RoundLoop:
         self.results = results
         self.ledger = ledger
         self.checkpoint_path = checkpoint_path
+        self.analysis = analysis
+        # The updates the global model was last aggregated from, kept for contributions.
+        self.final_fit: FinalFit | None = None
         self.features = features_for(settings.setting)
         self.parameters: Arrays | None = None
         self.scaler: pb.Scaler | None = None
@@ -125,6 +130,17 @@ class RoundLoop:
             len(evaluation.per_client),
             train_seconds,
         )
+        if self.analysis is not None:
+            sections = self.analysis.run(
+                self._phase,
+                s.rounds + 1,
+                self.strategy,
+                self.parameters,
+                self.final_fit,
+                self.coordinator.connected(),
+                self.features,
+            )
+            self.results.update(**sections)
 
     def _complete(self, server_round: int, entry: dict[str, Any], train_seconds: float) -> None:
         """Make the round durable: checkpoint first (it carries the ledger entry), then ledger."""
@@ -264,6 +280,8 @@ class RoundLoop:
         overhead = time.perf_counter() - started - _slowest(results)
         record["clients"] = sorted(r.province for r in results)
         if len(results) >= s.min_clients:
+            if recorded and self.analysis is not None and self.analysis.settings.contributions:
+                self.final_fit = FinalFit(server_round, results, self.parameters)
             aggregated = strategy.aggregate_fit(server_round, results, failures, self.parameters)
             self.parameters = aggregated if aggregated is not None else self.parameters
         else:

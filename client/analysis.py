@@ -1,0 +1,123 @@
+"""A province's part of the end-of-run analysis, on its own rows.
+
+Contributions: the test MSE of every candidate model (a coalition's aggregate). Importance:
+the global model's test MSE with one feature's column shuffled, per feature and repeat.
+Personalisation: the global model fine-tuned on this province's training rows, scored on its
+test rows. Only MSEs leave the province; the fine-tuned model never does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from client import trainers
+from client.optim import LocalPlan, sgd
+from client.trainers import Trainer
+from common import analysis
+from common.preprocess import Split
+from common.tensors import Arrays
+from common.vectors import flatten, unflatten
+from common.wire import ConfigScalar
+
+Config = Mapping[str, ConfigScalar]
+# Models trained by local steps fine-tune by their own training, for this many passes.
+OWN_EPOCHS = {"lr-sgd": "local_epochs", "svm": "svm_epochs"}
+# Closed-form linear fits ignore where they start, so they fine-tune by plain SGD instead,
+# with lr-sgd's default step size and batch.
+CLOSED_FORM = ("lr", "lr-exact")
+LEARNING_RATE, BATCH_SIZE = 0.05, 64
+
+
+def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean((prediction - truth) ** 2))
+
+
+def candidate_mses(
+    trainer: Trainer, candidates: list[Arrays], x: np.ndarray, y: np.ndarray, config: Config
+) -> dict[str, float]:
+    if config["model"] == "svm":
+        predictions = svm_predictions(candidates, x, config)
+    else:
+        predictions = (trainer.predict(candidate, x, config) for candidate in candidates)
+    return {analysis.candidate_metric(k): mse(p, y) for k, p in enumerate(predictions)}
+
+
+def svm_predictions(
+    candidates: list[Arrays], x: np.ndarray, config: Config
+) -> Iterator[np.ndarray]:
+    """The svm's candidates share one random feature map: the rows' costly cosines are
+    computed once for all of them, not once per candidate as `predict_svm` would."""
+    z = trainers.fourier_features(x.shape[1], config).transform(x)
+    for candidate in candidates:
+        yield trainers.restore(z @ candidate["coef"] + candidate["intercept"], x, config)
+
+
+def permuted_mses(
+    trainer: Trainer,
+    model: Arrays,
+    x: np.ndarray,
+    y: np.ndarray,
+    features: list[str],
+    repeats: int,
+    config: Config,
+) -> dict[str, float]:
+    """The model's MSE with each feature's column shuffled among the rows, `repeats` times."""
+    seed = int(config[analysis.ANALYSIS_SEED])
+    shuffled = x.copy()
+    metrics = {}
+    for j, feature in enumerate(features):
+        for repeat in range(repeats):
+            shuffled[:, j] = np.random.default_rng([seed, j, repeat]).permutation(x[:, j])
+            prediction = trainer.predict(model, shuffled, config)
+            metrics[analysis.permuted_metric(feature, repeat)] = mse(prediction, y)
+        shuffled[:, j] = x[:, j]
+    return metrics
+
+
+def fine_tune(
+    trainer: Trainer, model: Arrays, x: np.ndarray, y: np.ndarray, config: Config
+) -> Arrays:
+    """The global model after `personalise_epochs` passes over this province's training rows."""
+    name, epochs = str(config["model"]), int(config[analysis.PERSONALISE_EPOCHS])
+    if name in OWN_EPOCHS:
+        return trainer.fit(x, y, model, {**config, OWN_EPOCHS[name]: epochs})
+    if name in CLOSED_FORM:
+        plan = LocalPlan(
+            epochs=epochs,
+            learning_rate=LEARNING_RATE,
+            batch_size=BATCH_SIZE,
+            mu=0.0,
+            seed=int(config[analysis.ANALYSIS_SEED]),
+        )
+        return unflatten(sgd(x, y, flatten(model), plan), model)
+    raise ValueError(
+        f"model {name!r} cannot be personalised: only {', '.join(analysis.FINE_TUNING)} have "
+        "weights to fine-tune"
+    )
+
+
+def analyse(
+    trainer: Trainer,
+    data: Split,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    model: Arrays,
+    candidates: list[Arrays],
+    config: Config,
+) -> dict[str, float]:
+    """Every MSE the task asks for, on rows scaled (or not) as `trainer` expects them."""
+    y = data.y_test
+    metrics = {
+        analysis.GLOBAL_MSE: mse(trainer.predict(model, x_test, config), y),
+        analysis.MEAN_MSE: mse(np.full(len(y), float(config["target_mean"])), y),
+        **candidate_mses(trainer, candidates, x_test, y, config),
+    }
+    repeats = int(config.get(analysis.IMPORTANCE_REPEATS, 0))
+    if repeats:
+        metrics.update(permuted_mses(trainer, model, x_test, y, data.features, repeats, config))
+    if int(config.get(analysis.PERSONALISE_EPOCHS, 0)):
+        personal = fine_tune(trainer, model, x_train, data.y_train, config)
+        metrics[analysis.PERSONAL_MSE] = mse(trainer.predict(personal, x_test, config), y)
+    return metrics

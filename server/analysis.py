@@ -1,0 +1,335 @@
+"""The end-of-run analysis: what each province is worth, why the model predicts, personalisation.
+
+After the last round, when asked, the server runs ONE extra phase (TASK_KIND_ANALYSE) in which
+every province scores, on its own test rows: each candidate model (the aggregate the strategy
+builds from a coalition's updates of the final round, for contributions), the global model with
+each feature's column permuted (importance), and the global model fine-tuned on its training
+rows (personalisation). The server combines the MSEs sample-weighted over all test rows, as
+federated evaluation does, and writes a section of the results for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common import analysis
+from common.models.checks import UpdateError
+from common.tensors import Arrays
+from proto.fedstock.v1 import federation_pb2 as pb
+from server import contributions
+from server.ensemble import EnsembleUnion
+from server.strategies.compressed import Compressed
+from server.strategies.federated import Federated, FedNova, QFedAvg
+from server.strategies.robust import mean, median
+from server.strategy import ClientResult, ExactLinear, FedAvg, Instruction, PhaseRunner, Strategy
+
+log = logging.getLogger("fedstock.server")
+
+# Strategies whose aggregation is a function of the updates alone, so it can be replayed on
+# any coalition's updates without disturbing state carried from round to round.
+REPLAYABLE = (FedAvg, ExactLinear, Federated, FedNova, QFedAvg)
+BASELINE = "the empty coalition predicts the federation's training mean of the target"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    contributions: bool
+    permutations: int
+    importance_repeats: int  # 0: no importance
+    personalise_epochs: int  # 0: no personalisation
+    seed: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AnalysisSettings | None:
+        """The analysis the flags ask for, or None when they ask for none."""
+        settings = cls(
+            args.contributions,
+            args.shapley_permutations,
+            args.importance_repeats if args.importance else 0,
+            args.personalise_epochs if args.personalise else 0,
+            args.seed,
+        )
+        wanted = settings.contributions or settings.importance_repeats
+        return settings if wanted or settings.personalise_epochs else None
+
+    def task_config(self, candidates: int) -> dict[str, int]:
+        return {
+            analysis.CANDIDATE_COUNT: candidates,
+            analysis.IMPORTANCE_REPEATS: self.importance_repeats,
+            analysis.PERSONALISE_EPOCHS: self.personalise_epochs,
+            analysis.ANALYSIS_SEED: self.seed,
+        }
+
+
+def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], str | None]) -> None:
+    add(
+        "--contributions",
+        action="store_true",
+        default=(env("CONTRIBUTIONS") or "") not in ("", "0", "false"),
+        help="after the last round, value each province by leave-one-out and Monte-Carlo "
+        "Shapley: the global test MSE of the model aggregated from each coalition's updates of "
+        "the final round (lr, lr-exact, lr-sgd, svm; no --privacy) [FEDSTOCK_CONTRIBUTIONS=1]",
+    )
+    add(
+        "--shapley-permutations",
+        type=int,
+        default=env("SHAPLEY_PERMUTATIONS", "20"),
+        help="orders of the provinces the Shapley estimate averages over, drawn with --seed: "
+        "random ones, each with all its rotations, so the count is rounded up to a multiple of "
+        "the provinces [FEDSTOCK_SHAPLEY_PERMUTATIONS]",
+    )
+    add(
+        "--importance",
+        action="store_true",
+        default=(env("IMPORTANCE") or "") not in ("", "0", "false"),
+        help="after the last round, permutation feature importance of the global model: each "
+        "province shuffles one feature's column of its test rows at a time [FEDSTOCK_IMPORTANCE=1]",
+    )
+    add(
+        "--importance-repeats",
+        type=int,
+        default=env("IMPORTANCE_REPEATS", "5"),
+        help="shuffles per feature [FEDSTOCK_IMPORTANCE_REPEATS]",
+    )
+    add(
+        "--personalise",
+        action="store_true",
+        default=(env("PERSONALISE") or "") not in ("", "0", "false"),
+        help="after the last round, each province fine-tunes the global model on its own "
+        "training rows and reports its test MSE beside the global model's; the fine-tuned "
+        "model stays with the province (lr, lr-exact, lr-sgd, svm) [FEDSTOCK_PERSONALISE=1]",
+    )
+    add(
+        "--personalise-epochs",
+        type=int,
+        default=env("PERSONALISE_EPOCHS", "1"),
+        help="passes over its training rows each province fine-tunes for "
+        "[FEDSTOCK_PERSONALISE_EPOCHS]",
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the analysis flags, if anything."""
+    for flag in ("shapley_permutations", "importance_repeats", "personalise_epochs"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be at least 1"
+    return None
+
+
+def check_supported(settings: AnalysisSettings, strategy: Strategy) -> None:
+    """Raise ValueError, saying why, if the strategy's model cannot be analysed as asked."""
+    model = str(strategy.model_config["model"])
+    if settings.personalise_epochs and model not in analysis.FINE_TUNING:
+        raise ValueError(
+            "--personalise fine-tunes weights from the global model "
+            f"({', '.join(analysis.FINE_TUNING)}); model {model} is an ensemble of members "
+            "with no weights to fine-tune"
+        )
+    if not settings.contributions:
+        return
+    inner = strategy.inner if isinstance(strategy, Compressed) else strategy
+    if isinstance(inner, EnsembleUnion):
+        raise ValueError(
+            f"--contributions scores models aggregated from coalitions' weights (lr, lr-exact, "
+            f"lr-sgd, svm); model {model} is a union of the provinces' members, whose "
+            "coalitions this analysis does not build"
+        )
+    if type(inner) not in REPLAYABLE:
+        raise ValueError(
+            "--contributions replays the final round's aggregation on each coalition's updates: "
+            "it needs them in the clear (no --privacy) and an aggregation without state carried "
+            "across rounds (not --strategy fedadam, fedavgm or scaffold)"
+        )
+    if isinstance(inner, Federated) and inner.combine not in (mean, median):
+        raise ValueError(
+            "--contributions scores coalitions down to a single province, which --aggregation "
+            "krum, multi-krum and trimmed-mean cannot combine; use mean or median"
+        )
+
+
+@dataclass(frozen=True)
+class FinalFit:
+    """The updates the global model was last aggregated from, and the model they started from."""
+
+    server_round: int
+    updates: list[ClientResult]
+    start: Arrays | None
+
+
+class Analysis:
+    def __init__(self, settings: AnalysisSettings) -> None:
+        self.settings = settings
+
+    def run(
+        self,
+        run_phase: PhaseRunner,
+        server_round: int,
+        strategy: Strategy,
+        model: Arrays,
+        final_fit: FinalFit | None,
+        provinces: list[str],
+        features: list[str],
+    ) -> dict[str, Any]:
+        """The results' sections: `contributions`, `importance`, `personalisation` as asked."""
+        started = time.perf_counter()
+        s = self.settings
+        plan = self._plan(strategy, final_fit) if s.contributions else None
+        stacked = analysis.stack(plan.models) if plan else {}
+        config = s.task_config(len(plan.models) if plan else 0)
+        expected = self._expected(len(plan.models) if plan else 0, features)
+        sent: dict[int, Arrays] = {}
+        instructions = []
+        for ask in strategy.configure_evaluate(server_round, model, provinces):
+            parameters = sent.setdefault(id(ask.parameters), {**ask.parameters, **stacked})
+            instructions.append(Instruction(ask.province, {**ask.config, **config}, parameters))
+        results, failures = run_phase(
+            server_round, pb.TASK_KIND_ANALYSE, instructions, lambda r: accept(r, expected)
+        )
+        seconds = time.perf_counter() - started
+        if not results:
+            reason = "; ".join(f"{f.province}: {f.reason}" for f in failures) or "no province"
+            log.error("analysis: no province answered (%s)", reason)
+            return {"analysis": {"error": f"no province answered the analysis: {reason}"}}
+        sections: dict[str, Any] = {
+            "analysis": {
+                "seconds": seconds,
+                "provinces": sorted(r.province for r in results),
+                "failures": [{"province": f.province, "reason": f.reason} for f in failures],
+            }
+        }
+        if plan:
+            sections["contributions"] = plan.report(results, s)
+        if s.importance_repeats:
+            sections["importance"] = importance(results, features, s.importance_repeats)
+        if s.personalise_epochs:
+            sections["personalisation"] = personalisation(
+                results, s.personalise_epochs, str(strategy.model_config["model"])
+            )
+        log.info("analysis done in %.2f s over %d provinces", seconds, len(results))
+        return sections
+
+    def _plan(self, strategy: Strategy, final_fit: FinalFit | None) -> CoalitionPlan | None:
+        if final_fit is None:
+            log.error("contributions: the final round's updates are not at hand (resumed run?)")
+            return None
+        players = sorted(u.province for u in final_fit.updates)
+        orders = contributions.random_orders(
+            players, self.settings.permutations, self.settings.seed
+        )
+        needed = [c for c in contributions.coalitions(players, orders) if c]
+        models = [
+            strategy.aggregate_fit(
+                final_fit.server_round,
+                [u for u in final_fit.updates if u.province in coalition],
+                [],
+                final_fit.start,
+            )
+            for coalition in needed
+        ]
+        return CoalitionPlan(final_fit.server_round, players, orders, needed, models)
+
+    def _expected(self, candidates: int, features: list[str]) -> list[str]:
+        """The metrics every answer must carry."""
+        s = self.settings
+        names = [analysis.GLOBAL_MSE, analysis.MEAN_MSE]
+        names += [analysis.candidate_metric(k) for k in range(candidates)]
+        names += [
+            analysis.permuted_metric(f, r) for f in features for r in range(s.importance_repeats)
+        ]
+        return names + ([analysis.PERSONAL_MSE] if s.personalise_epochs else [])
+
+
+def accept(result: ClientResult, expected: Sequence[str]) -> ClientResult:
+    """An answer with every expected MSE, each finite and non-negative, and no tensors."""
+    if result.num_examples <= 0:
+        raise UpdateError("an analysis must report a positive number of test rows")
+    if result.arrays:
+        raise UpdateError("an analysis carries metrics only, no tensors")
+    missing = [name for name in expected if name not in result.metrics]
+    if missing:
+        raise UpdateError(f"the analysis lacks {len(missing)} metrics, e.g. {missing[:3]}")
+    bad = [name for name in expected if not 0 <= result.metrics[name] < math.inf]
+    if bad:
+        raise UpdateError(f"metrics {bad[:3]} are not finite non-negative MSEs")
+    return result
+
+
+def weighted(results: list[ClientResult], name: str) -> float:
+    """A metric over every answering province's test rows, as federated evaluation weighs it."""
+    total = sum(r.num_examples for r in results)
+    return float(sum(r.metrics[name] * r.num_examples for r in results) / total)
+
+
+@dataclass(frozen=True)
+class CoalitionPlan:
+    server_round: int
+    players: list[str]
+    orders: list[list[contributions.Order]]  # sets of rotations
+    coalitions: list[contributions.Coalition]  # non-empty; candidate k is coalition k's model
+    models: list[Arrays]
+
+    def report(self, results: list[ClientResult], settings: AnalysisSettings) -> dict[str, Any]:
+        """Utility v(S) = −MSE(S): positive values help, and Shapley sums to v(all) − v(∅)."""
+        value = {
+            coalition: -weighted(results, analysis.candidate_metric(k))
+            for k, coalition in enumerate(self.coalitions)
+        }
+        value[frozenset()] = -weighted(results, analysis.MEAN_MSE)
+        shapley, errors = contributions.shapley(self.players, self.orders, value)
+        return {
+            "utility": "minus the global test MSE of the model aggregated from the coalition's "
+            f"updates of round {self.server_round}",
+            "baseline": BASELINE,
+            "round": self.server_round,
+            "mse_all": -value[frozenset(self.players)],
+            "mse_empty": -value[frozenset()],
+            "permutations": sum(len(rotations) for rotations in self.orders),
+            "seed": settings.seed,
+            "coalitions": len(self.coalitions) + 1,
+            "leave_one_out": contributions.leave_one_out(self.players, value),
+            "shapley": shapley,
+            "shapley_std_error": errors,
+        }
+
+
+def importance(results: list[ClientResult], features: list[str], repeats: int) -> dict[str, Any]:
+    """Per feature, the rise in global test MSE when its column is shuffled, over the repeats."""
+    base = weighted(results, analysis.GLOBAL_MSE)
+    scores = {}
+    for feature in features:
+        permuted = [weighted(results, analysis.permuted_metric(feature, r)) for r in range(repeats)]
+        rise = np.array(permuted) - base
+        scores[feature] = {
+            "importance": float(rise.mean()),
+            "std": float(rise.std(ddof=1)) if repeats > 1 else 0.0,
+            "permuted_mse": permuted,
+        }
+    ranked = dict(sorted(scores.items(), key=lambda item: -item[1]["importance"]))
+    return {"base_mse": base, "repeats": repeats, "features": ranked}
+
+
+def personalisation(results: list[ClientResult], epochs: int, model: str) -> dict[str, Any]:
+    """Each province's test MSE under the global model and under its own fine-tuned copy."""
+    per_client = {
+        r.province: {
+            "n_test": r.num_examples,
+            "global_mse": r.metrics[analysis.GLOBAL_MSE],
+            "personal_mse": r.metrics[analysis.PERSONAL_MSE],
+        }
+        for r in sorted(results, key=lambda r: r.province)
+    }
+    return {
+        "method": analysis.FINE_TUNING[model],
+        "epochs": epochs,
+        "global_mse": weighted(results, analysis.GLOBAL_MSE),
+        "personal_mse": weighted(results, analysis.PERSONAL_MSE),
+        "per_client": per_client,
+    }

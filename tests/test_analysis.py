@@ -1,0 +1,318 @@
+"""The end-of-run analysis: Shapley and leave-one-out math, the aggregation of what provinces
+report, the checks on it, and a province's own part (candidates, importance, fine-tuning)."""
+
+import argparse
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from client.analysis import fine_tune, svm_predictions
+from client.local import LocalWork
+from client.trainers import trainer_for
+from common import analysis as shared
+from common import preprocess
+from common.data import synthesize_province
+from common.models.checks import UpdateError
+from common.provinces import PROVINCES
+from proto.fedstock.v1 import federation_pb2 as pb
+from server import contributions
+from server.analysis import (
+    Analysis,
+    AnalysisSettings,
+    FinalFit,
+    accept,
+    check_supported,
+    importance,
+    personalisation,
+)
+from server.models import build_strategy, defaults
+from server.privacy.he import HEFedAvg
+from server.rounds import task_context
+from server.strategies.federated import FedAdam, Federated
+from server.strategies.robust import combiner
+from server.strategy import ClientResult, Evaluation, Failure
+
+PLAYERS = ("a", "b", "c", "d")
+
+
+def game(players=PLAYERS):
+    """A game with interactions, so that no two of its values follow from the others."""
+    weight = dict(zip(players, [3.0, 1.0, 0.5, 2.0], strict=True))
+    value = {}
+    for k in range(len(players) + 1):
+        for members in itertools.combinations(players, k):
+            coalition = frozenset(members)
+            synergy = 4.0 if {"a", "b"} <= coalition else 0.0
+            value[coalition] = sum(weight[p] for p in coalition) ** 1.5 + synergy - 0.7 * (k >= 3)
+    return value
+
+
+def exact_shapley(players, value):
+    """The textbook formula: |S|!(n−|S|−1)!/n! weights over every coalition without i."""
+    n = len(players)
+    phi = {}
+    for player in players:
+        others = [p for p in players if p != player]
+        phi[player] = sum(
+            math.factorial(k)
+            * math.factorial(n - k - 1)
+            / math.factorial(n)
+            * (value[frozenset(s) | {player}] - value[frozenset(s)])
+            for k in range(n)
+            for s in itertools.combinations(others, k)
+        )
+    return phi
+
+
+def test_every_order_gives_the_exact_shapley_values():
+    value = game()
+    orders = list(itertools.permutations(PLAYERS))
+    estimate, _ = contributions.shapley(PLAYERS, [orders], value)
+    exact = exact_shapley(PLAYERS, value)
+    assert estimate == pytest.approx(exact, abs=1e-12)
+    assert sum(exact.values()) == pytest.approx(value[frozenset(PLAYERS)] - value[frozenset()])
+
+
+def test_the_monte_carlo_estimate_nears_the_exact_values_and_is_efficient():
+    value = game()
+    exact = exact_shapley(PLAYERS, value)
+    few = contributions.random_orders(PLAYERS, 5, seed=1)
+    many = contributions.random_orders(PLAYERS, 2000, seed=1)
+    for orders in (few, many):
+        estimate, errors = contributions.shapley(PLAYERS, orders, value)
+        total = value[frozenset(PLAYERS)] - value[frozenset()]
+        assert sum(estimate.values()) == pytest.approx(total, abs=1e-9)
+    off = {p: abs(estimate[p] - exact[p]) for p in PLAYERS}
+    assert max(off.values()) < 0.05 and all(off[p] < 4 * errors[p] for p in PLAYERS)
+
+
+def test_orders_come_in_rotations_so_each_player_leads_equally_often():
+    sets = contributions.random_orders(PLAYERS, 5, seed=3)
+    assert [len(s) for s in sets] == [4, 4]  # rounded up to whole rotation sets
+    orders = [o for s in sets for o in s]
+    assert sorted(o[0] for o in orders) == sorted(PLAYERS * 2)
+    assert all(sorted(o) == sorted(PLAYERS) for o in orders)
+    assert sets == contributions.random_orders(PLAYERS, 5, seed=3)
+    assert sets != contributions.random_orders(PLAYERS, 5, seed=4)
+
+
+def test_coalitions_cover_leave_one_out_and_every_prefix_once():
+    sets = contributions.random_orders(PLAYERS, 8, seed=0)
+    needed = contributions.coalitions(PLAYERS, sets)
+    assert len(needed) == len(set(needed))
+    everyone = frozenset(PLAYERS)
+    assert {everyone, frozenset()} | {everyone - {p} for p in PLAYERS} <= set(needed)
+    assert all(frozenset(o[:k]) in needed for s in sets for o in s for k in range(len(o) + 1))
+    value = game()
+    loo = contributions.leave_one_out(PLAYERS, value)
+    assert loo["a"] == value[everyone] - value[frozenset("bcd")]
+
+
+def result(province, n, metrics, arrays=None):
+    return ClientResult(province, n, metrics, arrays or {})
+
+
+def test_importance_is_the_sample_weighted_rise_in_mse_per_feature():
+    def metrics(base, rises):
+        permuted = {
+            shared.permuted_metric(f, r): base + rise[r]
+            for f, rise in rises.items()
+            for r in (0, 1)
+        }
+        return {shared.GLOBAL_MSE: base, **permuted}
+
+    results = [
+        result("hubei", 100, metrics(1.0, {"close": (5.0, 7.0), "volume": (0.0, 0.2)})),
+        result("fujian", 300, metrics(2.0, {"close": (1.0, 3.0), "volume": (0.4, 0.0)})),
+    ]
+    report = importance(results, ["volume", "close"], 2)
+    assert report["base_mse"] == pytest.approx(1.75)
+    assert list(report["features"]) == ["close", "volume"]  # ranked, largest rise first
+    close = report["features"]["close"]
+    assert close["permuted_mse"] == pytest.approx([1.75 + 2.0, 1.75 + 4.0])
+    assert close["importance"] == pytest.approx(3.0)
+    assert close["std"] == pytest.approx(np.std([2.0, 4.0], ddof=1))
+    assert report["features"]["volume"]["importance"] == pytest.approx((0.3 + 0.05) / 2)
+
+
+def test_personalisation_reports_every_province_and_the_weighted_totals():
+    results = [
+        result("hubei", 100, {shared.GLOBAL_MSE: 1.0, shared.PERSONAL_MSE: 0.5}),
+        result("fujian", 300, {shared.GLOBAL_MSE: 2.0, shared.PERSONAL_MSE: 2.5}),
+    ]
+    report = personalisation(results, 2, "lr-sgd")
+    assert report["per_client"]["hubei"] == {"n_test": 100, "global_mse": 1.0, "personal_mse": 0.5}
+    assert report["global_mse"] == pytest.approx(1.75)
+    assert report["personal_mse"] == pytest.approx(2.0)
+    assert report["epochs"] == 2 and report["method"] == shared.FINE_TUNING["lr-sgd"]
+
+
+def test_answers_are_checked_before_they_count():
+    expected = [shared.GLOBAL_MSE, shared.candidate_metric(0)]
+    good = {shared.GLOBAL_MSE: 1.0, shared.candidate_metric(0): 2.0, "seconds": 0.1}
+    assert accept(result("hubei", 10, good), expected).metrics == good
+    bad = [
+        (result("hubei", 10, {shared.GLOBAL_MSE: 1.0}), "lacks 1 metrics"),
+        (result("hubei", 10, {**good, shared.candidate_metric(0): -1.0}), "non-negative"),
+        (result("hubei", 10, {**good, shared.GLOBAL_MSE: math.nan}), "non-negative"),
+        (result("hubei", 0, good), "positive number"),
+        (result("hubei", 10, good, {"coef": np.zeros(2)}), "no tensors"),
+    ]
+    for answer, why in bad:
+        with pytest.raises(UpdateError, match=why):
+            accept(answer, expected)
+
+
+def test_candidates_travel_stacked_and_must_match_their_count():
+    candidates = [{"coef": np.full(3, float(k)), "intercept": np.array(k + 0.5)} for k in range(4)]
+    model = {"coef": np.ones(3), "intercept": np.array(9.0)}
+    got_model, got = shared.unstack({**model, **shared.stack(candidates)}, 4)
+    assert set(got_model) == {"coef", "intercept"} and len(got) == 4
+    assert np.array_equal(got[2]["coef"], candidates[2]["coef"]) and got[3]["intercept"] == 3.5
+    with pytest.raises(UpdateError, match="announces 3 candidate"):
+        shared.unstack({**model, **shared.stack(candidates)}, 3)
+    with pytest.raises(UpdateError, match="announces 2 candidate"):
+        shared.unstack(model, 2)
+
+
+def settings(contributions=True, repeats=2, epochs=1):
+    return AnalysisSettings(contributions, 9, repeats, epochs, seed=0)
+
+
+def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
+    lr_sgd = build_strategy("lr-sgd")
+    check_supported(settings(), build_strategy("lr"))
+    check_supported(settings(), Federated(lr_sgd, None, combiner("median")))
+    check_supported(settings(contributions=False, epochs=0), build_strategy("rf"))
+    refused = [
+        (build_strategy("rf"), settings(epochs=0), "union of the provinces' members"),
+        (build_strategy("rf"), settings(contributions=False), "no weights to fine-tune"),
+        (Federated(lr_sgd, None, combiner("krum")), settings(), "use mean or median"),
+        (FedAdam(lr_sgd, lr=0.05), settings(), "not --strategy fedadam"),
+        (HEFedAvg(build_strategy("lr"), 2**64), settings(), "no --privacy"),
+    ]
+    for strategy, wanted, why in refused:
+        with pytest.raises(ValueError, match=why):
+            check_supported(wanted, strategy)
+
+
+def test_flags_select_the_analysis():
+    args = argparse.Namespace(
+        contributions=False,
+        shapley_permutations=20,
+        importance=True,
+        importance_repeats=3,
+        personalise=False,
+        personalise_epochs=4,
+        seed=7,
+    )
+    assert AnalysisSettings.from_args(args) == AnalysisSettings(False, 20, 3, 0, 7)
+    args.importance = False
+    assert AnalysisSettings.from_args(args) is None
+
+
+# A province's own part, and the server's, with phases answered by LocalWork in this process.
+
+ROWS, SEED = 20_000, 3
+
+
+@pytest.fixture(scope="module")
+def provinces():
+    works = {p: LocalWork(synthesize_province(p, ROWS, SEED)) for p in PROVINCES}
+    data = {"setting": "next-day", "test_fraction": 0.2, "seed": 0}
+    splits = [w.split(data) for w in works.values()]
+    columns = [*preprocess.NEXT_DAY_FEATURES, preprocess.TARGET]
+    stats = preprocess.GlobalStatistics.from_sums(
+        columns, [preprocess.statistics(s.x_train, s.y_train) for s in splits]
+    )
+    return works, {**data, **task_context(stats)}, stats.scaler()
+
+
+def in_process(works, config, scaler):
+    """Each phase's tasks done by the provinces' LocalWork, here, as the client daemon would."""
+
+    def run(server_round, kind, instructions, check):
+        results, failures = [], []
+        for i in instructions:
+            work = works[i.province]
+            do = {pb.TASK_KIND_TRAIN: work.train, pb.TASK_KIND_ANALYSE: work.analyse}[kind]
+            outcome = do({**config, **i.config}, scaler, i.parameters)
+            answer = ClientResult(i.province, outcome.num_examples, outcome.metrics, outcome.arrays)
+            try:
+                results.append(check(answer))
+            except UpdateError as error:
+                failures.append(Failure(i.province, str(error)))
+        return results, failures
+
+    return run
+
+
+@pytest.mark.parametrize("model", ["lr-exact", "lr-sgd"])
+def test_the_analysis_over_nine_provinces_in_process(provinces, model):
+    works, config, scaler = provinces
+    run = in_process(works, config, scaler)
+    strategy = build_strategy(model)
+    parameters = None
+    for server_round in (1, 2):
+        start = parameters
+        plan = strategy.configure_fit(server_round, parameters, sorted(works))
+        updates, _ = run(server_round, pb.TASK_KIND_TRAIN, plan, lambda r: r)
+        parameters = strategy.aggregate_fit(server_round, updates, [], start)
+    features = preprocess.NEXT_DAY_FEATURES
+    sections = Analysis(settings()).run(
+        run, 3, strategy, parameters, FinalFit(2, updates, start), sorted(works), features
+    )
+    assert sections["analysis"]["failures"] == []
+    # The global model scored directly, as federated evaluation would.
+    scores = []
+    for province, work in works.items():
+        outcome = work.evaluate({**config, **strategy.model_config}, scaler, parameters)
+        scores.append(ClientResult(province, outcome.num_examples, outcome.metrics))
+    evaluation = Evaluation.weighted(scores)
+    value = sections["contributions"]
+    assert value["mse_all"] == pytest.approx(evaluation.mse, rel=1e-9)
+    assert value["mse_empty"] > 10 * value["mse_all"]  # the mean price is a poor forecast
+    assert sum(value["shapley"].values()) == pytest.approx(value["mse_empty"] - value["mse_all"])
+    assert set(value["leave_one_out"]) == set(PROVINCES) and value["permutations"] == 9
+    ranked = list(sections["importance"]["features"])
+    assert sections["importance"]["base_mse"] == pytest.approx(evaluation.mse, rel=1e-9)
+    assert ranked.index("volume") > min(ranked.index("close"), ranked.index("price"))
+    personal = sections["personalisation"]["per_client"]
+    assert set(personal) == set(PROVINCES)
+    for province, score in personal.items():
+        assert score["global_mse"] == pytest.approx(evaluation.per_client[province]["mse"])
+        assert score["personal_mse"] >= 0
+
+
+def test_a_province_fine_tunes_a_foreign_model_towards_its_own_rows(provinces):
+    works, config, scaler = provinces
+    foreign = works["shanghai"].train({**config, "model": "lr"}, scaler, None).arrays
+    task = {
+        **config,
+        "model": "lr",
+        shared.PERSONALISE_EPOCHS: 2,
+        shared.ANALYSIS_SEED: 0,
+        shared.CANDIDATE_COUNT: 2,
+    }
+    own = works["hubei"].train({**config, "model": "lr"}, scaler, None).arrays
+    outcome = works["hubei"].analyse(task, scaler, {**foreign, **shared.stack([foreign, own])})
+    metrics = outcome.metrics
+    assert metrics[shared.candidate_metric(0)] == metrics[shared.GLOBAL_MSE]
+    assert metrics[shared.candidate_metric(1)] < metrics[shared.GLOBAL_MSE]
+    assert metrics[shared.PERSONAL_MSE] < metrics[shared.GLOBAL_MSE]
+    data = works["hubei"].split(config)
+    with pytest.raises(ValueError, match="cannot be personalised"):
+        fine_tune(trainer_for("rf"), {}, data.x_train, data.y_train, {**task, "model": "rf"})
+
+
+def test_svm_candidates_share_one_feature_map_and_predict_as_the_trainer(provinces):
+    works, config, scaler = provinces
+    task = {**config, **defaults(), "model": "svm", "round": 1}
+    first = works["hubei"].train(task, scaler, None).arrays
+    second = works["fujian"].train(task, scaler, None).arrays
+    x = preprocess.scale(works["hubei"].split(config).x_test, *scaler)
+    fast = list(svm_predictions([first, second], x, task))
+    for prediction, model in zip(fast, [first, second], strict=True):
+        assert prediction == pytest.approx(trainer_for("svm").predict(model, x, task), rel=1e-9)
