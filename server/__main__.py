@@ -19,9 +19,11 @@ from common.preprocess import SETTINGS
 from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
-from server import analysis, privacy, strategies
+from server import privacy, strategies
 from server.coordinator import Coordinator
 from server.ledger import Ledger, LedgerError
+from server.livestate import LiveState, RunInfo
+from server.liveview import LiveView
 from server.model_selection import ModelSelection, parse_grid
 from server.models import ALL_OPTIONS, MODEL_HELP, OPTIONS, STRATEGIES, build_strategy
 from server.results import ResultsFile
@@ -138,13 +140,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     privacy.add_arguments(add, env)
     strategies.add_arguments(add, env)
-    analysis.add_arguments(add, env)
     add(
         "--health-port",
         type=int,
         default=env("HEALTH_PORT", "0"),
         help="also serve the health service in plaintext on 127.0.0.1:PORT for local probes "
         "(0: no such port) [FEDSTOCK_HEALTH_PORT]",
+    )
+    add(
+        "--http-port",
+        type=int,
+        default=env("HTTP_PORT", "0"),
+        help="serve the live view on this port: a web page of the run at /, its state as JSON "
+        "at /api/state, Prometheus metrics at /metrics (0: off) [FEDSTOCK_HTTP_PORT]",
+    )
+    add(
+        "--http-host",
+        default=env("HTTP_HOST", "127.0.0.1"),
+        help="address of the live view; it is plaintext and open to anyone who reaches it "
+        "[FEDSTOCK_HTTP_HOST]",
+    )
+    add(
+        "--linger",
+        type=float,
+        default=env("LINGER", "0"),
+        help="seconds the live view stays up after the run ends (Ctrl-C ends it sooner) "
+        "[FEDSTOCK_LINGER]",
     )
     add_model_arguments(parser)
     args = parser.parse_args(argv)
@@ -154,6 +175,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--setting must be one of {', '.join(SETTINGS)}, got {args.setting!r}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    if not 0 <= args.http_port < 65536:
+        parser.error(f"--http-port must be between 0 (off) and 65535, got {args.http_port}")
+    if args.linger < 0:
+        parser.error("--linger cannot be negative")
     for flag in ("rounds", "min_clients"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -169,11 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cv_folds = args.cv_folds or (5 if args.grid else 0)
     if args.cv_folds < 0 or args.cv_folds == 1:
         parser.error("--cv-folds must be 0 (no cross-validation) or at least 2")
-    problem = (
-        privacy.check_arguments(args)
-        or strategies.check_arguments(args)
-        or analysis.check_arguments(args)
-    )
+    problem = privacy.check_arguments(args) or strategies.check_arguments(args)
     if problem:
         parser.error(problem)
     if args.workers < args.min_clients + 4:
@@ -269,11 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
         return strategies.wrap(privacy.wrap(build_strategy(args.model, params), args), args)
 
-    wanted = analysis.AnalysisSettings.from_args(args)
     try:
         strategy = build(options)
-        if wanted is not None:
-            analysis.check_supported(wanted, strategy)
     except ValueError as error:
         log.error("%s", error)
         return 2
@@ -313,6 +331,15 @@ def main(argv: list[str] | None = None) -> int:
             "config": {k: str(v) for k, v in vars(args).items()},
         },
     )
+    live = None
+    if args.http_port:
+        run = RunInfo(args.model, args.strategy, args.aggregation, args.rounds)
+        try:
+            live = LiveView(LiveState(coordinator, results, run), args.http_host, args.http_port)
+        except OSError as error:
+            log.error("%s", error)
+            return 2
+        live.start()
     server.start()
     log.info(
         "fedstock server %s listening on %s; model %s, %d rounds, quorum %d",
@@ -326,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.results.with_name("checkpoint.npz")
         ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
         selection = ModelSelection(build, options, args.grid, args.cv_folds)
-        after = analysis.Analysis(wanted) if wanted else None
-        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint, after).run(
+        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint).run(
             selection.choose if args.cv_folds else None
         )
         status, reason = 0, "training is complete"
@@ -341,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=2).wait()
     log.info("results written to %s", args.results)
+    if live is not None:
+        live.linger(args.linger)
+        live.close()
     return status
 
 

@@ -47,6 +47,7 @@ class ClientSession:
     pending: Assignment | None = None
     open_task: str | None = None
     told_to_stop: bool = False
+    tasks: int = 0
 
     def alive(self, now: float) -> bool:
         return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
@@ -66,6 +67,31 @@ class Phase:
     failures: list[Failure] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ClientStatus:
+    """One session as the live view shows it, copied under the lock."""
+
+    province: str
+    rows: int
+    seconds_since_seen: float
+    alive: bool
+    told_to_stop: bool
+    tasks: int
+    task_kind: int | None
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the coordinator knows at one instant: sessions, open phases, refusals, stop."""
+
+    clients: list[ClientStatus]
+    open_phases: list[tuple[int, int]]  # (round, task kind), oldest first
+    updates_rejected: int
+    stop_reason: str
+    stop_failed: bool
+    stopped_at: float | None  # time.monotonic() of the stop
+
+
 class Coordinator:
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
@@ -77,6 +103,8 @@ class Coordinator:
         self._open: dict[str, Phase] = {}
         self._stop_reason = ""
         self._stop_failed = False
+        self._stopped_at: float | None = None
+        self._updates_rejected = 0
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -148,6 +176,7 @@ class Coordinator:
                 assignment.task.deadline_seconds = deadline_seconds
                 client = self._clients[province]
                 client.pending, client.open_task = assignment, task_id
+                client.tasks += 1
                 phase.provinces[task_id] = province
                 phase.waiting.add(task_id)
                 self._open[task_id] = phase
@@ -202,6 +231,12 @@ class Coordinator:
             self._close(phase, task_id)
             return True
 
+    def refuse(self, task_id: str, reason: str) -> None:
+        """An outcome that failed its checks: counted, and its client dropped from the task."""
+        with self._cond:
+            self._updates_rejected += 1
+            self.fail(task_id, reason)
+
     def fail(self, task_id: str, reason: str) -> None:
         with self._cond:
             phase = self._open.get(task_id)
@@ -227,6 +262,7 @@ class Coordinator:
         end = time.monotonic() + grace_seconds
         with self._cond:
             self._stop_reason, self._stop_failed = reason, failed
+            self._stopped_at = time.monotonic()
             for client in self._clients.values():
                 client.wakeup.notify_all()
             while time.monotonic() < end:
@@ -235,3 +271,30 @@ class Coordinator:
                 if not waiting:
                     return
                 self._cond.wait(timeout=min(0.5, end - now))
+
+    # -- observation --------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        now = time.monotonic()
+        with self._cond:
+            phases = {id(p): p for p in self._open.values()}.values()
+            clients = [
+                ClientStatus(
+                    c.province,
+                    c.rows,
+                    now - c.last_seen,
+                    c.alive(now),
+                    c.told_to_stop,
+                    c.tasks,
+                    self._open[c.open_task].kind if c.open_task in self._open else None,
+                )
+                for c in sorted(self._clients.values(), key=lambda c: c.province)
+            ]
+            return Status(
+                clients,
+                [(p.server_round, p.kind) for p in phases],
+                self._updates_rejected,
+                self._stop_reason,
+                self._stop_failed,
+                self._stopped_at,
+            )

@@ -140,7 +140,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self, context: grpc.ServicerContext, task_id: str, code: grpc.StatusCode, why: str
     ) -> None:
         """Drop the client from this task's round, tell it why, and log it."""
-        self._coordinator.fail(task_id, why)
+        self._coordinator.refuse(task_id, why)
         context.abort(code, why)
 
     def _certified_province(self, context: grpc.ServicerContext) -> str | None:
