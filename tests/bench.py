@@ -71,7 +71,7 @@ def main() -> None:
     bench_synthesis(args.rows, args.seed)
     bench_linear(args.rows, args.seed, args.rounds)
     # Random forest and SVM: tests/bench_models.py.
-    bench_models.run_all(args.rows, args.seed, Path("runs/bench"))
+    bench_models.run_all(args.rows, args.seed, list(bench_models.PARTS), Path("runs/bench"))
 
 
 if __name__ == "__main__":

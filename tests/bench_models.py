@@ -284,15 +284,17 @@ def bench_svm(rows: int, seed: int) -> dict[str, Any] | None:
     }
 
 
-def run_all(rows: int, seed: int, out: Path | None = None) -> None:
-    figures = {
-        "rows": rows,
-        "forest": bench_forest(rows, seed),
-        "forest_memory": bench_forest_memory(seed),
-        "full_depth_tree": bench_full_depth_tree(rows, seed),
-        "svm": bench_svm(rows, seed),
-    }
-    if figures["svm"] and figures["forest_memory"]:
+PARTS: dict[str, Callable[[int, int], dict[str, Any] | None]] = {
+    "forest": bench_forest,
+    "forest_memory": lambda rows, seed: bench_forest_memory(seed),
+    "full_depth_tree": bench_full_depth_tree,
+    "svm": bench_svm,
+}
+
+
+def run_all(rows: int, seed: int, parts: list[str], out: Path | None = None) -> None:
+    figures = {"rows": rows, **{part: PARTS[part](rows, seed) for part in parts}}
+    if figures.get("svm") and figures.get("forest_memory"):
         print(
             f"\nfor scale: the SVM's server, whose updates are 4 KiB, peaked at "
             f"{figures['svm']['server_peak_mib']:.0f} MiB: Python, gRPC and numpy alone"
@@ -308,8 +310,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=PAPER_ROWS)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--only", nargs="+", choices=list(PARTS), default=list(PARTS))
     args = parser.parse_args()
-    run_all(args.rows, args.seed, args.out)
+    run_all(args.rows, args.seed, args.only, args.out)
 
 
 if __name__ == "__main__":
