@@ -19,7 +19,7 @@ from common.preprocess import SETTINGS
 from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
-from server import privacy, strategies
+from server import analysis, privacy, strategies
 from server.coordinator import Coordinator
 from server.ledger import Ledger, LedgerError
 from server.livestate import LiveState, RunInfo
@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     privacy.add_arguments(add, env)
     strategies.add_arguments(add, env)
+    analysis.add_arguments(add, env)
     add(
         "--health-port",
         type=int,
@@ -194,7 +195,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cv_folds = args.cv_folds or (5 if args.grid else 0)
     if args.cv_folds < 0 or args.cv_folds == 1:
         parser.error("--cv-folds must be 0 (no cross-validation) or at least 2")
-    problem = privacy.check_arguments(args) or strategies.check_arguments(args)
+    problem = (
+        privacy.check_arguments(args)
+        or strategies.check_arguments(args)
+        or analysis.check_arguments(args)
+    )
     if problem:
         parser.error(problem)
     if args.workers < args.min_clients + 4:
@@ -290,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
         return strategies.wrap(privacy.wrap(build_strategy(args.model, params), args), args)
 
+    wanted = analysis.AnalysisSettings.from_args(args)
     try:
         strategy = build(options)
+        if wanted is not None:
+            analysis.check_supported(wanted, strategy)
     except ValueError as error:
         log.error("%s", error)
         return 2
@@ -353,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.results.with_name("checkpoint.npz")
         ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
         selection = ModelSelection(build, options, args.grid, args.cv_folds)
-        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint).run(
+        after = analysis.Analysis(wanted) if wanted else None
+        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint, after).run(
             selection.choose if args.cv_folds else None
         )
         status, reason = 0, "training is complete"
