@@ -32,8 +32,13 @@ demo: $(STAMP)
 # Everything CI runs: lint, unit and integration tests, then the containers on a real engine.
 test: lint unit test-compose
 
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	$(PY) -m pytest -q -ra
+
+# The live view's test renders the server's page in headless Chromium.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 # Installs and starts a Docker engine when none answers, builds the images, runs the federation.
 test-compose:
