@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from baselines import paper
+from baselines import paper, privacy
 
 Cell = float | str  # a figure, or why there is none
 Key = tuple[str, str]  # (framework, model)
@@ -33,6 +33,7 @@ class Comparison:
     missing: dict[Key, str] = field(default_factory=dict)  # why a run has no result
     setup: dict[str, Any] = field(default_factory=dict)  # shown as the report's first table
     notes: list[str] = field(default_factory=list)
+    privacy: list[dict[str, Any]] = field(default_factory=list)  # rows of baselines.privacy
 
     def cell(self, framework: str, model: str, metric: str) -> Cell:
         run = self.runs.get((framework, model))
@@ -277,6 +278,26 @@ def findings(comparison: Comparison) -> list[str]:
     return lines
 
 
+def _privacy_section(comparison: Comparison, out: Path) -> list[str]:
+    """The DP sweep's table and MSE/ε plot, when the run made one."""
+    if not comparison.privacy:
+        return []
+    privacy.write_csv(comparison.privacy, out / "privacy.csv")
+    figure = privacy.plot(comparison.privacy, out / "mse-epsilon.png")
+    return [
+        "## Privacy: MSE against ε",
+        "",
+        "The federation again, with client-level differential privacy: the server clips each "
+        "province's step from the global model to a norm C and adds Gaussian noise to the sum, "
+        "calibrated to spend ε over all rounds (δ = 1e-5); ε = ∞ is the run without DP.",
+        "",
+        *privacy.table(comparison.privacy),
+        "",
+        f"![MSE against ε]({figure.name})",
+        "",
+    ]
+
+
 def write_report(comparison: Comparison, out: Path) -> Path:
     """All files of the comparison, and report.md that shows them top to bottom."""
     out.mkdir(parents=True, exist_ok=True)
@@ -314,6 +335,7 @@ def write_report(comparison: Comparison, out: Path) -> Path:
         "",
         f"![MSE per round]({convergence.name})",
         "",
+        *_privacy_section(comparison, out),
         "## Every run",
         "",
         *_runs_table(comparison),
@@ -327,7 +349,7 @@ def write_report(comparison: Comparison, out: Path) -> Path:
         *(f"- {note}" for note in comparison.notes),
         "",
         "Files: `table2_mse.csv`, `table3_seconds.csv`, `runs.csv` (every run with all its "
-        "timings) and `results/*.json` (each run's results file).",
+        "timings), `privacy.csv` (the DP sweep) and `results/*.json` (each run's results file).",
         "",
     ]
     path = out / "report.md"

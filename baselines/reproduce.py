@@ -2,8 +2,10 @@
 
 Runs the real federation (a server and nine client processes over localhost), the centralised
 job and the Spark job for LR, RF and SVM on the same Parquet files, split and scaling, then
-writes the paper's Tables 2 and 3 beside ours, charts and a report (`baselines.report`).
-Models come from the server's own list, so a model the federation learns is picked up here.
+writes the paper's Tables 2 and 3 beside ours, charts and a report (`baselines.report`). LR and
+SVM are federated again under client-level DP at a few ε, for the MSE/ε trade-off
+(`baselines.privacy`). Models come from the server's own list, so a model the federation
+learns is picked up here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from baselines import centralised, machine, paper, report, results, spark
+from baselines import centralised, machine, paper, privacy, report, results, spark
 from baselines.data import DataOptions, write_synthetic
 from baselines.models import ModelOptions
 
@@ -35,6 +37,7 @@ class Scale:
     options: ModelOptions  # options.rounds: the federation's rounds, and the SVM's everywhere
     driver_memory: str
     timeout: float  # seconds for one federated run
+    epsilons: tuple[float, ...] = privacy.EPSILONS  # of the DP sweep
 
     @property
     def rounds(self) -> int:
@@ -48,6 +51,7 @@ SCALES = {
         ModelOptions(trees=4, max_depth=6, components=50, svr_rows=400, rounds=2),
         "1g",
         900,
+        (1.0, 10.0),
     ),
     # The default: the client's default market, a few minutes in all on two cores.
     "small": Scale(
@@ -149,10 +153,17 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
 
 
 def run_federation(
-    model: str, data: DataOptions, scale: Scale, out: Path, progress: Progress
+    model: str,
+    data: DataOptions,
+    scale: Scale,
+    out: Path,
+    progress: Progress,
+    extra: Sequence[str] = (),
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """The real federation for `model`; its results document, or RuntimeError saying why not."""
-    folder = out / "federated" / model
+    """The real federation for `model`, with `extra` server flags, in federated/<name or model>;
+    its results document, or RuntimeError saying why not."""
+    folder = out / "federated" / (name or model)
     folder.mkdir(parents=True, exist_ok=True)
     rounds = 1 if model in ONE_ROUND else scale.rounds
     federation = LocalFederation(
@@ -160,7 +171,12 @@ def run_federation(
         model=SERVER_MODELS.get(model, model),
         rounds=rounds,
         data=Path(str(data.data)),
-        server_args=[*federation_flags(model, scale.options, data), "--poll-seconds", "2"],
+        server_args=[
+            *federation_flags(model, scale.options, data),
+            "--poll-seconds",
+            "2",
+            *extra,
+        ],
     )
     federation.results_path.unlink(missing_ok=True)
     started = time.perf_counter()
@@ -227,11 +243,18 @@ class Plan:
     synthetic: bool
     scale_name: str
     models: tuple[str, ...] = paper.MODELS
+    privacy: bool = True
 
     def jobs(self) -> list[tuple[str, str]]:
         keys = [(f, m) for f in paper.FRAMEWORKS for m in self.models]
         extras = [(f, job) for model, f, job in EXTRAS if model in self.models]
         return keys + (extras if self.extras else [])
+
+    def privacy_points(self) -> list[tuple[str, float]]:
+        """(model, ε) of the DP sweep: each DP-capable model at each of the scale's ε."""
+        if not self.privacy:
+            return []
+        return [(m, e) for m in privacy.CLIPS if m in self.models for e in self.scale.epsilons]
 
 
 def execute(plan: Plan, session: SparkSession | None = None) -> report.Comparison:
@@ -239,7 +262,7 @@ def execute(plan: Plan, session: SparkSession | None = None) -> report.Compariso
     unless one is given (and then it is left running for its owner)."""
     comparison = report.Comparison()
     jobs = plan.jobs()
-    progress = Progress(len(jobs))
+    progress = Progress(len(jobs) + len(plan.privacy_points()))
     supported = federation_models()
     owned = session is None
     session_seconds = 0.0
@@ -291,9 +314,39 @@ def execute(plan: Plan, session: SparkSession | None = None) -> report.Compariso
             loaded.release()
         if owned and session is not None:
             session.stop()
+    comparison.privacy = privacy_sweep(plan, comparison, progress)
     comparison.setup = setup(plan, comparison, session_seconds)
     comparison.notes = notes(plan, session_seconds)
     return comparison
+
+
+def privacy_sweep(
+    plan: Plan, comparison: report.Comparison, progress: Progress
+) -> list[dict[str, Any]]:
+    """Each point of the plan's DP sweep as a row, after the model's plain federated run (ε=∞)."""
+    rows = []
+    for model in dict.fromkeys(m for m, _ in plan.privacy_points()):
+        plain = comparison.runs.get(("federated", model))
+        if plain is not None:
+            rows.append(
+                privacy.summarise(model, privacy.PLAIN, plain, plan.out / "federated" / model)
+            )
+        for epsilon in (e for m, e in plan.privacy_points() if m == model):
+            label = privacy.dp_label(epsilon)
+            name = f"{model}-dp-epsilon-{epsilon:g}"
+            with progress.step(f"federated {model} {label}") as shown:
+                try:
+                    flags = privacy.dp_flags(model, epsilon)
+                    outcome = run_federation(
+                        model, plan.data, plan.scale, plan.out, progress, flags, name
+                    )
+                except RuntimeError as error:
+                    rows.append({"model": model, "mode": label, "failed": str(error)})
+                    shown["status"] = str(error)
+                    continue
+                rows.append(privacy.summarise(model, label, outcome, plan.out / "federated" / name))
+                shown["mse"] = outcome["final"]["mse"]
+    return rows
 
 
 def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> dict[str, Any]:
@@ -330,6 +383,13 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
         "Spark": f"master {plan.master}, driver memory {plan.driver_memory}, "
         f"session start-up {session_seconds:.1f} s",
     }
+    if plan.privacy_points():
+        clips = ", ".join(f"{m.upper()} {c:g}" for m, c in privacy.CLIPS.items())
+        epsilons = ", ".join(f"{e:g}" for e in plan.scale.epsilons)
+        facts["DP sweep"] = (
+            f"central client-level DP at ε = {epsilons} over all rounds (δ = 1e-5), "
+            f"clip norm {clips}"
+        )
     facts.update(machine.machine())
     facts.update(machine.versions())
     return facts
@@ -395,6 +455,7 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
     add("--master", default="local[*]", help="Spark master URL")
     add("--driver-memory", help="Spark driver memory (default: the scale's)")
     add("--no-extras", action="store_true", help="skip the MLlib and exact-SVR comparisons")
+    add("--no-privacy", action="store_true", help="skip the DP sweep (the MSE/ε plot)")
     add(
         "--models",
         type=lambda text: tuple(text.split(",")),
@@ -425,6 +486,7 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
         synthetic=args.data is None,
         scale_name=args.scale,
         models=args.models,
+        privacy=not args.no_privacy,
     )
     comparison = execute(plan, session)
     path = report.write_report(comparison, args.out)

@@ -1,25 +1,21 @@
 """`make bench-privacy`: what each privacy mode costs, on real processes over localhost.
 
 For each model whose updates are weight vectors, one federation per mode: the final MSE, the
-median seconds per round, and the tensor bytes per round (each client receives the global
-parameters for training and again for evaluation and sends one update: 3 × clients × payload,
-plus secure aggregation's keys and shares; gRPC and TLS framing not counted). With --out, also
-the rows as JSON and the MSE/ε plot. Benchmarks measure and print; they assert nothing.
+median seconds per round, and the tensor bytes per round (`baselines.privacy.summarise` says
+what is counted). With --out, also the rows as JSON and CSV and the MSE/ε plot (the plot
+`make reproduce` draws too). Benchmarks measure and print; they assert nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from baselines.privacy import CLIPS, plot, summarise, write_csv
 from client.he_keys import write_keys
-from common import secagg
 from server.localrun import LocalFederation
 from server.models import STRATEGIES
 
@@ -32,16 +28,12 @@ MODES: dict[str, list[str]] = {
     "he": ["--privacy", "he"],
     "secagg": ["--privacy", "secagg"],
 }
-# Clip norms near each model's update norm: LR's weights are in price units, the SVM's in
-# standard deviations of the target.
-CLIPS = {"lr": 10.0, "svm": 1.0}
 
 
 def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]) -> dict[str, Any]:
     secret, public = keys
     clip = args.dp_clip or CLIPS[model]
     flags = [*MODES[mode], "--poll-seconds", "2", "--dp-clip", str(clip)]
-    row: dict[str, Any] = {"model": model, "mode": mode, "clip": clip}
     with tempfile.TemporaryDirectory() as out:
         federation = LocalFederation(
             Path(out),
@@ -55,33 +47,8 @@ def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]
         federation.start()
         codes = federation.wait(timeout=1800)
         if set(codes.values()) != {0}:
-            return {**row, "failed": codes}
-        results = federation.results()
-        with np.load(Path(out) / results["final"]["model_file"]) as stored:
-            payload = sum(stored[name].nbytes for name in stored.files)
-    records = results["rounds"]
-    clients = len(records[-1]["clients"])
-    return {
-        **row,
-        "mse": results["final"]["mse"],
-        "seconds_per_round": statistics.median(r["seconds"] for r in records),
-        "bytes_per_round": 3 * clients * payload
-        + (secagg_bytes(clients) if mode == "secagg" else 0),
-        "epsilon": records[-1].get("privacy", {}).get("epsilon"),
-    }
-
-
-def secagg_bytes(n: int) -> int:
-    """Secure aggregation's own tensors in one round of n clients, up and down, all clients."""
-    index = 8  # one int64 client number beside each relayed item
-    per_client = (
-        64  # keys up
-        + n * (64 + index)  # everyone's keys down
-        + n * secagg.SEALED_BYTES  # encrypted shares up
-        + (n - 1) * (secagg.SEALED_BYTES + index)  # the shares addressed to it down
-        + n * (secagg.SHARE_BYTES + index)  # unmasking shares up
-    )
-    return n * per_client
+            return {"model": model, "mode": mode, "clip": clip, "failed": codes}
+        return {**summarise(model, mode, federation.results(), Path(out)), "clip": clip}
 
 
 def line(row: dict[str, Any]) -> str:
@@ -94,32 +61,6 @@ def line(row: dict[str, Any]) -> str:
     )
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """MSE against ε for each model and DP mode, with the plain run as a line to beat."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for k, model in enumerate(sorted({r["model"] for r in rows})):
-        done = [r for r in rows if r["model"] == model and "mse" in r]
-        for mode, marker in (("dp-central", "o-"), ("dp-local", "s:")):
-            points = sorted((r["epsilon"], r["mse"]) for r in done if r["mode"].startswith(mode))
-            if points:
-                axis.plot(
-                    *zip(*points, strict=True), marker, color=f"C{k}", label=f"{model} {mode}"
-                )
-        for r in done:
-            if r["mode"] == "plain":
-                axis.axhline(r["mse"], linestyle="--", color=f"C{k}", label=f"{model} no DP")
-    axis.set(xscale="log", yscale="log", xlabel="ε (δ = 1e-5)", ylabel="test MSE")
-    axis.set_title("Client-level DP: accuracy against privacy, 9 provinces")
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=270_000)
@@ -128,7 +69,7 @@ def main() -> None:
     parser.add_argument("--dp-clip", type=float, help="one clip norm for every model")
     parser.add_argument("--models", nargs="*", default=list(CLIPS), choices=list(CLIPS))
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--out", type=Path, help="folder for privacy.json and mse-epsilon.png")
+    parser.add_argument("--out", type=Path, help="folder for privacy.json, .csv and the plot")
     args = parser.parse_args()
     models = [m for m in args.models if m in STRATEGIES]
     clips = ", ".join(f"{m} {args.dp_clip or CLIPS[m]:g}" for m in models)
@@ -145,8 +86,9 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "privacy.json").write_text(json.dumps(rows, indent=1))
+        write_csv(rows, args.out / "privacy.csv")
         plot(rows, args.out / "mse-epsilon.png")
-        print(f"\n{args.out / 'privacy.json'}, {args.out / 'mse-epsilon.png'}")
+        print(f"\n{args.out}: privacy.json, privacy.csv, mse-epsilon.png")
 
 
 if __name__ == "__main__":

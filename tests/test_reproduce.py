@@ -1,5 +1,5 @@
 """`python -m baselines.reproduce` end to end on tiny data: real federation processes, the
-centralised job and Spark, then the paper's tables, charts and report."""
+centralised job and Spark, then the paper's tables, charts, the MSE/ε trade-off and report."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
     argv = ["--scale", "tiny", "--out", str(out), "--no-extras", "--master", "local[2]"]
     assert reproduce.main(argv, session=spark_session) == 0
     printed = capsys.readouterr().out
-    assert "(1/9) federated lr" in printed and "report:" in printed
+    sweep = 2 * len(reproduce.SCALES["tiny"].epsilons)  # LR and SVM under DP
+    assert f"(1/{9 + sweep}) federated lr" in printed and "report:" in printed
 
     for name in ("table2_mse", "table3_seconds"):
         rows = table(out / f"{name}.csv")
@@ -64,7 +65,7 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
                     assert is_number(row[label]), (name, row)
         markdown = (out / f"{name}.md").read_text()
         assert all(f"| {label} |" in markdown for label in ("LR", "RF", "SVM"))
-    for png in ("table2_mse.png", "table3_seconds.png", "convergence.png"):
+    for png in ("table2_mse.png", "table3_seconds.png", "convergence.png", "mse-epsilon.png"):
         assert (out / png).read_bytes().startswith(PNG)
 
     # FedAvg of local LR fits and Spark's weighted reduce are the same model.
@@ -77,6 +78,15 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
     for needed in ("4,000 raw rows", "scikit-learn", "pyspark", "Java", "cores", "fit_seconds"):
         assert needed in text, needed
     assert "![Table 2 as bars](table2_mse.png)" in text
+    assert "![MSE against ε](mse-epsilon.png)" in text
+
+    # Each model without DP (ε = ∞) and at each ε; the strongest privacy costs accuracy.
+    points = table(out / "privacy.csv")
+    for model in ("lr", "svm"):
+        mse = {float(r["epsilon"]): float(r["mse"]) for r in points if r["model"] == model}
+        assert len(mse) == 1 + len(reproduce.SCALES["tiny"].epsilons), points
+        assert all(math.isfinite(m) for m in mse.values())
+        assert mse[min(mse)] > mse[math.inf], (model, mse)
 
 
 def test_a_table_says_why_a_cell_is_empty(tmp_path):

@@ -1,0 +1,138 @@
+"""Accuracy against privacy: the federation's MSE under client-level DP at several ε.
+
+Shared by `make reproduce` (LR and SVM at a few ε beside their plain federated runs) and `make
+bench-privacy` (what every --privacy mode costs). Every point is a real federation, so the
+clipping, noise and accounting are the server's own; this module only turns results documents
+into rows, a CSV and the MSE/ε plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from common import secagg
+
+# Clip norms near each model's update norm: LR's weights are in price units, the SVM's in
+# standard deviations of the target.
+CLIPS = {"lr": 10.0, "svm": 1.0}
+EPSILONS = (1.0, 3.0, 10.0)
+PLAIN = "plain"
+COLUMNS = ("model", "mode", "epsilon", "mse", "seconds_per_round", "bytes_per_round")
+
+
+def dp_flags(model: str, epsilon: float, mode: str = "dp-central") -> list[str]:
+    """Server flags for `mode` calibrated to reach `epsilon` over the run, at the model's clip."""
+    return ["--privacy", mode, "--dp-epsilon", f"{epsilon:g}", "--dp-clip", f"{CLIPS[model]:g}"]
+
+
+def dp_label(epsilon: float, mode: str = "dp-central") -> str:
+    return f"{mode} ε={epsilon:g}"
+
+
+def summarise(model: str, mode: str, results: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """One row from a finished federation's results document and the model file beside it.
+
+    Bytes per round are the tensors only: each client receives the global parameters for
+    training and again for evaluation and sends one update (3 × clients × payload), plus secure
+    aggregation's signed keys and shares; gRPC and TLS framing are not counted.
+    """
+    with np.load(folder / results["final"]["model_file"]) as stored:
+        payload = sum(stored[name].nbytes for name in stored.files)
+    records = results["rounds"]
+    clients = len(records[-1]["clients"])
+    extra = 0
+    if results["config"].get("privacy") == "secagg":
+        extra = secagg_bytes(clients, _proof_bytes(results, folder))
+    return {
+        "model": model,
+        "mode": mode,
+        "mse": results["final"]["mse"],
+        "seconds_per_round": statistics.median(r["seconds"] for r in records),
+        "bytes_per_round": 3 * clients * payload + extra,
+        "epsilon": records[-1].get("privacy", {}).get("epsilon"),
+    }
+
+
+def _proof_bytes(results: dict[str, Any], folder: Path) -> int:
+    """What signs one client's keys: a P-256 signature (at most 72 bytes) and its certificate."""
+    if results["config"].get("insecure") == "True":
+        return 0
+    provinces = results["final"]["per_client"]
+    pem = sum((folder / "certs" / f"{p}.pem").stat().st_size for p in provinces) // len(provinces)
+    return 72 + pem
+
+
+def secagg_bytes(n: int, proof: int) -> int:
+    """Secure aggregation's own tensors in one round of n clients, up and down, all clients;
+    `proof` is the bytes that authenticate one client's keys."""
+    index = 8  # one int64 client number (or end offset) beside each relayed item
+    per_client = (
+        64
+        + proof  # keys up, signed
+        + n * (64 + index + proof + 2 * index)  # everyone's signed keys down
+        + n * secagg.SEALED_BYTES  # encrypted shares up
+        + (n - 1) * (secagg.SEALED_BYTES + index)  # the shares addressed to it down
+        + n * (secagg.SHARE_BYTES + index)  # unmasking shares up
+    )
+    return n * per_client
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The finished rows; ε is `inf` for a run without DP."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            if "mse" in row:
+                epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
+                writer.writerow([row[c] if c != "epsilon" else epsilon for c in COLUMNS])
+    return path
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, clients: int = 9) -> Path:
+    """MSE against ε for each model and DP mode, with the run without DP as a line to beat."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for k, model in enumerate(sorted({r["model"] for r in rows})):
+        done = [r for r in rows if r["model"] == model and "mse" in r]
+        for mode, marker in (("dp-central", "o-"), ("dp-local", "s:")):
+            points = sorted((r["epsilon"], r["mse"]) for r in done if r["mode"].startswith(mode))
+            if points:
+                axis.plot(
+                    *zip(*points, strict=True), marker, color=f"C{k}", label=f"{model} {mode}"
+                )
+        for r in done:
+            if r["mode"] == PLAIN:
+                axis.axhline(r["mse"], linestyle="--", color=f"C{k}", label=f"{model} no DP (ε=∞)")
+    axis.set(xscale="log", yscale="log", xlabel="ε (δ = 1e-5)", ylabel="test MSE")
+    axis.set_title(f"Client-level DP: accuracy against privacy, {clients} provinces")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The rows as a Markdown table, for reports."""
+    lines = ["| model | mode | ε spent | MSE | s/round |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        if "mse" in r:
+            spent = "∞" if r["epsilon"] is None else f"{r['epsilon']:.3g}"
+            lines.append(
+                f"| {r['model']} | {r['mode']} | {spent} | {r['mse']:.4g} | "
+                f"{r['seconds_per_round']:.3g} |"
+            )
+        else:
+            lines.append(f"| {r['model']} | {r['mode']} | | {r['failed']} | |")
+    return lines
