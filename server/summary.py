@@ -38,7 +38,67 @@ def format_summary(results: dict[str, Any]) -> str:
         "",
         f"training time (first round to final metrics): {final['train_seconds']:.2f} s",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + format_analysis(results))
+
+
+def format_analysis(results: dict[str, Any]) -> list[str]:
+    """The end-of-run analysis' sections, those the run asked for (server/analysis.py)."""
+    run = results.get("analysis")
+    if not run:
+        return []
+    if "error" in run:
+        return ["", f"analysis failed: {run['error']}"]
+    lines = []
+    value = results.get("contributions")
+    if value:
+        width = max(len(p) for p in [*value["shapley"], "province"])
+        lines += [
+            "",
+            f"contributions to the global test MSE (round {value['round']}'s updates; "
+            f"all provinces {value['mse_all']:.6g}, none {value['mse_empty']:.6g}: "
+            f"{value['baseline'].removeprefix('the empty coalition ')})",
+            f"{'province':<{width}}  {'leave-one-out':>13}  {'Shapley':>11}  {'± s.e.':>9}",
+        ]
+        for province, shapley in value["shapley"].items():
+            lines.append(
+                f"{province:<{width}}  {value['leave_one_out'][province]:>+13.4g}  "
+                f"{shapley:>+11.5g}  {value['shapley_std_error'][province]:>9.2g}"
+            )
+        lines.append(
+            f"(positive: the province lowers the MSE; Shapley over {value['permutations']} "
+            f"orders of {value['coalitions']} coalitions, summing to the fall from none to all)"
+        )
+    ranked = results.get("importance")
+    if ranked:
+        lines += [
+            "",
+            f"permutation importance: rise of the global test MSE "
+            f"({ranked['base_mse']:.6g}) when a feature's column is shuffled, "
+            f"{ranked['repeats']} repeats",
+        ]
+        width = max(len(f) for f in ranked["features"])
+        for feature, score in ranked["features"].items():
+            lines.append(
+                f"  {feature:<{width}}  {score['importance']:>+12.5g} ± {score['std']:.2g}"
+            )
+    personal = results.get("personalisation")
+    if personal:
+        width = max(len(p) for p in [*personal["per_client"], "province"])
+        lines += [
+            "",
+            f"personalisation: {personal['epochs']} epoch(s) of {personal['method']}",
+            f"{'province':<{width}}  {'global MSE':>12}  {'personalised':>12}",
+        ]
+        rows = [*personal["per_client"].items(), ("overall", personal)]
+        for province, score in rows:
+            lines.append(
+                f"{province:<{width}}  {score['global_mse']:>12.6g}  {score['personal_mse']:>12.6g}"
+            )
+    return [
+        *lines,
+        "",
+        f"analysis: {run['seconds']:.2f} s, one phase over {len(run['provinces'])} provinces",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
