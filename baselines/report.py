@@ -298,6 +298,64 @@ def _privacy_section(comparison: Comparison, out: Path) -> list[str]:
     ]
 
 
+def analysis_section(comparison: Comparison) -> list[str]:
+    """What each province is worth, what the model leans on, and what personalising gains, for
+    the federated runs that analysed their final model (server/analysis.py)."""
+    lines = []
+    for (framework, model), run in sorted(comparison.runs.items()):
+        value, ranked, personal = (
+            run.get(k) for k in ("contributions", "importance", "personalisation")
+        )
+        if framework != "federated" or not (value or ranked or personal):
+            continue
+        lines += [f"### {paper.MODEL_LABELS.get(model, model)}", ""]
+        if value:
+            lines += [
+                f"Contributions to the global test MSE ({_number(value['mse_all'])} with every "
+                f"province, {_number(value['mse_empty'])} with none: "
+                f"{value['baseline'].removeprefix('the empty coalition ')}). Positive: the "
+                f"province lowers the MSE. Shapley over {value['permutations']} orders of the "
+                "provinces; it sums to the fall from none to all.",
+                "",
+                "| province | leave-one-out | Shapley | ± s.e. |",
+                "|---|---:|---:|---:|",
+                *(
+                    f"| {p} | {value['leave_one_out'][p]:+.4g} | {v:+.6g} | "
+                    f"{value['shapley_std_error'][p]:.2g} |"
+                    for p, v in value["shapley"].items()
+                ),
+                "",
+            ]
+        if ranked:
+            lines += [
+                f"Permutation importance: the rise of the global test MSE "
+                f"({_number(ranked['base_mse'])}) when each province shuffles one feature's "
+                f"column of its test rows ({ranked['repeats']} repeats).",
+                "",
+                "| feature | MSE rise | ± s.d. |",
+                "|---|---:|---:|",
+                *(
+                    f"| {f} | {score['importance']:+.4g} | {score['std']:.2g} |"
+                    for f, score in ranked["features"].items()
+                ),
+                "",
+            ]
+        if personal:
+            lines += [
+                f"Personalisation: {personal['epochs']} epoch(s) of {personal['method']}; "
+                "the fine-tuned model never leaves its province.",
+                "",
+                "| province | global MSE | personalised MSE |",
+                "|---|---:|---:|",
+                *(
+                    f"| {p} | {_number(s['global_mse'])} | {_number(s['personal_mse'])} |"
+                    for p, s in [*personal["per_client"].items(), ("overall", personal)]
+                ),
+                "",
+            ]
+    return ["## Contributions, explainability and personalisation", "", *lines] if lines else []
+
+
 def write_report(comparison: Comparison, out: Path) -> Path:
     """All files of the comparison, and report.md that shows them top to bottom."""
     out.mkdir(parents=True, exist_ok=True)
@@ -336,6 +394,7 @@ def write_report(comparison: Comparison, out: Path) -> Path:
         f"![MSE per round]({convergence.name})",
         "",
         *_privacy_section(comparison, out),
+        *analysis_section(comparison),
         "## Every run",
         "",
         *_runs_table(comparison),

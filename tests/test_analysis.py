@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from baselines.report import Comparison, analysis_section
 from client.analysis import fine_tune, svm_predictions
 from client.local import LocalWork
 from client.trainers import trainer_for
@@ -316,3 +317,29 @@ def test_svm_candidates_share_one_feature_map_and_predict_as_the_trainer(provinc
     fast = list(svm_predictions([first, second], x, task))
     for prediction, model in zip(fast, [first, second], strict=True):
         assert prediction == pytest.approx(trainer_for("svm").predict(model, x, task), rel=1e-9)
+
+
+def test_the_report_shows_each_analysed_federated_run():
+    sections = {
+        "contributions": {
+            "mse_all": 0.2,
+            "mse_empty": 170.0,
+            "baseline": "the empty coalition predicts the federation's training mean",
+            "permutations": 9,
+            "leave_one_out": {"hubei": -0.01, "fujian": 0.02},
+            "shapley": {"hubei": 84.0, "fujian": 85.8},
+            "shapley_std_error": {"hubei": 0.1, "fujian": 0.1},
+        },
+        "importance": {
+            "base_mse": 0.2,
+            "repeats": 2,
+            "features": {"close": {"importance": 200.0, "std": 1.0}},
+        },
+    }
+    run = {"final": {"mse": 0.2, "train_seconds": 1.0, "per_client": {}}, **sections}
+    plain = {"final": {"mse": 0.1, "train_seconds": 1.0, "per_client": {}}}
+    lines = analysis_section(Comparison(runs={("federated", "lr"): run, ("spark", "lr"): plain}))
+    assert lines[:3] == ["## Contributions, explainability and personalisation", "", "### LR"]
+    assert "| hubei | -0.01 | +84 | 0.1 |" in lines and "| close | +200 | 1 |" in lines
+    assert "personalised" not in "\n".join(lines)
+    assert analysis_section(Comparison(runs={("spark", "lr"): plain})) == []
