@@ -91,10 +91,8 @@ class LinearSGD:
     ) -> Arrays:
         plan = LocalPlan.from_config(config)
         size = x.shape[1] + 1
-        if global_arrays is None:  # the mean price is a far better start than zero
-            start = np.append(np.zeros(size - 1), y.mean())
-        else:
-            start = _vector(global_arrays)
+        # Round one starts where the server steps from: zero, the standardised target's mean.
+        start = np.zeros(size) if global_arrays is None else _vector(global_arrays)
         server_control = (global_arrays or {}).get(CONTROL)
         if server_control is None:
             w = sgd(x, y, start, plan)

@@ -78,20 +78,29 @@ def predict_forest(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
     return forest_base(x, config) + forest.predict_forest(trees, x)
 
 
-def svm_target(x: np.ndarray, config: Config) -> tuple[np.ndarray | float, float, float]:
-    """Base, mean and deviation of the SVMs' standardised target, (price − base − mean) / std."""
-    if config["svm_target"] == "change":
+def target_frame(
+    x: np.ndarray, config: Config, target: str | None = None
+) -> tuple[np.ndarray | float, float, float]:
+    """Base, mean and deviation of a standardised target, (price − base − mean) / std.
+
+    Models that learn by small steps learn it standardised: weights of order one, one step
+    size for every market, whatever its price level. The target is 'change' or 'price';
+    the SVMs' `svm_target` unless given.
+    """
+    if (target or config["svm_target"]) == "change":
         return close(x, config, scaled=True), config["change_mean"], config["change_std"]
     return 0.0, config["target_mean"], config["target_std"]
 
 
-def standardise(y: np.ndarray, x: np.ndarray, config: Config) -> np.ndarray:
-    base, mean, std = svm_target(x, config)
+def standardise(
+    y: np.ndarray, x: np.ndarray, config: Config, target: str | None = None
+) -> np.ndarray:
+    base, mean, std = target_frame(x, config, target)
     return (y - base - float(mean)) / float(std)
 
 
-def restore(t: np.ndarray, x: np.ndarray, config: Config) -> np.ndarray:
-    base, mean, std = svm_target(x, config)
+def restore(t: np.ndarray, x: np.ndarray, config: Config, target: str | None = None) -> np.ndarray:
+    base, mean, std = target_frame(x, config, target)
     return base + float(mean) + t * float(std)
 
 
@@ -164,6 +173,20 @@ def predict_local_rbf(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarr
     return restore(svr.predict_mean(svr.SVRS.unpack(arrays, x.shape[1]), x), x, config)
 
 
+# One trainer per process: the process is the province, and SCAFFOLD's c_i lives in it.
+_SGD = LinearSGD()
+
+
+# lr-sgd learns tomorrow's change from today's close, standardised: the same linear model as
+# one on the price, but zero weights already predict today's close, and the steps are small.
+def fit_sgd(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) -> Arrays:
+    return _SGD.fit(x, standardise(y, x, config, "change"), start, config)
+
+
+def predict_sgd(weights: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
+    return restore(linear.predict(weights, x), x, config, "change")
+
+
 TRAINERS: dict[str, Trainer] = {
     "lr": Trainer(
         lambda x, y, _global, _config: linear.fit_weights(x, y),
@@ -177,12 +200,7 @@ TRAINERS: dict[str, Trainer] = {
     "rf": Trainer(fit_forest, predict_forest, scaled=False),
     "svm": Trainer(fit_svm, predict_svm),
     "svm-local-rbf": Trainer(fit_local_rbf, predict_local_rbf),
-    # One trainer per process: the process is the province, and SCAFFOLD's c_i lives in it.
-    "lr-sgd": Trainer(
-        LinearSGD().fit,
-        lambda weights, x, _config: linear.predict(weights, x),
-        local_steps=local_steps,
-    ),
+    "lr-sgd": Trainer(fit_sgd, predict_sgd, local_steps=local_steps),
 }
 
 

@@ -198,7 +198,7 @@ STRATEGIES: dict[str, Callable[[Mapping[str, ConfigScalar]], Strategy]] = {
     "lr": lambda _options: FedAvg({"model": "lr"}, check=linear.check_weights),
     "lr-exact": lambda _options: ExactLinear({"model": "lr-exact"}),
     "lr-sgd": lambda _options: FedAvg(
-        {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.05, "batch_size": 64},
+        {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.02, "batch_size": 64},
         check=linear.check_weights,
     ),
     "rf": _forest,

@@ -5,14 +5,19 @@ import argparse
 import numpy as np
 import pytest
 
+from client import trainers
 from client.local import LocalWork
 from client.optim import LinearSGD, LocalPlan, local_steps, sgd
+from common import preprocess
 from common.compression import SCALE, VALUES
 from common.data import synthesize_province
 from common.models import linear
 from common.models.checks import UpdateError
+from common.preprocess import GlobalStatistics
 from common.scaffold import CONTROL, CONTROL_DELTA
 from server import strategies
+from server.models import build_strategy
+from server.rounds import task_context
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
 from server.strategy import ClientResult, Failure, FedAvg
@@ -181,14 +186,38 @@ def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
     assert strategies.check_arguments(arguments()) is None
 
 
-def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
-    work = LocalWork(synthesize_province("hubei", 5_000, 1))
+def province_task(province: str, rows: int, seed: int) -> tuple[LocalWork, dict, tuple]:
+    """A province's work, an lr-sgd task config with its own statistics as the global ones,
+    and the scaler."""
+    work = LocalWork(synthesize_province(province, rows, seed))
     config = {**SGD, "setting": "next-day", "test_fraction": 0.2, "seed": 0, "round": 2}
     data = work.split(config)
-    scaler = (data.x_train.mean(axis=0), data.x_train.std(axis=0))
-    start = weights(np.zeros(data.x_train.shape[1]), data.y_train.mean())
+    sums = preprocess.statistics(data.x_train, data.y_train)
+    stats = GlobalStatistics.from_sums([*data.features, preprocess.TARGET], [sums])
+    return work, {**config, **task_context(stats)}, stats.scaler()
+
+
+def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
+    work, config, scaler = province_task("hubei", 5_000, 1)
+    data = work.split(config)
+    # One standard deviation of tomorrow's change above the truth, everywhere.
+    start = weights(np.zeros(data.x_train.shape[1]), 1.0)
     outcome = work.train(config, scaler, start)
     assert outcome.metrics["local_steps"] == local_steps(len(data.y_train), config)
     assert outcome.metrics["start_mse"] > outcome.metrics["train_mse"]
     squeezed = work.train({**config, "compression": "int8", "topk_fraction": 0.1}, scaler, start)
     assert set(squeezed.arrays) == {VALUES, SCALE}
+
+
+def test_lr_sgd_learns_the_standardised_change_and_answers_in_yuan():
+    work, config, scaler = province_task("zhejiang", 20_000, 3)
+    config = {**config, **build_strategy("lr-sgd").model_config}
+    data = work.split(config)
+    x = preprocess.scale(data.x_train, *scaler)
+    zero = trainers.predict_sgd(weights(np.zeros(x.shape[1])), x, config)
+    today = data.x_train[:, data.features.index("close")]
+    np.testing.assert_allclose(zero, today + config["change_mean"])
+    fitted = trainers.predict_sgd(trainers.fit_sgd(x, data.y_train, None, config), x, config)
+    exact = linear.predict(linear.fit_weights(x, data.y_train), x)
+    # One pass at the default step size comes within 2 % of the least-squares fit.
+    assert np.mean((fitted - data.y_train) ** 2) < 1.02 * np.mean((exact - data.y_train) ** 2)

@@ -53,7 +53,7 @@ def multi_krum(steps: np.ndarray, _weights: np.ndarray, f: int, keep: int) -> np
     return steps[chosen].mean(axis=0)
 
 
-def combiner(name: str, trim_fraction: float = 0.2, krum_f: int = 2) -> Combiner:
+def combiner(name: str, trim_fraction: float = 0.25, krum_f: int = 2) -> Combiner:
     """The combiner `--aggregation name`; Multi-Krum averages the n − f best-scored steps."""
     if name == "mean":
         return mean
