@@ -1,7 +1,8 @@
 """The server's state after each completed round, written atomically, so a restart resumes.
 
-A checkpoint is a NumPy .npz of plain arrays (global parameters and scaler) plus the run's
-state as JSON bytes; it is loaded with pickling disabled. It is written after a round has been
+A checkpoint is a NumPy .npz of plain arrays (global parameters, scaler and the strategy's own
+state, such as optimiser moments) plus the run's state as JSON bytes; it is loaded with pickling
+disabled. It is written after a round has been
 aggregated, evaluated and recorded, so on restart the next round is exactly the first one that
 did not complete: none is lost, none applied twice.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from common.tensors import Arrays
 
 _PARAMETER = "parameter/"
+_STRATEGY = "strategy/"
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,13 @@ class Checkpoint:
     scaler_mean: np.ndarray
     scaler_scale: np.ndarray
     state: dict[str, Any]
+    strategy_state: Arrays = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        arrays = {f"{_PARAMETER}{name}": array for name, array in self.parameters.items()}
+        arrays = {
+            **{f"{_PARAMETER}{name}": array for name, array in self.parameters.items()},
+            **{f"{_STRATEGY}{name}": array for name, array in self.strategy_state.items()},
+        }
         state = json.dumps({"round": self.server_round, **self.state}, allow_nan=False)
         handle, temporary = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".npz"
@@ -56,11 +62,17 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         with np.load(path, allow_pickle=False) as stored:
             state = json.loads(stored["state"].tobytes())
-            parameters = {
-                name.removeprefix(_PARAMETER): stored[name]
-                for name in stored.files
-                if name.startswith(_PARAMETER)
-            }
             return cls(
-                state.pop("round"), parameters, stored["scaler_mean"], stored["scaler_scale"], state
+                state.pop("round"),
+                _prefixed(stored, _PARAMETER),
+                stored["scaler_mean"],
+                stored["scaler_scale"],
+                state,
+                _prefixed(stored, _STRATEGY),
             )
+
+
+def _prefixed(stored: np.lib.npyio.NpzFile, prefix: str) -> Arrays:
+    return {
+        name.removeprefix(prefix): stored[name] for name in stored.files if name.startswith(prefix)
+    }

@@ -154,9 +154,9 @@ class RoundLoop:
             "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
             "ledger_entry": entry,
         }
-        Checkpoint(server_round, self.parameters or {}, mean, scale, state).save(
-            self.checkpoint_path
-        )
+        Checkpoint(
+            server_round, self.parameters or {}, mean, scale, state, self.strategy.state()
+        ).save(self.checkpoint_path)
         self.ledger.append(entry)
 
     def _resume(self) -> tuple[int, float, Evaluation | None]:
@@ -173,6 +173,10 @@ class RoundLoop:
                 f"({state['setting']}); remove it or choose another --results folder"
             )
         self.parameters = checkpoint.parameters or None
+        try:
+            self.strategy.restore(checkpoint.strategy_state)
+        except ValueError as error:
+            raise FederationError(f"{self.checkpoint_path}: {error}") from None
         self.scaler = pb.Scaler(
             features=self.features,
             mean=to_tensor("mean", checkpoint.scaler_mean),

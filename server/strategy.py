@@ -74,8 +74,29 @@ PhaseRunner = Callable[
 class Strategy(ABC):
     """A federated learning algorithm, in the shape of Flower's strategy interface."""
 
+    # Attributes holding arrays (or None) that the server learns over the rounds, such as
+    # optimiser moments: checkpointed with the model, or a restart would silently reset them.
+    persistent: tuple[str, ...] = ()
+
     def __init__(self, model_config: Mapping[str, ConfigScalar]) -> None:
         self.model_config = dict(model_config)
+
+    def state(self) -> Arrays:
+        """What a checkpoint must keep besides the model for the next round to go on as planned."""
+        return {
+            name: value for name in self.persistent if (value := getattr(self, name)) is not None
+        }
+
+    def restore(self, state: Arrays) -> None:
+        """Take back what `state` returned before a restart; refuse another strategy's state."""
+        foreign = sorted(set(state) - set(self.persistent))
+        if foreign:
+            raise ValueError(
+                f"the checkpoint holds state {', '.join(foreign)} that {type(self).__name__} "
+                "does not keep: was the server restarted with another --strategy?"
+            )
+        for name in self.persistent:
+            setattr(self, name, state.get(name))
 
     def bind_phases(self, run: PhaseRunner) -> None:
         """Keep the round loop's phase runner, for strategies that need phases of their own."""

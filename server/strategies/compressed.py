@@ -30,6 +30,12 @@ class Compressed(Strategy):
     def bind_phases(self, run):
         self.inner.bind_phases(run)
 
+    def state(self):
+        return self.inner.state()
+
+    def restore(self, state):
+        self.inner.restore(state)
+
     def configure_fit(self, server_round, parameters, provinces):
         self.reference = parameters
         with self._lock:

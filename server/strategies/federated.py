@@ -111,6 +111,8 @@ class FedNova(Federated):
 class FedAvgM(Federated):
     """Hsu et al.: server momentum on the combined step, v ← βv + Δ, w ← w + η·v."""
 
+    persistent = ("velocity",)
+
     def __init__(self, base, config=None, combine=mean, *, lr: float, momentum: float) -> None:
         super().__init__(base, config, combine)
         self.lr, self.momentum = lr, momentum
@@ -126,6 +128,8 @@ class FedAvgM(Federated):
 
 class FedAdam(Federated):
     """Reddi et al.: Adam on the pseudo-gradient −Δ, so each coordinate moves about η a round."""
+
+    persistent = ("first", "second")
 
     def __init__(
         self,
@@ -158,6 +162,8 @@ class Scaffold(Federated):
     The server's variate c travels down as an extra tensor; each client keeps its own c_i and
     sends the change Δc_i up beside its weights. c moves by Σ Δc_i over all N clients.
     """
+
+    persistent = ("control",)
 
     def __init__(self, base, config=None, combine=mean, *, lr: float = 1.0) -> None:
         super().__init__(base, {**(config or {}), "scaffold": True}, combine)
