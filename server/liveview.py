@@ -34,11 +34,13 @@ class LiveView:
 
     def __init__(self, state: LiveState, host: str, port: int) -> None:
         handler = type("Handler", (LiveHandler,), {"state": state})
+        host = host.strip("[]")
         server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
         try:
-            self._server = server_class((host.strip("[]"), port), handler)
+            self._server = server_class((host, port), handler)
         except OSError as error:
-            raise OSError(f"the live view cannot listen on {host}:{port}: {error}") from None
+            where = _address(host, port)
+            raise OSError(f"the live view cannot listen on {where}: {error}") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="live-view", daemon=True
@@ -50,8 +52,8 @@ class LiveView:
 
     def start(self) -> None:
         self._thread.start()
-        host, port = self._server.server_address[:2]
-        log.info("live view on http://%s:%d/ (metrics at /metrics)", host, port)
+        where = _address(*self._server.server_address[:2])
+        log.info("live view on http://%s/ (metrics at /metrics)", where)
 
     def linger(self, seconds: float) -> None:
         """Keep serving after the run, so its end can still be looked at; Ctrl-C ends it."""
@@ -66,6 +68,10 @@ class LiveView:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _IPv6Server(ThreadingHTTPServer):

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,6 +103,13 @@ def wait_for_the_end(base: str, federation: LocalFederation, timeout: float) -> 
     raise AssertionError(f"the run did not end within {timeout} s")
 
 
+def wait_for_line(log: Path, text: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < end, f"{log.name} never said {text!r}"
+        time.sleep(0.2)
+
+
 def test_live_view_of_a_federation(tmp_path):
     http_port = free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -117,6 +125,7 @@ def test_live_view_of_a_federation(tmp_path):
         check_metrics(base, results)
         check_http(base)
         check_page(tmp_path, base, results)
+        wait_for_line(tmp_path / "server.log", "the live view stays up")
         federation.server.send_signal(signal.SIGINT)  # ends the lingering
         assert federation.server.wait(timeout=30) == 0
     finally:
