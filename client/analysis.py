@@ -16,12 +16,16 @@ from client import trainers
 from client.optim import LocalPlan, sgd
 from client.trainers import Trainer
 from common import analysis
+from common.models.checks import UpdateError
+from common.models.forest import TREES
+from common.models.svr import SVRS
 from common.preprocess import Split
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
 
 Config = Mapping[str, ConfigScalar]
+ENSEMBLES = {"rf": TREES, "svm-local-rbf": SVRS}
 # Models trained by local steps fine-tune by their own training, for this many passes.
 OWN_EPOCHS = {"lr-sgd": "local_epochs", "svm": "svm_epochs"}
 # Closed-form linear fits ignore where they start, so they fine-tune by plain SGD instead,
@@ -35,13 +39,38 @@ def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def candidate_mses(
-    trainer: Trainer, candidates: list[Arrays], x: np.ndarray, y: np.ndarray, config: Config
+    trainer: Trainer,
+    model: Arrays,
+    candidates: list[Arrays],
+    x: np.ndarray,
+    y: np.ndarray,
+    config: Config,
 ) -> dict[str, float]:
-    if config["model"] == "svm":
+    if candidates and analysis.MEMBERS in candidates[0]:
+        predictions = member_predictions(trainer, model, candidates, x, config)
+    elif config["model"] == "svm":
         predictions = svm_predictions(candidates, x, config)
     else:
         predictions = (trainer.predict(candidate, x, config) for candidate in candidates)
     return {analysis.candidate_metric(k): mse(p, y) for k, p in enumerate(predictions)}
+
+
+def member_predictions(
+    trainer: Trainer, model: Arrays, candidates: list[Arrays], x: np.ndarray, config: Config
+) -> Iterator[np.ndarray]:
+    """An ensemble predicts the mean of its members through an affine map (today's close added
+    back, the target's scale restored), so a subset predicts the mean of its members' own
+    predictions: each member predicts once, however many subsets are scored."""
+    codec = ENSEMBLES.get(str(config["model"]))
+    if codec is None:
+        raise UpdateError(f"model {config['model']!r} is not an ensemble of members")
+    members = codec.unpack(model, x.shape[1])
+    each = np.column_stack([trainer.predict(codec.pack([m]), x, config) for m in members])
+    for candidate in candidates:
+        mask = candidate[analysis.MEMBERS]
+        if mask.shape != (len(members),) or not mask.any() or not np.isin(mask, (0, 1)).all():
+            raise UpdateError(f"a candidate must mark some of the {len(members)} members by 0/1")
+        yield each @ mask / mask.sum()
 
 
 def svm_predictions(
@@ -112,7 +141,7 @@ def analyse(
     metrics = {
         analysis.GLOBAL_MSE: mse(trainer.predict(model, x_test, config), y),
         analysis.MEAN_MSE: mse(np.full(len(y), float(config["target_mean"])), y),
-        **candidate_mses(trainer, candidates, x_test, y, config),
+        **candidate_mses(trainer, model, candidates, x_test, y, config),
     }
     repeats = int(config.get(analysis.IMPORTANCE_REPEATS, 0))
     if repeats:

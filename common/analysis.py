@@ -2,7 +2,8 @@
 
 One ANALYSE task after the last round carries the global model and, for contributions, every
 candidate model at once: each tensor of the K candidates stacked along a new first axis under
-`candidates.<name>`. The client answers with MSEs only, named by the helpers below.
+`candidates.<name>` (for an ensemble, a mask of its members). The client answers with MSEs
+only, named by the helpers below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from common.models.checks import UpdateError
 from common.tensors import Arrays
 
 CANDIDATES = "candidates."
+# An ensemble's candidates are subsets of the global model's members: candidate k is the 0/1
+# row k of `candidates.members`, one column per member in the global model's order.
+MEMBERS = "members"
 
 # Task-config keys: how many candidates follow, and what else to compute (0: nothing).
 CANDIDATE_COUNT = "analysis_candidates"

@@ -34,8 +34,9 @@ from server.strategy import ClientResult, ExactLinear, FedAvg, Instruction, Phas
 log = logging.getLogger("fedstock.server")
 
 # Strategies whose aggregation is a function of the updates alone, so it can be replayed on
-# any coalition's updates without disturbing state carried from round to round.
-REPLAYABLE = (FedAvg, ExactLinear, Federated, FedNova, QFedAvg)
+# any coalition's updates without disturbing state carried from round to round; an ensemble's
+# coalition is the global model's members from the coalition's provinces.
+REPLAYABLE = (FedAvg, ExactLinear, Federated, FedNova, QFedAvg, EnsembleUnion)
 BASELINE = "the empty coalition predicts the federation's training mean of the target"
 
 
@@ -76,7 +77,8 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
         default=(env("CONTRIBUTIONS") or "") not in ("", "0", "false"),
         help="after the last round, value each province by leave-one-out and Monte-Carlo "
         "Shapley: the global test MSE of the model aggregated from each coalition's updates of "
-        "the final round (lr, lr-exact, lr-sgd, svm; no --privacy) [FEDSTOCK_CONTRIBUTIONS=1]",
+        "the final round; for an ensemble, its members from the coalition (no --privacy) "
+        "[FEDSTOCK_CONTRIBUTIONS=1]",
     )
     add(
         "--shapley-permutations",
@@ -135,13 +137,7 @@ def check_supported(settings: AnalysisSettings, strategy: Strategy) -> None:
         )
     if not settings.contributions:
         return
-    inner = strategy.inner if isinstance(strategy, Compressed) else strategy
-    if isinstance(inner, EnsembleUnion):
-        raise ValueError(
-            f"--contributions scores models aggregated from coalitions' weights (lr, lr-exact, "
-            f"lr-sgd, svm); model {model} is a union of the provinces' members, whose "
-            "coalitions this analysis does not build"
-        )
+    inner = _inner(strategy)
     if type(inner) not in REPLAYABLE:
         raise ValueError(
             "--contributions replays the final round's aggregation on each coalition's updates: "
@@ -182,9 +178,10 @@ class Analysis:
         started = time.perf_counter()
         s = self.settings
         plan = self._plan(strategy, final_fit) if s.contributions else None
-        stacked = analysis.stack(plan.models) if plan else {}
-        config = s.task_config(len(plan.models) if plan else 0)
-        expected = self._expected(len(plan.models) if plan else 0, features)
+        count = len(plan.coalitions) if plan else 0
+        stacked = plan.candidates if plan else {}
+        config = s.task_config(count)
+        expected = self._expected(count, features)
         sent: dict[int, Arrays] = {}
         instructions = []
         for ask in strategy.configure_evaluate(server_round, model, provinces):
@@ -220,21 +217,32 @@ class Analysis:
         if final_fit is None:
             log.error("contributions: the final round's updates are not at hand (resumed run?)")
             return None
-        players = sorted(u.province for u in final_fit.updates)
-        orders = contributions.random_orders(
-            players, self.settings.permutations, self.settings.seed
-        )
+        ensemble = isinstance(_inner(strategy), EnsembleUnion)
+        # The members each province has in the global ensemble, in the order they are packed.
+        members = strategy.round_report(final_fit.server_round)["members"] if ensemble else {}
+        players = sorted(u.province for u in final_fit.updates if members.get(u.province, 1))
+        s = self.settings
+        orders = contributions.random_orders(players, s.permutations, s.seed)
         needed = [c for c in contributions.coalitions(players, orders) if c]
-        models = [
-            strategy.aggregate_fit(
-                final_fit.server_round,
-                [u for u in final_fit.updates if u.province in coalition],
-                [],
-                final_fit.start,
-            )
-            for coalition in needed
-        ]
-        return CoalitionPlan(final_fit.server_round, players, orders, needed, models)
+        if ensemble:
+            owners = [p for p, count in members.items() for _ in range(count)]
+            candidates = [
+                {analysis.MEMBERS: np.array([o in c for o in owners], dtype=np.float64)}
+                for c in needed
+            ]
+        else:
+            candidates = [
+                strategy.aggregate_fit(
+                    final_fit.server_round,
+                    [u for u in final_fit.updates if u.province in coalition],
+                    [],
+                    final_fit.start,
+                )
+                for coalition in needed
+            ]
+        return CoalitionPlan(
+            final_fit.server_round, players, orders, needed, analysis.stack(candidates)
+        )
 
     def _expected(self, candidates: int, features: list[str]) -> list[str]:
         """The metrics every answer must carry."""
@@ -245,6 +253,11 @@ class Analysis:
             analysis.permuted_metric(f, r) for f in features for r in range(s.importance_repeats)
         ]
         return names + ([analysis.PERSONAL_MSE] if s.personalise_epochs else [])
+
+
+def _inner(strategy: Strategy) -> Strategy:
+    """The strategy under compression, which only changes how updates travel."""
+    return strategy.inner if isinstance(strategy, Compressed) else strategy
 
 
 def accept(result: ClientResult, expected: Sequence[str]) -> ClientResult:
@@ -274,7 +287,7 @@ class CoalitionPlan:
     players: list[str]
     orders: list[list[contributions.Order]]  # sets of rotations
     coalitions: list[contributions.Coalition]  # non-empty; candidate k is coalition k's model
-    models: list[Arrays]
+    candidates: Arrays  # stacked, as they travel
 
     def report(self, results: list[ClientResult], settings: AnalysisSettings) -> dict[str, Any]:
         """Utility v(S) = −MSE(S): positive values help, and Shapley sums to v(all) − v(∅)."""

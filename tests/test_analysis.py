@@ -2,6 +2,7 @@
 report, the checks on it, and a province's own part (candidates, importance, fine-tuning)."""
 
 import argparse
+import functools
 import itertools
 import math
 
@@ -186,9 +187,8 @@ def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
     lr_sgd = build_strategy("lr-sgd")
     check_supported(settings(), build_strategy("lr"))
     check_supported(settings(), Federated(lr_sgd, None, combiner("median")))
-    check_supported(settings(contributions=False, epochs=0), build_strategy("rf"))
+    check_supported(settings(epochs=0), build_strategy("rf"))
     refused = [
-        (build_strategy("rf"), settings(epochs=0), "union of the provinces' members"),
         (build_strategy("rf"), settings(contributions=False), "no weights to fine-tune"),
         (Federated(lr_sgd, None, combiner("krum")), settings(), "use mean or median"),
         (FedAdam(lr_sgd, lr=0.05), settings(), "not --strategy fedadam"),
@@ -250,20 +250,29 @@ def in_process(works, config, scaler):
     return run
 
 
-@pytest.mark.parametrize("model", ["lr-exact", "lr-sgd"])
-def test_the_analysis_over_nine_provinces_in_process(provinces, model):
+FOREST = {"rf_n_estimators": 4, "rf_global_trees": 18, "rf_max_depth": 5}
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "rounds", "epochs"),
+    [("lr-exact", {}, 1, 1), ("lr-sgd", {}, 2, 1), ("rf", FOREST, 1, 0)],
+)
+def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, rounds, epochs):
     works, config, scaler = provinces
     run = in_process(works, config, scaler)
-    strategy = build_strategy(model)
+    strategy = build_strategy(model, options)
+    samples = {p: len(w.split(config).y_train) for p, w in works.items()}
+    strategy.prepare(None, samples)
     parameters = None
-    for server_round in (1, 2):
+    for server_round in range(1, rounds + 1):
         start = parameters
         plan = strategy.configure_fit(server_round, parameters, sorted(works))
-        updates, _ = run(server_round, pb.TASK_KIND_TRAIN, plan, lambda r: r)
+        keep = functools.partial(strategy.accept_fit, server_round)
+        updates, _ = run(server_round, pb.TASK_KIND_TRAIN, plan, keep)
         parameters = strategy.aggregate_fit(server_round, updates, [], start)
-    features = preprocess.NEXT_DAY_FEATURES
-    sections = Analysis(settings()).run(
-        run, 3, strategy, parameters, FinalFit(2, updates, start), sorted(works), features
+    final = FinalFit(rounds, updates, start)
+    sections = Analysis(settings(epochs=epochs)).run(
+        run, rounds + 1, strategy, parameters, final, sorted(works), preprocess.NEXT_DAY_FEATURES
     )
     assert sections["analysis"]["failures"] == []
     # The global model scored directly, as federated evaluation would.
@@ -280,6 +289,9 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model):
     ranked = list(sections["importance"]["features"])
     assert sections["importance"]["base_mse"] == pytest.approx(evaluation.mse, rel=1e-9)
     assert ranked.index("volume") > min(ranked.index("close"), ranked.index("price"))
+    if not epochs:
+        assert "personalisation" not in sections
+        return
     personal = sections["personalisation"]["per_client"]
     assert set(personal) == set(PROVINCES)
     for province, score in personal.items():
