@@ -199,6 +199,8 @@ class Analysis:
             "analysis": {
                 "seconds": seconds,
                 "provinces": sorted(r.province for r in results),
+                # Each province's own time for its part, as it reported it.
+                "client_seconds": {r.province: r.metrics.get("seconds") for r in results},
                 "failures": [{"province": f.province, "reason": f.reason} for f in failures],
             }
         }
