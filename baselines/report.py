@@ -309,7 +309,9 @@ def analysis_section(comparison: Comparison) -> list[str]:
         if framework != "federated" or not (value or ranked or personal):
             continue
         lines += [f"### {paper.MODEL_LABELS.get(model, model)}", ""]
-        if value:
+        if value and "error" in value:
+            lines += [f"Contributions: {value['error']}.", ""]
+        elif value:
             lines += [
                 f"Contributions to the global test MSE ({_number(value['mse_all'])} with every "
                 f"province, {_number(value['mse_empty'])} with none: "

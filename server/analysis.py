@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from common import analysis
+from common.cli import env_flag
 from common.models.checks import UpdateError
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -38,6 +39,10 @@ log = logging.getLogger("fedstock.server")
 # coalition is the global model's members from the coalition's provinces.
 REPLAYABLE = (FedAvg, ExactLinear, Federated, FedNova, QFedAvg, EnsembleUnion)
 BASELINE = "the empty coalition predicts the federation's training mean of the target"
+UNREPLAYED = (
+    "the updates of the final round are not at hand: the server restarted after it "
+    "(contributions need a run whose last round this server process aggregated)"
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
     add(
         "--contributions",
         action="store_true",
-        default=(env("CONTRIBUTIONS") or "") not in ("", "0", "false"),
+        default=env_flag("CONTRIBUTIONS"),
         help="after the last round, value each province by leave-one-out and Monte-Carlo "
         "Shapley: the global test MSE of the model aggregated from each coalition's updates of "
         "the final round; for an ensemble, its members from the coalition (no --privacy) "
@@ -91,7 +96,7 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
     add(
         "--importance",
         action="store_true",
-        default=(env("IMPORTANCE") or "") not in ("", "0", "false"),
+        default=env_flag("IMPORTANCE"),
         help="after the last round, permutation feature importance of the global model: each "
         "province shuffles one feature's column of its test rows at a time [FEDSTOCK_IMPORTANCE=1]",
     )
@@ -104,7 +109,7 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
     add(
         "--personalise",
         action="store_true",
-        default=(env("PERSONALISE") or "") not in ("", "0", "false"),
+        default=env_flag("PERSONALISE"),
         help="after the last round, each province fine-tunes the global model on its own "
         "training rows and reports its test MSE beside the global model's; the fine-tuned "
         "model stays with the province (lr, lr-exact, lr-sgd, svm) [FEDSTOCK_PERSONALISE=1]",
@@ -206,6 +211,8 @@ class Analysis:
         }
         if plan:
             sections["contributions"] = plan.report(results, s)
+        elif s.contributions:
+            sections["contributions"] = {"error": UNREPLAYED}
         if s.importance_repeats:
             sections["importance"] = importance(results, features, s.importance_repeats)
         if s.personalise_epochs:
@@ -217,7 +224,7 @@ class Analysis:
 
     def _plan(self, strategy: Strategy, final_fit: FinalFit | None) -> CoalitionPlan | None:
         if final_fit is None:
-            log.error("contributions: the final round's updates are not at hand (resumed run?)")
+            log.error("contributions: %s", UNREPLAYED)
             return None
         ensemble = isinstance(_inner(strategy), EnsembleUnion)
         # The members each province has in the global ensemble, in the order they are packed.

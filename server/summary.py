@@ -50,7 +50,9 @@ def format_analysis(results: dict[str, Any]) -> list[str]:
         return ["", f"analysis failed: {run['error']}"]
     lines = []
     value = results.get("contributions")
-    if value:
+    if value and "error" in value:
+        lines += ["", f"contributions: {value['error']}"]
+    elif value:
         width = max(len(p) for p in [*value["shapley"], "province"])
         lines += [
             "",

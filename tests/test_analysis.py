@@ -21,6 +21,7 @@ from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.analysis import (
+    UNREPLAYED,
     Analysis,
     AnalysisSettings,
     FinalFit,
@@ -35,6 +36,7 @@ from server.rounds import task_context
 from server.strategies.federated import FedAdam, Federated
 from server.strategies.robust import combiner
 from server.strategy import ClientResult, Evaluation, Failure
+from server.summary import format_analysis
 
 PLAYERS = ("a", "b", "c", "d")
 
@@ -355,3 +357,17 @@ def test_the_report_shows_each_analysed_federated_run():
     assert "| hubei | -0.01 | +84 | 0.1 |" in lines and "| close | +200 | 1 |" in lines
     assert "personalised" not in "\n".join(lines)
     assert analysis_section(Comparison(runs={("spark", "lr"): plain})) == []
+
+
+def test_contributions_without_the_final_updates_say_why(provinces):
+    works, config, scaler = provinces
+    run = in_process(works, config, scaler)
+    strategy = build_strategy("lr")
+    plan = strategy.configure_fit(1, None, sorted(works))
+    updates, _ = run(1, pb.TASK_KIND_TRAIN, plan, lambda r: r)
+    model = strategy.aggregate_fit(1, updates, [], None)
+    sections = Analysis(settings(repeats=0, epochs=0)).run(
+        run, 2, strategy, model, None, sorted(works), preprocess.NEXT_DAY_FEATURES
+    )
+    assert sections["contributions"] == {"error": UNREPLAYED}
+    assert f"contributions: {UNREPLAYED}" in "\n".join(format_analysis(sections))
