@@ -51,9 +51,11 @@ def summarise(model: str, mode: str, results: dict[str, Any], folder: Path) -> d
         payload = sum(stored[name].nbytes for name in stored.files)
     records = results["rounds"]
     clients = len(records[-1]["clients"])
+    config = results["config"]
     extra = 0
-    if results["config"].get("privacy") == "secagg":
-        extra = secagg_bytes(clients, _proof_bytes(results, folder))
+    if config.get("privacy") == "secagg":
+        k = int(config.get("secagg_neighbours", 0))
+        extra = secagg_bytes(clients, _proof_bytes(results, folder), k)
     return {
         "model": model,
         "mode": mode,
@@ -73,17 +75,18 @@ def _proof_bytes(results: dict[str, Any], folder: Path) -> int:
     return 72 + pem
 
 
-def secagg_bytes(n: int, proof: int) -> int:
+def secagg_bytes(n: int, proof: int, k: int = 0) -> int:
     """Secure aggregation's own tensors in one round of n clients, up and down, all clients;
-    `proof` is the bytes that authenticate one client's keys."""
+    `proof` is the bytes that authenticate one client's keys, k its neighbours (0: all)."""
     index = 8  # one int64 client number (or end offset) beside each relayed item
+    others = k if 0 < k < n - 1 else n - 1
     per_client = (
         64
         + proof  # keys up, signed
-        + n * (64 + index + proof + 2 * index)  # everyone's signed keys down
-        + n * secagg.SEALED_BYTES  # encrypted shares up
-        + (n - 1) * (secagg.SEALED_BYTES + index)  # the shares addressed to it down
-        + n * (secagg.SHARE_BYTES + index)  # unmasking shares up
+        + n * (64 + proof + 3 * index)  # everyone's signed keys down
+        + others * secagg.SEALED_BYTES  # encrypted shares up, one per neighbour
+        + others * (secagg.SEALED_BYTES + index)  # the shares addressed to it down
+        + (others + 1) * (secagg.SHARE_BYTES + index)  # unmasking shares up
     )
     return n * per_client
 

@@ -48,7 +48,11 @@ class SecAggClient:
         threshold = int(config["secagg_threshold"])
         self._round = int(config["round"])
         index = int(config["secagg_index"])
-        self._client = secagg.Client(index, encoding, threshold)
+        neighbours = None  # all: the complete graph
+        if k := int(config.get("secagg_neighbours", 0)):
+            n, seed = int(config["secagg_clients"]), int(config["secagg_graph_seed"])
+            neighbours = secagg.neighbours(n, k, seed)[index]
+        self._client = secagg.Client(index, encoding, threshold, neighbours)
         self._relay = {}
         keys = b"".join(self._client.advertise())
         if self.identity is None:
@@ -68,17 +72,14 @@ class SecAggClient:
         }
 
     def shares(self, config: Mapping[str, ConfigScalar], adverts: Arrays) -> Arrays:
-        """One encrypted row per client in the adverts' order (this client's own row empty),
-        once every advert is shown to come from the province announced for it."""
+        """One encrypted row for each neighbour in the adverts, in index order, once every
+        advert is shown to come from the province announced for it."""
         protocol = self._current(config)
         keys, proofs = secagg.unpack_adverts(adverts)
         self._authenticate(config, keys, proofs)
         sealed = protocol.share(keys)
-        rows = np.zeros((len(adverts["index"]), secagg.SEALED_BYTES), dtype=np.uint8)
-        for row, v in enumerate(adverts["index"]):
-            if int(v) in sealed:
-                rows[row] = np.frombuffer(sealed[int(v)], dtype=np.uint8)
-        return {"shares": rows}
+        rows = b"".join(sealed[v] for v in sorted(sealed))
+        return {"shares": _bytes(rows).reshape(len(sealed), secagg.SEALED_BYTES)}
 
     def _authenticate(
         self,

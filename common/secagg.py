@@ -7,6 +7,11 @@ the clients (any `threshold` shares rebuild them), each share encrypted for its 
 survivors can help remove the masks of clients that drop out: b_u of those whose input
 arrived, the mask key of those whose input did not; never both for one client. Inputs are
 fixed-point integers in Z_2^k, with k wide enough that the sum of N bounded inputs never wraps.
+
+SecAgg+ (Bell et al., CCS 2020) is the same protocol on a sparse graph: each client masks with
+and shares its secrets among only its neighbours on a k-regular graph that the server
+announces by its seed, so a client's work grows with k, not N, and `threshold` counts shares
+within one neighbourhood (the client and its k neighbours).
 """
 
 from __future__ import annotations
@@ -95,17 +100,36 @@ def combine(shares: dict[int, int]) -> int:
     return secret % PRIME
 
 
+Graph = dict[int, frozenset[int]]  # each client's neighbours
+
+
+def neighbours(n: int, k: int, seed: int) -> Graph:
+    """A k-regular graph on clients 1..n, the same for all who know the seed: the clients in a
+    seeded random order round a ring, each joined to the k/2 nearest on either side.
+    k ≥ n − 1 gives the complete graph."""
+    if k <= 0 or k % 2:
+        raise ValueError(f"a neighbourhood size must be a positive even number, not {k}")
+    everyone = frozenset(range(1, n + 1))
+    if k >= n - 1:
+        return {u: everyone - {u} for u in everyone}
+    ring = [int(u) for u in np.random.default_rng(seed).permutation(n) + 1]
+    reach = range(-(k // 2), k // 2 + 1)
+    return {u: frozenset(ring[(i + d) % n] for d in reach if d) for i, u in enumerate(ring)}
+
+
 def _pair(u: int, v: int) -> bytes:
     return f"{min(u, v)}-{max(u, v)}".encode()
 
 
 @dataclass
 class Client:
-    """One client's side of one round; `index` is its position among the round's clients (≥ 1)."""
+    """One client's side of one round; `index` is its position among the round's clients (≥ 1),
+    `neighbours` those it masks with (None: all)."""
 
     index: int
     encoding: Encoding
     threshold: int
+    neighbours: frozenset[int] | None = None
     _cipher_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     _mask_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     _self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
@@ -119,11 +143,13 @@ class Client:
         )
 
     def share(self, adverts: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        """Shares of the self seed and the mask key, encrypted for each other client."""
-        if len(adverts) < self.threshold:
-            raise SecAggError(f"{len(adverts)} clients cannot meet a threshold of {self.threshold}")
+        """Shares of the self seed and the mask key, encrypted for each neighbour that is in."""
+        holders = sorted(
+            v for v in adverts if v == self.index or self.neighbours is None or v in self.neighbours
+        )
+        if len(holders) < self.threshold:
+            raise SecAggError(f"{len(holders)} clients cannot meet a threshold of {self.threshold}")
         self._adverts = adverts
-        holders = sorted(adverts)
         seeds = split(int.from_bytes(self._self_seed), holders, self.threshold)
         key = int.from_bytes(self._mask_key.private_bytes_raw())
         keys = split(key, holders, self.threshold)
@@ -160,12 +186,14 @@ class Client:
         return total & self.encoding.mask
 
     def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, int]:
-        """Shares of self seeds for `survivors` and of mask keys for `dropped`; never both."""
-        if survivors & dropped or len(survivors) < self.threshold:
+        """Shares of self seeds for `survivors` and of mask keys for `dropped` among the clients
+        whose shares it holds; never both for one client."""
+        if survivors & dropped or len(survivors & self._held.keys()) < self.threshold:
             raise SecAggError(
                 "refusing to unmask: the server's survivor and dropout sets are unsafe"
             )
-        return {u: self._held[u][0] for u in survivors} | {u: self._held[u][1] for u in dropped}
+        seeds = {u: self._held[u][0] for u in survivors if u in self._held}
+        return seeds | {u: self._held[u][1] for u in dropped if u in self._held}
 
 
 def aggregate(
@@ -174,24 +202,33 @@ def aggregate(
     adverts: dict[int, tuple[bytes, bytes]],
     masked: dict[int, np.ndarray],
     replies: dict[int, dict[int, int]],
+    graph: Graph | None = None,
 ) -> np.ndarray:
     """The server's part: the sum of the survivors' inputs, from masked inputs and replies."""
-    if len(replies) < threshold:
-        raise SecAggError(f"only {len(replies)} clients helped unmask; {threshold} are needed")
-    helpers = dict(list(replies.items())[:threshold])
     size = len(next(iter(masked.values())))
     total = sum(masked.values(), np.zeros(size, np.uint64))
     for u in masked:
-        seed = combine({v: reply[u] for v, reply in helpers.items()})
+        seed = _rebuild(u, threshold, replies)
         total = total - prg(seed.to_bytes(32), size, encoding)
     for u in set(adverts) - set(masked):
-        key = combine({v: reply[u] for v, reply in helpers.items()})
-        private = X25519PrivateKey.from_private_bytes(key.to_bytes(32))
+        private = X25519PrivateKey.from_private_bytes(_rebuild(u, threshold, replies).to_bytes(32))
         for v in masked:
+            if graph is not None and v not in graph[u]:
+                continue  # v never masked with u
             mask = prg(agree(private, adverts[v][1], _pair(u, v)), size, encoding)
             # v added this mask if v < u and subtracted it otherwise: undo what v did.
             total = total - mask if v < u else total + mask
     return encoding.decode(total & encoding.mask)
+
+
+def _rebuild(u: int, threshold: int, replies: dict[int, dict[int, int]]) -> int:
+    """Client u's secret from the first `threshold` replies that hold a share of it."""
+    shares = {v: reply[u] for v, reply in replies.items() if u in reply}
+    if len(shares) < threshold:
+        raise SecAggError(
+            f"only {len(shares)} clients helped unmask client {u}; {threshold} are needed"
+        )
+    return combine(dict(list(shares.items())[:threshold]))
 
 
 # How the protocol's messages travel as tensors (server/privacy/secagg.py, client/secagg.py).

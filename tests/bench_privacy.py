@@ -3,7 +3,9 @@
 For each model whose updates are weight vectors, one federation per mode: the final MSE, the
 median seconds per round, and the tensor bytes per round (`baselines.privacy.summarise` says
 what is counted). With --out, also the rows as JSON and CSV and the MSE/ε plot (the plot
-`make reproduce` draws too). Benchmarks measure and print; they assert nothing.
+`make reproduce` draws too). First, in one process, what secure aggregation costs one client
+with every pair masked and with SecAgg+'s sparse graph, as the federation grows. Benchmarks
+measure and print; they assert nothing.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from baselines.privacy import CLIPS, plot, summarise, write_csv
 from client.he_keys import write_keys
+from common import secagg
 from server.localrun import LocalFederation
 from server.models import STRATEGIES
 
@@ -27,6 +33,7 @@ MODES: dict[str, list[str]] = {
     "dp-local ε=10": ["--privacy", "dp-local", "--dp-epsilon", "10"],
     "he": ["--privacy", "he"],
     "secagg": ["--privacy", "secagg"],
+    "secagg k=4": ["--privacy", "secagg", "--secagg-neighbours", "4"],
 }
 
 
@@ -51,6 +58,50 @@ def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]
         return {**summarise(model, mode, federation.results(), Path(out)), "clip": clip}
 
 
+def protocol_round(n: int, k: int, length: int) -> tuple[float, float, int]:
+    """One round of n clients in process, every pair masked (k = 0) or k neighbours each:
+    a client's CPU seconds, the server's, and the bytes a client sends."""
+    graph = secagg.neighbours(n, k, seed=0) if k else None
+    threshold = (k + 1 if k else n) * 2 // 3 + 1
+    encoding = secagg.Encoding(1e3, n)
+    values = np.random.default_rng(0).normal(size=length)
+    started = time.process_time()
+    clients = {
+        i: secagg.Client(i, encoding, threshold, graph[i] if graph else None)
+        for i in range(1, n + 1)
+    }
+    adverts = {i: c.advertise() for i, c in clients.items()}
+    outboxes = {u: c.share(adverts) for u, c in clients.items()}
+    masked = {
+        v: c.masked_input(values, {u: box[v] for u, box in outboxes.items() if v in box})
+        for v, c in clients.items()
+    }
+    replies = {v: c.unmask(set(masked), set()) for v, c in clients.items()}
+    client_seconds = (time.process_time() - started) / n
+    started = time.process_time()
+    secagg.aggregate(encoding, threshold, adverts, masked, replies, graph)
+    server_seconds = time.process_time() - started
+    sent = 64 + len(outboxes[1]) * secagg.SEALED_BYTES + 8 * length
+    sent += len(replies[1]) * (secagg.SHARE_BYTES + 8)
+    return client_seconds, server_seconds, sent
+
+
+def graph_costs(length: int = 10_000) -> None:
+    print(f"secure aggregation, {length:,} weights, in process: every pair against k neighbours")
+    print(
+        "{:>7} {:>5} {:>12} {:>10} {:>12}".format(
+            "clients", "k", "client ms", "server s", "client sends"
+        )
+    )
+    for n in (9, 30, 100):
+        for k in (0, 4, 8):
+            if k < n - 1:
+                client, server, sent = protocol_round(n, k, length)
+                shown = k or "all"
+                print(f"{n:>7} {shown:>5} {client * 1e3:>12.1f} {server:>10.2f} {sent:>12,}")
+    print(flush=True)
+
+
 def line(row: dict[str, Any]) -> str:
     if "failed" in row:
         return f"{row['model']:<5} {row['mode']:<16} failed: exit codes {row['failed']}"
@@ -71,6 +122,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--out", type=Path, help="folder for privacy.json, .csv and the plot")
     args = parser.parse_args()
+    graph_costs()
     models = [m for m in args.models if m in STRATEGIES]
     clips = ", ".join(f"{m} {args.dp_clip or CLIPS[m]:g}" for m in models)
     print(f"{args.rows:,} rows, 9 client processes, {args.rounds} rounds, DP clip: {clips}")

@@ -13,8 +13,9 @@ from client.secagg import SecAggClient
 from common.keysign import Identity, KeyAuthenticationError
 from common.models import linear
 from common.provinces import PROVINCES
-from common.secagg import Client, Encoding, SecAggError, aggregate, combine, split
+from common.secagg import Client, Encoding, SecAggError, aggregate, combine, neighbours, split
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.__main__ import parse_args
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.localrun import LocalFederation
 from server.privacy.secagg import SecAggFedAvg
@@ -28,14 +29,15 @@ def updates(seed=0):
     return {i: rng.normal(0, 30, size=SIZE) for i in range(1, N + 1)}
 
 
-def run_round(inputs, drop_before_input=(), drop_before_unmask=()):
-    """The protocol's four steps in process, with the server relaying everything."""
+def run_round(inputs, drop_before_input=(), drop_before_unmask=(), graph=None, threshold=THRESHOLD):
+    """The protocol's four steps in process, with the server relaying everything; on `graph`'s
+    edges only (SecAgg+) when given."""
     encoding = Encoding(bound=1_000.0, clients=N)
-    clients = {i: Client(i, encoding, THRESHOLD) for i in inputs}
+    clients = {i: Client(i, encoding, threshold, graph and graph[i]) for i in inputs}
     adverts = {i: c.advertise() for i, c in clients.items()}
     outboxes = {u: c.share(adverts) for u, c in clients.items()}
     masked = {
-        v: c.masked_input(inputs[v], {u: box[v] for u, box in outboxes.items() if u != v})
+        v: c.masked_input(inputs[v], {u: box[v] for u, box in outboxes.items() if v in box})
         for v, c in clients.items()
         if v not in drop_before_input
     }
@@ -43,7 +45,7 @@ def run_round(inputs, drop_before_input=(), drop_before_unmask=()):
     replies = {
         v: clients[v].unmask(set(masked), dropped) for v in masked if v not in drop_before_unmask
     }
-    return aggregate(encoding, THRESHOLD, adverts, masked, replies), masked, encoding
+    return aggregate(encoding, threshold, adverts, masked, replies, graph), masked, encoding
 
 
 def test_the_unmasked_sum_equals_the_plain_sum_to_the_encoding_precision():
@@ -98,6 +100,49 @@ def test_shamir_needs_threshold_shares_and_any_threshold_will_do():
     assert combine({k: shares[k] for k in (2, 3)}) != 123456789
 
 
+# SecAgg+: masks and shares on a sparse graph's edges only.
+
+
+def test_the_graph_is_k_regular_symmetric_and_fixed_by_its_seed():
+    graph = neighbours(30, 6, seed=11)
+    assert all(len(graph[u]) == 6 and u not in graph[u] for u in graph)
+    assert all(u in graph[v] for u in graph for v in graph[u])
+    assert graph == neighbours(30, 6, seed=11) != neighbours(30, 6, seed=12)
+    assert neighbours(9, 8, seed=1)[1] == set(range(2, 10))  # k = n − 1: every pair
+    with pytest.raises(ValueError, match="even"):
+        neighbours(30, 5, seed=1)
+
+
+@pytest.mark.parametrize(("before_input", "before_unmask"), [((), ()), ((2, 9), ()), ((1,), (3,))])
+def test_a_sparse_graph_round_recovers_from_dropouts(before_input, before_unmask):
+    """k = 4 of 8 others, threshold 3 of each neighbourhood of 5: any two clients may go."""
+    inputs = updates(5)
+    graph = neighbours(N, 4, seed=3)
+    total, _, _ = run_round(inputs, before_input, before_unmask, graph, threshold=3)
+    expected = sum(x for i, x in inputs.items() if i not in before_input)
+    np.testing.assert_allclose(total, expected, rtol=0, atol=1e-5)
+
+
+def test_a_sparse_graph_round_fails_safely_when_a_neighbourhood_is_gone():
+    graph = neighbours(N, 4, seed=3)
+    gone = (*sorted(graph[1])[:3], 1)  # client 1 and three of its four neighbours
+    with pytest.raises(SecAggError):
+        run_round(updates(6), drop_before_input=gone, graph=graph, threshold=3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--secagg-neighbours", "3"], "even number"),
+        (["--secagg-neighbours", "4", "--secagg-threshold", "6"], "cannot exceed"),
+    ],
+)
+def test_the_server_refuses_a_graph_it_cannot_use(flags, says, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--privacy", "secagg", *flags])
+    assert says in capsys.readouterr().err
+
+
 def test_the_bit_width_grows_with_the_number_of_clients():
     assert Encoding(1_000.0, 9).bits < Encoding(1_000.0, 1_000).bits
     with pytest.raises(ValueError):
@@ -114,7 +159,9 @@ def as_update(vector):
     return {"coef": vector[:8].copy(), "intercept": np.array(vector[8])}
 
 
-def in_process_round(dropped=(), identities=None, relay=lambda province, adverts: adverts):
+def in_process_round(
+    dropped=(), identities=None, relay=lambda province, adverts: adverts, **options
+):
     """One round of SecAggFedAvg whose phases are answered by ClientPrivacy objects in process;
     `identities` sign and check the keys, which pass through `relay` on their way to each."""
     identities = identities or {}
@@ -143,7 +190,7 @@ def in_process_round(dropped=(), identities=None, relay=lambda province, adverts
             results.append(accept(ClientResult(i.province, SAMPLES[i.province], {}, arrays)))
         return results, failures
 
-    strategy = SecAggFedAvg(FedAvg({"model": "lr"}, linear.check_weights))
+    strategy = SecAggFedAvg(FedAvg({"model": "lr"}, linear.check_weights), **options)
     strategy.bind_phases(run)
     plan = strategy.configure_fit(1, None, list(PROVINCES))
 
@@ -156,8 +203,9 @@ def in_process_round(dropped=(), identities=None, relay=lambda province, adverts
 
 
 @pytest.mark.parametrize("dropped", [(), ("sichuan",), ("hubei", "shanghai")])
-def test_secagg_fedavg_unmasks_the_weighted_average_of_whoever_stayed(dropped):
-    merged, results = in_process_round(dropped)
+@pytest.mark.parametrize("options", [{}, {"neighbours": 4, "threshold": 3}])
+def test_secagg_fedavg_unmasks_the_weighted_average_of_whoever_stayed(dropped, options):
+    merged, results = in_process_round(dropped, **options)
     stayed = [p for p in PROVINCES if p not in dropped]
     total = sum(SAMPLES[p] for p in stayed)
     expected = sum(PROVINCE_UPDATES[p] * SAMPLES[p] for p in stayed) / total
@@ -238,11 +286,13 @@ def test_without_a_certificate_the_client_warns_its_keys_are_unauthenticated(cap
 
 
 @pytest.mark.integration
-def test_a_secagg_federation_survives_two_clients_dying_mid_round(tmp_path):
+@pytest.mark.parametrize("graph", [[], ["--secagg-neighbours", "4", "--secagg-threshold", "3"]])
+def test_a_secagg_federation_survives_two_clients_dying_mid_round(tmp_path, graph):
     """hubei and shanghai are killed once they have their training task: after sharing their
-    keys and secrets, before or just after sending their masked updates."""
+    keys and secrets, before or just after sending their masked updates. Every pair masked, or
+    SecAgg+ with four neighbours each, where any two of a neighbourhood of five may go."""
     flags = ["--poll-seconds", "1", "--round-timeout", "20", "--join-timeout", "120"]
-    flags += ["--min-clients", "7", "--min-available", "9", "--privacy", "secagg"]
+    flags += ["--min-clients", "7", "--min-available", "9", "--privacy", "secagg", *graph]
     federation = LocalFederation(tmp_path, "lr", 1, 20_000, 3, server_args=flags)
     federation.start()
     victims = ("hubei", "shanghai")

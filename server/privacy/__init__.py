@@ -80,6 +80,15 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) ->
         "fixed-point ring is made just wide enough that n such values never overflow "
         "[FEDSTOCK_SECAGG_BOUND]",
     )
+    add(
+        "--secagg-neighbours",
+        type=int,
+        default=env("SECAGG_NEIGHBOURS", "0"),
+        help="with --privacy secagg: SecAgg+, each client masks with and shares its secrets "
+        "among only k neighbours (an even number) on a k-regular graph the server draws afresh "
+        "each round, and --secagg-threshold counts within a neighbourhood (default "
+        "⌊2(k+1)/3⌋+1); 0, or k ≥ n−1, masks every pair [FEDSTOCK_SECAGG_NEIGHBOURS]",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -88,6 +97,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--dp-clip must be positive, --dp-noise-multiplier and --dp-epsilon non-negative"
     if args.secagg_threshold < 0 or args.secagg_bound <= 0:
         return "--secagg-threshold must be non-negative and --secagg-bound positive"
+    if args.secagg_neighbours < 0 or args.secagg_neighbours % 2:
+        return "--secagg-neighbours must be an even number, or 0 for every pair"
+    if args.secagg_neighbours and args.secagg_threshold > args.secagg_neighbours + 1:
+        return "--secagg-threshold cannot exceed a neighbourhood: --secagg-neighbours + 1"
     if not 0 < args.dp_delta < 1:
         return "--dp-delta must lie strictly between 0 and 1"
     return None
@@ -105,7 +118,9 @@ def wrap(strategy: Strategy, args: argparse.Namespace) -> Strategy:
     if args.privacy == "he":
         return HEFedAvg(strategy, read_public_key(args.he_public_key))
     if args.privacy == "secagg":
-        return SecAggFedAvg(strategy, args.secagg_threshold, args.secagg_bound)
+        return SecAggFedAvg(
+            strategy, args.secagg_threshold, args.secagg_bound, args.secagg_neighbours
+        )
     if args.dp_epsilon:
         settings = DPSettings.for_epsilon(
             args.privacy, args.dp_clip, args.dp_epsilon, args.dp_delta, args.rounds

@@ -6,12 +6,15 @@ them with the certificate so that every client can check them, common/keysign.py
 client's secret shares, encrypted for every other client, which the server relays without being
 able to open), TRAIN (each client's sample-weighted update and weight, masked) and UNMASK (the
 survivors' shares that remove the masks, whoever dropped out). Clients are numbered 1..n by
-sorted province each round; a round goes ahead as long as `threshold` clients stay in.
+sorted province each round; a round goes ahead as long as `threshold` clients stay in. With
+`neighbours` k (SecAgg+), each client masks with only its k neighbours on a fresh seeded graph
+each round, and `threshold` counts within a neighbourhood.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,16 +59,20 @@ class _Round:
     adverts: dict[int, tuple[bytes, bytes]]  # of the clients that sent their shares
     threshold: int
     config: dict[str, ConfigScalar]
+    graph: secagg.Graph | None  # None: the complete graph
 
 
 class SecAggFedAvg(Strategy):
     """`inner` FedAvg whose updates the server only ever sees masked; their sum it unmasks."""
 
-    def __init__(self, inner: FedAvg, threshold: int = 0, bound: float = 1e9) -> None:
+    def __init__(
+        self, inner: FedAvg, threshold: int = 0, bound: float = 1e9, neighbours: int = 0
+    ) -> None:
         super().__init__(inner.model_config)
         self.inner = inner
         self.threshold = threshold
         self.bound = bound
+        self.neighbours = neighbours
         self._round: _Round | None = None
 
     def _ask(
@@ -84,7 +91,10 @@ class SecAggFedAvg(Strategy):
     def configure_fit(self, server_round, parameters, provinces):
         index = {p: i for i, p in enumerate(sorted(provinces), start=1)}
         n = len(index)
-        threshold = self.threshold or n * 2 // 3 + 1
+        k = self.neighbours if self.neighbours < n - 1 else 0  # 0: everyone
+        seed = secrets.randbelow(1 << 31)
+        graph = secagg.neighbours(n, k, seed) if k else None
+        threshold = self.threshold or (k + 1 if k else n) * 2 // 3 + 1
         base = {
             **self.model_config,
             "round": server_round,
@@ -93,6 +103,8 @@ class SecAggFedAvg(Strategy):
             "secagg_threshold": threshold,
             "secagg_bound": self.bound,
             "secagg_members": ",".join(index),  # provinces in index order, for the signatures
+            "secagg_neighbours": k,
+            "secagg_graph_seed": seed,
         }
         own = {p: {**base, "secagg_index": i} for p, i in index.items()}
         keys = self._ask(
@@ -119,11 +131,21 @@ class SecAggFedAvg(Strategy):
                 server_round,
             )
         packed = secagg.pack_adverts(adverts, proofs)
+
+        def targets(u: int) -> list[int]:
+            """Whom u's shares are for, in the order of its rows."""
+            return [v for v in sorted(adverts) if v != u and (graph is None or v in graph[u])]
+
+        def accept_shares(result: ClientResult) -> ClientResult:
+            rows = len(targets(index[result.province]))
+            _expect(result.arrays, {"shares": (np.dtype(np.uint8), (rows, secagg.SEALED_BYTES))})
+            return result
+
         shares = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_SHARES,
             {r.province: (own[r.province], packed) for r in keys},
-            _checked({"shares": (np.dtype(np.uint8), (len(adverts), secagg.SEALED_BYTES))}),
+            accept_shares,
         )
         if len(shares) < threshold:
             log.warning(
@@ -134,17 +156,16 @@ class SecAggFedAvg(Strategy):
             )
             self._round = None
             return []
-        row = {i: r for r, i in enumerate(sorted(adverts))}
         sealed = {index[r.province]: r.arrays["shares"] for r in shares}
-        self._round = _Round(index, {u: adverts[u] for u in sealed}, threshold, base)
+        self._round = _Round(index, {u: adverts[u] for u in sealed}, threshold, base, graph)
 
         def relay(v: int) -> Arrays:
-            senders = [u for u in sorted(sealed) if u != v]
-            rows = np.stack([sealed[u][row[v]] for u in senders])
+            senders = [u for u in sorted(sealed) if v in targets(u)]
+            rows = [sealed[u][targets(u).index(v)] for u in senders]
             return {
                 **(parameters or {}),
                 secagg.SENDERS: np.array(senders, dtype=np.int64),
-                secagg.SHARES: rows,
+                secagg.SHARES: np.array(rows, dtype=np.uint8).reshape(-1, secagg.SEALED_BYTES),
             }
 
         return [Instruction(p, own[p], relay(index[p])) for p in index if index[p] in sealed]
@@ -187,7 +208,9 @@ class SecAggFedAvg(Strategy):
         }
         encoding = secagg.Encoding(self.bound, len(state.index))
         try:
-            total = secagg.aggregate(encoding, state.threshold, state.adverts, masked, shares)
+            total = secagg.aggregate(
+                encoding, state.threshold, state.adverts, masked, shares, state.graph
+            )
         except (secagg.SecAggError, KeyError) as error:
             log.warning("round %d: cannot unmask the sum: %s", server_round, error)
             return None
