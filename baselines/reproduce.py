@@ -51,7 +51,7 @@ SCALES = {
         ModelOptions(trees=4, max_depth=6, components=50, svr_rows=400, rounds=2),
         "1g",
         900,
-        (1.0, 10.0),
+        (1.0,),
     ),
     # The default: the client's default market, a few minutes in all on two cores.
     "small": Scale(
