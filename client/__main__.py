@@ -102,6 +102,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "shared by the provinces out of band, never with the server; needed when the server "
         "runs --privacy he [FEDSTOCK_HE_KEY]",
     )
+    add(
+        "--slowdown",
+        type=float,
+        default=env("SLOWDOWN", "1"),
+        help="simulate a slower machine: after training, wait (FACTOR − 1) times the training "
+        "time, so a round's training takes FACTOR times as long; for testing the asynchronous "
+        "mode [FEDSTOCK_SLOWDOWN]",
+    )
     args = parser.parse_args(argv)
     if args.province is None:
         parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
@@ -111,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if args.rows < 1:
         parser.error("--rows must be positive")
+    if not 1 <= args.slowdown < float("inf"):
+        parser.error("--slowdown must be a finite factor of at least 1")
     return args
 
 
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         args.province,
         args.server,
         credentials,
-        LocalWork(raw, privacy),
+        LocalWork(raw, privacy, args.slowdown),
         connect_timeout=args.connect_timeout,
         transfer_timeout=args.transfer_timeout,
         max_model_bytes=int(args.max_model_mb * (1 << 20)),

@@ -31,9 +31,13 @@ class Outcome:
 
 
 class LocalWork:
-    def __init__(self, raw: pd.DataFrame, privacy: ClientPrivacy | None = None) -> None:
+    def __init__(
+        self, raw: pd.DataFrame, privacy: ClientPrivacy | None = None, slowdown: float = 1.0
+    ) -> None:
         self.raw = raw
         self.privacy = privacy or ClientPrivacy()
+        # Simulates a slower machine: training takes `slowdown` times as long as it did.
+        self.slowdown = slowdown
         # What compression held back of earlier updates, sent with later ones.
         self.compression = ErrorFeedback()
         self._splits: dict[tuple[str, float, int], preprocess.Split] = {}
@@ -78,6 +82,7 @@ class LocalWork:
                 metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
         protected = self.privacy.protect(update, parameters, len(data.y_train), config)
         sent = self.compression.compress(protected, parameters, config)
+        time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_train), metrics, sent)
 

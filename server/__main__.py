@@ -19,7 +19,7 @@ from common.preprocess import SETTINGS
 from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
-from server import analysis, privacy, strategies
+from server import analysis, asynchronous, privacy, strategies
 from server.coordinator import Coordinator
 from server.ledger import Ledger, LedgerError
 from server.livestate import LiveState, RunInfo
@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     privacy.add_arguments(add, env)
     strategies.add_arguments(add, env)
+    asynchronous.add_arguments(add, env)
     analysis.add_arguments(add, env)
     add(
         "--health-port",
@@ -198,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = (
         privacy.check_arguments(args)
         or strategies.check_arguments(args)
+        or asynchronous.check_arguments(args)
         or analysis.check_arguments(args)
     )
     if problem:
@@ -362,9 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
         selection = ModelSelection(build, options, args.grid, args.cv_folds)
         after = analysis.Analysis(wanted) if wanted else None
-        RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint, after).run(
-            selection.choose if args.cv_folds else None
+        loop = (
+            asynchronous.AsyncLoop(
+                coordinator,
+                strategy,
+                settings,
+                results,
+                ledger,
+                checkpoint,
+                buffering=asynchronous.Buffering.from_args(args),
+            )
+            if args.mode == "async"
+            else RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint, after)
         )
+        loop.run(selection.choose if args.cv_folds else None)
         status, reason = 0, "training is complete"
     except (FederationError, LedgerError) as error:
         log.error("federation stopped: %s", error)

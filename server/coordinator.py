@@ -8,6 +8,7 @@ right client, for an open task?) happens here, as it arrives; combining is the s
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -65,6 +66,8 @@ class Phase:
     waiting: set[str] = field(default_factory=set)
     results: list[ClientResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    deadline_seconds: float = math.inf
+    expires: float = math.inf  # time.monotonic() after which unanswered tasks fail
 
 
 @dataclass(frozen=True)
@@ -168,27 +171,68 @@ class Coordinator:
     ) -> tuple[list[ClientResult], list[Failure]]:
         """Hand each province its task and wait until all answered or the deadline passed."""
         phase = Phase(server_round, kind, accept)
-        kind_name = pb.TaskKind.Name(kind).removeprefix("TASK_KIND_").lower()
         with self._cond:
-            for province, assignment in assignments.items():
-                task_id = f"r{server_round}-{kind_name}-{province}-{secrets.token_hex(4)}"
-                assignment.task.task_id = task_id
-                assignment.task.deadline_seconds = deadline_seconds
-                client = self._clients[province]
-                client.pending, client.open_task = assignment, task_id
-                client.tasks += 1
-                phase.provinces[task_id] = province
-                phase.waiting.add(task_id)
-                self._open[task_id] = phase
-                client.wakeup.notify()
-            end = time.monotonic() + deadline_seconds
-            while phase.waiting and time.monotonic() < end:
-                self._cond.wait(timeout=end - time.monotonic())
-            for task_id in list(phase.waiting):
-                self._close(phase, task_id, f"no answer within the {deadline_seconds:g} s deadline")
+            self._hand_out(phase, assignments, deadline_seconds)
+            while phase.waiting and time.monotonic() < phase.expires:
+                self._cond.wait(timeout=phase.expires - time.monotonic())
+            self._expire(phase)
         for failure in phase.failures:
             log.warning("round %d: %s dropped: %s", server_round, failure.province, failure.reason)
         return list(phase.results), list(phase.failures)
+
+    def hand_out(
+        self,
+        server_round: int,
+        kind: int,
+        province: str,
+        assignment: Assignment,
+        accept: Callable[[ClientResult], ClientResult],
+        deadline_seconds: float,
+    ) -> Phase:
+        """Give one province one task and return at once; `wait_any` tells when it closed.
+
+        The asynchronous mode keeps each client busy this way, every one on its own clock.
+        """
+        phase = Phase(server_round, kind, accept)
+        with self._cond:
+            self._hand_out(phase, {province: assignment}, deadline_seconds)
+        return phase
+
+    def wait_any(self, phases: list[Phase], timeout: float) -> list[Phase]:
+        """Those of `phases` that have closed, after waiting up to `timeout` for news (an
+        answer, a join) unless one already has; tasks past their deadline close as failed."""
+        with self._cond:
+            if all(phase.waiting for phase in phases):
+                end = min([time.monotonic() + timeout, *(phase.expires for phase in phases)])
+                self._cond.wait(timeout=max(0.0, end - time.monotonic()))
+            for phase in phases:
+                self._expire(phase)
+            return [phase for phase in phases if not phase.waiting]
+
+    def _hand_out(
+        self, phase: Phase, assignments: dict[str, Assignment], deadline_seconds: float
+    ) -> None:
+        kind_name = pb.TaskKind.Name(phase.kind).removeprefix("TASK_KIND_").lower()
+        phase.deadline_seconds = deadline_seconds
+        phase.expires = time.monotonic() + deadline_seconds
+        for province, assignment in assignments.items():
+            task_id = f"r{phase.server_round}-{kind_name}-{province}-{secrets.token_hex(4)}"
+            assignment.task.task_id = task_id
+            assignment.task.deadline_seconds = deadline_seconds
+            client = self._clients[province]
+            client.pending, client.open_task = assignment, task_id
+            client.tasks += 1
+            phase.provinces[task_id] = province
+            phase.waiting.add(task_id)
+            self._open[task_id] = phase
+            client.wakeup.notify()
+
+    def _expire(self, phase: Phase) -> None:
+        if time.monotonic() < phase.expires:
+            return
+        for task_id in list(phase.waiting):
+            why = f"no answer within the {phase.deadline_seconds:g} s deadline"
+            self._close(phase, task_id, why)
 
     def next_assignment(self, client: ClientSession, is_active: Callable[[], bool]) -> Assignment:
         """The client's next task, waiting up to the poll interval; WAIT or STOP otherwise."""

@@ -107,10 +107,29 @@ class RoundLoop:
             evaluation, entry = self._round(server_round, self._quorum(s.min_clients))
             evaluation = evaluation or self._last_evaluation
             self._last_evaluation = evaluation
-            self._complete(server_round, entry, seconds_before + time.perf_counter() - started)
+            self._complete(
+                server_round,
+                entry,
+                seconds_before + time.perf_counter() - started,
+                self.parameters,
+            )
+        self._finish(evaluation, seconds_before + time.perf_counter() - started)
+        if self.analysis is not None:
+            sections = self.analysis.run(
+                self._phase,
+                s.rounds + 1,
+                self.strategy,
+                self.parameters,
+                self.final_fit,
+                self.coordinator.connected(),
+                self.features,
+            )
+            self.results.update(**sections)
+
+    def _finish(self, evaluation: Evaluation | None, train_seconds: float) -> None:
+        """Save the final model and its evaluation; the run needs no checkpoint any more."""
         if self.parameters is None or evaluation is None:
             raise FederationError("no round produced an evaluated model")
-        train_seconds = seconds_before + time.perf_counter() - started
         model_file = self.results.path.with_name("model.npz")
         np.savez(model_file, **self.parameters)
         self.results.update(
@@ -130,19 +149,14 @@ class RoundLoop:
             len(evaluation.per_client),
             train_seconds,
         )
-        if self.analysis is not None:
-            sections = self.analysis.run(
-                self._phase,
-                s.rounds + 1,
-                self.strategy,
-                self.parameters,
-                self.final_fit,
-                self.coordinator.connected(),
-                self.features,
-            )
-            self.results.update(**sections)
 
-    def _complete(self, server_round: int, entry: dict[str, Any], train_seconds: float) -> None:
+    def _complete(
+        self,
+        server_round: int,
+        entry: dict[str, Any],
+        train_seconds: float,
+        parameters: Arrays | None,
+    ) -> None:
         """Make the round durable: checkpoint first (it carries the ledger entry), then ledger."""
         mean, scale = from_tensor(self.scaler.mean), from_tensor(self.scaler.scale)
         last = self._last_evaluation
@@ -154,9 +168,9 @@ class RoundLoop:
             "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
             "ledger_entry": entry,
         }
-        Checkpoint(
-            server_round, self.parameters or {}, mean, scale, state, self.strategy.state()
-        ).save(self.checkpoint_path)
+        Checkpoint(server_round, parameters or {}, mean, scale, state, self.strategy.state()).save(
+            self.checkpoint_path
+        )
         self.ledger.append(entry)
 
     def _resume(self) -> tuple[int, float, Evaluation | None]:
@@ -344,6 +358,18 @@ class RoundLoop:
         instructions: list[Instruction],
         accept: Callable[[ClientResult], ClientResult],
     ) -> tuple[list[ClientResult], list[Failure]]:
+        return self.coordinator.run_phase(
+            server_round,
+            kind,
+            self._assignments(server_round, kind, instructions),
+            accept,
+            self.settings.round_timeout,
+        )
+
+    def _assignments(
+        self, server_round: int, kind: int, instructions: list[Instruction]
+    ) -> dict[str, Assignment]:
+        """Each province's task, its parameters encoded once however many share them."""
         payloads: dict[int, Payload] = {}
         assignments: dict[str, Assignment] = {}
         for instruction in instructions:
@@ -363,9 +389,7 @@ class RoundLoop:
                 parameters=payload.header if payload else None,
             )
             assignments[instruction.province] = Assignment(task, payload)
-        return self.coordinator.run_phase(
-            server_round, kind, assignments, accept, self.settings.round_timeout
-        )
+        return assignments
 
 
 def statistics_from_record(record: dict[str, Any]) -> GlobalStatistics:

@@ -18,6 +18,7 @@ from common.tls import peer_common_name
 from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.buffer import StaleUpdate
 from server.coordinator import ClientSession, Coordinator, JoinRefused
 from server.strategy import ClientResult
 
@@ -124,10 +125,12 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
             )
         except (PayloadError, UpdateError) as error:
+            # A stale update is well formed, only too late for the federation's state.
+            stale = isinstance(error, StaleUpdate)
             self._refuse(
                 context,
                 outcome.task_id,
-                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT,
                 f"update refused: {error}",
             )
         if not self._coordinator.resolve(outcome.task_id, result):

@@ -1,0 +1,222 @@
+"""Buffered asynchronous rounds: the staleness-weighted buffer, the mode's flags, and nine real
+client processes, one ten times slower than the others, that do not hold the rest back."""
+
+import collections
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from client.__main__ import parse_args as client_args
+from common import preprocess
+from common.data import synthesize_province
+from common.provinces import PROVINCES
+from server.__main__ import parse_args as server_args
+from server.buffer import StaleUpdate, VersionBuffer, staleness_weight
+from server.ledger import read_verified
+from server.localrun import LocalFederation
+from server.strategy import ClientResult
+
+
+def weights(coef, intercept=0.0):
+    return {"coef": np.asarray(coef, dtype=float), "intercept": np.asarray(float(intercept))}
+
+
+def update(province, n, coef, intercept=0.0):
+    return ClientResult(province, n, {}, weights(coef, intercept), digest=f"{province}-digest")
+
+
+def vector(arrays):
+    return np.append(arrays["coef"], arrays["intercept"])
+
+
+def test_staleness_weight_is_one_when_fresh_and_falls_with_staleness():
+    assert staleness_weight(0, 0.5) == 1.0
+    assert staleness_weight(3, 0.5) == pytest.approx(0.5)
+    assert staleness_weight(1, 1.0) == pytest.approx(0.5)
+    assert staleness_weight(9, 0.0) == 1.0
+    assert [staleness_weight(s, 0.5) for s in range(4)] == sorted(
+        [staleness_weight(s, 0.5) for s in range(4)], reverse=True
+    )
+    with pytest.raises(ValueError, match="negative"):
+        staleness_weight(-1, 0.5)
+
+
+def test_fresh_updates_make_fedavg_and_the_first_version_averages_models():
+    buffer = VersionBuffer(0, None, size=2, exponent=0.5)
+    assert buffer.start() == (0, None) and buffer.start() == (0, None)
+    buffer.fold(0, update("beijing", 100, [1.0, 2.0], 3.0))
+    assert not buffer.ready
+    buffer.fold(0, update("shanghai", 300, [5.0, 6.0], 7.0))
+    assert buffer.ready
+    published = buffer.publish()
+    assert buffer.version == 1 and [c.province for c in published] == ["beijing", "shanghai"]
+    assert all(c.staleness == 0 and c.weight == 1.0 for c in published)
+    np.testing.assert_allclose(vector(buffer.parameters), [4.0, 5.0, 6.0])
+    # From a version, an update is a step: two fresh ones move it by their weighted mean step.
+    for _ in range(2):
+        buffer.start()
+    buffer.fold(1, update("beijing", 100, [5.0, 5.0], 6.0))  # step (+1, 0, 0)
+    buffer.fold(1, update("shanghai", 100, [4.0, 7.0], 6.0))  # step (0, +2, 0)
+    buffer.publish()
+    np.testing.assert_allclose(vector(buffer.parameters), [4.5, 6.0, 6.0])
+
+
+def test_a_stale_update_steps_from_where_it_started_and_counts_less():
+    start = weights([0.0, 0.0], 0.0)
+    buffer = VersionBuffer(0, start, size=1, exponent=0.5)
+    slow, _ = buffer.start()
+    fast, _ = buffer.start()
+    buffer.fold(fast, update("beijing", 50, [2.0, 0.0]))
+    buffer.publish()
+    assert buffer.kept == [0, 1]  # the slow task still starts from version 0
+    [contribution] = [buffer.fold(slow, update("hubei", 50, [0.0, 4.0]))]
+    assert buffer.kept == [1]
+    assert contribution.started_from == 0 and contribution.staleness == 1
+    assert contribution.weight == pytest.approx(2**-0.5)
+    buffer.publish()
+    # Its step (0, 4) from version 0, shortened by its weight, lands on version 1's (2, 0).
+    np.testing.assert_allclose(vector(buffer.parameters), [2.0, 4 * 2**-0.5, 0.0])
+    assert buffer.kept == [2]
+
+
+def test_an_update_from_no_model_steps_from_the_version_it_joins():
+    buffer = VersionBuffer(0, None, size=1, exponent=1.0)
+    late, _ = buffer.start()
+    buffer.start()
+    buffer.fold(0, update("beijing", 10, [2.0], 2.0))
+    buffer.publish()
+    buffer.fold(late, update("hubei", 10, [4.0], 0.0))  # step (2, −2) from version 1
+    buffer.publish()
+    np.testing.assert_allclose(vector(buffer.parameters), [3.0, 1.0])
+
+
+def test_too_stale_updates_are_refused_on_arrival():
+    buffer = VersionBuffer(0, weights([0.0]), size=1, exponent=0.5, max_staleness=1)
+    old, _ = buffer.start()
+    for _ in range(2):
+        started, _ = buffer.start()
+        assert buffer.check(started) == 0
+        buffer.fold(started, update("beijing", 10, [1.0]))
+        buffer.publish()
+    with pytest.raises(StaleUpdate, match="2 versions behind"):
+        buffer.check(old)
+    buffer.release(old)
+    assert buffer.kept == [2]
+
+
+def test_the_buffer_refuses_bad_settings_and_an_empty_publication():
+    with pytest.raises(ValueError, match="at least one"):
+        VersionBuffer(0, None, size=0, exponent=0.5)
+    with pytest.raises(ValueError, match="negative"):
+        VersionBuffer(0, None, size=1, exponent=-1.0)
+    with pytest.raises(ValueError, match="empty"):
+        VersionBuffer(0, None, size=1, exponent=0.5).publish()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "rf"], "needs a model of weights"),
+        (["--model", "lr-exact"], "needs a model of weights"),
+        (["--model", "lr-sgd", "--privacy", "secagg"], "synchronous cohort"),
+        (["--model", "svm", "--grid", "svm-c=0.1,1"], "model selection"),
+        (["--model", "lr-sgd", "--compression", "int8"], "--compression none"),
+        (["--model", "lr-sgd", "--strategy", "fednova"], "--strategy fedavg"),
+        (["--buffer-size", "0"], "--buffer-size must be at least 1"),
+        (["--max-staleness", "-1"], "--max-staleness cannot be negative"),
+    ],
+)
+def test_the_server_refuses_what_async_cannot_do(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        server_args(["--mode", "async", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_the_client_refuses_a_slowdown_below_one(capsys):
+    with pytest.raises(SystemExit):
+        client_args(["--province", "beijing", "--slowdown", "0.5"])
+    assert "--slowdown must be" in capsys.readouterr().err
+    assert client_args(["--province", "beijing", "--slowdown", "10"]).slowdown == 10
+
+
+ROWS, SEED, VERSIONS, K = 40_000, 3, 90, 3
+SLOW = "beijing"  # a province of median size, ten times slower: the slowest by far
+FAST = ["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"]
+ASYNC = ["--mode", "async", "--buffer-size", str(K), "--local-epochs", "20"]
+
+
+def federate(out, *flags):
+    """lr-sgd in async mode, twenty local epochs a task; one province ten times slower."""
+    federation = LocalFederation(
+        out,
+        "lr-sgd",
+        VERSIONS,
+        ROWS,
+        SEED,
+        server_args=[*FAST, *ASYNC, *flags],
+    )
+    federation.start_server()
+    for province in PROVINCES:
+        federation.start_client(province, *(["--slowdown", "10"] if province == SLOW else []))
+    codes = federation.wait(timeout=240)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    return federation
+
+
+def central_mse():
+    """The test MSE of least squares on the union of the provinces' training rows."""
+    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), "next-day") for p in PROVINCES]
+    x = np.vstack([s.x_train for s in splits])
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    fit = LinearRegression().fit((x - mean) / scale, np.concatenate([s.y_train for s in splits]))
+    x_test = (np.vstack([s.x_test for s in splits]) - mean) / scale
+    return float(np.mean((fit.predict(x_test) - np.concatenate([s.y_test for s in splits])) ** 2))
+
+
+@pytest.mark.integration
+def test_a_ten_times_slower_province_does_not_hold_the_others_back(tmp_path):
+    federation = federate(tmp_path)
+    results = federation.results()
+    assert results["asynchronous"]["buffer_size"] == K
+    records = results["rounds"]
+    assert [r["round"] for r in records] == list(range(1, VERSIONS + 1))
+    updates = [u for r in records for u in r["updates"]]
+    assert all(len(r["updates"]) == K for r in records)
+    # The fast provinces keep publishing while the slow one trains: it sends few updates.
+    counts = collections.Counter(u["province"] for u in updates)
+    fast_counts = [counts[p] for p in PROVINCES if p != SLOW]
+    assert counts[SLOW] < np.mean(fast_counts) / 2, counts
+    assert sum(fast_counts) >= 0.9 * len(updates)
+    # Each update counts (1+s)^-0.5, so the late ones count less, the slow one's most of all.
+    for record in records:
+        for u in record["updates"]:
+            assert u["staleness"] == record["round"] - 1 - u["started_from"]
+            assert u["weight"] == pytest.approx((1 + u["staleness"]) ** -0.5)
+    assert any(u["staleness"] > 0 and u["weight"] < 1 for u in updates)
+    slow = [u["weight"] for u in updates if u["province"] == SLOW]
+    fast = [u["weight"] for u in updates if u["province"] != SLOW]
+    assert slow and np.mean(slow) < np.mean(fast)
+    # Versions were scored without waiting for the slow province; the last one by everyone.
+    assert any(SLOW not in r["evaluated_by"] for r in records)
+    assert records[-1]["evaluated_by"] == sorted(PROVINCES)
+    final = results["final"]
+    assert final["clients"] == 9 and final["mse"] == records[-1]["mse"]
+    assert final["mse"] < 1.05 * central_mse()
+    ledger = read_verified(tmp_path / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == list(range(1, VERSIONS + 1))
+    assert ledger[-1]["hash"] == final["ledger_head"]
+    assert [u["digest"] for u in ledger[-1]["updates"]] and ledger[-1]["metrics"]["mse"]
+
+
+@pytest.mark.integration
+def test_updates_beyond_the_maximum_staleness_are_refused_and_never_applied(tmp_path):
+    # A fast province is a few versions behind when it answers, the slow one dozens.
+    federation = federate(tmp_path, "--max-staleness", "8")
+    records = federation.results()["rounds"]
+    applied = [u for r in records for u in r["updates"]]
+    assert all(u["staleness"] <= 8 for u in applied)
+    assert SLOW not in {u["province"] for u in applied}
+    refused = [f for r in records for f in r["failures"] if "versions behind" in f["reason"]]
+    assert SLOW in {f["province"] for f in refused}
+    assert "FAILED_PRECONDITION" in (tmp_path / f"{SLOW}.log").read_text()
