@@ -77,6 +77,12 @@ bench-privacy: $(STAMP)
 bench-strategies: $(STAMP)
 	$(PY) -m tests.bench_strategies --out runs/strategies
 
+# The live view's response times and sizes while it is polled, and the rounds' seconds with and
+# without it.
+.PHONY: bench-liveview
+bench-liveview: $(STAMP)
+	$(PY) -m tests.bench_liveview
+
 # The seed paper's comparison: federated, centralised and Spark for LR, RF and SVM, written as
 # Tables 2 and 3 beside the paper's, charts and report.md in runs/reproduce. SCALE=paper runs
 # the paper's 2,699,730 rows (hours on two cores).
