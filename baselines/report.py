@@ -344,8 +344,8 @@ def analysis_section(comparison: Comparison) -> list[str]:
             ]
         if personal:
             lines += [
-                f"Personalisation: {personal['epochs']} epoch(s) of {personal['method']}; "
-                "the fine-tuned model never leaves its province.",
+                f"Personalisation: {personal['method']}; the fine-tuned model never leaves its "
+                "province.",
                 "",
                 "| province | global MSE | personalised MSE |",
                 "|---|---:|---:|",

@@ -13,25 +13,22 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from client import trainers
-from client.optim import LocalPlan, sgd
 from client.trainers import Trainer
 from common import analysis
+from common.models import linear
 from common.models.checks import UpdateError
 from common.models.forest import TREES
 from common.models.svr import SVRS
 from common.preprocess import Split
 from common.tensors import Arrays
-from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
 
 Config = Mapping[str, ConfigScalar]
 ENSEMBLES = {"rf": TREES, "svm-local-rbf": SVRS}
 # Models trained by local steps fine-tune by their own training, for this many passes.
 OWN_EPOCHS = {"lr-sgd": "local_epochs", "svm": "svm_epochs"}
-# Closed-form linear fits ignore where they start, so they fine-tune by plain SGD instead,
-# with lr-sgd's default step size and batch.
+# Closed-form linear fits ignore where they start; theirs is pulled towards the global weights.
 CLOSED_FORM = ("lr", "lr-exact")
-LEARNING_RATE, BATCH_SIZE = 0.05, 64
 
 
 def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -108,23 +105,27 @@ def permuted_mses(
 def fine_tune(
     trainer: Trainer, model: Arrays, x: np.ndarray, y: np.ndarray, config: Config
 ) -> Arrays:
-    """The global model after `personalise_epochs` passes over this province's training rows."""
-    name, epochs = str(config["model"]), int(config[analysis.PERSONALISE_EPOCHS])
+    """The global model fine-tuned on this province's training rows (common.analysis says how)."""
+    name = str(config["model"])
     if name in OWN_EPOCHS:
+        epochs = int(config[analysis.PERSONALISE_EPOCHS])
         return trainer.fit(x, y, model, {**config, OWN_EPOCHS[name]: epochs})
     if name in CLOSED_FORM:
-        plan = LocalPlan(
-            epochs=epochs,
-            learning_rate=LEARNING_RATE,
-            batch_size=BATCH_SIZE,
-            mu=0.0,
-            seed=int(config[analysis.ANALYSIS_SEED]),
-        )
-        return unflatten(sgd(x, y, flatten(model), plan), model)
+        return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
     raise ValueError(
         f"model {name!r} cannot be personalised: only {', '.join(analysis.FINE_TUNING)} have "
         "weights to fine-tune"
     )
+
+
+def pulled_fit(x: np.ndarray, y: np.ndarray, start: Arrays, pull: float) -> Arrays:
+    """argmin ‖Xw − y‖²/n + λ‖w − w_global‖², in closed form: the province's own least squares
+    at λ = 0, the global weights as λ grows. Features are globally scaled, so one λ suits all."""
+    sums = linear.normal_equations(x, y)
+    size = len(sums["xty"])
+    lhs = sums["xtx"] / len(y) + pull * np.eye(size)
+    rhs = sums["xty"] / len(y) + pull * np.append(start["coef"], start["intercept"])
+    return linear.solve_normal_equations(lhs, rhs)
 
 
 def analyse(

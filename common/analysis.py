@@ -22,6 +22,7 @@ MEMBERS = "members"
 CANDIDATE_COUNT = "analysis_candidates"
 IMPORTANCE_REPEATS = "importance_repeats"
 PERSONALISE_EPOCHS = "personalise_epochs"
+PERSONALISE_PULL = "personalise_pull"
 ANALYSIS_SEED = "analysis_seed"
 
 # Metrics every answer carries: the global model's test MSE, and that of predicting the
@@ -30,18 +31,19 @@ GLOBAL_MSE = "global_mse"
 MEAN_MSE = "mean_mse"
 PERSONAL_MSE = "personal_mse"
 
-# How a province fine-tunes each model that has weights to fine-tune; forests and the local
-# RBF SVRs have none, so they cannot be personalised.
+# How a province fine-tunes each model that has weights to fine-tune, to be formatted with
+# the task's epochs and pull; forests and the local RBF SVRs have none.
 _CLOSED_FORM = (
-    "mini-batch SGD on the province's training rows from the global weights (learning rate "
-    "0.05, batches of 64): gradient steps in place of the closed-form fit"
+    "least squares on the province's training rows pulled towards the global weights, "
+    "argmin ‖Xw − y‖²/n + λ‖w − w_global‖² with λ = {pull:g}"
 )
 FINE_TUNING: dict[str, str] = {
     "lr": _CLOSED_FORM,
     "lr-exact": _CLOSED_FORM,
-    "lr-sgd": "lr-sgd's own mini-batch SGD on the province's training rows from the global weights",
-    "svm": "the svm's own local training (ε-insensitive loss on random Fourier features) "
-    "from the global weights",
+    "lr-sgd": "{epochs} epoch(s) of lr-sgd's own mini-batch SGD on the province's training "
+    "rows, from the global weights",
+    "svm": "{epochs} epoch(s) of the svm's own local training (ε-insensitive loss on random "
+    "Fourier features), from the global weights",
 }
 
 

@@ -51,6 +51,7 @@ class AnalysisSettings:
     permutations: int
     importance_repeats: int  # 0: no importance
     personalise_epochs: int  # 0: no personalisation
+    personalise_pull: float
     seed: int
 
     @classmethod
@@ -61,16 +62,18 @@ class AnalysisSettings:
             args.shapley_permutations,
             args.importance_repeats if args.importance else 0,
             args.personalise_epochs if args.personalise else 0,
+            args.personalise_pull,
             args.seed,
         )
         wanted = settings.contributions or settings.importance_repeats
         return settings if wanted or settings.personalise_epochs else None
 
-    def task_config(self, candidates: int) -> dict[str, int]:
+    def task_config(self, candidates: int) -> dict[str, int | float]:
         return {
             analysis.CANDIDATE_COUNT: candidates,
             analysis.IMPORTANCE_REPEATS: self.importance_repeats,
             analysis.PERSONALISE_EPOCHS: self.personalise_epochs,
+            analysis.PERSONALISE_PULL: self.personalise_pull,
             analysis.ANALYSIS_SEED: self.seed,
         }
 
@@ -118,8 +121,16 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
         "--personalise-epochs",
         type=int,
         default=env("PERSONALISE_EPOCHS", "1"),
-        help="passes over its training rows each province fine-tunes for "
+        help="passes over its training rows each province fine-tunes lr-sgd and svm for "
         "[FEDSTOCK_PERSONALISE_EPOCHS]",
+    )
+    add(
+        "--personalise-pull",
+        type=float,
+        default=env("PERSONALISE_PULL", "0.01"),
+        help="λ of lr and lr-exact's fine-tuning, argmin ‖Xw − y‖²/n + λ‖w − w_global‖² on the "
+        "province's rows (scaled features): 0 is the province's own least squares "
+        "[FEDSTOCK_PERSONALISE_PULL]",
     )
 
 
@@ -128,6 +139,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     for flag in ("shapley_permutations", "importance_repeats", "personalise_epochs"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be at least 1"
+    if not 0 <= args.personalise_pull < math.inf:
+        return "--personalise-pull must be a non-negative number"
     return None
 
 
@@ -217,7 +230,7 @@ class Analysis:
             sections["importance"] = importance(results, features, s.importance_repeats)
         if s.personalise_epochs:
             sections["personalisation"] = personalisation(
-                results, s.personalise_epochs, str(strategy.model_config["model"])
+                results, s, str(strategy.model_config["model"])
             )
         log.info("analysis done in %.2f s over %d provinces", seconds, len(results))
         return sections
@@ -338,7 +351,9 @@ def importance(results: list[ClientResult], features: list[str], repeats: int) -
     return {"base_mse": base, "repeats": repeats, "features": ranked}
 
 
-def personalisation(results: list[ClientResult], epochs: int, model: str) -> dict[str, Any]:
+def personalisation(
+    results: list[ClientResult], settings: AnalysisSettings, model: str
+) -> dict[str, Any]:
     """Each province's test MSE under the global model and under its own fine-tuned copy."""
     per_client = {
         r.province: {
@@ -349,8 +364,9 @@ def personalisation(results: list[ClientResult], epochs: int, model: str) -> dic
         for r in sorted(results, key=lambda r: r.province)
     }
     return {
-        "method": analysis.FINE_TUNING[model],
-        "epochs": epochs,
+        "method": analysis.FINE_TUNING[model].format(
+            epochs=settings.personalise_epochs, pull=settings.personalise_pull
+        ),
         "global_mse": weighted(results, analysis.GLOBAL_MSE),
         "personal_mse": weighted(results, analysis.PERSONAL_MSE),
         "per_client": per_client,

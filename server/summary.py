@@ -88,7 +88,7 @@ def format_analysis(results: dict[str, Any]) -> list[str]:
         width = max(len(p) for p in [*personal["per_client"], "province"])
         lines += [
             "",
-            f"personalisation: {personal['epochs']} epoch(s) of {personal['method']}",
+            f"personalisation: {personal['method']}",
             f"{'province':<{width}}  {'global MSE':>12}  {'personalised':>12}",
         ]
         rows = [*personal["per_client"].items(), ("overall", personal)]

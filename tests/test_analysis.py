@@ -146,11 +146,11 @@ def test_personalisation_reports_every_province_and_the_weighted_totals():
         result("hubei", 100, {shared.GLOBAL_MSE: 1.0, shared.PERSONAL_MSE: 0.5}),
         result("fujian", 300, {shared.GLOBAL_MSE: 2.0, shared.PERSONAL_MSE: 2.5}),
     ]
-    report = personalisation(results, 2, "lr-sgd")
+    report = personalisation(results, settings(epochs=2), "lr-sgd")
     assert report["per_client"]["hubei"] == {"n_test": 100, "global_mse": 1.0, "personal_mse": 0.5}
     assert report["global_mse"] == pytest.approx(1.75)
     assert report["personal_mse"] == pytest.approx(2.0)
-    assert report["epochs"] == 2 and report["method"] == shared.FINE_TUNING["lr-sgd"]
+    assert report["method"].startswith("2 epoch(s) of lr-sgd's own mini-batch SGD")
 
 
 def test_answers_are_checked_before_they_count():
@@ -182,7 +182,7 @@ def test_candidates_travel_stacked_and_must_match_their_count():
 
 
 def settings(contributions=True, repeats=2, epochs=1):
-    return AnalysisSettings(contributions, 9, repeats, epochs, seed=0)
+    return AnalysisSettings(contributions, 9, repeats, epochs, 0.01, seed=0)
 
 
 def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
@@ -209,9 +209,10 @@ def test_flags_select_the_analysis():
         importance_repeats=3,
         personalise=False,
         personalise_epochs=4,
+        personalise_pull=0.5,
         seed=7,
     )
-    assert AnalysisSettings.from_args(args) == AnalysisSettings(False, 20, 3, 0, 7)
+    assert AnalysisSettings.from_args(args) == AnalysisSettings(False, 20, 3, 0, 0.5, 7)
     args.importance = False
     assert AnalysisSettings.from_args(args) is None
 
@@ -301,22 +302,30 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
         assert score["personal_mse"] >= 0
 
 
-def test_a_province_fine_tunes_a_foreign_model_towards_its_own_rows(provinces):
+def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     works, config, scaler = provinces
     foreign = works["shanghai"].train({**config, "model": "lr"}, scaler, None).arrays
+    own = works["hubei"].train({**config, "model": "lr"}, scaler, None).arrays
     task = {
         **config,
         "model": "lr",
-        shared.PERSONALISE_EPOCHS: 2,
+        shared.PERSONALISE_EPOCHS: 1,
         shared.ANALYSIS_SEED: 0,
         shared.CANDIDATE_COUNT: 2,
     }
-    own = works["hubei"].train({**config, "model": "lr"}, scaler, None).arrays
-    outcome = works["hubei"].analyse(task, scaler, {**foreign, **shared.stack([foreign, own])})
-    metrics = outcome.metrics
-    assert metrics[shared.candidate_metric(0)] == metrics[shared.GLOBAL_MSE]
-    assert metrics[shared.candidate_metric(1)] < metrics[shared.GLOBAL_MSE]
-    assert metrics[shared.PERSONAL_MSE] < metrics[shared.GLOBAL_MSE]
+    sent = {**foreign, **shared.stack([foreign, own])}
+
+    def scores(pull):
+        return works["hubei"].analyse({**task, shared.PERSONALISE_PULL: pull}, scaler, sent).metrics
+
+    loose, firm, rigid = scores(0.0), scores(0.01), scores(1e9)
+    assert loose[shared.candidate_metric(0)] == loose[shared.GLOBAL_MSE]
+    own_mse = loose[shared.candidate_metric(1)]
+    assert own_mse < loose[shared.GLOBAL_MSE]
+    # No pull: the province's own least squares; an endless pull: the global weights.
+    assert loose[shared.PERSONAL_MSE] == pytest.approx(own_mse, rel=1e-6)
+    assert rigid[shared.PERSONAL_MSE] == pytest.approx(rigid[shared.GLOBAL_MSE], rel=1e-6)
+    assert own_mse <= firm[shared.PERSONAL_MSE] < firm[shared.GLOBAL_MSE]
     data = works["hubei"].split(config)
     with pytest.raises(ValueError, match="cannot be personalised"):
         fine_tune(trainer_for("rf"), {}, data.x_train, data.y_train, {**task, "model": "rf"})

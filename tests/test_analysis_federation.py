@@ -75,4 +75,4 @@ def test_contributions_importance_and_personalisation_of_a_federation_with_a_noi
     summary = format_summary(results)
     for heading in ("contributions to the global test MSE", "permutation importance"):
         assert heading in summary
-    assert "personalisation: 1 epoch(s)" in summary
+    assert "personalisation: least squares on the province's training rows pulled" in summary
