@@ -90,8 +90,8 @@ bench-analysis: $(STAMP)
 	$(PY) -m tests.bench_analysis --out runs/analysis
 
 # The seed paper's comparison: federated, centralised and Spark for LR, RF and SVM, written as
-# Tables 2 and 3 beside the paper's, charts and report.md in runs/reproduce. SCALE=paper runs
-# the paper's 2,699,730 rows (hours on two cores).
+# Tables 2 and 3 beside the paper's, charts, LR's and SVM's MSE against the DP ε, and report.md
+# in runs/reproduce. SCALE=paper runs the paper's 2,699,730 rows (hours on two cores).
 SCALE ?= small
 .PHONY: reproduce java
 reproduce: $(STAMP) java
