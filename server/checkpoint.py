@@ -2,9 +2,8 @@
 
 A checkpoint is a NumPy .npz of plain arrays (global parameters, scaler and the strategy's own
 state, such as optimiser moments) plus the run's state as JSON bytes; it is loaded with pickling
-disabled. It is written after a round has been
-aggregated, evaluated and recorded, so on restart the next round is exactly the first one that
-did not complete: none is lost, none applied twice.
+disabled. It is written after a round has been aggregated, evaluated and recorded, so on restart
+the next round is exactly the first one that did not complete: none is lost, none applied twice.
 """
 
 from __future__ import annotations
