@@ -312,6 +312,7 @@ def analysis_section(comparison: Comparison) -> list[str]:
         if value and "error" in value:
             lines += [f"Contributions: {value['error']}.", ""]
         elif value:
+            share = (value["mse_empty"] - value["mse_all"]) / len(value["shapley"])
             lines += [
                 f"Contributions to the global test MSE ({_number(value['mse_all'])} with every "
                 f"province, {_number(value['mse_empty'])} with none: "
@@ -319,11 +320,11 @@ def analysis_section(comparison: Comparison) -> list[str]:
                 f"province lowers the MSE. Shapley over {value['permutations']} orders of the "
                 "provinces; it sums to the fall from none to all.",
                 "",
-                "| province | leave-one-out | Shapley | ± s.e. |",
-                "|---|---:|---:|---:|",
+                "| province | leave-one-out | Shapley | ± s.e. | vs an equal share |",
+                "|---|---:|---:|---:|---:|",
                 *(
                     f"| {p} | {value['leave_one_out'][p]:+.4g} | {v:+.6g} | "
-                    f"{value['shapley_std_error'][p]:.2g} |"
+                    f"{value['shapley_std_error'][p]:.2g} | {v - share:+.3g} |"
                     for p, v in value["shapley"].items()
                 ),
                 "",

@@ -59,16 +59,20 @@ def format_analysis(results: dict[str, Any]) -> list[str]:
             f"contributions to the global test MSE (round {value['round']}'s updates; "
             f"all provinces {value['mse_all']:.6g}, none {value['mse_empty']:.6g}: "
             f"{value['baseline'].removeprefix('the empty coalition ')})",
-            f"{'province':<{width}}  {'leave-one-out':>13}  {'Shapley':>11}  {'± s.e.':>9}",
+            f"{'province':<{width}}  {'leave-one-out':>13}  {'Shapley':>11}  {'± s.e.':>9}  "
+            f"{'vs equal share':>14}",
         ]
+        share = (value["mse_empty"] - value["mse_all"]) / len(value["shapley"])
         for province, shapley in value["shapley"].items():
             lines.append(
                 f"{province:<{width}}  {value['leave_one_out'][province]:>+13.4g}  "
-                f"{shapley:>+11.5g}  {value['shapley_std_error'][province]:>9.2g}"
+                f"{shapley:>+11.5g}  {value['shapley_std_error'][province]:>9.2g}  "
+                f"{shapley - share:>+14.3g}"
             )
         lines.append(
             f"(positive: the province lowers the MSE; Shapley over {value['permutations']} "
-            f"orders of {value['coalitions']} coalitions, summing to the fall from none to all)"
+            f"orders of {value['coalitions']} coalitions, summing to the fall from none to all; "
+            "an equal share is that fall over the provinces)"
         )
     ranked = results.get("importance")
     if ranked:

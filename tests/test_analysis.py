@@ -363,7 +363,7 @@ def test_the_report_shows_each_analysed_federated_run():
     plain = {"final": {"mse": 0.1, "train_seconds": 1.0, "per_client": {}}}
     lines = analysis_section(Comparison(runs={("federated", "lr"): run, ("spark", "lr"): plain}))
     assert lines[:3] == ["## Contributions, explainability and personalisation", "", "### LR"]
-    assert "| hubei | -0.01 | +84 | 0.1 |" in lines and "| close | +200 | 1 |" in lines
+    assert "| hubei | -0.01 | +84 | 0.1 | -0.9 |" in lines and "| close | +200 | 1 |" in lines
     assert "personalised" not in "\n".join(lines)
     assert analysis_section(Comparison(runs={("spark", "lr"): plain})) == []
 
