@@ -72,10 +72,12 @@ bench-privacy: $(STAMP)
 	$(PY) -m tests.bench_privacy --out runs/privacy
 
 # Each --strategy's rounds to a target MSE and per-province spread, and each --compression's
-# bytes per round and MSE; strategies.json in runs/strategies.
+# bytes per round and MSE; strategies.json in runs/strategies. Then async rounds against sync with
+# one province ten times slower: versions per minute and final MSE, async.json.
 .PHONY: bench-strategies
 bench-strategies: $(STAMP)
 	$(PY) -m tests.bench_strategies --out runs/strategies
+	$(PY) -m tests.bench_async --out runs/strategies
 
 # The live view's response times and sizes while it is polled, and the rounds' seconds with and
 # without it.

@@ -100,6 +100,11 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         )
     if args.cv_folds or args.grid:
         return "model selection (--cv-folds, --grid) runs synchronous rounds; use --mode sync"
+    if args.contributions or args.importance or args.personalise:
+        return (
+            "the end-of-run analysis (--contributions, --importance, --personalise) follows "
+            "synchronous rounds; use --mode sync"
+        )
     if (args.strategy, args.aggregation, args.compression) != ("fedavg", "mean", "none"):
         return (
             "--mode async combines updates by their staleness-weighted mean: use it with "

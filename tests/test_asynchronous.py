@@ -123,6 +123,7 @@ def test_the_buffer_refuses_bad_settings_and_an_empty_publication():
         (["--model", "svm", "--grid", "svm-c=0.1,1"], "model selection"),
         (["--model", "lr-sgd", "--compression", "int8"], "--compression none"),
         (["--model", "lr-sgd", "--strategy", "fednova"], "--strategy fedavg"),
+        (["--model", "lr", "--contributions"], "end-of-run analysis"),
         (["--buffer-size", "0"], "--buffer-size must be at least 1"),
         (["--max-staleness", "-1"], "--max-staleness cannot be negative"),
     ],
