@@ -105,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--slowdown",
         type=float,
+        metavar="FACTOR",
         default=env("SLOWDOWN", "1"),
         help="simulate a slower machine: after training, wait (FACTOR − 1) times the training "
         "time, so a round's training takes FACTOR times as long; for testing the asynchronous "
