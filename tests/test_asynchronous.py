@@ -11,8 +11,10 @@ from client.__main__ import parse_args as client_args
 from common import preprocess
 from common.data import synthesize_province
 from common.provinces import PROVINCES
+from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import parse_args as server_args
 from server.buffer import StaleUpdate, VersionBuffer, staleness_weight
+from server.coordinator import Assignment, Coordinator
 from server.ledger import read_verified
 from server.localrun import LocalFederation
 from server.strategy import ClientResult
@@ -112,6 +114,26 @@ def test_the_buffer_refuses_bad_settings_and_an_empty_publication():
         VersionBuffer(0, None, size=1, exponent=-1.0)
     with pytest.raises(ValueError, match="empty"):
         VersionBuffer(0, None, size=1, exponent=0.5).publish()
+
+
+def test_a_task_handed_out_alone_closes_on_its_answer_or_at_its_deadline():
+    coordinator = Coordinator(poll_seconds=0.1)
+    beijing = coordinator.join("beijing", 100, "test")
+    coordinator.join("hubei", 100, "test")
+
+    def hand_out(province, deadline):
+        task = Assignment(pb.Task(kind=pb.TASK_KIND_EVALUATE), None)
+        return coordinator.hand_out(1, pb.TASK_KIND_EVALUATE, province, task, lambda r: r, deadline)
+
+    answered, late = hand_out("beijing", 30), hand_out("hubei", 0.2)
+    assert coordinator.wait_any([answered, late], timeout=0.01) == []
+    task = coordinator.next_assignment(beijing, lambda: True).task
+    assert task.task_id in answered.provinces
+    assert coordinator.resolve(task.task_id, ClientResult("beijing", 10, {"mse": 1.0}))
+    assert coordinator.wait_any([answered, late], timeout=5) == [answered]
+    assert answered.results[0].province == "beijing" and late.waiting
+    assert coordinator.wait_any([late], timeout=5) == [late]
+    assert "0.2 s deadline" in late.failures[0].reason
 
 
 @pytest.mark.parametrize(
