@@ -2,6 +2,7 @@
 client processes, one ten times slower than the others, that do not hold the rest back."""
 
 import collections
+import signal
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from server.coordinator import Assignment, Coordinator
 from server.ledger import read_verified
 from server.localrun import LocalFederation
 from server.strategy import ClientResult
+from tests.test_failures import wait_for_rounds
 
 
 def weights(coef, intercept=0.0):
@@ -243,3 +245,25 @@ def test_updates_beyond_the_maximum_staleness_are_refused_and_never_applied(tmp_
     refused = [f for r in records for f in r["failures"] if "versions behind" in f["reason"]]
     assert SLOW in {f["province"] for f in refused}
     assert "FAILED_PRECONDITION" in (tmp_path / f"{SLOW}.log").read_text()
+
+
+@pytest.mark.integration
+def test_a_killed_server_resumes_after_the_last_recorded_version(tmp_path):
+    versions = 60
+    federation = LocalFederation(
+        tmp_path, "lr-sgd", versions, ROWS, SEED, server_args=[*FAST, *ASYNC]
+    )
+    federation.start()
+    wait_for_rounds(federation, 10)
+    federation.server.send_signal(signal.SIGKILL)
+    federation.server.wait()
+    federation.start_server()
+    codes = federation.wait(timeout=240)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    assert "resuming after round" in (tmp_path / "server.log").read_text()
+    results = federation.results()
+    assert [r["round"] for r in results["rounds"]] == list(range(1, versions + 1))
+    ledger = read_verified(tmp_path / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == list(range(1, versions + 1))
+    assert ledger[-1]["hash"] == results["final"]["ledger_head"]
+    assert results["final"]["mse"] < 1.05 * central_mse()
