@@ -5,7 +5,8 @@ next task as soon as it answers, starting from the newest global version; its up
 buffer as a step from the version it started from, weighted down by its staleness
 (server/buffer.py), and every K updates make the next version. `--rounds` counts versions,
 and each is recorded as a synchronous round is: a results record (its updates with their
-staleness and weight), a ledger entry and a checkpoint.
+staleness and weight), a ledger entry and a checkpoint. The last version also takes the
+updates that arrived together with its K-th; tasks still out then are called off.
 
 Scoring does not wait for the slowest either. A client that comes free first scores the
 versions it has not scored yet, oldest first. A version's score is complete once every
@@ -184,6 +185,8 @@ class AsyncLoop(RoundLoop):
             phases = [task.phase for task in self._tasks.values()]
             for phase in self.coordinator.wait_any(phases, timeout=1.0):
                 self._settle(phase)
+            if self.buffer.ready:  # the last version, with every update that came with its K-th
+                self._publish()
             self._record_scored()
             for province in self.coordinator.connected():
                 if province not in self._tasks:
@@ -267,7 +270,7 @@ class AsyncLoop(RoundLoop):
         self.buffer.fold(started_from, result)
         self._record_results.append(result)
         self._record["overhead_seconds"] += time.perf_counter() - began
-        if self.buffer.ready:
+        if self.buffer.ready and self.buffer.version + 1 < self.settings.rounds:
             self._publish()
 
     def _publish(self) -> None:

@@ -207,7 +207,7 @@ def test_a_ten_times_slower_province_does_not_hold_the_others_back(tmp_path):
     records = results["rounds"]
     assert [r["round"] for r in records] == list(range(1, VERSIONS + 1))
     updates = [u for r in records for u in r["updates"]]
-    assert all(len(r["updates"]) == K for r in records)
+    assert all(len(r["updates"]) == K for r in records[:-1]) and len(records[-1]["updates"]) >= K
     # The fast provinces keep publishing while the slow one trains: it sends few updates.
     counts = collections.Counter(u["province"] for u in updates)
     fast_counts = [counts[p] for p in PROVINCES if p != SLOW]
