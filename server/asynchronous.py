@@ -215,7 +215,6 @@ class AsyncLoop(RoundLoop):
         self._handed += 1
         fit = replace(fit, config={**fit.config, "sgd_seed": self._handed})
         self._hand_out(started_from + 1, pb.TASK_KIND_TRAIN, fit, self._accept_fit(started_from))
-        self._record_bytes_down += _nbytes(parameters)
 
     def _hand_out(
         self,
@@ -231,6 +230,7 @@ class AsyncLoop(RoundLoop):
         )
         version = server_round - 1 if kind == pb.TASK_KIND_TRAIN else server_round
         self._tasks[province] = InFlight(phase, version, self.buffer.version)
+        self._record_bytes_down += _nbytes(instruction.parameters)
 
     def _accept_fit(self, started_from: int) -> Callable[[ClientResult], ClientResult]:
         """Checks an update as it arrives (on a handler thread), its staleness included."""
@@ -295,10 +295,7 @@ class AsyncLoop(RoundLoop):
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "model_digest": Payload.encode(parameters).digest(),
             "participants": record["clients"],
-            "updates": [
-                {"province": c.province, "digest": c.digest, **_update_record(c)}
-                for c in contributions
-            ],
+            "updates": [{**_update_record(c), "digest": c.digest} for c in contributions],
         }
         record["overhead_seconds"] += time.perf_counter() - began
         self._unscored.append(Unscored(version, parameters, record, entry))
