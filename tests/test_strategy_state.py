@@ -1,8 +1,11 @@
 """The server optimisers' moments and SCAFFOLD's control variate survive a restart.
 
 Each strategy runs two rounds, is checkpointed, and a fresh strategy restored from the file
-must take the third round exactly as the original does.
+must take the third round exactly as the original does; over real processes, a server killed
+mid-run must end on the model of a run never interrupted.
 """
+
+import signal
 
 import numpy as np
 import pytest
@@ -10,9 +13,12 @@ import pytest
 from common.models import linear
 from common.scaffold import CONTROL_DELTA
 from server.checkpoint import Checkpoint
+from server.localrun import LocalFederation
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, Scaffold
 from server.strategy import ClientResult, FedAvg
+from tests.test_failures import wait_for_rounds
+from tests.test_federation import FAST, ROWS, SEED
 
 SGD = {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.1, "batch_size": 8}
 
@@ -87,3 +93,26 @@ def test_a_stateless_strategy_keeps_nothing_and_refuses_another_strategys_state(
     assert Checkpoint.load(path).strategy_state == {}
     with pytest.raises(ValueError, match=r"velocity.*another --strategy"):
         FedAdam(base(), lr=0.1).restore({"velocity": np.zeros(3)})
+
+
+@pytest.mark.integration
+def test_a_killed_server_resumes_fedavgm_with_its_momentum(tmp_path):
+    """Real processes: a run whose server is killed after round three ends on the very model
+    of a run never interrupted; had the momentum been reset, the rounds after would differ."""
+    flags = [*FAST, "--min-clients", "9", "--strategy", "fedavgm"]
+    models = []
+    for name in ("whole", "killed"):
+        federation = LocalFederation(tmp_path / name, "lr-sgd", 6, ROWS, SEED, server_args=flags)
+        federation.start()
+        if name == "killed":
+            wait_for_rounds(federation, 3)
+            federation.server.send_signal(signal.SIGKILL)
+            federation.server.wait()
+            federation.start_server()
+        codes = federation.wait(timeout=300)
+        assert set(codes.values()) == {0}, codes
+        models.append(np.load(tmp_path / name / federation.results()["final"]["model_file"]))
+    assert "resuming after round" in (tmp_path / "killed" / "server.log").read_text()
+    whole, killed = models
+    for tensor in ("coef", "intercept"):
+        np.testing.assert_allclose(killed[tensor], whole[tensor], rtol=1e-9, atol=1e-12)
