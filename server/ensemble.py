@@ -43,11 +43,18 @@ def one_each(samples: dict[str, int]) -> dict[str, int]:
 
 class EnsembleUnion(Strategy):
     def __init__(
-        self, model_config: Mapping[str, ConfigScalar], codec: MemberCodec, quotas: Quotas
+        self,
+        model_config: Mapping[str, ConfigScalar],
+        codec: MemberCodec,
+        quotas: Quotas,
+        grow_share: str | None = None,
     ) -> None:
+        """`grow_share`: the config key for how many members a province makes, when each should
+        make only its share instead of the configured count (the rest would be thrown away)."""
         super().__init__(model_config)
         self._codec = codec
         self._quotas = quotas
+        self._grow_share = grow_share
         self._samples: dict[str, int] = {}
         self._share: dict[str, int] = {}
         self._kept: dict[str, list[Member]] = {}
@@ -78,6 +85,7 @@ class EnsembleUnion(Strategy):
                     **self.model_config,
                     "round": server_round,
                     "random_state": 1000 * server_round + i,
+                    **({self._grow_share: self._share[p]} if self._grow_share else {}),
                 },
                 None,
             )

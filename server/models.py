@@ -95,6 +95,14 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
             "equally",
         ),
         Option(
+            "rf_grow",
+            _choice("all", "share"),
+            "all",
+            "all: every province grows --rf-n-estimators trees (Table 1) and the server keeps "
+            "its share; share: each province grows only the trees the global forest keeps, the "
+            "same forest for a fraction of the work and bytes",
+        ),
+        Option(
             "rf_criterion",
             _choice("squared_error", "friedman_mse", "absolute_error", "poisson"),
             "squared_error",
@@ -183,7 +191,8 @@ def _config(model: str, options: Mapping[str, ConfigScalar], prefix: str) -> dic
 
 def _forest(options: Mapping[str, ConfigScalar]) -> Strategy:
     quotas = forest_quotas(int(options["rf_global_trees"]), str(options["rf_allocation"]))
-    return EnsembleUnion(_config("rf", options, "rf_"), TREES, quotas)
+    grow_share = "rf_n_estimators" if options["rf_grow"] == "share" else None
+    return EnsembleUnion(_config("rf", options, "rf_"), TREES, quotas, grow_share)
 
 
 def _svm(options: Mapping[str, ConfigScalar]) -> Strategy:

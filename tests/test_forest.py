@@ -10,6 +10,7 @@ from common.models import forest
 from common.models.checks import UpdateError
 from common.tensors import Payload, receive
 from server.ensemble import EnsembleUnion, forest_quotas
+from server.models import build_strategy
 from server.strategy import ClientResult
 
 N_FEATURES = 5
@@ -176,3 +177,17 @@ def test_the_union_keeps_each_share_on_arrival_and_drops_the_rest():
         for field in forest.TREES.fields:
             np.testing.assert_array_equal(tree[field], original[field])
     assert strategy.round_report(1) == {"members": {"fujian": 4, "hubei": 2}}
+
+
+@pytest.mark.parametrize("grow", ["all", "share"])
+def test_with_grow_share_each_province_grows_only_the_trees_the_global_forest_keeps(grow):
+    strategy = build_strategy("rf", {"rf_grow": grow, "rf_global_trees": 10})
+    strategy.prepare(None, {"hubei": 100, "fujian": 300, "beijing": 600})
+    plan = {
+        i.province: i.config["rf_n_estimators"]
+        for i in strategy.configure_fit(1, None, ["hubei", "fujian", "beijing"])
+    }
+    if grow == "all":
+        assert plan == {"beijing": 100, "fujian": 100, "hubei": 100}  # Table 1 everywhere
+    else:
+        assert plan == {"beijing": 6, "fujian": 3, "hubei": 1}
