@@ -112,10 +112,11 @@ def fine_tune(
         return trainer.fit(x, y, model, {**config, OWN_EPOCHS[name]: epochs})
     if name in CLOSED_FORM:
         return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
-    raise ValueError(
-        f"model {name!r} cannot be personalised: only {', '.join(analysis.FINE_TUNING)} have "
-        "weights to fine-tune"
-    )
+    if name in ENSEMBLES:
+        codec = ENSEMBLES[name]
+        own = trainer.fit(x, y, None, {**config, "random_state": config[analysis.ANALYSIS_SEED]})
+        return codec.pack([*codec.unpack(model, x.shape[1]), *codec.unpack(own, x.shape[1])])
+    raise ValueError(f"this client does not know how to personalise model {name!r}")
 
 
 def pulled_fit(x: np.ndarray, y: np.ndarray, start: Arrays, pull: float) -> Arrays:

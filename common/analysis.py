@@ -31,8 +31,8 @@ GLOBAL_MSE = "global_mse"
 MEAN_MSE = "mean_mse"
 PERSONAL_MSE = "personal_mse"
 
-# How a province fine-tunes each model that has weights to fine-tune, to be formatted with
-# the task's epochs and pull; forests and the local RBF SVRs have none.
+# How a province personalises each model, to be formatted with the task's epochs and pull.
+# Ensembles have no weights to fine-tune: the province adds members of its own.
 _CLOSED_FORM = (
     "least squares on the province's training rows pulled towards the global weights, "
     "argmin ‖Xw − y‖²/n + λ‖w − w_global‖² with λ = {pull:g}"
@@ -44,6 +44,10 @@ FINE_TUNING: dict[str, str] = {
     "rows, from the global weights",
     "svm": "{epochs} epoch(s) of the svm's own local training (ε-insensitive loss on random "
     "Fourier features), from the global weights",
+    "rf": "the global forest together with the forest the province grows on its training rows "
+    "(as in a round), every tree weighing the same",
+    "svm-local-rbf": "the global SVRs together with one the province fits on its training "
+    "rows (as in a round), each weighing the same",
 }
 
 

@@ -115,7 +115,8 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], s
         default=env_flag("PERSONALISE"),
         help="after the last round, each province fine-tunes the global model on its own "
         "training rows and reports its test MSE beside the global model's; the fine-tuned "
-        "model stays with the province (lr, lr-exact, lr-sgd, svm) [FEDSTOCK_PERSONALISE=1]",
+        "model stays with the province; an ensemble adds members grown on the province's "
+        "rows [FEDSTOCK_PERSONALISE=1]",
     )
     add(
         "--personalise-epochs",
@@ -146,13 +147,6 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 
 def check_supported(settings: AnalysisSettings, strategy: Strategy) -> None:
     """Raise ValueError, saying why, if the strategy's model cannot be analysed as asked."""
-    model = str(strategy.model_config["model"])
-    if settings.personalise_epochs and model not in analysis.FINE_TUNING:
-        raise ValueError(
-            "--personalise fine-tunes weights from the global model "
-            f"({', '.join(analysis.FINE_TUNING)}); model {model} is an ensemble of members "
-            "with no weights to fine-tune"
-        )
     if not settings.contributions:
         return
     inner = _inner(strategy)

@@ -30,7 +30,7 @@ from server.analysis import (
     importance,
     personalisation,
 )
-from server.models import build_strategy, defaults
+from server.models import STRATEGIES, build_strategy, defaults
 from server.privacy.he import HEFedAvg
 from server.rounds import task_context
 from server.strategies.federated import FedAdam, Federated
@@ -189,9 +189,9 @@ def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
     lr_sgd = build_strategy("lr-sgd")
     check_supported(settings(), build_strategy("lr"))
     check_supported(settings(), Federated(lr_sgd, None, combiner("median")))
-    check_supported(settings(epochs=0), build_strategy("rf"))
+    check_supported(settings(), build_strategy("rf"))
+    assert set(shared.FINE_TUNING) == set(STRATEGIES)  # every model can be personalised
     refused = [
-        (build_strategy("rf"), settings(contributions=False), "no weights to fine-tune"),
         (Federated(lr_sgd, None, combiner("krum")), settings(), "use mean or median"),
         (FedAdam(lr_sgd, lr=0.05), settings(), "not --strategy fedadam"),
         (HEFedAvg(build_strategy("lr"), 2**64), settings(), "no --privacy"),
@@ -257,10 +257,9 @@ FOREST = {"rf_n_estimators": 4, "rf_global_trees": 18, "rf_max_depth": 5}
 
 
 @pytest.mark.parametrize(
-    ("model", "options", "rounds", "epochs"),
-    [("lr-exact", {}, 1, 1), ("lr-sgd", {}, 2, 1), ("rf", FOREST, 1, 0)],
+    ("model", "options", "rounds"), [("lr-exact", {}, 1), ("lr-sgd", {}, 2), ("rf", FOREST, 1)]
 )
-def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, rounds, epochs):
+def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, rounds):
     works, config, scaler = provinces
     run = in_process(works, config, scaler)
     strategy = build_strategy(model, options)
@@ -274,7 +273,7 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
         updates, _ = run(server_round, pb.TASK_KIND_TRAIN, plan, keep)
         parameters = strategy.aggregate_fit(server_round, updates, [], start)
     final = FinalFit(rounds, updates, start)
-    sections = Analysis(settings(epochs=epochs)).run(
+    sections = Analysis(settings()).run(
         run, rounds + 1, strategy, parameters, final, sorted(works), preprocess.NEXT_DAY_FEATURES
     )
     assert sections["analysis"]["failures"] == []
@@ -292,9 +291,6 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
     ranked = list(sections["importance"]["features"])
     assert sections["importance"]["base_mse"] == pytest.approx(evaluation.mse, rel=1e-9)
     assert ranked.index("volume") > min(ranked.index("close"), ranked.index("price"))
-    if not epochs:
-        assert "personalisation" not in sections
-        return
     personal = sections["personalisation"]["per_client"]
     assert set(personal) == set(PROVINCES)
     for province, score in personal.items():
@@ -327,8 +323,8 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     assert rigid[shared.PERSONAL_MSE] == pytest.approx(rigid[shared.GLOBAL_MSE], rel=1e-6)
     assert own_mse <= firm[shared.PERSONAL_MSE] < firm[shared.GLOBAL_MSE]
     data = works["hubei"].split(config)
-    with pytest.raises(ValueError, match="cannot be personalised"):
-        fine_tune(trainer_for("rf"), {}, data.x_train, data.y_train, {**task, "model": "rf"})
+    with pytest.raises(ValueError, match="does not know how to personalise model 'gbm'"):
+        fine_tune(trainer_for("lr"), {}, data.x_train, data.y_train, {**task, "model": "gbm"})
 
 
 def test_svm_candidates_share_one_feature_map_and_predict_as_the_trainer(provinces):
