@@ -174,7 +174,7 @@ def test_health_and_reflection_are_served(server):
     assert "fedstock.v1.Federation" in names and "grpc.health.v1.Health" in names
 
 
-def run_cli(*args, timeout=60):
+def run_cli(*args, timeout=180):  # a loaded machine takes long to import scikit-learn
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
 
 

@@ -58,11 +58,14 @@ def test_a_killed_client_is_dropped_at_the_deadline_and_rejoins_when_restarted(t
     assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
     records = federation.results()["rounds"]
     assert [r["round"] for r in records] == list(range(1, rounds + 1))
+    # The kill may land in a training phase (hubei misses that round's training) or between
+    # training and evaluation (it misses the evaluation only): either way a failure is recorded.
+    dropped = [r for r in records if any(f["province"] == "hubei" for f in r["failures"])]
+    assert dropped, "hubei's death should be recorded as a failure"
+    assert all(r["round"] >= dropped_round - 1 for r in dropped)
     missed = [r for r in records if "hubei" not in r["clients"]]
-    assert missed, "hubei should have missed a round while it was dead"
-    assert all(r["round"] >= dropped_round - 1 for r in missed)
+    assert all(r in dropped for r in missed), "hubei missed a round with no failure recorded"
     assert all(len(r["clients"]) >= 8 and r["mse"] is not None for r in records)
-    assert any(f["province"] == "hubei" for r in missed for f in r["failures"])
     assert "hubei" in records[-1]["clients"], "hubei should be back by the last round"
 
 
