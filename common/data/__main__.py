@@ -14,6 +14,7 @@ import pandas as pd
 
 from common.data.loaders import Imported, load_joinquant, load_tushare, write_provinces
 from common.data.schema import DataError
+from common.data.skew import non_iid_split
 from common.data.synthetic import DEFAULT_SEED, PAPER_ROWS, province_rows, synthesize_province
 from common.provinces import PROVINCES
 
@@ -53,10 +54,14 @@ def _synth(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     provinces = args.province or PROVINCES
     province_rows(args.rows)  # a bad --rows fails before any file is written
+    # The non-IID split deals the whole market's stocks out at once.
+    skewed = non_iid_split(args.rows, args.seed) if args.split == "non-iid" else {}
     _header()
     rows = 0
     for province in provinces:
-        frame = synthesize_province(province, args.rows, args.seed)
+        frame = skewed.get(province)
+        if frame is None:
+            frame = synthesize_province(province, args.rows, args.seed)
         path = write_provinces({province: frame}, args.out)[province]
         _line(province, frame, path)
         rows += len(frame)
@@ -132,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PROVINCE",
         help=f"write only this province (repeatable; one of {', '.join(PROVINCES)}; "
         "default: all nine)",
+    )
+    synth.add_argument(
+        "--split",
+        choices=("provinces", "non-iid"),
+        default="provinces",
+        help="provinces: each province's own stocks (mildly non-IID); non-iid: the same stocks "
+        "dealt out by median close, one price band per province, cheapest to hubei, dearest to "
+        "beijing, with the same unequal row shares (default: provinces)",
     )
     add_out(synth)
     synth.set_defaults(run=_synth)
