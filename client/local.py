@@ -80,6 +80,8 @@ class LocalWork:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), config))
             if parameters is not None:  # q-FedAvg weighs provinces by the global model's loss
                 metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
+                if trainer.local_loss is not None:  # ... in the units its steps minimise
+                    metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, config)
         protected = self.privacy.protect(update, parameters, len(data.y_train), config)
         sent = self.compression.compress(protected, parameters, config)
         time.sleep((self.slowdown - 1) * (time.perf_counter() - started))

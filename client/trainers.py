@@ -34,6 +34,8 @@ class Trainer:
     scaled: bool = True
     # Gradient trainers say how many local steps a round takes them (FedNova needs τ_i).
     local_steps: Callable[[int, Mapping[str, ConfigScalar]], int] | None = None
+    # ... and the local objective under given weights (q-FedAvg's F_i).
+    local_loss: Callable[[Arrays, np.ndarray, np.ndarray, Config], float] | None = None
 
 
 # Task-config keys of the forest's hyperparameters, read as scikit-learn's names without "rf_".
@@ -187,6 +189,16 @@ def predict_sgd(weights: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
     return restore(linear.predict(weights, x), x, config, "change")
 
 
+def sgd_loss(weights: Arrays, x: np.ndarray, y: np.ndarray, config: Config) -> float:
+    """½·MSE of the standardised change, what the local steps minimise.
+
+    q-FedAvg weighs F_i against ‖Δw_i‖² with L = 1/η, both in this loss's units; an MSE in
+    yuan² is this loss times 2·change_std², which would tilt that balance.
+    """
+    residual = linear.predict(weights, x) - standardise(y, x, config, "change")
+    return 0.5 * float(np.mean(residual**2))
+
+
 TRAINERS: dict[str, Trainer] = {
     "lr": Trainer(
         lambda x, y, _global, _config: linear.fit_weights(x, y),
@@ -200,7 +212,7 @@ TRAINERS: dict[str, Trainer] = {
     "rf": Trainer(fit_forest, predict_forest, scaled=False),
     "svm": Trainer(fit_svm, predict_svm),
     "svm-local-rbf": Trainer(fit_local_rbf, predict_local_rbf),
-    "lr-sgd": Trainer(fit_sgd, predict_sgd, local_steps=local_steps),
+    "lr-sgd": Trainer(fit_sgd, predict_sgd, local_steps=local_steps, local_loss=sgd_loss),
 }
 
 

@@ -139,14 +139,14 @@ def test_scaffold_clients_keep_their_variate_and_correct_their_drift():
 def test_qfedavg_with_q_zero_is_the_plain_mean_and_larger_q_favours_the_worse_province():
     current = weights([0.0])
     results = [
-        result("good", 9, [1.0], start_mse=1.0),
-        result("bad", 1, [-1.0], start_mse=4.0),
+        result("good", 9, [1.0], start_loss=1.0),
+        result("bad", 1, [-1.0], start_loss=4.0),
     ]
     fair = QFedAvg(base(), q=0.0).aggregate_fit(2, results, [], current)
     np.testing.assert_allclose(fair["coef"], [0.0])  # unweighted by samples
     tilted = QFedAvg(base(), q=2.0).aggregate_fit(2, results, [], current)
     assert tilted["coef"][0] < 0  # the bad province's direction wins
-    with pytest.raises(UpdateError, match="start_mse"):
+    with pytest.raises(UpdateError, match="start_loss"):
         QFedAvg(base(), q=1.0).accept_fit(2, result("c", 1, [0.0]))
 
 
@@ -205,6 +205,9 @@ def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
     outcome = work.train(config, scaler, start)
     assert outcome.metrics["local_steps"] == local_steps(len(data.y_train), config)
     assert outcome.metrics["start_mse"] > outcome.metrics["train_mse"]
+    # q-FedAvg's F_i is the steps' own loss, ½·MSE of the standardised change, not yuan².
+    in_yuan = outcome.metrics["start_mse"] / (2 * float(config["change_std"]) ** 2)
+    assert outcome.metrics["start_loss"] == pytest.approx(in_yuan)
     squeezed = work.train({**config, "compression": "int8", "topk_fraction": 0.1}, scaler, start)
     assert set(squeezed.arrays) == {VALUES, SCALE}
 

@@ -204,8 +204,9 @@ class Scaffold(Federated):
 class QFedAvg(Federated):
     """Li et al.'s q-FedAvg: provinces the global model serves badly weigh more, by F_i^q.
 
-    F_i is the province's training MSE under the global weights before it trains; L = 1/η,
-    the inverse of the local learning rate. q = 0 is the unweighted mean of the steps.
+    F_i is the province's local objective under the global weights before it trains (the loss
+    its steps minimise, not the MSE in yuan); L = 1/η, the inverse of the local learning rate.
+    q = 0 is the unweighted mean of the steps.
     """
 
     def __init__(self, base, config=None, combine=mean, *, q: float) -> None:
@@ -215,13 +216,13 @@ class QFedAvg(Federated):
 
     def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
         if server_round > 1:
-            _metric(result, "start_mse")
+            _metric(result, "start_loss")
         return result
 
     def server_step(self, steps, weights, results, failures):
-        if any("start_mse" not in r.metrics for r in results):
+        if any("start_loss" not in r.metrics for r in results):
             return self.combine(steps, weights)  # round one: no global model to be unfair yet
-        loss = np.maximum([r.metrics["start_mse"] for r in results], 1e-12)
+        loss = np.maximum([r.metrics["start_loss"] for r in results], 1e-12)
         moves = -self.lipschitz * steps  # Δw_i = L(w − w̄_i)
         scaled = loss[:, None] ** self.q * moves
         h = self.q * loss ** (self.q - 1) * np.sum(moves**2, axis=1) + self.lipschitz * loss**self.q
