@@ -289,7 +289,9 @@ def _privacy_section(comparison: Comparison, out: Path) -> list[str]:
         "",
         "The federation again, with client-level differential privacy: the server clips each "
         "province's step from the global model to a norm C and adds Gaussian noise to the sum, "
-        "calibrated to spend ε over all rounds (δ = 1e-5); ε = ∞ is the run without DP.",
+        "calibrated to spend ε over all rounds (δ = 1e-5); ε = ∞ is the run without DP. LR is "
+        "swept as lr-sgd, learnt by gradient steps from zero weights as DP-FedAvg expects (the "
+        "exact fit's MSE in one round), beside its own run without DP.",
         "",
         *privacy.table(comparison.privacy),
         "",

@@ -2,10 +2,10 @@
 
 Runs the real federation (a server and nine client processes over localhost), the centralised
 job and the Spark job for LR, RF and SVM on the same Parquet files, split and scaling, then
-writes the paper's Tables 2 and 3 beside ours, charts and a report (`baselines.report`). LR and
-SVM are federated again under client-level DP at a few ε, for the MSE/ε trade-off
-(`baselines.privacy`). Models come from the server's own list, so a model the federation
-learns is picked up here.
+writes the paper's Tables 2 and 3 beside ours, charts and a report (`baselines.report`). LR (as
+the gradient-trained lr-sgd) and SVM are federated again under client-level DP at a few ε, for
+the MSE/ε trade-off (`baselines.privacy`). Models come from the server's own list, so a model
+the federation learns is picked up here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import signal
 import sys
 import time
@@ -254,10 +255,17 @@ class Plan:
         return keys + (extras if self.extras else [])
 
     def privacy_points(self) -> list[tuple[str, float]]:
-        """(model, ε) of the DP sweep: each DP-capable model at each of the scale's ε."""
+        """(model, ε) of the DP sweep: each swept model at each of the scale's ε, after its
+        run without DP (ε = ∞) unless the comparison already makes that run."""
         if not self.privacy:
             return []
-        return [(m, e) for m in privacy.CLIPS if m in self.models for e in self.scale.epsilons]
+        points = []
+        for model, stands_for in privacy.PAPER_MODEL.items():
+            if stands_for in self.models:
+                if model not in self.models:  # no federated run of it to compare with
+                    points.append((model, math.inf))
+                points += [(model, e) for e in self.scale.epsilons]
+        return points
 
 
 def execute(plan: Plan, session: SparkSession | None = None) -> report.Comparison:
@@ -333,7 +341,8 @@ def execute(plan: Plan, session: SparkSession | None = None) -> report.Compariso
 def privacy_sweep(
     plan: Plan, comparison: report.Comparison, progress: Progress
 ) -> list[dict[str, Any]]:
-    """Each point of the plan's DP sweep as a row, after the model's plain federated run (ε=∞)."""
+    """Each point of the plan's DP sweep as a row, after the model's run without DP (ε=∞):
+    the comparison's own federated run, or the sweep's first point."""
     rows = []
     for model in dict.fromkeys(m for m, _ in plan.privacy_points()):
         plain = comparison.runs.get(("federated", model))
@@ -342,11 +351,12 @@ def privacy_sweep(
                 privacy.summarise(model, privacy.PLAIN, plain, plan.out / "federated" / model)
             )
         for epsilon in (e for m, e in plan.privacy_points() if m == model):
-            label = privacy.dp_label(epsilon)
-            name = f"{model}-dp-epsilon-{epsilon:g}"
+            dp = math.isfinite(epsilon)
+            label = privacy.dp_label(epsilon) if dp else privacy.PLAIN
+            name = f"{model}-dp-epsilon-{epsilon:g}" if dp else model
             with progress.step(f"federated {model} {label}") as shown:
                 try:
-                    flags = privacy.dp_flags(model, epsilon)
+                    flags = privacy.dp_flags(model, epsilon) if dp else []
                     outcome = run_federation(
                         model, plan.data, plan.scale, plan.out, progress, flags, name
                     )

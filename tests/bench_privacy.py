@@ -104,10 +104,10 @@ def graph_costs(length: int = 10_000) -> None:
 
 def line(row: dict[str, Any]) -> str:
     if "failed" in row:
-        return f"{row['model']:<5} {row['mode']:<16} failed: exit codes {row['failed']}"
+        return f"{row['model']:<6} {row['mode']:<16} failed: exit codes {row['failed']}"
     spent = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
     return (
-        f"{row['model']:<5} {row['mode']:<16} {row['mse']:>11.5g} "
+        f"{row['model']:<6} {row['mode']:<16} {row['mse']:>11.5g} "
         f"{row['seconds_per_round']:>8.2f} {row['bytes_per_round']:>12,} {spent:>6}"
     )
 
@@ -127,7 +127,7 @@ def main() -> None:
     clips = ", ".join(f"{m} {args.dp_clip or CLIPS[m]:g}" for m in models)
     print(f"{args.rows:,} rows, 9 client processes, {args.rounds} rounds, DP clip: {clips}")
     header = ("model", "mode", "MSE", "s/round", "bytes/round", "ε")
-    print("{:<5} {:<16} {:>11} {:>8} {:>12} {:>6}".format(*header))
+    print("{:<6} {:<16} {:>11} {:>8} {:>12} {:>6}".format(*header))
     rows = []
     with tempfile.TemporaryDirectory() as keys:
         pair = write_keys(Path(keys), bits=2048)

@@ -49,7 +49,8 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
     argv = ["--scale", "tiny", "--out", str(out), "--no-extras", "--master", "local[2]"]
     assert reproduce.main(argv, session=spark_session) == 0
     printed = capsys.readouterr().out
-    sweep = 2 * len(reproduce.SCALES["tiny"].epsilons)  # LR and SVM under DP
+    # LR (as lr-sgd, with its own run without DP) and SVM under DP.
+    sweep = 1 + 2 * len(reproduce.SCALES["tiny"].epsilons)
     assert f"(1/{9 + sweep}) federated lr" in printed and "report:" in printed
 
     for name in ("table2_mse", "table3_seconds"):
@@ -82,7 +83,7 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
 
     # Each model without DP (ε = ∞) and at each ε; the strongest privacy costs accuracy.
     points = table(out / "privacy.csv")
-    for model in ("lr", "svm"):
+    for model in ("lr-sgd", "svm"):
         mse = {float(r["epsilon"]): float(r["mse"]) for r in points if r["model"] == model}
         assert len(mse) == 1 + len(reproduce.SCALES["tiny"].epsilons), points
         assert all(math.isfinite(m) for m in mse.values())
