@@ -29,7 +29,7 @@ def add_arguments(add: Callable[..., object], env: Callable[[str, str], str]) ->
         "sum; dp-local: each client clips and adds the noise before sending; he: clients send "
         "Paillier ciphertexts that the server adds without a key; secagg: clients mask their "
         "updates so the server can unmask only their sum. Each applies to models whose "
-        "updates are weight vectors (lr, svm), not to forests [FEDSTOCK_PRIVACY]",
+        "updates are weight vectors (lr, lr-sgd, svm), not to forests [FEDSTOCK_PRIVACY]",
     )
     add(
         "--dp-clip",
@@ -113,7 +113,7 @@ def wrap(strategy: Strategy, args: argparse.Namespace) -> Strategy:
     if not isinstance(strategy, FedAvg):
         raise ValueError(
             f"--privacy {args.privacy} needs a model whose updates are weight vectors averaged "
-            "by FedAvg (lr, svm); forests and lr-exact's normal equations are not"
+            "by FedAvg (lr, lr-sgd, svm); forests and lr-exact's normal equations are not"
         )
     if args.privacy == "he":
         return HEFedAvg(strategy, read_public_key(args.he_public_key))
