@@ -63,33 +63,33 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PY) -m tests.bench
+	$(PY) -u -m tests.bench
 
 # Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
 # in runs/privacy.
 .PHONY: bench-privacy
 bench-privacy: $(STAMP)
-	$(PY) -m tests.bench_privacy --out runs/privacy
+	$(PY) -u -m tests.bench_privacy --out runs/privacy
 
 # Each --strategy's rounds to a target MSE and per-province spread, and each --compression's
 # bytes per round and MSE; strategies.json in runs/strategies. Then async rounds against sync with
 # one province ten times slower: versions per minute and final MSE, async.json.
 .PHONY: bench-strategies
 bench-strategies: $(STAMP)
-	$(PY) -m tests.bench_strategies --out runs/strategies
-	$(PY) -m tests.bench_async --out runs/strategies
+	$(PY) -u -m tests.bench_strategies --out runs/strategies
+	$(PY) -u -m tests.bench_async --out runs/strategies
 
 # The live view's response times and sizes while it is polled, and the rounds' seconds with and
 # without it.
 .PHONY: bench-liveview
 bench-liveview: $(STAMP)
-	$(PY) -m tests.bench_liveview
+	$(PY) -u -m tests.bench_liveview
 
 # Each province's leave-one-out and Shapley value, the features the model leans on, personalised
 # against global MSE, and the seconds the analysis adds (LR and SVM on the default market).
 .PHONY: bench-analysis
 bench-analysis: $(STAMP)
-	$(PY) -m tests.bench_analysis --out runs/analysis
+	$(PY) -u -m tests.bench_analysis --out runs/analysis
 
 # The seed paper's comparison: federated, centralised and Spark for LR, RF and SVM, written as
 # Tables 2 and 3 beside the paper's, charts, LR's and SVM's MSE against the DP ε, and report.md
