@@ -14,7 +14,7 @@ import pandas as pd
 
 from client import analysis
 from client.privacy import ClientPrivacy
-from client.trainers import trainer_for
+from client.trainers import Trainer, trainer_for
 from common import analysis as shared
 from common import preprocess
 from common.compression import ErrorFeedback
@@ -70,7 +70,7 @@ class LocalWork:
         started = time.perf_counter()
         data = self.split(config)
         trainer = trainer_for(str(config["model"]))
-        x = preprocess.scale(data.x_train, *scaler) if trainer.scaled else data.x_train
+        x = _inputs(trainer, data.x_train, scaler)
         parameters = self.privacy.reveal(parameters, config)
         update = trainer.fit(x, data.y_train, parameters, config)
         metrics = {}
@@ -112,7 +112,7 @@ class LocalWork:
         started = time.perf_counter()
         data = self.split(config)
         trainer = trainer_for(str(config["model"]))
-        x = preprocess.scale(data.x_test, *scaler) if trainer.scaled else data.x_test
+        x = _inputs(trainer, data.x_test, scaler)
         prediction = trainer.predict(self.privacy.reveal(parameters, config), x, config)
         metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
         return Outcome(len(data.y_test), metrics)
@@ -129,16 +129,16 @@ class LocalWork:
         trainer = trainer_for(str(config["model"]))
         model, candidates = shared.unstack(parameters, int(config.get(shared.CANDIDATE_COUNT, 0)))
         model = self.privacy.reveal(model, config)
-
-        def prepared(x: np.ndarray) -> np.ndarray:
-            return preprocess.scale(x, *scaler) if trainer.scaled else x
-
-        metrics = analysis.analyse(
-            trainer, data, prepared(data.x_train), prepared(data.x_test), model, candidates, config
-        )
+        x_train, x_test = (_inputs(trainer, x, scaler) for x in (data.x_train, data.x_test))
+        metrics = analysis.analyse(trainer, data, x_train, x_test, model, candidates, config)
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics)
 
 
 def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((prediction - truth) ** 2))
+
+
+def _inputs(trainer: Trainer, x: np.ndarray, scaler: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The rows as `trainer` takes them: globally scaled, or raw for the models that want raw."""
+    return preprocess.scale(x, *scaler) if trainer.scaled else x
