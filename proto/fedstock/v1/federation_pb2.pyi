@@ -78,7 +78,7 @@ class Scaler(_message.Message):
     def __init__(self, features: _Optional[_Iterable[str]] = ..., mean: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scale: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "round", "kind", "config", "scaler", "parameters", "deadline_seconds", "reason", "failed")
+    __slots__ = ("task_id", "round", "kind", "config", "scaler", "parameters", "deadline_seconds", "reason", "failed", "receipts")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Task(_message.Message):
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     kind: TaskKind
@@ -104,7 +105,18 @@ class Task(_message.Message):
     deadline_seconds: float
     reason: str
     failed: bool
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., scaler: _Optional[_Union[Scaler, _Mapping]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
+    receipts: _containers.RepeatedCompositeFieldContainer[LedgerReceipt]
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., scaler: _Optional[_Union[Scaler, _Mapping]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ..., receipts: _Optional[_Iterable[_Union[LedgerReceipt, _Mapping]]] = ...) -> None: ...
+
+class LedgerReceipt(_message.Message):
+    __slots__ = ("index", "hash", "signature")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    hash: str
+    signature: str
+    def __init__(self, index: _Optional[int] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
     __slots__ = ("task", "data")
