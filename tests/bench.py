@@ -9,6 +9,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.data import synthesize_province
@@ -24,6 +25,43 @@ def bench_synthesis(rows: int, seed: int) -> None:
     total = sum(len(synthesize_province(p, rows, seed)) for p in PROVINCES)
     print(
         f"synthetic market: {total:,} rows in {time.perf_counter() - started:.2f} s (one process)"
+    )
+
+
+def bench_local_epoch(rows: int = 300_000, repeats: int = 5) -> None:
+    """One local SGD epoch of lr-sgd (64-row batches, 8 features) beside scikit-learn's."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDRegressor
+
+    from client.optim import LocalPlan, sgd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 8))
+    y = x @ rng.normal(size=8) + 0.1 * rng.normal(size=rows)
+    plan = LocalPlan(epochs=1, learning_rate=0.02, batch_size=64, mu=0.0, seed=1)
+    sklearn = SGDRegressor(
+        max_iter=1, tol=None, learning_rate="constant", eta0=0.002, penalty=None, random_state=1
+    )
+
+    def best(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    ours = best(lambda: sgd(x, y, np.zeros(9), plan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = best(lambda: sklearn.fit(x, y))
+    print(
+        f"\none local SGD epoch, {rows:,} rows x 8 features (best of {repeats}): fedstock "
+        f"{ours * 1000:.1f} ms (64-row batches), scikit-learn SGDRegressor {theirs * 1000:.1f} ms "
+        f"(one row a step), ratio {ours / theirs:.2f}"
     )
 
 
@@ -69,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     bench_synthesis(args.rows, args.seed)
+    bench_local_epoch()
     bench_linear(args.rows, args.seed, args.rounds)
     # Random forest and SVM: tests/bench_models.py.
     bench_models.run_all(args.rows, args.seed, list(bench_models.PARTS), Path("runs/bench"))

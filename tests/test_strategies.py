@@ -62,6 +62,35 @@ def test_sgd_is_seeded_and_the_proximal_term_pulls_towards_the_start():
     assert held < free
 
 
+def looped_sgd(x, y, start, plan, correction):
+    """The textbook loop over mini-batches, one gradient step each: what `sgd` must equal."""
+    design = np.column_stack([x, np.ones(len(x))])
+    rng, w = np.random.default_rng(plan.seed), start.copy()
+    for _ in range(plan.epochs):
+        order = rng.permutation(len(y))
+        for begin in range(0, len(y), plan.batch_size):
+            batch = order[begin : begin + plan.batch_size]
+            rows = design[batch]
+            gradient = rows.T @ (rows @ w - y[batch]) / len(batch)
+            w = w - plan.learning_rate * (gradient + plan.mu * (w - start) + correction)
+    return w
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch", "epochs", "mu"), [(400, 8, 3, 0.0), (5000, 64, 2, 0.5), (3, 64, 1, 0.0)]
+)
+def test_vectorised_sgd_takes_the_same_steps_as_a_loop_over_batches(rows, batch, epochs, mu):
+    """Batches composed as affine maps are the loop's steps, to 1e-9, a ragged last batch too."""
+    x, y = regression(2, n=rows)
+    plan = LocalPlan.from_config(
+        {**SGD, "batch_size": batch, "local_epochs": epochs, "mu": mu, "sgd_seed": 5}
+    )
+    start, correction = np.array([0.3, -0.1, 0.2, 1.0]), np.array([0.01, 0.0, -0.02, 0.005])
+    np.testing.assert_allclose(
+        sgd(x, y, start, plan, correction), looped_sgd(x, y, start, plan, correction), rtol=1e-9
+    )
+
+
 def test_fedavg_over_steps_equals_the_weighted_average_of_models():
     results = [result("a", 1, [0.0, 0.0]), result("b", 3, [4.0, 8.0], 4.0)]
     current = weights([1.0, 1.0], 1.0)
