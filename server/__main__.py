@@ -21,13 +21,14 @@ from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server import analysis, asynchronous, privacy, strategies
 from server.coordinator import Coordinator
-from server.ledger import Ledger, LedgerError
+from server.ledger import Ledger
+from server.lifecycle import run_to_end
 from server.livestate import LiveState, RunInfo
 from server.liveview import LiveView
 from server.model_selection import ModelSelection, parse_grid
 from server.models import ALL_OPTIONS, MODEL_HELP, OPTIONS, STRATEGIES, build_strategy
 from server.results import ResultsFile
-from server.rounds import FederationError, RoundLoop, RunSettings
+from server.rounds import RoundLoop, RunSettings
 from server.servicer import FederationServicer
 from server.strategy import Strategy
 
@@ -359,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds,
         args.min_clients,
     )
-    try:
+
+    def run() -> None:
         checkpoint = args.results.with_name("checkpoint.npz")
         ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
         selection = ModelSelection(build, options, args.grid, args.cv_folds)
@@ -378,16 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             else RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint, after)
         )
         loop.run(selection.choose if args.cv_folds else None)
-        status, reason = 0, "training is complete"
-    except (FederationError, LedgerError) as error:
-        log.error("federation stopped: %s", error)
-        status, reason = 1, f"the federation failed: {error}"
-    except KeyboardInterrupt:
-        log.warning("interrupted")
-        status, reason = 130, "the server was interrupted"
-    coordinator.stop(reason, failed=status != 0, grace_seconds=args.poll_seconds + 5)
-    health_servicer.enter_graceful_shutdown()
-    server.stop(grace=2).wait()
+
+    status = run_to_end(
+        run, coordinator, server, health_servicer, results, grace_seconds=args.poll_seconds + 5
+    )
     log.info("results written to %s", args.results)
     if live is not None:
         live.linger(args.linger)

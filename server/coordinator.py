@@ -307,6 +307,9 @@ class Coordinator:
         with self._cond:
             self._stop_reason, self._stop_failed = reason, failed
             self._stopped_at = time.monotonic()
+            # A run that ended mid-phase leaves tasks open: none may be handed out after STOP.
+            for task_id, phase in list(self._open.items()):
+                self._close(phase, task_id, f"the federation stopped: {reason}")
             for client in self._clients.values():
                 client.wakeup.notify_all()
             while time.monotonic() < end:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("fedstock.server")
 
 
 class ResultsFile:
@@ -25,6 +28,14 @@ class ResultsFile:
     def add_round(self, record: dict[str, Any]) -> None:
         self.data["rounds"].append(record)
         self._write()
+
+    def fail(self, reason: str) -> None:
+        """Mark the run failed; from the last record written, as the fault may be in `data`."""
+        self.data = {**json.loads(self.text), "status": "failed", "failure": reason}
+        try:
+            self._write()
+        except OSError as error:  # the disk may be the fault: the log still says why
+            log.error("could not record the failure in %s: %s", self.path, error)
 
     def snapshot(self) -> dict[str, Any]:
         """The results as last written, safe to read while the round loop updates them."""
