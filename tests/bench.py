@@ -36,7 +36,8 @@ def bench_local_epoch(rows: int = 300_000, repeats: int = 5) -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import SGDRegressor
 
-    from client.optim import LocalPlan, sgd
+    from client.optim import LocalPlan
+    from client.steps import sgd
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, 8))

@@ -7,7 +7,8 @@ import pytest
 
 from client import trainers
 from client.local import LocalWork
-from client.optim import LinearSGD, LocalPlan, local_steps, sgd
+from client.optim import LinearSGD, LocalPlan, local_steps
+from client.steps import sgd
 from common import preprocess
 from common.compression import SCALE, VALUES
 from common.data import synthesize_province
