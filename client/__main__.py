@@ -7,10 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from client.daemon import ClientDaemon, ClientError
+from client.daemon import ClientDaemon
 from client.he_keys import read_private_key
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
+from client.tasks import ClientError
 from common.cli import env, env_flag
 from common.data import DataError, load_province, synthesize_province
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED

@@ -12,28 +12,18 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 
 from client.local import LocalWork, Outcome
-from common.preprocess import features_for
-from common.tensors import Arrays, Payload, PayloadReceiver, from_tensor
-from common.wire import CHANNEL_OPTIONS, SESSION_METADATA_KEY, SOFTWARE_VERSION, from_config
+from client.tasks import ClientError, perform
+from common.tensors import Arrays, Payload, PayloadReceiver
+from common.wire import CHANNEL_OPTIONS, SESSION_METADATA_KEY, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fedstock.client")
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-SECAGG_STEPS = {
-    pb.TASK_KIND_SECAGG_KEYS: "keys",
-    pb.TASK_KIND_SECAGG_SHARES: "shares",
-    pb.TASK_KIND_SECAGG_UNMASK: "unmask",
-}
 JOIN_DEADLINE_SECONDS = 10.0
-
-
-class ClientError(RuntimeError):
-    """The client cannot go on; the message says why and what to do."""
 
 
 class Backoff:
@@ -96,7 +86,7 @@ class ClientDaemon:
                     return
                 if task.kind == pb.TASK_KIND_WAIT:
                     continue
-                outcome = self._perform(task, parameters)
+                outcome = perform(self.work, task, parameters)
                 self._submit(stub, task, outcome)
 
     def channel(self) -> grpc.Channel:
@@ -165,33 +155,6 @@ class ClientDaemon:
                 raise ClientError("the server sent an unexpected message after the task")
             receiver.add(chunk.data)
         return task, receiver.arrays() if receiver else None
-
-    def _perform(self, task: pb.Task, parameters: Arrays | None) -> Outcome:
-        config = from_config(task.config)
-        kind = pb.TaskKind.Name(task.kind)
-        log.info("round %d: %s", task.round, kind.removeprefix("TASK_KIND_").lower())
-        if task.kind == pb.TASK_KIND_STATISTICS:
-            return self.work.statistics(config)
-        if task.kind in SECAGG_STEPS:
-            return self.work.secagg(SECAGG_STEPS[task.kind], config, parameters)
-        scaler = self._scaler(task, str(config["setting"]))
-        if task.kind == pb.TASK_KIND_TRAIN:
-            return self.work.train(config, scaler, parameters)
-        if task.kind == pb.TASK_KIND_EVALUATE and parameters is not None:
-            return self.work.evaluate(config, scaler, parameters)
-        if task.kind == pb.TASK_KIND_ANALYSE and parameters is not None:
-            return self.work.analyse(config, scaler, parameters)
-        raise ClientError(f"the server sent a task this client does not understand: {kind}")
-
-    @staticmethod
-    def _scaler(task: pb.Task, setting: str) -> tuple[np.ndarray, np.ndarray]:
-        expected = features_for(setting)
-        if list(task.scaler.features) != expected:
-            raise ClientError(
-                f"the server scales features {list(task.scaler.features)}, "
-                f"this client has {expected}"
-            )
-        return from_tensor(task.scaler.mean), from_tensor(task.scaler.scale)
 
     def _submit(self, stub: pb_grpc.FederationStub, task: pb.Task, outcome: Outcome) -> None:
         payload = Payload.encode(outcome.arrays) if outcome.arrays else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server import analysis, asynchronous, privacy, strategies
+from server.channel import TaskChannel
 from server.coordinator import Coordinator
 from server.ledger import Ledger
 from server.lifecycle import run_to_end
@@ -290,19 +291,76 @@ def open_ledger(path: Path, resuming: bool) -> Ledger:
     return Ledger(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging()
-    options = {name: getattr(args, name) for name in ALL_OPTIONS}
+def strategy_builder(args: argparse.Namespace) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
+    """Builds the strategy the flags ask for from model options (model selection varies them)."""
 
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
         return strategies.wrap(privacy.wrap(build_strategy(args.model, params), args), args)
 
+    return build
+
+
+def check_plan(args: argparse.Namespace) -> None:
+    """ValueError if the strategy or the analysis the flags ask for cannot be built."""
+    strategy = strategy_builder(args)({name: getattr(args, name) for name in ALL_OPTIONS})
     wanted = analysis.AnalysisSettings.from_args(args)
+    if wanted is not None:
+        analysis.check_supported(wanted, strategy)
+
+
+def results_file(args: argparse.Namespace) -> ResultsFile:
+    return ResultsFile(
+        args.results,
+        {
+            "model": args.model,
+            "setting": args.setting,
+            "server_version": SOFTWARE_VERSION,
+            "config": {k: str(v) for k, v in vars(args).items()},
+        },
+    )
+
+
+def federate(args: argparse.Namespace, channel: TaskChannel, results: ResultsFile) -> None:
+    """The run the flags describe, over any task channel: statistics, rounds, analysis."""
+    options = {name: getattr(args, name) for name in ALL_OPTIONS}
+    build = strategy_builder(args)
+    settings = RunSettings(
+        rounds=args.rounds,
+        min_clients=args.min_clients,
+        min_available=args.min_available,
+        round_timeout=args.round_timeout,
+        join_timeout=args.join_timeout,
+        setting=args.setting,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
+    checkpoint = args.results.with_name("checkpoint.npz")
+    ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
+    selection = ModelSelection(build, options, args.grid, args.cv_folds)
+    wanted = analysis.AnalysisSettings.from_args(args)
+    after = analysis.Analysis(wanted) if wanted else None
+    strategy = build(options)
+    loop = (
+        asynchronous.AsyncLoop(
+            channel,
+            strategy,
+            settings,
+            results,
+            ledger,
+            checkpoint,
+            buffering=asynchronous.Buffering.from_args(args),
+        )
+        if args.mode == "async"
+        else RoundLoop(channel, strategy, settings, results, ledger, checkpoint, after)
+    )
+    loop.run(selection.choose if args.cv_folds else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
     try:
-        strategy = build(options)
-        if wanted is not None:
-            analysis.check_supported(wanted, strategy)
+        check_plan(args)
     except ValueError as error:
         log.error("%s", error)
         return 2
@@ -323,25 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, TLSSetupError) as error:
         log.error("%s", error)
         return 2
-    settings = RunSettings(
-        rounds=args.rounds,
-        min_clients=args.min_clients,
-        min_available=args.min_available,
-        round_timeout=args.round_timeout,
-        join_timeout=args.join_timeout,
-        setting=args.setting,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-    )
-    results = ResultsFile(
-        args.results,
-        {
-            "model": args.model,
-            "setting": args.setting,
-            "server_version": SOFTWARE_VERSION,
-            "config": {k: str(v) for k, v in vars(args).items()},
-        },
-    )
+    results = results_file(args)
     live = None
     if args.http_port:
         run = RunInfo(args.model, args.strategy, args.aggregation, args.rounds)
@@ -360,29 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds,
         args.min_clients,
     )
-
-    def run() -> None:
-        checkpoint = args.results.with_name("checkpoint.npz")
-        ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
-        selection = ModelSelection(build, options, args.grid, args.cv_folds)
-        after = analysis.Analysis(wanted) if wanted else None
-        loop = (
-            asynchronous.AsyncLoop(
-                coordinator,
-                strategy,
-                settings,
-                results,
-                ledger,
-                checkpoint,
-                buffering=asynchronous.Buffering.from_args(args),
-            )
-            if args.mode == "async"
-            else RoundLoop(coordinator, strategy, settings, results, ledger, checkpoint, after)
-        )
-        loop.run(selection.choose if args.cv_folds else None)
-
     status = run_to_end(
-        run, coordinator, server, health_servicer, results, grace_seconds=args.poll_seconds + 5
+        lambda: federate(args, coordinator, results),
+        coordinator,
+        server,
+        health_servicer,
+        results,
+        grace_seconds=args.poll_seconds + 5,
     )
     log.info("results written to %s", args.results)
     if live is not None:

@@ -29,7 +29,7 @@ from typing import Any
 from common.tensors import Arrays, Payload
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.buffer import Contribution, VersionBuffer
-from server.coordinator import Phase
+from server.channel import Accept, Phase
 from server.rounds import (
     FederationError,
     RoundLoop,
@@ -183,12 +183,12 @@ class AsyncLoop(RoundLoop):
         self._open_record()
         while self.buffer.version < s.rounds or self._unscored:
             phases = [task.phase for task in self._tasks.values()]
-            for phase in self.coordinator.wait_any(phases, timeout=1.0):
+            for phase in self.channel.wait_any(phases, timeout=1.0):
                 self._settle(phase)
             if self.buffer.ready:  # the last version, with every update that came with its K-th
                 self._publish()
             self._record_scored()
-            for province in self.coordinator.connected():
+            for province in self.channel.connected():
                 if province not in self._tasks:
                     self._next_task(province)
             if not self._tasks:
@@ -221,18 +221,18 @@ class AsyncLoop(RoundLoop):
         server_round: int,
         kind: int,
         instruction: Instruction,
-        accept: Callable[[ClientResult], ClientResult],
+        accept: Accept,
     ) -> None:
         province = instruction.province
         assignment = self._assignments(server_round, kind, [instruction])[province]
-        phase = self.coordinator.hand_out(
-            server_round, kind, province, assignment, accept, self.settings.round_timeout
+        phase = self.channel.send(
+            server_round, kind, {province: assignment}, accept, self.settings.round_timeout
         )
         version = server_round - 1 if kind == pb.TASK_KIND_TRAIN else server_round
         self._tasks[province] = InFlight(phase, version, self.buffer.version)
         self._record_bytes_down += _nbytes(instruction.parameters)
 
-    def _accept_fit(self, started_from: int) -> Callable[[ClientResult], ClientResult]:
+    def _accept_fit(self, started_from: int) -> Accept:
         """Checks an update as it arrives (on a handler thread), its staleness included."""
 
         def accept(result: ClientResult) -> ClientResult:
@@ -306,7 +306,7 @@ class AsyncLoop(RoundLoop):
             for task in self._tasks.values():
                 if task.phase.kind == pb.TASK_KIND_TRAIN:
                     for task_id in task.phase.provinces:
-                        self.coordinator.fail(task_id, why)
+                        self.channel.fail(task_id, why)
 
     def _open_record(self) -> None:
         """The record the next version is written into, gathering what happens until then."""
@@ -319,7 +319,7 @@ class AsyncLoop(RoundLoop):
     def _scored(self, unscored: Unscored) -> bool:
         last = unscored.version == self.settings.rounds
         answered = {r.province for r in unscored.scores} | {f.province for f in unscored.failures}
-        for province in self.coordinator.connected():
+        for province in self.channel.connected():
             task = self._tasks.get(province)
             busy_before = task is not None and task.handed_at < unscored.version
             if province not in answered and (last or not busy_before):

@@ -1,22 +1,22 @@
-"""Where the round loop and the gRPC handlers meet: who is connected, and which tasks are open.
+"""The task channel over gRPC: who is connected, and which tasks are open.
 
-The round loop hands out tasks and waits with a deadline; handler threads deliver tasks to
-polling clients and accept their outcomes. Accepting (is this update well formed, from the
-right client, for an open task?) happens here, as it arrives; combining is the strategy's.
+The round loop sends tasks and waits with a deadline (server/channel.py); handler threads
+deliver tasks to polling clients and accept their outcomes. Accepting (is this update well
+formed, from the right client, for an open task?) happens here, as it arrives; combining is
+the strategy's.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from common.tensors import Payload
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.channel import Accept, Assignment, Phase
 from server.strategy import ClientResult, Failure
 
 log = logging.getLogger("fedstock.server")
@@ -27,12 +27,6 @@ RECENTLY_SEEN_SECONDS = 5.0
 
 class JoinRefused(Exception):
     """A join the server will not accept; `reason` tells the client what to do about it."""
-
-
-@dataclass
-class Assignment:
-    task: pb.Task
-    payload: Payload | None
 
 
 @dataclass
@@ -52,22 +46,6 @@ class ClientSession:
 
     def alive(self, now: float) -> bool:
         return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
-
-
-@dataclass
-class Phase:
-    """One kind of task sent to several clients in one round, open until answered or expired."""
-
-    server_round: int
-    kind: int
-    # Checks an outcome and returns what to keep of it (a strategy may fold arrays in at once).
-    accept: Callable[[ClientResult], ClientResult]
-    provinces: dict[str, str] = field(default_factory=dict)  # task id -> province
-    waiting: set[str] = field(default_factory=set)
-    results: list[ClientResult] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-    deadline_seconds: float = math.inf
-    expires: float = math.inf  # time.monotonic() after which unanswered tasks fail
 
 
 @dataclass(frozen=True)
@@ -161,41 +139,18 @@ class Coordinator:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    def run_phase(
+    def send(
         self,
         server_round: int,
         kind: int,
         assignments: dict[str, Assignment],
-        accept: Callable[[ClientResult], ClientResult],
+        accept: Accept,
         deadline_seconds: float,
-    ) -> tuple[list[ClientResult], list[Failure]]:
-        """Hand each province its task and wait until all answered or the deadline passed."""
+    ) -> Phase:
+        """Hand each province its task for its next poll and return at once."""
         phase = Phase(server_round, kind, accept)
         with self._cond:
             self._hand_out(phase, assignments, deadline_seconds)
-            while phase.waiting and time.monotonic() < phase.expires:
-                self._cond.wait(timeout=phase.expires - time.monotonic())
-            self._expire(phase)
-        for failure in phase.failures:
-            log.warning("round %d: %s dropped: %s", server_round, failure.province, failure.reason)
-        return list(phase.results), list(phase.failures)
-
-    def hand_out(
-        self,
-        server_round: int,
-        kind: int,
-        province: str,
-        assignment: Assignment,
-        accept: Callable[[ClientResult], ClientResult],
-        deadline_seconds: float,
-    ) -> Phase:
-        """Give one province one task and return at once; `wait_any` tells when it closed.
-
-        The asynchronous mode keeps each client busy this way, every one on its own clock.
-        """
-        phase = Phase(server_round, kind, accept)
-        with self._cond:
-            self._hand_out(phase, {province: assignment}, deadline_seconds)
         return phase
 
     def wait_any(self, phases: list[Phase], timeout: float) -> list[Phase]:

@@ -19,8 +19,8 @@ from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import Analysis, FinalFit
+from server.channel import Accept, Assignment, TaskChannel, gather
 from server.checkpoint import Checkpoint
-from server.coordinator import Assignment, Coordinator
 from server.ledger import Ledger
 from server.results import ResultsFile
 from server.strategy import ClientResult, Evaluation, Failure, Instruction, Strategy
@@ -68,7 +68,7 @@ def accept_evaluation(result: ClientResult) -> ClientResult:
 class RoundLoop:
     def __init__(
         self,
-        coordinator: Coordinator,
+        channel: TaskChannel,
         strategy: Strategy,
         settings: RunSettings,
         results: ResultsFile,
@@ -76,7 +76,7 @@ class RoundLoop:
         checkpoint_path: Path,
         analysis: Analysis | None = None,
     ) -> None:
-        self.coordinator = coordinator
+        self.channel = channel
         self.strategy = strategy
         self.settings = settings
         self.results = results
@@ -121,7 +121,7 @@ class RoundLoop:
                 self.strategy,
                 self.parameters,
                 self.final_fit,
-                self.coordinator.connected(),
+                self.channel.connected(),
                 self.features,
             )
             self.results.update(**sections)
@@ -210,7 +210,7 @@ class RoundLoop:
 
     def _quorum(self, count: int) -> list[str]:
         s = self.settings
-        provinces = self.coordinator.wait_for_clients(count, s.join_timeout)
+        provinces = self.channel.wait_for_clients(count, s.join_timeout)
         if len(provinces) < count:
             raise FederationError(
                 f"only {len(provinces)} of the {count} required clients are connected "
@@ -314,7 +314,7 @@ class RoundLoop:
         if self.parameters is not None:
             phase_start = time.perf_counter()
             ask = strategy.configure_evaluate(
-                server_round, self.parameters, self.coordinator.connected()
+                server_round, self.parameters, self.channel.connected()
             )
             sent += sum(_nbytes(i.parameters) for i in ask)
             scores, eval_failures = self._phase(
@@ -356,9 +356,10 @@ class RoundLoop:
         server_round: int,
         kind: int,
         instructions: list[Instruction],
-        accept: Callable[[ClientResult], ClientResult],
+        accept: Accept,
     ) -> tuple[list[ClientResult], list[Failure]]:
-        return self.coordinator.run_phase(
+        return gather(
+            self.channel,
             server_round,
             kind,
             self._assignments(server_round, kind, instructions),

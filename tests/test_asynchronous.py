@@ -125,7 +125,7 @@ def test_a_task_handed_out_alone_closes_on_its_answer_or_at_its_deadline():
 
     def hand_out(province, deadline):
         task = Assignment(pb.Task(kind=pb.TASK_KIND_EVALUATE), None)
-        return coordinator.hand_out(1, pb.TASK_KIND_EVALUATE, province, task, lambda r: r, deadline)
+        return coordinator.send(1, pb.TASK_KIND_EVALUATE, {province: task}, lambda r: r, deadline)
 
     answered, late = hand_out("beijing", 30), hand_out("hubei", 0.2)
     assert coordinator.wait_any([answered, late], timeout=0.01) == []

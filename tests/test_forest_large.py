@@ -16,6 +16,7 @@ from common.wire import to_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
+from server.channel import gather
 from server.coordinator import Assignment, Coordinator
 from server.localrun import free_port
 from server.models import build_strategy
@@ -68,14 +69,19 @@ def test_a_300_mb_forest_crosses_the_wire_and_predicts_as_before():
         assert coordinator.wait_for_clients(1, timeout=30) == ["hubei"]
         (plan,) = strategy.configure_fit(1, None, ["hubei"])
         train = pb.Task(round=1, kind=pb.TASK_KIND_TRAIN, config=to_config(plan.config))
-        results, failures = coordinator.run_phase(
-            1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(train, None)}, accept, 300
+        results, failures = gather(
+            coordinator, 1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(train, None)}, accept, 300
         )
         assert failures == [] and results[0].arrays == {}  # folded in on arrival
         payload = Payload.encode(strategy.aggregate_fit(1, results, [], None))
         evaluate = pb.Task(round=1, kind=pb.TASK_KIND_EVALUATE, parameters=payload.header)
-        _, failures = coordinator.run_phase(
-            1, pb.TASK_KIND_EVALUATE, {"hubei": Assignment(evaluate, payload)}, lambda r: r, 300
+        _, failures = gather(
+            coordinator,
+            1,
+            pb.TASK_KIND_EVALUATE,
+            {"hubei": Assignment(evaluate, payload)},
+            lambda r: r,
+            300,
         )
         assert failures == []
     finally:

@@ -21,6 +21,7 @@ from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from proto.fedstock.v1 import tensor_pb2
 from server.__main__ import build_server
+from server.channel import gather
 from server.coordinator import Assignment, Coordinator
 from server.localrun import free_port
 from server.strategy import ClientResult
@@ -95,9 +96,7 @@ class LiveServer:
         def phase() -> None:
             task = pb.Task(round=1, kind=pb.TASK_KIND_TRAIN)
             assignment = {"hubei": Assignment(task, None)}
-            outcome.append(
-                self.coordinator.run_phase(1, pb.TASK_KIND_TRAIN, assignment, accept, 60)
-            )
+            outcome.append(gather(self.coordinator, 1, pb.TASK_KIND_TRAIN, assignment, accept, 60))
 
         thread = threading.Thread(target=phase)
         thread.start()

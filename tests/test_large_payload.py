@@ -13,6 +13,7 @@ from common.tensors import Payload
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
+from server.channel import gather
 from server.coordinator import Assignment, Coordinator
 from server.localrun import free_port
 from server.strategy import ClientResult
@@ -51,8 +52,13 @@ def test_a_300_mb_model_travels_down_and_back_intact():
     assert coordinator.wait_for_clients(1, timeout=30) == ["hubei"]
     payload = Payload.encode(model)
     task = pb.Task(round=1, kind=pb.TASK_KIND_TRAIN, parameters=payload.header)
-    results, failures = coordinator.run_phase(
-        1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(task, payload)}, _keep, deadline_seconds=120
+    results, failures = gather(
+        coordinator,
+        1,
+        pb.TASK_KIND_TRAIN,
+        {"hubei": Assignment(task, payload)},
+        _keep,
+        deadline_seconds=120,
     )
     thread.join(timeout=60)
     channel.close()

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.channel import gather
 from server.coordinator import RECENTLY_SEEN_SECONDS, Assignment, Coordinator
 from server.livestate import CLIENT_STATES, LiveState, RunInfo, metrics
 from server.prometheus import Metric, render
@@ -63,8 +64,15 @@ def test_client_states_follow_the_coordinator(tmp_path):
     assert states(live) == {"hubei": "connected", "fujian": "connected"}
 
     phase = threading.Thread(
-        target=coordinator.run_phase,
-        args=(1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(), None)}, lambda r: r, 30.0),
+        target=gather,
+        args=(
+            coordinator,
+            1,
+            pb.TASK_KIND_TRAIN,
+            {"hubei": Assignment(pb.Task(), None)},
+            lambda r: r,
+            30.0,
+        ),
     )
     phase.start()
     wait_until(lambda: states(live)["hubei"] == "training")

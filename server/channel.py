@@ -1,0 +1,97 @@
+"""The round loop's one port to the provinces: send tasks, hear of each as it closes.
+
+Two implementations stand behind it. The coordinator (server/coordinator.py) carries tasks to
+client daemons over gRPC; the in-memory channel (server/memory.py) does each province's work in
+this process, so the loop, its schedules and its strategies can be tested without a network.
+The loop never knows which one it talks to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common.tensors import Payload
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.strategy import ClientResult, Failure
+
+log = logging.getLogger("fedstock.server")
+
+# Checks an outcome as it arrives and returns what to keep of it (a strategy may fold arrays in
+# at once); raises UpdateError or PayloadError to refuse it.
+Accept = Callable[[ClientResult], ClientResult]
+
+
+@dataclass
+class Assignment:
+    """One province's task and the parameters that go with it, encoded once for all."""
+
+    task: pb.Task
+    payload: Payload | None
+
+
+@dataclass
+class Phase:
+    """One kind of task sent to one or more provinces, open until answered or expired."""
+
+    server_round: int
+    kind: int
+    accept: Accept
+    provinces: dict[str, str] = field(default_factory=dict)  # task id -> province
+    waiting: set[str] = field(default_factory=set)
+    results: list[ClientResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    deadline_seconds: float = math.inf
+    expires: float = math.inf  # on the channel's clock, after which unanswered tasks fail
+
+
+class TaskChannel(Protocol):
+    """What the round loop needs of the provinces, however it reaches them."""
+
+    def connected(self) -> list[str]:
+        """The provinces that can take a task now, sorted."""
+        ...
+
+    def wait_for_clients(self, count: int, timeout: float) -> list[str]:
+        """Connected provinces once `count` are there, or whoever is there when time runs out."""
+        ...
+
+    def send(
+        self,
+        server_round: int,
+        kind: int,
+        assignments: dict[str, Assignment],
+        accept: Accept,
+        deadline_seconds: float,
+    ) -> Phase:
+        """Give each province its task and return at once; `wait_any` tells when it closed."""
+        ...
+
+    def wait_any(self, phases: list[Phase], timeout: float) -> list[Phase]:
+        """Those of `phases` that have closed, after waiting up to `timeout` for news unless one
+        already has; tasks past their deadline close as failed."""
+        ...
+
+    def fail(self, task_id: str, reason: str) -> None:
+        """Close an open task as failed (the run no longer needs its answer)."""
+        ...
+
+
+def gather(
+    channel: TaskChannel,
+    server_round: int,
+    kind: int,
+    assignments: dict[str, Assignment],
+    accept: Accept,
+    deadline_seconds: float,
+) -> tuple[list[ClientResult], list[Failure]]:
+    """Send a phase and wait until every province answered or the deadline passed."""
+    phase = channel.send(server_round, kind, assignments, accept, deadline_seconds)
+    while phase.waiting:
+        channel.wait_any([phase], timeout=deadline_seconds)
+    for failure in phase.failures:
+        log.warning("round %d: %s dropped: %s", server_round, failure.province, failure.reason)
+    return list(phase.results), list(phase.failures)

@@ -1,0 +1,142 @@
+"""The round loop over the in-memory channel: the real server run, no process, no network.
+
+Slowness, deadlines and absences are set by construction on the channel's own clock, so what
+these tests see does not depend on how loaded the machine is.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from client.local import LocalWork, Outcome
+from common.data import synthesize_province
+from common.provinces import PROVINCES
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.ledger import read_verified
+from server.memory import MemoryChannel
+from server.rounds import FederationError
+from tests.in_memory import ROWS, SEED, channel, provinces, run
+
+QUICK = ["--rounds", "3", "--round-timeout", "30", "--join-timeout", "5"]
+
+
+def never(province):
+    """A channel clock on which `province` never answers a training task."""
+
+    def seconds(p, task):
+        return math.inf if p == province and task.kind == pb.TASK_KIND_TRAIN else 1.0
+
+    return seconds
+
+
+def test_nine_provinces_federate_lr_to_the_end_and_every_file_agrees(tmp_path):
+    results = run(tmp_path, "--model", "lr", *QUICK)
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    assert all(r["clients"] == sorted(PROVINCES) for r in results["rounds"])
+    final = results["final"]
+    assert final["clients"] == 9 and final["mse"] == results["rounds"][-1]["mse"]
+    assert results["statistics"]["train_samples"].keys() == set(PROVINCES)
+    ledger = read_verified(tmp_path / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == [1, 2, 3]
+    assert ledger[-1]["hash"] == final["ledger_head"]
+    assert (tmp_path / "model.npz").exists() and not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_the_same_run_gives_the_same_model(tmp_path):
+    flags = ["--model", "lr-sgd", *QUICK]
+    first = run(tmp_path / "a", *flags)
+    second = run(tmp_path / "b", *flags)
+    assert first["final"]["mse"] == second["final"]["mse"]
+    a, b = np.load(tmp_path / "a" / "model.npz"), np.load(tmp_path / "b" / "model.npz")
+    assert all(np.array_equal(a[name], b[name]) for name in a.files)
+
+
+def test_a_province_that_never_answers_is_dropped_at_the_deadline(tmp_path):
+    over = channel(never("hubei"))
+    results = run(tmp_path, "--model", "lr-sgd", "--min-clients", "8", *QUICK, over=over)
+    for record in results["rounds"]:
+        assert "hubei" not in record["clients"] and len(record["clients"]) == 8
+        [failure] = record["failures"]
+        assert failure["province"] == "hubei" and "30 s deadline" in failure["reason"]
+    # It still scores the model it did not help to train.
+    assert results["final"]["clients"] == 9
+
+
+def test_a_round_short_of_its_quorum_keeps_the_model(tmp_path):
+    def hubei_misses_round_2(province, task):
+        late = province == "hubei" and task.round == 2 and task.kind == pb.TASK_KIND_TRAIN
+        return math.inf if late else 1.0
+
+    results = run(tmp_path, "--model", "lr-sgd", *QUICK, over=channel(hubei_misses_round_2))
+    first, second, third = results["rounds"]
+    assert second["clients"] == sorted(set(PROVINCES) - {"hubei"})
+    assert len(first["clients"]) == len(third["clients"]) == 9
+    digests = [e["model_digest"] for e in read_verified(tmp_path / "ledger.jsonl")]
+    assert digests[0] == digests[1] != digests[2]
+    assert second["mse"] == first["mse"]
+
+
+def test_no_round_with_its_quorum_is_a_clear_error(tmp_path):
+    with pytest.raises(FederationError, match="no round produced an evaluated model"):
+        run(tmp_path, "--model", "lr-sgd", *QUICK, over=channel(never("hubei")))
+
+
+def test_too_few_provinces_to_start_is_a_clear_error(tmp_path):
+    over = channel()
+    over.absent = {"hubei", "fujian"}
+    with pytest.raises(FederationError, match="only 7 of the 9 required clients"):
+        run(tmp_path, "--model", "lr", *QUICK, over=over)
+
+
+class Poisoned(LocalWork):
+    """A province whose training update is not finite."""
+
+    def train(self, config, scaler, parameters):
+        outcome = super().train(config, scaler, parameters)
+        return Outcome(
+            outcome.num_examples,
+            outcome.metrics,
+            {k: np.full_like(v, np.nan) for k, v in outcome.arrays.items()},
+        )
+
+
+def test_a_malformed_update_is_refused_and_never_applied(tmp_path):
+    works = provinces()
+    works["hubei"] = Poisoned(synthesize_province("hubei", ROWS, SEED))
+    over = MemoryChannel(works)
+    results = run(tmp_path, "--model", "lr-sgd", "--min-clients", "8", *QUICK, over=over)
+    assert over.updates_rejected == 3
+    for record in results["rounds"]:
+        assert "hubei" not in record["clients"]
+        assert "update refused" in record["failures"][0]["reason"]
+    assert math.isfinite(results["final"]["mse"])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_run_stopped_after_a_round_resumes_to_the_uninterrupted_model(tmp_path):
+    flags = ["--model", "lr-sgd", "--strategy", "fedavgm", *QUICK]
+    run(tmp_path / "whole", *flags)
+
+    def stop_in_round_3(province, task):
+        if task.round == 3 and task.kind == pb.TASK_KIND_TRAIN:
+            raise Interrupted
+        return 1.0
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "resumed", *flags, over=channel(stop_in_round_3))
+    assert (tmp_path / "resumed" / "checkpoint.npz").exists()
+    results = run(tmp_path / "resumed", *flags)
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    ledger = read_verified(tmp_path / "resumed" / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == [1, 2, 3]
+    whole = np.load(tmp_path / "whole" / "model.npz")
+    resumed = np.load(tmp_path / "resumed" / "model.npz")
+    for name in whole.files:
+        np.testing.assert_allclose(resumed[name], whole[name], rtol=1e-9)
+    whole_results = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert results["final"]["mse"] == pytest.approx(whole_results["final"]["mse"], rel=1e-9)
