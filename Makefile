@@ -67,6 +67,15 @@ bench: $(STAMP)
 
 # Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
 # in runs/privacy.
+# fedstock beside Flower 1.42's legacy gRPC runtime on the same job, in one run. Flower lives in
+# its own virtual environment (.venv-flower), never in the project's.
+FLOWER_VENV ?= .venv-flower
+.PHONY: bench-flower
+bench-flower: $(STAMP)
+	@test -x $(FLOWER_VENV)/bin/python || python3 -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr==1.42.0' numpy
+	$(PY) -u -m tests.bench_flower --flower-python $(FLOWER_VENV)/bin/python --out runs/flower
+
 .PHONY: bench-privacy
 bench-privacy: $(STAMP)
 	$(PY) -u -m tests.bench_privacy --out runs/privacy

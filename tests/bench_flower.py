@@ -1,0 +1,151 @@
+"""`make bench-flower`: fedstock and Flower's legacy gRPC runtime on the same job, in one run.
+
+The job: nine client processes, each with its province's first N synthetic rows (300,000 by
+default), eight features, one local SGD epoch a round from the global weights (64-row batches,
+step 0.02, the same numpy step on both systems: client/steps.py), FedAvg, federated evaluation
+on each province's test rows, R rounds, plaintext on loopback. Prints each system's median
+round and the ratio. Benchmarks measure and print; they assert nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.data.synthetic import province_rows, synthesize_province
+from common.preprocess import split
+from common.provinces import PROVINCES
+from server.localrun import LocalFederation, free_port
+
+JOB = Path(__file__).with_name("flower_job.py")
+
+
+def province_frames(rows: int, seed: int) -> dict:
+    """Each province's first `rows` rows: a market large enough that the smallest has them."""
+    shares = province_rows(2_699_730)
+    frames = {}
+    for province in PROVINCES:
+        total = math.ceil(rows * 2_699_730 / shares[province] * 1.05)
+        frames[province] = synthesize_province(province, total, seed).head(rows)
+    return frames
+
+
+def write_data(frames: dict, out: Path) -> tuple[Path, Path]:
+    """Parquet files for fedstock's clients; standardised arrays for Flower's."""
+    parquet, arrays = out / "parquet", out / "npz"
+    parquet.mkdir(parents=True, exist_ok=True)
+    arrays.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for province, frame in frames.items():
+        frame.to_parquet(parquet / f"{province}.parquet")
+        splits[province] = split(frame)
+    # Global scaling from every province's training rows, as the federation's statistics give.
+    x_all = np.concatenate([s.x_train for s in splits.values()])
+    mean, std = x_all.mean(axis=0), x_all.std(axis=0)
+    close = splits[PROVINCES[0]].features.index("close")
+    change = np.concatenate([s.y_train - s.x_train[:, close] for s in splits.values()])
+    for province, s in splits.items():
+
+        def target(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return (y - x[:, close] - change.mean()) / change.std()
+
+        np.savez(
+            arrays / f"{province}.npz",
+            x_train=(s.x_train - mean) / std,
+            y_train=target(s.x_train, s.y_train),
+            x_test=(s.x_test - mean) / std,
+            y_test=target(s.x_test, s.y_test),
+        )
+    return parquet, arrays
+
+
+def fedstock_rounds(parquet: Path, out: Path, rounds: int) -> list[float]:
+    federation = LocalFederation(
+        out / "fedstock",
+        "lr-sgd",
+        rounds,
+        data=parquet,
+        insecure=True,
+        server_args=["--poll-seconds", "5"],
+    )
+    federation.start()
+    codes = federation.wait(timeout=3600)
+    if set(codes.values()) != {0}:
+        raise SystemExit(f"fedstock run failed: exit codes {codes} (logs in {out / 'fedstock'})")
+    return [r["seconds"] for r in federation.results()["rounds"]]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"Flower's server exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"Flower's server did not listen on {port} within {limit:g} s")
+
+
+def flower_rounds(python: Path, arrays: Path, out: Path, rounds: int) -> list[float]:
+    port, times = free_port(), out / "flower-times.json"
+    logs = out / "flower-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def spawn(name: str, *args: str) -> subprocess.Popen:
+        log = (logs / f"{name}.log").open("w")
+        return subprocess.Popen(
+            [str(python), str(JOB), *args, "--port", str(port)], stdout=log, stderr=log
+        )
+
+    server = spawn("server", "server", "--rounds", str(rounds), "--times", str(times))
+    wait_for_port(port, server)
+    clients = [spawn(p, "client", "--data", str(arrays / f"{p}.npz")) for p in PROVINCES]
+    try:
+        code = server.wait(timeout=3600)
+    finally:
+        for client in clients:
+            try:
+                client.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                client.kill()
+    if code != 0:
+        raise SystemExit(f"Flower's server exited with {code} (logs in {logs})")
+    ends = json.loads(times.read_text())["round_ends"]
+    return list(np.diff(ends))  # the first round's start (clients connecting) is not a round
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--rows-per-province", type=int, default=300_000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--flower-python", type=Path, default=Path(".venv-flower/bin/python"))
+    parser.add_argument("--out", type=Path, default=Path("runs/flower"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    parquet, arrays = write_data(province_frames(args.rows_per_province, args.seed), args.out)
+    print(f"data: 9 x {args.rows_per_province:,} rows in {time.perf_counter() - started:.1f} s")
+    ours = fedstock_rounds(parquet, args.out, args.rounds)
+    theirs = flower_rounds(args.flower_python, arrays, args.out, args.rounds)
+    # fedstock's first round includes nothing of start-up either; compare rounds 2..R on both.
+    ours_median, theirs_median = statistics.median(ours[1:]), statistics.median(theirs)
+    print(f"\n{args.rounds} rounds, 9 clients x {args.rows_per_province:,} rows, train + evaluate")
+    print(f"{'system':<40} {'median round s':>15}")
+    print(f"{'fedstock (lr-sgd, Join/GetTask/Submit)':<40} {ours_median:>15.4f}")
+    print(f"{'Flower 1.42 legacy gRPC':<40} {theirs_median:>15.4f}")
+    print(f"ratio fedstock / Flower: {ours_median / theirs_median:.2f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
