@@ -1,0 +1,144 @@
+"""One party's side of histogram trees: its rows stay here, only sums over shared bins leave.
+
+A party keeps, between questions, its rows binned on the federation's edges, its current
+predictions and the gradients of the tree being grown, so a question costs one pass over its
+rows for the asked nodes. Its answers are a sketch (rows per grid cell), histograms of the
+gradient and Hessian per node, feature and bin, and its validation rows' squared error: sums
+that add up across parties, and that secure aggregation can hide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from common.models import histtree
+from common.models.histgrow import Ask, Grown, Query, TreeSettings, grow, sketch_query
+from common.tensors import Arrays
+
+
+class Party:
+    """Rows `x` (unscaled features) and the target `y` the trees learn."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, settings: TreeSettings) -> None:
+        self.settings = settings
+        digest = hashlib.sha1(np.ascontiguousarray(x, dtype=np.float64)).digest()
+        # Seeds this party's own draws (validation rows, subsamples, bootstrap weights).
+        self.key = int.from_bytes(digest[:8], "little")
+        held = np.zeros(len(y), dtype=bool)
+        if settings.holds_out:
+            rng = np.random.default_rng([settings.seed, self.key])
+            held = rng.random(len(y)) < settings.holds_out
+        self.x, self.y = x[~held], y[~held]
+        self.x_val, self.y_val = x[held], y[held]
+        self.x32 = np.asarray(self.x, dtype=np.float32)
+        self.edges: list[np.ndarray] | None = None
+        self.bins = np.zeros((0, x.shape[1]), dtype=np.int32)
+        self.margin = np.zeros(len(self.y))
+        self.margin_val = np.zeros(len(self.y_val))
+        self.trees_added = 0
+        self.tree = -1
+        self.grad = self.hess = np.zeros(0)
+
+    @property
+    def rows(self) -> int:
+        return len(self.y)
+
+    def answer(self, query: Query) -> Arrays:
+        if query.step == "sketch":
+            return {"sketch": histtree.sketch(self.x, query.mean, query.std)}
+        if query.edges is not None:
+            self._use_edges(query)
+        if self.edges is None:
+            raise ValueError("a level question came before the bin edges")
+        self._add_trees(query)
+        out: Arrays = {}
+        if query.grow is not None:
+            if query.tree != self.tree:
+                self._start_tree(query.tree)
+            slot = histtree.node_slots(query.grow, query.asked, self.x32)
+            width = self.settings.max_bins
+            out.update(
+                histtree.histograms(self.bins, slot, self.grad, self.hess, len(query.asked), width)
+            )
+        else:
+            shape = (0, self.x.shape[1], self.settings.max_bins)
+            out.update(grad=np.zeros(shape), hess=np.zeros(shape))
+        if query.score:
+            residual = self.y_val - self.margin_val
+            out["val_sse"] = np.asarray(float(residual @ residual))
+            out["val_rows"] = np.asarray(float(len(residual)))
+        return out
+
+    def _use_edges(self, query: Query) -> None:
+        """Bin the rows on new edges; a tree's first level also brings the base score."""
+        same = self.edges is not None and all(
+            np.array_equal(a, b) for a, b in zip(self.edges, query.edges, strict=True)
+        )
+        if not same:
+            self.edges = query.edges
+            self.bins = histtree.bin_rows(self.x, query.edges)
+        if query.base_score is not None and self.trees_added == 0 and self.tree < 0:
+            self.margin[:] = query.base_score
+            self.margin_val[:] = query.base_score
+
+    def _add_trees(self, query: Query) -> None:
+        """Add the finished trees this party has not counted yet; refuse questions out of step."""
+        if not query.new_trees:
+            return
+        expected = query.tree - len(query.new_trees)
+        if expected != self.trees_added:
+            raise ValueError(
+                f"out of step: asked about tree {query.tree} after {len(query.new_trees)} new "
+                f"trees, but this party has added {self.trees_added}"
+            )
+        for tree in query.new_trees:
+            self.margin += tree["value"][histtree.leaves(tree, self.x32)]
+            if len(self.y_val):
+                x32_val = np.asarray(self.x_val, dtype=np.float32)
+                self.margin_val += tree["value"][histtree.leaves(tree, x32_val)]
+        self.trees_added += len(query.new_trees)
+
+    def _start_tree(self, tree: int) -> None:
+        """Gradients and Hessians of squared error for a new tree, under its row weights."""
+        s = self.settings
+        weights = np.ones(self.rows)
+        rng = np.random.default_rng([s.seed, self.key, tree])
+        if s.forest:
+            weights = rng.poisson(1.0, self.rows).astype(np.float64)
+        elif s.subsample < 1:
+            weights = (rng.random(self.rows) < s.subsample).astype(np.float64)
+        self.grad = (self.margin - self.y) * weights
+        self.hess = weights
+        self.tree = tree
+
+
+def summed(parties: list[Party]) -> Ask:
+    """Ask every party in this process and add up their answers, as the server would."""
+
+    def ask(query: Query) -> Arrays:
+        answers = [p.answer(query) for p in parties]
+        return {name: sum(a[name] for a in answers) for name in answers[0]}
+
+    return ask
+
+
+def fit_parties(
+    parties: list[Party],
+    mean: np.ndarray,
+    std: np.ndarray,
+    base_score: float,
+    settings: TreeSettings,
+) -> Grown:
+    """Grow an ensemble over parties in this process: the federation without the wire.
+    `mean` and `std` are the federation's, of the features; `base_score` the target's mean."""
+    ask = summed(parties)
+    sketch = ask(sketch_query(mean, std))["sketch"]
+    return grow(ask, sketch, mean, std, base_score, settings)
+
+
+def fit_union(x: np.ndarray, y: np.ndarray, settings: TreeSettings) -> Grown:
+    """The centralised version: one party holding every row."""
+    party = Party(x, y, settings)
+    return fit_parties([party], x.mean(axis=0), x.std(axis=0), float(np.mean(y)), settings)

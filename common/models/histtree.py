@@ -1,0 +1,240 @@
+"""Regression trees chosen from summed histograms: shared bins, per-node sums, exact splits.
+
+Every party bins its rows on the same edges and sums, for each open node of a tree level, the
+gradient and Hessian of its rows per feature and bin. Those sums add up across parties, so a
+split chosen from the summed histograms is the split a single party holding every row would
+choose: the federated tree equals the centralised one up to the binning (which is the same).
+The bin edges come from a sketch that is itself a sum: counts of rows in a fine grid of
+standard deviations around the federation's mean, so no party reveals a row's value.
+
+Trees are built in the forest's array format (common/models/forest.py); a finished model is
+the trees plus a base score, and predicts base + Σ tree values (leaves already carry the
+learning rate, or 1/trees for a forest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.models.checks import UpdateError
+from common.models.ensemble import Member
+from common.models.forest import FLOAT, INDEX, LEAF, TREES, leaves
+from common.tensors import Arrays
+
+# The sketch: a grid of CELLS equal cells spanning ±SPAN standard deviations of each feature.
+CELLS = 4096
+SPAN = 8.0
+# Relative difference below which two split gains count as equal.
+TIE = 1e-9
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """Features as trees compare them: float32 values, widened exactly to float64."""
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+def _safe(std: np.ndarray) -> np.ndarray:
+    return np.where(std > 0, std, 1.0)
+
+
+def sketch(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Rows per grid cell and feature, (features, CELLS): a sum over rows, like any statistic."""
+    z = (as_float32(x) - mean) / _safe(std)
+    cell = np.clip(np.floor((z + SPAN) * (CELLS / (2 * SPAN))), 0, CELLS - 1).astype(np.intp)
+    return np.stack([np.bincount(c, minlength=CELLS) for c in cell.T]).astype(np.float64)
+
+
+def edges_from_sketch(
+    counts: np.ndarray, mean: np.ndarray, std: np.ndarray, max_bins: int
+) -> list[np.ndarray]:
+    """Up to `max_bins − 1` edges per feature at the summed sketch's quantiles.
+
+    An edge is a cell's upper boundary, kept only with rows on both sides of it.
+    """
+    edges = []
+    bounds = -SPAN + np.arange(1, CELLS + 1) * (2 * SPAN / CELLS)
+    for f, row in enumerate(np.asarray(counts, dtype=np.float64)):
+        cumulative = np.cumsum(row)
+        total = cumulative[-1]
+        wanted = total * np.arange(1, max_bins) / max_bins
+        cells = np.unique(np.searchsorted(cumulative, wanted, side="left"))
+        cells = cells[(cumulative[cells] > 0) & (cumulative[cells] < total)]
+        values = mean[f] + bounds[cells] * _safe(std)[f] if std[f] > 0 else np.empty(0)
+        edges.append(np.unique(values.astype(FLOAT)))
+    return edges
+
+
+def pack_edges(edges: list[np.ndarray]) -> Arrays:
+    return {
+        "edges": np.concatenate([*edges, np.empty(0)]).astype(FLOAT),
+        "edge_counts": np.array([len(e) for e in edges], dtype=INDEX),
+    }
+
+
+def unpack_edges(arrays: Arrays, n_features: int, max_bins: int) -> list[np.ndarray]:
+    """Edges from the wire, checked: per feature, finite, rising, fewer than `max_bins`."""
+    flat, counts = arrays.get("edges"), arrays.get("edge_counts")
+    if flat is None or counts is None or counts.shape != (n_features,) or flat.ndim != 1:
+        raise UpdateError(f"bin edges must be 'edges' and 'edge_counts' for {n_features} features")
+    if (counts < 0).any() or (counts >= max_bins).any() or counts.sum() != len(flat):
+        raise UpdateError(f"bin edge counts must lie in [0, {max_bins}) and add up")
+    edges = np.split(np.asarray(flat, dtype=FLOAT), np.cumsum(counts)[:-1])
+    if any(not np.isfinite(e).all() or (np.diff(e) <= 0).any() for e in edges):
+        raise UpdateError("bin edges must be finite and strictly rising")
+    return edges
+
+
+def bin_rows(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+    """Each value's bin: the number of edges below it, so `bin ≤ b` ⇔ `x ≤ edges[b]` exactly as
+    a tree compares a float32 feature with a float64 threshold."""
+    x64 = as_float32(x)
+    return np.column_stack(
+        [np.searchsorted(e, x64[:, f], side="left") for f, e in enumerate(edges)]
+    ).astype(np.int32)
+
+
+def histograms(
+    bins: np.ndarray, slot: np.ndarray, grad: np.ndarray, hess: np.ndarray, slots: int, width: int
+) -> Arrays:
+    """Σ gradient and Σ Hessian per (open node, feature, bin); rows whose slot is −1 are out."""
+    keep = slot >= 0
+    base = slot[keep].astype(np.intp) * width
+    g, h = grad[keep], hess[keep]
+    columns = bins[keep].T
+    out = {}
+    for name, weights in (("grad", g), ("hess", h)):
+        sums = [np.bincount(base + c, weights=weights, minlength=slots * width) for c in columns]
+        out[name] = np.stack(sums).reshape(len(sums), slots, width).transpose(1, 0, 2).copy()
+    return out
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a node is scored and valued: L2 `reg_lambda`, `min_child_weight`, leaf `shrink`."""
+
+    reg_lambda: float
+    min_child_weight: float
+    shrink: float
+
+    def leaf(self, g: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return -g / (h + self.reg_lambda) * self.shrink
+
+    def score(self, g: np.ndarray, h: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(h > 0, g * g / (h + self.reg_lambda), 0.0)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The best split of each node: feature, bin (left takes bins ≤ it), gain, left sums."""
+
+    feature: np.ndarray
+    bin: np.ndarray
+    gain: np.ndarray
+    left_grad: np.ndarray
+    left_hess: np.ndarray
+
+
+def best_splits(grad: np.ndarray, hess: np.ndarray, rule: Rule, allowed: np.ndarray) -> Splits:
+    """Each node's best split from its summed histograms (nodes, features, bins).
+
+    `allowed` (nodes, features) masks the features a node may split on. A split needs
+    `min_child_weight` of Hessian on either side; gain −inf means the node stays a leaf.
+    """
+    nodes, _, width = grad.shape
+    g_total, h_total = grad[:, 0, :].sum(axis=1), hess[:, 0, :].sum(axis=1)
+    gl, hl = np.cumsum(grad, axis=2)[..., :-1], np.cumsum(hess, axis=2)[..., :-1]
+    gr, hr = g_total[:, None, None] - gl, h_total[:, None, None] - hl
+    gain = rule.score(gl, hl) + rule.score(gr, hr) - rule.score(g_total, h_total)[:, None, None]
+    valid = (hl >= rule.min_child_weight) & (hr >= rule.min_child_weight) & allowed[..., None]
+    gain = np.where(valid, gain, -np.inf).reshape(nodes, -1)
+    # Gains equal but for rounding (perfectly correlated features) go to the first candidate,
+    # so the order in which parties' sums were added never changes the tree.
+    top = gain.max(axis=1, keepdims=True) if gain.size else np.zeros((nodes, 1))
+    near = gain >= top - TIE * np.abs(top)
+    best = near.argmax(axis=1) if gain.size else np.zeros(nodes, dtype=np.intp)
+    at = np.arange(nodes)
+    feature, b = np.divmod(best, max(width - 1, 1))
+    return Splits(
+        feature,
+        b,
+        gain[at, best] if gain.size else np.full(nodes, -np.inf),
+        gl.reshape(nodes, -1)[at, best] if gain.size else np.zeros(nodes),
+        hl.reshape(nodes, -1)[at, best] if gain.size else np.zeros(nodes),
+    )
+
+
+@dataclass
+class TreeBuilder:
+    """One tree grown level by level in the forest's arrays; the open nodes are its leaves."""
+
+    rule: Rule
+    left: list[int] = field(default_factory=lambda: [LEAF])
+    right: list[int] = field(default_factory=lambda: [LEAF])
+    feature: list[int] = field(default_factory=lambda: [LEAF])
+    threshold: list[float] = field(default_factory=lambda: [0.0])
+    value: list[float] = field(default_factory=lambda: [0.0])
+    count: list[int] = field(default_factory=lambda: [1])
+
+    def arrays(self) -> Member:
+        return {
+            "children_left": np.array(self.left, dtype=INDEX),
+            "children_right": np.array(self.right, dtype=INDEX),
+            "feature": np.array(self.feature, dtype=INDEX),
+            "n_node_samples": np.array(self.count, dtype=INDEX),
+            "threshold": np.array(self.threshold, dtype=FLOAT),
+            "value": np.array(self.value, dtype=FLOAT),
+        }
+
+    def settle(self, node: int, g: float, h: float) -> None:
+        """Give an open node its leaf value from its summed sums (the root its row count too;
+        a child's count is fixed when its parent splits, so counts always add up)."""
+        self.value[node] = float(self.rule.leaf(np.float64(g), np.float64(h)))
+        if node == 0:
+            self.count[0] = max(round(float(h)), 1)
+
+    def split(self, node: int, feature: int, threshold: float, left_h: float) -> tuple[int, int]:
+        """Split `node`; its children are new open nodes (leaves until settled)."""
+        children = len(self.left), len(self.left) + 1
+        self.left[node], self.right[node] = children
+        self.feature[node], self.threshold[node] = feature, threshold
+        left_count = min(max(round(float(left_h)), 1), self.count[node] - 1)
+        for count in (left_count, self.count[node] - left_count):
+            self.left.append(LEAF)
+            self.right.append(LEAF)
+            self.feature.append(LEAF)
+            self.threshold.append(0.0)
+            self.value.append(0.0)
+            self.count.append(count)
+        return children
+
+
+def node_slots(tree: Member, asked: np.ndarray, x32: np.ndarray) -> np.ndarray:
+    """Each row's position in `asked` (the nodes whose histograms are wanted), or −1."""
+    lookup = np.full(len(tree["children_left"]), -1, dtype=np.intp)
+    lookup[asked] = np.arange(len(asked))
+    return lookup[leaves(tree, x32)]
+
+
+def pack_model(base_score: float, trees: list[Member]) -> Arrays:
+    return {"base_score": np.array([base_score], dtype=FLOAT), **TREES.pack(trees)}
+
+
+def unpack_model(arrays: Arrays, n_features: int) -> tuple[float, list[Member]]:
+    """Base score and checked trees; UpdateError if the model is malformed."""
+    base = arrays.get("base_score")
+    if base is None or base.dtype != FLOAT or base.shape != (1,) or not np.isfinite(base).all():
+        raise UpdateError("a histogram-tree model needs a finite float64 'base_score' (1,)")
+    trees = TREES.unpack({k: v for k, v in arrays.items() if k != "base_score"}, n_features)
+    return float(base[0]), trees
+
+
+def predict(base_score: float, trees: list[Member], x: np.ndarray) -> np.ndarray:
+    """base + Σ tree values, the trees summed in order as they were grown."""
+    x32 = np.asarray(x, dtype=np.float32)
+    total = np.full(len(x32), base_score)
+    for tree in trees:
+        total += tree["value"][leaves(tree, x32)]
+    return total

@@ -1,0 +1,152 @@
+"""Histogram trees in one process: summed histograms grow the tree a union of the rows grows."""
+
+import numpy as np
+import pytest
+
+from common.models import histtree
+from common.models.checks import UpdateError
+from common.models.histgrow import Query, TreeSettings, check_answer
+from common.models.histparty import Party, fit_parties, fit_union
+from common.tensors import Payload, receive
+
+N_FEATURES = 4
+
+
+def data(rows=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, N_FEATURES)) * [1, 10, 100, 1e4]
+    # Two copies of one feature: equal gains that rounding must not tell apart.
+    x[:, 3] = x[:, 2] * 100
+    y = np.sin(x[:, 0]) + x[:, 1] / 10 + (x[:, 2] > 50) + rng.normal(scale=0.1, size=rows)
+    return x, y
+
+
+def partitions(x, y, sizes=(0.5, 0.3, 0.15, 0.05)):
+    cuts = np.cumsum(np.round(np.array(sizes) * len(y)).astype(int))[:-1]
+    return list(zip(np.split(x, cuts), np.split(y, cuts), strict=True))
+
+
+def federated(x, y, settings):
+    parties = [Party(px, py, settings) for px, py in partitions(x, y)]
+    return fit_parties(parties, x.mean(axis=0), x.std(axis=0), float(np.mean(y)), settings)
+
+
+def same_trees(a, b):
+    return len(a) == len(b) and all(
+        all(np.array_equal(s[k], t[k]) for k in ("children_left", "feature", "threshold"))
+        for s, t in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [TreeSettings(trees=20, max_depth=4), TreeSettings(trees=15, max_bins=16, reg_lambda=0.0)],
+)
+def test_federated_by_sums_grows_the_trees_of_the_union(settings):
+    x, y = data()
+    union, fed = fit_union(x, y, settings), federated(x, y, settings)
+    assert [len(e) for e in fed.edges] == [len(e) for e in union.edges]
+    assert all(np.array_equal(a, b) for a, b in zip(fed.edges, union.edges, strict=True))
+    assert same_trees(fed.trees, union.trees)
+    x_new, _ = data(500, seed=1)
+    np.testing.assert_allclose(
+        histtree.predict(fed.base_score, fed.trees, x_new),
+        histtree.predict(union.base_score, union.trees, x_new),
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_boosting_fits_a_known_function():
+    x, y = data(6000)
+    grown = fit_union(x, y, TreeSettings(trees=60, max_depth=4))
+    x_new, y_new = data(2000, seed=3)
+    mse = np.mean((histtree.predict(grown.base_score, grown.trees, x_new) - y_new) ** 2)
+    # The noise's variance is 0.01; predicting the mean would cost Var(y) ≈ 1.3.
+    assert mse < 0.05
+
+
+def test_a_forest_of_summed_histograms_averages_its_trees():
+    x, y = data(4000)
+    settings = TreeSettings(trees=12, max_depth=8, forest=True, reg_lambda=0.0, max_features=0.5)
+    grown = federated(x, y, settings)
+    assert len(grown.trees) == 12
+    # Leaves carry 1/trees: each tree alone predicts base + its share of the residual.
+    x_new, y_new = data(2000, seed=4)
+    prediction = histtree.predict(grown.base_score, grown.trees, x_new)
+    assert np.mean((prediction - y_new) ** 2) < 0.1
+    assert not same_trees(grown.trees[:1], grown.trees[1:2])  # bootstraps differ
+
+
+def test_early_stopping_keeps_the_best_ensemble_by_validation_mse():
+    x, y = data(3000)
+    settings = TreeSettings(trees=200, learning_rate=1.0, max_depth=6, early_stopping=3)
+    grown = federated(x, y, settings)
+    scores = grown.validation_mse
+    best = int(np.argmin(scores))
+    assert len(grown.trees) == best + 1
+    assert len(scores) - 1 - best <= settings.early_stopping
+    assert len(scores) < settings.trees  # stopped early: learning rate 1 overfits fast
+
+
+def test_bins_split_exactly_as_trees_compare_float32_features():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5000, 2)) * 1e3
+    edges = [np.unique(rng.normal(size=30) * 1e3), np.unique(x[:50, 1].astype(np.float32))]
+    bins = histtree.bin_rows(x, edges)
+    x32 = x.astype(np.float32)
+    for f, e in enumerate(edges):
+        for b, edge in enumerate(e):
+            np.testing.assert_array_equal(bins[:, f] <= b, x32[:, f] <= edge)
+
+
+def test_edges_come_from_the_summed_sketch_alone():
+    x, y = data()
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    parts = partitions(x, y)
+    summed = sum(histtree.sketch(px, mean, std) for px, _ in parts)
+    np.testing.assert_array_equal(summed, histtree.sketch(x, mean, std))
+    edges = histtree.edges_from_sketch(summed, mean, std, 32)
+    assert all(len(e) <= 31 and (np.diff(e) > 0).all() for e in edges)
+    # Roughly equal rows per bin: the edges are the sketch's quantiles.
+    counts = np.bincount(histtree.bin_rows(x, edges)[:, 0])
+    assert counts.max() < 3 * len(y) / 32
+
+
+def test_decoded_model_predicts_exactly_as_on_the_server():
+    x, y = data()
+    grown = fit_union(x, y, TreeSettings(trees=10))
+    payload = Payload.encode(grown.arrays())
+    arrays = receive(payload.header, payload.chunks(1000), max_bytes=1 << 30)
+    base, trees = histtree.unpack_model(arrays, N_FEATURES)
+    x_new, _ = data(700, seed=6)
+    np.testing.assert_array_equal(
+        histtree.predict(base, trees, x_new), histtree.predict(grown.base_score, grown.trees, x_new)
+    )
+
+
+def test_malformed_models_and_questions_are_refused():
+    x, y = data(500)
+    arrays = fit_union(x, y, TreeSettings(trees=2)).arrays()
+    with pytest.raises(UpdateError, match="base_score"):
+        histtree.unpack_model({k: v for k, v in arrays.items() if k != "base_score"}, N_FEATURES)
+    bad = {**arrays, "tree.0.feature": np.full_like(arrays["tree.0.feature"], 7)}
+    with pytest.raises(UpdateError):
+        histtree.unpack_model(bad, N_FEATURES)
+    grow = histtree.TreeBuilder(histtree.Rule(1, 1, 1)).arrays()
+    wire = Query("level", grow=grow, asked=np.array([3], dtype=np.int32)).arrays()
+    with pytest.raises(UpdateError, match="asked"):
+        Query.from_wire({"tree_step": "level"}, wire, N_FEATURES, 256)
+    with pytest.raises(UpdateError, match="tree step"):
+        Query.from_wire({"tree_step": "rows, please"}, {}, N_FEATURES, 256)
+    question = Query("level", asked=np.array([0], dtype=np.int32))
+    with pytest.raises(UpdateError):
+        check_answer({"grad": np.zeros((1, N_FEATURES, 8))}, question, N_FEATURES, 8)
+
+
+@pytest.mark.parametrize(
+    "change", [{"trees": 0}, {"min_child_weight": 0.5}, {"max_bins": 1}, {"subsample": 0}]
+)
+def test_bad_settings_are_refused_with_the_reason(change):
+    with pytest.raises(ValueError, match="must"):
+        TreeSettings(**change)
