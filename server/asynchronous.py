@@ -17,10 +17,8 @@ version is scored by every connected province, so the final result covers them a
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +28,7 @@ from common.tensors import Arrays, Payload
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.buffer import Contribution, VersionBuffer
 from server.channel import Accept, Phase
+from server.config import Buffering
 from server.rounds import (
     FederationError,
     RoundLoop,
@@ -41,90 +40,6 @@ from server.rounds import (
 from server.strategy import ClientResult, Failure, Instruction
 
 log = logging.getLogger("fedstock.server")
-
-MODES = ("sync", "async")
-# Models whose update is a weight vector that can be applied as a step from another version.
-ASYNC_MODELS = ("lr", "lr-sgd", "svm")
-
-
-def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], str | None]) -> None:
-    add(
-        "--mode",
-        choices=MODES,
-        default=env("MODE", "sync"),
-        help="sync: every round waits for all its clients; async: buffered asynchronous "
-        "rounds (FedBuff): each client trains again as soon as it answers, a new global "
-        "version every --buffer-size updates, stale updates weighted down, --rounds counts "
-        "versions (lr, lr-sgd, svm) [FEDSTOCK_MODE]",
-    )
-    add(
-        "--buffer-size",
-        type=int,
-        default=env("BUFFER_SIZE", "3"),
-        help="async: updates that make one new global version (K) [FEDSTOCK_BUFFER_SIZE]",
-    )
-    add(
-        "--staleness-exponent",
-        type=float,
-        default=env("STALENESS_EXPONENT", "0.5"),
-        help="async: an update that started s versions ago counts (1+s)^-a of a fresh one "
-        "[FEDSTOCK_STALENESS_EXPONENT]",
-    )
-    add(
-        "--max-staleness",
-        type=int,
-        default=env("MAX_STALENESS", "0"),
-        help="async: refuse (FAILED_PRECONDITION, never applied) updates that started more "
-        "than this many versions ago; 0: no limit [FEDSTOCK_MAX_STALENESS]",
-    )
-
-
-def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with the mode's flags, or with what is asked of the asynchronous mode."""
-    if args.buffer_size < 1:
-        return "--buffer-size must be at least 1"
-    if not 0 <= args.staleness_exponent < math.inf:
-        return "--staleness-exponent must be a non-negative number"
-    if args.max_staleness < 0:
-        return "--max-staleness cannot be negative (0: no limit)"
-    if args.mode != "async":
-        return None
-    if args.model not in ASYNC_MODELS:
-        return (
-            f"--mode async applies each update as a step from the version it started from, "
-            f"which needs a model of weights ({', '.join(ASYNC_MODELS)}), not {args.model}"
-        )
-    if args.privacy != "none":
-        return (
-            "--mode async does not take --privacy: secure aggregation and HE need a "
-            "synchronous cohort, and the DP accounting is per synchronous round"
-        )
-    if args.cv_folds or args.grid:
-        return "model selection (--cv-folds, --grid) runs synchronous rounds; use --mode sync"
-    if args.contributions or args.importance or args.personalise:
-        return (
-            "the end-of-run analysis (--contributions, --importance, --personalise) follows "
-            "synchronous rounds; use --mode sync"
-        )
-    if (args.strategy, args.aggregation, args.compression) != ("fedavg", "mean", "none"):
-        return (
-            "--mode async combines updates by their staleness-weighted mean: use it with "
-            "--strategy fedavg, --aggregation mean and --compression none"
-        )
-    return None
-
-
-@dataclass(frozen=True)
-class Buffering:
-    """The asynchronous mode's settings: K, the staleness exponent a, the largest staleness."""
-
-    size: int
-    exponent: float
-    max_staleness: int
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Buffering:
-        return cls(args.buffer_size, args.staleness_exponent, args.max_staleness)
 
 
 @dataclass

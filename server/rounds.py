@@ -7,7 +7,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import Analysis, FinalFit
 from server.channel import Accept, Assignment, TaskChannel, gather
 from server.checkpoint import Checkpoint
+from server.config import RunSettings
 from server.ledger import Ledger
 from server.results import ResultsFile
 from server.strategy import ClientResult, Evaluation, Failure, Instruction, Strategy
@@ -30,22 +30,6 @@ log = logging.getLogger("fedstock.server")
 
 class FederationError(RuntimeError):
     """The federation cannot go on: too few clients, or no model came out of any round."""
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    rounds: int
-    min_clients: int
-    min_available: int
-    round_timeout: float
-    join_timeout: float
-    setting: str
-    test_fraction: float
-    seed: int
-
-    def data_config(self) -> dict[str, ConfigScalar]:
-        """What every client needs to prepare its rows the same way."""
-        return {"setting": self.setting, "test_fraction": self.test_fraction, "seed": self.seed}
 
 
 def check_outcome(result: ClientResult) -> None:
