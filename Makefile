@@ -9,7 +9,7 @@ MODEL ?= lr
 ROUNDS ?= 3
 ROWS ?= 270000
 
-.PHONY: install proto demo test unit lint bench test-compose up down base-image clean
+.PHONY: install proto demo test unit lint bench test-compose test-under-load up down base-image clean
 
 install: $(STAMP)
 
@@ -30,10 +30,14 @@ demo: $(STAMP)
 	$(PY) -m server.localrun --model $(MODEL) --rounds $(ROUNDS) --rows $(ROWS) --out runs/demo
 
 # Everything CI runs: lint, unit and integration tests, then the containers on a real engine.
-test: lint unit test-compose
+test: java lint unit test-compose
 
-unit: $(STAMP) chromium
+unit: $(STAMP) chromium java
 	$(PY) -m pytest -q -ra
+
+# The suite with two CPU-bound processes beside it, as on a busy two-core machine; it must pass.
+test-under-load: $(STAMP) chromium java
+	PY=$(PY) bash tests/under_load.sh
 
 # The live view's test renders the server's page in headless Chromium.
 .PHONY: chromium

@@ -64,6 +64,7 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m baselines.centralised",
         description="Train one model on the union of all provinces' rows (the seed paper's "
         "centralised framework), with the federation's preprocessing, split and scaling; print "

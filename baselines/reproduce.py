@@ -459,6 +459,7 @@ def notes(plan: Plan, session_seconds: float) -> list[str]:
 def main(argv: list[str] | None = None, session: SparkSession | None = None) -> int:
     """The command; `session` lets a caller that already runs Spark (the tests) lend it."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m baselines.reproduce",
         description="Run federated, centralised and Spark learning for LR, RF and SVM on the "
         "same data and split, and write the seed paper's Tables 2 and 3 beside ours (CSV and "

@@ -355,6 +355,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m baselines.spark",
         description="Train one model on Apache Spark as the seed paper's decentralised "
         "framework: nine RDD partitions (one per province), a scikit-learn model per partition, "

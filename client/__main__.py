@@ -26,6 +26,7 @@ log = logging.getLogger("fedstock.client")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m client",
         description="Run one province's fedstock client: load its own rows, join the server, "
         "train and evaluate when asked, exit 0 when the server says stop. Each flag falls back "

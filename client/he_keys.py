@@ -38,7 +38,9 @@ def read_private_key(path: Path) -> paillier.PaillierPrivateKey:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.he_keys", description=__doc__)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m client.he_keys", description=__doc__
+    )
     parser.add_argument("folder", type=Path, help="where to write he.key and he.pub")
     parser.add_argument("--bits", type=int, default=2048, help="bits of the modulus n")
     args = parser.parse_args(argv)

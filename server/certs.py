@@ -136,6 +136,7 @@ def write_federation(out: Path, server_names: tuple[str, ...], provinces: tuple[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m server.certs",
         description="Create a CA, a server certificate and one client certificate per province.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -23,6 +23,7 @@ ASYNC_MODELS = ("lr", "lr-sgd", "svm")
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of `python -m server`, its default read from its FEDSTOCK_* variable."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m server",
         description="Run the fedstock aggregation server: wait for province clients, run the "
         "rounds, write the results, exit 0 after the last round. Each flag falls back to the "

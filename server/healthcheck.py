@@ -40,6 +40,7 @@ def check(address: str, timeout: float, service: str = "") -> tuple[bool, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m server.healthcheck",
         description="Exit 0 if the gRPC health service at ADDRESS reports SERVING, else 1.",
     )

@@ -89,10 +89,12 @@ class Ledger:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m server.ledger", description=__doc__.split("\n")[0]
+        allow_abbrev=False, prog="python -m server.ledger", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="check a ledger; exit 0 if intact, 1 if not")
+    verify = commands.add_parser(
+        "verify", allow_abbrev=False, help="check a ledger; exit 0 if intact, 1 if not"
+    )
     verify.add_argument("file", type=Path)
     verify.add_argument(
         "--head",

@@ -26,6 +26,12 @@ from server.summary import format_summary
 SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+# server.__main__ returns 2 when it cannot start; clients of a server that failed later hear
+# "stop" within a poll, and this bounds how long they may take (generous, for loaded machines).
+SERVER_CANNOT_START = 2
+CLIENT_GRACE_SECONDS = 120.0
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -114,17 +120,21 @@ class LocalFederation:
         )
 
     def wait(self, timeout: float) -> dict[str, int | None]:
-        """Exit codes by process name (None: still running at the timeout, then killed)."""
+        """Exit codes by process name (None: still running at the timeout, then killed).
+
+        A server that exits 2 never served (bad flags, certificates or port): its clients could
+        only retry until they give up, so they are stopped at once. One that fails later has
+        told its clients to stop; they get `CLIENT_GRACE_SECONDS` to hear it and exit."""
         end = time.monotonic() + timeout
         codes: dict[str, int | None] = {}
-        processes = {"server": self.server, **self.clients}
-        for name, process in processes.items():
-            if process is None:
-                continue
-            try:
-                codes[name] = process.wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                codes[name] = None
+        if self.server is not None:
+            codes["server"] = _wait(self.server, end)
+            if codes["server"] == SERVER_CANNOT_START:
+                end = time.monotonic()
+            elif codes["server"] not in (0, None):
+                end = min(end, time.monotonic() + CLIENT_GRACE_SECONDS)
+        for name, process in self.clients.items():
+            codes[name] = _wait(process, end)
         self.kill()
         return codes
 
@@ -138,8 +148,25 @@ class LocalFederation:
         return json.loads(self.results_path.read_text())
 
 
+def _wait(process: subprocess.Popen, end: float) -> int | None:
+    """The process's exit code, or None if it is still running at `end` (monotonic)."""
+    try:
+        return process.wait(timeout=max(0.1, end - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a process's log: what a failed process said last."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m server.localrun",
         description="Run the server and nine province clients as processes on this machine, "
         "then print MSE per province and overall.",
@@ -177,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     if federation.results_path.exists():
         print(format_summary(federation.results()))
         print(f"\nresults: {federation.results_path}")
+    if failed.get("server") is not None:
+        print(
+            f"\nthe server exited with code {failed['server']}; it said:\n"
+            f"{log_tail(args.out / 'server.log')}",
+            file=sys.stderr,
+        )
     if failed:
         print(
             f"\nprocesses that did not exit cleanly (exit codes): {failed}; see their logs in "

@@ -39,7 +39,9 @@ def measure(model: str, rows: int, rounds: int, out: Path, extra: list[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench_analysis", description=__doc__)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m tests.bench_analysis", description=__doc__
+    )
     parser.add_argument("--models", nargs="+", default=["lr", "svm"])
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--rounds", type=int, default=3)

@@ -63,7 +63,9 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench_async", description=__doc__)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m tests.bench_async", description=__doc__
+    )
     parser.add_argument("--rows", type=int, default=40_000, help="rows of the synthetic market")
     parser.add_argument("--seed", type=int, default=3, help="seed of the synthetic market")
     parser.add_argument("--local-epochs", type=int, default=20, help="local passes per task")

@@ -75,7 +75,9 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench_liveview", description=__doc__)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m tests.bench_liveview", description=__doc__
+    )
     parser.add_argument("--model", default="lr-sgd")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--rows", type=int, default=200_000)

@@ -306,7 +306,7 @@ def run_all(rows: int, seed: int, parts: list[str], out: Path | None = None) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--rows", type=int, default=PAPER_ROWS)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))

@@ -100,7 +100,9 @@ def compression_row(name: str, results: dict) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench_strategies", description=__doc__)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m tests.bench_strategies", description=__doc__
+    )
     parser.add_argument("--rows", type=int, default=30_000, help="rows of the synthetic market")
     parser.add_argument("--seed", type=int, default=3, help="seed of the synthetic market")
     parser.add_argument(

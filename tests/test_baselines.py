@@ -36,18 +36,6 @@ def tiny_data(tmp_path_factory) -> DataOptions:
     return DataOptions(data=str(folder), rows=ROWS, seed=SEED)
 
 
-@pytest.fixture(scope="session")
-def spark_session():
-    """One local Spark for the run; another module asking gets the same session back."""
-    pytest.importorskip("pyspark")
-    try:
-        session = spark.start_session("local[2]", "1g")
-    except RuntimeError as error:  # no Java on this machine
-        pytest.skip(str(error))
-    yield session
-    session.stop()
-
-
 @pytest.fixture(scope="module")
 def loaded(spark_session, tiny_data):
     """The tiny market read and split once, shared by the Spark jobs below."""

@@ -9,25 +9,13 @@ import math
 
 import pytest
 
-from baselines import paper, reproduce, spark
+from baselines import paper, reproduce
 from baselines.report import Comparison, write_table
 from server.models import STRATEGIES
 
 pytestmark = pytest.mark.integration
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def spark_session():
-    """The same local session as the other baseline tests (Spark hands back the running one)."""
-    pytest.importorskip("pyspark")
-    try:
-        session = spark.start_session("local[2]", "1g")
-    except RuntimeError as error:  # no Java on this machine
-        pytest.skip(str(error))
-    yield session
-    session.stop()
 
 
 def table(path):

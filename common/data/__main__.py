@@ -93,6 +93,7 @@ def _import_joinquant(args: argparse.Namespace) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m common.data",
         description="Write raw daily bars as one Parquet file per province "
         "(DIR/<province>.parquet), the files every fedstock client reads.",
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser(
         "synth",
+        allow_abbrev=False,
         help="generate the deterministic synthetic A-share market",
         description="Generate the deterministic synthetic A-share market: same rows and seed, "
         "same bytes. Each province can be made on its own and matches the full run.",
@@ -151,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tushare = commands.add_parser(
         "import-tushare",
+        allow_abbrev=False,
         help="import Tushare daily CSVs",
         description="Import Tushare `daily` CSV exports (vol in lots of 100 shares and amount "
         "in thousands of yuan are converted to shares and yuan; limit prices are derived from "
@@ -171,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 
     joinquant = commands.add_parser(
         "import-joinquant",
+        allow_abbrev=False,
         help="import JoinQuant get_price CSVs",
         description="Import JoinQuant get_price(..., frequency='daily') CSV exports. Without a "
         "code column the stock code is the file name, e.g. 600000.XSHG.csv.",

@@ -45,7 +45,7 @@ def problems(results: dict, clients: int, rounds: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("results", help="results JSON written by the server")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
