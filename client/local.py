@@ -99,7 +99,7 @@ class LocalWork:
         elif step == "shares":
             arrays = protocol.shares(config, parameters or {})
         else:
-            arrays = protocol.unmask(config)
+            arrays = protocol.unmask(config, parameters)
         seconds = time.perf_counter() - started
         return Outcome(len(self.split(config).y_train), {"seconds": seconds}, arrays)
 

@@ -8,6 +8,7 @@ federation run --insecure) it warns that the keys are unauthenticated.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 
@@ -22,6 +23,20 @@ from common.wire import ConfigScalar
 log = logging.getLogger("fedstock.client")
 
 
+# What the server announces for a round; every client signs its keys over all of it, so a
+# server that announced different members, graphs or thresholds to different clients is caught.
+ANNOUNCED = (
+    "round",
+    "secagg_session",
+    "secagg_members",
+    "secagg_clients",
+    "secagg_neighbours",
+    "secagg_graph_seed",
+    "secagg_threshold",
+    "secagg_bound",
+)
+
+
 def _indices(text: ConfigScalar) -> set[int]:
     return {int(i) for i in str(text).split(",") if i}
 
@@ -30,20 +45,47 @@ def _bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).copy()
 
 
+def announcement(config: Mapping[str, ConfigScalar]) -> bytes:
+    """The round's announcement as the bytes every client's signatures cover."""
+    return json.dumps([str(config.get(key, "")) for key in ANNOUNCED]).encode()
+
+
+def survivors_statement(context: bytes, survivors: set[int]) -> bytes:
+    """What each survivor signs before any share is revealed: the one survivor set."""
+    listed = ",".join(str(u) for u in sorted(survivors)).encode()
+    return b"fedstock secagg survivors v1\0" + context + b"\0" + listed
+
+
 class SecAggClient:
     def __init__(self, identity: Identity | None = None) -> None:
         self.identity = identity
         self._round = 0
         self._client: secagg.Client | None = None
         self._relay: dict[int, bytes] = {}
+        self._context = b""
+        self._sessions: set[str] = set()
+        self._certificates: dict[int, bytes] = {}
+        self._survivors: set[int] | None = None
 
     def _current(self, config: Mapping[str, ConfigScalar]) -> secagg.Client:
         if self._client is None or self._round != int(config["round"]):
             raise secagg.SecAggError("a secure-aggregation step arrived out of order")
+        if announcement(config) != self._context:
+            raise secagg.SecAggError(
+                f"round {self._round}: the server changed the round's announcement between "
+                "steps; refusing to go on"
+            )
         return self._client
 
     def keys(self, config: Mapping[str, ConfigScalar]) -> Arrays:
         """A fresh protocol client for this round; its two public keys, signed if it can."""
+        session = str(config.get("secagg_session", ""))
+        if not session or session in self._sessions:
+            raise secagg.SecAggError(
+                f"round {config['round']}: the server reuses a secure-aggregation session "
+                f"({session or 'none'}); refusing a replayed round"
+            )
+        self._sessions.add(session)
         encoding = secagg.Encoding(float(config["secagg_bound"]), int(config["secagg_clients"]))
         threshold = int(config["secagg_threshold"])
         self._round = int(config["round"])
@@ -53,7 +95,8 @@ class SecAggClient:
             n, seed = int(config["secagg_clients"]), int(config["secagg_graph_seed"])
             neighbours = secagg.neighbours(n, k, seed)[index]
         self._client = secagg.Client(index, encoding, threshold, neighbours)
-        self._relay = {}
+        self._relay, self._certificates, self._survivors = {}, {}, None
+        self._context = announcement(config)
         keys = b"".join(self._client.advertise())
         if self.identity is None:
             log.warning(
@@ -63,7 +106,7 @@ class SecAggClient:
             )
             signature, certificate = b"", b""
         else:
-            signature = self.identity.sign(self._round, index, keys)
+            signature = self.identity.sign(self._round, index, keys, self._context)
             certificate = self.identity.certificate
         return {
             "keys": _bytes(keys).reshape(2, 32),
@@ -89,13 +132,7 @@ class SecAggClient:
     ) -> None:
         if self.identity is None:
             return
-        members = str(config["secagg_members"]).split(",")
-        own = int(config["secagg_index"])
-        if len(set(members)) != len(members) or members[own - 1 : own] != [self.identity.province]:
-            raise KeyAuthenticationError(
-                f"round {self._round}: the server announces the members {members}, with "
-                f"{self.identity.province} missing, misplaced or repeated; refusing the round"
-            )
+        members = self._members(config)
         for index, keys in adverts.items():
             if not 1 <= index <= len(members):
                 raise KeyAuthenticationError(
@@ -103,8 +140,27 @@ class SecAggClient:
                 )
             signature, certificate = proofs[index]
             self.identity.verify(
-                self._round, index, members[index - 1], b"".join(keys), signature, certificate
+                self._round,
+                index,
+                members[index - 1],
+                b"".join(keys),
+                signature,
+                certificate,
+                self._context,
             )
+            self._certificates[index] = certificate
+
+    def _members(self, config: Mapping[str, ConfigScalar]) -> list[str]:
+        members = str(config["secagg_members"]).split(",")
+        own = int(config["secagg_index"])
+        if self.identity is not None and (
+            len(set(members)) != len(members) or members[own - 1 : own] != [self.identity.province]
+        ):
+            raise KeyAuthenticationError(
+                f"round {self._round}: the server announces the members {members}, with "
+                f"{self.identity.province} missing, misplaced or repeated; refusing the round"
+            )
+        return members
 
     def strip(self, parameters: Arrays) -> Arrays | None:
         """The global parameters without the shares relayed to this client, which it keeps."""
@@ -120,11 +176,61 @@ class SecAggClient:
         masked = self._current(config).masked_input(flatten(weighted), self._relay)
         return unflatten(masked.view(np.int64), weighted)
 
-    def unmask(self, config: Mapping[str, ConfigScalar]) -> Arrays:
+    def unmask(
+        self, config: Mapping[str, ConfigScalar], signatures: Arrays | None = None
+    ) -> Arrays:
+        """Step `confirm`: this client's signature on the survivor set the server announces.
+        Step `reveal`: once every survivor is shown to have signed that same set, the shares
+        that remove the masks (common/secagg.py checks that no client gets both kinds)."""
+        protocol = self._current(config)
         survivors = _indices(config["secagg_survivors"])
-        dropped = _indices(config["secagg_dropped"])
-        reply = self._current(config).unmask(survivors, dropped)
+        statement = survivors_statement(self._context, survivors)
+        if config.get("secagg_step") == "confirm":
+            if self._survivors is not None:
+                raise secagg.SecAggError(
+                    f"round {self._round}: asked to confirm a second survivor set; refusing"
+                )
+            self._survivors = survivors
+            signature = self.identity.sign_message(statement) if self.identity else b""
+            return {"signature": _bytes(signature)}
+        if survivors != self._survivors:
+            raise secagg.SecAggError(
+                f"round {self._round}: the survivors to unmask {sorted(survivors)} are not "
+                f"those this client confirmed {sorted(self._survivors or ())}; refusing"
+            )
+        self._check_confirmations(config, statement, survivors, signatures or {})
+        reply = protocol.unmask(survivors, _indices(config["secagg_dropped"]))
         order = sorted(reply)
         rows = b"".join(reply[u].to_bytes(secagg.SHARE_BYTES) for u in order)
         shares = np.frombuffer(rows, dtype=np.uint8).reshape(len(order), secagg.SHARE_BYTES)
         return {"for": np.array(order, dtype=np.int64), "shares": shares.copy()}
+
+    def _check_confirmations(
+        self,
+        config: Mapping[str, ConfigScalar],
+        statement: bytes,
+        survivors: set[int],
+        relayed: Arrays,
+    ) -> None:
+        """More than half of the round's clients, all survivors, signed the survivor set this
+        client signed. Two disjoint majorities cannot exist, so the server told every helper the
+        same set, and no two helpers reveal different kinds of share for one client."""
+        if self.identity is None:
+            return
+        members = self._members(config)
+        signed = secagg.unpack_signatures(relayed)
+        if not set(signed) <= survivors or len(signed) <= len(members) // 2:
+            raise KeyAuthenticationError(
+                f"round {self._round}: {len(signed)} confirmations of the survivors relayed, from "
+                f"{sorted(signed)}: not a majority of the {len(members)} clients, all survivors; "
+                "refusing to reveal any share (is the server tampering?)"
+            )
+        for u, signature in signed.items():
+            self.identity.verify_message(
+                statement,
+                members[u - 1],
+                signature,
+                self._certificates.get(u, b""),
+                f"round {self._round}: the survivor set confirmed as {members[u - 1]}'s",
+                "reveal any share",
+            )

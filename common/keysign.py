@@ -32,12 +32,16 @@ class KeyAuthenticationError(SecAggError):
     """A relayed key bundle does not come from the province it is announced for."""
 
 
-def bundle(server_round: int, index: int, province: str, keys: bytes) -> bytes:
-    """The signed message: bound to one round and one position, so it cannot be replayed."""
+def bundle(
+    server_round: int, index: int, province: str, keys: bytes, context: bytes = b""
+) -> bytes:
+    """The signed message: bound to one round, one position and the round's announcement
+    (`context`), so it cannot be replayed into another round or a differently announced one."""
     return (
         b"fedstock secagg keys v1\0"
         + struct.pack(">QQ", server_round, index)
         + (province.encode() + b"\0" + keys)
+        + context
     )
 
 
@@ -64,8 +68,11 @@ class Identity:
         authority = x509.load_pem_x509_certificate(read_pem(folder, "ca.pem"))
         return cls(province, key, read_pem(folder, f"{province}.pem"), authority)
 
-    def sign(self, server_round: int, index: int, keys: bytes) -> bytes:
-        return self.key.sign(bundle(server_round, index, self.province, keys), SIGNATURE)
+    def sign(self, server_round: int, index: int, keys: bytes, context: bytes = b"") -> bytes:
+        return self.sign_message(bundle(server_round, index, self.province, keys, context))
+
+    def sign_message(self, message: bytes) -> bytes:
+        return self.key.sign(message, SIGNATURE)
 
     def verify(
         self,
@@ -75,14 +82,34 @@ class Identity:
         keys: bytes,
         signature: bytes,
         certificate: bytes,
+        context: bytes = b"",
     ) -> None:
-        """Raises KeyAuthenticationError unless `province` signed `keys` for this round and
-        index with a client certificate from the federation's CA."""
+        """Raises KeyAuthenticationError unless `province` signed `keys` for this round, index
+        and announcement with a client certificate from the federation's CA."""
+        self.verify_message(
+            bundle(server_round, index, province, keys, context),
+            province,
+            signature,
+            certificate,
+            f"round {server_round}: the keys relayed as {province}'s (client {index})",
+            "derive masks from them",
+        )
+
+    def verify_message(
+        self,
+        message: bytes,
+        province: str,
+        signature: bytes,
+        certificate: bytes,
+        what: str,
+        action: str,
+    ) -> None:
+        """Raises KeyAuthenticationError naming `what` unless `province` signed `message` with
+        a client certificate from the federation's CA; `action` is what the caller refuses."""
 
         def refuse(why: str) -> KeyAuthenticationError:
             return KeyAuthenticationError(
-                f"round {server_round}: the keys relayed as {province}'s (client {index}) "
-                f"{why}; refusing to derive masks from them (is the server tampering?)"
+                f"{what} {why}; refusing to {action} (is the server tampering?)"
             )
 
         try:
@@ -108,6 +135,6 @@ class Identity:
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise refuse("carry a certificate without an elliptic-curve key")
         try:
-            public.verify(signature, bundle(server_round, index, province, keys), SIGNATURE)
+            public.verify(signature, message, SIGNATURE)
         except InvalidSignature:
             raise refuse("do not match their signature") from None

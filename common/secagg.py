@@ -142,14 +142,36 @@ class Client:
             self._mask_key.public_key().public_bytes_raw(),
         )
 
+    def __post_init__(self) -> None:
+        group = self.encoding.clients if self.neighbours is None else len(self.neighbours) + 1
+        if not group / 2 < self.threshold <= group:
+            raise SecAggError(
+                f"a threshold of {self.threshold} in a group of {group} is unsafe: it must be a "
+                "majority, or a server that splits the group could rebuild both secrets of one "
+                "client from the two halves"
+            )
+        self._step = "advertised"
+
+    def _advance(self, expected: str, step: str) -> None:
+        """Each step once, in order: a server that replays one learns nothing new."""
+        if self._step != expected:
+            raise SecAggError(
+                f"refusing to {step} after {self._step!r}: each step runs once per round, "
+                "in order (a replayed or out-of-order step)"
+            )
+        self._step = step
+
     def share(self, adverts: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
         """Shares of the self seed and the mask key, encrypted for each neighbour that is in."""
+        if adverts.get(self.index) != self.advertise():
+            raise SecAggError(f"the keys relayed for client {self.index} are not this client's")
         holders = sorted(
             v for v in adverts if v == self.index or self.neighbours is None or v in self.neighbours
         )
         if len(holders) < self.threshold:
             raise SecAggError(f"{len(holders)} clients cannot meet a threshold of {self.threshold}")
-        self._adverts = adverts
+        self._advance("advertised", "share")
+        self._adverts, self._group = adverts, frozenset(holders)
         seeds = split(int.from_bytes(self._self_seed), holders, self.threshold)
         key = int.from_bytes(self._mask_key.private_bytes_raw())
         keys = split(key, holders, self.threshold)
@@ -169,7 +191,18 @@ class Client:
         return AESGCM(agree(self._cipher_key, self._adverts[other][0], b"shares"))
 
     def masked_input(self, values: np.ndarray, shares: dict[int, bytes]) -> np.ndarray:
-        """The encoded input plus the self mask and the pairwise masks: uniform to the server."""
+        """The encoded input plus the self mask and the pairwise masks: uniform to the server.
+
+        Only once a round, and only with at least `threshold` − 1 peers that shared with it:
+        a server that relayed fewer could unmask the input by claiming those peers dropped."""
+        strangers = sorted(set(shares) - getattr(self, "_group", frozenset()) - {self.index})
+        if strangers or len(shares) + 1 < self.threshold:
+            raise SecAggError(
+                f"refusing to mask with the {len(shares)} peers relayed (unknown: {strangers}): "
+                f"fewer than the threshold of {self.threshold} with this client, so the server "
+                "could remove every mask but its own; is the server deviating?"
+            )
+        self._advance("share", "mask")
         for u, sealed in shares.items():
             plain = self._box(u).decrypt(sealed[-12:], sealed[:-12], _pair(u, self.index))
             self._held[u] = (
@@ -187,11 +220,13 @@ class Client:
 
     def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, int]:
         """Shares of self seeds for `survivors` and of mask keys for `dropped` among the clients
-        whose shares it holds; never both for one client."""
-        if survivors & dropped or len(survivors & self._held.keys()) < self.threshold:
+        whose shares it holds; never both for one client, and only once a round."""
+        unsafe = survivors & dropped or self.index not in survivors
+        if unsafe or len(survivors & self._held.keys()) < self.threshold:
             raise SecAggError(
                 "refusing to unmask: the server's survivor and dropout sets are unsafe"
             )
+        self._advance("mask", "unmask")
         seeds = {u: self._held[u][0] for u in survivors if u in self._held}
         return seeds | {u: self._held[u][1] for u in dropped if u in self._held}
 
@@ -269,6 +304,22 @@ def unpack_adverts(
     certificates = _unragged(arrays["certificates"], arrays["certificate_ends"], len(order))
     proofs = dict(zip(order, zip(signatures, certificates, strict=True), strict=True))
     return adverts, proofs
+
+
+def pack_signatures(signatures: dict[int, bytes]) -> dict[str, np.ndarray]:
+    """Each survivor's signature on the survivor set, by client index, for every survivor."""
+    order = sorted(signatures)
+    flat, ends = _ragged([signatures[i] for i in order])
+    return {"index": np.array(order, dtype=np.int64), "signatures": flat, "signature_ends": ends}
+
+
+def unpack_signatures(arrays: dict[str, np.ndarray]) -> dict[int, bytes]:
+    try:
+        order = [int(i) for i in arrays["index"]]
+        flat, ends = arrays["signatures"], arrays["signature_ends"]
+    except KeyError:
+        raise SecAggError("the relayed survivor confirmations are malformed") from None
+    return dict(zip(order, _unragged(flat, ends, len(order)), strict=True))
 
 
 def _ragged(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -135,6 +135,7 @@ def test_a_sparse_graph_round_fails_safely_when_a_neighbourhood_is_gone():
     [
         (["--secagg-neighbours", "3"], "even number"),
         (["--secagg-neighbours", "4", "--secagg-threshold", "6"], "cannot exceed"),
+        (["--secagg-neighbours", "4", "--secagg-threshold", "2"], "must be a majority"),
     ],
 )
 def test_the_server_refuses_a_graph_it_cannot_use(flags, says, capsys):
@@ -171,7 +172,7 @@ def in_process_round(
         pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(
             i.config, relay(i.province, i.parameters)
         ),
-        pb.TASK_KIND_SECAGG_UNMASK: lambda c, i: c.secagg.unmask(i.config),
+        pb.TASK_KIND_SECAGG_UNMASK: lambda c, i: c.secagg.unmask(i.config, i.parameters),
     }
 
     def train(c, i):
@@ -279,6 +280,7 @@ def test_without_a_certificate_the_client_warns_its_keys_are_unauthenticated(cap
         "secagg_clients": 3,
         "secagg_threshold": 2,
         "secagg_index": 1,
+        "secagg_session": "a1",
     }
     with caplog.at_level(logging.WARNING, logger="fedstock.client"):
         keys = SecAggClient().keys(config)
@@ -309,3 +311,55 @@ def test_a_secagg_federation_survives_two_clients_dying_mid_round(tmp_path, grap
     record = federation.results()["rounds"][0]
     assert math.isfinite(record["mse"]) and set(record["per_client"]) == set(survivors) - {"server"}
     assert "unsigned" not in (tmp_path / "server.log").read_text()  # keys were signed
+
+
+# Against a deviating server (real gRPC attacks: tests/test_privacy_active_server.py).
+
+
+def test_a_threshold_that_is_no_majority_of_the_group_is_refused():
+    with pytest.raises(SecAggError, match="must be a majority"):
+        Client(1, Encoding(1.0, 9), 4)
+    with pytest.raises(SecAggError, match="must be a majority"):
+        Client(1, Encoding(1.0, 9), 2, frozenset({2, 3, 4, 5}))
+
+
+def test_each_step_runs_once_in_order():
+    encoding = Encoding(bound=1.0, clients=3)
+    clients = {i: Client(i, encoding, 2) for i in (1, 2, 3)}
+    adverts = {i: c.advertise() for i, c in clients.items()}
+    boxes = {u: c.share(adverts) for u, c in clients.items()}
+    with pytest.raises(SecAggError, match="refusing to share after 'share'"):
+        clients[1].share(adverts)
+    relay = {u: box[1] for u, box in boxes.items() if 1 in box}
+    clients[1].masked_input(np.zeros(4), relay)
+    with pytest.raises(SecAggError, match="refusing to mask after 'mask'"):
+        clients[1].masked_input(np.ones(4), relay)
+    clients[1].unmask({1, 2, 3}, set())
+    with pytest.raises(SecAggError, match="refusing to unmask after 'unmask'"):
+        clients[1].unmask({1, 2}, {3})
+
+
+def test_keys_relayed_in_place_of_a_clients_own_are_refused():
+    encoding = Encoding(bound=1.0, clients=3)
+    clients = {i: Client(i, encoding, 2) for i in (1, 2, 3)}
+    adverts = {i: c.advertise() for i, c in clients.items()}
+    adverts[1] = Client(1, encoding, 2).advertise()
+    with pytest.raises(SecAggError, match="not this client's"):
+        clients[1].share(adverts)
+
+
+def test_a_session_is_run_once():
+    config = {
+        "round": 1,
+        "secagg_bound": 1.0,
+        "secagg_clients": 3,
+        "secagg_threshold": 2,
+        "secagg_index": 1,
+        "secagg_session": "b2",
+    }
+    client = SecAggClient()
+    client.keys(config)
+    with pytest.raises(SecAggError, match="replayed round"):
+        client.keys(config)
+    with pytest.raises(SecAggError, match="replayed round"):
+        client.keys({**config, "secagg_session": ""})

@@ -101,6 +101,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--secagg-neighbours must be an even number, or 0 for every pair"
     if args.secagg_neighbours and args.secagg_threshold > args.secagg_neighbours + 1:
         return "--secagg-threshold cannot exceed a neighbourhood: --secagg-neighbours + 1"
+    if args.secagg_neighbours and 0 < args.secagg_threshold * 2 <= args.secagg_neighbours + 1:
+        return "--secagg-threshold must be a majority of a neighbourhood: --secagg-neighbours + 1"
     if not 0 < args.dp_delta < 1:
         return "--dp-delta must lie strictly between 0 and 1"
     return None

@@ -105,6 +105,8 @@ class SecAggFedAvg(Strategy):
             "secagg_members": ",".join(index),  # provinces in index order, for the signatures
             "secagg_neighbours": k,
             "secagg_graph_seed": seed,
+            # A fresh protocol instance: clients refuse one they have run, and sign over it.
+            "secagg_session": secrets.token_hex(16),
         }
         own = {p: {**base, "secagg_index": i} for p, i in index.items()}
         keys = self._ask(
@@ -188,10 +190,34 @@ class SecAggFedAvg(Strategy):
         dropped = ",".join(str(i) for i in sorted(set(state.adverts) - set(masked)))
         config = {**state.config, "secagg_survivors": survivors, "secagg_dropped": dropped}
         helpers = {p: i for p, i in state.index.items() if i in masked}
+        confirmations = self._ask(
+            server_round,
+            pb.TASK_KIND_SECAGG_UNMASK,
+            {
+                p: ({**config, "secagg_index": i, "secagg_step": "confirm"}, None)
+                for p, i in helpers.items()
+            },
+            _checked({"signature": (np.dtype(np.uint8), (-1,))}),
+        )
+        if len(confirmations) <= len(state.index) // 2:
+            # Clients reveal shares only once a majority of the round confirms the same survivors.
+            log.warning(
+                "round %d: only %d survivors confirmed the survivor set, not a majority of %d",
+                server_round,
+                len(confirmations),
+                len(state.index),
+            )
+            return None
+        signatures = secagg.pack_signatures(
+            {state.index[r.province]: r.arrays["signature"].tobytes() for r in confirmations}
+        )
         replies = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_UNMASK,
-            {p: ({**config, "secagg_index": i}, None) for p, i in helpers.items()},
+            {
+                p: ({**config, "secagg_index": i, "secagg_step": "reveal"}, signatures)
+                for p, i in helpers.items()
+            },
             _checked(
                 {
                     "for": (np.dtype(np.int64), (-1,)),

@@ -1,0 +1,309 @@
+"""Secure aggregation against a server that deviates: every attack ends in a refusal.
+
+The nine provinces are real client daemons with their own certificates, talking mutual-TLS gRPC
+to a real coordinator over localhost. The server side is a test double: the real secure-
+aggregation strategy, whose tasks pass through `tamper` on their way out, as a deviating
+operator could change them, and which records everything the clients send back. Each attack
+then tries to recover client 1's input from what the server holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from client.daemon import ClientDaemon
+from client.local import LocalWork
+from client.privacy import ClientPrivacy
+from client.trainers import trainer_for
+from common import secagg
+from common.data.synthetic import synthesize_province
+from common.keysign import Identity
+from common.models import linear
+from common.preprocess import features_for
+from common.provinces import PROVINCES
+from common.tensors import Payload, to_tensor
+from common.tls import client_credentials, server_credentials
+from common.vectors import flatten
+from common.wire import to_config
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.__main__ import build_server
+from server.certs import DEFAULT_SERVER_NAMES, write_federation
+from server.coordinator import Assignment, Coordinator
+from server.localrun import free_port
+from server.privacy.secagg import SecAggFedAvg
+from server.strategy import ClientResult, Failure, FedAvg, Instruction
+
+pytestmark = pytest.mark.integration
+
+DATA = {"setting": "next-day", "test_fraction": 0.2, "seed": 0, "model": "lr"}
+ROWS = 9_000
+VICTIM = sorted(PROVINCES)[0]  # client 1: the provinces are numbered in sorted order
+TASK_SECONDS = 600.0  # an upper bound only: a refusing client's task is closed when it exits
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("certs")
+    write_federation(folder, DEFAULT_SERVER_NAMES, PROVINCES)
+    return folder
+
+
+class DeviatingServer:
+    """A coordinator the test drives by hand, nine daemons polling it, and a log of uploads."""
+
+    def __init__(self, certificates, tamper=lambda kind, instruction: instruction) -> None:
+        self.tamper = tamper
+        self.coordinator = Coordinator(poll_seconds=1)
+        address = f"localhost:{free_port()}"
+        credentials = server_credentials(certificates)
+        self.server, _ = build_server(self.coordinator, address, 16, 1 << 26, credentials)
+        self.server.start()
+        self.errors: dict[str, Exception] = {}
+        # Every answer with the task it answered, as the server holds them.
+        self.exchanges: list[tuple[int, Instruction, ClientResult]] = []
+        self.threads = []
+        for province in PROVINCES:
+            work = LocalWork(
+                synthesize_province(province, ROWS, 0),
+                ClientPrivacy(identity=Identity.load(certificates, province)),
+            )
+            daemon = ClientDaemon(
+                province,
+                address,
+                client_credentials(certificates, province),
+                work,
+                connect_timeout=300,
+                transfer_timeout=300,
+                max_model_bytes=1 << 26,
+            )
+            thread = threading.Thread(target=self._serve, args=(province, daemon), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        self.coordinator.wait_for_clients(len(PROVINCES), 300)
+        features = features_for(DATA["setting"])
+        self.scaler = pb.Scaler(
+            features=features,
+            mean=to_tensor("mean", np.zeros(len(features))),
+            scale=to_tensor("scale", np.ones(len(features))),
+        )
+
+    def _serve(self, province: str, daemon: ClientDaemon) -> None:
+        try:
+            daemon.run()
+        except Exception as error:  # a refusal: the client stops serving this server
+            self.errors[province] = error
+
+    def phase(self, server_round, kind, plan, accept):
+        """The strategy's phase runner: tampered tasks out, every answer recorded."""
+        phases, sent = {}, {}
+        for instruction in plan:
+            if instruction.province in self.errors:
+                continue
+            instruction = self.tamper(kind, instruction)
+            sent[instruction.province] = instruction
+            payload = Payload.encode(instruction.parameters) if instruction.parameters else None
+            task = pb.Task(
+                round=server_round,
+                kind=kind,
+                config=to_config({**DATA, **instruction.config}),
+                scaler=self.scaler,
+                parameters=payload.header if payload else None,
+            )
+            phases[instruction.province] = self.coordinator.hand_out(
+                server_round, kind, instruction.province, Assignment(task, payload), accept, 600
+            )
+        while open_ := [
+            p for province, p in phases.items() if p.waiting and province not in self.errors
+        ]:
+            self.coordinator.wait_any(open_, timeout=0.5)
+        results = [r for p in phases.values() for r in p.results]
+        self.exchanges += [(kind, sent[r.province], r) for r in results]
+        failures = [Failure(p, str(self.errors[p])) for p in phases if p in self.errors]
+        return results, failures
+
+    def secagg_round(self, strategy: SecAggFedAvg):
+        """One round of `strategy` through this server; the new model, if any came out."""
+        strategy.bind_phases(self.phase)
+        plan = strategy.configure_fit(1, None, list(PROVINCES))
+
+        def accept(result):
+            strategy.check_update(result.arrays, len(self.scaler.features))
+            return result
+
+        results, failures = self.phase(1, pb.TASK_KIND_TRAIN, plan, accept)
+        return strategy.aggregate_fit(1, results, failures, None)
+
+    def close(self) -> None:
+        self.coordinator.stop("the test is over", failed=False, grace_seconds=30)
+        for thread in self.threads:
+            thread.join(timeout=60)
+        self.server.stop(grace=0)
+
+
+@pytest.fixture
+def deviating(certificates):
+    servers = []
+
+    def start(tamper=lambda kind, instruction: instruction):
+        servers.append(DeviatingServer(certificates, tamper))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def strategy(**options) -> SecAggFedAvg:
+    return SecAggFedAvg(FedAvg({"model": "lr"}, linear.check_weights), **options)
+
+
+def victims_input() -> np.ndarray:
+    """What client 1 masks: its sample-weighted LR update and its weight, as the ring's values."""
+    data = LocalWork(synthesize_province(VICTIM, ROWS, 0)).split(DATA)
+    update = trainer_for("lr").fit(data.x_train, data.y_train, None, DATA)
+    n = len(data.y_train)
+    return flatten({**{k: v * n for k, v in update.items()}, secagg.WEIGHT: np.array(float(n))})
+
+
+def index(province: str) -> int:
+    return sorted(PROVINCES).index(province) + 1
+
+
+def recover_victim(server: DeviatingServer, threshold: int) -> np.ndarray | None:
+    """The attack's goal: client 1's input, from its masked input, its self seed (rebuilt from
+    the shares of clients told it survived) and, for the peers it masked with, its mask key
+    (rebuilt from the shares of clients told it dropped); None when the server lacks either."""
+    masked, seeds, keys, adverts = None, {}, {}, {}
+    for kind, told, result in server.exchanges:
+        if kind == pb.TASK_KIND_SECAGG_KEYS:
+            adverts[index(result.province)] = result.arrays["keys"]
+        elif kind == pb.TASK_KIND_TRAIN and result.province == VICTIM:
+            masked, peers = result.arrays, told.parameters[secagg.SENDERS]
+        elif kind == pb.TASK_KIND_SECAGG_UNMASK and "for" in result.arrays:
+            dropped = "1" in str(told.config["secagg_dropped"]).split(",")
+            shares = dict(zip(result.arrays["for"], result.arrays["shares"], strict=True))
+            if 1 in shares:
+                share = int.from_bytes(shares[1].tobytes())
+                (keys if dropped else seeds)[index(result.province)] = share
+    if masked is None or len(seeds) < threshold or (len(peers) and len(keys) < threshold):
+        return None
+    values = secagg.join_input(masked)
+    encoding = secagg.Encoding(1e9, len(PROVINCES))
+    seed = secagg.combine(dict(list(seeds.items())[:threshold]))
+    values = values - secagg.prg(seed.to_bytes(32), len(values), encoding)
+    if len(peers):
+        key = secagg.combine(dict(list(keys.items())[:threshold]))
+        private = X25519PrivateKey.from_private_bytes(key.to_bytes(32))
+        for v in (int(v) for v in peers):
+            agreed = secagg.agree(private, adverts[v][1].tobytes(), f"1-{v}".encode())
+            values = values - secagg.prg(agreed, len(values), encoding)  # 1 < v: 1 added it
+    return encoding.decode(values & encoding.mask)
+
+
+def assert_not_recovered(server: DeviatingServer, threshold: int) -> None:
+    recovered = recover_victim(server, threshold)
+    if recovered is not None:  # what the attack gets where the clients do not refuse
+        np.testing.assert_allclose(recovered, victims_input(), rtol=1e-9, atol=1e-4)
+    assert recovered is None
+
+
+def empty_relay_for_the_victim(keep: int):
+    """Client 1 receives the shares of only `keep` peers with its training task."""
+
+    def tamper(kind, instruction: Instruction) -> Instruction:
+        if kind != pb.TASK_KIND_TRAIN or instruction.province != VICTIM:
+            return instruction
+        arrays = dict(instruction.parameters)
+        arrays[secagg.SENDERS] = arrays[secagg.SENDERS][:keep]
+        arrays[secagg.SHARES] = arrays[secagg.SHARES][:keep]
+        return replace(instruction, parameters=arrays)
+
+    return tamper
+
+
+@pytest.mark.parametrize("keep", [0, 3])
+def test_a_client_given_a_short_relay_refuses_to_mask(deviating, keep):
+    """The server hands client 1 the shares of fewer peers than the threshold needs (none, or
+    three of the five), so that client 1 masks with its self mask and those few pairs only.
+    Were its masked input sent, the self seed's shares would unmask it: client 1 refuses."""
+    server = deviating(empty_relay_for_the_victim(keep))
+    server.secagg_round(strategy())
+    assert_not_recovered(server, threshold=7)
+    assert "refusing to mask" in str(server.errors.get(VICTIM))
+    assert VICTIM not in {
+        r.province for kind, _, r in server.exchanges if kind == pb.TASK_KIND_TRAIN
+    }
+
+
+GROUP_B = sorted(PROVINCES)[5:]  # clients 6..9
+
+
+def split_survivors(relay_own_group: bool):
+    """Clients 1..5 are told everyone survived (they would reveal client 1's self seed), 6..9
+    that client 1 dropped (they would reveal its mask key). With `relay_own_group`, each group
+    is shown only its own group's confirmations, which all agree within the group."""
+    told = {}
+
+    def tamper(kind, instruction: Instruction) -> Instruction:
+        if kind != pb.TASK_KIND_SECAGG_UNMASK or instruction.province not in GROUP_B:
+            if relay_own_group and instruction.config.get("secagg_step") == "reveal":
+                return replace(instruction, parameters=only(instruction.parameters, False))
+            return instruction
+        survivors = [u for u in str(instruction.config["secagg_survivors"]).split(",") if u != "1"]
+        config = {**instruction.config, "secagg_survivors": ",".join(survivors)}
+        config["secagg_dropped"] = ",".join(filter(None, [str(config["secagg_dropped"]), "1"]))
+        told[instruction.province] = config
+        parameters = instruction.parameters
+        if relay_own_group and config["secagg_step"] == "reveal":
+            parameters = only(parameters, True)
+        return replace(instruction, config=config, parameters=parameters)
+
+    return tamper
+
+
+def only(signatures, group_b: bool):
+    """The relayed confirmations of group B only, or of the others only."""
+    signed = secagg.unpack_signatures(signatures)
+    wanted = {index(p) for p in GROUP_B}
+    return secagg.pack_signatures({u: s for u, s in signed.items() if (u in wanted) == group_b})
+
+
+@pytest.mark.parametrize(
+    ("threshold", "relay_own_group", "refusal"),
+    [(4, False, "unsafe"), (5, False, "refusing to reveal"), (5, True, "refusing to reveal")],
+)
+def test_different_survivor_lists_to_different_clients_are_refused(
+    deviating, threshold, relay_own_group, refusal
+):
+    """Clients 1..5 would reveal client 1's self seed, 6..9 its mask key: with a threshold of
+    four, enough of both. Clients refuse a threshold that is no majority; and each survivor signs
+    the set it was told and checks, before revealing any share, that a majority of the round
+    signed that same set, so the two lists cannot both pass."""
+    server = deviating(split_survivors(relay_own_group))
+    server.secagg_round(strategy(threshold=threshold))
+    assert_not_recovered(server, threshold)
+    refused = {p for p, e in server.errors.items() if refusal in str(e)}
+    assert set(GROUP_B) <= refused
+
+
+def test_a_replayed_unmask_step_is_refused(deviating):
+    """After an honest round, the server asks the survivors again, now saying client 1 dropped:
+    with both answers it would hold client 1's self seed and its mask key."""
+    server = deviating()
+    assert server.secagg_round(strategy()) is not None
+    replay = []
+    for kind, told, _ in server.exchanges:
+        if kind == pb.TASK_KIND_SECAGG_UNMASK and told.config.get("secagg_step") != "confirm":
+            survivors = [u for u in str(told.config["secagg_survivors"]).split(",") if u != "1"]
+            config = {**told.config, "secagg_survivors": ",".join(survivors), "secagg_dropped": "1"}
+            replay.append(replace(told, config=config))
+    server.phase(1, pb.TASK_KIND_SECAGG_UNMASK, replay, lambda result: result)
+    assert_not_recovered(server, threshold=7)
+    assert all(
+        "not those this client confirmed" in str(server.errors.get(i.province)) for i in replay
+    )
