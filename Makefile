@@ -62,6 +62,11 @@ base-image:
 	bash docker/engine.sh
 	bash docker/base-image.sh fedstock-base:bookworm
 
+# docs/cli.md: every program's --help, from the parsers; tests/test_cli.py fails when it is stale.
+.PHONY: cli-docs
+cli-docs: $(STAMP)
+	$(PY) -m tests.cli_docs
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -69,8 +74,6 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -u -m tests.bench
 
-# Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
-# in runs/privacy.
 # fedstock beside Flower 1.42's legacy gRPC runtime on the same job, in one run. Flower lives in
 # its own virtual environment (.venv-flower), never in the project's.
 FLOWER_VENV ?= .venv-flower
@@ -80,6 +83,8 @@ bench-flower: $(STAMP)
 	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr==1.42.0' numpy
 	$(PY) -u -m tests.bench_flower --flower-python $(FLOWER_VENV)/bin/python --out runs/flower
 
+# Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
+# in runs/privacy.
 .PHONY: bench-privacy
 bench-privacy: $(STAMP)
 	$(PY) -u -m tests.bench_privacy --out runs/privacy

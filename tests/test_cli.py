@@ -61,3 +61,9 @@ def test_localrun_stops_at_once_with_the_servers_message_when_the_server_cannot_
     # The clients were stopped by localrun, not left to retry until their own patience ran out.
     for log in out.glob("*.log"):
         assert "gave up" not in log.read_text(), log.name
+
+
+def test_the_flag_reference_is_the_parsers_own_help():
+    from tests import cli_docs
+
+    assert cli_docs.PAGE.read_text() == cli_docs.render(), "docs/cli.md is stale: make cli-docs"
