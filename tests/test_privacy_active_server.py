@@ -114,8 +114,8 @@ class DeviatingServer:
                 scaler=self.scaler,
                 parameters=payload.header if payload else None,
             )
-            phases[instruction.province] = self.coordinator.hand_out(
-                server_round, kind, instruction.province, Assignment(task, payload), accept, 600
+            phases[instruction.province] = self.coordinator.send(
+                server_round, kind, {instruction.province: Assignment(task, payload)}, accept, 600
             )
         while open_ := [
             p for province, p in phases.items() if p.waiting and province not in self.errors
