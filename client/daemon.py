@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from client.handshake import HandshakeCheck
 from client.local import LocalWork, Outcome
 from client.tasks import ClientError, perform
 from common.tensors import Arrays, Payload, PayloadReceiver
@@ -98,6 +99,7 @@ class ClientDaemon:
         request = pb.JoinRequest(
             province=self.province, rows=len(self.work.raw), software_version=SOFTWARE_VERSION
         )
+        handshake = HandshakeCheck(self.address, secure=self.credentials is not None)
         while True:
             try:
                 reply = stub.Join(request, timeout=JOIN_DEADLINE_SECONDS, wait_for_ready=False)
@@ -107,6 +109,9 @@ class ClientDaemon:
                     raise ClientError(
                         f"the server refused to let {self.province} join: {error.details()}"
                     ) from None
+                mismatch = handshake.verdict(error.details() or "")
+                if mismatch is not None:
+                    raise ClientError(mismatch) from None
                 backoff.wait(
                     f"server {self.address} not reachable ({error.code().name}: {error.details()})"
                 )
