@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -19,14 +18,15 @@ from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server import analysis, asynchronous, privacy, strategies
 from server.channel import TaskChannel
-from server.cli import buffering, parse_args, run_settings
+from server.cli import parse_args
+from server.config import ServerConfig
 from server.coordinator import Coordinator
 from server.ledger import Ledger
 from server.lifecycle import run_to_end
 from server.livestate import LiveState, RunInfo
 from server.liveview import LiveView
 from server.model_selection import ModelSelection
-from server.models import ALL_OPTIONS, build_strategy
+from server.models import build_strategy
 from server.results import ResultsFile
 from server.rounds import RoundLoop
 from server.servicer import FederationServicer
@@ -84,96 +84,101 @@ def open_ledger(path: Path, resuming: bool) -> Ledger:
     return Ledger(path)
 
 
-def strategy_builder(args: argparse.Namespace) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
-    """Builds the strategy the flags ask for from model options (model selection varies them)."""
+def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
+    """Builds the strategy asked for from model options (model selection varies them)."""
 
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
-        return strategies.wrap(privacy.wrap(build_strategy(args.model, params), args), args)
+        model = build_strategy(config.model.model, params)
+        return strategies.wrap(
+            privacy.wrap(model, config.privacy, config.run.rounds), config.strategy
+        )
 
     return build
 
 
-def check_plan(args: argparse.Namespace) -> None:
-    """ValueError if the strategy or the analysis the flags ask for cannot be built."""
-    strategy = strategy_builder(args)({name: getattr(args, name) for name in ALL_OPTIONS})
-    wanted = analysis.AnalysisSettings.from_args(args)
+def check_plan(config: ServerConfig) -> None:
+    """ValueError if the strategy or the analysis asked for cannot be built."""
+    strategy = strategy_builder(config)(config.model.options)
+    wanted = analysis.AnalysisSettings.asked(config.analysis, config.run.seed)
     if wanted is not None:
         analysis.check_supported(wanted, strategy)
 
 
-def results_file(args: argparse.Namespace) -> ResultsFile:
+def results_file(config: ServerConfig) -> ResultsFile:
     return ResultsFile(
-        args.results,
+        config.results,
         {
-            "model": args.model,
-            "setting": args.setting,
+            "model": config.model.model,
+            "setting": config.run.setting,
             "server_version": SOFTWARE_VERSION,
-            "config": {
-                **{k: str(v) for k, v in vars(args).items()},
-                "min_available": str(run_settings(args).min_available),
-            },
+            "config": config.record(),
         },
     )
 
 
-def federate(args: argparse.Namespace, channel: TaskChannel, results: ResultsFile) -> None:
-    """The run the flags describe, over any task channel: statistics, rounds, analysis."""
-    options = {name: getattr(args, name) for name in ALL_OPTIONS}
-    build = strategy_builder(args)
-    settings = run_settings(args)
-    checkpoint = args.results.with_name("checkpoint.npz")
-    ledger = open_ledger(args.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
-    selection = ModelSelection(build, options, args.grid, args.cv_folds)
-    wanted = analysis.AnalysisSettings.from_args(args)
+def federate(config: ServerConfig, channel: TaskChannel, results: ResultsFile) -> None:
+    """The run `config` describes, over any task channel: statistics, rounds, analysis."""
+    options = config.model.options
+    build = strategy_builder(config)
+    checkpoint = config.results.with_name("checkpoint.npz")
+    ledger = open_ledger(config.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
+    selection = ModelSelection(build, options, config.model.grid, config.model.cv_folds)
+    wanted = analysis.AnalysisSettings.asked(config.analysis, config.run.seed)
     after = analysis.Analysis(wanted) if wanted else None
     strategy = build(options)
     loop = (
         asynchronous.AsyncLoop(
             channel,
             strategy,
-            settings,
+            config.run,
             results,
             ledger,
             checkpoint,
-            buffering=buffering(args),
+            buffering=config.buffering,
         )
-        if args.mode == "async"
-        else RoundLoop(channel, strategy, settings, results, ledger, checkpoint, after)
+        if config.mode == "async"
+        else RoundLoop(channel, strategy, config.run, results, ledger, checkpoint, after)
     )
-    loop.run(selection.choose if args.cv_folds else None)
+    loop.run(selection.choose if config.model.cv_folds else None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    config = parse_args(argv)
     setup_logging()
     try:
-        check_plan(args)
+        check_plan(config)
     except ValueError as error:
         log.error("%s", error)
         return 2
-    coordinator = Coordinator(poll_seconds=args.poll_seconds)
-    address = f"{args.host}:{args.port}"
-    if args.insecure:
+    serve = config.serve
+    coordinator = Coordinator(poll_seconds=serve.poll_seconds)
+    address = f"{serve.host}:{serve.port}"
+    if serve.insecure:
         log.warning("serving WITHOUT TLS (--insecure): clients are not authenticated")
     try:
-        credentials = None if args.insecure else server_credentials(args.tls_dir)
+        credentials = None if serve.insecure else server_credentials(serve.tls_dir)
         server, health_servicer = build_server(
             coordinator,
             address,
-            args.workers,
-            int(args.max_update_mb * (1 << 20)),
+            serve.workers,
+            serve.max_update_bytes,
             credentials,
-            f"127.0.0.1:{args.health_port}" if args.health_port else None,
+            f"127.0.0.1:{serve.health_port}" if serve.health_port else None,
         )
     except (OSError, TLSSetupError) as error:
         log.error("%s", error)
         return 2
-    results = results_file(args)
+    results = results_file(config)
     live = None
-    if args.http_port:
-        run = RunInfo(args.model, args.strategy, args.aggregation, args.rounds)
+    if serve.http_port:
+        run = RunInfo(
+            config.model.model,
+            config.strategy.strategy,
+            config.strategy.aggregation,
+            config.run.rounds,
+        )
         try:
-            live = LiveView(LiveState(coordinator, results, run), args.http_host, args.http_port)
+            live = LiveView(LiveState(coordinator, results, run), serve.http_host, serve.http_port)
         except OSError as error:
             log.error("%s", error)
             return 2
@@ -183,21 +188,21 @@ def main(argv: list[str] | None = None) -> int:
         "fedstock server %s listening on %s; model %s, %d rounds, quorum %d",
         SOFTWARE_VERSION,
         address,
-        args.model,
-        args.rounds,
-        args.min_clients,
+        config.model.model,
+        config.run.rounds,
+        config.run.min_clients,
     )
     status = run_to_end(
-        lambda: federate(args, coordinator, results),
+        lambda: federate(config, coordinator, results),
         coordinator,
         server,
         health_servicer,
         results,
-        grace_seconds=args.poll_seconds + 5,
+        grace_seconds=serve.poll_seconds + 5,
     )
-    log.info("results written to %s", args.results)
+    log.info("results written to %s", config.results)
     if live is not None:
-        live.linger(args.linger)
+        live.linger(serve.linger)
         live.close()
     return status
 

@@ -10,22 +10,21 @@ federated evaluation does, and writes a section of the results for each.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from common import analysis
-from common.cli import env_flag
 from common.models.checks import UpdateError
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
+from server.config import AnalysisRequest
 from server.ensemble import EnsembleUnion
 from server.strategies.compressed import Compressed
 from server.strategies.federated import Federated, FedNova, QFedAvg
@@ -55,18 +54,18 @@ class AnalysisSettings:
     seed: int
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AnalysisSettings | None:
-        """The analysis the flags ask for, or None when they ask for none."""
-        settings = cls(
-            args.contributions,
-            args.shapley_permutations,
-            args.importance_repeats if args.importance else 0,
-            args.personalise_epochs if args.personalise else 0,
-            args.personalise_pull,
-            args.seed,
+    def asked(cls, request: AnalysisRequest, seed: int) -> AnalysisSettings | None:
+        """The analysis `request` asks for, or None when it asks for none."""
+        if not request.wanted:
+            return None
+        return cls(
+            request.contributions,
+            request.shapley_permutations,
+            request.importance_repeats if request.importance else 0,
+            request.personalise_epochs if request.personalise else 0,
+            request.personalise_pull,
+            seed,
         )
-        wanted = settings.contributions or settings.importance_repeats
-        return settings if wanted or settings.personalise_epochs else None
 
     def task_config(self, candidates: int) -> dict[str, int | float]:
         return {
@@ -76,73 +75,6 @@ class AnalysisSettings:
             analysis.PERSONALISE_PULL: self.personalise_pull,
             analysis.ANALYSIS_SEED: self.seed,
         }
-
-
-def add_arguments(add: Callable[..., object], env: Callable[[str, str | None], str | None]) -> None:
-    add(
-        "--contributions",
-        action="store_true",
-        default=env_flag("CONTRIBUTIONS"),
-        help="after the last round, value each province by leave-one-out and Monte-Carlo "
-        "Shapley: the global test MSE of the model aggregated from each coalition's updates of "
-        "the final round; for an ensemble, its members from the coalition (no --privacy) "
-        "[FEDSTOCK_CONTRIBUTIONS=1]",
-    )
-    add(
-        "--shapley-permutations",
-        type=int,
-        default=env("SHAPLEY_PERMUTATIONS", "20"),
-        help="orders of the provinces the Shapley estimate averages over, drawn with --seed: "
-        "random ones, each with all its rotations, so the count is rounded up to a multiple of "
-        "the provinces [FEDSTOCK_SHAPLEY_PERMUTATIONS]",
-    )
-    add(
-        "--importance",
-        action="store_true",
-        default=env_flag("IMPORTANCE"),
-        help="after the last round, permutation feature importance of the global model: each "
-        "province shuffles one feature's column of its test rows at a time [FEDSTOCK_IMPORTANCE=1]",
-    )
-    add(
-        "--importance-repeats",
-        type=int,
-        default=env("IMPORTANCE_REPEATS", "5"),
-        help="shuffles per feature [FEDSTOCK_IMPORTANCE_REPEATS]",
-    )
-    add(
-        "--personalise",
-        action="store_true",
-        default=env_flag("PERSONALISE"),
-        help="after the last round, each province fine-tunes the global model on its own "
-        "training rows and reports its test MSE beside the global model's; the fine-tuned "
-        "model stays with the province; an ensemble adds members grown on the province's "
-        "rows [FEDSTOCK_PERSONALISE=1]",
-    )
-    add(
-        "--personalise-epochs",
-        type=int,
-        default=env("PERSONALISE_EPOCHS", "1"),
-        help="passes over its training rows each province fine-tunes lr-sgd and svm for "
-        "[FEDSTOCK_PERSONALISE_EPOCHS]",
-    )
-    add(
-        "--personalise-pull",
-        type=float,
-        default=env("PERSONALISE_PULL", "0.01"),
-        help="λ of lr and lr-exact's fine-tuning, argmin ‖Xw − y‖²/n + λ‖w − w_global‖² on the "
-        "province's rows (scaled features): 0 is the province's own least squares "
-        "[FEDSTOCK_PERSONALISE_PULL]",
-    )
-
-
-def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with the analysis flags, if anything."""
-    for flag in ("shapley_permutations", "importance_repeats", "personalise_epochs"):
-        if getattr(args, flag) < 1:
-            return f"--{flag.replace('_', '-')} must be at least 1"
-    if not 0 <= args.personalise_pull < math.inf:
-        return "--personalise-pull must be a non-negative number"
-    return None
 
 
 def check_supported(settings: AnalysisSettings, strategy: Strategy) -> None:

@@ -7,17 +7,31 @@ once, and the rest of the server receives settings (server/config.py).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from common.cli import env, env_flag
+from common.compression import METHODS
 from common.preprocess import SETTINGS
-from server import analysis, privacy, strategies
-from server.config import MODES, Buffering, ConfigError, RunSettings
+from common.wire import ConfigScalar
+from server.config import (
+    MODES,
+    AnalysisRequest,
+    Buffering,
+    ConfigError,
+    ModelSettings,
+    PrivacySettings,
+    RunSettings,
+    ServerConfig,
+    ServeSettings,
+    StrategySettings,
+)
 from server.model_selection import parse_grid
-from server.models import MODEL_HELP, OPTIONS, STRATEGIES
-
-# Models whose update is a weight vector that can be applied as a step from another version.
-ASYNC_MODELS = ("lr", "lr-sgd", "svm")
+from server.models import ALL_OPTIONS, MODEL_HELP, OPTIONS, STRATEGIES
+from server.privacy import PRIVACY_MODES
+from server.strategies import STRATEGY_NAMES
+from server.strategies.robust import AGGREGATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,8 +140,154 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve without TLS: anyone who reaches the port can join as any province "
         "[FEDSTOCK_INSECURE=1]",
     )
-    privacy.add_arguments(add, env)
-    strategies.add_arguments(add, env)
+    add(
+        "--privacy",
+        choices=PRIVACY_MODES,
+        default=env("PRIVACY", "none"),
+        help="none; dp-central: the server clips each update and adds Gaussian noise to the "
+        "sum; dp-local: each client clips and adds the noise before sending; he: clients send "
+        "Paillier ciphertexts that the server adds without a key; secagg: clients mask their "
+        "updates so the server can unmask only their sum. Each applies to models whose "
+        "updates are weight vectors (lr, lr-sgd, svm), not to forests [FEDSTOCK_PRIVACY]",
+    )
+    add(
+        "--dp-clip",
+        type=float,
+        default=env("DP_CLIP", "10"),
+        help="L2 bound C on a client's step from the global parameters [FEDSTOCK_DP_CLIP]",
+    )
+    add(
+        "--dp-noise-multiplier",
+        type=float,
+        default=env("DP_NOISE_MULTIPLIER", "1.0"),
+        help="Gaussian noise σ in units of C (ignored with --dp-epsilon) "
+        "[FEDSTOCK_DP_NOISE_MULTIPLIER]",
+    )
+    add(
+        "--dp-epsilon",
+        type=float,
+        default=env("DP_EPSILON", "0"),
+        help="target ε over all rounds: the noise is calibrated to reach it; 0 means use "
+        "--dp-noise-multiplier [FEDSTOCK_DP_EPSILON]",
+    )
+    add(
+        "--dp-delta",
+        type=float,
+        default=env("DP_DELTA", "1e-5"),
+        help="δ at which ε is reported [FEDSTOCK_DP_DELTA]",
+    )
+    add(
+        "--he-public-key",
+        type=Path,
+        default=env("HE_PUBLIC_KEY", "he.pub"),
+        help="with --privacy he: the federation's Paillier public key, he.pub from "
+        "`python -m client.he_keys` (the provinces keep he.key) [FEDSTOCK_HE_PUBLIC_KEY]",
+    )
+    add(
+        "--secagg-threshold",
+        type=int,
+        default=env("SECAGG_THRESHOLD", "0"),
+        help="with --privacy secagg: clients that must stay in for a round's sum to be "
+        "unmasked (any fewer learn nothing of a dropped client's secrets); 0 means "
+        "⌊2n/3⌋+1 of the round's n clients [FEDSTOCK_SECAGG_THRESHOLD]",
+    )
+    add(
+        "--secagg-bound",
+        type=float,
+        default=env("SECAGG_BOUND", "1e9"),
+        help="with --privacy secagg: the largest |samples × weight| a client may send; the "
+        "fixed-point ring is made just wide enough that n such values never overflow "
+        "[FEDSTOCK_SECAGG_BOUND]",
+    )
+    add(
+        "--secagg-neighbours",
+        type=int,
+        default=env("SECAGG_NEIGHBOURS", "0"),
+        help="with --privacy secagg: SecAgg+, each client masks with and shares its secrets "
+        "among only k neighbours (an even number) on a k-regular graph the server draws afresh "
+        "each round, and --secagg-threshold counts within a neighbourhood (default "
+        "⌊2(k+1)/3⌋+1); 0, or k ≥ n−1, masks every pair [FEDSTOCK_SECAGG_NEIGHBOURS]",
+    )
+    add(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default=env("STRATEGY", "fedavg"),
+        help="fedavg; fedprox: clients add μ/2·‖w − w_global‖² to their loss; fednova: steps "
+        "normalised by each client's local step count; scaffold: control variates against "
+        "client drift; qfedavg: provinces with higher loss weigh more (fairness); fedadam, "
+        "fedavgm: a server optimiser on the averaged step. All but fedavg and the server "
+        "optimisers need --model lr-sgd [FEDSTOCK_STRATEGY]",
+    )
+    add(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default=env("AGGREGATION", "mean"),
+        help="how the clients' steps are combined: the sample-weighted mean, or robust to "
+        "poisoned updates: coordinate-wise median, trimmed mean, Krum, Multi-Krum "
+        "[FEDSTOCK_AGGREGATION]",
+    )
+    add(
+        "--trim-fraction",
+        type=float,
+        default=env("TRIM_FRACTION", "0.25"),
+        help="share of updates dropped at each end per coordinate by the trimmed mean, rounded "
+        "down: 0.25 drops 2 of 9, as many liars as Krum's default f [FEDSTOCK_TRIM_FRACTION]",
+    )
+    add(
+        "--krum-f",
+        type=int,
+        default=env("KRUM_F", "2"),
+        help="malicious clients Krum and Multi-Krum are built to tolerate [FEDSTOCK_KRUM_F]",
+    )
+    add("--mu", type=float, default=env("MU", "0.01"), help="FedProx's μ [FEDSTOCK_MU]")
+    add("--q", type=float, default=env("Q", "1.0"), help="q-FedAvg's fairness q [FEDSTOCK_Q]")
+    add(
+        "--server-lr",
+        type=float,
+        default=env("SERVER_LR"),
+        help="server learning rate of fedadam (default 0.05), fedavgm and scaffold (1.0) "
+        "[FEDSTOCK_SERVER_LR]",
+    )
+    add(
+        "--server-momentum",
+        type=float,
+        default=env("SERVER_MOMENTUM", "0.9"),
+        help="FedAvgM's momentum β [FEDSTOCK_SERVER_MOMENTUM]",
+    )
+    add(
+        "--compression",
+        choices=METHODS,
+        default=env("COMPRESSION", "none"),
+        help="how clients send their step from the global weights after the first round: "
+        "whole, as float16, as int8 with a scale, or its largest --topk-fraction coordinates; "
+        "what is dropped is carried to the next round (error feedback) [FEDSTOCK_COMPRESSION]",
+    )
+    add(
+        "--topk-fraction",
+        type=float,
+        default=env("TOPK_FRACTION", "0.1"),
+        help="share of coordinates top-k compression sends [FEDSTOCK_TOPK_FRACTION]",
+    )
+    add(
+        "--local-epochs",
+        type=int,
+        default=env("LOCAL_EPOCHS"),
+        help="passes over its rows each client makes per round (lr-sgd: 1) [FEDSTOCK_LOCAL_EPOCHS]",
+    )
+    add(
+        "--learning-rate",
+        type=float,
+        default=env("LEARNING_RATE"),
+        help="clients' gradient step size (lr-sgd: 0.02; plain SGD diverges above 2 / the "
+        "largest eigenvalue of a province's scaled features' second moments, about 0.05 on the "
+        "synthetic market) [FEDSTOCK_LEARNING_RATE]",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        default=env("BATCH_SIZE"),
+        help="clients' mini-batch rows (lr-sgd: 64) [FEDSTOCK_BATCH_SIZE]",
+    )
     add(
         "--mode",
         choices=MODES,
@@ -157,7 +317,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="async: refuse (FAILED_PRECONDITION, never applied) updates that started more "
         "than this many versions ago; 0: no limit [FEDSTOCK_MAX_STALENESS]",
     )
-    analysis.add_arguments(add, env)
+    add(
+        "--contributions",
+        action="store_true",
+        default=env_flag("CONTRIBUTIONS"),
+        help="after the last round, value each province by leave-one-out and Monte-Carlo "
+        "Shapley: the global test MSE of the model aggregated from each coalition's updates of "
+        "the final round; for an ensemble, its members from the coalition (no --privacy) "
+        "[FEDSTOCK_CONTRIBUTIONS=1]",
+    )
+    add(
+        "--shapley-permutations",
+        type=int,
+        default=env("SHAPLEY_PERMUTATIONS", "20"),
+        help="orders of the provinces the Shapley estimate averages over, drawn with --seed: "
+        "random ones, each with all its rotations, so the count is rounded up to a multiple of "
+        "the provinces [FEDSTOCK_SHAPLEY_PERMUTATIONS]",
+    )
+    add(
+        "--importance",
+        action="store_true",
+        default=env_flag("IMPORTANCE"),
+        help="after the last round, permutation feature importance of the global model: each "
+        "province shuffles one feature's column of its test rows at a time [FEDSTOCK_IMPORTANCE=1]",
+    )
+    add(
+        "--importance-repeats",
+        type=int,
+        default=env("IMPORTANCE_REPEATS", "5"),
+        help="shuffles per feature [FEDSTOCK_IMPORTANCE_REPEATS]",
+    )
+    add(
+        "--personalise",
+        action="store_true",
+        default=env_flag("PERSONALISE"),
+        help="after the last round, each province fine-tunes the global model on its own "
+        "training rows and reports its test MSE beside the global model's; the fine-tuned "
+        "model stays with the province; an ensemble adds members grown on the province's "
+        "rows [FEDSTOCK_PERSONALISE=1]",
+    )
+    add(
+        "--personalise-epochs",
+        type=int,
+        default=env("PERSONALISE_EPOCHS", "1"),
+        help="passes over its training rows each province fine-tunes lr-sgd and svm for "
+        "[FEDSTOCK_PERSONALISE_EPOCHS]",
+    )
+    add(
+        "--personalise-pull",
+        type=float,
+        default=env("PERSONALISE_PULL", "0.01"),
+        help="λ of lr and lr-exact's fine-tuning, argmin ‖Xw − y‖²/n + λ‖w − w_global‖² on the "
+        "province's rows (scaled features): 0 is the province's own least squares "
+        "[FEDSTOCK_PERSONALISE_PULL]",
+    )
     add(
         "--health-port",
         type=int,
@@ -189,41 +402,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, checked: a setting that cannot work ends the program with its reason."""
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    """The settings the flags ask for; one that cannot work ends the program with its reason."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model not in STRATEGIES:
-        parser.error(f"--model must be one of {', '.join(STRATEGIES)}, got {args.model!r}")
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must be between 1 and 65535, got {args.port}")
-    if not 0 <= args.http_port < 65536:
-        parser.error(f"--http-port must be between 0 (off) and 65535, got {args.http_port}")
-    if args.linger < 0:
-        parser.error("--linger cannot be negative")
     try:
-        args.grid = parse_grid(args.grid)
-    except ValueError as error:
-        parser.error(str(error))
-    args.cv_folds = args.cv_folds or (5 if args.grid else 0)
-    if args.cv_folds < 0 or args.cv_folds == 1:
-        parser.error("--cv-folds must be 0 (no cross-validation) or at least 2")
-    try:
-        run_settings(args)
-        buffering(args)
+        return server_config(args)
     except ConfigError as error:
         parser.error(str(error))
-    problem = (
-        privacy.check_arguments(args)
-        or strategies.check_arguments(args)
-        or _async_problem(args)
-        or analysis.check_arguments(args)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The parsed flags as typed settings: each section by the names of its flags."""
+    try:
+        grid = parse_grid(args.grid)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return ServerConfig(
+        run=RunSettings(
+            **_section(RunSettings, args, min_available=args.min_available or args.min_clients)
+        ),
+        serve=ServeSettings(**_section(ServeSettings, args)),
+        model=ModelSettings(
+            model=args.model,
+            options={name: getattr(args, name) for name in ALL_OPTIONS},
+            grid=grid,
+            cv_folds=args.cv_folds or (5 if grid else 0),
+        ),
+        strategy=StrategySettings(**_section(StrategySettings, args)),
+        privacy=PrivacySettings(**_section(PrivacySettings, args)),
+        analysis=AnalysisRequest(**_section(AnalysisRequest, args)),
+        mode=args.mode,
+        buffering=Buffering(args.buffer_size, args.staleness_exponent, args.max_staleness),
+        results=args.results,
     )
-    if problem:
-        parser.error(problem)
-    if args.workers < args.min_clients + 4:
-        parser.error(f"--workers must be at least --min-clients + 4 ({args.min_clients + 4})")
-    return args
+
+
+def _section(kind: type, args: argparse.Namespace, **given: object) -> dict[str, object]:
+    """The flags whose names are the fields of the settings `kind`, with `given` overriding."""
+    return {f.name: getattr(args, f.name) for f in fields(kind)} | given
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +451,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 option.flag,
                 dest=option.name,
-                type=option.parse,
+                type=_flag_type(option.parse),
                 default=env(option.env, option.default),
                 help=f"{option.help} [FEDSTOCK_{option.env}]",
             )
@@ -257,48 +474,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_settings(args: argparse.Namespace) -> RunSettings:
-    """The rounds, quorum, deadlines and split the flags ask for; 0 available means the quorum."""
-    return RunSettings(
-        rounds=args.rounds,
-        min_clients=args.min_clients,
-        min_available=args.min_available or args.min_clients,
-        round_timeout=args.round_timeout,
-        join_timeout=args.join_timeout,
-        setting=args.setting,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-    )
+def _flag_type(parse: Callable[[str], ConfigScalar]) -> Callable[[str], ConfigScalar]:
+    """`parse` for argparse, which shows an ArgumentTypeError's message as it is."""
 
+    def checked(text: str) -> ConfigScalar:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-def buffering(args: argparse.Namespace) -> Buffering:
-    return Buffering(args.buffer_size, args.staleness_exponent, args.max_staleness)
-
-
-def _async_problem(args: argparse.Namespace) -> str | None:
-    """What is asked of the asynchronous mode that it cannot do."""
-    if args.mode != "async":
-        return None
-    if args.model not in ASYNC_MODELS:
-        return (
-            f"--mode async applies each update as a step from the version it started from, "
-            f"which needs a model of weights ({', '.join(ASYNC_MODELS)}), not {args.model}"
-        )
-    if args.privacy != "none":
-        return (
-            "--mode async does not take --privacy: secure aggregation and HE need a "
-            "synchronous cohort, and the DP accounting is per synchronous round"
-        )
-    if args.cv_folds or args.grid:
-        return "model selection (--cv-folds, --grid) runs synchronous rounds; use --mode sync"
-    if args.contributions or args.importance or args.personalise:
-        return (
-            "the end-of-run analysis (--contributions, --importance, --personalise) follows "
-            "synchronous rounds; use --mode sync"
-        )
-    if (args.strategy, args.aggregation, args.compression) != ("fedavg", "mean", "none"):
-        return (
-            "--mode async combines updates by their staleness-weighted mean: use it with "
-            "--strategy fedavg, --aggregation mean and --compression none"
-        )
-    return None
+    checked.__name__ = parse.__name__
+    return checked

@@ -8,12 +8,21 @@ ConfigError with a message naming the flag, so the command line can show it as i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from common.compression import METHODS
 from common.preprocess import SETTINGS
 from common.wire import ConfigScalar
+from server.models import STRATEGIES as MODEL_NAMES
+from server.privacy import PRIVACY_MODES
+from server.strategies import STRATEGY_NAMES
+from server.strategies.robust import AGGREGATIONS
 
 MODES = ("sync", "async")
+# Models whose update is a weight vector that can be applied as a step from another version.
+ASYNC_MODELS = ("lr", "lr-sgd", "svm")
 
 
 class ConfigError(ValueError):
@@ -67,3 +76,250 @@ class Buffering:
             raise ConfigError("--staleness-exponent must be a non-negative number")
         if self.max_staleness < 0:
             raise ConfigError("--max-staleness cannot be negative (0: no limit)")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Where the server listens, how it holds clients, and its live view."""
+
+    host: str
+    port: int
+    poll_seconds: float
+    max_update_mb: float
+    workers: int
+    tls_dir: Path
+    insecure: bool
+    health_port: int
+    http_port: int
+    http_host: str
+    linger: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
+        if not 0 <= self.http_port < 65536:
+            raise ConfigError(
+                f"--http-port must be between 0 (off) and 65535, got {self.http_port}"
+            )
+        if self.linger < 0:
+            raise ConfigError("--linger cannot be negative")
+
+    @property
+    def max_update_bytes(self) -> int:
+        return int(self.max_update_mb * (1 << 20))
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """The privacy mechanism (`privacy`) and the parameters of each one."""
+
+    privacy: str
+    dp_clip: float
+    dp_noise_multiplier: float
+    dp_epsilon: float
+    dp_delta: float
+    he_public_key: Path
+    secagg_threshold: int
+    secagg_bound: float
+    secagg_neighbours: int
+
+    def __post_init__(self) -> None:
+        if self.privacy not in PRIVACY_MODES:
+            raise ConfigError(f"--privacy must be one of {', '.join(PRIVACY_MODES)}")
+        if self.dp_clip <= 0 or self.dp_noise_multiplier < 0 or self.dp_epsilon < 0:
+            raise ConfigError(
+                "--dp-clip must be positive, --dp-noise-multiplier and --dp-epsilon non-negative"
+            )
+        if self.secagg_threshold < 0 or self.secagg_bound <= 0:
+            raise ConfigError("--secagg-threshold must be non-negative and --secagg-bound positive")
+        if self.secagg_neighbours < 0 or self.secagg_neighbours % 2:
+            raise ConfigError("--secagg-neighbours must be an even number, or 0 for every pair")
+        if self.secagg_neighbours and self.secagg_threshold > self.secagg_neighbours + 1:
+            raise ConfigError(
+                "--secagg-threshold cannot exceed a neighbourhood: --secagg-neighbours + 1"
+            )
+        if self.secagg_neighbours and 0 < self.secagg_threshold * 2 <= self.secagg_neighbours + 1:
+            raise ConfigError(
+                "--secagg-threshold must be a majority of a neighbourhood: --secagg-neighbours + 1"
+            )
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError("--dp-delta must lie strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """The federated algorithm, its robust aggregation, compression and local training."""
+
+    strategy: str
+    aggregation: str
+    trim_fraction: float
+    krum_f: int
+    mu: float
+    q: float
+    server_lr: float | None
+    server_momentum: float
+    compression: str
+    topk_fraction: float
+    local_epochs: int | None
+    learning_rate: float | None
+    batch_size: int | None
+
+    def __post_init__(self) -> None:
+        for name, value, names in (
+            ("strategy", self.strategy, STRATEGY_NAMES),
+            ("aggregation", self.aggregation, AGGREGATIONS),
+            ("compression", self.compression, METHODS),
+        ):
+            if value not in names:
+                raise ConfigError(f"--{name} must be one of {', '.join(names)}, got {value!r}")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError("--trim-fraction must lie in [0, 0.5)")
+        if self.krum_f < 0 or self.mu < 0 or self.q < 0 or self.server_momentum < 0:
+            raise ConfigError("--krum-f, --mu, --q and --server-momentum cannot be negative")
+        for name, value in {**self.local_training(), "server_lr": self.server_lr}.items():
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not 0 < self.topk_fraction <= 1:
+            raise ConfigError("--topk-fraction must lie in (0, 1]")
+        if self.strategy == "scaffold" and self.compression != "none":
+            raise ConfigError(
+                "SCAFFOLD's control variates travel whole; use it with --compression none"
+            )
+        if self.strategy == "qfedavg" and self.aggregation != "mean":
+            raise ConfigError(
+                "q-FedAvg weighs the steps by loss itself; use it with --aggregation mean"
+            )
+
+    def local_training(self) -> dict[str, int | float | None]:
+        """The local training settings a gradient-trained model takes from the command line."""
+        asked = {
+            "local_epochs": self.local_epochs,
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+        }
+        return {name: value for name, value in asked.items() if value is not None}
+
+    @property
+    def plain(self) -> bool:
+        """Plain FedAvg of whole updates, with the model's own local training."""
+        asked = (self.strategy, self.aggregation, self.compression)
+        return asked == ("fedavg", "mean", "none") and not self.local_training()
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Which end-of-run analyses are asked for, and their parameters."""
+
+    contributions: bool
+    shapley_permutations: int
+    importance: bool
+    importance_repeats: int
+    personalise: bool
+    personalise_epochs: int
+    personalise_pull: float
+
+    def __post_init__(self) -> None:
+        for name in ("shapley_permutations", "importance_repeats", "personalise_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.personalise_pull < math.inf:
+            raise ConfigError("--personalise-pull must be a non-negative number")
+
+    @property
+    def wanted(self) -> bool:
+        return self.contributions or self.importance or self.personalise
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model, its hyperparameters, and the grid cross-validation searches."""
+
+    model: str
+    options: Mapping[str, ConfigScalar]
+    grid: Mapping[str, list[ConfigScalar]]
+    cv_folds: int
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(
+                f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}"
+            )
+        if self.cv_folds < 0 or self.cv_folds == 1:
+            raise ConfigError("--cv-folds must be 0 (no cross-validation) or at least 2")
+        if self.grid and not self.cv_folds:
+            raise ConfigError("--grid needs cross-validation: --cv-folds of at least 2")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a server run is asked to do, checked as a whole by `check`."""
+
+    run: RunSettings
+    serve: ServeSettings
+    model: ModelSettings
+    strategy: StrategySettings
+    privacy: PrivacySettings
+    analysis: AnalysisRequest
+    mode: str
+    buffering: Buffering
+    results: Path
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        problem = self.incompatibility()
+        if problem:
+            raise ConfigError(problem)
+
+    def incompatibility(self) -> str | None:
+        """What the settings ask for together that cannot work: the one place this is decided."""
+        quorum = self.run.min_clients
+        if self.serve.workers < quorum + 4:
+            return f"--workers must be at least --min-clients + 4 ({quorum + 4})"
+        if self.mode == "async":
+            return self._async_incompatibility()
+        return None
+
+    def _async_incompatibility(self) -> str | None:
+        if self.model.model not in ASYNC_MODELS:
+            return (
+                f"--mode async applies each update as a step from the version it started from, "
+                f"which needs a model of weights ({', '.join(ASYNC_MODELS)}), "
+                f"not {self.model.model}"
+            )
+        if self.privacy.privacy != "none":
+            return (
+                "--mode async does not take --privacy: secure aggregation and HE need a "
+                "synchronous cohort, and the DP accounting is per synchronous round"
+            )
+        if self.model.cv_folds or self.model.grid:
+            return "model selection (--cv-folds, --grid) runs synchronous rounds; use --mode sync"
+        if self.analysis.wanted:
+            return (
+                "the end-of-run analysis (--contributions, --importance, --personalise) follows "
+                "synchronous rounds; use --mode sync"
+            )
+        s = self.strategy
+        if (s.strategy, s.aggregation, s.compression) != ("fedavg", "mean", "none"):
+            return (
+                "--mode async combines updates by their staleness-weighted mean: use it with "
+                "--strategy fedavg, --aggregation mean and --compression none"
+            )
+        return None
+
+    def record(self) -> dict[str, str]:
+        """Every setting by its flag's name, as text: what the results file says was asked."""
+        sections = (self.run, self.serve, self.strategy, self.privacy, self.analysis)
+        flat: dict[str, object] = {k: v for s in sections for k, v in vars(s).items()}
+        flat.update(
+            model=self.model.model,
+            **self.model.options,
+            grid=self.model.grid,
+            cv_folds=self.model.cv_folds,
+            mode=self.mode,
+            buffer_size=self.buffering.size,
+            staleness_exponent=self.buffering.exponent,
+            max_staleness=self.buffering.max_staleness,
+            results=self.results,
+        )
+        return {k: str(v) for k, v in flat.items()}

@@ -40,7 +40,7 @@ def parse_grid(items: Sequence[str]) -> Grid:
             )
         try:
             grid[option.name] = [option.parse(v.strip()) for v in values.split(",")]
-        except Exception as error:  # argparse's type errors, whatever their class
+        except ValueError as error:
             raise ValueError(f"grid item {item!r}: {error}") from None
     return grid
 

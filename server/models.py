@@ -7,7 +7,6 @@ Defaults are the seed paper's Table 1.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ def _number(
         except ValueError:
             value = math.nan
         if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+            raise ValueError(f"{text!r} is not {what}")
         return value
 
     return parse
@@ -38,7 +37,7 @@ def _number(
 def _choice(*names: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in names:
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of: {', '.join(names)}")
+            raise ValueError(f"{text!r} is not one of: {', '.join(names)}")
         return text
 
     return parse

@@ -29,6 +29,6 @@ def channel(seconds: Seconds = one_second, rows: int = ROWS) -> MemoryChannel:
 
 def run(out: Path, *flags: str, over: MemoryChannel | None = None) -> dict[str, Any]:
     """Run the server's flags over `over` (nine fresh provinces by default); the results."""
-    args = parse_args(["--insecure", "--results", str(out / "results.json"), *flags])
-    federate(args, over or channel(), results_file(args))
+    config = parse_args(["--insecure", "--results", str(out / "results.json"), *flags])
+    federate(config, over or channel(), results_file(config))
     return json.loads((out / "results.json").read_text())

@@ -1,10 +1,10 @@
 """The end-of-run analysis: Shapley and leave-one-out math, the aggregation of what provinces
 report, the checks on it, and a province's own part (candidates, importance, fine-tuning)."""
 
-import argparse
 import functools
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,6 +30,7 @@ from server.analysis import (
     importance,
     personalisation,
 )
+from server.config import AnalysisRequest, ConfigError
 from server.models import STRATEGIES, build_strategy, defaults
 from server.privacy.he import HEFedAvg
 from server.rounds import task_context
@@ -202,7 +203,7 @@ def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
 
 
 def test_flags_select_the_analysis():
-    args = argparse.Namespace(
+    request = AnalysisRequest(
         contributions=False,
         shapley_permutations=20,
         importance=True,
@@ -210,11 +211,11 @@ def test_flags_select_the_analysis():
         personalise=False,
         personalise_epochs=4,
         personalise_pull=0.5,
-        seed=7,
     )
-    assert AnalysisSettings.from_args(args) == AnalysisSettings(False, 20, 3, 0, 0.5, 7)
-    args.importance = False
-    assert AnalysisSettings.from_args(args) is None
+    assert AnalysisSettings.asked(request, 7) == AnalysisSettings(False, 20, 3, 0, 0.5, 7)
+    assert AnalysisSettings.asked(replace(request, importance=False), 7) is None
+    with pytest.raises(ConfigError, match="--importance-repeats must be at least 1"):
+        replace(request, importance_repeats=0)
 
 
 # A province's own part, and the server's, with phases answered by LocalWork in this process.

@@ -38,15 +38,15 @@ def test_grid_items_are_parsed_like_their_flags():
 
 
 def test_server_flags_for_models_and_model_selection(monkeypatch):
-    args = parse_args(
+    model = parse_args(
         ["--model", "rf", "--rf-max-depth", "12", "--grid", "rf-min-samples-leaf=1,5"]
-    )
-    assert args.rf_max_depth == 12 and args.rf_n_estimators == 100 and args.cv_folds == 5
-    assert args.grid == {"rf_min_samples_leaf": [1, 5]}
+    ).model
+    assert model.options["rf_max_depth"] == 12 and model.options["rf_n_estimators"] == 100
+    assert model.cv_folds == 5 and model.grid == {"rf_min_samples_leaf": [1, 5]}
     monkeypatch.setenv("FEDSTOCK_SVM_C", "2.5")
     monkeypatch.setenv("FEDSTOCK_GRID", "svm-epsilon=0.05,0.2")
-    args = parse_args(["--model", "svm"])
-    assert args.svm_c == 2.5 and args.grid == {"svm_epsilon": [0.05, 0.2]}
+    model = parse_args(["--model", "svm"]).model
+    assert model.options["svm_c"] == 2.5 and model.grid == {"svm_epsilon": [0.05, 0.2]}
     for argv in (["--cv-folds", "1"], ["--rf-max-features", "1.5"], ["--svm-gamma", "wide"]):
         with pytest.raises(SystemExit):
             parse_args(argv)

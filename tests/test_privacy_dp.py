@@ -1,6 +1,5 @@
 """Differential privacy: clipping, noise scale, the accountant, and a federation that uses it."""
 
-import argparse
 import math
 
 import numpy as np
@@ -11,6 +10,7 @@ from common import vectors
 from common.models import linear
 from common.provinces import PROVINCES
 from server import privacy
+from server.cli import parse_args
 from server.localrun import LocalFederation
 from server.privacy.dp import DPFedAvg, DPSettings, epsilon
 from server.strategy import ClientResult, ExactLinear, FedAvg
@@ -87,17 +87,10 @@ def test_epsilon_falls_with_noise_and_grows_with_rounds():
 
 
 def test_privacy_applies_only_to_averaged_weight_vectors():
-    args = argparse.Namespace(
-        privacy="dp-central",
-        dp_clip=1.0,
-        dp_noise_multiplier=1.0,
-        dp_epsilon=0.0,
-        dp_delta=1e-5,
-        rounds=3,
-    )
-    assert isinstance(privacy.wrap(fedavg(), args), DPFedAvg)
+    asked = parse_args(["--privacy", "dp-central", "--dp-clip", "1"]).privacy
+    assert isinstance(privacy.wrap(fedavg(), asked, 3), DPFedAvg)
     with pytest.raises(ValueError, match="weight vectors"):
-        privacy.wrap(ExactLinear({"model": "lr-exact"}), args)
+        privacy.wrap(ExactLinear({"model": "lr-exact"}), asked, 3)
 
 
 @pytest.mark.integration

@@ -1,7 +1,5 @@
 """The math of the strategies beyond FedAvg, and of local gradient training, without a network."""
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -17,6 +15,7 @@ from common.models.checks import UpdateError
 from common.preprocess import GlobalStatistics
 from common.scaffold import CONTROL, CONTROL_DELTA
 from server import strategies
+from server.config import ConfigError, StrategySettings
 from server.models import build_strategy
 from server.rounds import task_context
 from server.strategies.compressed import Compressed
@@ -180,7 +179,7 @@ def test_qfedavg_with_q_zero_is_the_plain_mean_and_larger_q_favours_the_worse_pr
         QFedAvg(base(), q=1.0).accept_fit(2, result("c", 1, [0.0]))
 
 
-def arguments(**overrides) -> argparse.Namespace:
+def arguments(**overrides) -> StrategySettings:
     defaults = dict(
         strategy="fedavg",
         aggregation="mean",
@@ -196,7 +195,7 @@ def arguments(**overrides) -> argparse.Namespace:
         compression="none",
         topk_fraction=0.1,
     )
-    return argparse.Namespace(**{**defaults, **overrides})
+    return StrategySettings(**{**defaults, **overrides})
 
 
 def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
@@ -208,12 +207,14 @@ def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
     closed_form = FedAvg({"model": "lr"}, check=linear.check_weights)
     with pytest.raises(ValueError, match="gradient"):
         strategies.wrap(closed_form, arguments(strategy="fednova"))
-    assert strategies.check_arguments(arguments(strategy="qfedavg", aggregation="median"))
-    assert strategies.check_arguments(arguments(learning_rate=-1.0))
-    assert strategies.check_arguments(arguments(strategy="scaffold", compression="int8"))
+    with pytest.raises(ConfigError, match="q-FedAvg"):
+        arguments(strategy="qfedavg", aggregation="median")
+    with pytest.raises(ConfigError, match="--learning-rate must be positive"):
+        arguments(learning_rate=-1.0)
+    with pytest.raises(ConfigError, match="SCAFFOLD"):
+        arguments(strategy="scaffold", compression="int8")
     compressed = strategies.wrap(plain, arguments(compression="topk"))
     assert isinstance(compressed, Compressed) and compressed.inner is plain
-    assert strategies.check_arguments(arguments()) is None
 
 
 def province_task(province: str, rows: int, seed: int) -> tuple[LocalWork, dict, tuple]:

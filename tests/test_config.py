@@ -1,0 +1,68 @@
+"""The server's command line maps every flag onto one typed setting, and checks them once."""
+
+from dataclasses import replace
+
+import pytest
+
+from server.cli import build_parser, parse_args
+from server.config import ConfigError, RunSettings
+
+
+def test_every_flag_is_a_setting_and_is_recorded_under_its_name():
+    flags = vars(build_parser().parse_args([]))
+    record = parse_args([]).record()
+    assert set(record) == set(flags)
+    # The record is what was asked, in effect: 0 available clients means the quorum.
+    assert record["min_available"] == record["min_clients"] == "9"
+    assert record["rf_max_depth"] == "0" and record["privacy"] == "none"
+
+
+def test_environment_variables_fall_back_for_flags(monkeypatch):
+    monkeypatch.setenv("FEDSTOCK_ROUNDS", "7")
+    monkeypatch.setenv("FEDSTOCK_MODE", "async")
+    monkeypatch.setenv("FEDSTOCK_BUFFER_SIZE", "5")
+    monkeypatch.setenv("FEDSTOCK_INSECURE", "1")
+    config = parse_args(["--model", "lr-sgd"])
+    assert config.run.rounds == 7 and config.mode == "async" and config.buffering.size == 5
+    assert config.serve.insecure
+    assert parse_args(["--rounds", "2"]).run.rounds == 2  # a flag wins over its variable
+
+
+def test_each_setting_checks_itself():
+    run = parse_args([]).run
+    for bad, message in (
+        (dict(rounds=0), "--rounds must be at least 1"),
+        (dict(min_available=3), "--min-available cannot be below --min-clients"),
+        (dict(test_fraction=1.0), "--test-fraction"),
+        (dict(setting="tomorrow"), "--setting must be one of"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            replace(run, **bad)
+    assert isinstance(replace(run, rounds=1), RunSettings)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "0"], "--port must be between 1 and 65535"),
+        (["--secagg-neighbours", "3"], "--secagg-neighbours must be an even number"),
+        (["--strategy", "scaffold", "--compression", "int8"], "SCAFFOLD"),
+        (["--shapley-permutations", "0"], "--shapley-permutations must be at least 1"),
+        (["--cv-folds", "1"], "--cv-folds must be 0"),
+        (["--grid", "nope=1"], "grid item"),
+        (["--workers", "12"], "--workers must be at least --min-clients + 4 (13)"),
+        (["--mode", "async", "--model", "rf"], "needs a model of weights"),
+        (["--mode", "async", "--model", "lr-sgd", "--importance"], "end-of-run analysis"),
+    ],
+)
+def test_a_setting_that_cannot_work_ends_the_program_with_its_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_hyperparameter_is_named_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--svm-gamma", "wide"])
+    assert "'wide' is not a positive number" in capsys.readouterr().err
