@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.channel import Accept, Assignment, Phase
 from server.strategy import ClientResult, Failure
@@ -23,6 +24,8 @@ log = logging.getLogger("fedstock.server")
 
 # A client seen this recently counts as connected even between two polls.
 RECENTLY_SEEN_SECONDS = 5.0
+# While the quorum is not there, the log says this often who is connected and who is not.
+QUORUM_REPORT_SECONDS = 30.0
 
 
 class JoinRefused(Exception):
@@ -74,8 +77,9 @@ class Status:
 
 
 class Coordinator:
-    def __init__(self, poll_seconds: float) -> None:
+    def __init__(self, poll_seconds: float, report_seconds: float = QUORUM_REPORT_SECONDS) -> None:
         self.poll_seconds = poll_seconds
+        self.report_seconds = report_seconds
         self._lock = threading.RLock()
         # Wakes the round loop (answers, joins); each client has its own for new tasks.
         self._cond = threading.Condition(self._lock)
@@ -131,10 +135,26 @@ class Coordinator:
 
     def wait_for_clients(self, count: int, timeout: float) -> list[str]:
         """Connected provinces once `count` are there, or whoever is there when time runs out."""
-        end = time.monotonic() + timeout
+        start = time.monotonic()
+        end, report = start + timeout, start + self.report_seconds
         with self._cond:
-            while len(self.connected()) < count and time.monotonic() < end:
-                self._cond.wait(timeout=min(1.0, max(0.0, end - time.monotonic())))
+            while len(connected := self.connected()) < count:
+                now = time.monotonic()
+                if now >= report:  # before the end check: a wait longer than one period reports
+                    missing = sorted(set(PROVINCES) - set(connected))
+                    log.info(
+                        "waiting for the quorum, %d of %d connected after %.0f s: %s; not "
+                        "connected: %s",
+                        len(connected),
+                        count,
+                        now - start,
+                        ", ".join(connected) or "none",
+                        ", ".join(missing) or "none",
+                    )
+                    report = now + self.report_seconds
+                if now >= end:
+                    break
+                self._cond.wait(timeout=min(1.0, max(0.0, min(end, report) - now)))
         return self.connected()
 
     # -- tasks --------------------------------------------------------------------------------
