@@ -20,6 +20,7 @@ from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import Analysis, FinalFit
 from server.channel import Accept, Assignment, TaskChannel, gather
 from server.checkpoint import Checkpoint
+from server.checks import check_statistics, check_train_count
 from server.config import RunSettings
 from server.ledger import Ledger
 from server.results import ResultsFile
@@ -209,6 +210,7 @@ class RoundLoop:
         def accept(result: ClientResult) -> ClientResult:
             check_outcome(result)
             check_arrays(result.arrays, shapes)
+            check_statistics(result.arrays, result.num_examples, [*self.features, TARGET])
             return result
 
         instructions = [Instruction(p, {}, None) for p in provinces]
@@ -273,6 +275,7 @@ class RoundLoop:
 
         def accept_fit(result: ClientResult) -> ClientResult:
             check_outcome(result)
+            check_train_count(result.num_examples, self.train_samples.get(result.province))
             strategy.check_update(result.arrays, len(self.features))
             received.append(_nbytes(result.arrays))
             return strategy.accept_fit(server_round, result)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from common.bounded import bounded
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES, check_province
 from common.tensors import PayloadError, PayloadReceiver
@@ -19,6 +20,7 @@ from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.buffer import StaleUpdate
+from server.checks import check_outcome, check_rows
 from server.coordinator import ClientSession, Coordinator, JoinRefused
 from server.strategy import ClientResult
 
@@ -34,8 +36,9 @@ class FederationServicer(pb_grpc.FederationServicer):
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         try:
             province = check_province(request.province)
+            check_rows(request.rows)
         except ValueError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(error))
         certified = self._certified_province(context)
         if certified is not None and certified != province:
             log.warning(
@@ -49,7 +52,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             client = self._coordinator.join(province, request.rows, request.software_version)
         except JoinRefused as refusal:
             log.warning("join refused for %s from %s: %s", province, context.peer(), refusal)
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(refusal))
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, bounded(refusal))
         log.info(
             "%s joined from %s (%d rows, version %s)",
             province,
@@ -95,8 +98,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         if phase is None:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"task {outcome.task_id!r} is not open: it is unknown, already answered, or its "
-                "round's deadline has passed",
+                f"task {bounded(outcome.task_id, 80)!r} is not open: it is unknown, already "
+                "answered, or its round's deadline has passed",
             )
         if phase.provinces.get(outcome.task_id) != client.province:
             log.warning("%s submitted for a task that is not its own", client.province)
@@ -110,6 +113,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 f"round {phase.server_round}, kind {phase.kind}",
             )
         try:
+            check_outcome(outcome.num_examples, outcome.metrics, client.rows)
             receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes)
             for chunk in request_iterator:
                 if chunk.WhichOneof("part") != "data":
@@ -133,6 +137,16 @@ class FederationServicer(pb_grpc.FederationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT,
                 f"update refused: {error}",
             )
+        except grpc.RpcError:
+            raise  # the client's stream broke: nothing was accepted
+        except Exception:  # a check that broke: this outcome is lost, never the federation
+            log.exception("checking %s's outcome failed", client.province)
+            self._refuse(
+                context,
+                outcome.task_id,
+                grpc.StatusCode.INTERNAL,
+                "update refused: the server could not check it (its log says why)",
+            )
         if not self._coordinator.resolve(outcome.task_id, result):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, "the round closed before your update arrived"
@@ -142,7 +156,9 @@ class FederationServicer(pb_grpc.FederationServicer):
     def _refuse(
         self, context: grpc.ServicerContext, task_id: str, code: grpc.StatusCode, why: str
     ) -> None:
-        """Drop the client from this task's round, tell it why, and log it."""
+        """Drop the client from this task's round, tell it why (escaped and cut to fit any
+        trailer, as it may quote the client's own text), and log it."""
+        why = bounded(why)
         self._coordinator.refuse(task_id, why)
         context.abort(code, why)
 
@@ -152,6 +168,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             return None
         name = peer_common_name(context)
         if name not in PROVINCES:
+            name = bounded(name, 80)
             log.warning("refused a certificate for %r from %s", name, context.peer())
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -42,7 +42,7 @@ class RogueClient(threading.Thread):
 
     def _misbehave(self) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=60)
-        session = self.stub.Join(pb.JoinRequest(province="shanghai", rows=1), timeout=10).session
+        session = self.stub.Join(pb.JoinRequest(province="shanghai", rows=100), timeout=10).session
         self.joined.set()
         metadata = ((SESSION_METADATA_KEY, session),)
         bad_updates = iter(

@@ -82,7 +82,7 @@ class LiveServer:
         self.server.start()
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.FederationStub(self.channel)
-        session = self.stub.Join(pb.JoinRequest(province="hubei"), timeout=10).session
+        session = self.stub.Join(pb.JoinRequest(province="hubei", rows=1000), timeout=10).session
         self.metadata = ((SESSION_METADATA_KEY, session),)
 
     def open_task(self) -> tuple[pb.Task, threading.Thread, list]:

@@ -1,0 +1,94 @@
+"""A hostile participant written from the .proto contract alone, as an outsider would write it.
+
+It joins like any province, then answers each task with the next lie it was given; every
+refusal (status code and message) is kept for the test to inspect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from common.tensors import Payload
+from common.wire import SESSION_METADATA_KEY
+from proto.fedstock.v1 import federation_pb2 as pb
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Lie:
+    """One answer: the count, metrics and arrays to claim for a task."""
+
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def statistics_shapes(columns: int) -> dict[str, np.ndarray]:
+    """Arrays shaped like a province's sums (n, Σz, Σzzᵀ), for lies about their values."""
+    return {
+        "count": np.array(1000.0),
+        "sum": np.full(columns, 10.0),
+        "cross": np.eye(columns) * 1000.0,
+    }
+
+
+class Liar(threading.Thread):
+    """Joins as `province` declaring `rows`, then answers task after task with `lies(task)`."""
+
+    def __init__(
+        self, address: str, province: str, rows: int, lies: Callable[[pb.Task], Lie | None]
+    ) -> None:
+        super().__init__(daemon=True)
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.province, self.rows, self.lies = province, rows, lies
+        self.refusals: list[tuple[int, grpc.StatusCode, str]] = []
+        self.error: BaseException | None = None
+        self.joined = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._lie()
+        except BaseException as error:  # surfaced by the test, not lost in the thread
+            self.error = error
+        finally:
+            self.channel.close()
+
+    def _lie(self) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=120)
+        request = pb.JoinRequest(province=self.province, rows=self.rows)
+        metadata = ((SESSION_METADATA_KEY, self.stub.Join(request, timeout=30).session),)
+        self.joined.set()
+        while True:
+            chunks = list(self.stub.GetTask(pb.TaskRequest(), timeout=120, metadata=metadata))
+            task = chunks[0].task
+            if task.kind == pb.TASK_KIND_STOP:
+                return
+            lie = None if task.kind == pb.TASK_KIND_WAIT else self.lies(task)
+            if lie is None:
+                continue
+            try:
+                self.stub.Submit(submission(task, lie), timeout=120, metadata=metadata)
+            except grpc.RpcError as error:
+                self.refusals.append((task.kind, error.code(), error.details()))
+
+
+def submission(task: pb.Task, lie: Lie) -> Iterator[pb.SubmitChunk]:
+    payload = Payload.encode(lie.arrays) if lie.arrays else None
+    yield pb.SubmitChunk(
+        outcome=pb.Outcome(
+            task_id=task.task_id,
+            round=task.round,
+            kind=task.kind,
+            num_examples=lie.num_examples,
+            metrics=lie.metrics,
+            parameters=payload.header if payload else None,
+        )
+    )
+    for data in payload.chunks() if payload else ():
+        yield pb.SubmitChunk(data=data)
