@@ -25,6 +25,13 @@ log = logging.getLogger("fedstock.client")
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 JOIN_DEADLINE_SECONDS = 10.0
+# Codes after which the task is still open on the server, and how often to try it.
+RESUBMITTABLE = RETRYABLE | {
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+SUBMIT_ATTEMPTS = 3
 
 
 class Backoff:
@@ -179,12 +186,18 @@ class ClientDaemon:
                 for data in payload.chunks():
                     yield pb.SubmitChunk(data=data)
 
-        try:
-            stub.Submit(chunks(), timeout=self.transfer_timeout, metadata=self._metadata())
-        except grpc.RpcError as error:
-            log.warning(
-                "round %d: the server did not accept the outcome: %s: %s",
-                task.round,
-                error.code().name,
-                error.details(),
-            )
+        # A broken or deferred upload leaves the task open on the server: send it again.
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                stub.Submit(chunks(), timeout=self.transfer_timeout, metadata=self._metadata())
+                return
+            except grpc.RpcError as error:
+                log.warning(
+                    "round %d: the server did not accept the outcome: %s: %s",
+                    task.round,
+                    error.code().name,
+                    error.details(),
+                )
+                if error.code() not in RESUBMITTABLE or attempt == SUBMIT_ATTEMPTS:
+                    return
+                time.sleep(attempt * random.uniform(0.5, 1.5))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -56,6 +57,9 @@ def spec_nbytes(spec: pb.TensorSpec) -> int:
         raise PayloadError(f"tensor {spec.name!r} has unknown dtype code {spec.dtype}")
     if any(d < 0 for d in spec.shape):
         raise PayloadError(f"tensor {spec.name!r} has a negative dimension {list(spec.shape)}")
+    # numpy refuses even an empty array whose other dimensions multiply past its index range.
+    if math.prod(d for d in spec.shape if d) * dtype.itemsize >= 1 << 63:
+        raise PayloadError(f"tensor {spec.name!r} has a shape too large for memory")
     return math.prod(spec.shape) * dtype.itemsize
 
 
@@ -101,10 +105,48 @@ class Payload:
             yield bytes(view[start : start + chunk_bytes])
 
 
-class PayloadReceiver:
-    """Rebuilds arrays from a header and its chunks, refusing anything over `max_bytes`."""
+class BudgetExhausted(PayloadError):
+    """Every upload in flight together holds as many bytes as the server allows: try later."""
 
-    def __init__(self, header: pb.ParametersHeader, max_bytes: int) -> None:
+
+class ByteBudget:
+    """Bytes all uploads in flight may hold together, taken as they arrive and given back when
+    each ends, so many streams that announce much and send little cannot add up."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            if self._used + nbytes > self.limit:
+                raise BudgetExhausted(
+                    f"the server is receiving {self._used} bytes already, its limit is "
+                    f"{self.limit}; send again later"
+                )
+            self._used += nbytes
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self._used -= nbytes
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+
+class PayloadReceiver:
+    """Rebuilds arrays from a header and its chunks, refusing anything over `max_bytes`.
+
+    Memory grows with the bytes that arrive, never with the bytes announced: a header that
+    promises gigabytes costs nothing until they are sent (and `budget` has room for them).
+    """
+
+    def __init__(
+        self, header: pb.ParametersHeader, max_bytes: int, budget: ByteBudget | None = None
+    ) -> None:
         sizes = [spec_nbytes(spec) for spec in header.tensors]
         names = [spec.name for spec in header.tensors]
         if len(set(names)) != len(names):
@@ -119,23 +161,34 @@ class PayloadReceiver:
             )
         self._header = header
         self._sizes = sizes
-        self._buffer = bytearray(header.total_bytes)
-        self._filled = 0
+        self._total = header.total_bytes
+        self._buffer = bytearray()
+        self._budget = budget
+
+    @property
+    def complete(self) -> bool:
+        return len(self._buffer) == self._total
 
     def add(self, chunk: bytes) -> None:
-        end = self._filled + len(chunk)
-        if end > len(self._buffer):
-            raise PayloadError(f"chunks overrun the announced {len(self._buffer)} bytes")
-        self._buffer[self._filled : end] = chunk
-        self._filled = end
+        if len(self._buffer) + len(chunk) > self._total:
+            raise PayloadError(f"chunks overrun the announced {self._total} bytes")
+        if self._budget is not None:
+            self._budget.take(len(chunk))
+        self._buffer += chunk
+
+    def close(self) -> None:
+        """Give the bytes back to the budget; the arrays already taken stay valid."""
+        if self._budget is not None:
+            self._budget.give(len(self._buffer))
+            self._budget = None
 
     def digest(self) -> str:
         return payload_digest(self._header, self._buffer)
 
     def arrays(self) -> Arrays:
-        if self._filled != len(self._buffer):
+        if not self.complete:
             raise PayloadError(
-                f"payload ended after {self._filled} of {len(self._buffer)} announced bytes"
+                f"payload ended after {len(self._buffer)} of {self._total} announced bytes"
             )
         arrays: Arrays = {}
         offset = 0

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.logs import setup_logging
+from common.tensors import ByteBudget
 from common.tls import TLSSetupError, server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
@@ -23,6 +24,7 @@ from server.config import ServerConfig
 from server.coordinator import Coordinator
 from server.ledger import Ledger
 from server.lifecycle import run_to_end
+from server.limits import SIDE_CALLS, Activity, CallLimits
 from server.livestate import LiveState, RunInfo
 from server.liveview import LiveView
 from server.model_selection import ModelSelection
@@ -42,23 +44,39 @@ def build_server(
     max_update_bytes: int,
     credentials: grpc.ServerCredentials | None = None,
     health_address: str | None = None,
+    inflight_bytes: int | None = None,
+    reflection_on: bool = False,
+    idle_seconds: float = 60.0,
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """The gRPC server with the Federation, health and reflection services, bound to `address`.
+    """The gRPC server with the Federation and health services (and reflection if asked for),
+    bound to `address`.
 
     With `credentials` (mutual TLS) every Federation call must carry a province certificate;
     `health_address` adds a plaintext port for local probes, where Federation calls are refused.
+    Every call is cancelled after `idle_seconds` waiting on its peer, and health and reflection
+    streams share SIDE_CALLS threads, so no caller can hold the threads the federation needs.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        options=SERVER_OPTIONS,
+        interceptors=[CallLimits(Activity(idle_seconds), SIDE_CALLS)],
+    )
     federation_pb2_grpc.add_FederationServicer_to_server(
-        FederationServicer(coordinator, max_update_bytes, mutual_tls=credentials is not None),
+        FederationServicer(
+            coordinator,
+            max_update_bytes,
+            mutual_tls=credentials is not None,
+            budget=ByteBudget(inflight_bytes or max_update_bytes),
+        ),
         server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
-    reflection.enable_server_reflection(
-        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if reflection_on:
+        reflection.enable_server_reflection(
+            (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     ports = [(address, credentials)] + ([(health_address, None)] if health_address else [])
     for where, secure in ports:
         try:
@@ -164,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             serve.max_update_bytes,
             credentials,
             f"127.0.0.1:{serve.health_port}" if serve.health_port else None,
+            serve.max_inflight_bytes,
+            serve.reflection,
+            serve.idle_timeout,
         )
     except (OSError, TLSSetupError) as error:
         log.error("%s", error)

@@ -119,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest update a client may send, in MiB [FEDSTOCK_MAX_UPDATE_MB]",
     )
     add(
+        "--max-inflight-mb",
+        type=float,
+        default=env("MAX_INFLIGHT_MB", "4096"),
+        help="bytes all uploads being received may hold together, in MiB; an upload that would "
+        "exceed it is told to retry (its task stays open) [FEDSTOCK_MAX_INFLIGHT_MB]",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        default=env("IDLE_TIMEOUT", "60"),
+        help="seconds a call may wait on its peer (for its next message, or to take ours) "
+        "before the server cancels it [FEDSTOCK_IDLE_TIMEOUT]",
+    )
+    add(
+        "--reflection",
+        action="store_true",
+        default=env_flag("REFLECTION"),
+        help="serve gRPC reflection (for grpcurl and the like); off by default, as it needs no "
+        "credentials [FEDSTOCK_REFLECTION=1]",
+    )
+    add(
         "--workers",
         type=int,
         default=env("WORKERS", "32"),

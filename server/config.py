@@ -86,6 +86,9 @@ class ServeSettings:
     port: int
     poll_seconds: float
     max_update_mb: float
+    max_inflight_mb: float
+    idle_timeout: float
+    reflection: bool
     workers: int
     tls_dir: Path
     insecure: bool
@@ -103,10 +106,18 @@ class ServeSettings:
             )
         if self.linger < 0:
             raise ConfigError("--linger cannot be negative")
+        if not self.idle_timeout > 0:
+            raise ConfigError("--idle-timeout must be positive")
+        if not (self.max_update_mb > 0 and self.max_inflight_mb > 0):
+            raise ConfigError("--max-update-mb and --max-inflight-mb must be positive")
 
     @property
     def max_update_bytes(self) -> int:
         return int(self.max_update_mb * (1 << 20))
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * (1 << 20))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ log = logging.getLogger("fedstock.server")
 RECENTLY_SEEN_SECONDS = 5.0
 # While the quorum is not there, the log says this often who is connected and who is not.
 QUORUM_REPORT_SECONDS = 30.0
+# Calls one session may hold open at once: an honest client polls and uploads, one of each,
+# and may overlap a retry; more would only hold handler threads the others need.
+MAX_STREAMS_PER_SESSION = 4
 
 
 class JoinRefused(Exception):
@@ -46,6 +49,7 @@ class ClientSession:
     open_task: str | None = None
     told_to_stop: bool = False
     tasks: int = 0
+    streams: int = 0  # GetTask and Submit calls open now
 
     def alive(self, now: float) -> bool:
         return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
@@ -86,6 +90,7 @@ class Coordinator:
         self._clients: dict[str, ClientSession] = {}
         self._sessions: dict[str, ClientSession] = {}
         self._open: dict[str, Phase] = {}
+        self._uploading: set[str] = set()  # open tasks an upload is answering right now
         self._stop_reason = ""
         self._stop_failed = False
         self._stopped_at: float | None = None
@@ -127,6 +132,18 @@ class Coordinator:
             if client is not None:
                 client.last_seen = time.monotonic()
             return client
+
+    def open_stream(self, client: ClientSession) -> bool:
+        """Count one more call of `client`'s, unless it holds its share of calls already."""
+        with self._cond:
+            if client.streams >= MAX_STREAMS_PER_SESSION:
+                return False
+            client.streams += 1
+            return True
+
+    def close_stream(self, client: ClientSession) -> None:
+        with self._cond:
+            client.streams -= 1
 
     def connected(self) -> list[str]:
         now = time.monotonic()
@@ -239,6 +256,19 @@ class Coordinator:
     def task_phase(self, task_id: str) -> Phase | None:
         with self._cond:
             return self._open.get(task_id)
+
+    def claim(self, task_id: str) -> bool:
+        """Let one upload at a time answer an open task, so a retry cannot be counted twice."""
+        with self._cond:
+            if task_id not in self._open or task_id in self._uploading:
+                return False
+            self._uploading.add(task_id)
+            return True
+
+    def release(self, task_id: str) -> None:
+        """The upload ended; unless it answered the task, a retry may now claim it."""
+        with self._cond:
+            self._uploading.discard(task_id)
 
     def resolve(self, task_id: str, result: ClientResult) -> bool:
         """Accept a checked outcome; False if its task closed meanwhile."""

@@ -14,24 +14,37 @@ import grpc
 from common.bounded import bounded
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES, check_province
-from common.tensors import PayloadError, PayloadReceiver
+from common.tensors import BudgetExhausted, ByteBudget, PayloadError, PayloadReceiver
 from common.tls import peer_common_name
 from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.buffer import StaleUpdate
 from server.checks import check_outcome, check_rows
-from server.coordinator import ClientSession, Coordinator, JoinRefused
+from server.coordinator import (
+    MAX_STREAMS_PER_SESSION,
+    ClientSession,
+    Coordinator,
+    JoinRefused,
+)
 from server.strategy import ClientResult
 
 log = logging.getLogger("fedstock.server")
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, coordinator: Coordinator, max_update_bytes: int, mutual_tls: bool) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        max_update_bytes: int,
+        mutual_tls: bool,
+        budget: ByteBudget | None = None,
+    ) -> None:
         self._coordinator = coordinator
         self._max_update_bytes = max_update_bytes
         self._mutual_tls = mutual_tls
+        # Every upload in flight together; by default as much as one update of the largest size.
+        self._budget = budget or ByteBudget(max_update_bytes)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         try:
@@ -112,13 +125,21 @@ class FederationServicer(pb_grpc.FederationServicer):
                 f"outcome names round {outcome.round}, kind {outcome.kind}; the task was "
                 f"round {phase.server_round}, kind {phase.kind}",
             )
+        if not self._coordinator.claim(outcome.task_id):
+            context.abort(
+                grpc.StatusCode.ABORTED,
+                "another upload is answering this task; it is still open if that one breaks",
+            )
+        receiver = None
         try:
             check_outcome(outcome.num_examples, outcome.metrics, client.rows)
-            receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes)
+            receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes, self._budget)
             for chunk in request_iterator:
                 if chunk.WhichOneof("part") != "data":
                     raise PayloadError("only data chunks may follow the outcome")
                 receiver.add(chunk.data)
+            if not receiver.complete and not context.is_active():
+                raise ConnectionError("the stream ended early")
             result = phase.accept(
                 ClientResult(
                     client.province,
@@ -128,6 +149,18 @@ class FederationServicer(pb_grpc.FederationServicer):
                     receiver.digest(),
                 )
             )
+            if not self._coordinator.resolve(outcome.task_id, result):
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the round closed before your update arrived",
+                )
+        except BudgetExhausted as error:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except (grpc.RpcError, ConnectionError):
+            # A dropped upload answers nothing: the task stays open for a retry until its
+            # deadline, and nothing of it was accepted.
+            log.warning("%s's upload broke off; its task stays open", client.province)
+            context.abort(grpc.StatusCode.CANCELLED, "the upload broke off")
         except (PayloadError, UpdateError) as error:
             # A stale update is well formed, only too late for the federation's state.
             stale = isinstance(error, StaleUpdate)
@@ -137,20 +170,21 @@ class FederationServicer(pb_grpc.FederationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT,
                 f"update refused: {error}",
             )
-        except grpc.RpcError:
-            raise  # the client's stream broke: nothing was accepted
-        except Exception:  # a check that broke: this outcome is lost, never the federation
-            log.exception("checking %s's outcome failed", client.province)
+        except Exception as error:
+            if context.code() is not None:  # an abort above, on its way out
+                raise
+            # A check that broke: this outcome is lost, never the federation.
+            log.exception("checking %s's outcome failed: %s", client.province, bounded(error))
             self._refuse(
                 context,
                 outcome.task_id,
                 grpc.StatusCode.INTERNAL,
                 "update refused: the server could not check it (its log says why)",
             )
-        if not self._coordinator.resolve(outcome.task_id, result):
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "the round closed before your update arrived"
-            )
+        finally:
+            if receiver is not None:
+                receiver.close()
+            self._coordinator.release(outcome.task_id)
         return pb.SubmitReply(accepted=True, message="accepted")
 
     def _refuse(
@@ -177,6 +211,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         return name
 
     def _authenticate(self, context: grpc.ServicerContext) -> ClientSession:
+        """The caller's session, counted against its share of open calls until this one ends."""
         token = dict(context.invocation_metadata()).get(SESSION_METADATA_KEY, "")
         client = self._coordinator.client_for(token) if token else None
         if client is None:
@@ -187,4 +222,12 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "this session belongs to another province"
             )
+        if not self._coordinator.open_stream(client):
+            log.warning("%s holds too many calls open; refused one more", client.province)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this session has {MAX_STREAMS_PER_SESSION} calls open already",
+            )
+        if not context.add_callback(lambda: self._coordinator.close_stream(client)):
+            self._coordinator.close_stream(client)
         return client

@@ -114,7 +114,9 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
 
 @pytest.fixture
 def server(tmp_path):
-    federation = LocalFederation(tmp_path, "lr", 1, server_args=FAST, insecure=True)
+    federation = LocalFederation(
+        tmp_path, "lr", 1, server_args=[*FAST, "--reflection"], insecure=True
+    )
     federation.start_server()
     channel = grpc.insecure_channel(federation.address)
     grpc.channel_ready_future(channel).result(timeout=60)

@@ -48,7 +48,14 @@ def test_a_300_mb_forest_crosses_the_wire_and_predicts_as_before():
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.FederationStub(channel)
     daemon = ClientDaemon(
-        "hubei", f"127.0.0.1:{port}", None, LocalWork(pd.DataFrame()), 30, 300, 1 << 30
+        # ROWS rows declared at Join: the outcomes below report up to ROWS examples.
+        "hubei",
+        f"127.0.0.1:{port}",
+        None,
+        LocalWork(pd.DataFrame(index=range(ROWS))),
+        30,
+        300,
+        1 << 30,
     )
     received: dict = {}
 

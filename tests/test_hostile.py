@@ -5,17 +5,27 @@ out as if the liar had not spoken.
 """
 
 import math
+import threading
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.localrun import LocalFederation
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.__main__ import build_server
+from server.coordinator import MAX_STREAMS_PER_SESSION, Coordinator
+from server.limits import SIDE_CALLS
+from server.localrun import LocalFederation, free_port
 from tests.hostile import Liar, Lie, statistics_shapes
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
+from tests.test_fuzz import VALID, LiveServer, honest_update, submission
 
 pytestmark = pytest.mark.integration
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 HONEST = ("hubei", "fujian")
 COLUMNS = 9  # next-day: eight features and the target
@@ -77,3 +87,141 @@ def test_absurd_numbers_are_refused_and_the_honest_model_is_untouched(tmp_path):
     total = sum(s["n_test"] for s in per_client.values())
     honest_mse = sum(s["mse"] * s["n_test"] for s in per_client.values()) / total
     assert results["final"]["mse"] == pytest.approx(honest_mse, rel=1e-12)
+
+
+def test_a_dropped_upload_leaves_the_task_open_for_one_retry():
+    live = LiveServer()
+    try:
+        task, phase, outcome = live.open_task()
+        messages = submission(task.task_id, VALID.header, [VALID.blob[: len(VALID.blob) // 2]])
+        hold = threading.Event()
+
+        def broken():
+            yield from messages
+            hold.wait(timeout=60)  # the client stalls, then its connection is dropped
+
+        call = live.stub.Submit.future(broken(), timeout=60, metadata=live.metadata)
+        call.cancel()
+        hold.set()
+        honest = submission(task.task_id, VALID.header, list(VALID.chunks()))
+        codes = [grpc.StatusCode.ABORTED]
+        while codes[-1] == grpc.StatusCode.ABORTED:  # until the broken stream has let go
+            codes.append(live.submit(honest))
+        again = live.submit(honest)
+        phase.join(timeout=60)
+    finally:
+        live.close()
+    assert codes[-1] == grpc.StatusCode.OK, codes
+    assert again == grpc.StatusCode.FAILED_PRECONDITION  # once only
+    results, failures = outcome[0]
+    assert failures == [] and len(results) == 1
+    for name, array in honest_update().items():
+        np.testing.assert_array_equal(results[0].arrays[name], array)
+
+
+class Server:
+    """An in-process server over real localhost gRPC, with limits a test can reach quickly."""
+
+    def __init__(self, idle_seconds: float = 600, reflection_on: bool = False) -> None:
+        self.coordinator = Coordinator(poll_seconds=600)
+        self.address = f"127.0.0.1:{free_port()}"
+        self.server, _ = build_server(
+            self.coordinator,
+            self.address,
+            16,
+            1 << 20,
+            reflection_on=reflection_on,
+            idle_seconds=idle_seconds,
+        )
+        self.server.start()
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.FederationStub(self.channel)
+
+    def join(self, province: str) -> tuple[tuple[str, str]]:
+        request = pb.JoinRequest(province=province, rows=1000)
+        return ((SESSION_METADATA_KEY, self.stub.Join(request, timeout=60).session),)
+
+    def healthy(self) -> bool:
+        check = health_pb2_grpc.HealthStub(self.channel).Check
+        return check(health_pb2.HealthCheckRequest(), timeout=60).status == SERVING
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(grace=0)
+
+
+def refusals(calls: list, count: int) -> list[grpc.StatusCode]:
+    """The codes of the first `count` calls to be refused, each call's first answer read on
+    its own thread; the calls the server holds open (or answers) are left as they are."""
+    refused, done = [], threading.Semaphore(0)
+
+    def read(call):
+        try:
+            next(call)
+        except grpc.RpcError as error:
+            refused.append(error.code())
+            done.release()
+
+    for call in calls:
+        threading.Thread(target=read, args=(call,), daemon=True).start()
+    for _ in range(count):
+        done.acquire()
+    return refused
+
+
+def test_idle_and_surplus_streams_cannot_starve_the_federation():
+    live = Server(reflection_on=True)
+    try:
+        # Forty health watches: a few are served, the rest refused at once.
+        watch = health_pb2_grpc.HealthStub(live.channel).Watch
+        watches = [watch(health_pb2.HealthCheckRequest(), timeout=600) for _ in range(40)]
+        refused = refusals(watches, 40 - SIDE_CALLS)
+        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (40 - SIDE_CALLS)
+        # Forty reflection streams that never send a request: refused beyond the same cap.
+        silent = threading.Event()
+
+        def nothing():
+            silent.wait()
+            yield from ()
+
+        info = reflection_pb2_grpc.ServerReflectionStub(live.channel).ServerReflectionInfo
+        streams = [info(nothing(), timeout=600) for _ in range(40)]
+        # The watches hold every thread of the cap: all forty are refused.
+        assert refusals(streams, 40) == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 40
+        # One session opening twenty long polls holds its share of threads, no more.
+        hubei = live.join("hubei")
+        polls = [
+            live.stub.GetTask(pb.TaskRequest(), timeout=600, metadata=hubei) for _ in range(20)
+        ]
+        refused = refusals(polls, 20 - MAX_STREAMS_PER_SESSION)
+        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (20 - MAX_STREAMS_PER_SESSION)
+        # Meanwhile the federation still answers everyone else.
+        assert live.join("fujian") and live.healthy()
+        silent.set()
+        for call in [*watches, *polls]:
+            call.cancel()
+    finally:
+        live.close()
+
+
+def test_a_stream_that_sends_nothing_is_cancelled_and_reflection_is_off_by_default():
+    live = Server(idle_seconds=1)
+    try:
+        metadata = live.join("hubei")
+        stalled = threading.Event()
+
+        def nothing():
+            stalled.wait()
+            yield from ()
+
+        idle = live.stub.Submit.future(nothing(), timeout=600, metadata=metadata)
+        assert idle.exception(timeout=300).code() == grpc.StatusCode.CANCELLED
+        stalled.set()
+        info = reflection_pb2_grpc.ServerReflectionStub(live.channel).ServerReflectionInfo
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as off:
+            next(info(iter([request]), timeout=60))
+        assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert live.healthy()
+    finally:
+        live.close()

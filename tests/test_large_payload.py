@@ -36,7 +36,14 @@ def test_a_300_mb_model_travels_down_and_back_intact():
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     daemon = ClientDaemon(
-        "hubei", f"127.0.0.1:{port}", None, LocalWork(pd.DataFrame()), 30, 120, 1 << 30
+        # One row, declared at Join: the outcome below reports one example.
+        "hubei",
+        f"127.0.0.1:{port}",
+        None,
+        LocalWork(pd.DataFrame(index=range(1))),
+        30,
+        120,
+        1 << 30,
     )
     stub = pb_grpc.FederationStub(channel)
     received: dict = {}

@@ -1,7 +1,18 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 
-from common.tensors import Payload, PayloadError, PayloadReceiver, from_tensor, receive, to_tensor
+from common.tensors import (
+    BudgetExhausted,
+    ByteBudget,
+    Payload,
+    PayloadError,
+    PayloadReceiver,
+    from_tensor,
+    receive,
+    to_tensor,
+)
 from proto.fedstock.v1 import tensor_pb2 as pb
 
 
@@ -85,3 +96,31 @@ def test_overrun_and_short_payloads_are_refused():
     receiver.add(b"x" * 4)
     with pytest.raises(PayloadError, match="after 4 of 8"):
         receiver.arrays()
+
+
+def test_memory_grows_with_the_bytes_that_arrive_not_with_those_announced():
+    header = pb.ParametersHeader(
+        tensors=[pb.TensorSpec(name="x", dtype=pb.DTYPE_UINT8, shape=[64 << 20])],
+        total_bytes=64 << 20,
+    )
+    tracemalloc.start()
+    try:
+        receiver = PayloadReceiver(header, max_bytes=1 << 30)
+        receiver.add(b"x" * 4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # 64 MiB announced, 4 KiB sent
+    budget = ByteBudget(8192)
+    first, second = (
+        PayloadReceiver(header, 1 << 30, budget),
+        PayloadReceiver(header, 1 << 30, budget),
+    )
+    first.add(b"x" * 6000)
+    with pytest.raises(BudgetExhausted):
+        second.add(b"y" * 4096)
+    first.close()
+    second.add(b"y" * 4096)
+    assert budget.used == 4096
+    second.close()
+    assert budget.used == 0

@@ -1,0 +1,142 @@
+"""Limits that keep any caller from holding the server's handler threads: no call may sit idle
+for long, and the health and reflection services share a few threads of their own.
+
+gRPC's synchronous server gives every call one thread of a fixed pool for as long as the call
+lasts. A stream that sends nothing, or many health watches or reflection streams (which need no
+credentials), would otherwise hold them all and starve Join, GetTask and Submit. This
+interceptor wraps every method: a call that has waited on its peer for `idle_seconds` (for the
+next message, or for room to send one) is cancelled, and at most `side_calls` health and
+reflection streams run at once (the next is refused with RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+SIDE_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Health watches and reflection streams open at once, of the server's handler threads.
+SIDE_CALLS = 4
+
+
+class Activity:
+    """Which calls are waiting on their peer (for its next message, or for room to send ours),
+    since when; cancels those that waited too long. Time the server spends working on a call
+    (checking an update, holding a long poll) is not idle time."""
+
+    def __init__(self, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_seconds = idle_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._waiting: dict[grpc.ServicerContext, float] = {}
+
+    def waiting(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._waiting[context] = self._clock()
+
+    def working(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._waiting.pop(context, None)
+
+    def cancel_idle(self) -> int:
+        """Cancel every call that has waited on its peer longer than `idle_seconds`."""
+        now = self._clock()
+        with self._lock:
+            idle = [c for c, since in self._waiting.items() if now - since > self.idle_seconds]
+            for context in idle:
+                del self._waiting[context]
+        for context in idle:
+            context.cancel()
+        return len(idle)
+
+
+def _watch(activity: weakref.ref[Activity], every: float = 1.0) -> None:
+    """Cancel idle calls every `every` seconds for as long as the server's Activity exists."""
+    while True:
+        time.sleep(every)
+        alive = activity()
+        if alive is None:
+            return
+        alive.cancel_idle()
+        del alive
+
+
+class CallLimits(grpc.ServerInterceptor):
+    """Idle timeout on every method; a small shared cap on health and reflection calls."""
+
+    def __init__(self, activity: Activity, side_calls: int) -> None:
+        self.activity = activity
+        self._side = threading.BoundedSemaphore(side_calls)
+        threading.Thread(target=_watch, args=(weakref.ref(activity),), daemon=True).start()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        side = details.method.startswith(SIDE_SERVICES)
+        for kind, wrap in (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        ):
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return wrap(
+                    self._guard(
+                        behaviour, (handler.request_streaming, handler.response_streaming), side
+                    ),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    def _guard(self, behaviour: Callable, streaming: tuple[bool, bool], side: bool) -> Callable:
+        activity = self.activity
+        requests_stream, replies_stream = streaming
+        capped = side and (requests_stream or replies_stream)  # a health Check is quick
+
+        def received(messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            while True:
+                activity.waiting(context)
+                try:
+                    message = next(messages)
+                except StopIteration:
+                    return
+                finally:
+                    activity.working(context)
+                yield message
+
+        def sent(replies: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            for reply in replies:
+                activity.waiting(context)
+                yield reply
+                activity.working(context)
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if capped and not self._side.acquire(blocking=False):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many health and reflection streams at once; try again later",
+                )
+            # Runs however the call ends, even if its replies are never read.
+            if not context.add_callback(lambda: self._done(context, capped)):
+                self._done(context, capped)
+            reply = behaviour(received(request, context) if requests_stream else request, context)
+            return sent(reply, context) if replies_stream else reply
+
+        return guarded
+
+    def _done(self, context: grpc.ServicerContext, capped: bool) -> None:
+        self.activity.working(context)
+        if capped:
+            self._side.release()
