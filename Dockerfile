@@ -39,12 +39,13 @@ COPY proto/ proto/
 RUN pip install --no-cache-dir --no-deps . \
  && cd / && rm -rf /tmp/src
 
-# Run as an unprivileged user. /results is where the server writes by default; it is created
-# here owned by that user so a named volume mounted on it starts out writable.
+# Run as an unprivileged user. /results is where the server writes by default, /receipts where a
+# province keeps its ledger receipts; they are created here owned by that user so a named
+# volume mounted on either starts out writable.
 RUN groupadd --gid 10001 fedstock \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin fedstock \
- && mkdir -p /results /data \
- && chown fedstock:fedstock /results
+ && mkdir -p /results /data /receipts \
+ && chown fedstock:fedstock /results /receipts
 USER fedstock
 WORKDIR /app
 

@@ -11,6 +11,7 @@ from client.daemon import ClientDaemon
 from client.he_keys import read_private_key
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
+from client.receipts import ReceiptBook
 from client.tasks import ClientError
 from common.cli import env, env_flag
 from common.data import DataError, load_province, synthesize_province
@@ -113,6 +114,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "time, so a round's training takes FACTOR times as long; for testing the asynchronous "
         "mode [FEDSTOCK_SLOWDOWN]",
     )
+    add(
+        "--receipts",
+        type=Path,
+        default=Path(env("RECEIPTS", "receipts")),
+        metavar="DIR",
+        help="folder for this province's receipts of the server's ledger (<province>.jsonl), "
+        "to check the ledger against later with python -m server.ledger verify --receipts DIR "
+        "[FEDSTOCK_RECEIPTS]",
+    )
     args = parser.parse_args(argv)
     if args.province is None:
         parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
@@ -143,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         credentials = None if args.insecure else client_credentials(args.tls_dir, args.province)
         identity = None if args.insecure else Identity.load(args.tls_dir, args.province)
         privacy = ClientPrivacy(read_private_key(args.he_key) if args.he_key else None, identity)
-    except (TLSSetupError, ValueError) as error:
+        receipts = ReceiptBook(args.receipts / f"{args.province}.jsonl")
+    except (TLSSetupError, ValueError, OSError) as error:
         log.error("%s", error)
         return 2
     if credentials is None:
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_timeout=args.connect_timeout,
         transfer_timeout=args.transfer_timeout,
         max_model_bytes=int(args.max_model_mb * (1 << 20)),
+        receipts=receipts,
     )
     try:
         daemon.run()

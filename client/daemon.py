@@ -15,6 +15,7 @@ import grpc
 
 from client.handshake import HandshakeCheck
 from client.local import LocalWork, Outcome
+from client.receipts import Receipt, ReceiptBook
 from client.tasks import ClientError, perform
 from common.tensors import Arrays, Payload, PayloadReceiver
 from common.wire import CHANNEL_OPTIONS, SESSION_METADATA_KEY, SOFTWARE_VERSION
@@ -63,6 +64,7 @@ class ClientDaemon:
         connect_timeout: float,
         transfer_timeout: float,
         max_model_bytes: int,
+        receipts: ReceiptBook | None = None,
     ) -> None:
         self.province = province
         self.address = address
@@ -71,6 +73,7 @@ class ClientDaemon:
         self.connect_timeout = connect_timeout
         self.transfer_timeout = transfer_timeout
         self.max_model_bytes = max_model_bytes
+        self.receipts = receipts
         self._session = ""
         self._poll_seconds = 20.0
 
@@ -87,6 +90,7 @@ class ClientDaemon:
                     self._recover(stub, error, backoff)
                     continue
                 backoff.reset()
+                self._keep_receipts(task)
                 if task.kind == pb.TASK_KIND_STOP:
                     if task.failed:
                         raise ClientError(f"the federation failed: {task.reason}")
@@ -167,6 +171,18 @@ class ClientDaemon:
                 raise ClientError("the server sent an unexpected message after the task")
             receiver.add(chunk.data)
         return task, receiver.arrays() if receiver else None
+
+    def _keep_receipts(self, task: pb.Task) -> None:
+        """Keep the ledger receipts the task brings; stop if the server contradicts one."""
+        if self.receipts is None or not task.receipts:
+            return
+        try:
+            self.receipts.record(
+                Receipt.parse({"index": r.index, "hash": r.hash, "signature": r.signature})
+                for r in task.receipts
+            )
+        except ValueError as error:  # ReceiptError included
+            raise ClientError(f"refusing the server's ledger receipts: {error}") from None
 
     def _submit(self, stub: pb_grpc.FederationStub, task: pb.Task, outcome: Outcome) -> None:
         payload = Payload.encode(outcome.arrays) if outcome.arrays else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.logs import setup_logging
 from common.tensors import ByteBudget
-from common.tls import TLSSetupError, server_credentials
+from common.tls import server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server import analysis, asynchronous, privacy, strategies
@@ -22,7 +23,7 @@ from server.channel import TaskChannel
 from server.cli import parse_args
 from server.config import ServerConfig
 from server.coordinator import Coordinator
-from server.ledger import Ledger
+from server.ledger import Ledger, Signer
 from server.lifecycle import run_to_end
 from server.limits import SIDE_CALLS, Activity, CallLimits
 from server.livestate import LiveState, RunInfo
@@ -93,13 +94,15 @@ def build_server(
     return server, health_servicer
 
 
-def open_ledger(path: Path, resuming: bool) -> Ledger:
-    """The run's ledger; a fresh run keeps an earlier run's ledger aside, under its head hash."""
+def open_ledger(path: Path, resuming: bool, signer: Signer) -> Ledger:
+    """The run's ledger; a fresh run keeps an earlier run's ledger aside, under a digest of its
+    bytes (unread: an old or broken ledger is kept, not judged)."""
     if path.exists() and not resuming:
-        kept = path.with_name(f"{path.stem}-{Ledger(path).head[:12]}{path.suffix}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        kept = path.with_name(f"{path.stem}-{digest[:12]}{path.suffix}")
         path.replace(kept)
         log.info("an earlier run's ledger is kept as %s", kept)
-    return Ledger(path)
+    return Ledger(path, signer)
 
 
 def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
@@ -134,12 +137,26 @@ def results_file(config: ServerConfig) -> ResultsFile:
     )
 
 
-def federate(config: ServerConfig, channel: TaskChannel, results: ResultsFile) -> None:
+def run_signer(config: ServerConfig) -> Signer:
+    """The key that signs the ledger: the server's TLS identity, or one this run creates."""
+    serve = config.serve
+    return Signer.ephemeral() if serve.insecure else Signer.load(serve.tls_dir)
+
+
+def federate(
+    config: ServerConfig,
+    channel: TaskChannel,
+    results: ResultsFile,
+    signer: Signer | None = None,
+) -> None:
     """The run `config` describes, over any task channel: statistics, rounds, analysis."""
     options = config.model.options
     build = strategy_builder(config)
     checkpoint = config.results.with_name("checkpoint.npz")
-    ledger = open_ledger(config.results.with_name("ledger.jsonl"), resuming=checkpoint.exists())
+    ledger = open_ledger(
+        config.results.with_name("ledger.jsonl"), checkpoint.exists(), signer or run_signer(config)
+    )
+    ledger.subscribe(channel.publish_receipt)
     selection = ModelSelection(build, options, config.model.grid, config.model.cv_folds)
     wanted = analysis.AnalysisSettings.asked(config.analysis, config.run.seed)
     after = analysis.Analysis(wanted) if wanted else None
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("serving WITHOUT TLS (--insecure): clients are not authenticated")
     try:
         credentials = None if serve.insecure else server_credentials(serve.tls_dir)
+        signer = run_signer(config)
         server, health_servicer = build_server(
             coordinator,
             address,
@@ -186,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             serve.reflection,
             serve.idle_timeout,
         )
-    except (OSError, TLSSetupError) as error:
+    except (OSError, ValueError) as error:  # TLSSetupError is a ValueError
         log.error("%s", error)
         return 2
     results = results_file(config)
@@ -214,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         config.run.min_clients,
     )
     status = run_to_end(
-        lambda: federate(config, coordinator, results),
+        lambda: federate(config, coordinator, results, signer),
         coordinator,
         server,
         health_servicer,

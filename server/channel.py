@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from client.receipts import Receipt
 from common.tensors import Payload
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.strategy import ClientResult, Failure
@@ -77,6 +78,10 @@ class TaskChannel(Protocol):
 
     def fail(self, task_id: str, reason: str) -> None:
         """Close an open task as failed (the run no longer needs its answer)."""
+        ...
+
+    def publish_receipt(self, receipt: Receipt) -> None:
+        """A new ledger entry's receipt, for every province to keep (client/receipts.py)."""
         ...
 
 

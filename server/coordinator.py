@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from client.receipts import Receipt
 from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.channel import Accept, Assignment, Phase
@@ -50,6 +51,7 @@ class ClientSession:
     told_to_stop: bool = False
     tasks: int = 0
     streams: int = 0  # GetTask and Submit calls open now
+    receipts_sent: int = 0  # ledger receipts this session was given, oldest first
 
     def alive(self, now: float) -> bool:
         return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
@@ -95,6 +97,7 @@ class Coordinator:
         self._stop_failed = False
         self._stopped_at: float | None = None
         self._updates_rejected = 0
+        self._receipts: list[pb.LedgerReceipt] = []
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -174,6 +177,23 @@ class Coordinator:
                 self._cond.wait(timeout=min(1.0, max(0.0, min(end, report) - now)))
         return self.connected()
 
+    def publish_receipt(self, receipt: Receipt) -> None:
+        """A new ledger entry's receipt, which every client gets with its next task."""
+        with self._cond:
+            self._receipts.append(
+                pb.LedgerReceipt(
+                    index=receipt.index, hash=receipt.hash, signature=receipt.signature
+                )
+            )
+
+    def _with_receipts(self, client: ClientSession, assignment: Assignment) -> Assignment:
+        """The assignment with the receipts this client has not been given yet."""
+        task = pb.Task()
+        task.CopyFrom(assignment.task)
+        task.receipts.extend(self._receipts[client.receipts_sent :])
+        client.receipts_sent = len(self._receipts)
+        return Assignment(task, assignment.payload)
+
     # -- tasks --------------------------------------------------------------------------------
 
     def send(
@@ -235,7 +255,7 @@ class Coordinator:
                 while True:
                     if client.pending is not None:
                         assignment, client.pending = client.pending, None
-                        return assignment
+                        return self._with_receipts(client, assignment)
                     if self._stop_reason:
                         client.told_to_stop = True
                         self._cond.notify_all()
@@ -244,10 +264,11 @@ class Coordinator:
                             reason=self._stop_reason,
                             failed=self._stop_failed,
                         )
-                        return Assignment(stop, None)
+                        return self._with_receipts(client, Assignment(stop, None))
                     remaining = end - time.monotonic()
                     if remaining <= 0 or not is_active():
-                        return Assignment(pb.Task(kind=pb.TASK_KIND_WAIT), None)
+                        wait = pb.Task(kind=pb.TASK_KIND_WAIT)
+                        return self._with_receipts(client, Assignment(wait, None))
                     client.wakeup.wait(timeout=min(remaining, 1.0))
             finally:
                 client.polling -= 1

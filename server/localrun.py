@@ -98,6 +98,7 @@ class LocalFederation:
 
     def start_client(self, province: str, *extra: str) -> subprocess.Popen:
         args = ["--province", province, "--server", self.address, *self._security()]
+        args += ["--receipts", str(self.out / "receipts")]
         args += (
             ["--data", str(self.data)]
             if self.data

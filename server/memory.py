@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from client.local import LocalWork
+from client.receipts import Receipt
 from client.tasks import perform
 from common.models.checks import UpdateError
 from common.tensors import Payload, PayloadError, PayloadReceiver, receive
@@ -48,6 +49,8 @@ class MemoryChannel:
         self.updates_rejected = 0
         # Every task sent, in order: what the provinces were asked, for tests to inspect.
         self.sent: list[pb.Task] = []
+        # The ledger's receipts as published; provinces in memory keep no receipts files.
+        self.receipts: list[Receipt] = []
         self._open: dict[str, tuple[Phase, Assignment]] = {}
         self._due: list[tuple[float, int, str]] = []  # (answer time, order sent, task id)
         self._count = 0
@@ -105,6 +108,9 @@ class MemoryChannel:
     def fail(self, task_id: str, reason: str) -> None:
         if task_id in self._open:
             self._close(task_id, reason)
+
+    def publish_receipt(self, receipt: Receipt) -> None:
+        self.receipts.append(receipt)
 
     def _answer(self, task_id: str) -> None:
         """The province does its task now and submits; late or absent answers are lost."""
