@@ -23,10 +23,13 @@ from proto.fedstock.v1 import tensor_pb2
 from server.__main__ import build_server
 from server.channel import gather
 from server.coordinator import Assignment, Coordinator
-from server.localrun import free_port
+from server.localrun import LocalFederation, free_port
 from server.strategy import ClientResult
+from tests.fuzzing import Fuzzer, rss_bytes
+from tests.test_federation import FAST, ROWS, SEED
 
 N_FEATURES = 8
+HONEST = ("hubei", "fujian")
 SERVICE = "/fedstock.v1.Federation/"
 
 specs = st.builds(
@@ -234,3 +237,70 @@ def test_oversized_messages_and_updates_are_refused():
     assert huge_outcome[0][0] == []
     results, failures = big_outcome[0]
     assert results == [] and "exceeds the limit" in failures[0].reason
+
+
+@pytest.mark.integration
+def test_undecodable_requests_are_refused_as_bad_input_on_every_method():
+    live = LiveServer()
+    try:
+        for method in ("Join", "GetTask", "Submit"):
+            assert live.raw(method, b"\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT, method
+        check = live.channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as health:
+            check(b"\xff\xff\xff", timeout=10)
+        assert health.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        live.close()
+
+
+FUZZED = 100_000
+# What 100,000 fuzzed messages may add to the server's memory: about 640 bytes each. grpcio's
+# own failure path for an undecodable request keeps about 16 KB (1.6 GB here).
+RSS_GROWTH_BOUND = 64 << 20
+
+
+@pytest.mark.integration
+def test_100k_fuzzed_messages_leave_memory_bounded_and_the_honest_model_bit_identical(tmp_path):
+    def federation(name: str) -> LocalFederation:
+        return LocalFederation(
+            tmp_path / name,
+            "lr-exact",
+            1,
+            ROWS,
+            SEED,
+            provinces=HONEST,
+            server_args=FAST,
+            insecure=True,
+        )
+
+    reference = federation("reference")
+    reference.start()
+    assert set(reference.wait(timeout=300).values()) == {0}
+    attacked = federation("attacked")
+    attacked.start_server()
+    channel = grpc.insecure_channel(attacked.address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=120)
+        fuzzer = Fuzzer(channel, seed=0)
+        fuzzer.send(5_000)  # the allocator and gRPC's pools settle first
+        before = rss_bytes(attacked.server.pid)
+        fuzzer.send(FUZZED)
+        after = rss_bytes(attacked.server.pid)
+    finally:
+        channel.close()
+    print(
+        f"\nserver RSS before/after {fuzzer.sent - 5_000:,} fuzzed messages: "
+        f"{before / (1 << 20):.1f} / {after / (1 << 20):.1f} MiB; answers {dict(fuzzer.codes)}"
+    )
+    assert fuzzer.sent >= 5_000 + FUZZED
+    # Every answer is a refusal the server chose: no crash, no hang, no unhandled error.
+    assert not {"UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED", "UNAVAILABLE"} & set(fuzzer.codes)
+    assert after - before < RSS_GROWTH_BOUND
+    for province in HONEST:
+        attacked.start_client(province)
+    assert set(attacked.wait(timeout=300).values()) == {0}
+    expected = np.load(tmp_path / "reference" / "model.npz")
+    model = np.load(tmp_path / "attacked" / "model.npz")
+    assert sorted(model) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(model[name], expected[name])
