@@ -23,6 +23,9 @@ pytestmark = pytest.mark.integration
 HONEST = ("hubei", "fujian", "sichuan", "shandong", "beijing", "zhejiang", "jiangsu", "guangdong")
 
 
+NEGATIVE_MSE = "update refused: an evaluation must report a non-negative 'mse'"
+
+
 class RogueClient(threading.Thread):
     """Joins as shanghai, then answers every task with something the server must refuse."""
 
@@ -61,22 +64,24 @@ class RogueClient(threading.Thread):
             task = chunks[0].task
             if task.kind == pb.TASK_KIND_STOP:
                 return
-            if task.kind in (pb.TASK_KIND_WAIT, pb.TASK_KIND_EVALUATE):
-                continue  # an evaluation left unanswered: dropped at the deadline
-            payload = Payload.encode(next(bad_updates, {"wrong": np.zeros(1)}))
+            if task.kind == pb.TASK_KIND_WAIT:
+                continue
             outcome = pb.Outcome(
-                task_id=task.task_id,
-                round=task.round,
-                kind=task.kind,
-                num_examples=10,
-                parameters=payload.header,
+                task_id=task.task_id, round=task.round, kind=task.kind, num_examples=10
             )
-            messages = [pb.SubmitChunk(outcome=outcome)]
-            messages += [pb.SubmitChunk(data=c) for c in payload.chunks()]
+            if task.kind == pb.TASK_KIND_EVALUATE:
+                # Refused at once, so no phase waits for its deadline however slow the machine.
+                outcome.metrics["mse"] = -1.0
+                messages = [pb.SubmitChunk(outcome=outcome)]
+            else:
+                payload = Payload.encode(next(bad_updates, {"wrong": np.zeros(1)}))
+                outcome.parameters.CopyFrom(payload.header)
+                messages = [pb.SubmitChunk(outcome=outcome)]
+                messages += [pb.SubmitChunk(data=c) for c in payload.chunks()]
             try:
                 self.stub.Submit(iter(messages), timeout=30, metadata=metadata)
             except grpc.RpcError as error:
-                self.refusals.append((error.code(), error.details()))
+                self.refusals.append((task.kind, error.code(), error.details()))
 
 
 def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
@@ -87,7 +92,8 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
         ROWS,
         SEED,
         provinces=HONEST,
-        server_args=[*FAST, "--round-timeout", "8", "--min-available", "9"],
+        # No phase needs its deadline (the rogue's answers are refused at once): a generous one.
+        server_args=[*FAST, "--round-timeout", "300", "--min-available", "9"],
     )
     federation.start_server()
     rogue = RogueClient(federation.address, client_credentials(federation.tls_dir, "shanghai"))
@@ -99,10 +105,12 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
     rogue.join(timeout=30)
     assert not rogue.is_alive() and rogue.error is None, rogue.error
     assert set(codes.values()) == {0}, codes
-    codes_seen = [code for code, _ in rogue.refusals]
-    assert codes_seen == [grpc.StatusCode.INVALID_ARGUMENT] * 3, rogue.refusals
-    messages = " | ".join(m for _, m in rogue.refusals)
+    updates = [(c, m) for kind, c, m in rogue.refusals if kind != pb.TASK_KIND_EVALUATE]
+    assert [code for code, _ in updates] == [grpc.StatusCode.INVALID_ARGUMENT] * 3, updates
+    messages = " | ".join(m for _, m in updates)
     assert "shape" in messages and "NaN" in messages and "dtype" in messages
+    scores = [(c, m) for kind, c, m in rogue.refusals if kind == pb.TASK_KIND_EVALUATE]
+    assert scores == [(grpc.StatusCode.INVALID_ARGUMENT, NEGATIVE_MSE)] * 2, scores
     results = federation.results()
     for record in results["rounds"]:
         assert record["clients"] == sorted(HONEST)

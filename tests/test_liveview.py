@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.provinces import PROVINCES
 from server.livestate import CLIENT_STATES
 from server.localrun import LocalFederation, free_port
+from tests.test_federation import FAST
 
 pytestmark = pytest.mark.integration
 
 ROWS, SEED, ROUNDS = 20_000, 3, 3
-FAST = ["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WINDOW = (1300, 800)
 
@@ -117,9 +117,9 @@ def test_live_view_of_a_federation(tmp_path):
     federation = LocalFederation(tmp_path, "lr", ROUNDS, ROWS, SEED, server_args=FAST + linger)
     federation.start()
     try:
-        wait_for_the_end(base, federation, timeout=240)
+        wait_for_the_end(base, federation, timeout=600)
         for province, client in federation.clients.items():
-            assert client.wait(timeout=60) == 0, province
+            assert client.wait(timeout=180) == 0, province
         results = federation.results()
         check_state(json.loads(fetch(f"{base}/api/state")[2]), results)
         check_metrics(base, results)
@@ -127,7 +127,7 @@ def test_live_view_of_a_federation(tmp_path):
         check_page(tmp_path, base, results)
         wait_for_line(tmp_path / "server.log", "the live view stays up")
         federation.server.send_signal(signal.SIGINT)  # ends the lingering
-        assert federation.server.wait(timeout=30) == 0
+        assert federation.server.wait(timeout=180) == 0
     finally:
         federation.kill()
 

@@ -14,9 +14,9 @@ from server.cli import parse_args
 from server.localrun import LocalFederation
 from server.privacy.dp import DPFedAvg, DPSettings, epsilon
 from server.strategy import ClientResult, ExactLinear, FedAvg
+from tests.test_federation import FAST
 
 ROWS, SEED = 20_000, 3
-FAST = ["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"]
 
 
 def fedavg():

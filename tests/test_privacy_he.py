@@ -17,7 +17,7 @@ from server.privacy.he import HEFedAvg
 from server.strategy import ClientResult, FedAvg
 
 ROWS, SEED = 20_000, 3
-FAST = ["--poll-seconds", "2", "--round-timeout", "90", "--join-timeout", "120"]
+FAST = ["--poll-seconds", "2", "--round-timeout", "600", "--join-timeout", "900"]
 CONFIG = {"privacy": "he"}
 
 
