@@ -177,6 +177,21 @@ def federate(
     loop.run(selection.choose if config.model.cv_folds else None)
 
 
+def tls_hint(insecure: bool) -> str:
+    """What a waiting server says a client must do to get in: the two sides' TLS must match,
+    and a mismatch fails in the handshake, before any call this server could log."""
+    if insecure:
+        return (
+            "this server speaks plaintext (--insecure): a client started with TLS cannot join; "
+            "start it with --insecure too, or give this server certificates"
+        )
+    return (
+        "this server requires TLS: a client started with --insecure cannot join (gRPC logs "
+        "its attempts as 'Handshake failed ... WRONG_VERSION_NUMBER'); start it without "
+        "--insecure, with its certificates"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging()
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", error)
         return 2
     serve = config.serve
-    coordinator = Coordinator(poll_seconds=serve.poll_seconds)
+    coordinator = Coordinator(poll_seconds=serve.poll_seconds, report_hint=tls_hint(serve.insecure))
     address = f"{serve.host}:{serve.port}"
     if serve.insecure:
         log.warning("serving WITHOUT TLS (--insecure): clients are not authenticated")

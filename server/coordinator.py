@@ -83,9 +83,15 @@ class Status:
 
 
 class Coordinator:
-    def __init__(self, poll_seconds: float, report_seconds: float = QUORUM_REPORT_SECONDS) -> None:
+    def __init__(
+        self,
+        poll_seconds: float,
+        report_seconds: float = QUORUM_REPORT_SECONDS,
+        report_hint: str = "",
+    ) -> None:
         self.poll_seconds = poll_seconds
         self.report_seconds = report_seconds
+        self.report_hint = report_hint  # what a client must do to be let in, said with each report
         self._lock = threading.RLock()
         # Wakes the round loop (answers, joins); each client has its own for new tasks.
         self._cond = threading.Condition(self._lock)
@@ -164,12 +170,13 @@ class Coordinator:
                     missing = sorted(set(PROVINCES) - set(connected))
                     log.info(
                         "waiting for the quorum, %d of %d connected after %.0f s: %s; not "
-                        "connected: %s",
+                        "connected: %s%s",
                         len(connected),
                         count,
                         now - start,
                         ", ".join(connected) or "none",
                         ", ".join(missing) or "none",
+                        f" ({self.report_hint})" if self.report_hint else "",
                     )
                     report = now + self.report_seconds
                 if now >= end:

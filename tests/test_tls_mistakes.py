@@ -17,9 +17,12 @@ from common.tls import TLSSetupError, check_client_certificate, server_credentia
 from server.__main__ import build_server
 from server.certs import DEFAULT_SERVER_NAMES, Authority, write_federation
 from server.coordinator import Coordinator
-from server.localrun import free_port
+from server.localrun import LocalFederation, free_port
 
 pytestmark = pytest.mark.integration
+
+# Longer than the server's 30 s quorum report, so a waiting server reports at least once.
+JOIN_40 = ["--join-timeout", "40", "--poll-seconds", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,37 @@ def test_an_expired_certificate_is_named_with_its_date(certificates, tmp_path):
     check_client_certificate(folder, "hubei", now=start + datetime.timedelta(days=5))
     done = client(f"localhost:{free_port()}", "--tls-dir", str(folder))
     assert done.returncode == 2 and "expired on 2020-03-11" in done.stderr, done.stderr
+
+
+def test_a_plaintext_server_waiting_for_a_tls_client_says_what_the_client_must_do(
+    certificates, tmp_path
+):
+    """Its quorum report (every 30 s) says it speaks plaintext; the join timeout is longer than
+    one period, so the report comes however the processes are scheduled."""
+    federation = LocalFederation(
+        tmp_path, "lr", 1, provinces=("hubei",), insecure=True, server_args=JOIN_40
+    )
+    federation.start_server()
+    try:
+        done = client(federation.address, "--tls-dir", str(certificates[0]))
+        assert done.returncode == 1 and "speaks plaintext" in done.stderr, done.stderr
+        assert federation.server.wait(timeout=600) == 1
+    finally:
+        federation.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "0 of 1 connected" in log
+    assert "this server speaks plaintext (--insecure): a client started with TLS" in log
+
+
+def test_a_tls_server_waiting_for_a_plaintext_client_says_what_the_client_must_do(tmp_path):
+    federation = LocalFederation(tmp_path, "lr", 1, provinces=("hubei",), server_args=JOIN_40)
+    federation.start_server()
+    try:
+        done = client(federation.address, "--insecure")
+        assert done.returncode == 1 and "it requires TLS" in done.stderr, done.stderr
+        assert federation.server.wait(timeout=600) == 1
+    finally:
+        federation.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "this server requires TLS: a client started with --insecure cannot join" in log
+    assert "Handshake failed" in log and "WRONG_VERSION_NUMBER" in log
