@@ -23,9 +23,6 @@ pytestmark = pytest.mark.integration
 HONEST = ("hubei", "fujian", "sichuan", "shandong", "beijing", "zhejiang", "jiangsu", "guangdong")
 
 
-NEGATIVE_MSE = "update refused: an evaluation must report a non-negative 'mse'"
-
-
 class RogueClient(threading.Thread):
     """Joins as shanghai, then answers every task with something the server must refuse."""
 
@@ -110,7 +107,8 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
     messages = " | ".join(m for _, m in updates)
     assert "shape" in messages and "NaN" in messages and "dtype" in messages
     scores = [(c, m) for kind, c, m in rogue.refusals if kind == pb.TASK_KIND_EVALUATE]
-    assert scores == [(grpc.StatusCode.INVALID_ARGUMENT, NEGATIVE_MSE)] * 2, scores
+    assert [code for code, _ in scores] == [grpc.StatusCode.INVALID_ARGUMENT] * 2, scores
+    assert all("'mse'" in message for _, message in scores), scores
     results = federation.results()
     for record in results["rounds"]:
         assert record["clients"] == sorted(HONEST)
