@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from client import trainers
+from client import histograms, trainers
 from client.trainers import Trainer
 from common import analysis
 from common.models import linear
@@ -112,6 +112,9 @@ def fine_tune(
         return trainer.fit(x, y, model, {**config, OWN_EPOCHS[name]: epochs})
     if name in CLOSED_FORM:
         return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
+    if name in histograms.PREFIX:
+        change = y - trainers.close(x, config, scaled=False)
+        return histograms.personalise(model, x, change, config)
     if name in ENSEMBLES:
         codec = ENSEMBLES[name]
         own = trainer.fit(x, y, None, {**config, "random_state": config[analysis.ANALYSIS_SEED]})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from client import histograms
 from client.optim import LinearSGD, local_steps
 from common import preprocess
 from common.models import forest, linear, rff, svr
@@ -78,6 +79,17 @@ def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Con
 def predict_forest(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
     trees = forest.forest_from_arrays(arrays, x.shape[1])
     return forest_base(x, config) + forest.predict_forest(trees, x)
+
+
+# Histogram trees (gbdt, rf-hist) learn the change from today's close; their tasks are questions.
+
+
+def tree_answer(x: np.ndarray, y: np.ndarray, question: Arrays | None, config: Config) -> Arrays:
+    return histograms.answer(x, y - close(x, config, scaled=False), question, config)
+
+
+def predict_trees(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
+    return close(x, config, scaled=False) + histograms.predict(arrays, x)
 
 
 def target_frame(
@@ -210,6 +222,10 @@ TRAINERS: dict[str, Trainer] = {
         update_is_model=False,
     ),
     "rf": Trainer(fit_forest, predict_forest, scaled=False),
+    **{
+        name: Trainer(tree_answer, predict_trees, update_is_model=False, scaled=False)
+        for name in histograms.PREFIX
+    },
     "svm": Trainer(fit_svm, predict_svm),
     "svm-local-rbf": Trainer(fit_local_rbf, predict_local_rbf),
     "lr-sgd": Trainer(fit_sgd, predict_sgd, local_steps=local_steps, local_loss=sgd_loss),

@@ -48,6 +48,10 @@ FINE_TUNING: dict[str, str] = {
     "(as in a round), every tree weighing the same",
     "svm-local-rbf": "the global SVRs together with one the province fits on its training "
     "rows (as in a round), each weighing the same",
+    "gbdt": "the global trees followed by as many the province boosts on its training rows "
+    "from the global model's predictions (boosting continued locally)",
+    "rf-hist": "the global forest plus a forest the province grows on what the global one "
+    "leaves unexplained of its training rows",
 }
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.models import linear, rff
 from common.models.forest import TREES
+from common.models.histgrow import FOREST, TreeSettings
 from common.models.svr import SVRS
 from common.wire import ConfigScalar
 from server.ensemble import EnsembleUnion, forest_quotas, one_each
+from server.strategies.trees import HistogramTrees
 from server.strategy import ExactLinear, FedAvg, Strategy
 
 
@@ -48,6 +50,9 @@ _whole = _number(int, "a non-negative integer", lambda v: v >= 0)
 _positive = _number(float, "a positive number", lambda v: 0 < v < math.inf)
 _non_negative = _number(float, "a non-negative number", lambda v: 0 <= v < math.inf)
 _fraction = _number(float, "a fraction in (0, 1]", lambda v: 0 < v <= 1)
+_bins = _number(int, "an integer in [2, 65536]", lambda v: 2 <= v <= 65536)
+_weight = _number(float, "a number of at least 1", lambda v: 1 <= v < math.inf)
+_open_fraction = _number(float, "a fraction in (0, 1)", lambda v: 0 < v < 1)
 
 
 def _flag(text: str) -> bool:
@@ -72,6 +77,35 @@ class Option:
     @property
     def env(self) -> str:
         return self.name.upper()
+
+
+# Histogram trees' settings (common/models/histgrow.py): how each is read, and what it means.
+TREE_SETTINGS: dict[str, tuple[Callable[[str], ConfigScalar], str]] = {
+    "trees": (_count, "trees grown (boosting rounds, or the forest's trees)"),
+    "learning_rate": (_fraction, "shrinkage η of each tree"),
+    "max_depth": (_count, "deepest level of a tree"),
+    "max_bins": (_bins, "bins per feature, edges at the quantiles of the summed sketch"),
+    "reg_lambda": (_non_negative, "L2 regularisation λ of leaf values"),
+    "min_child_weight": (_weight, "fewest (sampled or bootstrap-weighted) rows on either side"),
+    "subsample": (_fraction, "share of rows each tree is grown on"),
+    "early_stopping": (
+        _whole,
+        "stop once this many trees have not bettered the federated validation MSE (0: grow "
+        "them all); the best ensemble is kept",
+    ),
+    "validation_fraction": (_open_fraction, "share of training rows held out for early stopping"),
+    "max_features": (_fraction, "share of features each split may choose from"),
+    "seed": (_whole, "seed of subsamples, hold-outs, bootstraps and feature draws"),
+}
+
+
+def _tree_options(prefix: str, base: TreeSettings, names: str) -> tuple[Option, ...]:
+    return tuple(
+        Option(
+            prefix + name, TREE_SETTINGS[name][0], str(getattr(base, name)), TREE_SETTINGS[name][1]
+        )
+        for name in names.split()
+    )
 
 
 OPTIONS: dict[str, tuple[Option, ...]] = {
@@ -176,6 +210,15 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
             "rows of each province the exact RBF SVR is fitted on (svm-local-rbf)",
         ),
     ),
+    "gradient-boosted trees from summed histograms (--model gbdt)": _tree_options(
+        "gbdt_",
+        TreeSettings(),
+        "trees learning_rate max_depth max_bins reg_lambda min_child_weight subsample "
+        "early_stopping validation_fraction seed",
+    ),
+    "random forest from summed histograms (--model rf-hist)": _tree_options(
+        "rfh_", FOREST, "trees max_depth max_bins min_child_weight max_features seed"
+    ),
 }
 ALL_OPTIONS = {option.name: option for group in OPTIONS.values() for option in group}
 
@@ -194,6 +237,15 @@ def _forest(options: Mapping[str, ConfigScalar]) -> Strategy:
     return EnsembleUnion(_config("rf", options, "rf_"), TREES, quotas, grow_share)
 
 
+def _trees(model: str, prefix: str, base: TreeSettings) -> Callable[..., Strategy]:
+    def build(options: Mapping[str, ConfigScalar]) -> Strategy:
+        values = {k.removeprefix(prefix): v for k, v in options.items() if k.startswith(prefix)}
+        settings = replace(base, **values)
+        return HistogramTrees({"model": model, **settings.to_mapping(prefix)}, settings)
+
+    return build
+
+
 def _svm(options: Mapping[str, ConfigScalar]) -> Strategy:
     components = int(options["svm_features"])
     return FedAvg(
@@ -210,6 +262,8 @@ STRATEGIES: dict[str, Callable[[Mapping[str, ConfigScalar]], Strategy]] = {
         check=linear.check_weights,
     ),
     "rf": _forest,
+    "gbdt": _trees("gbdt", "gbdt_", TreeSettings()),
+    "rf-hist": _trees("rf-hist", "rfh_", FOREST),
     "svm": _svm,
     "svm-local-rbf": lambda options: EnsembleUnion(
         _config("svm-local-rbf", options, "svm_"), SVRS, one_each
@@ -220,7 +274,9 @@ MODEL_HELP = (
     "solved once, equal to a centralised fit; rf: a global forest of the provinces' trees; "
     "svm: FedAvg of an ε-insensitive linear model on random Fourier features (an RBF SVR that "
     "shares no rows); svm-local-rbf: the paper's exact RBF SVR on a subsample of each province, "
-    "averaged, a comparison only: its support vectors are training rows and travel"
+    "averaged, a comparison only: its support vectors are training rows and travel; gbdt, "
+    "rf-hist: gradient-boosted trees and a random forest grown from histograms summed over "
+    "the provinces, equal to centralised trees on the same bins; no row leaves a province"
 )
 
 

@@ -90,6 +90,9 @@ class TreeSettings:
         return histtree.Rule(self.reg_lambda, self.min_child_weight, shrink)
 
 
+# rf-hist's defaults: a forest of deep trees on Poisson bootstraps, leaves unregularised.
+FOREST = TreeSettings(trees=50, max_depth=8, reg_lambda=0.0, forest=True)
+
 GROW = "grow."
 
 

@@ -105,7 +105,11 @@ def histograms(
     columns = bins[keep].T
     out = {}
     for name, weights in (("grad", g), ("hess", h)):
-        sums = [np.bincount(base + c, weights=weights, minlength=slots * width) for c in columns]
+        # float64 even for no rows: bincount of nothing with weights gives int64 zeros.
+        sums = [
+            np.bincount(base + c, weights=weights, minlength=slots * width).astype(np.float64)
+            for c in columns
+        ]
         out[name] = np.stack(sums).reshape(len(sums), slots, width).transpose(1, 0, 2).copy()
     return out
 

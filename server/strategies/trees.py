@@ -1,0 +1,131 @@
+"""Histogram trees over the federation: every question to the provinces is one phase of tasks.
+
+The round's training phase is the sketch (rows per grid cell, for the shared bin edges); the
+strategy then grows the whole ensemble in further phases of the same round — per tree and
+depth level one phase, the open nodes' histograms up, the tree as it stands down — and the
+server sums what comes back (common/models/histgrow.py). One round builds the ensemble; a
+later round grows a fresh one. Sums are added in province order, so a run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from common.models.histgrow import Grown, Query, TreeSettings, check_answer, grow, sketch_query
+from common.preprocess import GlobalStatistics
+from common.tensors import Arrays
+from common.wire import ConfigScalar
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.strategy import ClientResult, Failure, Instruction, Strategy
+
+log = logging.getLogger("fedstock.server")
+
+
+class Incomplete(RuntimeError):
+    """A province did not answer a question: the sums would be partial, so growing stops."""
+
+
+class HistogramTrees(Strategy):
+    def __init__(self, model_config: Mapping[str, ConfigScalar], settings: TreeSettings) -> None:
+        super().__init__(model_config)
+        self.settings = settings
+        self._mean = self._std = np.zeros(0)
+        self._base_score = 0.0
+        self._cohort: list[str] = []
+        self._report: dict[str, Any] = {}
+        self._bytes = {"bytes_down": 0, "bytes_up": 0}
+
+    def prepare(self, statistics: GlobalStatistics, train_samples: Mapping[str, int]) -> None:
+        """Bins are placed from the federation's mean and deviation of each (unscaled) feature;
+        the ensemble starts from the mean change of the price from today's close."""
+        self._mean, self._std = statistics.mean[:-1], statistics.std[:-1]
+        close = statistics.columns.index("close")
+        self._base_score = float(statistics.mean[-1] - statistics.mean[close])
+
+    def _sketch(self) -> Query:
+        return sketch_query(self._mean, self._std)
+
+    def configure_fit(
+        self, server_round: int, parameters: Arrays | None, provinces: list[str]
+    ) -> list[Instruction]:
+        self._cohort = sorted(provinces)
+        return self._instructions(server_round, self._sketch())
+
+    def _instructions(self, server_round: int, query: Query) -> list[Instruction]:
+        config = {**self.model_config, "round": server_round, **query.config()}
+        arrays = query.arrays()
+        return [Instruction(p, config, arrays) for p in self._cohort]
+
+    def check_update(self, arrays: Arrays, n_features: int) -> None:
+        check_answer(arrays, self._sketch(), n_features, self.settings.max_bins)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[ClientResult],
+        failures: list[Failure],
+        current: Arrays | None,
+    ) -> Arrays | None:
+        self._bytes = dict.fromkeys(self._bytes, 0)
+        try:
+            sketch = self._sum(results, failures)["sketch"]
+            grown = grow(
+                lambda query: self._ask(server_round, query),
+                sketch,
+                self._mean,
+                self._std,
+                self._base_score,
+                self.settings,
+            )
+        except Incomplete as error:
+            log.warning(
+                "round %d: growing stopped, the model is unchanged: %s", server_round, error
+            )
+            self._report = {"trees": {"stopped": str(error), **self._bytes}}
+            return None
+        self._report = {"trees": {**_describe(grown), **self._bytes}}
+        return grown.arrays()
+
+    def _ask(self, server_round: int, query: Query) -> Arrays:
+        n_features = len(self._mean)
+
+        def accept(result: ClientResult) -> ClientResult:
+            check_answer(result.arrays, query, n_features, self.settings.max_bins)
+            return result
+
+        instructions = self._instructions(server_round, query)
+        results, failures = self.run_phase(server_round, pb.TASK_KIND_TRAIN, instructions, accept)
+        # The questions and answers after the sketch: the round's own counts hold the sketch.
+        self._bytes["bytes_down"] += len(instructions) * _nbytes(instructions[0].parameters)
+        self._bytes["bytes_up"] += sum(_nbytes(r.arrays) for r in results)
+        return self._sum(results, failures)
+
+    def _sum(self, results: list[ClientResult], failures: list[Failure]) -> Arrays:
+        answered = sorted(results, key=lambda r: r.province)
+        if failures or [r.province for r in answered] != self._cohort:
+            missing = sorted(set(self._cohort) - {r.province for r in answered})
+            reasons = "; ".join(f"{f.province}: {f.reason}" for f in failures)
+            raise Incomplete(f"no answer from {', '.join(missing) or 'none'} ({reasons})")
+        return {name: sum(r.arrays[name] for r in answered) for name in answered[0].arrays}
+
+    def round_report(self, server_round: int) -> dict[str, Any]:
+        return self._report
+
+
+def _describe(grown: Grown) -> dict[str, Any]:
+    """What the results file keeps of how the ensemble was grown."""
+    return {
+        "count": len(grown.trees),
+        "nodes": sum(len(t["value"]) for t in grown.trees),
+        "exchanges": grown.exchanges,
+        "bins": [len(e) + 1 for e in grown.edges],
+        "validation_mse": grown.validation_mse,
+    }
+
+
+def _nbytes(arrays: Arrays | None) -> int:
+    return sum(a.nbytes for a in (arrays or {}).values())
