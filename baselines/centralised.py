@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,20 @@ import numpy as np
 
 from baselines import cli, results
 from baselines.data import DataOptions, load_frames, prepare
-from baselines.models import Context, ModelOptions, build_model, train
+from baselines.models import ALL_MODELS, Context, ModelOptions, build_model, train
 
 
 def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
     started = time.perf_counter()
     prepared = prepare(load_frames(data), data)
     scaling, splits = prepared.scaling, prepared.splits
-    x = scaling.apply(np.vstack([s.x_train for s in splits.values()]))
+    context = Context(options, scaling)
+    spec = build_model(model, context)
+    inputs = scaling.apply if spec.scaled else np.asarray
+    x = inputs(np.vstack([s.x_train for s in splits.values()]))
     y = np.concatenate([s.y_train for s in splits.values()])
     loaded = time.perf_counter()
 
-    context = Context(options, scaling)
-    spec = build_model(model, context)
     fitted = train(
         spec,
         context,
@@ -39,7 +41,7 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
     trained = time.perf_counter()
 
     scored = results.evaluation(
-        (name, results.mse(spec.predict(fitted, scaling.apply(s.x_test)), s.y_test), len(s.y_test))
+        (name, results.mse(spec.predict(fitted, inputs(s.x_test)), s.y_test), len(s.y_test))
         for name, s in splits.items()
     )
     finished = time.perf_counter()
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         "MSE per province and overall and write a results file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    cli.add_model_args(parser)
+    cli.add_model_args(parser, ALL_MODELS)
+    cli.add_tree_args(parser)
     cli.add_data_args(parser)
     parser.add_argument(
         "--results", type=Path, help="results JSON (default: runs/centralised-MODEL.json)"
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.check(parser, args)
     path = args.results or Path(f"runs/centralised-{args.model}.json")
     try:
-        outcome = run(args.model, cli.data_options(args), cli.model_options(args))
+        options = replace(cli.model_options(args), tree_settings=cli.tree_settings(parser, args))
+        outcome = run(args.model, cli.data_options(args), options)
     except (ValueError, OSError) as error:  # DataError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import argparse
 
 from baselines.data import DEFAULT_ROWS, DEFAULT_SEED, DataOptions
 from baselines.models import MODELS, ModelOptions
+from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS
 
 
@@ -89,6 +90,31 @@ def add_model_args(parser: argparse.ArgumentParser, models: tuple[str, ...] = MO
         "default), or the price itself (the paper)",
     )
     add("--model-seed", type=int, default=defaults.seed, help="seed of the models' randomness")
+
+
+def add_tree_args(parser: argparse.ArgumentParser) -> None:
+    """gbdt's and rf-hist's settings under the server's flag names and defaults."""
+    for spec in TREE_MODELS.values():
+        group = parser.add_argument_group(f"--model {spec.name}")
+        for name in spec.settable:
+            default = getattr(spec.defaults, name)
+            flag = "--" + (spec.prefix + name).replace("_", "-")
+            group.add_argument(
+                flag, type=type(default), default=default, help=name.replace("_", " ")
+            )
+
+
+def tree_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Each tree model's settings from the flags; a setting out of range is a usage error."""
+    try:
+        return {
+            name: spec.settings(
+                {spec.prefix + n: getattr(args, spec.prefix + n) for n in spec.settable}
+            )
+            for name, spec in TREE_MODELS.items()
+        }
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def data_options(args: argparse.Namespace) -> DataOptions:

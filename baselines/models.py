@@ -11,14 +11,16 @@ codec), each province growing trees in proportion to its rows (`per_province`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from baselines.data import Scaling
-from common.models import forest, linear, rff, svr
+from common.models import forest, histtree, linear, rff, svr
 from common.models.ensemble import Member
+from common.models.histgrow import TREE_MODELS, Grown, TreeSettings
+from common.models.histparty import Party, fit_parties
 from common.tensors import Arrays
 
 
@@ -37,9 +39,15 @@ class ModelOptions:
     # RF and SVMs learn tomorrow's change from today's close ("change", the federation's
     # default: comparable across price levels) or the price itself ("price", as the paper).
     target: str = "change"
+    # gbdt's and rf-hist's settings, the federation's defaults unless changed.
+    tree_settings: Mapping[str, TreeSettings] = field(
+        default_factory=lambda: {name: m.defaults for name, m in TREE_MODELS.items()}
+    )
 
     def describe(self, model: str) -> dict[str, Any]:
         """The options that matter to `model`, for results files and the report."""
+        if model in self.tree_settings:
+            return asdict(self.tree_settings[model])
         return {
             "lr": {},
             "rf": {
@@ -232,6 +240,31 @@ def svr_predictor(context: Context) -> Callable[[Members, np.ndarray], np.ndarra
     return predict
 
 
+# gbdt and rf-hist: the federation's own grower over one party holding the union, on the
+# federation's statistics, learning tomorrow's change from today's close. There are no parts
+# to merge (the federation sums histograms instead), so a job that fits parts cannot run them.
+
+
+def tree_model(name: str, context: Context) -> Model:
+    settings = context.options.tree_settings[name]
+
+    scaling = context.scaling
+
+    def fit(x: np.ndarray, y: np.ndarray, ctx: Context, start: Any = None) -> Grown:
+        party = Party(x, y - x[:, scaling.close_index], settings)
+        base = scaling.task["change_mean"]
+        return fit_parties([party], scaling.mean, scaling.scale, base, settings)
+
+    def predict(grown: Grown, x: np.ndarray) -> np.ndarray:
+        return x[:, scaling.close_index] + histtree.predict(grown.base_score, grown.trees, x)
+
+    return Model(name, fit, _no_merge, predict, scaled=False)
+
+
+def _no_merge(a: Any, b: Any) -> Any:
+    raise ValueError("histogram trees grow one ensemble from summed histograms: no parts merge")
+
+
 @dataclass(frozen=True)
 class Model:
     """How to train one model: `fit(x, y, context, start)` a part from the last round's merged
@@ -243,6 +276,8 @@ class Model:
     predict: Callable[[Any, np.ndarray], np.ndarray]
     setup: Callable[[np.ndarray, Context], Arrays] | None = None
     rounds: int = 1
+    # False: the model takes the rows unscaled, as the provinces' histogram trees bin them.
+    scaled: bool = True
 
 
 def train(
@@ -271,7 +306,11 @@ def build_model(name: str, context: Context) -> Model:
         return Model(name, fit_svm, merge_weighted, svm, svm_setup, context.options.rounds)
     if name == "svr":
         return Model(name, fit_svr, merge_members, svr_predictor(context))
-    raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
+    if name in TREE_MODELS:
+        return tree_model(name, context)
+    raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(ALL_MODELS)}")
 
 
 MODELS = ("lr", "rf", "svm", "svr")
+# With the models only the centralised job trains (no parts to merge).
+ALL_MODELS = (*MODELS, *TREE_MODELS)

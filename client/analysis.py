@@ -18,6 +18,7 @@ from common import analysis
 from common.models import linear
 from common.models.checks import UpdateError
 from common.models.forest import TREES
+from common.models.histgrow import TREE_MODELS
 from common.models.svr import SVRS
 from common.preprocess import Split
 from common.tensors import Arrays
@@ -112,7 +113,7 @@ def fine_tune(
         return trainer.fit(x, y, model, {**config, OWN_EPOCHS[name]: epochs})
     if name in CLOSED_FORM:
         return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
-    if name in histograms.PREFIX:
+    if name in TREE_MODELS:
         change = y - trainers.close(x, config, scaled=False)
         return histograms.personalise(model, x, change, config)
     if name in ENSEMBLES:

@@ -13,14 +13,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from common.models import histtree
-from common.models.histgrow import Query, TreeSettings
+from common.models.histgrow import TREE_MODELS, Query, TreeSettings
 from common.models.histparty import Party, fit_union
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
 Config = Mapping[str, ConfigScalar]
-# Where each histogram-tree model's settings are in the task config.
-PREFIX = {"gbdt": "gbdt_", "rf-hist": "rfh_"}
 # Parties by rows and settings. A province's run needs one; a grid search a few more; a
 # federation in one process (the in-memory channel) one per province.
 _PARTIES: dict[tuple[bytes, TreeSettings], Party] = {}
@@ -28,7 +26,7 @@ KEEP = 16
 
 
 def settings_for(config: Config) -> TreeSettings:
-    return TreeSettings.from_mapping(config, PREFIX[str(config["model"])])
+    return TreeSettings.from_mapping(config, TREE_MODELS[str(config["model"])].prefix)
 
 
 def answer(x: np.ndarray, change: np.ndarray, question: Arrays | None, config: Config) -> Arrays:

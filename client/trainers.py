@@ -17,6 +17,7 @@ from client import histograms
 from client.optim import LinearSGD, local_steps
 from common import preprocess
 from common.models import forest, linear, rff, svr
+from common.models.histgrow import TREE_MODELS
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -224,7 +225,7 @@ TRAINERS: dict[str, Trainer] = {
     "rf": Trainer(fit_forest, predict_forest, scaled=False),
     **{
         name: Trainer(tree_answer, predict_trees, update_is_model=False, scaled=False)
-        for name in histograms.PREFIX
+        for name in TREE_MODELS
     },
     "svm": Trainer(fit_svm, predict_svm),
     "svm-local-rbf": Trainer(fit_local_rbf, predict_local_rbf),

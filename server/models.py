@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from common.models import linear, rff
 from common.models.forest import TREES
-from common.models.histgrow import FOREST, TreeSettings
+from common.models.histgrow import TREE_MODELS
 from common.models.svr import SVRS
 from common.wire import ConfigScalar
 from server.ensemble import EnsembleUnion, forest_quotas, one_each
@@ -99,12 +99,12 @@ TREE_SETTINGS: dict[str, tuple[Callable[[str], ConfigScalar], str]] = {
 }
 
 
-def _tree_options(prefix: str, base: TreeSettings, names: str) -> tuple[Option, ...]:
+def _tree_options(model: str) -> tuple[Option, ...]:
+    spec = TREE_MODELS[model]
     return tuple(
-        Option(
-            prefix + name, TREE_SETTINGS[name][0], str(getattr(base, name)), TREE_SETTINGS[name][1]
-        )
-        for name in names.split()
+        Option(spec.prefix + name, parse, str(getattr(spec.defaults, name)), text)
+        for name in spec.settable
+        for parse, text in [TREE_SETTINGS[name]]
     )
 
 
@@ -210,15 +210,8 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
             "rows of each province the exact RBF SVR is fitted on (svm-local-rbf)",
         ),
     ),
-    "gradient-boosted trees from summed histograms (--model gbdt)": _tree_options(
-        "gbdt_",
-        TreeSettings(),
-        "trees learning_rate max_depth max_bins reg_lambda min_child_weight subsample "
-        "early_stopping validation_fraction seed",
-    ),
-    "random forest from summed histograms (--model rf-hist)": _tree_options(
-        "rfh_", FOREST, "trees max_depth max_bins min_child_weight max_features seed"
-    ),
+    "gradient-boosted trees from summed histograms (--model gbdt)": _tree_options("gbdt"),
+    "random forest from summed histograms (--model rf-hist)": _tree_options("rf-hist"),
 }
 ALL_OPTIONS = {option.name: option for group in OPTIONS.values() for option in group}
 
@@ -237,11 +230,11 @@ def _forest(options: Mapping[str, ConfigScalar]) -> Strategy:
     return EnsembleUnion(_config("rf", options, "rf_"), TREES, quotas, grow_share)
 
 
-def _trees(model: str, prefix: str, base: TreeSettings) -> Callable[..., Strategy]:
+def _trees(model: str) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
     def build(options: Mapping[str, ConfigScalar]) -> Strategy:
-        values = {k.removeprefix(prefix): v for k, v in options.items() if k.startswith(prefix)}
-        settings = replace(base, **values)
-        return HistogramTrees({"model": model, **settings.to_mapping(prefix)}, settings)
+        spec = TREE_MODELS[model]
+        settings = spec.settings(options)
+        return HistogramTrees({"model": model, **settings.to_mapping(spec.prefix)}, settings)
 
     return build
 
@@ -262,8 +255,7 @@ STRATEGIES: dict[str, Callable[[Mapping[str, ConfigScalar]], Strategy]] = {
         check=linear.check_weights,
     ),
     "rf": _forest,
-    "gbdt": _trees("gbdt", "gbdt_", TreeSettings()),
-    "rf-hist": _trees("rf-hist", "rfh_", FOREST),
+    **{name: _trees(name) for name in TREE_MODELS},
     "svm": _svm,
     "svm-local-rbf": lambda options: EnsembleUnion(
         _config("svm-local-rbf", options, "svm_"), SVRS, one_each

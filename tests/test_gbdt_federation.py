@@ -1,16 +1,20 @@
 """Histogram trees over the federation: the server's run over nine provinces, in memory and over
 real gRPC with real processes, equals the same algorithm on the union of their rows."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from baselines import centralised
+from baselines.data import DataOptions
+from baselines.models import ModelOptions
 from client import trainers
 from client.local import LocalWork
 from common import preprocess
 from common.data import synthesize_province
 from common.models import histtree
-from common.models.histgrow import FOREST, TreeSettings
-from common.models.histparty import fit_union
+from common.models.histgrow import TREE_MODELS
 from common.provinces import PROVINCES
 from server.memory import MemoryChannel
 from tests import in_memory
@@ -18,23 +22,13 @@ from tests.test_federation import ROWS, SEED
 from tests.test_federation_models import check_clients_scored
 from tests.test_federation_models import run as run_processes
 
-CLOSE = preprocess.NEXT_DAY_FEATURES.index("close")
 
-
-def union():
-    splits = [preprocess.split(synthesize_province(p, ROWS, SEED)) for p in PROVINCES]
-    stack = {k: np.concatenate([getattr(s, k) for s in splits]) for k in ("x_train", "y_train")}
-    tests = [(s.x_test, s.y_test) for s in splits]
-    return stack["x_train"], stack["y_train"], tests
-
-
-def centralised_mse(settings):
-    x, y, tests = union()
-    grown = fit_union(x, y - x[:, CLOSE], settings)
-    x_test = np.concatenate([t[0] for t in tests])
-    y_test = np.concatenate([t[1] for t in tests])
-    prediction = x_test[:, CLOSE] + histtree.predict(grown.base_score, grown.trees, x_test)
-    return float(np.mean((prediction - y_test) ** 2))
+def centralised_mse(model, **settings):
+    """`python -m baselines.centralised --model MODEL` on the same provinces and rows."""
+    base = TREE_MODELS[model].defaults
+    tree_settings = {model: replace(base, **settings)}
+    data = DataOptions(rows=ROWS, seed=SEED)
+    return centralised.run(model, data, ModelOptions(tree_settings=tree_settings))["final"]["mse"]
 
 
 class Recorded(LocalWork):
@@ -55,16 +49,17 @@ def test_federated_gbdt_equals_the_same_trees_on_the_union(tmp_path):
     record = results["rounds"][0]["trees"]
     assert record["count"] == 20
     assert record["exchanges"] >= 20  # one question per tree and level: at least the roots
-    expected = centralised_mse(TreeSettings(trees=20))
+    expected = centralised_mse("gbdt", trees=20)
     assert results["final"]["mse"] == pytest.approx(expected, rel=1e-9)
 
 
-def test_federated_rf_hist_is_within_one_percent_of_the_centralised_forest(tmp_path):
+def test_federated_rf_hist_equals_the_centralised_forest(tmp_path):
     flags = ["--model", "rf-hist", "--rounds", "1", "--rfh-trees", "30"]
     results = in_memory.run(tmp_path, *flags)
     assert results["rounds"][0]["trees"]["count"] == 30
-    expected = centralised_mse(TreeSettings(**{**FOREST.to_mapping(""), "trees": 30}))
-    assert results["final"]["mse"] == pytest.approx(expected, rel=0.01)
+    expected = centralised_mse("rf-hist", trees=30)
+    # Each row's bootstrap weight is drawn from the row itself, alike wherever it lives.
+    assert results["final"]["mse"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_no_upload_during_gbdt_training_holds_a_raw_value(tmp_path):
@@ -94,8 +89,8 @@ def test_no_upload_during_gbdt_training_holds_a_raw_value(tmp_path):
 def test_gbdt_over_real_grpc_predicts_what_the_provinces_scored(tmp_path):
     flags = ["--gbdt-trees", "15", "--gbdt-max-depth", "4"]
     results = run_processes(tmp_path, "gbdt", 1, *flags)
-    settings = TreeSettings(trees=15, max_depth=4)
-    assert results["final"]["mse"] == pytest.approx(centralised_mse(settings), rel=1e-9)
+    expected = centralised_mse("gbdt", trees=15, max_depth=4)
+    assert results["final"]["mse"] == pytest.approx(expected, rel=1e-9)
     arrays = dict(np.load(tmp_path / "model.npz"))
     config = {"setting": "next-day"}
     check_clients_scored(results, lambda x: trainers.predict_trees(arrays, x, config))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -90,8 +90,52 @@ class TreeSettings:
         return histtree.Rule(self.reg_lambda, self.min_child_weight, shrink)
 
 
+@dataclass(frozen=True)
+class TreeModel:
+    """A model name, where its settings sit in a task config, its defaults, and the settings
+    a user may change (each a flag `--{prefix}{name}` of the server and the baselines)."""
+
+    name: str
+    prefix: str
+    defaults: TreeSettings
+    settable: tuple[str, ...]
+
+    def settings(self, values: Mapping[str, object]) -> TreeSettings:
+        """The defaults with the settable values in `values` (keys with the prefix)."""
+        wanted = {n: values[self.prefix + n] for n in self.settable if self.prefix + n in values}
+        return replace(self.defaults, **wanted)
+
+
 # rf-hist's defaults: a forest of deep trees on Poisson bootstraps, leaves unregularised.
 FOREST = TreeSettings(trees=50, max_depth=8, reg_lambda=0.0, forest=True)
+TREE_MODELS = {
+    m.name: m
+    for m in (
+        TreeModel(
+            "gbdt",
+            "gbdt_",
+            TreeSettings(),
+            (
+                "trees",
+                "learning_rate",
+                "max_depth",
+                "max_bins",
+                "reg_lambda",
+                "min_child_weight",
+                "subsample",
+                "early_stopping",
+                "validation_fraction",
+                "seed",
+            ),
+        ),
+        TreeModel(
+            "rf-hist",
+            "rfh_",
+            FOREST,
+            ("trees", "max_depth", "max_bins", "min_child_weight", "max_features", "seed"),
+        ),
+    )
+}
 
 GROW = "grow."
 

@@ -9,8 +9,6 @@ that add up across parties, and that secure aggregation can hide.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from common.models import histtree
@@ -23,13 +21,11 @@ class Party:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, settings: TreeSettings) -> None:
         self.settings = settings
-        digest = hashlib.sha1(np.ascontiguousarray(x, dtype=np.float64)).digest()
-        # Seeds this party's own draws (validation rows, subsamples, bootstrap weights).
-        self.key = int.from_bytes(digest[:8], "little")
-        held = np.zeros(len(y), dtype=bool)
-        if settings.holds_out:
-            rng = np.random.default_rng([settings.seed, self.key])
-            held = rng.random(len(y)) < settings.holds_out
+        # Every draw (validation rows, subsamples, bootstrap weights) comes from the row itself,
+        # so a row is drawn alike wherever it lives: the federation draws what the union draws.
+        keys = row_keys(x, y)
+        held = uniform(keys, settings.seed, -1) < settings.holds_out
+        self.keys = keys[~held]
         self.x, self.y = x[~held], y[~held]
         self.x_val, self.y_val = x[held], y[held]
         self.x32 = np.asarray(self.x, dtype=np.float32)
@@ -104,14 +100,45 @@ class Party:
         """Gradients and Hessians of squared error for a new tree, under its row weights."""
         s = self.settings
         weights = np.ones(self.rows)
-        rng = np.random.default_rng([s.seed, self.key, tree])
+        draw = uniform(self.keys, s.seed, tree)
         if s.forest:
-            weights = rng.poisson(1.0, self.rows).astype(np.float64)
+            weights = np.searchsorted(POISSON_CDF, draw, side="right").astype(np.float64)
         elif s.subsample < 1:
-            weights = (rng.random(self.rows) < s.subsample).astype(np.float64)
+            weights = (draw < s.subsample).astype(np.float64)
         self.grad = (self.margin - self.y) * weights
         self.hess = weights
         self.tree = tree
+
+
+# Poisson(1)'s cumulative probabilities: a uniform draw's bin is a bootstrap weight.
+POISSON_CDF = np.cumsum(np.exp(-1.0) / np.cumprod([1.0, *range(1, 20)]))
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: every bit of the input moves every bit of the output."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_keys(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A 64-bit key per row from the bits of its values as float32, as trees see them (so the
+    last bits of a value recomputed elsewhere do not change the key)."""
+    values = np.ascontiguousarray(np.column_stack([x, y]), dtype=np.float32)
+    bits = values.view(np.uint32).astype(np.uint64)
+    keys = np.zeros(len(bits), dtype=np.uint64)
+    for column in bits.T:
+        keys = _mix(keys ^ column)
+    return keys
+
+
+def uniform(keys: np.ndarray, *salt: int) -> np.ndarray:
+    """A uniform draw in [0, 1) per key, a different one for every salt."""
+    z = keys
+    for value in salt:
+        z = _mix(z ^ np.uint64(value * GOLDEN % 2**64))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def summed(parties: list[Party]) -> Ask:
