@@ -15,8 +15,11 @@ import grpc
 
 from client.handshake import HandshakeCheck
 from client.local import LocalWork, Outcome
+from client.privacy import PrivacyError
 from client.receipts import Receipt, ReceiptBook
 from client.tasks import ClientError, perform
+from common.bounded import bounded
+from common.secagg import SecAggError
 from common.tensors import Arrays, Payload, PayloadReceiver
 from common.wire import CHANNEL_OPTIONS, SESSION_METADATA_KEY, SOFTWARE_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -33,6 +36,8 @@ RESUBMITTABLE = RETRYABLE | {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SUBMIT_ATTEMPTS = 3
+# Failures that mean this client cannot take part at all: reported, then the client exits.
+FATAL = (ClientError, PrivacyError, SecAggError)
 
 
 class Backoff:
@@ -52,6 +57,12 @@ class Backoff:
         log.info("%s; retrying in %.1f s", why, self._delay)
         time.sleep(self._delay * random.uniform(0.8, 1.2))
         self._delay = min(self._delay * 2, self.ceiling)
+
+
+def _failed(task: pb.Task, error: Exception) -> pb.Outcome:
+    """The outcome that tells the server this task failed here, and why."""
+    reason = bounded(f"{type(error).__name__}: {error}")
+    return pb.Outcome(task_id=task.task_id, round=task.round, kind=task.kind, error=reason)
 
 
 class ClientDaemon:
@@ -98,7 +109,15 @@ class ClientDaemon:
                     return
                 if task.kind == pb.TASK_KIND_WAIT:
                     continue
-                outcome = perform(self.work, task, parameters)
+                try:
+                    outcome = perform(self.work, task, parameters)
+                except Exception as error:
+                    # The server hears why at once, instead of waiting out the deadline.
+                    log.exception("round %d: the task failed", task.round)
+                    self._send(stub, task, _failed(task, error), None)
+                    if isinstance(error, FATAL):
+                        raise
+                    continue
                 self._submit(stub, task, outcome)
 
     def channel(self) -> grpc.Channel:
@@ -186,18 +205,25 @@ class ClientDaemon:
 
     def _submit(self, stub: pb_grpc.FederationStub, task: pb.Task, outcome: Outcome) -> None:
         payload = Payload.encode(outcome.arrays) if outcome.arrays else None
+        header = pb.Outcome(
+            task_id=task.task_id,
+            round=task.round,
+            kind=task.kind,
+            num_examples=outcome.num_examples,
+            metrics=outcome.metrics,
+            parameters=payload.header if payload else None,
+        )
+        self._send(stub, task, header, payload)
 
+    def _send(
+        self,
+        stub: pb_grpc.FederationStub,
+        task: pb.Task,
+        header: pb.Outcome,
+        payload: Payload | None,
+    ) -> None:
         def chunks() -> Iterator[pb.SubmitChunk]:
-            yield pb.SubmitChunk(
-                outcome=pb.Outcome(
-                    task_id=task.task_id,
-                    round=task.round,
-                    kind=task.kind,
-                    num_examples=outcome.num_examples,
-                    metrics=outcome.metrics,
-                    parameters=payload.header if payload else None,
-                )
-            )
+            yield pb.SubmitChunk(outcome=header)
             if payload is not None:
                 for data in payload.chunks():
                     yield pb.SubmitChunk(data=data)

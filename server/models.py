@@ -241,6 +241,7 @@ def _trees(model: str) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
 
 def _svm(options: Mapping[str, ConfigScalar]) -> Strategy:
     components = int(options["svm_features"])
+    rff.check_components(components)
     return FedAvg(
         _config("svm", options, "svm_"),
         check=lambda arrays, _n_features: rff.check_weights(arrays, components),

@@ -125,6 +125,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 f"outcome names round {outcome.round}, kind {outcome.kind}; the task was "
                 f"round {phase.server_round}, kind {phase.kind}",
             )
+        if outcome.error:
+            why = f"the client failed: {bounded(outcome.error)}"
+            log.warning("%s: %s", client.province, why)
+            self._coordinator.fail(outcome.task_id, why)
+            return pb.SubmitReply(accepted=False, message="the failure is recorded")
         if not self._coordinator.claim(outcome.task_id):
             context.abort(
                 grpc.StatusCode.ABORTED,

@@ -8,6 +8,8 @@ nothing.
 
 import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,12 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.preprocess import SETTINGS
 from server.__main__ import build_server
 from server.coordinator import Coordinator
-from server.ledger import Ledger
+from server.ledger import Ledger, Signer
 from server.lifecycle import run_to_end
 from server.localrun import LocalFederation
 from server.results import ResultsFile
 from server.rounds import RoundLoop, RunSettings
-from server.strategy import ExactLinear
+from server.strategy import ExactLinear, Strategy
 from tests.test_federation import ROWS, SEED
 
 pytestmark = pytest.mark.integration
@@ -56,28 +58,29 @@ class FaultyExactLinear(ExactLinear):
         return {"overflow": math.inf} if self.phase == "record" else {}
 
 
-@pytest.mark.parametrize(
-    ("phase", "why"),
-    [
-        ("statistics", "injected fault in the statistics phase"),
-        ("train", "injected fault in the train phase"),
-        ("evaluate", "injected fault in the evaluate phase"),
-        ("record", "Out of range float values are not JSON compliant"),
-    ],
-)
-def test_a_fault_in_any_phase_stops_every_client_and_closes_the_port(tmp_path, phase, why):
+@dataclass(frozen=True)
+class Run:
+    status: int  # the server's
+    codes: dict[str, int]  # the clients' exit codes
+    results: dict
+    address: str
+
+
+def run_in_process(tmp_path: Path, strategy: Strategy, min_clients: int, deadline: float) -> Run:
+    """Two rounds of `strategy` served from this process to real client processes of
+    PROVINCES, ended as `python -m server` ends a run."""
     federation = LocalFederation(tmp_path, "lr-exact", 2, ROWS, SEED, provinces=PROVINCES)
     federation.insecure = True
     coordinator = Coordinator(poll_seconds=2)
     server, health_servicer = build_server(coordinator, federation.address, 16, 1 << 20)
     results = ResultsFile(tmp_path / "results.json", {"model": "lr-exact", "setting": SETTINGS[0]})
-    settings = RunSettings(2, len(PROVINCES), len(PROVINCES), 120, 240, SETTINGS[0], 0.2, 0)
+    settings = RunSettings(2, min_clients, len(PROVINCES), deadline, 240, SETTINGS[0], 0.2, 0)
     loop = RoundLoop(
         coordinator,
-        FaultyExactLinear(phase),
+        strategy,
         settings,
         results,
-        Ledger(tmp_path / "ledger.jsonl"),
+        Ledger(tmp_path / "ledger.jsonl", Signer.ephemeral()),
         tmp_path / "checkpoint.npz",
     )
     server.start()
@@ -90,17 +93,30 @@ def test_a_fault_in_any_phase_stops_every_client_and_closes_the_port(tmp_path, p
         codes = {p: federation.clients[p].wait(timeout=120) for p in PROVINCES}
     finally:
         federation.kill()
-    assert status == 1
-    recorded = json.loads(results.path.read_text())
-    assert recorded["status"] == "failed" and why in recorded["failure"], recorded
-    assert recorded["final"] is None
+    return Run(status, codes, json.loads(results.path.read_text()), federation.address)
+
+
+@pytest.mark.parametrize(
+    ("phase", "why"),
+    [
+        ("statistics", "injected fault in the statistics phase"),
+        ("train", "injected fault in the train phase"),
+        ("evaluate", "injected fault in the evaluate phase"),
+        ("record", "Out of range float values are not JSON compliant"),
+    ],
+)
+def test_a_fault_in_any_phase_stops_every_client_and_closes_the_port(tmp_path, phase, why):
+    run = run_in_process(tmp_path, FaultyExactLinear(phase), len(PROVINCES), 120)
+    assert run.status == 1
+    assert run.results["status"] == "failed" and why in run.results["failure"], run.results
+    assert run.results["final"] is None
     for province in PROVINCES:
-        assert codes[province] != 0, (province, codes)
+        assert run.codes[province] != 0, (province, run.codes)
         log = (tmp_path / f"{province}.log").read_text()
         assert "the federation failed" in log and why in log, log[-2000:]
     # The server is gone, not hanging: nothing listens on its port any more.
     with (
-        grpc.insecure_channel(federation.address) as channel,
+        grpc.insecure_channel(run.address) as channel,
         pytest.raises(grpc.RpcError) as probe,
     ):
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)

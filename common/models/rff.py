@@ -31,6 +31,11 @@ BLOCK_ROWS = 8192  # rows mapped at once when only sums or predictions are neede
 # Added to the Gram's eigenvalues. On a quarter of the 2.7M-row market, 1e-6 lets a province
 # overshoot in directions only others excite (FedAvg stalls at 4x the MSE); 1e-3 learns slower.
 RIDGE = 1e-4
+# Training holds three (F+1)² matrices and takes an O(F³) eigendecomposition: beyond this many
+# features a client needs over 2 GiB for them alone (memory is checked before the first round;
+# the method is not O(F) in memory).
+MAX_COMPONENTS = 10_000
+GIB = 1 << 30
 
 
 def scale_gamma(n_features: int, variance: float) -> float:
@@ -71,8 +76,25 @@ def check_weights(arrays: Arrays, n_components: int) -> None:
     check_arrays(arrays, {"coef": (n_components,), "intercept": ()})
 
 
+def check_components(n_components: int) -> None:
+    """ValueError unless a client can hold the (F+1)² matrices training needs in memory."""
+    if n_components > MAX_COMPONENTS:
+        need, most = matrix_bytes(n_components) / GIB, matrix_bytes(MAX_COMPONENTS) / GIB
+        raise ValueError(
+            f"--svm-features {n_components} needs {need:,.0f} GiB on every client for the Gram "
+            "matrix of the features, its eigenvectors and the preconditioner; use at most "
+            f"{MAX_COMPONENTS} ({most:.1f} GiB)"
+        )
+
+
+def matrix_bytes(n_components: int) -> int:
+    """Memory of the three (F+1)² float64 matrices a client holds while it preconditions."""
+    return 3 * 8 * (n_components + 1) ** 2
+
+
 def gram(features: FourierFeatures, x: np.ndarray) -> np.ndarray:
     """Σ [z, 1][z, 1]ᵀ over the rows."""
+    check_components(features.n_components)
     size = features.n_components + 1
     total = np.zeros((size, size))
     for _, z in features.blocks(x):

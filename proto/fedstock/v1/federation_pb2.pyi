@@ -127,7 +127,7 @@ class TaskChunk(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("task_id", "round", "kind", "num_examples", "metrics", "parameters")
+    __slots__ = ("task_id", "round", "kind", "num_examples", "metrics", "parameters", "error")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,13 +141,15 @@ class Outcome(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     kind: TaskKind
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
     parameters: _tensor_pb2.ParametersHeader
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ...) -> None: ...
+    error: str
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SubmitChunk(_message.Message):
     __slots__ = ("outcome", "data")
