@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -41,7 +40,7 @@ class RogueClient(threading.Thread):
             self.error = error
 
     def _misbehave(self) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout=60)
+        grpc.channel_ready_future(self.channel).result(timeout=600)
         session = self.stub.Join(pb.JoinRequest(province="shanghai", rows=100), timeout=10).session
         self.joined.set()
         metadata = ((SESSION_METADATA_KEY, session),)
@@ -95,7 +94,7 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
     federation.start_server()
     rogue = RogueClient(federation.address, client_credentials(federation.tls_dir, "shanghai"))
     rogue.start()
-    assert rogue.joined.wait(timeout=60), rogue.error
+    assert rogue.joined.wait(timeout=600), rogue.error
     for province in HONEST:
         federation.start_client(province)
     codes = federation.wait(timeout=240)
@@ -121,14 +120,42 @@ def test_hostile_updates_are_refused_and_the_global_model_stays_clean(tmp_path):
 @pytest.fixture
 def server(tmp_path):
     federation = LocalFederation(
-        tmp_path, "lr", 1, server_args=[*FAST, "--reflection"], insecure=True
+        # Long polls: a client waiting for work stays polling while a test acts.
+        tmp_path,
+        "lr",
+        1,
+        server_args=[*FAST, "--reflection", "--poll-seconds", "20"],
+        insecure=True,
     )
     federation.start_server()
     channel = grpc.insecure_channel(federation.address)
-    grpc.channel_ready_future(channel).result(timeout=60)
+    grpc.channel_ready_future(channel).result(timeout=600)  # a loaded machine imports slowly
     yield federation, pb_grpc.FederationStub(channel)
     channel.close()
     federation.kill()
+
+
+def join_twice_while_polling(stub) -> tuple[grpc.RpcError, tuple]:
+    """hubei joins and waits for work; a second hubei then asks to join: its refusal, and the
+    first's session. Nothing tells a client its poll has reached the server, so until the
+    second join lands during the poll (it is then let in as a rejoin, and becomes the first),
+    it tries again, waiting longer each time: the outcome never rests on one guess of timing."""
+    reply = stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=60)
+    for attempt in range(12):
+        metadata = ((SESSION_METADATA_KEY, reply.session),)
+        polling = threading.Thread(
+            target=lambda m=metadata: list(stub.GetTask(pb.TaskRequest(), timeout=60, metadata=m)),
+            daemon=True,
+        )
+        polling.start()
+        polling.join(timeout=min(0.25 * 2**attempt, 10))  # within the 20 s poll
+        try:
+            reply = stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=60)
+        except grpc.RpcError as refused:
+            polling.join()
+            return refused, metadata
+        polling.join()
+    raise AssertionError("a second hubei was never refused while the first was polling")
 
 
 def test_protocol_abuse_gets_status_codes_a_person_can_act_on(server):
@@ -142,18 +169,9 @@ def test_protocol_abuse_gets_status_codes_a_person_can_act_on(server):
         list(stub.GetTask(pb.TaskRequest(), timeout=10))
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-    session = stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=10).session
-    metadata = ((SESSION_METADATA_KEY, session),)
-    polling = threading.Thread(
-        target=lambda: list(stub.GetTask(pb.TaskRequest(), timeout=10, metadata=metadata))
-    )
-    polling.start()  # the first hubei now waits for work: it is connected
-    time.sleep(0.5)
-    with pytest.raises(grpc.RpcError) as twice:
-        stub.Join(pb.JoinRequest(province="hubei", rows=5), timeout=10)
-    polling.join()
-    assert twice.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert "already connected" in twice.value.details()
+    twice, metadata = join_twice_while_polling(stub)
+    assert twice.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already connected" in twice.details()
 
     stale = pb.SubmitChunk(outcome=pb.Outcome(task_id="r0-train-hubei-0000", round=0))
     with pytest.raises(grpc.RpcError) as late:
