@@ -9,7 +9,7 @@ MODEL ?= lr
 ROUNDS ?= 3
 ROWS ?= 270000
 
-.PHONY: install proto demo test unit lint bench test-compose test-under-load up down base-image clean
+.PHONY: install proto demo test unit integration lint bench test-compose test-under-load up down base-image clean
 
 install: $(STAMP)
 
@@ -30,10 +30,15 @@ demo: $(STAMP)
 	$(PY) -m server.localrun --model $(MODEL) --rounds $(ROUNDS) --rows $(ROWS) --out runs/demo
 
 # Everything CI runs: lint, unit and integration tests, then the containers on a real engine.
-test: java lint unit test-compose
+test: java lint unit integration test-compose
 
-unit: $(STAMP) chromium java
-	$(PY) -m pytest -q -ra
+# In-process tests: the round loop over the in-memory channel, strategies, codecs, data.
+unit: $(STAMP) java
+	$(PY) -m pytest -q -ra -m "not integration"
+
+# Real server and client processes over localhost (tests marked `integration`).
+integration: $(STAMP) chromium java
+	$(PY) -m pytest -q -ra -m integration
 
 # The suite with two CPU-bound processes beside it, as on a busy two-core machine; it must pass.
 test-under-load: $(STAMP) chromium java

@@ -32,6 +32,7 @@ from server.model_selection import ModelSelection
 from server.models import build_strategy
 from server.results import ResultsFile
 from server.rounds import RoundLoop
+from server.schedule import Cohort
 from server.servicer import FederationServicer
 from server.strategy import Strategy
 
@@ -161,19 +162,8 @@ def federate(
     wanted = analysis.AnalysisSettings.asked(config.analysis, config.run.seed)
     after = analysis.Analysis(wanted) if wanted else None
     strategy = build(options)
-    loop = (
-        asynchronous.AsyncLoop(
-            channel,
-            strategy,
-            config.run,
-            results,
-            ledger,
-            checkpoint,
-            buffering=config.buffering,
-        )
-        if config.mode == "async"
-        else RoundLoop(channel, strategy, config.run, results, ledger, checkpoint, after)
-    )
+    schedule = asynchronous.Buffered(config.buffering) if config.mode == "async" else Cohort()
+    loop = RoundLoop(channel, strategy, config.run, results, ledger, checkpoint, after, schedule)
     loop.run(selection.choose if config.model.cv_folds else None)
 
 

@@ -1,17 +1,20 @@
-"""FedBuff's aggregation without a network: steps from the versions they started from,
-weighted down by staleness, applied to the newest version every K updates.
+"""FedBuff's buffer without a network: updates taken as steps from the versions they started
+from, weighted down by staleness, and handed to the strategy every K updates.
 
 After Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation" (2022). A
 client's update becomes its step Δ = w_client − w_start from the global version it started
-from; its staleness s is the number of versions published since. Once K updates are in, the
-newest version moves by Σ n_i·(1+s_i)^−a·Δ_i / Σ n_i: with fresh updates that is FedAvg's
-sample-weighted mean, and a stale update both counts less and shortens the step.
+from; its staleness s is the number of versions published since. The buffer rebases it onto
+the newest version w as w + (1+s)^−a·Δ, so the strategy combines updates that all start from
+w, as in a synchronous round: FedAvg's sample-weighted mean of them moves w by
+Σ n_i·(1+s_i)^−a·Δ_i / Σ n_i (fresh updates: FedAvg itself; a stale one both counts less and
+shortens the step), a robust rule or a server optimiser treats the weighted steps as its own.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,6 +47,10 @@ class Contribution:
     digest: str
 
 
+# Combines updates that all start from the newest version (None: no model yet) into the next.
+Aggregate = Callable[[list[ClientResult], Arrays | None], Arrays | None]
+
+
 class VersionBuffer:
     """The newest global version, the older ones tasks still start from, and the open buffer.
 
@@ -67,9 +74,7 @@ class VersionBuffer:
         self.version = version
         self._versions: dict[int, Arrays | None] = {version: parameters}
         self._references: Counter[int] = Counter()
-        self._step: np.ndarray | None = None
-        self._examples = 0
-        self._like: Arrays = {}
+        self._rebased: list[ClientResult] = []
         self.contributions: list[Contribution] = []
 
     @property
@@ -110,21 +115,19 @@ class VersionBuffer:
         return staleness
 
     def fold(self, started_from: int, result: ClientResult) -> Contribution:
-        """Add the update's weighted step to the buffer and let its starting version go.
+        """Rebase the update onto the newest version, keep it, and let its start version go.
 
         Its staleness is counted now, against the version it is applied to; the maximum was
         checked on arrival, when the client could still be told.
         """
         staleness = self.version - started_from
-        start = self._versions[started_from]
-        reference = start if start is not None else self.parameters
+        start, current = self._versions[started_from], self.parameters
+        reference = start if start is not None else current
         update = flatten(result.arrays)
         step = update if reference is None else update - flatten(reference)
         weight = staleness_weight(staleness, self.exponent)
-        weighted = weight * result.num_examples * step
-        self._step = weighted if self._step is None else self._step + weighted
-        self._examples += result.num_examples
-        self._like = result.arrays
+        base = np.zeros_like(step) if current is None else flatten(current)
+        self._rebased.append(replace(result, arrays=unflatten(base + weight * step, result.arrays)))
         self.release(started_from)
         contribution = Contribution(
             result.province,
@@ -137,17 +140,17 @@ class VersionBuffer:
         self.contributions.append(contribution)
         return contribution
 
-    def publish(self) -> list[Contribution]:
-        """Apply the buffer to the newest version as the next one; what went into it."""
-        if self._step is None:
+    def publish(self, aggregate: Aggregate) -> list[Contribution]:
+        """The next version, as `aggregate` combines the buffer; what went into it."""
+        if not self._rebased:
             raise ValueError("nothing to publish: the buffer is empty")
-        current = self.parameters
-        base = np.zeros_like(self._step) if current is None else flatten(current)
-        parameters = unflatten(base + self._step / self._examples, self._like)
+        parameters = aggregate(self._rebased, self.parameters)
+        if parameters is None:
+            raise ValueError("the strategy made no version of the buffer's updates")
         published = self.contributions
         if not self._references[self.version]:
             del self._versions[self.version]
         self.version += 1
         self._versions[self.version] = parameters
-        self._step, self._examples, self.contributions = None, 0, []
+        self._rebased, self.contributions = [], []
         return published

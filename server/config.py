@@ -292,6 +292,9 @@ class ServerConfig:
         return None
 
     def _async_incompatibility(self) -> str | None:
+        """Every strategy, robust rule and compression that combines steps from one model runs
+        asynchronously (the buffer rebases stale updates onto the newest version); what
+        cannot, and why."""
         if self.model.model not in ASYNC_MODELS:
             return (
                 f"--mode async applies each update as a step from the version it started from, "
@@ -303,18 +306,24 @@ class ServerConfig:
                 "--mode async does not take --privacy: secure aggregation and HE need a "
                 "synchronous cohort, and the DP accounting is per synchronous round"
             )
+        s, k = self.strategy, self.buffering.size
+        if s.strategy == "scaffold":
+            return (
+                "--mode async cannot run SCAFFOLD: its control variates are corrections against "
+                "one global model, not steps a stale update could be rebased with"
+            )
+        if "krum" in s.aggregation and k < s.krum_f + 3:
+            return (
+                f"--aggregation {s.aggregation} scores each update against its nearest others "
+                f"and needs more than f + 2 per version: --buffer-size {s.krum_f + 3} or more "
+                f"with --krum-f {s.krum_f}"
+            )
         if self.model.cv_folds or self.model.grid:
             return "model selection (--cv-folds, --grid) runs synchronous rounds; use --mode sync"
         if self.analysis.wanted:
             return (
                 "the end-of-run analysis (--contributions, --importance, --personalise) follows "
                 "synchronous rounds; use --mode sync"
-            )
-        s = self.strategy
-        if (s.strategy, s.aggregation, s.compression) != ("fedavg", "mean", "none"):
-            return (
-                "--mode async combines updates by their staleness-weighted mean: use it with "
-                "--strategy fedavg, --aggregation mean and --compression none"
             )
         return None
 

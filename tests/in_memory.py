@@ -13,7 +13,8 @@ from typing import Any
 from client.local import LocalWork
 from common.data import synthesize_province
 from common.provinces import PROVINCES
-from server.__main__ import federate, parse_args, results_file
+from server.__main__ import federate, results_file
+from server.cli import parse_args
 from server.memory import MemoryChannel, Seconds, one_second
 
 ROWS, SEED = 20_000, 3

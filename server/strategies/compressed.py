@@ -1,9 +1,10 @@
 """Compressed updates (`--compression`): decoded as they arrive, before any check or aggregate.
 
 Clients send their step from the global weights (common/compression.py); this wrapper adds
-it back to the weights it sent, so the strategy inside sees ordinary updates. The first round
-has no global weights to step from, so its updates travel whole. Bytes received are reported
-with each round.
+it back to the weights it sent for that round, so the strategy inside sees ordinary updates.
+The first round has no global weights to step from, so its updates travel whole. Bytes
+received are reported with each round. Asynchronous tasks of one run start from different
+versions at once, so the weights sent are kept by round.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class Compressed(Strategy):
         config = {"compression": method, "topk_fraction": topk_fraction}
         super().__init__({**inner.model_config, **config})
         self.inner, self.method, self.topk_fraction = inner, method, topk_fraction
+        # The weights each round's tasks started from; the newest also checks updates' form,
+        # which is the same whatever version they step from.
+        self.references: dict[int, Arrays | None] = {}
         self.reference: Arrays | None = None
-        self._bytes: dict[str, int] = {}
+        self._bytes: list[int] = []
         self._lock = threading.Lock()
 
     def bind_phases(self, run):
@@ -37,37 +41,31 @@ class Compressed(Strategy):
         self.inner.restore(state)
 
     def configure_fit(self, server_round, parameters, provinces):
-        self.reference = parameters
         with self._lock:
-            self._bytes = {}
+            self.references[server_round] = self.reference = parameters
         return [
             replace(i, config={**i.config, **self.model_config})
             for i in self.inner.configure_fit(server_round, parameters, provinces)
         ]
 
-    def decode(self, arrays: Arrays) -> Arrays:
-        if self.reference is None:
+    def decode(self, arrays: Arrays, reference: Arrays | None) -> Arrays:
+        if reference is None:
             return arrays
-        base = flatten(self.reference)
+        base = flatten(reference)
         try:
             step = compression.decode(arrays, self.method, len(base))
         except compression.CompressionError as error:
             raise UpdateError(str(error)) from None
-        return unflatten(base + step, self.reference)
+        return unflatten(base + step, reference)
 
     def check_update(self, arrays, n_features):
-        self.inner.check_update(self.decode(arrays), n_features)
+        self.inner.check_update(self.decode(arrays, self.reference), n_features)
 
     def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
         with self._lock:
-            self._bytes[result.province] = sum(a.nbytes for a in result.arrays.values())
-        decoded = ClientResult(
-            result.province,
-            result.num_examples,
-            result.metrics,
-            self.decode(result.arrays),
-            result.digest,
-        )
+            self._bytes.append(sum(a.nbytes for a in result.arrays.values()))
+            reference = self.references[server_round]
+        decoded = replace(result, arrays=self.decode(result.arrays, reference))
         return self.inner.accept_fit(server_round, decoded)
 
     def aggregate_fit(self, server_round, results, failures, current):
@@ -80,6 +78,7 @@ class Compressed(Strategy):
         return self.inner.aggregate_evaluate(server_round, results, failures)
 
     def round_report(self, server_round):
+        """The bytes of the updates accepted since the last report."""
         with self._lock:
-            received = sum(self._bytes.values())
+            received, self._bytes = sum(self._bytes), []
         return {**self.inner.round_report(server_round), "update_bytes": received}

@@ -1,0 +1,175 @@
+"""What makes a round durable and visible, written once for every schedule: its record in the
+results, its ledger entry, the checkpoint a restarted server resumes from, and its log line.
+
+The checkpoint is written before the ledger and carries the ledger entry, so a server killed
+between the two appends the entry when it resumes: the ledger never misses a recorded round.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.tensors import Arrays, Payload
+from server.checkpoint import Checkpoint
+from server.ledger import Ledger
+from server.results import ResultsFile
+from server.strategy import Evaluation
+
+log = logging.getLogger("fedstock.server")
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint this run cannot resume from; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Besides the model, what a restarted run needs to go on as it would have."""
+
+    train_seconds: float
+    scaler: tuple[np.ndarray, np.ndarray]
+    strategy_state: Arrays
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where an interrupted run stood after its last recorded round."""
+
+    server_round: int
+    parameters: Arrays | None
+    scaler: tuple[np.ndarray, np.ndarray]
+    strategy_state: Arrays
+    train_seconds: float
+
+
+class Recorder:
+    def __init__(
+        self, results: ResultsFile, ledger: Ledger, checkpoint_path: Path, setting: str, rounds: int
+    ) -> None:
+        self.results, self.ledger = results, ledger
+        self.checkpoint_path, self.setting, self.rounds = checkpoint_path, setting, rounds
+        # The newest evaluation recorded: what the final result reports.
+        self.last_evaluation: Evaluation | None = None
+
+    def resume(self) -> Resumed | None:
+        """The state after the last recorded round, if a checkpoint of this run exists."""
+        if not self.checkpoint_path.exists():
+            return None
+        checkpoint = Checkpoint.load(self.checkpoint_path)
+        state = checkpoint.state
+        wanted = (self.results.data["model"], self.setting)
+        if (state["model"], state["setting"]) != wanted:
+            raise ResumeError(
+                f"{self.checkpoint_path} belongs to a run of model {state['model']} "
+                f"({state['setting']}); remove it or choose another --results folder"
+            )
+        self.results.update(**{k: v for k, v in state["results"].items() if k != "config"})
+        if state["evaluation"]:
+            self.last_evaluation = Evaluation(**state["evaluation"])
+        if self.ledger.last_round < checkpoint.server_round:
+            self.ledger.append(state["ledger_entry"])
+        log.warning(
+            "resuming after round %d from %s", checkpoint.server_round, self.checkpoint_path
+        )
+        return Resumed(
+            checkpoint.server_round,
+            checkpoint.parameters or None,
+            (checkpoint.scaler_mean, checkpoint.scaler_scale),
+            checkpoint.strategy_state,
+            state["train_seconds"],
+        )
+
+    def commit(
+        self,
+        record: dict[str, Any],
+        updates: Any,
+        parameters: Arrays | None,
+        evaluation: Evaluation | None,
+        run: RunState,
+    ) -> None:
+        """Record one round: results, log line, checkpoint (with its ledger entry), ledger.
+
+        `updates` names what the model was made of, as the schedule knows it: each province's
+        update digest (synchronous), or each update with its staleness (asynchronous)."""
+        self.last_evaluation = evaluation or self.last_evaluation
+        self.results.add_round(record)
+        log.info(round_line(record, self.rounds))
+        entry = {
+            "round": record["round"],
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "model_digest": Payload.encode(parameters).digest() if parameters else None,
+            "participants": record["clients"],
+            "updates": updates,
+            "metrics": {"mse": record["mse"], "per_client": record["per_client"]},
+            "failures": record["failures"],
+        }
+        last = self.last_evaluation
+        state = {
+            "model": self.results.data["model"],
+            "setting": self.setting,
+            "train_seconds": run.train_seconds,
+            "results": self.results.data,
+            "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
+            "ledger_entry": entry,
+        }
+        checkpoint = Checkpoint(
+            record["round"], parameters or {}, *run.scaler, state, run.strategy_state
+        )
+        checkpoint.save(self.checkpoint_path)
+        self.ledger.append(entry)
+
+    def finish(self, parameters: Arrays | None, train_seconds: float) -> bool:
+        """Save the final model and its evaluation (False if there is none to save); the run
+        needs no checkpoint any more."""
+        evaluation = self.last_evaluation
+        if parameters is None or evaluation is None:
+            return False
+        model_file = self.results.path.with_name("model.npz")
+        np.savez(model_file, **parameters)
+        self.results.update(
+            final={
+                "mse": evaluation.mse,
+                "clients": len(evaluation.per_client),
+                "per_client": evaluation.per_client,
+                "train_seconds": train_seconds,
+                "model_file": model_file.name,
+                "ledger_head": self.ledger.head,
+            }
+        )
+        self.checkpoint_path.unlink(missing_ok=True)
+        log.info(
+            "done: final MSE %.6g over %d provinces, %.2f s of training",
+            evaluation.mse,
+            len(evaluation.per_client),
+            train_seconds,
+        )
+        return True
+
+
+def round_line(record: dict[str, Any], rounds: int) -> str:
+    """One round as the log shows it; an asynchronous one also names staleness and scorers."""
+    mse = "n/a" if record["mse"] is None else f"{record['mse']:.6g}"
+    staleness = (
+        f" (staleness {','.join(str(u['staleness']) for u in record['updates'])})"
+        if "updates" in record
+        else ""
+    )
+    scored = (
+        f" scored by {len(record['evaluated_by'])} provinces" if "evaluated_by" in record else ""
+    )
+    dropped = (
+        f", dropped: {', '.join(f['province'] for f in record['failures'])}"
+        if record["failures"]
+        else ""
+    )
+    return (
+        f"round {record['round']}/{rounds}: {len(record['clients'])} clients trained{staleness}, "
+        f"global MSE {mse}{scored}, {record['seconds']:.3f} s "
+        f"(server overhead {record['overhead_seconds'] * 1000:.1f} ms){dropped}"
+    )

@@ -1,0 +1,131 @@
+"""When a round happens: the schedule the round loop follows, and the synchronous one.
+
+The loop (server/rounds.py) owns the run's state and its one path for uploads; a schedule
+decides whom to ask when, and when the strategy aggregates. The synchronous schedule is a
+cohort: every province trains from the same model, the round waits for all of them or its
+deadline, and a quorum of results makes the next model. The asynchronous one, a buffer of K
+arrivals weighted by staleness, is server/asynchronous.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from common.models.checks import UpdateError
+from common.tensors import Arrays
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.analysis import FinalFit
+from server.strategy import ClientResult, Evaluation
+
+if TYPE_CHECKING:
+    from server.rounds import RoundLoop
+
+
+class Schedule(Protocol):
+    def run(self, loop: RoundLoop, first_round: int) -> None:
+        """Rounds `first_round` to the last, each recorded through `loop.recorder`."""
+        ...
+
+
+class Cohort:
+    """Synchronous rounds: a cohort with a quorum (`--min-clients`) and a deadline."""
+
+    def run(self, loop: RoundLoop, first_round: int) -> None:
+        for server_round in range(first_round, loop.settings.rounds + 1):
+            self.round(loop, server_round, loop.quorum(loop.settings.min_clients))
+
+    @staticmethod
+    def round(
+        loop: RoundLoop, server_round: int, provinces: list[str], recorded: bool = True
+    ) -> Evaluation | None:
+        """Train, aggregate if the quorum answered, evaluate; recorded unless cross-validating."""
+        s, strategy = loop.settings, loop.strategy
+        started, cpu_started = time.perf_counter(), time.process_time()
+        received: list[int] = []  # bytes of each update as it arrived, before any decoding
+        fit = strategy.configure_fit(server_round, loop.parameters, provinces)
+        accept = loop.accept_update(server_round, lambda r: received.append(nbytes(r.arrays)))
+        results, failures = loop.phase(server_round, pb.TASK_KIND_TRAIN, fit, accept)
+        overhead = time.perf_counter() - started - slowest(results)
+        record: dict[str, Any] = {"round": server_round}
+        record["clients"] = sorted(r.province for r in results)
+        if len(results) >= s.min_clients:
+            if recorded and loop.analysis is not None and loop.analysis.settings.contributions:
+                loop.final_fit = FinalFit(server_round, results, loop.parameters)
+            loop.aggregate(server_round, results, failures)
+        else:
+            loop.log.warning(
+                "round %d: quorum not met (%d of %d); the global model is unchanged",
+                server_round,
+                len(results),
+                s.min_clients,
+            )
+        evaluation = None
+        sent = sum(nbytes(i.parameters) for i in fit)
+        if loop.parameters is not None:
+            phase_start = time.perf_counter()
+            connected = loop.channel.connected()
+            ask = strategy.configure_evaluate(server_round, loop.parameters, connected)
+            sent += sum(nbytes(i.parameters) for i in ask)
+            scores, eval_failures = loop.phase(
+                server_round, pb.TASK_KIND_EVALUATE, ask, accept_evaluation
+            )
+            overhead += time.perf_counter() - phase_start - slowest(scores)
+            evaluation = strategy.aggregate_evaluate(server_round, scores, eval_failures)
+            failures += eval_failures
+        record.update(
+            mse=evaluation.mse if evaluation else None,
+            train_mse=weighted_metric(results, "train_mse"),
+            per_client=evaluation.per_client if evaluation else {},
+            failures=[{"province": f.province, "reason": f.reason} for f in failures],
+            seconds=time.perf_counter() - started,
+            overhead_seconds=max(overhead, 0.0),
+            # All of the server process's threads: transport, checks, aggregation, bookkeeping.
+            server_cpu_seconds=time.process_time() - cpu_started,
+            # Tensor bytes of the round's tasks to clients and of the updates accepted from them.
+            bytes_down=sent,
+            bytes_up=sum(received),
+        )
+        record.update(strategy.round_report(server_round))
+        if recorded:
+            updates = {r.province: r.digest for r in sorted(results, key=lambda r: r.province)}
+            loop.recorder.commit(record, updates, loop.parameters, evaluation, loop.run_state())
+        else:
+            loop.log.info("cross-validation %s", loop.round_line(record))
+        return evaluation
+
+
+def check_outcome(result: ClientResult) -> None:
+    if result.num_examples <= 0:
+        raise UpdateError("an outcome must report a positive number of examples")
+    bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise UpdateError(f"metrics {bad} are not finite")
+
+
+def accept_evaluation(result: ClientResult) -> ClientResult:
+    check_outcome(result)
+    if result.arrays:
+        raise UpdateError("an evaluation carries metrics only, no tensors")
+    if result.metrics.get("mse", -1.0) < 0:
+        raise UpdateError("an evaluation must report a non-negative 'mse'")
+    return result
+
+
+def nbytes(arrays: Arrays | None) -> int:
+    return sum(a.nbytes for a in (arrays or {}).values())
+
+
+def slowest(results: list[ClientResult]) -> float:
+    return max((r.metrics.get("seconds", 0.0) for r in results), default=0.0)
+
+
+def weighted_metric(results: list[ClientResult], name: str) -> float | None:
+    scored = [r for r in results if name in r.metrics]
+    total = sum(r.num_examples for r in scored)
+    if not total:
+        return None
+    return float(np.sum([r.metrics[name] * r.num_examples for r in scored]) / total)
