@@ -194,22 +194,6 @@ def federate_in_memory(out, *flags, versions=VERSIONS):
     )
 
 
-def federate(out, *flags):
-    """lr-sgd in async mode over nine client processes, twenty local epochs a task."""
-    federation = LocalFederation(
-        out,
-        "lr-sgd",
-        VERSIONS,
-        ROWS,
-        SEED,
-        server_args=[*FAST, *ASYNC, *flags],
-    )
-    federation.start()
-    codes = federation.wait(timeout=240)
-    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
-    return federation
-
-
 @functools.cache
 def central_mse():
     """The test MSE of least squares on the union of the provinces' training rows."""
