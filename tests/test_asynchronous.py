@@ -309,7 +309,7 @@ def test_async_median_over_int8_federates_nine_client_processes(tmp_path):
     results = federation.results()
     assert [r["round"] for r in results["rounds"]] == list(range(1, 21))
     assert results["final"]["clients"] == 9
-    assert results["final"]["mse"] < 0.5 * results["rounds"][0]["mse"]
+    assert results["final"]["mse"] < 1.05 * central_mse()
     ledger = read_verified(tmp_path / "ledger.jsonl")
     assert ledger[-1]["hash"] == results["final"]["ledger_head"]
 
