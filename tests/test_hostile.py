@@ -13,9 +13,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from common.bounded import REASON_CHARS
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from proto.fedstock.v1 import tensor_pb2
 from server.__main__ import build_server
 from server.coordinator import MAX_STREAMS_PER_SESSION, Coordinator
 from server.limits import SIDE_CALLS
@@ -225,3 +227,33 @@ def test_a_stream_that_sends_nothing_is_cancelled_and_reflection_is_off_by_defau
         assert live.healthy()
     finally:
         live.close()
+
+
+def test_a_megabyte_tensor_name_is_refused_with_a_reason_that_fits_and_is_not_copied():
+    live = LiveServer()
+    try:
+        task, phase, outcome = live.open_task()
+        name = "x" * (1 << 20)
+        header = tensor_pb2.ParametersHeader(
+            tensors=[
+                tensor_pb2.TensorSpec(name=name, dtype=1, shape=[9, 9]),
+                *VALID.header.tensors,
+            ],
+            total_bytes=VALID.header.total_bytes + 648,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            live.stub.Submit(
+                iter(submission(task.task_id, header, [bytes(648) + VALID.blob])),
+                timeout=60,
+                metadata=live.metadata,
+            )
+        phase.join(timeout=60)
+    finally:
+        live.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED
+    assert (
+        len(refused.value.details()) <= REASON_CHARS
+        and "more characters" in refused.value.details()
+    )
+    results, failures = outcome[0]
+    assert results == [] and len(failures[0].reason) <= REASON_CHARS
