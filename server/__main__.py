@@ -31,6 +31,7 @@ from server.liveview import LiveView
 from server.model_selection import ModelSelection
 from server.models import build_strategy
 from server.results import ResultsFile
+from server.robust_sums import robust_sums
 from server.rounds import RoundLoop
 from server.schedule import Cohort
 from server.servicer import FederationServicer
@@ -111,6 +112,8 @@ def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScala
 
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
         model = build_strategy(config.model.model, params)
+        if config.strategy.robust_sums:
+            model = robust_sums(model)
         return strategies.wrap(
             privacy.wrap(model, config.privacy, config.run.rounds), config.strategy
         )

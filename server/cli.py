@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "optimisers need --model lr-sgd [FEDSTOCK_STRATEGY]",
     )
     add(
+        "--robust-sums",
+        action="store_true",
+        default=env_flag("ROBUST_SUMS"),
+        help="lr-exact: leave out of the sum a province whose own solution is far from that of "
+        "everybody else's sums (leave-one-out; needs 4 or more provinces) [FEDSTOCK_ROBUST_SUMS=1]",
+    )
+    add(
         "--aggregation",
         choices=AGGREGATIONS,
         default=env("AGGREGATION", "mean"),

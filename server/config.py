@@ -174,6 +174,7 @@ class StrategySettings:
     local_epochs: int | None
     learning_rate: float | None
     batch_size: int | None
+    robust_sums: bool = False
 
     def __post_init__(self) -> None:
         for name, value, names in (
