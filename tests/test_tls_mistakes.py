@@ -124,35 +124,34 @@ def test_an_expired_certificate_is_named_with_its_date(certificates, tmp_path):
     assert done.returncode == 2 and "expired on 2020-03-11" in done.stderr, done.stderr
 
 
-def test_a_plaintext_server_waiting_for_a_tls_client_says_what_the_client_must_do(
-    certificates, tmp_path
+@pytest.mark.parametrize(
+    ("server_insecure", "client_says", "server_says"),
+    [
+        (True, "speaks plaintext", ["this server speaks plaintext (--insecure): a client started"]),
+        (
+            False,
+            "it requires TLS",
+            ["this server requires TLS: a client started with --insecure", "WRONG_VERSION_NUMBER"],
+        ),
+    ],
+    ids=["plaintext server, TLS client", "TLS server, plaintext client"],
+)
+def test_a_waiting_server_says_what_a_mismatched_client_must_do(
+    certificates, tmp_path, server_insecure, client_says, server_says
 ):
-    """Its quorum report (every 30 s) says it speaks plaintext; the join timeout is longer than
-    one period, so the report comes however the processes are scheduled."""
+    """Its quorum report (every 30 s) names its TLS setting; the join timeout is longer than one
+    period, so the report comes however the processes are scheduled."""
     federation = LocalFederation(
-        tmp_path, "lr", 1, provinces=("hubei",), insecure=True, server_args=JOIN_40
+        tmp_path, "lr", 1, provinces=("hubei",), insecure=server_insecure, server_args=JOIN_40
     )
     federation.start_server()
+    security = ["--tls-dir", str(certificates[0])] if server_insecure else ["--insecure"]
     try:
-        done = client(federation.address, "--tls-dir", str(certificates[0]))
-        assert done.returncode == 1 and "speaks plaintext" in done.stderr, done.stderr
+        done = client(federation.address, *security)
+        assert done.returncode == 1 and client_says in done.stderr, done.stderr
         assert federation.server.wait(timeout=600) == 1
     finally:
         federation.kill()
     log = (tmp_path / "server.log").read_text()
     assert "0 of 1 connected" in log
-    assert "this server speaks plaintext (--insecure): a client started with TLS" in log
-
-
-def test_a_tls_server_waiting_for_a_plaintext_client_says_what_the_client_must_do(tmp_path):
-    federation = LocalFederation(tmp_path, "lr", 1, provinces=("hubei",), server_args=JOIN_40)
-    federation.start_server()
-    try:
-        done = client(federation.address, "--insecure")
-        assert done.returncode == 1 and "it requires TLS" in done.stderr, done.stderr
-        assert federation.server.wait(timeout=600) == 1
-    finally:
-        federation.kill()
-    log = (tmp_path / "server.log").read_text()
-    assert "this server requires TLS: a client started with --insecure cannot join" in log
-    assert "Handshake failed" in log and "WRONG_VERSION_NUMBER" in log
+    assert all(text in log for text in server_says), log[-3000:]
