@@ -17,19 +17,13 @@ from client.trainers import Trainer
 from common import analysis
 from common.models import linear
 from common.models.checks import UpdateError
-from common.models.forest import TREES
 from common.models.histgrow import TREE_MODELS
-from common.models.svr import SVRS
 from common.preprocess import Split
+from common.registry import model_spec
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
 Config = Mapping[str, ConfigScalar]
-ENSEMBLES = {"rf": TREES, "svm-local-rbf": SVRS}
-# Models trained by local steps fine-tune by their own training, for this many passes.
-OWN_EPOCHS = {"lr-sgd": "local_epochs", "svm": "svm_epochs"}
-# Closed-form linear fits ignore where they start; theirs is pulled towards the global weights.
-CLOSED_FORM = ("lr", "lr-exact")
 
 
 def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -59,7 +53,7 @@ def member_predictions(
     """An ensemble predicts the mean of its members through an affine map (today's close added
     back, the target's scale restored), so a subset predicts the mean of its members' own
     predictions: each member predicts once, however many subsets are scored."""
-    codec = ENSEMBLES.get(str(config["model"]))
+    codec = model_spec(str(config["model"])).members
     if codec is None:
         raise UpdateError(f"model {config['model']!r} is not an ensemble of members")
     members = codec.unpack(model, x.shape[1])
@@ -107,20 +101,20 @@ def fine_tune(
     trainer: Trainer, model: Arrays, x: np.ndarray, y: np.ndarray, config: Config
 ) -> Arrays:
     """The global model fine-tuned on this province's training rows (common.analysis says how)."""
-    name = str(config["model"])
-    if name in OWN_EPOCHS:
+    spec = model_spec(str(config["model"]))
+    if spec.own_epochs is not None:  # trained by local steps: fine-tuned by more of them
         epochs = int(config[analysis.PERSONALISE_EPOCHS])
-        return trainer.fit(x, y, model, {**config, OWN_EPOCHS[name]: epochs})
-    if name in CLOSED_FORM:
+        return trainer.fit(x, y, model, {**config, spec.own_epochs: epochs})
+    if spec.closed_form:  # a fit that ignores where it starts: pulled towards the global one
         return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
-    if name in TREE_MODELS:
+    if spec.name in TREE_MODELS:  # grown from histograms: boosting or growing continues here
         change = y - trainers.close(x, config, scaled=False)
         return histograms.personalise(model, x, change, config)
-    if name in ENSEMBLES:
-        codec = ENSEMBLES[name]
+    if spec.members is not None:
+        codec = spec.members
         own = trainer.fit(x, y, None, {**config, "random_state": config[analysis.ANALYSIS_SEED]})
         return codec.pack([*codec.unpack(model, x.shape[1]), *codec.unpack(own, x.shape[1])])
-    raise ValueError(f"this client does not know how to personalise model {name!r}")
+    raise ValueError(f"this client does not know how to personalise model {spec.name!r}")
 
 
 def pulled_fit(x: np.ndarray, y: np.ndarray, start: Arrays, pull: float) -> Arrays:

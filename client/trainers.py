@@ -1,8 +1,8 @@
 """What a province does with its rows for each model: train from the global parameters, predict.
 
 Trainers know scikit-learn and numpy, never gRPC. Hyperparameters arrive in the task's config
-(see `server.models` for their meaning), global numbers from the federation's statistics with
-them (server.rounds.task_context). Whatever a model learns, it answers in yuan.
+(common/hyperparameters.py says what they mean), global numbers from the federation's
+statistics with them (server.rounds.task_context). Whatever a model learns, it answers in yuan.
 """
 
 from __future__ import annotations

@@ -31,29 +31,6 @@ GLOBAL_MSE = "global_mse"
 MEAN_MSE = "mean_mse"
 PERSONAL_MSE = "personal_mse"
 
-# How a province personalises each model, to be formatted with the task's epochs and pull.
-# Ensembles have no weights to fine-tune: the province adds members of its own.
-_CLOSED_FORM = (
-    "least squares on the province's training rows pulled towards the global weights, "
-    "argmin ‖Xw − y‖²/n + λ‖w − w_global‖² with λ = {pull:g}"
-)
-FINE_TUNING: dict[str, str] = {
-    "lr": _CLOSED_FORM,
-    "lr-exact": _CLOSED_FORM,
-    "lr-sgd": "{epochs} epoch(s) of lr-sgd's own mini-batch SGD on the province's training "
-    "rows, from the global weights",
-    "svm": "{epochs} epoch(s) of the svm's own local training (ε-insensitive loss on random "
-    "Fourier features), from the global weights",
-    "rf": "the global forest together with the forest the province grows on its training rows "
-    "(as in a round), every tree weighing the same",
-    "svm-local-rbf": "the global SVRs together with one the province fits on its training "
-    "rows (as in a round), each weighing the same",
-    "gbdt": "the global trees followed by as many the province boosts on its training rows "
-    "from the global model's predictions (boosting continued locally)",
-    "rf-hist": "the global forest plus a forest the province grows on what the global one "
-    "leaves unexplained of its training rows",
-}
-
 
 def candidate_metric(index: int) -> str:
     return f"candidate.{index}"

@@ -21,6 +21,7 @@ import numpy as np
 
 from common import analysis
 from common.models.checks import UpdateError
+from common.registry import model_spec
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
@@ -290,7 +291,7 @@ def personalisation(
         for r in sorted(results, key=lambda r: r.province)
     }
     return {
-        "method": analysis.FINE_TUNING[model].format(
+        "method": model_spec(model).fine_tuning.format(
             epochs=settings.personalise_epochs, pull=settings.personalise_pull
         ),
         "global_mse": weighted(results, analysis.GLOBAL_MSE),

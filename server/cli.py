@@ -13,7 +13,9 @@ from pathlib import Path
 
 from common.cli import env, env_flag
 from common.compression import METHODS
+from common.hyperparameters import ALL_OPTIONS, OPTIONS
 from common.preprocess import SETTINGS
+from common.registry import MODELS
 from common.wire import ConfigScalar
 from server.config import (
     MODES,
@@ -28,7 +30,6 @@ from server.config import (
     StrategySettings,
 )
 from server.model_selection import parse_grid
-from server.models import ALL_OPTIONS, MODEL_HELP, OPTIONS, STRATEGIES
 from server.privacy import PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
@@ -49,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=env("PORT", "50051"), help="port to listen on [FEDSTOCK_PORT]")
     add(
         "--model",
-        choices=sorted(STRATEGIES),
+        choices=sorted(MODELS),
         default=env("MODEL", "lr"),
-        help=f"{MODEL_HELP} [FEDSTOCK_MODEL]",
+        help="; ".join(f"{spec.name}: {spec.summary}" for spec in MODELS.values())
+        + " [FEDSTOCK_MODEL]",
     )
     add("--rounds", type=int, default=env("ROUNDS", "3"), help="training rounds [FEDSTOCK_ROUNDS]")
     add(
@@ -472,7 +474,7 @@ def _section(kind: type, args: argparse.Namespace, **given: object) -> dict[str,
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every model's hyperparameters (server/models.py) and model selection, one group each."""
+    """Every model's hyperparameters (common/hyperparameters.py) and model selection."""
     for title, options in OPTIONS.items():
         group = parser.add_argument_group(title)
         for option in options:

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from common.compression import METHODS
 from common.preprocess import SETTINGS
+from common.registry import MODELS, model_spec, vector_models
 from common.wire import ConfigScalar
-from server.models import STRATEGIES as MODEL_NAMES
 from server.privacy import PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
 
 MODES = ("sync", "async")
-# Models whose update is a weight vector that can be applied as a step from another version.
-ASYNC_MODELS = ("lr", "lr-sgd", "svm")
+# Algorithms whose clients must train by gradient steps.
+GRADIENT_STRATEGIES = ("fedprox", "fednova", "scaffold", "qfedavg")
 
 
 class ConfigError(ValueError):
@@ -252,10 +252,8 @@ class ModelSettings:
     cv_folds: int
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise ConfigError(
-                f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}"
-            )
+        if self.model not in MODELS:
+            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.cv_folds < 0 or self.cv_folds == 1:
             raise ConfigError("--cv-folds must be 0 (no cross-validation) or at least 2")
         if self.grid and not self.cv_folds:
@@ -288,18 +286,40 @@ class ServerConfig:
         quorum = self.run.min_clients
         if self.serve.workers < quorum + 4:
             return f"--workers must be at least --min-clients + 4 ({quorum + 4})"
-        if self.mode == "async":
-            return self._async_incompatibility()
+        return self._strategy_incompatibility() or (
+            self._async_incompatibility() if self.mode == "async" else None
+        )
+
+    def _strategy_incompatibility(self) -> str | None:
+        spec, s = model_spec(self.model.model), self.strategy
+        if self.privacy.privacy != "none" and not spec.vector:
+            return (
+                f"--privacy {self.privacy.privacy} needs a model whose updates are weight "
+                f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "
+                "lr-exact's normal equations are not"
+            )
+        if s.plain:
+            return None
+        if not spec.vector or self.privacy.privacy != "none":
+            return (
+                "--strategy, --aggregation and --compression need a model whose updates are "
+                f"weight vectors averaged by FedAvg ({', '.join(vector_models())}), "
+                "without --privacy"
+            )
+        if s.strategy in GRADIENT_STRATEGIES and not spec.gradient:
+            return f"--strategy {s.strategy} needs clients that train by gradient steps"
+        if s.local_training() and not spec.gradient:
+            return "--local-epochs, --learning-rate and --batch-size apply to lr-sgd"
         return None
 
     def _async_incompatibility(self) -> str | None:
         """Every strategy, robust rule and compression that combines steps from one model runs
         asynchronously (the buffer rebases stale updates onto the newest version); what
         cannot, and why."""
-        if self.model.model not in ASYNC_MODELS:
+        if "async" not in model_spec(self.model.model).schedules:
             return (
                 f"--mode async applies each update as a step from the version it started from, "
-                f"which needs a model of weights ({', '.join(ASYNC_MODELS)}), "
+                f"which needs a model of weights ({', '.join(vector_models())}), "
                 f"not {self.model.model}"
             )
         if self.privacy.privacy != "none":

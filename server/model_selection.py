@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.hyperparameters import ALL_OPTIONS
 from common.wire import ConfigScalar
-from server.models import ALL_OPTIONS
 from server.rounds import FederationError, RoundLoop
 from server.strategy import Strategy
 

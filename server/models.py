@@ -1,284 +1,80 @@
-"""The models a federation can train, by the name given to `--model`, and their hyperparameters.
+"""The server's side of each registered model (common/registry.py): the strategy aggregating it.
 
-Every hyperparameter is a flag of `python -m server` (rf_max_depth: --rf-max-depth, with the
-FEDSTOCK_RF_MAX_DEPTH fallback) and travels to the clients in the task config under its name.
-Defaults are the seed paper's Table 1.
+Hyperparameters (common/hyperparameters.py) reach the strategy as options; the strategy puts
+the model's own into every task's config.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
+from common.hyperparameters import defaults
 from common.models import linear, rff
-from common.models.forest import TREES
+from common.models.ensemble import MemberCodec
 from common.models.histgrow import TREE_MODELS
-from common.models.svr import SVRS
+from common.registry import ModelSpec, model_spec
 from common.wire import ConfigScalar
 from server.ensemble import EnsembleUnion, forest_quotas, one_each
 from server.strategies.trees import HistogramTrees
 from server.strategy import ExactLinear, FedAvg, Strategy
 
-
-def _number(
-    cast: Callable[[str], float], what: str, ok: Callable[[float], bool]
-) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = cast(text)
-        except ValueError:
-            value = math.nan
-        if not ok(value):
-            raise ValueError(f"{text!r} is not {what}")
-        return value
-
-    return parse
+Options = Mapping[str, ConfigScalar]
+# lr-sgd's local training unless --local-epochs, --learning-rate or --batch-size say otherwise.
+SGD_TRAINING = {"local_epochs": 1, "learning_rate": 0.02, "batch_size": 64}
 
 
-def _choice(*names: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in names:
-            raise ValueError(f"{text!r} is not one of: {', '.join(names)}")
-        return text
-
-    return parse
+def _config(spec: ModelSpec, options: Options) -> dict[str, ConfigScalar]:
+    """What every task of the model carries: its name and its own hyperparameters."""
+    prefix = spec.hyperparameters
+    own = {k: v for k, v in options.items() if prefix and k.startswith(prefix)}
+    return {"model": spec.name, **own}
 
 
-_count = _number(int, "a positive integer", lambda v: v >= 1)
-_whole = _number(int, "a non-negative integer", lambda v: v >= 0)
-_positive = _number(float, "a positive number", lambda v: 0 < v < math.inf)
-_non_negative = _number(float, "a non-negative number", lambda v: 0 <= v < math.inf)
-_fraction = _number(float, "a fraction in (0, 1]", lambda v: 0 < v <= 1)
-_bins = _number(int, "an integer in [2, 65536]", lambda v: 2 <= v <= 65536)
-_weight = _number(float, "a number of at least 1", lambda v: 1 <= v < math.inf)
-_open_fraction = _number(float, "a fraction in (0, 1)", lambda v: 0 < v < 1)
+def _members(spec: ModelSpec) -> MemberCodec:
+    if spec.members is None:
+        raise ValueError(f"model {spec.name} is not an ensemble")
+    return spec.members
 
 
-def _flag(text: str) -> bool:
-    return _choice("true", "false")(text.lower()) == "true"
-
-
-def _gamma(text: str) -> str | float:
-    return text if text == "scale" else _positive(text)
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    parse: Callable[[str], ConfigScalar]
-    default: str
-    help: str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return self.name.upper()
-
-
-# Histogram trees' settings (common/models/histgrow.py): how each is read, and what it means.
-TREE_SETTINGS: dict[str, tuple[Callable[[str], ConfigScalar], str]] = {
-    "trees": (_count, "trees grown (boosting rounds, or the forest's trees)"),
-    "learning_rate": (_fraction, "shrinkage η of each tree"),
-    "max_depth": (_count, "deepest level of a tree"),
-    "max_bins": (_bins, "bins per feature, edges at the quantiles of the summed sketch"),
-    "reg_lambda": (_non_negative, "L2 regularisation λ of leaf values"),
-    "min_child_weight": (_weight, "fewest (sampled or bootstrap-weighted) rows on either side"),
-    "subsample": (_fraction, "share of rows each tree is grown on"),
-    "early_stopping": (
-        _whole,
-        "stop once this many trees have not bettered the federated validation MSE (0: grow "
-        "them all); the best ensemble is kept",
-    ),
-    "validation_fraction": (_open_fraction, "share of training rows held out for early stopping"),
-    "max_features": (_fraction, "share of features each split may choose from"),
-    "seed": (_whole, "seed of subsamples, hold-outs, bootstraps and feature draws"),
-}
-
-
-def _tree_options(model: str) -> tuple[Option, ...]:
-    spec = TREE_MODELS[model]
-    return tuple(
-        Option(spec.prefix + name, parse, str(getattr(spec.defaults, name)), text)
-        for name in spec.settable
-        for parse, text in [TREE_SETTINGS[name]]
-    )
-
-
-OPTIONS: dict[str, tuple[Option, ...]] = {
-    "random forest (--model rf)": (
-        Option(
-            "rf_n_estimators", _count, "100", "trees each province grows (Table 1: n_estimators)"
-        ),
-        Option(
-            "rf_global_trees",
-            _count,
-            "100",
-            "trees in the global forest, taken from the provinces by --rf-allocation (at least "
-            "one each; never more than a province grew)",
-        ),
-        Option(
-            "rf_allocation",
-            _choice("proportional", "equal"),
-            "proportional",
-            "share the global forest's trees in proportion to each province's training rows, or "
-            "equally",
-        ),
-        Option(
-            "rf_grow",
-            _choice("all", "share"),
-            "all",
-            "all: every province grows --rf-n-estimators trees (Table 1) and the server keeps "
-            "its share; share: each province grows only the trees the global forest keeps, the "
-            "same forest for a fraction of the work and bytes",
-        ),
-        Option(
-            "rf_criterion",
-            _choice("squared_error", "friedman_mse", "absolute_error", "poisson"),
-            "squared_error",
-            "split quality (Table 1)",
-        ),
-        Option(
-            "rf_min_samples_split",
-            _number(int, "an integer of at least 2", lambda v: v >= 2),
-            "2",
-            "rows a node needs to be split (Table 1)",
-        ),
-        Option("rf_max_features", _fraction, "1.0", "share of features tried per split (Table 1)"),
-        Option("rf_bootstrap", _flag, "true", "grow each tree on a bootstrap sample (Table 1)"),
-        Option(
-            "rf_max_depth",
-            _whole,
-            "0",
-            "deepest level of a tree; 0 grows until leaves are pure, as Table 1 (one such tree "
-            "on 2.16M rows is ~200 MB: mind the memory)",
-        ),
-        Option("rf_min_samples_leaf", _count, "1", "fewest rows in a leaf"),
-        Option(
-            "rf_target",
-            _choice("change", "price"),
-            "change",
-            "change: trees learn tomorrow's change from today's close, comparable across price "
-            "levels; price: the price itself, as the paper (a union of trees then fails on the "
-            "price levels a province never saw)",
-        ),
-    ),
-    "support vector machine (--model svm, svm-local-rbf)": (
-        Option(
-            "svm_target",
-            _choice("change", "price"),
-            "change",
-            "change: learn tomorrow's change from today's close, comparable across price "
-            "levels; price: the price itself, as the paper (an RBF machine fails on price "
-            "levels it never saw). Standardised by its global mean and deviation either way",
-        ),
-        Option("svm_c", _positive, "1.0", "SVR regularisation C (Table 1)"),
-        Option(
-            "svm_epsilon",
-            _non_negative,
-            "0.1",
-            "half-width of the ε-insensitive tube, in standard deviations of the target (Table 1)",
-        ),
-        Option(
-            "svm_gamma",
-            _gamma,
-            "scale",
-            "RBF width; scale: 1 / (features × variance of the scaled features), from the "
-            "federation's statistics (Table 1)",
-        ),
-        Option(
-            "svm_features",
-            _count,
-            "500",
-            "random Fourier features approximating the RBF kernel (svm)",
-        ),
-        Option("svm_seed", _whole, "0", "seed of the random features and of local shuffling"),
-        Option(
-            "svm_learning_rate",
-            _positive,
-            "0.05",
-            "step size of local training in round 1, divided by √round later (svm)",
-        ),
-        Option("svm_epochs", _count, "1", "local passes over a province's rows per round (svm)"),
-        Option(
-            "svm_subsample",
-            _count,
-            "20000",
-            "rows of each province the exact RBF SVR is fitted on (svm-local-rbf)",
-        ),
-    ),
-    "gradient-boosted trees from summed histograms (--model gbdt)": _tree_options("gbdt"),
-    "random forest from summed histograms (--model rf-hist)": _tree_options("rf-hist"),
-}
-ALL_OPTIONS = {option.name: option for group in OPTIONS.values() for option in group}
-
-
-def defaults() -> dict[str, ConfigScalar]:
-    return {name: option.parse(option.default) for name, option in ALL_OPTIONS.items()}
-
-
-def _config(model: str, options: Mapping[str, ConfigScalar], prefix: str) -> dict:
-    return {"model": model, **{k: v for k, v in options.items() if k.startswith(prefix)}}
-
-
-def _forest(options: Mapping[str, ConfigScalar]) -> Strategy:
+def _forest(spec: ModelSpec, options: Options) -> Strategy:
     quotas = forest_quotas(int(options["rf_global_trees"]), str(options["rf_allocation"]))
     grow_share = "rf_n_estimators" if options["rf_grow"] == "share" else None
-    return EnsembleUnion(_config("rf", options, "rf_"), TREES, quotas, grow_share)
+    return EnsembleUnion(_config(spec, options), _members(spec), quotas, grow_share)
 
 
-def _trees(model: str) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
-    def build(options: Mapping[str, ConfigScalar]) -> Strategy:
-        spec = TREE_MODELS[model]
-        settings = spec.settings(options)
-        return HistogramTrees({"model": model, **settings.to_mapping(spec.prefix)}, settings)
-
-    return build
+def _trees(spec: ModelSpec, options: Options) -> Strategy:
+    """gbdt and rf-hist: trees grown from histograms the provinces answer, one question a phase."""
+    grown = TREE_MODELS[spec.name]
+    settings = grown.settings(options)
+    return HistogramTrees({"model": spec.name, **settings.to_mapping(grown.prefix)}, settings)
 
 
-def _svm(options: Mapping[str, ConfigScalar]) -> Strategy:
+def _svm(spec: ModelSpec, options: Options) -> Strategy:
     components = int(options["svm_features"])
     rff.check_components(components)
+    rff.check_components(components)
     return FedAvg(
-        _config("svm", options, "svm_"),
+        _config(spec, options),
         check=lambda arrays, _n_features: rff.check_weights(arrays, components),
     )
 
 
-STRATEGIES: dict[str, Callable[[Mapping[str, ConfigScalar]], Strategy]] = {
-    "lr": lambda _options: FedAvg({"model": "lr"}, check=linear.check_weights),
-    "lr-exact": lambda _options: ExactLinear({"model": "lr-exact"}),
-    "lr-sgd": lambda _options: FedAvg(
-        {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.02, "batch_size": 64},
-        check=linear.check_weights,
+STRATEGIES: dict[str, Callable[[ModelSpec, Options], Strategy]] = {
+    "lr": lambda spec, options: FedAvg(_config(spec, options), check=linear.check_weights),
+    "lr-exact": lambda spec, options: ExactLinear(_config(spec, options)),
+    "lr-sgd": lambda spec, options: FedAvg(
+        {**_config(spec, options), **SGD_TRAINING}, check=linear.check_weights
     ),
     "rf": _forest,
-    **{name: _trees(name) for name in TREE_MODELS},
+    **{name: _trees for name in TREE_MODELS},
     "svm": _svm,
-    "svm-local-rbf": lambda options: EnsembleUnion(
-        _config("svm-local-rbf", options, "svm_"), SVRS, one_each
+    "svm-local-rbf": lambda spec, options: EnsembleUnion(
+        _config(spec, options), _members(spec), one_each
     ),
 }
-MODEL_HELP = (
-    "lr: FedAvg of locally fitted weights (the paper's); lr-exact: summed normal equations "
-    "solved once, equal to a centralised fit; rf: a global forest of the provinces' trees; "
-    "svm: FedAvg of an ε-insensitive linear model on random Fourier features (an RBF SVR that "
-    "shares no rows); svm-local-rbf: the paper's exact RBF SVR on a subsample of each province, "
-    "averaged, a comparison only: its support vectors are training rows and travel; gbdt, "
-    "rf-hist: gradient-boosted trees and a random forest grown from histograms summed over "
-    "the provinces, equal to centralised trees on the same bins; no row leaves a province"
-)
 
 
-def build_strategy(model: str, options: Mapping[str, ConfigScalar] | None = None) -> Strategy:
+def build_strategy(model: str, options: Options | None = None) -> Strategy:
     """The model's strategy; `options` override the hyperparameters' defaults."""
-    try:
-        factory = STRATEGIES[model]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {model!r}; expected one of: {', '.join(STRATEGIES)}"
-        ) from None
-    return factory({**defaults(), **(options or {})})
+    spec = model_spec(model)
+    return STRATEGIES[spec.name](spec, {**defaults(), **(options or {})})

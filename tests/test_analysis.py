@@ -18,6 +18,7 @@ from common import preprocess
 from common.data import synthesize_province
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
+from common.registry import MODELS
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.analysis import (
@@ -31,7 +32,7 @@ from server.analysis import (
     personalisation,
 )
 from server.config import AnalysisRequest, ConfigError
-from server.models import STRATEGIES, build_strategy, defaults
+from server.models import build_strategy, defaults
 from server.privacy.he import HEFedAvg
 from server.rounds import task_context
 from server.strategies.federated import FedAdam, Federated
@@ -191,7 +192,7 @@ def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
     check_supported(settings(), build_strategy("lr"))
     check_supported(settings(), Federated(lr_sgd, None, combiner("median")))
     check_supported(settings(), build_strategy("rf"))
-    assert set(shared.FINE_TUNING) == set(STRATEGIES)  # every model can be personalised
+    assert all(spec.fine_tuning for spec in MODELS.values())  # every model can be personalised
     refused = [
         (Federated(lr_sgd, None, combiner("krum")), settings(), "use mean or median"),
         (FedAdam(lr_sgd, lr=0.05), settings(), "not --strategy fedadam"),
@@ -324,7 +325,7 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     assert rigid[shared.PERSONAL_MSE] == pytest.approx(rigid[shared.GLOBAL_MSE], rel=1e-6)
     assert own_mse <= firm[shared.PERSONAL_MSE] < firm[shared.GLOBAL_MSE]
     data = works["hubei"].split(config)
-    with pytest.raises(ValueError, match="does not know how to personalise model 'gbm'"):
+    with pytest.raises(ValueError, match="unknown model 'gbm'"):
         fine_tune(trainer_for("lr"), {}, data.x_train, data.y_train, {**task, "model": "gbm"})
 
 

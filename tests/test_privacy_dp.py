@@ -13,7 +13,7 @@ from server import privacy
 from server.cli import parse_args
 from server.localrun import LocalFederation
 from server.privacy.dp import DPFedAvg, DPSettings, epsilon
-from server.strategy import ClientResult, ExactLinear, FedAvg
+from server.strategy import ClientResult, FedAvg
 from tests.test_federation import FAST
 
 ROWS, SEED = 20_000, 3
@@ -86,11 +86,13 @@ def test_epsilon_falls_with_noise_and_grows_with_rounds():
     assert local == pytest.approx(2 * central)
 
 
-def test_privacy_applies_only_to_averaged_weight_vectors():
+def test_privacy_applies_only_to_averaged_weight_vectors(capsys):
     asked = parse_args(["--privacy", "dp-central", "--dp-clip", "1"]).privacy
     assert isinstance(privacy.wrap(fedavg(), asked, 3), DPFedAvg)
-    with pytest.raises(ValueError, match="weight vectors"):
-        privacy.wrap(ExactLinear({"model": "lr-exact"}), asked, 3)
+    for model in ("lr-exact", "rf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--model", model, "--privacy", "dp-central"])
+        assert "needs a model whose updates are weight vectors" in capsys.readouterr().err
 
 
 @pytest.mark.integration

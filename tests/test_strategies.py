@@ -204,9 +204,6 @@ def test_flags_choose_the_strategy_and_refuse_what_cannot_work():
     assert isinstance(strategies.wrap(plain, arguments(strategy="scaffold")), Scaffold)
     tuned = strategies.wrap(plain, arguments(local_epochs=3))
     assert tuned.configure_fit(1, None, ["a"])[0].config["local_epochs"] == 3
-    closed_form = FedAvg({"model": "lr"}, check=linear.check_weights)
-    with pytest.raises(ValueError, match="gradient"):
-        strategies.wrap(closed_form, arguments(strategy="fednova"))
     with pytest.raises(ConfigError, match="q-FedAvg"):
         arguments(strategy="qfedavg", aggregation="median")
     with pytest.raises(ConfigError, match="--learning-rate must be positive"):

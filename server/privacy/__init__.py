@@ -13,7 +13,7 @@ from server.privacy.dp import MODES as DP_MODES
 from server.privacy.dp import DPFedAvg, DPSettings
 from server.privacy.he import HEFedAvg
 from server.privacy.secagg import SecAggFedAvg
-from server.strategy import FedAvg, Strategy
+from server.strategy import Strategy
 
 if TYPE_CHECKING:
     from server.config import PrivacySettings
@@ -22,14 +22,12 @@ PRIVACY_MODES = ("none", *DP_MODES, "he", "secagg")
 
 
 def wrap(strategy: Strategy, asked: PrivacySettings, rounds: int) -> Strategy:
-    """`strategy` with the privacy mechanism `asked.privacy` around it, for `rounds` rounds."""
+    """`strategy` with the privacy mechanism `asked.privacy` around it, for `rounds` rounds.
+
+    The configuration has checked that the model's updates are weight vectors FedAvg averages.
+    """
     if asked.privacy == "none":
         return strategy
-    if not isinstance(strategy, FedAvg):
-        raise ValueError(
-            f"--privacy {asked.privacy} needs a model whose updates are weight vectors averaged "
-            "by FedAvg (lr, lr-sgd, svm); forests and lr-exact's normal equations are not"
-        )
     if asked.privacy == "he":
         return HEFedAvg(strategy, read_public_key(asked.he_public_key))
     if asked.privacy == "secagg":

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
 from server.strategies.robust import combiner
-from server.strategy import FedAvg, Strategy
+from server.strategy import Strategy
 
 if TYPE_CHECKING:
     from server.config import StrategySettings
@@ -31,20 +31,12 @@ def wrap(strategy: Strategy, asked: StrategySettings) -> Strategy:
 
 
 def _algorithm(strategy: Strategy, asked: StrategySettings) -> Strategy:
-    """`strategy` as the algorithm `asked` names; plain FedAvg is returned as it is."""
-    if asked.plain:
-        return strategy
-    if type(strategy) is not FedAvg:
-        raise ValueError(
-            "--strategy, --aggregation and --compression need a model whose updates are weight "
-            "vectors averaged by FedAvg (lr, lr-sgd, svm), without --privacy"
-        )
+    """`strategy` as the algorithm `asked` names; plain FedAvg is returned as it is.
+
+    Whether the model can take the algorithm is the configuration's to say (its capabilities
+    are in common/registry.py), before any strategy is built.
+    """
     local = asked.local_training()
-    gradient = "learning_rate" in strategy.model_config
-    if asked.strategy in ("fedprox", "fednova", "scaffold", "qfedavg") and not gradient:
-        raise ValueError(f"--strategy {asked.strategy} needs clients that train by gradient steps")
-    if local and not gradient:
-        raise ValueError("--local-epochs, --learning-rate and --batch-size apply to lr-sgd")
     if asked.strategy == "fedavg" and asked.aggregation == "mean" and not local:
         return strategy
     combine = combiner(asked.aggregation, asked.trim_fraction, asked.krum_f)
