@@ -19,9 +19,9 @@ from common import preprocess
 from common.data import load_province, synthesize, write_provinces
 from common.data.loaders import province_path
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
+from common.preprocess import task_context
 from common.provinces import PROVINCES
 from common.tensors import Arrays
-from server.rounds import task_context
 
 
 @dataclass(frozen=True)

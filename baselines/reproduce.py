@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import math
 import signal
@@ -29,7 +28,9 @@ from baselines.models import ModelOptions
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-from server.localrun import LocalFederation
+from common.hyperparameters import ALL_OPTIONS
+from common.launch import LocalFederation
+from common.registry import MODELS, model_spec
 
 
 @dataclass(frozen=True)
@@ -113,17 +114,13 @@ class Progress:
 
 def federation_models() -> list[str]:
     """Our models that the federation's server can train now."""
-    from server.models import STRATEGIES
-
-    return [m for m in (*paper.MODELS, "svr") if SERVER_MODELS.get(m, m) in STRATEGIES]
+    return [m for m in (*paper.MODELS, "svr") if SERVER_MODELS.get(m, m) in MODELS]
 
 
 def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> list[str]:
     """Server flags for the same split and, where the server has such flags, the same
-    hyperparameters; a flag the server does not know is left out (the report lists the
-    federation's own configuration)."""
-    from server.__main__ import parse_args
-
+    hyperparameters; a flag the model does not have, or a value it cannot take, is left out
+    (the report lists the federation's own configuration)."""
     flags = ["--setting", data.setting, "--test-fraction", str(data.test_fraction)]
     flags += ["--seed", str(data.split_seed)]
     wanted = {
@@ -146,13 +143,15 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
             "--svm-target": options.target,
         },
     }.get(model, {})
+    prefix = model_spec(SERVER_MODELS.get(model, model)).hyperparameters
     for flag, value in wanted.items():
+        option = ALL_OPTIONS[flag.removeprefix("--").replace("-", "_")]
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                parse_args(["--model", SERVER_MODELS.get(model, model), flag, str(value)])
-        except SystemExit:
+            option.parse(str(value))
+        except ValueError:
             continue
-        flags += [flag, str(value)]
+        if prefix and option.name.startswith(prefix):
+            flags += [flag, str(value)]
     return flags
 
 
@@ -229,7 +228,7 @@ def _rounds_so_far(path: Path) -> list[dict[str, Any]]:
 
 def _model_config(outcome: dict[str, Any]) -> dict[str, str]:
     """The model's own settings from the server's recorded configuration (rf_*, svm_*)."""
-    prefix = {"rf": "rf_", "svm": "svm_", "svm-local-rbf": "svm_"}.get(outcome["model"])
+    prefix = model_spec(outcome["model"]).hyperparameters
     config = outcome.get("config", {})
     return {k: v for k, v in config.items() if prefix and k.startswith(prefix)}
 

@@ -1,11 +1,12 @@
 """Scores and results files of the server's shape, so one reader serves every framework.
 
 The overall MSE is the server's: each province's test MSE weighted by its test rows, in price
-units, computed by the same `Evaluation.weighted`.
+units, computed by the same `Evaluation` (common/scores.py).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from baselines.data import DataOptions
-from server.results import ResultsFile
-from server.strategy import ClientResult, Evaluation
+from common.files import write_atomically
+from common.scores import Evaluation
 
 
 def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -24,8 +25,7 @@ def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def evaluation(scores: Iterable[tuple[str, float, int]]) -> Evaluation:
     """From (province, test MSE, test rows) to the overall and per-province figures."""
-    results = [ClientResult(p, n, {"mse": value}) for p, value, n in scores]
-    evaluated = Evaluation.weighted(results)
+    evaluated = Evaluation.from_scores(scores)
     if evaluated is None:
         raise ValueError("no test rows to evaluate on")
     return evaluated
@@ -62,7 +62,9 @@ def record(
 
 def write(path: Path, results: dict[str, Any]) -> None:
     """Atomically, as the server writes its own."""
-    ResultsFile(path, {}).update(**results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    whole = {"rounds": [], "final": None, **results}
+    write_atomically(path, json.dumps(whole, allow_nan=False) + "\n")
 
 
 def summary(results: dict[str, Any]) -> str:

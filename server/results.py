@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from common.files import write_atomically
 
 log = logging.getLogger("fedstock.server")
 
@@ -42,16 +42,8 @@ class ResultsFile:
         return json.loads(self.text)
 
     def _write(self) -> None:
-        """Write beside the target and rename, so a reader never sees half a file."""
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(handle, "w") as out:
-                # Compact on purpose: only then does json use its C encoder, and the file is
-                # rewritten every round. `python -m server.summary FILE` shows it to a person.
-                text = json.dumps(self.data, allow_nan=False)
-                out.write(text + "\n")
-            os.replace(temporary, self.path)
-            self.text = text
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        # Compact on purpose: only then does json use its C encoder, and the file is
+        # rewritten every round. `python -m server.summary FILE` shows it to a person.
+        text = json.dumps(self.data, allow_nan=False)
+        write_atomically(self.path, text + "\n")
+        self.text = text

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.models.checks import check_arrays
-from common.preprocess import TARGET, GlobalStatistics, features_for
+from common.preprocess import TARGET, GlobalStatistics, features_for, task_context
 from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -275,28 +275,3 @@ def statistics_from_record(record: dict[str, Any]) -> GlobalStatistics:
         np.asarray(record["std"]),
         np.asarray(record["pearson"]),
     )
-
-
-def task_context(stats: GlobalStatistics) -> dict[str, ConfigScalar]:
-    """The global numbers every task carries, for the models that need them: training rows N,
-    today's close as scaled, the mean and deviation of the target and of its change from the
-    close (models learn them standardised), and the variance of the scaled features over all
-    entries (gamma='scale'; the scaled features' means are all 0)."""
-    mean, scale = stats.scaler()
-    close, target = stats.columns.index("close"), len(stats.columns) - 1
-    std = stats.std
-    change_variance = (
-        std[target] ** 2
-        + std[close] ** 2
-        - 2 * stats.correlation[target, close] * std[target] * std[close]
-    )
-    return {
-        "train_rows": stats.count,
-        "close_mean": float(mean[close]),
-        "close_scale": float(scale[close]),
-        "target_mean": float(stats.mean[target]),
-        "target_std": float(std[target]) or 1.0,
-        "change_mean": float(stats.mean[target] - stats.mean[close]),
-        "change_std": float(np.sqrt(max(change_variance, 0.0))) or 1.0,
-        "feature_variance": float(np.mean((std[:-1] / scale) ** 2)),
-    }

@@ -15,6 +15,7 @@ import numpy as np
 
 from common.models import linear
 from common.preprocess import GlobalStatistics
+from common.scores import Evaluation
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -42,26 +43,6 @@ class ClientResult:
 class Failure:
     province: str
     reason: str
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Federated evaluation: the sample-weighted MSE over every test row, and each province's."""
-
-    mse: float
-    per_client: dict[str, dict[str, float]]
-
-    @classmethod
-    def weighted(cls, results: list[ClientResult]) -> Evaluation | None:
-        total = sum(r.num_examples for r in results)
-        if total == 0:
-            return None
-        mse = sum(r.metrics["mse"] * r.num_examples for r in results) / total
-        per_client = {
-            r.province: {"mse": float(r.metrics["mse"]), "n_test": r.num_examples}
-            for r in sorted(results, key=lambda r: r.province)
-        }
-        return cls(float(mse), per_client)
 
 
 # Runs one phase of tasks: (round, task kind, instructions, accept) -> (results, failures).

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from tests import bench_models
 
 PAPER_ROWS = 2_699_730

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from common.data.synthetic import DEFAULT_ROWS
-from server.localrun import LocalFederation
+from common.launch import LocalFederation
 from server.summary import format_analysis
 
 ANALYSIS = ["--contributions", "--importance", "--personalise", "--poll-seconds", "2"]

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from common.launch import LocalFederation
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 
 SLOW = "beijing"  # of median size: ten times slower, it is the slowest by far
 

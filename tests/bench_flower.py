@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from common.data.synthetic import province_rows, synthesize_province
+from common.launch import LocalFederation, free_port
 from common.preprocess import split
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation, free_port
 
 JOB = Path(__file__).with_name("flower_job.py")
 

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from server.localrun import LocalFederation, free_port
+from common.launch import LocalFederation, free_port
 
 ENDPOINTS = ("/api/state", "/metrics")
 

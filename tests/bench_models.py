@@ -27,9 +27,9 @@ from sklearn.tree import DecisionTreeRegressor
 from client import trainers
 from common import preprocess
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.models import forest, svr
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from server.models import defaults
 
 PAPER_ROWS = 2_699_730

@@ -22,7 +22,7 @@ import numpy as np
 from baselines.privacy import CLIPS, plot, summarise, write_csv
 from client.he_keys import write_keys
 from common import secagg
-from server.localrun import LocalFederation
+from common.launch import LocalFederation
 from server.models import STRATEGIES
 
 MODES: dict[str, list[str]] = {

@@ -33,7 +33,7 @@ import numpy as np
 
 from common.data.loaders import write_provinces
 from common.data.skew import non_iid_split
-from server.localrun import LocalFederation
+from common.launch import LocalFederation
 
 STRATEGIES: dict[str, list[str]] = {
     "fedavg": [],

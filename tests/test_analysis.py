@@ -17,6 +17,7 @@ from common import analysis as shared
 from common import preprocess
 from common.data import synthesize_province
 from common.models.checks import UpdateError
+from common.preprocess import task_context
 from common.provinces import PROVINCES
 from common.registry import MODELS
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -34,7 +35,6 @@ from server.analysis import (
 from server.config import AnalysisRequest, ConfigError
 from server.models import build_strategy, defaults
 from server.privacy.he import HEFedAvg
-from server.rounds import task_context
 from server.strategies.federated import FedAdam, Federated
 from server.strategies.robust import combiner
 from server.strategy import ClientResult, Evaluation, Failure

@@ -11,9 +11,9 @@ import pytest
 
 from common.data import synthesize_province, write_provinces
 from common.data.schema import FLOAT_COLUMNS
+from common.launch import LocalFederation
 from common.preprocess import NEXT_DAY_FEATURES
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from server.summary import format_summary
 from tests.test_federation import FAST, ROWS, SEED
 

@@ -12,13 +12,13 @@ from sklearn.linear_model import LinearRegression
 from client.__main__ import parse_args as client_args
 from common import preprocess
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import parse_args as server_args
 from server.buffer import StaleUpdate, VersionBuffer, staleness_weight
 from server.coordinator import Assignment, Coordinator
 from server.ledger import read_verified
-from server.localrun import LocalFederation
 from server.strategy import ClientResult, weighted_average
 from tests import in_memory
 from tests.test_failures import wait_for_rounds

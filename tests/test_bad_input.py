@@ -9,12 +9,12 @@ import grpc
 import numpy as np
 import pytest
 
+from common.launch import LocalFederation
 from common.tensors import Payload
 from common.tls import client_credentials
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
-from server.localrun import LocalFederation
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
 
 pytestmark = pytest.mark.integration

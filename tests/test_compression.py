@@ -6,10 +6,10 @@ import pytest
 from common import compression, preprocess
 from common.compression import INDICES, SCALE, VALUES, ErrorFeedback, decode, encode
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from server.strategies.compressed import Compressed
 from server.strategy import ClientResult, FedAvg
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit

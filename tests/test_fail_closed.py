@@ -15,12 +15,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.launch import LocalFederation
 from common.preprocess import SETTINGS
 from server.__main__ import build_server
 from server.coordinator import Coordinator
 from server.ledger import Ledger, Signer
 from server.lifecycle import run_to_end
-from server.localrun import LocalFederation
 from server.results import ResultsFile
 from server.rounds import RoundLoop, RunSettings
 from server.strategy import ExactLinear, Strategy

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from common.launch import LocalFederation
 from common.provinces import PROVINCES
 from server.ledger import read_verified
-from server.localrun import LocalFederation
 from tests.test_federation import ROWS, SEED
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ from sklearn.linear_model import LinearRegression
 
 from common import preprocess
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from server.summary import format_summary
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import pytest
 from client import trainers
 from common import preprocess
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.models import forest
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from server.models import defaults
 from tests.test_federation import FAST, ROWS, SEED
 

@@ -10,6 +10,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from client.daemon import Backoff, ClientDaemon
 from client.local import LocalWork, Outcome
+from common.launch import free_port
 from common.models import forest
 from common.tensors import Payload
 from common.wire import to_config
@@ -18,7 +19,6 @@ from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
 from server.channel import gather
 from server.coordinator import Assignment, Coordinator
-from server.localrun import free_port
 from server.models import build_strategy
 
 pytestmark = pytest.mark.integration

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.launch import LocalFederation, free_port
 from common.models import linear
 from common.models.checks import UpdateError
 from common.tensors import Payload, PayloadError, PayloadReceiver
@@ -23,7 +24,6 @@ from proto.fedstock.v1 import tensor_pb2
 from server.__main__ import build_server
 from server.channel import gather
 from server.coordinator import Assignment, Coordinator
-from server.localrun import LocalFederation, free_port
 from server.strategy import ClientResult
 from tests.fuzzing import Fuzzer, rss_bytes
 from tests.test_federation import FAST, ROWS, SEED

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.bounded import REASON_CHARS
+from common.launch import LocalFederation, free_port
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
@@ -21,7 +22,6 @@ from proto.fedstock.v1 import tensor_pb2
 from server.__main__ import build_server
 from server.coordinator import MAX_STREAMS_PER_SESSION, Coordinator
 from server.limits import SIDE_CALLS
-from server.localrun import LocalFederation, free_port
 from tests.hostile import Liar, Lie, statistics_shapes
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
 from tests.test_fuzz import VALID, LiveServer, honest_update, submission

@@ -5,6 +5,7 @@ import datetime
 import grpc
 import pytest
 
+from common.launch import free_port
 from common.tls import client_credentials, server_credentials
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -12,7 +13,6 @@ from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
 from server.certs import DEFAULT_SERVER_NAMES, Authority, write_federation
 from server.coordinator import Coordinator
-from server.localrun import free_port
 
 pytestmark = pytest.mark.integration
 

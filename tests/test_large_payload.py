@@ -9,13 +9,13 @@ import pytest
 
 from client.daemon import Backoff, ClientDaemon
 from client.local import LocalWork, Outcome
+from common.launch import free_port
 from common.tensors import Payload
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
 from server.channel import gather
 from server.coordinator import Assignment, Coordinator
-from server.localrun import free_port
 from server.strategy import ClientResult
 
 pytestmark = pytest.mark.integration

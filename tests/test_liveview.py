@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.launch import LocalFederation, free_port
 from common.provinces import PROVINCES
 from server.livestate import CLIENT_STATES
-from server.localrun import LocalFederation, free_port
 from tests.test_federation import FAST
 
 pytestmark = pytest.mark.integration

@@ -23,6 +23,7 @@ from client.trainers import trainer_for
 from common import secagg
 from common.data.synthetic import synthesize_province
 from common.keysign import Identity
+from common.launch import free_port
 from common.models import linear
 from common.preprocess import features_for
 from common.provinces import PROVINCES
@@ -34,7 +35,6 @@ from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import build_server
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.coordinator import Assignment, Coordinator
-from server.localrun import free_port
 from server.privacy.secagg import SecAggFedAvg
 from server.strategy import ClientResult, Failure, FedAvg, Instruction
 

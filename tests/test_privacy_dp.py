@@ -7,11 +7,11 @@ import pytest
 
 from client.privacy import privatize
 from common import vectors
+from common.launch import LocalFederation
 from common.models import linear
 from common.provinces import PROVINCES
 from server import privacy
 from server.cli import parse_args
-from server.localrun import LocalFederation
 from server.privacy.dp import DPFedAvg, DPSettings, epsilon
 from server.strategy import ClientResult, FedAvg
 from tests.test_federation import FAST

@@ -9,10 +9,10 @@ from client.he_keys import read_private_key, write_keys
 from client.privacy import ClientPrivacy, PrivacyError
 from common import paillier, preprocess
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
-from server.localrun import LocalFederation
 from server.privacy.he import HEFedAvg
 from server.strategy import ClientResult, FedAvg
 

@@ -7,12 +7,12 @@ import logging
 import grpc
 import pytest
 
+from common.launch import free_port
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server import coordinator as coordinator_module
 from server.__main__ import build_server
 from server.coordinator import Coordinator
-from server.localrun import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -24,10 +24,10 @@ import pytest
 from client.daemon import ClientDaemon
 from client.local import LocalWork, Outcome
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.provinces import PROVINCES
 from common.tls import client_credentials
 from common.vectors import flatten, unflatten
-from server.localrun import LocalFederation
 from tests.test_federation import FAST, ROWS, SEED
 
 pytestmark = pytest.mark.integration

@@ -11,13 +11,13 @@ from scipy import stats
 from client.privacy import ClientPrivacy
 from client.secagg import SecAggClient
 from common.keysign import Identity, KeyAuthenticationError
+from common.launch import LocalFederation
 from common.models import linear
 from common.provinces import PROVINCES
 from common.secagg import Client, Encoding, SecAggError, aggregate, combine, neighbours, split
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import parse_args
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
-from server.localrun import LocalFederation
 from server.privacy.secagg import SecAggFedAvg
 from server.strategy import ClientResult, Failure, FedAvg
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from baselines.data import write_synthetic
-from server.localrun import free_port
+from common.launch import free_port
 
 pytestmark = pytest.mark.integration
 

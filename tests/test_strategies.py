@@ -12,12 +12,11 @@ from common.compression import SCALE, VALUES
 from common.data import synthesize_province
 from common.models import linear
 from common.models.checks import UpdateError
-from common.preprocess import GlobalStatistics
+from common.preprocess import GlobalStatistics, task_context
 from common.scaffold import CONTROL, CONTROL_DELTA
 from server import strategies
 from server.config import ConfigError, StrategySettings
 from server.models import build_strategy
-from server.rounds import task_context
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
 from server.strategy import ClientResult, Failure, FedAvg

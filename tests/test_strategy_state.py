@@ -10,10 +10,10 @@ import signal
 import numpy as np
 import pytest
 
+from common.launch import LocalFederation
 from common.models import linear
 from common.scaffold import CONTROL_DELTA
 from server.checkpoint import Checkpoint
-from server.localrun import LocalFederation
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, Scaffold
 from server.strategy import ClientResult, FedAvg

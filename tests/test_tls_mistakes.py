@@ -13,11 +13,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from common.launch import LocalFederation, free_port
 from common.tls import TLSSetupError, check_client_certificate, server_credentials
 from server.__main__ import build_server
 from server.certs import DEFAULT_SERVER_NAMES, Authority, write_federation
 from server.coordinator import Coordinator
-from server.localrun import LocalFederation, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,52 @@
+"""Federated evaluation: one MSE over every test row of every province, and each province's.
+
+The federation's server and the baselines score the same way, so their figures compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Scored(Protocol):
+    """A province's answer to an evaluation: its test rows and its metrics, "mse" among them."""
+
+    @property
+    def province(self) -> str: ...
+
+    @property
+    def num_examples(self) -> int: ...
+
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The sample-weighted MSE over every test row, and each province's MSE and test rows."""
+
+    mse: float
+    per_client: dict[str, dict[str, float]]
+
+    @classmethod
+    def weighted(cls, results: Iterable[Scored]) -> Evaluation | None:
+        return cls.from_scores((r.province, r.metrics["mse"], r.num_examples) for r in results)
+
+    @classmethod
+    def from_scores(cls, scores: Iterable[tuple[str, float, int]]) -> Evaluation | None:
+        """From (province, test MSE, test rows); None when there are no test rows at all."""
+        given = list(scores)
+        total = sum(n for _, _, n in given)
+        if total == 0:
+            return None
+        mse = sum(value * n for _, value, n in given) / total
+        per_client = {
+            p: {"mse": float(value), "n_test": n} for p, value, n in sorted(given, key=_province)
+        }
+        return cls(float(mse), per_client)
+
+
+def _province(score: tuple[str, float, int]) -> str:
+    return score[0]
