@@ -19,8 +19,8 @@ from common import preprocess
 from common.data import load_province, synthesize, write_provinces
 from common.data.loaders import province_path
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
-from common.preprocess import task_context
 from common.provinces import PROVINCES
+from common.settings import TaskContext
 from common.tensors import Arrays
 
 
@@ -55,7 +55,7 @@ class Scaling:
     def from_sums(cls, features: list[str], sums: Iterable[Arrays]) -> Scaling:
         stats = preprocess.GlobalStatistics.from_sums([*features, preprocess.TARGET], list(sums))
         mean, scale = stats.scaler()
-        task = {k: float(v) for k, v in task_context(stats).items()}
+        task = {k: float(v) for k, v in TaskContext.from_statistics(stats).to_config().items()}
         return cls(mean, scale, stats.count, features.index("close"), task)
 
     def apply(self, x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from common.keysign import Identity
 from common.logs import setup_logging
 from common.provinces import PROVINCES, check_province
 from common.secagg import SecAggError
+from common.settings import SettingsError
 from common.tls import TLSSetupError, client_credentials
 
 log = logging.getLogger("fedstock.client")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         daemon.run()
-    except (ClientError, PrivacyError, SecAggError) as error:
+    except (ClientError, PrivacyError, SecAggError, SettingsError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

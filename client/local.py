@@ -19,6 +19,7 @@ from common import analysis as shared
 from common import preprocess
 from common.compression import ErrorFeedback
 from common.crossval import fold_split
+from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -40,20 +41,22 @@ class LocalWork:
         self.slowdown = slowdown
         # What compression held back of earlier updates, sent with later ones.
         self.compression = ErrorFeedback()
-        self._splits: dict[tuple[str, float, int], preprocess.Split] = {}
+        self._splits: dict[DataSettings, preprocess.Split] = {}
 
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
         """The province's split for the federation's data settings, computed once per setting.
 
         With `cv_folds` in the config, the split is a cross-validation fold of the training rows.
         """
-        key = (str(config["setting"]), float(config["test_fraction"]), int(config["seed"]))
-        if key not in self._splits:
-            self._splits[key] = preprocess.split(self.raw, *key)
-        folds = int(config.get("cv_folds", 0))
-        if folds:
-            return fold_split(self._splits[key], folds, int(config["cv_fold"]), key[2])
-        return self._splits[key]
+        data = DataSettings.from_config(config)
+        if data not in self._splits:
+            self._splits[data] = preprocess.split(
+                self.raw, data.setting, data.test_fraction, data.seed
+            )
+        fold = FoldSettings.from_config(config)
+        if fold.cv_folds:
+            return fold_split(self._splits[data], fold.cv_folds, fold.cv_fold, data.seed)
+        return self._splits[data]
 
     def statistics(self, config: Mapping[str, ConfigScalar]) -> Outcome:
         started = time.perf_counter()

@@ -12,6 +12,7 @@ import numpy as np
 
 from client.local import LocalWork, Outcome
 from common.preprocess import features_for
+from common.settings import DataSettings
 from common.tensors import Arrays, from_tensor
 from common.wire import from_config
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -38,7 +39,7 @@ def perform(work: LocalWork, task: pb.Task, parameters: Arrays | None) -> Outcom
         return work.statistics(config)
     if task.kind in SECAGG_STEPS:
         return work.secagg(SECAGG_STEPS[task.kind], config, parameters)
-    scaler = _scaler(task, str(config["setting"]))
+    scaler = _scaler(task, DataSettings.from_config(config).setting)
     if task.kind == pb.TASK_KIND_TRAIN:
         return work.train(config, scaler, parameters)
     if task.kind == pb.TASK_KIND_EVALUATE and parameters is not None:

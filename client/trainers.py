@@ -2,7 +2,7 @@
 
 Trainers know scikit-learn and numpy, never gRPC. Hyperparameters arrive in the task's config
 (common/hyperparameters.py says what they mean), global numbers from the federation's
-statistics with them (common.preprocess.task_context). Whatever a model learns, it answers in yuan.
+statistics with them (common.settings.TaskContext). Whatever a model learns, it answers in yuan.
 """
 
 from __future__ import annotations

@@ -118,28 +118,3 @@ class GlobalStatistics:
 
 def scale(x: np.ndarray, mean: np.ndarray, scale_: np.ndarray) -> np.ndarray:
     return (x - mean) / scale_
-
-
-def task_context(stats: GlobalStatistics) -> dict[str, float | int]:
-    """The global numbers every task carries, for the models that need them: training rows N,
-    today's close as scaled, the mean and deviation of the target and of its change from the
-    close (models learn them standardised), and the variance of the scaled features over all
-    entries (gamma='scale'; the scaled features' means are all 0)."""
-    mean, scale = stats.scaler()
-    close, target = stats.columns.index("close"), len(stats.columns) - 1
-    std = stats.std
-    change_variance = (
-        std[target] ** 2
-        + std[close] ** 2
-        - 2 * stats.correlation[target, close] * std[target] * std[close]
-    )
-    return {
-        "train_rows": stats.count,
-        "close_mean": float(mean[close]),
-        "close_scale": float(scale[close]),
-        "target_mean": float(stats.mean[target]),
-        "target_std": float(std[target]) or 1.0,
-        "change_mean": float(stats.mean[target] - stats.mean[close]),
-        "change_std": float(np.sqrt(max(change_variance, 0.0))) or 1.0,
-        "feature_variance": float(np.mean((std[:-1] / scale) ** 2)),
-    }

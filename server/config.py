@@ -15,6 +15,7 @@ from pathlib import Path
 from common.compression import METHODS
 from common.preprocess import SETTINGS
 from common.registry import MODELS, model_spec, vector_models
+from common.settings import DataSettings
 from common.wire import ConfigScalar
 from server.privacy import PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
@@ -58,7 +59,7 @@ class RunSettings:
 
     def data_config(self) -> dict[str, ConfigScalar]:
         """What every client needs to prepare its rows the same way."""
-        return {"setting": self.setting, "test_fraction": self.test_fraction, "seed": self.seed}
+        return DataSettings(self.setting, self.test_fraction, self.seed).to_config()
 
 
 @dataclass(frozen=True)

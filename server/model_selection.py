@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.hyperparameters import ALL_OPTIONS
+from common.settings import FoldSettings
 from common.wire import ConfigScalar
 from server.rounds import FederationError, RoundLoop
 from server.strategy import Strategy
@@ -98,7 +99,7 @@ class ModelSelection:
     ) -> tuple[float | None, int]:
         """The fold's MSE over its held-out rows and their count; (None, 0) without a model."""
         strategy = self.build({**self.base, **params})
-        evaluation = loop.fit(strategy, {"cv_folds": self.folds, "cv_fold": fold})
+        evaluation = loop.fit(strategy, FoldSettings(self.folds, fold).to_config())
         if evaluation is None:
             return None, 0
         return evaluation.mse, sum(int(s["n_test"]) for s in evaluation.per_client.values())

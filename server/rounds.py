@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from common.models.checks import check_arrays
-from common.preprocess import TARGET, GlobalStatistics, features_for, task_context
+from common.preprocess import TARGET, GlobalStatistics, features_for
+from common.settings import TaskContext
 from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -230,7 +231,7 @@ class RoundLoop:
                 "pearson": stats.correlation.round(6).tolist(),
                 "train_samples": train_samples,
             },
-            task_context=task_context(stats),
+            task_context=TaskContext.from_statistics(stats).to_config(),
         )
         self._use_statistics(stats, train_samples)
         log.info(

@@ -17,9 +17,9 @@ from common import analysis as shared
 from common import preprocess
 from common.data import synthesize_province
 from common.models.checks import UpdateError
-from common.preprocess import task_context
 from common.provinces import PROVINCES
 from common.registry import MODELS
+from common.settings import TaskContext
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.analysis import (
@@ -233,7 +233,7 @@ def provinces():
     stats = preprocess.GlobalStatistics.from_sums(
         columns, [preprocess.statistics(s.x_train, s.y_train) for s in splits]
     )
-    return works, {**data, **task_context(stats)}, stats.scaler()
+    return works, {**data, **TaskContext.from_statistics(stats).to_config()}, stats.scaler()
 
 
 def in_process(works, config, scaler):

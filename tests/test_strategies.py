@@ -12,8 +12,9 @@ from common.compression import SCALE, VALUES
 from common.data import synthesize_province
 from common.models import linear
 from common.models.checks import UpdateError
-from common.preprocess import GlobalStatistics, task_context
+from common.preprocess import GlobalStatistics
 from common.scaffold import CONTROL, CONTROL_DELTA
+from common.settings import TaskContext
 from server import strategies
 from server.config import ConfigError, StrategySettings
 from server.models import build_strategy
@@ -221,7 +222,7 @@ def province_task(province: str, rows: int, seed: int) -> tuple[LocalWork, dict,
     data = work.split(config)
     sums = preprocess.statistics(data.x_train, data.y_train)
     stats = GlobalStatistics.from_sums([*data.features, preprocess.TARGET], [sums])
-    return work, {**config, **task_context(stats)}, stats.scaler()
+    return work, {**config, **TaskContext.from_statistics(stats).to_config()}, stats.scaler()
 
 
 def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():

@@ -1,0 +1,104 @@
+"""Settings every task carries, as typed values: put into the task config in one place
+(`to_config`), read back from it in one place (`from_config`).
+
+A task config is a flat map of names to numbers, text and flags (proto ConfigValue). A setting
+that is missing, or of the wrong kind, is refused with its name rather than read as a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Self
+
+import numpy as np
+
+from common.preprocess import GlobalStatistics
+from common.wire import ConfigScalar
+
+_KINDS = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+class SettingsError(ValueError):
+    """A task's config lacks a setting, or holds one of the wrong kind."""
+
+
+def _typed(name: str, value: ConfigScalar, kind: type) -> ConfigScalar:
+    """`value` as `kind`: an integer passes for a number, never a flag for an integer."""
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is kind:
+        return value
+    raise SettingsError(f"task setting {name!r} must be {kind.__name__}, got {value!r}")
+
+
+class TaskSettings:
+    """A dataclass of settings whose fields are config keys; mixed into each group below."""
+
+    def to_config(self) -> dict[str, ConfigScalar]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, ConfigScalar]) -> Self:
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in config:
+                values[f.name] = _typed(f.name, config[f.name], _KINDS[str(f.type)])
+            elif f.default is MISSING:
+                raise SettingsError(f"the task's config lacks the setting {f.name!r}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DataSettings(TaskSettings):
+    """How every province splits its rows, the same way: the setting, test share and seed."""
+
+    setting: str
+    test_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class FoldSettings(TaskSettings):
+    """Cross-validation: train outside fold `cv_fold` of `cv_folds`, score on it (0: no folds)."""
+
+    cv_folds: int = 0
+    cv_fold: int = 0
+
+
+@dataclass(frozen=True)
+class TaskContext(TaskSettings):
+    """The federation's numbers every task carries, for the models that need them: training
+    rows N, today's close as scaled, the mean and deviation of the target and of its change
+    from the close (models learn them standardised), and the variance of the scaled features
+    over all entries (gamma='scale'; the scaled features' means are all 0)."""
+
+    train_rows: int
+    close_mean: float
+    close_scale: float
+    target_mean: float
+    target_std: float
+    change_mean: float
+    change_std: float
+    feature_variance: float
+
+    @classmethod
+    def from_statistics(cls, stats: GlobalStatistics) -> TaskContext:
+        mean, scale = stats.scaler()
+        close, target = stats.columns.index("close"), len(stats.columns) - 1
+        std = stats.std
+        change_variance = (
+            std[target] ** 2
+            + std[close] ** 2
+            - 2 * stats.correlation[target, close] * std[target] * std[close]
+        )
+        return cls(
+            train_rows=int(stats.count),
+            close_mean=float(mean[close]),
+            close_scale=float(scale[close]),
+            target_mean=float(stats.mean[target]),
+            target_std=float(std[target]) or 1.0,
+            change_mean=float(stats.mean[target] - stats.mean[close]),
+            change_std=float(np.sqrt(max(change_variance, 0.0))) or 1.0,
+            feature_variance=float(np.mean((std[:-1] / scale) ** 2)),
+        )
