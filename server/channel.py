@@ -48,6 +48,21 @@ class Phase:
     deadline_seconds: float = math.inf
     expires: float = math.inf  # on the channel's clock, after which unanswered tasks fail
 
+    def open(self, now: float, deadline_seconds: float) -> None:
+        """Start the phase's deadline at `now` on its channel's clock."""
+        self.deadline_seconds, self.expires = deadline_seconds, now + deadline_seconds
+
+    def add(self, task_id: str, province: str, assignment: Assignment) -> None:
+        """One province's task joins the phase, named and given the phase's deadline."""
+        assignment.task.task_id = task_id
+        assignment.task.deadline_seconds = self.deadline_seconds
+        self.provinces[task_id] = province
+        self.waiting.add(task_id)
+
+    def overdue(self) -> str:
+        """Why an unanswered task of this phase failed."""
+        return f"no answer within the {self.deadline_seconds:g} s deadline"
+
 
 class TaskChannel(Protocol):
     """What the round loop needs of the provinces, however it reaches them."""

@@ -232,17 +232,13 @@ class Coordinator:
         self, phase: Phase, assignments: dict[str, Assignment], deadline_seconds: float
     ) -> None:
         kind_name = pb.TaskKind.Name(phase.kind).removeprefix("TASK_KIND_").lower()
-        phase.deadline_seconds = deadline_seconds
-        phase.expires = time.monotonic() + deadline_seconds
+        phase.open(time.monotonic(), deadline_seconds)
         for province, assignment in assignments.items():
             task_id = f"r{phase.server_round}-{kind_name}-{province}-{secrets.token_hex(4)}"
-            assignment.task.task_id = task_id
-            assignment.task.deadline_seconds = deadline_seconds
+            phase.add(task_id, province, assignment)
             client = self._clients[province]
             client.pending, client.open_task = assignment, task_id
             client.tasks += 1
-            phase.provinces[task_id] = province
-            phase.waiting.add(task_id)
             self._open[task_id] = phase
             client.wakeup.notify()
 
@@ -250,8 +246,7 @@ class Coordinator:
         if time.monotonic() < phase.expires:
             return
         for task_id in list(phase.waiting):
-            why = f"no answer within the {phase.deadline_seconds:g} s deadline"
-            self._close(phase, task_id, why)
+            self._close(phase, task_id, phase.overdue())
 
     def next_assignment(self, client: ClientSession, is_active: Callable[[], bool]) -> Assignment:
         """The client's next task, waiting up to the poll interval; WAIT or STOP otherwise."""

@@ -73,15 +73,11 @@ class MemoryChannel:
         deadline_seconds: float,
     ) -> Phase:
         phase = Phase(server_round, kind, accept)
-        phase.deadline_seconds = deadline_seconds
-        phase.expires = self.now + deadline_seconds
+        phase.open(self.now, deadline_seconds)
         for province, assignment in assignments.items():
             self._count += 1
             task_id = f"r{server_round}-{kind}-{province}-{self._count}"
-            assignment.task.task_id = task_id
-            assignment.task.deadline_seconds = deadline_seconds
-            phase.provinces[task_id] = province
-            phase.waiting.add(task_id)
+            phase.add(task_id, province, assignment)
             self._open[task_id] = (phase, assignment)
             self.sent.append(assignment.task)
             took = self.seconds(province, assignment.task)
@@ -152,7 +148,7 @@ class MemoryChannel:
         if self.now < phase.expires:
             return
         for task_id in list(phase.waiting):
-            self._close(task_id, f"no answer within the {phase.deadline_seconds:g} s deadline")
+            self._close(task_id, phase.overdue())
 
     def _close(self, task_id: str, failure: str | None = None) -> None:
         phase, _ = self._open.pop(task_id)
