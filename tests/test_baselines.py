@@ -154,6 +154,7 @@ def test_each_province_grows_trees_in_proportion_to_its_rows(tiny_data):
     assert per_province("lr", ModelOptions(), rows) == dict.fromkeys(rows, ModelOptions())
 
 
+@pytest.mark.integration  # a Spark driver and its JVM, a process of its own
 @pytest.mark.parametrize("model", ["lr", "rf", "svm"])
 def test_spark_reduce_equals_merging_the_province_fits(spark_session, loaded, tiny_data, model):
     outcome = spark.run(spark_session, model, tiny_data, SMALL, loaded=loaded)
@@ -168,6 +169,7 @@ def test_spark_reduce_equals_merging_the_province_fits(spark_session, loaded, ti
     assert timings["job_seconds"] >= timings["load_seconds"] + timings["fit_seconds"]
 
 
+@pytest.mark.integration  # a Spark driver and its JVM, a process of its own
 def test_spark_reads_the_synthetic_default_through_parquet(spark_session):
     data = DataOptions(rows=2_000, seed=SEED)
     outcome = spark.run(spark_session, "lr", data, ModelOptions())
@@ -175,6 +177,7 @@ def test_spark_reads_the_synthetic_default_through_parquet(spark_session):
     assert centralised.run("lr", data, ModelOptions())["statistics"] == outcome["statistics"]
 
 
+@pytest.mark.integration  # a Spark driver and its JVM, a process of its own
 def test_mllib_linear_regression_matches_the_centralised_fit(spark_session, loaded, tiny_data):
     outcome = spark.run(spark_session, "lr", tiny_data, ModelOptions(), "mllib", loaded=loaded)
     reference = centralised.run("lr", tiny_data, ModelOptions())

@@ -52,6 +52,7 @@ def test_an_abbreviated_flag_is_refused():
     assert "unrecognized arguments: --mod svm" in done.stderr
 
 
+@pytest.mark.integration
 def test_localrun_stops_at_once_with_the_servers_message_when_the_server_cannot_start(tmp_path):
     out = tmp_path / "run"
     done = run("-m", "server.localrun", "--rows", "3000", "--out", str(out), "--no-such-flag")
