@@ -73,8 +73,14 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
 class Fuzzer:
     """Sends mutated messages from `threads` threads; counts messages and answer codes."""
 
-    def __init__(self, channel: grpc.Channel, seed: int, threads: int = 6) -> None:
-        self.channel, self.seed, self.threads = channel, seed, threads
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        seed: int,
+        threads: int = 6,
+        methods: tuple[str, ...] = tuple(SEEDS),
+    ) -> None:
+        self.channel, self.seed, self.threads, self.methods = channel, seed, threads, methods
         self.codes: Counter[str] = Counter()
         self.sent = 0
         self._lock = threading.Lock()
@@ -95,7 +101,7 @@ class Fuzzer:
 
     def _work(self, rng: random.Random, target: int, stop: threading.Event | None) -> None:
         while self.sent < target and not (stop and stop.is_set()):
-            method = rng.choice(list(SEEDS))
+            method = rng.choice(self.methods)
             seeds = SEEDS[method]
             requests = [mutate(rng.choice(seeds), rng) for _ in range(rng.randrange(1, 4))]
             if method not in STREAMING_REQUESTS:
