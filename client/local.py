@@ -7,28 +7,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from client import analysis
+from client import analysis, chain
+from client.chain import Outcome, Task
 from client.privacy import ClientPrivacy
 from client.trainers import Trainer, trainer_for
 from common import analysis as shared
 from common import preprocess
-from common.compression import ErrorFeedback
 from common.crossval import fold_split
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import ConfigScalar
-
-
-@dataclass(frozen=True)
-class Outcome:
-    num_examples: int
-    metrics: dict[str, float]
-    arrays: Arrays = field(default_factory=dict)
 
 
 class LocalWork:
@@ -39,8 +31,6 @@ class LocalWork:
         self.privacy = privacy or ClientPrivacy()
         # Simulates a slower machine: training takes `slowdown` times as long as it did.
         self.slowdown = slowdown
-        # What compression held back of earlier updates, sent with later ones.
-        self.compression = ErrorFeedback()
         self._splits: dict[DataSettings, preprocess.Split] = {}
 
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
@@ -58,9 +48,15 @@ class LocalWork:
             return fold_split(self._splits[data], fold.cv_folds, fold.cv_fold, data.seed)
         return self._splits[data]
 
-    def statistics(self, config: Mapping[str, ConfigScalar]) -> Outcome:
+    def statistics(
+        self, config: Mapping[str, ConfigScalar], parameters: Arrays | None = None
+    ) -> Outcome:
+        """n, Σz and Σzzᵀ of the training rows; `parameters` carry what a privacy mode relays."""
+        return self.privacy.run(Task(chain.STATISTICS, config, parameters), self._statistics)
+
+    def _statistics(self, task: Task) -> Outcome:
         started = time.perf_counter()
-        data = self.split(config)
+        data = self.split(task.config)
         sums = preprocess.statistics(data.x_train, data.y_train)
         return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)
 
@@ -71,10 +67,18 @@ class LocalWork:
         parameters: Arrays | None,
     ) -> Outcome:
         started = time.perf_counter()
+        outcome = self.privacy.run(
+            Task(chain.TRAIN, config, parameters), lambda task: self._train(task, scaler)
+        )
+        time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
+        outcome.metrics["seconds"] = time.perf_counter() - started
+        return outcome
+
+    def _train(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
+        config, parameters = task.config, task.parameters
         data = self.split(config)
         trainer = trainer_for(str(config["model"]))
         x = _inputs(trainer, data.x_train, scaler)
-        parameters = self.privacy.reveal(parameters, config)
         update = trainer.fit(x, data.y_train, parameters, config)
         metrics = {}
         if trainer.update_is_model:
@@ -85,11 +89,7 @@ class LocalWork:
                 metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
                 if trainer.local_loss is not None:  # ... in the units its steps minimise
                     metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, config)
-        protected = self.privacy.protect(update, parameters, len(data.y_train), config)
-        sent = self.compression.compress(protected, parameters, config)
-        time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
-        metrics["seconds"] = time.perf_counter() - started
-        return Outcome(len(data.y_train), metrics, sent)
+        return Outcome(len(data.y_train), metrics, update)
 
     def secagg(
         self, step: str, config: Mapping[str, ConfigScalar], parameters: Arrays | None
@@ -112,11 +112,15 @@ class LocalWork:
         scaler: tuple[np.ndarray, np.ndarray],
         parameters: Arrays,
     ) -> Outcome:
+        task = Task(chain.EVALUATE, config, parameters)
+        return self.privacy.run(task, lambda task: self._evaluate(task, scaler))
+
+    def _evaluate(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         started = time.perf_counter()
-        data = self.split(config)
-        trainer = trainer_for(str(config["model"]))
+        data = self.split(task.config)
+        trainer = trainer_for(str(task.config["model"]))
         x = _inputs(trainer, data.x_test, scaler)
-        prediction = trainer.predict(self.privacy.reveal(parameters, config), x, config)
+        prediction = trainer.predict(task.parameters, x, task.config)
         metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
         return Outcome(len(data.y_test), metrics)
 
@@ -127,13 +131,20 @@ class LocalWork:
         parameters: Arrays,
     ) -> Outcome:
         """The end-of-run analysis on this province's rows (client/analysis.py)."""
-        started = time.perf_counter()
-        data = self.split(config)
-        trainer = trainer_for(str(config["model"]))
         model, candidates = shared.unstack(parameters, int(config.get(shared.CANDIDATE_COUNT, 0)))
-        model = self.privacy.reveal(model, config)
+        task = Task(chain.ANALYSE, config, model)
+        return self.privacy.run(task, lambda task: self._analyse(task, scaler, candidates))
+
+    def _analyse(
+        self, task: Task, scaler: tuple[np.ndarray, np.ndarray], candidates: list[Arrays]
+    ) -> Outcome:
+        started = time.perf_counter()
+        data = self.split(task.config)
+        trainer = trainer_for(str(task.config["model"]))
         x_train, x_test = (_inputs(trainer, x, scaler) for x in (data.x_train, data.x_test))
-        metrics = analysis.analyse(trainer, data, x_train, x_test, model, candidates, config)
+        metrics = analysis.analyse(
+            trainer, data, x_train, x_test, task.parameters, candidates, task.config
+        )
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics)
 

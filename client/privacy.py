@@ -1,21 +1,26 @@
-"""What a province does to an update before it leaves, and to encrypted parameters on arrival.
+"""The links of a province's protection chain (client/chain.py), and their one order.
 
-The server asks for a mechanism through the task config (`privacy`): `dp-local` clips the
-step from the global parameters and adds Gaussian noise here, so the server never sees it
-without the noise; `he` encrypts the sample-weighted update under the federation's Paillier
+The server asks for a mechanism through the task config (`privacy`, `compression`): `dp-local`
+clips the step from the global parameters and adds Gaussian noise here, so the server never sees
+it without the noise; `he` encrypts the sample-weighted update under the federation's Paillier
 key, which only the provinces hold, and decrypts the sum the server sends back; `secagg` masks
-the update so that only the sum of all updates can be unmasked (client/secagg.py).
+the update so that only the sum of all updates can be unmasked (client/secagg.py); compression
+sends the step from the global parameters in fewer bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 from phe import paillier as phe
 
+from client import chain
+from client.chain import STATISTICS, TRAIN, Link, Next, Outcome, Task
 from client.secagg import SecAggClient
-from common import paillier
+from common import paillier, secagg
+from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
@@ -44,30 +49,29 @@ def privatize(
     return unflatten(base + noisy, update)
 
 
-class ClientPrivacy:
-    """The mechanisms as one object: the federation's private key if any, the province's
-    certificate to sign its secure-aggregation keys with (none when insecure), the protocol's
-    state."""
+class Encrypted:
+    """`he`: the global parameters arrive as a Paillier sum, decrypted here; the sample-weighted
+    update leaves encrypted under the federation's key, which only the provinces hold."""
 
-    def __init__(
-        self, key: phe.PaillierPrivateKey | None = None, identity: Identity | None = None
-    ) -> None:
+    def __init__(self, key: phe.PaillierPrivateKey | None) -> None:
         self.key = key
-        self.secagg = SecAggClient(identity)
+
+    def __call__(self, task: Task, next_: Next) -> Outcome:
+        if task.config.get("privacy") != "he":
+            return next_(task)
+        outcome = next_(replace(task, parameters=self.reveal(task.parameters)))
+        if task.kind != TRAIN:
+            return outcome
+        return replace(outcome, arrays=self.protect(outcome.arrays, outcome.num_examples))
 
     def _key(self) -> phe.PaillierPrivateKey:
         if self.key is None:
             raise PrivacyError("the server asks for encrypted updates; start with --he-key FILE")
         return self.key
 
-    def reveal(
-        self, parameters: Arrays | None, config: Mapping[str, ConfigScalar]
-    ) -> Arrays | None:
-        """Plain global parameters: decrypted under `he`, without relayed shares under `secagg`."""
-        if parameters is not None and config.get("privacy") == "secagg":
-            return self.secagg.strip(parameters)
-        if config.get("privacy") != "he" or parameters is None:
-            return parameters
+    def reveal(self, parameters: Arrays | None) -> Arrays | None:
+        if parameters is None:
+            return None
         key = self._key()
         n = key.public_key.n
 
@@ -82,18 +86,7 @@ class ClientPrivacy:
             name: plain(t) / weight for name, t in parameters.items() if name != paillier.WEIGHT
         }
 
-    def protect(
-        self,
-        update: Arrays,
-        reference: Arrays | None,
-        num_examples: int,
-        config: Mapping[str, ConfigScalar],
-    ) -> Arrays:
-        """The update as it may leave this province under the mechanism the server asks for."""
-        if config.get("privacy") == "secagg":
-            return self.secagg.mask(update, num_examples, config)
-        if config.get("privacy") != "he":
-            return privatize(update, reference, config)
+    def protect(self, update: Arrays, num_examples: int) -> Arrays:
         public = self._key().public_key
         weighted = {name: array * num_examples for name, array in update.items()}
         weighted[paillier.WEIGHT] = np.array(float(num_examples))
@@ -105,3 +98,77 @@ class ClientPrivacy:
             )
             for name, array in weighted.items()
         }
+
+
+class Masked:
+    """`secagg`: the shares relayed with a task are kept, and the statistics' sums and the
+    sample-weighted update leave masked, so that only their sum over the survivors can be
+    unmasked (client/secagg.py)."""
+
+    def __init__(self, protocol: SecAggClient) -> None:
+        self.protocol = protocol
+
+    def __call__(self, task: Task, next_: Next) -> Outcome:
+        if task.config.get("privacy") != "secagg":
+            return next_(task)
+        parameters = task.parameters
+        if parameters is not None and secagg.SENDERS in parameters:
+            parameters = self.protocol.strip(parameters)
+        outcome = next_(replace(task, parameters=parameters))
+        if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
+            return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.config))
+        if task.kind != TRAIN:
+            return outcome
+        weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
+        weighted[secagg.WEIGHT] = np.array(float(outcome.num_examples))
+        return replace(outcome, arrays=self.protocol.mask(weighted, task.config))
+
+
+class Compressed:
+    """`compression`: the update leaves as its step from the global parameters, compressed,
+    with what earlier rounds held back (common/compression.py)."""
+
+    def __init__(self) -> None:
+        self.feedback = ErrorFeedback()
+
+    def __call__(self, task: Task, next_: Next) -> Outcome:
+        outcome = next_(task)
+        if task.kind != TRAIN:
+            return outcome
+        sent = self.feedback.compress(outcome.arrays, task.parameters, task.config)
+        return replace(outcome, arrays=sent)
+
+
+class LocalNoise:
+    """`dp-local`: the update leaves clipped and noised (`privatize`)."""
+
+    def __call__(self, task: Task, next_: Next) -> Outcome:
+        outcome = next_(task)
+        if task.kind != TRAIN:
+            return outcome
+        return replace(outcome, arrays=privatize(outcome.arrays, task.parameters, task.config))
+
+
+class ClientPrivacy:
+    """The province's protection chain: the federation's private key if any, the province's
+    certificate to sign its secure-aggregation keys with (none when insecure), the protocol's
+    state, and what compression held back."""
+
+    def __init__(
+        self, key: phe.PaillierPrivateKey | None = None, identity: Identity | None = None
+    ) -> None:
+        self.secagg = SecAggClient(identity)
+        # The one order of the links, outermost first. Uploads are noised before anything
+        # else, compressed, then masked or encrypted; parameters are decrypted or stripped of
+        # their relayed shares before any inner link or the work sees them. (The server refuses
+        # compression together with a privacy mode; the order is fixed all the same.)
+        self.links: tuple[Link, ...] = (
+            Encrypted(key),
+            Masked(self.secagg),
+            Compressed(),
+            LocalNoise(),
+        )
+
+    def run(self, task: Task, work: Next) -> Outcome:
+        """`work` on `task` as the chain lets it in and out."""
+        return chain.run(self.links, task, work)

@@ -34,6 +34,7 @@ ANNOUNCED = (
     "secagg_graph_seed",
     "secagg_threshold",
     "secagg_bound",
+    "secagg_encoding",
 )
 
 
@@ -86,7 +87,7 @@ class SecAggClient:
                 f"({session or 'none'}); refusing a replayed round"
             )
         self._sessions.add(session)
-        encoding = secagg.Encoding(float(config["secagg_bound"]), int(config["secagg_clients"]))
+        encoding = secagg.encoding_for(config)
         threshold = int(config["secagg_threshold"])
         self._round = int(config["round"])
         index = int(config["secagg_index"])
@@ -169,12 +170,14 @@ class SecAggClient:
         rest = {k: v for k, v in parameters.items() if k not in (secagg.SENDERS, secagg.SHARES)}
         return rest or None
 
-    def mask(self, update: Arrays, num_examples: int, config: Mapping[str, ConfigScalar]) -> Arrays:
-        """The sample-weighted update and its weight, masked, as int64 tensors of its shapes."""
-        weighted = {k: v * num_examples for k, v in update.items()}
-        weighted[secagg.WEIGHT] = np.array(float(num_examples))
-        masked = self._current(config).masked_input(flatten(weighted), self._relay)
-        return unflatten(masked.view(np.int64), weighted)
+    def mask(self, arrays: Arrays, config: Mapping[str, ConfigScalar]) -> Arrays:
+        """`arrays` masked, as int64 tensors of their shapes, with a last axis of limbs when the
+        encoding is wide."""
+        protocol = self._current(config)
+        masked = protocol.masked_input(flatten(arrays), self._relay).view(np.int64)
+        limbs = getattr(protocol.encoding, "limbs", 0)
+        shapes = {k: (*np.shape(v), limbs) if limbs else np.shape(v) for k, v in arrays.items()}
+        return unflatten(masked, {k: np.empty(shape) for k, shape in shapes.items()})
 
     def unmask(
         self, config: Mapping[str, ConfigScalar], signatures: Arrays | None = None

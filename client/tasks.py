@@ -36,7 +36,7 @@ def perform(work: LocalWork, task: pb.Task, parameters: Arrays | None) -> Outcom
     kind = pb.TaskKind.Name(task.kind)
     log.info("round %d: %s", task.round, kind.removeprefix("TASK_KIND_").lower())
     if task.kind == pb.TASK_KIND_STATISTICS:
-        return work.statistics(config)
+        return work.statistics(config, parameters)
     if task.kind in SECAGG_STEPS:
         return work.secagg(SECAGG_STEPS[task.kind], config, parameters)
     scaler = _scaler(task, DataSettings.from_config(config).setting)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,64 @@ class Encoding:
         return signed / float(1 << self.fraction_bits)
 
 
-def prg(seed: bytes, size: int, encoding: Encoding) -> np.ndarray:
+@dataclass(frozen=True)
+class WideEncoding:
+    """Fixed point for sums too wide for one ring element, such as Σzzᵀ of turnover in yuan
+    (10²⁵ and more): each value's residue modulo 2^(limb_bits·limbs) in limbs of `limb_bits`,
+    each limb its own element of a ring with room for `clients` of them. Limbs add without
+    carrying, so the carries are resolved after unmasking, in `decode`."""
+
+    clients: int
+    limbs: int = 5
+    limb_bits: int = 30
+    fraction_bits: int = 16
+
+    @property
+    def bits(self) -> int:
+        return self.limb_bits + math.ceil(math.log2(max(self.clients, 2)))
+
+    @property
+    def mask(self) -> np.uint64:
+        return np.uint64((1 << self.bits) - 1)
+
+    @property
+    def _width(self) -> int:
+        return self.limb_bits * self.limbs
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        headroom = self._width - 1 - math.ceil(math.log2(max(self.clients, 2)))
+        limb = (1 << self.limb_bits) - 1
+        out = []
+        for value in np.asarray(values, np.float64).ravel():
+            if not math.isfinite(value):
+                raise ValueError("a value to encode is not finite")
+            integer = round(float(value) * (1 << self.fraction_bits))
+            if abs(integer) >= 1 << headroom:
+                raise ValueError(f"a value exceeds the wide encoding's {headroom} bits")
+            residue = integer % (1 << self._width)
+            out += [(residue >> (self.limb_bits * j)) & limb for j in range(self.limbs)]
+        return np.array(out, dtype=np.uint64)
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        limbs = (total & self.mask).reshape(-1, self.limbs)
+        values = []
+        for row in limbs:
+            residue = sum(int(x) << (self.limb_bits * j) for j, x in enumerate(row))
+            residue %= 1 << self._width
+            signed = residue - (1 << self._width) if residue >= 1 << (self._width - 1) else residue
+            values.append(signed / float(1 << self.fraction_bits))
+        return np.array(values, dtype=np.float64)
+
+
+def encoding_for(config: Mapping[str, object]) -> Encoding | WideEncoding:
+    """The round's fixed point: `wide` for the statistics' sums, else bounded by `secagg_bound`."""
+    clients = int(config["secagg_clients"])
+    if config.get("secagg_encoding") == "wide":
+        return WideEncoding(clients)
+    return Encoding(float(config["secagg_bound"]), clients)
+
+
+def prg(seed: bytes, size: int, encoding: Encoding | WideEncoding) -> np.ndarray:
     """`size` uniform elements of Z_2^k from a 32-byte seed (the ChaCha20 keystream)."""
     stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
     return np.frombuffer(stream.update(bytes(8 * size)), dtype=np.uint64) & encoding.mask
@@ -127,7 +185,7 @@ class Client:
     `neighbours` those it masks with (None: all)."""
 
     index: int
-    encoding: Encoding
+    encoding: Encoding | WideEncoding
     threshold: int
     neighbours: frozenset[int] | None = None
     _cipher_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
@@ -209,8 +267,9 @@ class Client:
                 int.from_bytes(plain[:SHARE_BYTES]),
                 int.from_bytes(plain[SHARE_BYTES:]),
             )
-        size = len(values)
-        total = self.encoding.encode(values) + prg(self._self_seed, size, self.encoding)
+        encoded = self.encoding.encode(values)
+        size = len(encoded)
+        total = encoded + prg(self._self_seed, size, self.encoding)
         # Masks pair this client with those whose shares it holds: the clients still in.
         for v in shares:
             seed = agree(self._mask_key, self._adverts[v][1], _pair(self.index, v))
@@ -232,7 +291,7 @@ class Client:
 
 
 def aggregate(
-    encoding: Encoding,
+    encoding: Encoding | WideEncoding,
     threshold: int,
     adverts: dict[int, tuple[bytes, bytes]],
     masked: dict[int, np.ndarray],

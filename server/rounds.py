@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from common.models.checks import check_arrays
 from common.preprocess import TARGET, GlobalStatistics, features_for
 from common.settings import TaskContext
 from common.tensors import Arrays, Payload, from_tensor, to_tensor
@@ -88,6 +87,7 @@ class RoundLoop:
         self.schedule.run(self, first_round)
         if not self.recorder.finish(self.parameters, self.train_seconds()):
             raise FederationError("no round produced an evaluated model")
+        self.results.update(disclosure=self.strategy.disclosure())
         if self.analysis is not None:
             sections = self.analysis.run(
                 self.phase,
@@ -206,17 +206,16 @@ class RoundLoop:
         size = len(self.features) + 1
         shapes = {"count": (), "sum": (size,), "cross": (size, size)}
 
-        def accept(result: ClientResult) -> ClientResult:
-            check_outcome(result)
-            check_arrays(result.arrays, shapes)
-            check_statistics(result.arrays, result.num_examples, [*self.features, TARGET])
-            return result
+        def plausible(arrays: Arrays, count: int) -> None:
+            check_statistics(arrays, count, [*self.features, TARGET])
 
-        instructions = [Instruction(p, {}, None) for p in provinces]
-        results, _ = self.phase(0, pb.TASK_KIND_STATISTICS, instructions, accept)
-        if len(results) < self.settings.min_clients:
+        # What the server holds of them is the privacy mode's to say (its sums only, under secagg).
+        results, parts = self.strategy.gather_statistics(
+            provinces, shapes, check_outcome, plausible
+        )
+        if len(results) < self.settings.min_clients or not parts:
             raise FederationError(f"only {len(results)} clients sent their statistics")
-        stats = GlobalStatistics.from_sums([*self.features, TARGET], [r.arrays for r in results])
+        stats = GlobalStatistics.from_sums([*self.features, TARGET], parts)
         mean, scale = stats.scaler()
         self.scaler = pb.Scaler(
             features=self.features, mean=to_tensor("mean", mean), scale=to_tensor("scale", scale)

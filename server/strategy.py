@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from common.models import linear
+from common.models.checks import check_arrays
 from common.preprocess import GlobalStatistics
 from common.scores import Evaluation
 from common.tensors import Arrays
 from common.wire import ConfigScalar
+from server.disclosure import IN_THE_CLEAR, Disclosure
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class Failure:
     province: str
     reason: str
 
+
+# The statistics phase's task kind (pb.TASK_KIND_STATISTICS), kept here free of the wire.
+STATISTICS = 5
 
 # Runs one phase of tasks: (round, task kind, instructions, accept) -> (results, failures).
 PhaseRunner = Callable[
@@ -91,6 +96,28 @@ class Strategy(ABC):
         `train_samples` are each province's training rows (a forest shares its trees by them).
         """
 
+    def gather_statistics(
+        self,
+        provinces: list[str],
+        shapes: Mapping[str, tuple[int, ...]],
+        check: Callable[[ClientResult], None],
+        plausible: Callable[[Arrays, int], None],
+    ) -> tuple[list[ClientResult], list[Arrays]]:
+        """The statistics phase (round 0): each province's answer, and the sums of n, Σz and
+        Σzzᵀ to add up, of these `shapes`, each passed by `plausible` with its row count. Here
+        each province's own, in the clear; a privacy mode replaces them with what it lets the
+        server hold."""
+
+        def accept(result: ClientResult) -> ClientResult:
+            check(result)
+            check_arrays(result.arrays, shapes)
+            plausible(result.arrays, result.num_examples)
+            return result
+
+        plan = [Instruction(p, {}, None) for p in provinces]
+        results, _ = self.run_phase(0, STATISTICS, plan, accept)
+        return results, [r.arrays for r in results]
+
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
     ) -> list[Instruction]:
@@ -129,6 +156,10 @@ class Strategy(ABC):
         self, server_round: int, results: list[ClientResult], failures: list[Failure]
     ) -> Evaluation | None:
         return Evaluation.weighted(results)
+
+    def disclosure(self) -> Disclosure:
+        """What each phase, as this strategy runs it, lets the server and the provinces learn."""
+        return dict(IN_THE_CLEAR)
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         """Extra fields for the round's record in the results file (a privacy budget, say)."""

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from server.disclosure import table
+
 
 def format_summary(results: dict[str, Any]) -> str:
     final = results.get("final")
@@ -38,6 +40,8 @@ def format_summary(results: dict[str, Any]) -> str:
         "",
         f"training time (first round to final metrics): {final['train_seconds']:.2f} s",
     ]
+    if "disclosure" in results:
+        lines += ["", *table(results["disclosure"])]
     return "\n".join(lines + format_analysis(results))
 
 

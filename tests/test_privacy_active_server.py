@@ -1,10 +1,11 @@
-"""Secure aggregation against a server that deviates: every attack ends in a refusal.
+"""Secure aggregation as the server sees it: the statistics' sums only, and every attack refused.
 
 The nine provinces are real client daemons with their own certificates, talking mutual-TLS gRPC
 to a real coordinator over localhost. The server side is a test double: the real secure-
 aggregation strategy, whose tasks pass through `tamper` on their way out, as a deviating
 operator could change them, and which records everything the clients send back. Each attack
-then tries to recover client 1's input from what the server holds.
+then tries to recover client 1's input from what the server holds. First, the statistics phase:
+what each province sends is masked, and only the sum over the provinces can be unmasked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from client.daemon import ClientDaemon
 from client.local import LocalWork
 from client.privacy import ClientPrivacy
 from client.trainers import trainer_for
-from common import secagg
+from common import preprocess, secagg
 from common.data.synthetic import synthesize_province
 from common.keysign import Identity
 from common.launch import free_port
@@ -34,6 +35,7 @@ from common.wire import to_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import build_server
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
+from server.checks import check_statistics
 from server.coordinator import Assignment, Coordinator
 from server.privacy.secagg import SecAggFedAvg
 from server.strategy import ClientResult, Failure, FedAvg, Instruction
@@ -210,6 +212,52 @@ def assert_not_recovered(server: DeviatingServer, threshold: int) -> None:
     if recovered is not None:  # what the attack gets where the clients do not refuse
         np.testing.assert_allclose(recovered, victims_input(), rtol=1e-9, atol=1e-4)
     assert recovered is None
+
+
+# The statistics: the federation's sums only.
+
+SIZE = len(preprocess.features_for(DATA["setting"])) + 1
+SHAPES = {"count": (), "sum": (SIZE,), "cross": (SIZE, SIZE)}
+
+
+def plausible(sums, count):
+    """The server's checks of statistics, on the one sum it holds."""
+    check_statistics(sums, count, [*preprocess.features_for(DATA["setting"]), preprocess.TARGET])
+
+
+def own_statistics(province: str) -> dict[str, np.ndarray]:
+    data = LocalWork(synthesize_province(province, ROWS, 0)).split(DATA)
+    return preprocess.statistics(data.x_train, data.y_train)
+
+
+def test_under_secagg_the_server_holds_only_the_sum_of_the_statistics(deviating):
+    server = deviating()
+    protocol = strategy()
+    protocol.bind_phases(server.phase)
+    results, parts = protocol.gather_statistics(
+        sorted(PROVINCES), SHAPES, lambda result: None, plausible
+    )
+    truth = {p: own_statistics(p) for p in PROVINCES}
+    assert len(results) == len(PROVINCES) and len(parts) == 1  # one sum, no province's own
+    for name in SHAPES:
+        expected = sum(t[name] for t in truth.values())
+        np.testing.assert_allclose(parts[0][name], expected, rtol=1e-12, atol=1e-3)
+    wide = secagg.WideEncoding(len(PROVINCES))
+    uploads = [
+        (r.province, r.arrays) for kind, _, r in server.exchanges if kind == pb.TASK_KIND_STATISTICS
+    ]
+    assert len(uploads) == len(PROVINCES)
+    for province, arrays in uploads:
+        cross = arrays["cross"]
+        assert cross.dtype == np.int64 and cross.shape == (SIZE, SIZE, wide.limbs)
+        own = truth[province]["cross"]
+        ring = cross.view(np.uint64).ravel()
+        assert not np.array_equal(ring, wide.encode(own.ravel()))  # not the plain encoding
+        alone = wide.decode(ring).reshape(own.shape)  # all the server can read of one upload
+        assert np.mean(np.isclose(alone, own, rtol=0.01)) < 0.05
+
+
+# Attacks.
 
 
 def empty_relay_for_the_victim(keep: int):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from client.chain import EVALUATE, TRAIN, Outcome, Task
 from client.he_keys import read_private_key, write_keys
 from client.privacy import ClientPrivacy, PrivacyError
 from common import paillier, preprocess
@@ -31,6 +32,17 @@ def update(seed):
     return {"coef": rng.normal(0, 50, size=8), "intercept": np.array(rng.normal(20, 1))}
 
 
+def seal(client, arrays, n):
+    """`arrays` as they leave a province that trained on `n` rows: through its chain."""
+    return client.run(Task(TRAIN, CONFIG, None), lambda task: Outcome(n, {}, arrays)).arrays
+
+
+def reveal(client, parameters):
+    """`parameters` as the province's work sees them, once the chain let them in."""
+    task = Task(EVALUATE, CONFIG, parameters)
+    return client.run(task, lambda inner: Outcome(1, {}, inner.parameters)).arrays
+
+
 def test_the_server_sums_ciphertexts_into_the_weighted_average(keys):
     secret, shared = keys
     client = ClientPrivacy(read_private_key(secret))
@@ -40,10 +52,10 @@ def test_the_server_sums_ciphertexts_into_the_weighted_average(keys):
     counts = [786, 948, 3164]
     results = []
     for seed, n in enumerate(counts):
-        sealed = client.protect(update(seed), None, n, CONFIG)
+        sealed = seal(client, update(seed), n)
         server.check_update(sealed, 8)
         results.append(ClientResult(f"p{seed}", n, {}, sealed))
-    merged = client.reveal(server.aggregate_fit(1, results, [], None), CONFIG)
+    merged = reveal(client, server.aggregate_fit(1, results, [], None))
     expected = {
         name: sum(update(s)[name] * n for s, n in enumerate(counts)) / sum(counts)
         for name in ("coef", "intercept")
@@ -55,7 +67,7 @@ def test_the_server_sums_ciphertexts_into_the_weighted_average(keys):
 def test_ciphertexts_are_not_the_plaintext_and_differ_each_time(keys):
     client = ClientPrivacy(read_private_key(keys[0]))
     plain = update(0)
-    first, second = client.protect(plain, None, 1, CONFIG), client.protect(plain, None, 1, CONFIG)
+    first, second = seal(client, plain, 1), seal(client, plain, 1)
     assert first["coef"].dtype == np.uint8 and first["coef"].shape[:-1] == (8,)
     assert not np.array_equal(first["coef"], second["coef"])
     encoded = paillier.encode(plain["coef"], paillier.read_public_key(keys[1]))
@@ -75,7 +87,7 @@ def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
     server = HEFedAvg(FedAvg({"model": "lr"}, linear.check_weights), n)
     with pytest.raises(UpdateError):
         server.check_update(update(0), 8)
-    sealed = ClientPrivacy(read_private_key(keys[0])).protect(update(0), None, 5, CONFIG)
+    sealed = seal(ClientPrivacy(read_private_key(keys[0])), update(0), 5)
     sealed["coef"] = np.full_like(sealed["coef"], 255)  # above n²
     with pytest.raises(UpdateError):
         server.check_update(sealed, 8)
@@ -83,7 +95,7 @@ def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
 
 def test_a_client_without_the_key_says_what_to_do():
     with pytest.raises(PrivacyError, match="--he-key"):
-        ClientPrivacy().protect(update(0), None, 1, CONFIG)
+        seal(ClientPrivacy(), update(0), 1)
 
 
 def test_fixed_point_encoding_round_trips_negatives_and_refuses_overflow():

@@ -8,13 +8,23 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from client.chain import TRAIN, Outcome, Task
 from client.privacy import ClientPrivacy
 from client.secagg import SecAggClient
 from common.keysign import Identity, KeyAuthenticationError
 from common.launch import LocalFederation
 from common.models import linear
 from common.provinces import PROVINCES
-from common.secagg import Client, Encoding, SecAggError, aggregate, combine, neighbours, split
+from common.secagg import (
+    Client,
+    Encoding,
+    SecAggError,
+    WideEncoding,
+    aggregate,
+    combine,
+    neighbours,
+    split,
+)
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import parse_args
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
@@ -176,10 +186,8 @@ def in_process_round(
     }
 
     def train(c, i):
-        c.reveal(i.parameters, i.config)
-        return c.protect(
-            as_update(PROVINCE_UPDATES[i.province]), None, SAMPLES[i.province], i.config
-        )
+        update = Outcome(SAMPLES[i.province], {}, as_update(PROVINCE_UPDATES[i.province]))
+        return c.run(Task(TRAIN, i.config, i.parameters), lambda task: update).arrays
 
     def run(server_round, kind, plan, accept):
         results, failures = [], []
@@ -363,3 +371,14 @@ def test_a_session_is_run_once():
         client.keys(config)
     with pytest.raises(SecAggError, match="replayed round"):
         client.keys({**config, "secagg_session": ""})
+
+
+def test_the_wide_encoding_sums_values_beyond_one_ring_element():
+    wide = WideEncoding(9)
+    values = np.array([3.5e25, -2.25e20, 0.0, 1.0 / 3])
+    total = sum(
+        (wide.encode(values) for _ in range(9)), np.zeros(len(values) * wide.limbs, np.uint64)
+    )
+    np.testing.assert_allclose(wide.decode(total), 9 * values, rtol=1e-12, atol=1e-4)
+    with pytest.raises(ValueError, match="exceeds"):
+        wide.encode(np.array([1e40]))

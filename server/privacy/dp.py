@@ -20,6 +20,7 @@ from dp_accounting import rdp
 
 from common import vectors
 from common.tensors import Arrays
+from server.disclosure import entry
 from server.strategy import ClientResult, FedAvg, Strategy
 
 MODES = ("dp-central", "dp-local")
@@ -110,6 +111,22 @@ class DPFedAvg(Strategy):
 
     def configure_evaluate(self, server_round, parameters, provinces):
         return self.inner.configure_evaluate(server_round, parameters, provinces)
+
+    def disclosure(self):
+        s = self.settings
+        noise = (
+            f"Gaussian noise σ = {s.noise_multiplier:g}·C on C = {s.clip:g}, ε reported per round"
+        )
+        if s.mode == "dp-local":
+            server = f"each province's step clipped and noised by the province ({noise})"
+        else:
+            server = (
+                f"each province's update in the clear; it clips them and noises the sum ({noise})"
+            )
+        return {
+            **self.inner.disclosure(),
+            "updates": entry(server, "the noised global model after each round"),
+        }
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         s = self.settings

@@ -16,6 +16,7 @@ from common import paillier
 from common.models.checks import UpdateError
 from common.paillier import WEIGHT
 from common.tensors import Arrays
+from server.disclosure import entry
 from server.strategy import FedAvg, Instruction, Strategy
 
 
@@ -36,6 +37,17 @@ class HEFedAvg(Strategy):
 
     def configure_evaluate(self, server_round, parameters, provinces):
         return self._ask(self.inner.configure_evaluate(server_round, parameters, provinces))
+
+    def disclosure(self):
+        return {
+            **self.inner.disclosure(),
+            "updates": entry(
+                "Paillier ciphertexts of each province's sample-weighted update and weight, and "
+                "their encrypted sum: no update, model or weight it can read; every province "
+                "holds the one private key, so the server and any one province together read all",
+                "the global model, decrypted with the shared key",
+            ),
+        }
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         """Ciphertexts under our modulus, shaped like an update of the inner model plus a weight."""

@@ -25,6 +25,7 @@ from common.models.checks import UpdateError
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.disclosure import SCALER, entry
 from server.strategy import ClientResult, FedAvg, Instruction, Strategy
 
 log = logging.getLogger("fedstock.server")
@@ -89,6 +90,13 @@ class SecAggFedAvg(Strategy):
         return results
 
     def configure_fit(self, server_round, parameters, provinces):
+        return self._open(server_round, provinces, parameters, "bounded")
+
+    def _open(
+        self, server_round: int, provinces: list[str], parameters: Arrays | None, encoding: str
+    ) -> list[Instruction]:
+        """The protocol's keys and shares phases; each province's task to send its masked input
+        with, the shares relayed to it beside `parameters`."""
         index = {p: i for i, p in enumerate(sorted(provinces), start=1)}
         n = len(index)
         k = self.neighbours if self.neighbours < n - 1 else 0  # 0: everyone
@@ -107,6 +115,7 @@ class SecAggFedAvg(Strategy):
             "secagg_graph_seed": seed,
             # A fresh protocol instance: clients refuse one they have run, and sign over it.
             "secagg_session": secrets.token_hex(16),
+            "secagg_encoding": encoding,
         }
         own = {p: {**base, "secagg_index": i} for p, i in index.items()}
         keys = self._ask(
@@ -182,6 +191,55 @@ class SecAggFedAvg(Strategy):
         self.inner.check_update(shapes, n_features)
 
     def aggregate_fit(self, server_round, results, failures, current):
+        total = self._total(server_round, results)
+        if total is None:
+            return None
+        sums = vectors.unflatten(total, results[0].arrays)
+        weight = float(sums.pop(secagg.WEIGHT))
+        return {k: v / weight for k, v in sums.items()}
+
+    def disclosure(self):
+        masked = (
+            "securely aggregated: masked uploads, of which only the sum over the survivors "
+            "(a majority of the phase's provinces, who confirm them) can be unmasked; which "
+            "provinces took part, and each one's row count, in the clear"
+        )
+        return {
+            **self.inner.disclosure(),
+            "statistics": entry(f"the sums of n, Σz and Σzzᵀ over the provinces, {masked}", SCALER),
+            "updates": entry(
+                f"the sample-weighted average of the round's updates, {masked}",
+                "the global model after each round",
+            ),
+        }
+
+    def gather_statistics(self, provinces, shapes, check, plausible):
+        """n, Σz and Σzzᵀ summed under the protocol: the server never holds one province's, and
+        checks the sum only."""
+        plan = self._open(0, provinces, None, "wide")
+        limbs = secagg.WideEncoding(len(provinces)).limbs
+        masked = {name: (np.dtype(np.int64), (*shape, limbs)) for name, shape in shapes.items()}
+
+        def accept(result: ClientResult) -> ClientResult:
+            check(result)
+            _expect(result.arrays, masked)
+            return result
+
+        results, _ = self.run_phase(0, pb.TASK_KIND_STATISTICS, plan, accept)
+        total = self._total(0, results)
+        if total is None:
+            return results, []
+        sums = vectors.unflatten(total, {k: np.empty(s) for k, s in shapes.items()})
+        try:
+            plausible(sums, sum(r.num_examples for r in results))
+        except UpdateError as error:
+            log.warning("the federation's summed statistics fail their checks: %s", error)
+            return results, []
+        return results, [sums]
+
+    def _total(self, server_round: int, results: list[ClientResult]) -> np.ndarray | None:
+        """The sum of the masked inputs in `results`, once the survivors confirmed them and
+        revealed the shares that remove the masks; None when the protocol cannot finish."""
         state = self._round
         if state is None or len(results) < state.threshold:
             return None
@@ -232,14 +290,11 @@ class SecAggFedAvg(Strategy):
             }
             for r in replies
         }
-        encoding = secagg.Encoding(self.bound, len(state.index))
+        encoding = secagg.encoding_for(state.config)
         try:
-            total = secagg.aggregate(
+            return secagg.aggregate(
                 encoding, state.threshold, state.adverts, masked, shares, state.graph
             )
         except (secagg.SecAggError, KeyError) as error:
             log.warning("round %d: cannot unmask the sum: %s", server_round, error)
             return None
-        sums = vectors.unflatten(total, results[0].arrays)
-        weight = float(sums.pop(secagg.WEIGHT))
-        return {k: v / weight for k, v in sums.items()}

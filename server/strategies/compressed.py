@@ -32,7 +32,11 @@ class Compressed(Strategy):
         self._lock = threading.Lock()
 
     def bind_phases(self, run):
+        super().bind_phases(run)
         self.inner.bind_phases(run)
+
+    def prepare(self, statistics, train_samples):
+        self.inner.prepare(statistics, train_samples)
 
     def state(self):
         return self.inner.state()
@@ -76,6 +80,12 @@ class Compressed(Strategy):
 
     def aggregate_evaluate(self, server_round, results, failures):
         return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def disclosure(self):
+        inner = self.inner.disclosure()
+        updates = inner["updates"]
+        server = f"{updates['server']}, as its step from the global model, {self.method}-compressed"
+        return {**inner, "updates": {**updates, "server": server}}
 
     def round_report(self, server_round):
         """The bytes of the updates accepted since the last report."""

@@ -1,0 +1,50 @@
+"""The run's disclosure report: for each phase, what the server learns and what each province does.
+
+Each strategy, and each privacy mode wrapped around one, says what the phases it runs let out
+(`Strategy.disclosure`), beside the code that sends them, so that the report follows what the
+run does. results.json keeps it under `disclosure`; the summary prints it as a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+PHASES = ("statistics", "updates", "metrics", "analysis")
+
+Disclosure = dict[str, dict[str, str]]  # phase -> {"server": ..., "provinces": ...}
+
+
+def entry(server: str, provinces: str) -> dict[str, str]:
+    return {"server": server, "provinces": provinces}
+
+
+SCALER = "the federation's mean and standard deviation of every column (the scaler)"
+
+IN_THE_CLEAR: Disclosure = {
+    "statistics": entry(
+        "each province's row count n, column sums Σz and cross products Σzzᵀ, in the clear",
+        SCALER,
+    ),
+    "updates": entry(
+        "each province's update, in the clear, every round", "the global model after each round"
+    ),
+    "metrics": entry(
+        "each province's training and test MSE and row counts, in the clear",
+        "nothing of any other province",
+    ),
+    "analysis": entry(
+        "each province's scores of the models it is sent, in the clear",
+        "the models it is sent to score; with --contributions every coalition's model, single "
+        "provinces' included, so every other province's update",
+    ),
+}
+
+
+def table(disclosure: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The report as lines of text: each phase, then what the server and a province learn."""
+    width = max(len(phase) for phase in [*disclosure, "phase"])
+    lines = [f"{'phase':<{width}}  who learns what"]
+    for phase, learned in disclosure.items():
+        lines.append(f"{phase:<{width}}  server: {learned['server']}")
+        lines.append(f"{'':<{width}}  each province: {learned['provinces']}")
+    return lines
