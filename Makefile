@@ -88,6 +88,16 @@ bench-flower: $(STAMP)
 	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr==1.42.0' numpy
 	$(PY) -u -m tests.bench_flower --flower-python $(FLOWER_VENV)/bin/python --out runs/flower
 
+# Federated gbdt beside XGBoost's own federated mode (its gRPC server, tree_method=hist) on the
+# same provinces, rows and settings, and beside centralised XGBoost and LightGBM: MSE and seconds,
+# trees.json in runs/trees. XGBoost and LightGBM live in .venv-bench, never in the project's.
+BENCH_VENV ?= .venv-bench
+.PHONY: bench-trees
+bench-trees: $(STAMP)
+	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet 'xgboost==3.2.0' 'lightgbm==4.7.0' scikit-learn numpy
+	$(PY) -u -m tests.bench_trees --rows $(ROWS) --bench-python $(BENCH_VENV)/bin/python --out runs/trees
+
 # Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
 # in runs/privacy.
 .PHONY: bench-privacy

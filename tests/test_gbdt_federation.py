@@ -53,6 +53,16 @@ def test_federated_gbdt_equals_the_same_trees_on_the_union(tmp_path):
     assert results["final"]["mse"] == pytest.approx(expected, rel=1e-9)
 
 
+def test_early_stopping_on_the_federated_validation_mse(tmp_path):
+    flags = ["--gbdt-trees", "200", "--gbdt-learning-rate", "1", "--gbdt-early-stopping", "5"]
+    results = in_memory.run(tmp_path, "--model", "gbdt", "--rounds", "1", *flags)
+    record = results["rounds"][0]["trees"]
+    scores = record["validation_mse"]
+    best = int(np.argmin(scores))
+    assert record["count"] == best + 1  # the best ensemble is kept
+    assert len(scores) - 1 - best == 5  # and growing stopped 5 trees after it, not at 200
+
+
 def test_federated_rf_hist_equals_the_centralised_forest(tmp_path):
     flags = ["--model", "rf-hist", "--rounds", "1", "--rfh-trees", "30"]
     results = in_memory.run(tmp_path, *flags)
