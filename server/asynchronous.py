@@ -19,6 +19,7 @@ version is scored by every connected province, so the final result covers them a
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from server.channel import Accept, Phase
 from server.config import Buffering
 from server.schedule import accept_evaluation, nbytes, weighted_metric
 from server.strategy import ClientResult, Failure, Instruction
+
+log = logging.getLogger("fedstock.server")
 
 if TYPE_CHECKING:
     from server.rounds import RoundLoop
@@ -161,7 +164,7 @@ class Buffered:
             Failure(province, "arrived after the last version was published; not applied")
         ]
         for failure in failures:
-            self.loop.log.warning("%s's update dropped: %s", failure.province, failure.reason)
+            log.warning("%s's update dropped: %s", failure.province, failure.reason)
         target = self._unscored[-1].record if self._unscored else self._record
         target["failures"] += [{"province": f.province, "reason": f.reason} for f in failures]
 

@@ -40,8 +40,6 @@ class FederationError(RuntimeError):
 
 
 class RoundLoop:
-    log = log
-
     def __init__(
         self,
         channel: TaskChannel,

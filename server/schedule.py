@@ -9,6 +9,7 @@ arrivals weighted by staleness, is server/asynchronous.py.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,6 +21,8 @@ from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import FinalFit
 from server.strategy import ClientResult, Evaluation
+
+log = logging.getLogger("fedstock.server")
 
 if TYPE_CHECKING:
     from server.rounds import RoundLoop
@@ -57,7 +60,7 @@ class Cohort:
                 loop.final_fit = FinalFit(server_round, results, loop.parameters)
             loop.aggregate(server_round, results, failures)
         else:
-            loop.log.warning(
+            log.warning(
                 "round %d: quorum not met (%d of %d); the global model is unchanged",
                 server_round,
                 len(results),
@@ -94,7 +97,7 @@ class Cohort:
             updates = {r.province: r.digest for r in sorted(results, key=lambda r: r.province)}
             loop.recorder.commit(record, updates, loop.parameters, evaluation, loop.run_state())
         else:
-            loop.log.info("cross-validation %s", loop.round_line(record))
+            log.info("cross-validation %s", loop.round_line(record))
         return evaluation
 
 
