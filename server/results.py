@@ -11,11 +11,20 @@ from common.files import write_atomically
 
 log = logging.getLogger("fedstock.server")
 
+# Which layout of the results a reader is looking at; raised when a field changes meaning or
+# goes away (fields are only ever added within one version).
+SCHEMA_VERSION = 1
+
 
 class ResultsFile:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
-        self.data: dict[str, Any] = {**header, "rounds": [], "final": None}
+        self.data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            **header,
+            "rounds": [],
+            "final": None,
+        }
         # The file's text as last written: a whole record other threads may read at any time.
         self.text = ""
         path.parent.mkdir(parents=True, exist_ok=True)

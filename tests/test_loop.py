@@ -16,6 +16,7 @@ from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.ledger import read_verified
 from server.memory import MemoryChannel
+from server.results import SCHEMA_VERSION
 from server.rounds import FederationError
 from tests.in_memory import ROWS, SEED, channel, provinces, run
 
@@ -33,6 +34,7 @@ def never(province):
 
 def test_nine_provinces_federate_lr_to_the_end_and_every_file_agrees(tmp_path):
     results = run(tmp_path, "--model", "lr", *QUICK)
+    assert results["schema_version"] == SCHEMA_VERSION == 1
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
     assert all(r["clients"] == sorted(PROVINCES) for r in results["rounds"])
     final = results["final"]
