@@ -173,7 +173,7 @@ def test_the_client_refuses_a_slowdown_below_one(capsys):
     assert client_args(["--province", "beijing", "--slowdown", "10"]).slowdown == 10
 
 
-ROWS, SEED, VERSIONS, K = 40_000, 3, 90, 3
+ROWS, SEED, VERSIONS, K = 40_000, 3, 45, 3
 SLOW = "beijing"  # a province of median size, ten times slower: the slowest by far
 FAST = ["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"]
 ASYNC = ["--mode", "async", "--buffer-size", str(K), "--local-epochs", "20"]
