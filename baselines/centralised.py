@@ -41,7 +41,7 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
     trained = time.perf_counter()
 
     scored = results.evaluation(
-        (name, results.mse(spec.predict(fitted, inputs(s.x_test)), s.y_test), len(s.y_test))
+        (name, results.scores(spec.predict(fitted, inputs(s.x_test)), s), len(s.y_test))
         for name, s in splits.items()
     )
     finished = time.perf_counter()

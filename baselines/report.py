@@ -195,8 +195,9 @@ def runs_csv(comparison: Comparison, out: Path) -> Path:
 
 def _runs_table(comparison: Comparison) -> list[str]:
     lines = [
-        "| framework | model | MSE | training s | whole job s | notes |",
-        "|---|---|---:|---:|---:|---|",
+        "| framework | model | MSE | naive MSE | skill | achieved | training s | whole job s "
+        "| notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (framework, model), run in sorted(comparison.runs.items()):
         final = run["final"]
@@ -205,11 +206,37 @@ def _runs_table(comparison: Comparison) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in run.get("params", {}).items())
         lines.append(
             f"| {framework} | {model} | {_number(final['mse'])} | "
+            f"{_share(final.get('naive_mse'), '.4g')} | {_share(final.get('skill'), '+.2%')} | "
+            f"{_share(final.get('achieved_skill'), '.1%')} | "
             f"{_number(final['train_seconds'])} | {_number(job) if job else ''} | {params} |"
         )
     for (framework, model), reason in sorted(comparison.missing.items()):
-        lines.append(f"| {framework} | {model} | {reason} | | | |")
+        lines.append(f"| {framework} | {model} | {reason} | | | | | | |")
     return lines
+
+
+def _share(value: float | None, form: str) -> str:
+    return "" if value is None else format(value, form)
+
+
+def naive_findings(comparison: Comparison) -> list[str]:
+    """Which runs do not beat the naive forecast on their own test rows, said plainly."""
+    scored = {
+        key: run["final"] for key, run in comparison.runs.items() if "naive_mse" in run["final"]
+    }
+    if not scored:
+        return []
+    losers = sorted(f"{f} {m}" for (f, m), final in scored.items() if not final["beats_naive"])
+    naive = min(final["naive_mse"] for final in scored.values())
+    if not losers:
+        return [
+            f"Every run beats the naive forecast (naive MSE {naive:.6g}; skill in the runs table)."
+        ]
+    return [
+        f"{len(losers)} of {len(scored)} runs do not beat the naive forecast (tomorrow's price = "
+        f"the better of today's price and today's close, MSE {naive:.6g}): "
+        f"{', '.join(losers)}. Their MSE differences measure noise, not learning."
+    ]
 
 
 def _per_province(comparison: Comparison) -> list[str]:
@@ -254,6 +281,7 @@ def findings(comparison: Comparison) -> list[str]:
                 f"{paper.MODEL_LABELS[model]}, {what}: {_label(best)}{among}; "
                 f"in the paper, {_label(theirs)}."
             )
+    lines += naive_findings(comparison)
     federated, spark = (
         comparison.runs.get(("federated", "lr")),
         comparison.runs.get(("spark", "lr")),

@@ -1,7 +1,8 @@
 """Scores and results files of the server's shape, so one reader serves every framework.
 
 The overall MSE is the server's: each province's test MSE weighted by its test rows, in price
-units, computed by the same `Evaluation` (common/scores.py).
+units, computed by the same `Evaluation` (common/scores.py), with the same naive baselines
+beside it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from typing import Any
 import numpy as np
 
 from baselines.data import DataOptions
+from common import forecast
 from common.files import write_atomically
+from common.preprocess import Split
 from common.scores import Evaluation
+from server.summary import score_table
 
 
-def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean((prediction - truth) ** 2))
+def scores(prediction: np.ndarray, split: Split) -> dict[str, float]:
+    """A province's test scores as a federation's client computes them, naive forecasts beside."""
+    return forecast.scores(prediction, split.y_test, split.reference_test)
 
 
-def evaluation(scores: Iterable[tuple[str, float, int]]) -> Evaluation:
-    """From (province, test MSE, test rows) to the overall and per-province figures."""
-    evaluated = Evaluation.from_scores(scores)
+def evaluation(scored: Iterable[tuple[str, Mapping[str, float], int]]) -> Evaluation:
+    """From (province, test scores, test rows) to the overall and per-province figures."""
+    evaluated = Evaluation.from_scores(scored)
     if evaluated is None:
         raise ValueError("no test rows to evaluate on")
     return evaluated
@@ -51,6 +56,7 @@ def record(
         "statistics": {"rows": sum(train_rows.values()), "train_samples": dict(train_rows)},
         "rounds": [],
         "final": {
+            **forecast.pooled(scored.per_client),
             "mse": scored.mse,
             "clients": len(scored.per_client),
             "per_client": scored.per_client,
@@ -70,14 +76,9 @@ def write(path: Path, results: dict[str, Any]) -> None:
 def summary(results: dict[str, Any]) -> str:
     """MSE per province and overall, then the timings: what a person running a job wants."""
     final = results["final"]
-    scores = final["per_client"]
-    width = max(len(p) for p in [*scores, "province"])
     lines = [
         f"{results['framework']} {results['model']}, parameters {results['params'] or 'none'}",
-        f"{'province':<{width}}  {'test rows':>10}  {'MSE':>12}",
-        *(f"{p:<{width}}  {s['n_test']:>10}  {s['mse']:>12.6g}" for p, s in scores.items()),
-        f"{'overall':<{width}}  {sum(s['n_test'] for s in scores.values()):>10}  "
-        f"{final['mse']:>12.6g}",
+        *score_table(final),
         f"training seconds: {final['train_seconds']:.2f}",
         "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in final["timings"].items()),
     ]

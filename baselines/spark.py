@@ -142,11 +142,11 @@ def _fit_partition(
 
 
 def _score(model: str, context: Context, fitted: Any) -> Callable[[ProvinceSplit], tuple]:
-    def run(pair: ProvinceSplit) -> tuple[str, float, int]:
+    def run(pair: ProvinceSplit) -> tuple[str, dict[str, float], int]:
         province, s = pair
         predict = build_model(model, context).predict
         prediction = predict(fitted.value, context.scaling.apply(s.x_test))
-        return province, results.mse(prediction, s.y_test), len(s.y_test)
+        return province, results.scores(prediction, s), len(s.y_test)
 
     return run
 
@@ -283,7 +283,7 @@ def train_mllib(
         .collect()
     )
     train.unpersist()
-    scores = [(row["province"], float(row["mse"]), int(row["n"])) for row in per_province]
+    scores = [(row["province"], {"mse": float(row["mse"])}, int(row["n"])) for row in per_province]
     return scores, trained - started, time.perf_counter() - trained
 
 

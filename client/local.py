@@ -16,7 +16,7 @@ from client.chain import Outcome, Task
 from client.privacy import ClientPrivacy
 from client.trainers import Trainer, trainer_for
 from common import analysis as shared
-from common import preprocess
+from common import forecast, preprocess
 from common.crossval import fold_split
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
@@ -121,7 +121,8 @@ class LocalWork:
         trainer = trainer_for(str(task.config["model"]))
         x = _inputs(trainer, data.x_test, scaler)
         prediction = trainer.predict(task.parameters, x, task.config)
-        metrics = {"mse": _mse(prediction, data.y_test), "seconds": time.perf_counter() - started}
+        metrics = forecast.scores(prediction, data.y_test, data.reference_test)
+        metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics)
 
     def analyse(

@@ -34,4 +34,6 @@ def fold_split(data: Split, folds: int, fold: int, seed: int) -> Split:
         data.y_train[~held_out],
         data.x_train[held_out],
         data.y_train[held_out],
+        {name: column[~held_out] for name, column in data.reference_train.items()},
+        {name: column[held_out] for name, column in data.reference_train.items()},
     )

@@ -7,10 +7,12 @@ variance and Pearson correlation, and every client then scales with the same num
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from common import forecast
 
 SETTINGS = ("next-day", "paper")
 # The paper's seven features after its correlation analysis dropped the stock id.
@@ -18,23 +20,41 @@ PAPER_FEATURES = ["close", "high", "low", "high_limit", "low_limit", "volume", "
 # Forecasting tomorrow, today's average price is itself a feature.
 NEXT_DAY_FEATURES = [*PAPER_FEATURES, "price"]
 TARGET = "target"
+# A column a synthetic market may carry: its own expectation of the next-day target. A score's
+# yardstick, never an input: a feature list naming it is refused.
+ORACLE = forecast.ORACLE
 
 
 def features_for(setting: str) -> list[str]:
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; expected one of: {', '.join(SETTINGS)}")
-    return list(NEXT_DAY_FEATURES if setting == "next-day" else PAPER_FEATURES)
+    return check_features(NEXT_DAY_FEATURES if setting == "next-day" else PAPER_FEATURES)
+
+
+def check_features(features: list[str]) -> list[str]:
+    """The features, refused if they name a column no model may read."""
+    if ORACLE in features or TARGET in features:
+        raise ValueError(
+            f"a model may not read {ORACLE!r} or {TARGET!r}: they are what it is scored on"
+        )
+    return list(features)
 
 
 @dataclass(frozen=True)
 class Split:
-    """One province's rows, ready for a model: unscaled features and the price target."""
+    """One province's rows, ready for a model: unscaled features and the price target.
+
+    Beside them, for scoring only, each row's naive forecasts and (on a market that knows it) the
+    oracle's: `common.forecast` names them. No model reads these.
+    """
 
     features: list[str]
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    reference_train: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_test: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def clean(raw: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +76,11 @@ def split(
     next-day: the target is the stock's price on its next trading day, and the split is by time
     (the last `test_fraction` of dates is the test set: train on the past, test on the future).
     paper: the target is the same day's price with a random split, as the seed paper did.
+
+    Naive forecasts: persistence is the target's quantity one row earlier (today's price for the
+    next-day target; the stock's previous trading day's price in the paper setting, or today's
+    close on its first row), last close is today's close. A market's oracle column goes with the
+    next-day target, whose expectation it is.
     """
     features = features_for(setting)
     if not 0.0 < test_fraction < 1.0:
@@ -65,10 +90,13 @@ def split(
         frame = frame.sort_values(["code", "date"], kind="stable")
         frame[TARGET] = frame.groupby("code", sort=False)["price"].shift(-1)
         frame = frame.dropna(subset=[TARGET])
+        persistence = frame["price"]
         cutoff = frame["date"].quantile(1.0 - test_fraction)
         is_test = (frame["date"] > cutoff).to_numpy()
     else:
         frame = frame.assign(**{TARGET: frame["price"]})
+        before = frame.sort_values(["code", "date"], kind="stable").groupby("code")["price"]
+        persistence = before.shift(1).reindex(frame.index).fillna(frame["close"])
         order = np.random.default_rng(seed).permutation(len(frame))
         is_test = np.zeros(len(frame), dtype=bool)
         is_test[order[: round(len(frame) * test_fraction)]] = True
@@ -76,7 +104,19 @@ def split(
     y = frame[TARGET].to_numpy(dtype=np.float64)
     if len(y) == 0:
         raise ValueError("no usable rows remain after cleaning")
-    return Split(features, x[~is_test], y[~is_test], x[is_test], y[is_test])
+    reference = {forecast.PERSISTENCE: persistence, forecast.LAST_CLOSE: frame["close"]}
+    if setting == "next-day" and ORACLE in frame:
+        reference[ORACLE] = frame[ORACLE]
+    values = {name: column.to_numpy(dtype=np.float64) for name, column in reference.items()}
+    return Split(
+        features,
+        x[~is_test],
+        y[~is_test],
+        x[is_test],
+        y[is_test],
+        {name: column[~is_test] for name, column in values.items()},
+        {name: column[is_test] for name, column in values.items()},
+    )
 
 
 def statistics(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

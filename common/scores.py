@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from common import forecast
+
 
 class Scored(Protocol):
     """A province's answer to an evaluation: its test rows and its metrics, "mse" among them."""
@@ -25,28 +27,34 @@ class Scored(Protocol):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The sample-weighted MSE over every test row, and each province's MSE and test rows."""
+    """The sample-weighted MSE over every test row, and each province's MSE and test rows, with
+    its naive baselines and skill beside them."""
 
     mse: float
     per_client: dict[str, dict[str, float]]
 
     @classmethod
     def weighted(cls, results: Iterable[Scored]) -> Evaluation | None:
-        return cls.from_scores((r.province, r.metrics["mse"], r.num_examples) for r in results)
+        return cls.from_scores((r.province, r.metrics, r.num_examples) for r in results)
 
     @classmethod
-    def from_scores(cls, scores: Iterable[tuple[str, float, int]]) -> Evaluation | None:
-        """From (province, test MSE, test rows); None when there are no test rows at all."""
+    def from_scores(
+        cls, scores: Iterable[tuple[str, Mapping[str, float], int]]
+    ) -> Evaluation | None:
+        """From (province, test metrics, test rows); None when there are no test rows at all.
+
+        Each province's record keeps its MSE and, where it scored them, the naive forecasts'
+        and the skill they imply (common/forecast.py)."""
         given = list(scores)
         total = sum(n for _, _, n in given)
         if total == 0:
             return None
-        mse = sum(value * n for _, value, n in given) / total
+        mse = sum(metrics["mse"] * n for _, metrics, n in given) / total
         per_client = {
-            p: {"mse": float(value), "n_test": n} for p, value, n in sorted(given, key=_province)
+            p: forecast.province(metrics, n) for p, metrics, n in sorted(given, key=_province)
         }
         return cls(float(mse), per_client)
 
 
-def _province(score: tuple[str, float, int]) -> str:
+def _province(score: tuple[str, Mapping[str, float], int]) -> str:
     return score[0]

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from common import forecast
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.coordinator import ClientStatus, Coordinator, Status
 from server.prometheus import Metric
@@ -38,7 +39,8 @@ class LiveState:
         self.started = time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
-        """The run, its clients, and the MSE of every completed round (what /api/state sends)."""
+        """The run, its clients, and the MSE of every completed round (what /api/state sends),
+        with the last round's skill against the naive forecast, overall and per province."""
         status, results = self.coordinator.status(), self.results.snapshot()
         rounds = [
             {
@@ -53,6 +55,8 @@ class LiveState:
         completed = rounds[-1]["round"] if rounds else 0
         ended = status.stopped_at if status.stopped_at is not None else time.monotonic()
         last = rounds[-1] if rounds else None
+        scored = results["rounds"][-1]["per_client"] if rounds else {}
+        pooled = forecast.pooled(scored)
         return {
             "run": {
                 "model": self.run.model,
@@ -65,6 +69,8 @@ class LiveState:
                 "reason": status.stop_reason,
                 "elapsed_seconds": ended - self.started,
                 "mse": last["mse"] if last else None,
+                "naive_mse": pooled.get("naive_mse"),
+                "skill": pooled.get("skill"),
                 "final_mse": (results["final"] or {}).get("mse"),
             },
             "clients": [
@@ -75,6 +81,7 @@ class LiveState:
                     "last_seen_seconds": c.seconds_since_seen,
                     "rounds": sum(c.province in r["clients"] for r in rounds),
                     "mse": last["per_client"].get(c.province) if last else None,
+                    "skill": scored.get(c.province, {}).get("skill"),
                 }
                 for c in status.clients
             ],

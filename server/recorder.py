@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from common import forecast
 from common.tensors import Arrays, Payload
 from server.checkpoint import Checkpoint
 from server.ledger import Ledger
@@ -134,6 +135,7 @@ class Recorder:
         np.savez(model_file, **parameters)
         self.results.update(
             final={
+                **forecast.pooled(evaluation.per_client),
                 "mse": evaluation.mse,
                 "clients": len(evaluation.per_client),
                 "per_client": evaluation.per_client,
@@ -149,6 +151,8 @@ class Recorder:
             len(evaluation.per_client),
             train_seconds,
         )
+        if verdict := forecast.verdict(self.results.data["final"]):
+            log.info("%s", verdict)
         return True
 
 

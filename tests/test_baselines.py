@@ -108,6 +108,11 @@ def test_centralised_lr_equals_scikit_learn_on_the_union(tiny_data):
     weighted = sum(expected[p] * n[p] for p in n) / sum(n.values())
     assert final["mse"] == pytest.approx(weighted, rel=1e-6)
     assert outcome["statistics"]["rows"] == len(y)
+    y_test = np.concatenate([s.y_test for s in prepared.splits.values()])
+    today = np.concatenate([s.reference_test["persistence"] for s in prepared.splits.values()])
+    assert final["persistence_mse"] == pytest.approx(np.mean((today - y_test) ** 2))
+    assert final["naive_mse"] <= final["persistence_mse"]
+    assert final["beats_naive"] == (final["mse"] < final["naive_mse"])
 
 
 @pytest.mark.parametrize("model", ["rf", "svm", "svr"])

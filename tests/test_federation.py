@@ -50,7 +50,16 @@ def test_fedavg_lr_over_nine_client_processes(tmp_path):
     total = sum(s["n_test"] for s in final["per_client"].values())
     weighted = sum(s["mse"] * s["n_test"] for s in final["per_client"].values()) / total
     assert final["mse"] == pytest.approx(weighted)
+    # the naive forecasts, scored by each province on its own test rows, pooled as the MSE is
+    splits = [preprocess.split(synthesize_province(p, ROWS, SEED)) for p in PROVINCES]
+    y = np.concatenate([s.y_test for s in splits])
+    close = np.concatenate([s.reference_test["last_close"] for s in splits])
+    assert final["last_close_mse"] == pytest.approx(np.mean((close - y) ** 2))
+    assert final["naive_mse"] == min(final["persistence_mse"], final["last_close_mse"])
+    assert final["skill"] == pytest.approx(1 - final["mse"] / final["naive_mse"])
+    assert all("skill" in score for score in final["per_client"].values())
     summary = format_summary(results)
+    assert "naive MSE" in summary
     assert "Pearson correlation with the target" in summary
     assert all(province in summary for province in PROVINCES) and "overall" in summary
     stats = results["statistics"]

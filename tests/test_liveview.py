@@ -136,6 +136,10 @@ def check_state(state: dict, results: dict) -> None:
     run = state["run"]
     assert (run["phase"], run["round"], run["completed"]) == ("done", ROUNDS, ROUNDS)
     assert run["mse"] == results["rounds"][-1]["mse"] == results["final"]["mse"]
+    assert run["naive_mse"] == pytest.approx(results["final"]["naive_mse"])
+    assert run["skill"] == pytest.approx(results["final"]["skill"])
+    skills = {c["province"]: c["skill"] for c in state["clients"]}
+    assert skills == {p: s["skill"] for p, s in results["final"]["per_client"].items()}
     assert [c["province"] for c in state["clients"]] == sorted(PROVINCES)
     assert {c["state"] for c in state["clients"]} == {"stopped"}
     assert all(c["rounds"] == ROUNDS for c in state["clients"])
@@ -192,6 +196,9 @@ def check_page(tmp_path, base: str, results: dict) -> None:
     assert rows == dict.fromkeys(PROVINCES, "stopped")
     assert page.text["round"] == f"{ROUNDS} / {ROUNDS}"
     assert page.text["phase"] == "done"
+    naive, shown_skill = page.text["skill"].split(" / ")
+    assert float(naive) == pytest.approx(results["final"]["naive_mse"], rel=1e-3)
+    assert shown_skill.startswith(f"{100 * results['final']['skill']:.2f} %")
     lines = {a["data-series"]: a["points"].split() for a in page.all("polyline", "data-series")}
     assert set(lines) == {*PROVINCES, "global"}
     assert {name: len(points) for name, points in lines.items()} == dict.fromkeys(

@@ -10,7 +10,8 @@ import math
 import pytest
 
 from baselines import paper, reproduce
-from baselines.report import Comparison, write_table
+from baselines.report import Comparison, naive_findings, write_table
+from common import forecast
 from server.models import STRATEGIES
 
 pytestmark = pytest.mark.integration
@@ -68,6 +69,8 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
         assert needed in text, needed
     assert "![Table 2 as bars](table2_mse.png)" in text
     assert "![MSE against ε](mse-epsilon.png)" in text
+    assert "beat the naive forecast" in text and "| naive MSE | skill |" in text
+    assert federated["final"]["naive_mse"] > 0 and "skill" in federated["final"]
 
     # Each model without DP (ε = ∞) and at each ε; the strongest privacy costs accuracy.
     points = table(out / "privacy.csv")
@@ -89,3 +92,18 @@ def test_a_table_says_why_a_cell_is_empty(tmp_path):
     assert rows[1]["FL"] == "n/a (not yet supported)"
     assert rows[2]["Decentralised"] == "n/a"
     assert "| LR | n/a (paper 27.21) | 0.5 (paper 0.011) |" in md_path.read_text()
+
+
+def test_the_report_names_the_runs_that_do_not_beat_the_naive_forecast():
+    def run(mse: float) -> dict:
+        means = {"mse": mse, "persistence_mse": 0.4, "last_close_mse": 0.2}
+        final = {**means, **forecast.derived(means), "train_seconds": 1.0, "per_client": {}}
+        return {"final": final}
+
+    losing = Comparison(runs={("centralised", "lr"): run(0.1), ("federated", "lr"): run(0.25)})
+    (line,) = naive_findings(losing)
+    assert line.startswith("1 of 2 runs do not beat the naive forecast") and "federated lr" in line
+    assert "centralised" not in line
+    (line,) = naive_findings(Comparison(runs={("centralised", "lr"): run(0.1)}))
+    assert line.startswith("Every run beats the naive forecast")
+    assert naive_findings(Comparison(runs={("centralised", "lr"): {"final": {"mse": 0.1}}})) == []

@@ -1,0 +1,96 @@
+"""A forecast's scores beside the forecasts anyone could make without a model.
+
+An MSE alone says nothing: on daily bars "tomorrow's price = today's close" is hard to beat.
+Each province scores its own test rows (`scores`): the model's MSE, MAE and directional accuracy
+and, on the same rows, the MSE of the naive forecasts and, where the data knows it, of the
+generator's oracle. These are means over the province's rows, so the server pools them by test
+rows exactly as it pools the MSE (`pooled`) and derives skill from the pooled means (`derived`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+# The naive forecasts, each a column of reference values for the test rows (common.preprocess).
+PERSISTENCE = "persistence"  # the target's own quantity today
+LAST_CLOSE = "last_close"  # today's close
+ORACLE = "oracle"  # the synthetic market's conditional expectation of the target
+NAIVE = (PERSISTENCE, LAST_CLOSE)
+# Means over a province's test rows, which the server pools weighted by its test rows.
+MEANS = ("mse", "mae", "direction", *(f"{name}_mse" for name in (*NAIVE, ORACLE)))
+
+
+def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean((prediction - truth) ** 2))
+
+
+def scores(
+    prediction: np.ndarray, truth: np.ndarray, reference: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """The model's MSE and MAE, the share of rows whose move it calls the right way (the sign of
+    prediction − persistence against the sign of truth − persistence), and each reference's MSE."""
+    metrics = {"mse": _mse(prediction, truth), "mae": float(np.mean(np.abs(prediction - truth)))}
+    if PERSISTENCE in reference:
+        today = reference[PERSISTENCE]
+        called = np.sign(prediction - today) == np.sign(truth - today)
+        metrics["direction"] = float(np.mean(called))
+    for name, forecast in reference.items():
+        metrics[f"{name}_mse"] = _mse(forecast, truth)
+    return metrics
+
+
+def derived(means: Mapping[str, float]) -> dict[str, float | bool | None]:
+    """The naive MSE (the better naive forecast), skill = 1 − MSE/naive, whether the model beats
+    the naive forecast and, with an oracle, the share of the learnable signal the model found:
+    (naive − MSE) / (naive − oracle). None where a ratio has no meaning (a zero denominator)."""
+    naive = [means[f"{name}_mse"] for name in NAIVE if f"{name}_mse" in means]
+    if not naive:
+        return {}
+    best, mse = min(naive), means["mse"]
+    out: dict[str, float | bool | None] = {
+        "naive_mse": best,
+        "skill": 1.0 - mse / best if best > 0 else None,
+        "beats_naive": mse < best,
+    }
+    if f"{ORACLE}_mse" in means:
+        learnable = best - means[f"{ORACLE}_mse"]
+        out["achieved_skill"] = (best - mse) / learnable if learnable > 0 else None
+    return out
+
+
+def province(metrics: Mapping[str, float], n_test: int) -> dict[str, float | bool | None]:
+    """One province's record: its means, its test rows, and what they imply."""
+    means = {name: float(metrics[name]) for name in MEANS if name in metrics}
+    return {**means, "n_test": n_test, **derived(means)}
+
+
+def pooled(per_client: Mapping[str, Mapping[str, float | bool | None]]) -> dict[str, float | None]:
+    """The federation's means over every test row, and what they imply; only the means every
+    province reported (a run scored without references has none)."""
+    records = list(per_client.values())
+    total = sum(record["n_test"] for record in records)
+    if not records or total <= 0:
+        return {}
+    shared = [name for name in MEANS if all(name in record for record in records)]
+    means = {
+        name: sum(record[name] * record["n_test"] for record in records) / total for name in shared
+    }
+    return {**means, **derived(means)} if "mse" in means else {}
+
+
+def verdict(final: Mapping[str, float | bool | None]) -> str | None:
+    """One plain sentence: does the model beat the naive forecast, and by how much."""
+    if "naive_mse" not in final:
+        return None
+    skill = final.get("skill")
+    shown = "n/a" if skill is None else f"{skill:+.2%}"
+    if final.get("beats_naive"):
+        line = f"the model beats the naive forecast: skill {shown}"
+    else:
+        line = f"the model does NOT beat the naive forecast (no skill: {shown})"
+    achieved = final.get("achieved_skill")
+    if achieved is not None:
+        line += f"; it found {achieved:.1%} of the signal the oracle finds"
+    return line
