@@ -34,6 +34,7 @@ from baselines.data import DataOptions, Scaling, add_sums, split_province, write
 from baselines.models import Context, ModelOptions, build_model, per_province, train
 from common import preprocess
 from common.data import RAW_COLUMNS, validate_raw
+from common.data.schema import ORACLE
 from common.provinces import PROVINCES
 from common.tensors import Arrays
 
@@ -109,12 +110,14 @@ def _code_archive() -> Path:
 # Partition functions run on the executors: module-level, taking only small picklable values.
 
 
-def _split_partition(data: DataOptions) -> Callable[[int, Iterable], Iterator[ProvinceSplit]]:
+def _split_partition(
+    data: DataOptions, columns: list[str]
+) -> Callable[[int, Iterable], Iterator[ProvinceSplit]]:
     def run(index: int, pairs: Iterable[tuple[int, tuple]]) -> Iterator[ProvinceSplit]:
         rows = [values for _, values in pairs]
         if rows:  # a province with no file leaves its partition empty
             province = PROVINCES[index]
-            raw = validate_raw(pd.DataFrame(rows, columns=list(RAW_COLUMNS)), province)
+            raw = validate_raw(pd.DataFrame(rows, columns=columns), province)
             yield province, split_province(raw, data)
 
     return run
@@ -160,14 +163,12 @@ def province_splits(spark: SparkSession, data: DataOptions) -> RDD:
 
     index = {province: i for i, province in enumerate(PROVINCES)}
     name = F.regexp_extract(F.col("_metadata.file_name"), r"^(.+)\.parquet$", 1)
-    rows = (
-        spark.read.parquet(f"{str(data.data).rstrip('/')}/*.parquet")
-        .select(*RAW_COLUMNS, name.alias("province"))
-        .where(F.col("province").isin(*PROVINCES))
-    )
+    files = spark.read.parquet(f"{str(data.data).rstrip('/')}/*.parquet")
+    columns = [*RAW_COLUMNS, *([ORACLE] if ORACLE in files.columns else [])]  # kept to score
+    rows = files.select(*columns, name.alias("province")).where(F.col("province").isin(*PROVINCES))
     keyed = rows.rdd.map(lambda row: (index[row[-1]], tuple(row[:-1])))
     by_province = keyed.partitionBy(len(PROVINCES), lambda key: key)
-    return by_province.mapPartitionsWithIndex(_split_partition(data)).cache()
+    return by_province.mapPartitionsWithIndex(_split_partition(data, columns)).cache()
 
 
 def global_scaling(splits: RDD, data: DataOptions) -> Scaling:

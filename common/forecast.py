@@ -13,11 +13,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from common.data.schema import ORACLE
+
 # The naive forecasts, each a column of reference values for the test rows (common.preprocess).
 PERSISTENCE = "persistence"  # the target's own quantity today
 LAST_CLOSE = "last_close"  # today's close
-ORACLE = "oracle"  # the synthetic market's conditional expectation of the target
-NAIVE = (PERSISTENCE, LAST_CLOSE)
+NAIVE = (PERSISTENCE, LAST_CLOSE)  # beside ORACLE, a synthetic market's expectation of it
 # Means over a province's test rows, which the server pools weighted by its test rows.
 MEANS = ("mse", "mae", "direction", *(f"{name}_mse" for name in (*NAIVE, ORACLE)))
 

@@ -9,7 +9,7 @@ import pytest
 
 from common.data import __main__ as cli
 from common.data import load_province
-from common.data.schema import RAW_COLUMNS
+from common.data.schema import ORACLE, RAW_COLUMNS
 from common.data.skew import BAND_ORDER, non_iid_split
 from common.data.synthetic import province_rows, synthesize
 from common.provinces import PROVINCES
@@ -31,7 +31,7 @@ def test_deterministic(split):
 def test_every_row_exactly_once_in_the_same_schema(split):
     market = pd.concat(synthesize(ROWS, SEED).values(), ignore_index=True)
     pooled = pd.concat(split.values(), ignore_index=True)
-    assert all(list(frame.columns) == list(RAW_COLUMNS) for frame in split.values())
+    assert all(list(frame.columns) == [*RAW_COLUMNS, ORACLE] for frame in split.values())
     key = ["code", "date"]
     pd.testing.assert_frame_equal(
         pooled.sort_values(key, ignore_index=True), market.sort_values(key, ignore_index=True)

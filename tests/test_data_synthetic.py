@@ -3,9 +3,21 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LinearRegression
+from sklearn.preprocessing import StandardScaler
 
-from common.data import DataError, synthesize, synthesize_province, validate_raw, write_provinces
+from common import preprocess
+from common.data import (
+    DataError,
+    load_province,
+    synthesize,
+    synthesize_province,
+    validate_raw,
+    write_provinces,
+)
 from common.data.ashare import round_price
+from common.data.schema import ORACLE, RAW_COLUMNS
 from common.data.synthetic import CALENDAR, PAPER_ROWS, province_rows
 from common.provinces import PROVINCES
 
@@ -177,3 +189,55 @@ def test_validate_raw_rejects_what_it_cannot_fix(market) -> None:
         validate_raw(frame.assign(date=["2020-01-02"] * 4 + ["soon"]), "x")
     with pytest.raises(DataError, match="appears twice on"):
         validate_raw(pd.concat([frame, frame.tail(1)]), "x")
+
+
+def test_an_oracle_column_beside_every_row_survives_validation_and_parquet(market, tmp_path):
+    frame = market["hubei"]
+    assert list(frame.columns) == [*RAW_COLUMNS, ORACLE]
+    assert np.isfinite(frame[ORACLE]).all() and (frame[ORACLE] > 0).all()
+    written = write_provinces({"hubei": frame}, tmp_path)
+    pd.testing.assert_frame_equal(load_province(tmp_path, "hubei"), frame)
+    assert written["hubei"].is_file()
+    with pytest.raises(DataError, match="column 'oracle' needs numbers"):
+        validate_raw(frame.head(3).assign(oracle=["1", "x", "2"]), "x")
+
+
+def test_stylised_facts_of_daily_bars(rows: pd.DataFrame) -> None:
+    """Returns nearly unpredictable, their volatility clustered and fat-tailed."""
+    returns = np.log(rows["close"] / rows["previous"]).where(rows["paused"] == 0)
+    frame = pd.DataFrame({"r": returns, "lag": returns.groupby(rows["code"]).shift()}).dropna()
+    autocorrelation = np.corrcoef(frame["r"], frame["lag"])[0, 1]
+    assert -0.1 < autocorrelation < 0, autocorrelation  # a few percent of reversal
+    clustering = np.corrcoef(frame["r"].abs(), frame["lag"].abs())[0, 1]
+    assert clustering > 0.08, clustering  # big moves follow big moves
+    assert frame["r"].kurt() > 0.5  # fatter tails than a normal's
+
+
+def test_the_oracle_is_the_best_forecast_and_the_close_beats_the_average_price(market) -> None:
+    splits = [preprocess.split(frame) for frame in market.values()]
+    y = np.concatenate([s.y_test for s in splits])
+    mse = {
+        name: float(np.mean((np.concatenate([s.reference_test[name] for s in splits]) - y) ** 2))
+        for name in ("persistence", "last_close", ORACLE)
+    }
+    # today's close predicts tomorrow's average price markedly better than today's average does
+    assert mse["last_close"] < 0.8 * mse["persistence"], mse
+    # ... and the process's own expectation better still, by a little: the signal is weak
+    assert 0.97 * mse["last_close"] < mse[ORACLE] < mse["last_close"], mse
+
+
+def test_no_model_scores_far_below_the_oracle(market) -> None:
+    """A model more than 2 % below the oracle's MSE would have read what it must not."""
+    splits = [preprocess.split(frame) for frame in market.values()]
+    x, y = np.vstack([s.x_train for s in splits]), np.concatenate([s.y_train for s in splits])
+    x_test, y_test = (
+        np.vstack([s.x_test for s in splits]),
+        np.concatenate([s.y_test for s in splits]),
+    )
+    oracle = np.concatenate([s.reference_test[ORACLE] for s in splits])
+    scaler = StandardScaler().fit(x)
+    models = [LinearRegression(), RandomForestRegressor(20, max_depth=10, random_state=0, n_jobs=1)]
+    for model in models:
+        model.fit(scaler.transform(x), y)
+        mse = np.mean((model.predict(scaler.transform(x_test)) - y_test) ** 2)
+        assert mse >= 0.98 * np.mean((oracle - y_test) ** 2), type(model).__name__

@@ -11,6 +11,9 @@ from common.data.ashare import JOINQUANT_CODE
 
 FLOAT_COLUMNS = ("open", "close", "high", "low", "volume", "money", "high_limit", "low_limit")
 RAW_COLUMNS = ("date", "code", *FLOAT_COLUMNS, "paused")
+# A synthetic market's own expectation of the next trading day's average price: kept after the
+# raw columns when a frame has it, for scoring only (common/forecast.py); no model reads it.
+ORACLE = "oracle"
 
 
 class DataError(ValueError):
@@ -76,7 +79,8 @@ def _to_flags(values: pd.Series, source: str) -> pd.Series:
 
 
 def validate_raw(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Return `df` as the canonical raw frame (RAW_COLUMNS, in order), or raise DataError.
+    """Return `df` as the canonical raw frame (RAW_COLUMNS, in order, then ORACLE if `df` has
+    it), or raise DataError.
 
     `source` names where the rows came from (a file, a province) so the message can say it.
     """
@@ -97,6 +101,7 @@ def validate_raw(df: pd.DataFrame, source: str) -> pd.DataFrame:
             "code": _to_codes(df["code"], source),
             **{column: to_float(df[column], column, source) for column in FLOAT_COLUMNS},
             "paused": _to_flags(df["paused"], source),
+            **({ORACLE: to_float(df[ORACLE], ORACLE, source)} if ORACLE in df else {}),
         }
     )
     repeated = frame.duplicated(["code", "date"])

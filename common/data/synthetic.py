@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from common.data.ashare import round_price
-from common.data.schema import FLOAT_COLUMNS, RAW_COLUMNS, DataError
+from common.data.schema import FLOAT_COLUMNS, ORACLE, RAW_COLUMNS, DataError
 from common.provinces import PROVINCES, check_province
 
 CALENDAR = pd.bdate_range("2014-01-02", periods=1700).as_unit("ns")  # to mid-2020
@@ -23,7 +23,18 @@ ROWS_PER_STOCK = 1600  # ~1,690 stocks at the paper's 2,699,730 rows
 MIN_TOTAL_ROWS = 1_000  # the smallest province still gets two stocks of a few weeks each
 MAX_TOTAL_ROWS = 10_000_000  # keeps each province within its 2,000 codes
 ST_SHARE, PAUSED_SHARE, MISSING_SHARE = 0.05, 0.01, 0.001
-MEAN_REVERSION = 0.004  # daily pull of log price toward the stock's level: keeps prices sane
+MEAN_REVERSION = 0.001  # daily pull of log price toward the stock's level: keeps prices sane
+# The weak structure real daily bars have (docs/market.md states and calibrates it).
+OWN_MOMENTUM = 0.08  # tomorrow's drift follows today's log return a little ...
+VWAP_REVERSAL = 0.25  # ... and leans against the close's excess over the day's average price
+MARKET_MOMENTUM = 0.04  # the market factor's return continues a little into the next day
+SECTOR_MOMENTUM = 0.05  # so does each sector factor's
+SECTORS, SECTOR_VOLATILITY = 8, 0.008  # industries shared by every province
+GARCH_ARCH, GARCH_PERSISTENCE = 0.08, 0.90  # σ²ₜ = (1 − a − b)·v + a·e²ₜ₋₁ + b·σ²ₜ₋₁
+OWN_TAIL = 5  # degrees of freedom of a stock's own shocks (Student's t, scaled to variance 1)
+MARKET_VOLATILITY, MARKET_DRIFT = 0.012, 0.0002
+PATH_WEIGHT = 0.5  # log(average / previous close) = weight × the day's log return + noise
+PATH_NOISE = 0.3  # that noise's deviation, in units of the stock's volatility that day
 
 
 class Profile(NamedTuple):
@@ -89,10 +100,44 @@ def _codes(province_index: int, stocks: int) -> np.ndarray:
     )
 
 
-def _market_returns(seed: int) -> np.ndarray:
-    """Daily market factor, common to all provinces (stream number 9, after the provinces)."""
+class Moments(NamedTuple):
+    """Returns drawn by `_ar_garch`, with what each day lets the next one be expected to be."""
+
+    returns: np.ndarray
+    next_mean: np.ndarray  # the expected return of the next day, given this one
+    next_variance: np.ndarray  # the next day's variance, known this day (GARCH)
+
+
+def _ar_garch(
+    normals: np.ndarray, variance: np.ndarray, momentum: np.ndarray, drift: np.ndarray
+) -> Moments:
+    """AR(1) returns around `drift` with GARCH(1,1) volatility of long-run `variance`, per column,
+    from `normals`: innovations of mean 0 and variance 1 (normal or scaled Student's t).
+
+    Sequential in time, vectorised over the columns (factors or stocks).
+    """
+    returns, next_mean, next_variance = (np.empty(normals.shape) for _ in range(3))
+    floor = (1 - GARCH_ARCH - GARCH_PERSISTENCE) * variance
+    conditional = np.broadcast_to(variance, normals.shape[1:]).astype(np.float64)
+    mean = np.broadcast_to(drift, normals.shape[1:]).astype(np.float64)
+    for day, normal in enumerate(normals):
+        shock = np.sqrt(conditional) * normal
+        returns[day] = mean + shock
+        conditional = floor + GARCH_ARCH * shock**2 + GARCH_PERSISTENCE * conditional
+        mean = drift + momentum * (returns[day] - drift)
+        next_mean[day], next_variance[day] = mean, conditional
+    return Moments(returns, next_mean, next_variance)
+
+
+def _factors(seed: int) -> Moments:
+    """The market factor (column 0) and the sector factors, common to all provinces (stream
+    number 9, after the provinces), over the whole calendar."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, len(PROVINCES)]))
-    return 0.0002 + 0.012 * rng.standard_t(4, len(CALENDAR)) / np.sqrt(2)
+    k = 1 + SECTORS
+    variance = np.array([MARKET_VOLATILITY**2, *[SECTOR_VOLATILITY**2] * SECTORS])
+    momentum = np.array([MARKET_MOMENTUM, *[SECTOR_MOMENTUM] * SECTORS])
+    drift = np.array([MARKET_DRIFT, *[0.0] * SECTORS])
+    return _ar_garch(rng.standard_normal((len(CALENDAR), k)), variance, momentum, drift)
 
 
 def _limit(previous_close: np.ndarray, rate: np.ndarray) -> np.ndarray:
@@ -100,34 +145,59 @@ def _limit(previous_close: np.ndarray, rate: np.ndarray) -> np.ndarray:
     return np.maximum(round_price(previous_close * (1 + rate)), 0.01)
 
 
+class Walk(NamedTuple):
+    """Each (day, stock)'s previous close, close, average price, and tomorrow's own expected
+    log return (mean reversion and reversal, before the factors' part)."""
+
+    previous_close: np.ndarray
+    close: np.ndarray
+    average: np.ndarray
+    next_drift: np.ndarray
+
+
 def _walk(
     reference: np.ndarray,
     level: np.ndarray,
     rate: np.ndarray,
     shocks: np.ndarray,
+    noise: np.ndarray,
     trades: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Previous and own close per (day, stock), each close within the day's limits.
+) -> Walk:
+    """Closes within the day's limits, and average prices tied to the day's path.
 
-    Sequential in time, as each day's limits depend on yesterday's close; vectorised over stocks.
-    Before listing and on suspended days the close stays at the previous one.
+    Sequential in time, as each day's limits and drift depend on yesterday; vectorised over
+    stocks. Before listing and on suspended days the close stays at the previous one.
     """
-    previous_close, close = np.empty(shocks.shape), np.empty(shocks.shape)
+    previous_close, close, average, next_drift = (np.empty(shocks.shape) for _ in range(4))
     previous = reference
+    drift = -MEAN_REVERSION * np.log(previous / level)
     for day, shock in enumerate(shocks):
         previous_close[day] = previous
-        drift = -MEAN_REVERSION * np.log(previous / level)
         moved = round_price(previous * np.exp(drift + shock))
         moved = np.clip(moved, _limit(previous, -rate), _limit(previous, rate))
-        close[day] = previous = np.where(trades[day], moved, previous)
-    return previous_close, close
+        moved = np.where(trades[day], moved, previous)
+        moved_log = np.log(moved / previous)
+        average[day] = previous * np.exp(PATH_WEIGHT * moved_log + noise[day])
+        above_average = np.where(trades[day], np.log(moved / average[day]), 0.0)
+        close[day] = previous = moved
+        drift = (
+            -MEAN_REVERSION * np.log(previous / level)
+            + OWN_MOMENTUM * moved_log
+            - VWAP_REVERSAL * above_average
+        )
+        next_drift[day] = drift
+    return Walk(previous_close, close, average, next_drift)
 
 
 def synthesize_province(province: str, total_rows: int, seed: int) -> pd.DataFrame:
     """One province's raw frame, sorted by code then date; depends only on the three arguments.
 
-    Stocks are random walks (market factor plus fat-tailed own moves) that list on different
-    days and all trade to the calendar's end, kept inside A-share daily price limits.
+    Stocks list on different days and all trade to the calendar's end, kept inside A-share daily
+    price limits. Each day's log return is the stock's own drift (mean reversion to its level,
+    a little momentum of its own move, reversal of the close's excess over the average price),
+    its loadings on the market and its sector factor, and its own shock, every part with
+    clustered (GARCH) volatility. The `oracle` column is the process's
+    expectation of the next trading day's average price (docs/market.md).
     """
     try:
         province = check_province(province)
@@ -149,29 +219,44 @@ def synthesize_province(province: str, total_rows: int, seed: int) -> pd.DataFra
     level = profile.price * rng.lognormal(0, 0.5, stocks)
     volatility = profile.volatility * rng.lognormal(0, 0.25, stocks)
     beta = rng.uniform(0.5, 1.5, stocks)
+    sector = 1 + rng.integers(0, SECTORS, stocks)  # its column among the factors
+    loading = rng.uniform(0.5, 1.5, stocks)
     rate = np.where(rng.random(stocks) < ST_SHARE, 0.05, 0.10)
-    own = rng.standard_t(4, shape) / np.sqrt(2) * volatility
-    shocks = beta * _market_returns(seed)[-days:, None] + own
+    fat = rng.standard_t(OWN_TAIL, shape) * np.sqrt((OWN_TAIL - 2) / OWN_TAIL)  # variance 1
+    own = _ar_garch(fat, volatility**2, np.zeros(stocks), np.zeros(stocks))
+    # Per (day, stock): the market's and its sector's return, expected return and variance.
+    factors = _factors(seed)
+    market = Moments(*(m[-days:, [0]] for m in factors))
+    industry = Moments(*(m[-days:][:, sector] for m in factors))
+    shocks = beta * market.returns + loading * industry.returns + own.returns
     paused = (rng.random(shape) < PAUSED_SHARE) & listed
     paused[days - lengths, np.arange(stocks)] = False  # listing day always trades
+    own_today = np.sqrt(np.vstack([volatility**2, own.next_variance[:-1]]))
+    noise = PATH_NOISE * own_today * rng.standard_normal(shape)
 
     reference = round_price(level * rng.lognormal(0, 0.2, stocks))  # the listing price
-    previous_close, close = _walk(reference, level, rate, shocks, listed & ~paused)
+    walk = _walk(reference, level, rate, shocks, noise, listed & ~paused)
+    previous_close, close = walk.previous_close, walk.close
 
     high_limit = _limit(previous_close, rate)
     low_limit = _limit(previous_close, -rate)
-    gap = 0.3 * shocks + rng.normal(0, 0.4, shape) * volatility
+    average = np.clip(round_price(walk.average), low_limit, high_limit)
+    gap = 0.3 * shocks + rng.normal(0, 0.4, shape) * own_today
     open_ = np.clip(round_price(previous_close * np.exp(gap)), low_limit, high_limit)
-    wick = np.abs(rng.normal(0, 0.6, (2, *shape))) * volatility
-    high = np.minimum(round_price(np.maximum(open_, close) * (1 + wick[0])), high_limit)
-    low = np.maximum(round_price(np.minimum(open_, close) * (1 - wick[1])), low_limit)
+    wick = np.abs(rng.normal(0, 0.6, (2, *shape))) * own_today
+    top, bottom = np.maximum(open_, close), np.minimum(open_, close)
+    high = np.minimum(round_price(np.maximum(top, average) * (1 + wick[0])), high_limit)
+    low = np.maximum(round_price(np.minimum(bottom, average) * (1 - wick[1])), low_limit)
     open_, high, low = (np.where(paused, close, prices) for prices in (open_, high, low))
 
     turnover = rng.lognormal(np.log(5e7), 1.0, stocks)  # typical yuan traded per day
-    lots = turnover / (100 * level) * rng.lognormal(0, 0.5, shape) * (1 + 10 * np.abs(shocks))
+    moves = np.abs(np.log(close / previous_close))
+    lots = turnover / (100 * level) * rng.lognormal(0, 0.5, shape) * (1 + 10 * moves)
     volume = np.where(paused, 0.0, np.maximum(1, np.rint(lots)) * 100)
-    average = low + (high - low) * rng.uniform(0.25, 0.75, shape)
     money = np.round(volume * average, 2)
+    expected = walk.next_drift + beta * market.next_mean + loading * industry.next_mean
+    variance = beta**2 * market.next_variance + loading**2 * industry.next_variance
+    oracle = _oracle(close, expected, variance + own.next_variance, own.next_variance)
 
     bars = (open_, close, high, low, volume, money, high_limit, low_limit)  # FLOAT_COLUMNS
     flat = {name: values.T[listed.T] for name, values in zip(FLOAT_COLUMNS, bars, strict=True)}
@@ -186,6 +271,24 @@ def synthesize_province(province: str, total_rows: int, seed: int) -> pd.DataFra
             "code": pd.array(np.repeat(_codes(index, stocks), lengths), dtype="str"),
             **flat,
             "paused": paused.T[listed.T].astype(np.int8),
+            ORACLE: oracle.T[listed.T],
         }
     )
-    return frame[list(RAW_COLUMNS)]
+    return frame[[*RAW_COLUMNS, ORACLE]]
+
+
+def _oracle(
+    close: np.ndarray, expected: np.ndarray, variance: np.ndarray, own_variance: np.ndarray
+) -> np.ndarray:
+    """E[tomorrow's average price | everything the process knows today], for a day that trades.
+
+    Tomorrow's log(average / close) = w·r + η, with r (close to) normal given today (`expected`
+    from the drift and the factors' momentum, `variance` from the GARCH recursions) and η
+    independent, of variance (PATH_NOISE · σ)² where σ² is `own_variance`: a lognormal mean.
+    The Student's t tails of a stock's own shock change it only beyond second order; price
+    limits, rounding to the fen and suspensions are left out.
+    """
+    log_mean = PATH_WEIGHT * expected + 0.5 * (
+        PATH_WEIGHT**2 * variance + PATH_NOISE**2 * own_variance
+    )
+    return close * np.exp(log_mean)
