@@ -121,6 +121,12 @@ bench-hostile: $(STAMP)
 
 # The live view's response times and sizes while it is polled, and the rounds' seconds with and
 # without it.
+# Each model's MSE beside persistence, last close and the market's oracle: skill and achieved
+# skill, federated, centralised and on Spark (SCALE=paper for the paper's 2.7M rows).
+.PHONY: bench-forecast
+bench-forecast: $(STAMP)
+	$(PY) -u -m tests.bench_forecast --scale $(SCALE) --out runs/forecast
+
 .PHONY: bench-liveview
 bench-liveview: $(STAMP)
 	$(PY) -u -m tests.bench_liveview

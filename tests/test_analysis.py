@@ -323,8 +323,20 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     # No pull: the province's own least squares; an endless pull: the global weights.
     assert loose[shared.PERSONAL_MSE] == pytest.approx(own_mse, rel=1e-6)
     assert rigid[shared.PERSONAL_MSE] == pytest.approx(rigid[shared.GLOBAL_MSE], rel=1e-6)
-    assert own_mse <= firm[shared.PERSONAL_MSE] < firm[shared.GLOBAL_MSE]
+    assert firm[shared.PERSONAL_MSE] < firm[shared.GLOBAL_MSE]
+    # On the rows it is fitted to, a firm pull lands between the two (on test rows it may even
+    # beat the province's own fit, which is fitted to the training rows alone).
     data = works["hubei"].split(config)
+    x = preprocess.scale(data.x_train, *scaler)
+    lr = trainer_for("lr")
+    fitted = [
+        fine_tune(lr, foreign, x, data.y_train, {**task, shared.PERSONALISE_PULL: pull})
+        for pull in (0.0, 0.01, 1e9)
+    ]
+    own_fit, firm_fit, global_fit = (
+        float(np.mean((lr.predict(model, x, task) - data.y_train) ** 2)) for model in fitted
+    )
+    assert own_fit <= firm_fit <= global_fit and own_fit < global_fit
     with pytest.raises(ValueError, match="unknown model 'gbm'"):
         fine_tune(trainer_for("lr"), {}, data.x_train, data.y_train, {**task, "model": "gbm"})
 

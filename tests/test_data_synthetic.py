@@ -17,6 +17,7 @@ from common.data import (
     write_provinces,
 )
 from common.data.ashare import round_price
+from common.data.facts import stylised_facts
 from common.data.schema import ORACLE, RAW_COLUMNS
 from common.data.synthetic import CALENDAR, PAPER_ROWS, province_rows
 from common.provinces import PROVINCES
@@ -202,15 +203,13 @@ def test_an_oracle_column_beside_every_row_survives_validation_and_parquet(marke
         validate_raw(frame.head(3).assign(oracle=["1", "x", "2"]), "x")
 
 
-def test_stylised_facts_of_daily_bars(rows: pd.DataFrame) -> None:
+def test_stylised_facts_of_daily_bars(market) -> None:
     """Returns nearly unpredictable, their volatility clustered and fat-tailed."""
-    returns = np.log(rows["close"] / rows["previous"]).where(rows["paused"] == 0)
-    frame = pd.DataFrame({"r": returns, "lag": returns.groupby(rows["code"]).shift()}).dropna()
-    autocorrelation = np.corrcoef(frame["r"], frame["lag"])[0, 1]
-    assert -0.1 < autocorrelation < 0, autocorrelation  # a few percent of reversal
-    clustering = np.corrcoef(frame["r"].abs(), frame["lag"].abs())[0, 1]
-    assert clustering > 0.08, clustering  # big moves follow big moves
-    assert frame["r"].kurt() > 0.5  # fatter tails than a normal's
+    facts = stylised_facts(pd.concat(market.values(), ignore_index=True))
+    assert facts["returns"] > 90_000
+    assert -0.1 < facts["return_autocorrelation"] < 0, facts  # a few percent of reversal
+    assert facts["abs_return_autocorrelation"] > 0.08, facts  # big moves follow big moves
+    assert facts["excess_kurtosis"] > 0.5, facts  # fatter tails than a normal's
 
 
 def test_the_oracle_is_the_best_forecast_and_the_close_beats_the_average_price(market) -> None:
