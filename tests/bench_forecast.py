@@ -133,7 +133,9 @@ def table(runs: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench_forecast", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench_forecast", description=__doc__, allow_abbrev=False
+    )
     parser.add_argument("--scale", choices=("small", "paper"), default="small")
     parser.add_argument("--out", type=Path, default=Path("runs/forecast"))
     parser.add_argument("--no-spark", action="store_true", help="leave out the Spark jobs")
