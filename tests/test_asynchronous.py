@@ -5,6 +5,7 @@ import collections
 import functools
 import signal
 
+import grpc
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
@@ -12,9 +13,13 @@ from sklearn.linear_model import LinearRegression
 from client.__main__ import parse_args as client_args
 from common import preprocess
 from common.data import synthesize_province
-from common.launch import LocalFederation
+from common.launch import LocalFederation, free_port
 from common.provinces import PROVINCES
+from common.tensors import Payload
+from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.__main__ import build_server
 from server.__main__ import parse_args as server_args
 from server.buffer import StaleUpdate, VersionBuffer, staleness_weight
 from server.coordinator import Assignment, Coordinator
@@ -143,6 +148,46 @@ def test_a_task_handed_out_alone_closes_on_its_answer_or_at_its_deadline():
     assert answered.results[0].province == "beijing" and late.waiting
     assert coordinator.wait_any([late], timeout=5) == [late]
     assert "0.2 s deadline" in late.failures[0].reason
+
+
+def test_a_stale_update_is_refused_over_grpc_with_failed_precondition():
+    """What a client hears when its update is too stale: the status says it was well formed,
+    only too late, and the task closes as failed with the reason (in-process gRPC)."""
+    coordinator = Coordinator(poll_seconds=1)
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = build_server(coordinator, address, 16, 1 << 20)
+    server.start()
+    buffer = VersionBuffer(2, weights([0.0]), size=1, exponent=0.5, max_staleness=1)
+
+    def accept(result):
+        buffer.check(0)  # started from version 0, two behind the newest
+        return result
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.FederationStub(channel)
+            join = stub.Join(pb.JoinRequest(province="hubei", rows=1000), timeout=60)
+            metadata = ((SESSION_METADATA_KEY, join.session),)
+            task = Assignment(pb.Task(round=1, kind=pb.TASK_KIND_TRAIN), None)
+            phase = coordinator.send(1, pb.TASK_KIND_TRAIN, {"hubei": task}, accept, 600)
+            [first] = list(stub.GetTask(pb.TaskRequest(), timeout=60, metadata=metadata))
+            payload = Payload.encode(weights([1.0]))
+            outcome = pb.Outcome(
+                task_id=first.task.task_id,
+                round=1,
+                kind=pb.TASK_KIND_TRAIN,
+                num_examples=10,
+                parameters=payload.header,
+            )
+            chunks = [pb.SubmitChunk(outcome=outcome)]
+            chunks += [pb.SubmitChunk(data=c) for c in payload.chunks()]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Submit(iter(chunks), timeout=60, metadata=metadata)
+    finally:
+        server.stop(grace=None)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "2 versions behind" in refused.value.details()
+    assert not phase.waiting and "2 versions behind" in phase.failures[0].reason
 
 
 @pytest.mark.parametrize(
