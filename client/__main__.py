@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from client.config import ClientConfig
 from client.daemon import ClientDaemon
 from client.he_keys import read_private_key
 from client.local import LocalWork
@@ -26,7 +28,8 @@ from common.tls import TLSSetupError, client_credentials
 log = logging.getLogger("fedstock.client")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of `python -m client`, its default read from its FEDSTOCK_* variable."""
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
         prog="python -m client",
@@ -124,50 +127,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "to check the ledger against later with python -m server.ledger verify --receipts DIR "
         "[FEDSTOCK_RECEIPTS]",
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> ClientConfig:
+    """The settings the flags ask for; one that cannot work ends the program with its reason."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.province is None:
         parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
     try:
-        args.province = check_province(args.province)
-    except ValueError as error:
+        province = check_province(args.province)
+        given = {f.name: getattr(args, f.name) for f in fields(ClientConfig)}
+        return ClientConfig(**{**given, "province": province})
+    except ValueError as error:  # ConfigError among them
         parser.error(str(error))
-    if args.rows < 1:
-        parser.error("--rows must be positive")
-    if not 1 <= args.slowdown < float("inf"):
-        parser.error("--slowdown must be a finite factor of at least 1")
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    config = parse_args(argv)
     setup_logging()
     try:
-        if args.data is not None:
-            raw = load_province(args.data, args.province)
+        if config.data is not None:
+            raw = load_province(config.data, config.province)
         else:
-            raw = synthesize_province(args.province, args.rows, args.seed)
+            raw = synthesize_province(config.province, config.rows, config.seed)
     except DataError as error:
-        log.error("cannot load %s's data: %s", args.province, error)
+        log.error("cannot load %s's data: %s", config.province, error)
         return 2
-    log.info("%s holds %d rows", args.province, len(raw))
+    log.info("%s holds %d rows", config.province, len(raw))
     try:
-        credentials = None if args.insecure else client_credentials(args.tls_dir, args.province)
-        identity = None if args.insecure else Identity.load(args.tls_dir, args.province)
-        privacy = ClientPrivacy(read_private_key(args.he_key) if args.he_key else None, identity)
-        receipts = ReceiptBook(args.receipts / f"{args.province}.jsonl")
+        credentials = (
+            None if config.insecure else client_credentials(config.tls_dir, config.province)
+        )
+        identity = None if config.insecure else Identity.load(config.tls_dir, config.province)
+        privacy = ClientPrivacy(
+            read_private_key(config.he_key) if config.he_key else None, identity
+        )
+        receipts = ReceiptBook(config.receipts / f"{config.province}.jsonl")
     except (TLSSetupError, ValueError, OSError) as error:
         log.error("%s", error)
         return 2
     if credentials is None:
         log.warning("connecting WITHOUT TLS (--insecure)")
     daemon = ClientDaemon(
-        args.province,
-        args.server,
+        config.province,
+        config.server,
         credentials,
-        LocalWork(raw, privacy, args.slowdown),
-        connect_timeout=args.connect_timeout,
-        transfer_timeout=args.transfer_timeout,
-        max_model_bytes=int(args.max_model_mb * (1 << 20)),
+        LocalWork(raw, privacy, config.slowdown),
+        connect_timeout=config.connect_timeout,
+        transfer_timeout=config.transfer_timeout,
+        max_model_bytes=config.max_model_bytes,
         receipts=receipts,
     )
     try:

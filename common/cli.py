@@ -16,3 +16,7 @@ def env(name: str, default: str | None = None) -> str | None:
 def env_flag(name: str) -> bool:
     """A switch set in the environment by any value but empty, 0 or false."""
     return (env(name) or "").lower() not in ("", "0", "false")
+
+
+class ConfigError(ValueError):
+    """A setting, or a combination of settings, that cannot work; the message names the flag."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import ConfigError
 from common.compression import METHODS
 from common.preprocess import SETTINGS
 from common.registry import MODELS, model_spec, vector_models
@@ -24,10 +25,6 @@ from server.strategies.robust import AGGREGATIONS
 MODES = ("sync", "async")
 # Algorithms whose clients must train by gradient steps.
 GRADIENT_STRATEGIES = ("fedprox", "fednova", "scaffold", "qfedavg")
-
-
-class ConfigError(ValueError):
-    """A setting, or a combination of settings, that cannot work."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The server's command line maps every flag onto one typed setting, and checks them once."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
+from client.__main__ import build_parser as build_client_parser
+from client.__main__ import parse_args as client_args
 from server.cli import build_parser, parse_args
 from server.config import ConfigError, RunSettings
 
@@ -66,3 +68,23 @@ def test_a_bad_hyperparameter_is_named_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--svm-gamma", "wide"])
     assert "'wide' is not a positive number" in capsys.readouterr().err
+
+
+def test_the_client_maps_every_flag_onto_its_settings(monkeypatch, capsys):
+    flags = vars(build_client_parser().parse_args(["--province", "hubei"]))
+    config = client_args(["--slowdown", "2", "--province", " Hubei "])
+    assert set(flags) == {f.name for f in fields(config)}
+    assert config.province == "hubei" and config.slowdown == 2.0  # the canonical name
+    monkeypatch.setenv("FEDSTOCK_PROVINCE", "sichuan")
+    monkeypatch.setenv("FEDSTOCK_MAX_MODEL_MB", "2")
+    from_env = client_args([])
+    assert from_env.province == "sichuan" and from_env.max_model_bytes == 2 << 20
+    for argv, message in (
+        (["--province", "atlantis"], "unknown province 'atlantis'"),
+        (["--province", "hubei", "--rows", "0"], "--rows must be positive"),
+    ):
+        with pytest.raises(SystemExit):
+            client_args(argv)
+        assert message in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--slowdown must be a finite factor"):
+        replace(config, slowdown=0.5)

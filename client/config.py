@@ -1,0 +1,47 @@
+"""A province client's settings as one typed value that checks itself when it is made.
+
+Flags and environment variables are mapped onto it in client/__main__.py; the daemon and the
+province's work receive its values, never the command line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.cli import ConfigError
+from common.provinces import PROVINCES
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Which province, where its rows and the server are, how long to wait, what to trust."""
+
+    province: str
+    server: str
+    data: Path | None
+    rows: int
+    seed: int
+    connect_timeout: float
+    transfer_timeout: float
+    max_model_mb: float
+    tls_dir: Path
+    insecure: bool
+    he_key: Path | None
+    slowdown: float
+    receipts: Path
+
+    def __post_init__(self) -> None:
+        if self.province not in PROVINCES:
+            raise ConfigError(
+                f"unknown province {self.province!r}; expected one of: {', '.join(PROVINCES)}"
+            )
+        if self.rows < 1:
+            raise ConfigError("--rows must be positive")
+        if not 1 <= self.slowdown < math.inf:
+            raise ConfigError("--slowdown must be a finite factor of at least 1")
+
+    @property
+    def max_model_bytes(self) -> int:
+        return int(self.max_model_mb * (1 << 20))
