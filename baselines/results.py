@@ -20,7 +20,6 @@ from common import forecast
 from common.files import write_atomically
 from common.preprocess import Split
 from common.scores import Evaluation
-from server.summary import score_table
 
 
 def scores(prediction: np.ndarray, split: Split) -> dict[str, float]:
@@ -78,7 +77,7 @@ def summary(results: dict[str, Any]) -> str:
     final = results["final"]
     lines = [
         f"{results['framework']} {results['model']}, parameters {results['params'] or 'none'}",
-        *score_table(final),
+        *forecast.score_table(final),
         f"training seconds: {final['train_seconds']:.2f}",
         "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in final["timings"].items()),
     ]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import forecast
+from common.forecast import score_table
 from server.disclosure import table
 
 
@@ -40,46 +40,6 @@ def format_summary(results: dict[str, Any]) -> str:
     if "disclosure" in results:
         lines += ["", *table(results["disclosure"])]
     return "\n".join(lines + format_analysis(results))
-
-
-def score_table(final: dict[str, Any]) -> list[str]:
-    """MSE per province and overall beside the naive forecast on the same rows, and the verdict.
-
-    Columns a run did not score (no naive forecasts, no oracle) are left out.
-    """
-    rows = [*final["per_client"].items(), ("overall", final)]
-    columns = [
-        (name, heading, form)
-        for name, heading, form in SCORE_COLUMNS
-        if name == "mse" or any(name in score for _, score in rows)
-    ]
-    width = max(len(p) for p in [*final["per_client"], "province"])
-    total = sum(score["n_test"] for score in final["per_client"].values())
-    lines = [
-        f"{'province':<{width}}  {'test rows':>10}" + "".join(f"  {h:>12}" for _, h, _ in columns)
-    ]
-    for name, score in rows:
-        n_test = score["n_test"] if name != "overall" else total
-        cells = "".join(f"  {_cell(score.get(key), form):>12}" for key, _, form in columns)
-        lines.append(f"{name:<{width}}  {n_test:>10}{cells}")
-    verdict = forecast.verdict(final)
-    return lines + ([verdict] if verdict else [])
-
-
-# (results field, column heading, number format) of the score table.
-SCORE_COLUMNS = (
-    ("mse", "MSE", ".6g"),
-    ("naive_mse", "naive MSE", ".6g"),
-    ("skill", "skill", "+.2%"),
-    ("oracle_mse", "oracle MSE", ".6g"),
-    ("achieved_skill", "achieved", ".1%"),
-    ("mae", "MAE", ".4g"),
-    ("direction", "direction", ".1%"),
-)
-
-
-def _cell(value: float | None, form: str) -> str:
-    return "n/a" if value is None else format(value, form)
 
 
 def format_analysis(results: dict[str, Any]) -> list[str]:
