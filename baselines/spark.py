@@ -27,12 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from baselines import cli, results
 from baselines.data import DataOptions, Scaling, add_sums, split_province, write_synthetic
 from baselines.models import Context, ModelOptions, build_model, per_province, train
-from common import preprocess
+from common import forecast, preprocess
 from common.data import RAW_COLUMNS, validate_raw
 from common.data.schema import ORACLE
 from common.provinces import PROVINCES
@@ -230,12 +231,19 @@ def train_partitions(
     return scores, fitted - started, time.perf_counter() - fitted
 
 
-def _rows_of() -> Callable[[ProvinceSplit], Iterator[tuple]]:
+def _rows_of(references: list[str]) -> Callable[[ProvinceSplit], Iterator[tuple]]:
+    """Each row as (province, is_test, features…, target, reference forecasts…)."""
+
     def run(pair: ProvinceSplit) -> Iterator[tuple]:
         province, s = pair
-        for is_test, x, y in ((False, s.x_train, s.y_train), (True, s.x_test, s.y_test)):
-            for row, target in zip(x.tolist(), y.tolist(), strict=True):
-                yield (province, is_test, *row, target)
+        sides = (
+            (False, s.x_train, s.y_train, s.reference_train),
+            (True, s.x_test, s.y_test, s.reference_test),
+        )
+        for is_test, x, y, reference in sides:
+            named = np.column_stack([reference[name] for name in references])
+            for row, target, known in zip(x.tolist(), y.tolist(), named.tolist(), strict=True):
+                yield (province, is_test, *row, target, *known)
 
     return run
 
@@ -250,8 +258,9 @@ def train_mllib(
     from pyspark.sql import functions as F
 
     features = data.features
-    columns = ["province", "is_test", *features, preprocess.TARGET]
-    frame = spark.createDataFrame(splits.flatMap(_rows_of()), columns)
+    references = sorted(splits.first()[1].reference_test)
+    columns = ["province", "is_test", *features, preprocess.TARGET, *references]
+    frame = spark.createDataFrame(splits.flatMap(_rows_of(references)), columns)
     train = frame.where(~F.col("is_test")).cache()
     test = frame.where(F.col("is_test"))
     train.count()  # materialise, so the fit below times training alone
@@ -276,15 +285,22 @@ def train_mllib(
     started = time.perf_counter()
     fitted = pipeline.fit(train)
     trained = time.perf_counter()
-    error = (F.col("prediction") - F.col(preprocess.TARGET)) ** 2
-    per_province = (
-        fitted.transform(test)
-        .groupBy("province")
-        .agg(F.avg(error).alias("mse"), F.count(F.lit(1)).alias("n"))
-        .collect()
-    )
+    # The test rows' predictions, scored on the driver as every other job scores them.
+    scored = fitted.transform(test).select("province", "prediction", preprocess.TARGET, *references)
+    predicted = scored.toPandas()
     train.unpersist()
-    scores = [(row["province"], {"mse": float(row["mse"])}, int(row["n"])) for row in per_province]
+    scores = [
+        (
+            province,
+            forecast.scores(
+                rows["prediction"].to_numpy(),
+                rows[preprocess.TARGET].to_numpy(),
+                {name: rows[name].to_numpy() for name in references},
+            ),
+            len(rows),
+        )
+        for province, rows in predicted.groupby("province")
+    ]
     return scores, trained - started, time.perf_counter() - trained
 
 

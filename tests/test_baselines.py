@@ -188,6 +188,9 @@ def test_mllib_linear_regression_matches_the_centralised_fit(spark_session, load
     reference = centralised.run("lr", tiny_data, ModelOptions())
     assert outcome["framework"] == "spark-mllib"
     assert outcome["final"]["mse"] == pytest.approx(reference["final"]["mse"], rel=1e-4)
+    # the same test rows, so the same naive forecasts and oracle, to the last digit
+    for name in ("persistence_mse", "last_close_mse", "oracle_mse"):
+        assert outcome["final"][name] == pytest.approx(reference["final"][name], rel=1e-12)
 
 
 def test_spark_command_rejects_what_mllib_lacks(capsys):
