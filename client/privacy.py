@@ -22,6 +22,7 @@ from client.secagg import SecAggClient
 from common import paillier, secagg
 from common.compression import ErrorFeedback
 from common.keysign import Identity
+from common.noise import SecureRandom
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 from common.wire import ConfigScalar
@@ -35,14 +36,14 @@ def privatize(
     update: Arrays,
     reference: Arrays | None,
     config: Mapping[str, ConfigScalar],
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | SecureRandom | None = None,
 ) -> Arrays:
     """Local DP: the step from `reference` clipped to `dp_clip`, plus N(0, (σ·clip)²) noise."""
     if config.get("privacy") != "dp-local":
         return update
     bound = float(config["dp_clip"])
     sigma = float(config["dp_noise_multiplier"])
-    rng = rng or np.random.default_rng()
+    rng = rng or SecureRandom()  # the OS's secure generator: noise nobody can predict
     step = clip(delta(update, reference), bound)
     noisy = step + rng.normal(0.0, sigma * bound, size=step.shape)
     base = 0.0 if reference is None else flatten(reference)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping
 from concurrent import futures
@@ -30,6 +31,7 @@ from server.livestate import LiveState, RunInfo
 from server.liveview import LiveView
 from server.model_selection import ModelSelection
 from server.models import build_strategy
+from server.privacy.dp import planned_releases
 from server.results import ResultsFile
 from server.robust_sums import robust_sums
 from server.rounds import RoundLoop
@@ -110,12 +112,18 @@ def open_ledger(path: Path, resuming: bool, signer: Signer) -> Ledger:
 def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
     """Builds the strategy asked for from model options (model selection varies them)."""
 
+    selection = config.model
+    candidates = math.prod(len(values) for values in selection.grid.values())
+    releases = planned_releases(config.run.rounds, selection.cv_folds, candidates)
+    # One accountant for every strategy built: cross-validation's releases count too.
+    accountant = privacy.dp_accountant(config.privacy, releases)
+
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
         model = build_strategy(config.model.model, params)
         if config.strategy.robust_sums:
             model = robust_sums(model)
         return strategies.wrap(
-            privacy.wrap(model, config.privacy, config.run.rounds), config.strategy
+            privacy.wrap(model, config.privacy, config.run.rounds, accountant), config.strategy
         )
 
     return build

@@ -30,7 +30,7 @@ from server.config import (
     StrategySettings,
 )
 from server.model_selection import parse_grid
-from server.privacy import PRIVACY_MODES
+from server.privacy import DP_ACCOUNTANTS, PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
 
@@ -190,14 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--dp-epsilon",
         type=float,
         default=env("DP_EPSILON", "0"),
-        help="target ε over all rounds: the noise is calibrated to reach it; 0 means use "
-        "--dp-noise-multiplier [FEDSTOCK_DP_EPSILON]",
+        help="target ε over all noisy releases, cross-validation's included: the noise is "
+        "calibrated to reach it; 0 means use --dp-noise-multiplier [FEDSTOCK_DP_EPSILON]",
     )
     add(
         "--dp-delta",
         type=float,
         default=env("DP_DELTA", "1e-5"),
         help="δ at which ε is reported [FEDSTOCK_DP_DELTA]",
+    )
+    add(
+        "--dp-accountant",
+        choices=DP_ACCOUNTANTS,
+        default=env("DP_ACCOUNTANT", "rdp"),
+        help="how every noisy release of the run (each round of each cross-validation fold "
+        "and grid point, and of the final training) is composed into ε: rdp (Rényi DP) or pld "
+        "(privacy loss distributions, tighter), both from dp-accounting [FEDSTOCK_DP_ACCOUNTANT]",
     )
     add(
         "--he-public-key",

@@ -18,7 +18,7 @@ from common.preprocess import SETTINGS
 from common.registry import MODELS, model_spec, vector_models
 from common.settings import DataSettings
 from common.wire import ConfigScalar
-from server.privacy import PRIVACY_MODES
+from server.privacy import DP_ACCOUNTANTS, PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
 
@@ -131,6 +131,7 @@ class PrivacySettings:
     secagg_threshold: int
     secagg_bound: float
     secagg_neighbours: int
+    dp_accountant: str = "rdp"
 
     def __post_init__(self) -> None:
         if self.privacy not in PRIVACY_MODES:
@@ -153,6 +154,8 @@ class PrivacySettings:
             )
         if not 0 < self.dp_delta < 1:
             raise ConfigError("--dp-delta must lie strictly between 0 and 1")
+        if self.dp_accountant not in DP_ACCOUNTANTS:
+            raise ConfigError(f"--dp-accountant must be one of {', '.join(DP_ACCOUNTANTS)}")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,14 @@ from client.privacy import privatize
 from common import vectors
 from common.launch import LocalFederation
 from common.models import linear
+from common.noise import SecureRandom
 from common.provinces import PROVINCES
 from server import privacy
+from server.checkpoint import Checkpoint
 from server.cli import parse_args
-from server.privacy.dp import DPFedAvg, DPSettings, epsilon
+from server.privacy.dp import Accountant, DPFedAvg, DPSettings, epsilon, planned_releases
 from server.strategy import ClientResult, FedAvg
+from tests import in_memory
 from tests.test_federation import FAST
 
 ROWS, SEED = 20_000, 3
@@ -78,7 +81,7 @@ def test_epsilon_falls_with_noise_and_grows_with_rounds():
     assert epsilon(0.5, 3, 1e-5) > epsilon(1.0, 3, 1e-5) > epsilon(2.0, 3, 1e-5)
     assert epsilon(1.0, 1, 1e-5) < epsilon(1.0, 10, 1e-5)
     for mode in ("dp-central", "dp-local"):
-        settings = DPSettings.for_epsilon(mode, clip=1.0, target=3.0, delta=1e-5, rounds=4)
+        settings = DPSettings.for_epsilon(mode, clip=1.0, target=3.0, delta=1e-5, releases=4)
         assert settings.epsilon(4) == pytest.approx(3.0, rel=1e-3)
     # Replacing a client's data moves its own release twice as far: local DP needs 2σ.
     central = DPSettings.for_epsilon("dp-central", 1.0, 3.0, 1e-5, 4).noise_multiplier
@@ -106,3 +109,89 @@ def test_local_dp_federation_reports_epsilon_every_round(tmp_path):
     spent = [r["privacy"]["epsilon"] for r in rounds]
     assert spent[0] < spent[1] == pytest.approx(3.0, rel=1e-3)
     assert all(r["privacy"]["delta"] == 1e-5 and math.isfinite(r["mse"]) for r in rounds)
+
+
+def test_pld_composes_tighter_than_rdp_and_both_calibrate_to_the_target():
+    assert epsilon(1.0, 33, 1e-5, "pld") < epsilon(1.0, 33, 1e-5, "rdp")
+    for kind in ("rdp", "pld"):
+        settings = DPSettings.for_epsilon("dp-central", 1.0, 2.0, 1e-5, 33, kind)
+        assert settings.accountant == kind
+        assert settings.epsilon(33) == pytest.approx(2.0, rel=1e-2)
+
+
+def test_cross_validation_grid_points_and_folds_are_releases_too():
+    assert planned_releases(rounds=3, folds=5, candidates=2) == 33
+    assert planned_releases(rounds=3, folds=0, candidates=1) == 3
+
+
+def test_the_default_noise_is_not_numpys_generator():
+    strategy = DPFedAvg(fedavg(), DPSettings("dp-central", 1.0, 1.0, 1e-5))
+    assert isinstance(strategy.rng, SecureRandom)
+    draws = []
+    for _ in range(2):
+        np.random.seed(0)  # a seeded numpy would repeat itself; the OS generator does not
+        draws.append(strategy.rng.normal(0.0, 1.0, 1000))
+    assert not np.array_equal(draws[0], draws[1])
+    big = SecureRandom().normal(0.0, 2.0, (200, 500))
+    assert big.shape == (200, 500) and np.std(big) == pytest.approx(2.0, rel=0.02)
+    assert abs(np.mean(big)) < 0.05  # 10 standard errors
+
+
+def run_rounds(strategy, rounds):
+    current = {"coef": np.zeros(2), "intercept": np.array(0.0)}
+    update = [ClientResult("a", 1, {}, {"coef": np.ones(2), "intercept": np.array(1.0)})]
+    for server_round in range(1, rounds + 1):
+        strategy.configure_fit(server_round, current, ["a"])
+        current = strategy.aggregate_fit(server_round, update, [], current)
+        strategy.configure_evaluate(server_round, current, ["a"])
+    return strategy.round_report(rounds)["privacy"]
+
+
+def test_strategies_sharing_an_accountant_count_every_release_and_the_clear_ones_apart():
+    settings = DPSettings("dp-central", 1.0, 1.0, 1e-5)
+    shared = Accountant(settings)
+    for _ in range(2):  # two candidates of model selection, say
+        run_rounds(DPFedAvg(fedavg(), settings, accountant=shared), 3)
+    report = run_rounds(DPFedAvg(fedavg(), settings, accountant=shared), 3)
+    assert report["noisy_releases"] == {"noisy sums of updates": 9}
+    assert report["epsilon"] == pytest.approx(epsilon(1.0, 9, 1e-5))
+    assert report["clear_releases"] == {"evaluation metrics": 9, "training metrics": 9}
+    assert "no finite epsilon covers" in report["note"] and report["accountant"] == "rdp"
+
+
+def test_local_dp_counts_a_release_per_round_asked_even_without_answers():
+    settings = DPSettings("dp-local", 1.0, 2.0, 1e-5)
+    strategy = DPFedAvg(fedavg(), settings)
+    strategy.configure_fit(1, None, ["a", "b"])
+    assert strategy.aggregate_fit(1, [], [], None) is None
+    report = strategy.round_report(1)["privacy"]
+    assert report["noisy_releases"] == {"noised updates": 1}
+    assert report["epsilon"] == pytest.approx(epsilon(1.0, 1, 1e-5))
+
+
+def test_a_resumed_run_goes_on_counting_where_it_stopped(tmp_path):
+    settings = DPSettings("dp-central", 1.0, 1.0, 1e-5, "pld")
+    before = DPFedAvg(fedavg(), settings)
+    spent = run_rounds(before, 4)
+    Checkpoint(4, {}, np.zeros(1), np.ones(1), {}, before.state()).save(tmp_path / "c.npz")
+    after = DPFedAvg(fedavg(), settings)
+    after.restore(Checkpoint.load(tmp_path / "c.npz").strategy_state)
+    assert after.round_report(4)["privacy"] == spent
+    assert run_rounds(after, 1)["noisy_releases"] == {"noisy sums of updates": 5}
+
+
+def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
+    """The server's own run (in memory): 2 grid points × 3 folds × 2 rounds, then 2 rounds."""
+    flags = ["--model", "svm", "--rounds", "2", "--min-clients", "9"]
+    flags += ["--privacy", "dp-central", "--dp-epsilon", "4", "--dp-accountant", "pld"]
+    flags += ["--grid", "svm-c=1,10", "--cv-folds", "3"]
+    results = in_memory.run(tmp_path, *flags, over=in_memory.channel(rows=3_000))
+    spent = [r["privacy"] for r in results["rounds"]]
+    assert [s["noisy_releases"] for s in spent] == [
+        {"noisy sums of updates": 13},
+        {"noisy sums of updates": 14},
+    ]
+    # Calibrated for all 14, so the last round spends exactly the target; the first one less.
+    assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(4.0, rel=1e-2)
+    assert spent[1]["clear_releases"]["statistics"] == 1
+    assert spent[1]["accountant"] == "pld"

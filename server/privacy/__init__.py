@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from common.paillier import read_public_key
+from server.privacy.dp import ACCOUNTANTS, Accountant, DPFedAvg, DPSettings
 from server.privacy.dp import MODES as DP_MODES
-from server.privacy.dp import DPFedAvg, DPSettings
 from server.privacy.he import HEFedAvg
 from server.privacy.secagg import SecAggFedAvg
 from server.strategy import Strategy
@@ -19,12 +19,20 @@ if TYPE_CHECKING:
     from server.config import PrivacySettings
 
 PRIVACY_MODES = ("none", *DP_MODES, "he", "secagg")
+DP_ACCOUNTANTS = tuple(ACCOUNTANTS)
 
 
-def wrap(strategy: Strategy, asked: PrivacySettings, rounds: int) -> Strategy:
+def wrap(
+    strategy: Strategy,
+    asked: PrivacySettings,
+    rounds: int,
+    accountant: Accountant | None = None,
+) -> Strategy:
     """`strategy` with the privacy mechanism `asked.privacy` around it, for `rounds` rounds.
 
     The configuration has checked that the model's updates are weight vectors FedAvg averages.
+    Under DP, `accountant` is the run's own, shared by every strategy the run builds (model
+    selection's too), so that every release counts; without it, a new one for `rounds`.
     """
     if asked.privacy == "none":
         return strategy
@@ -34,10 +42,32 @@ def wrap(strategy: Strategy, asked: PrivacySettings, rounds: int) -> Strategy:
         return SecAggFedAvg(
             strategy, asked.secagg_threshold, asked.secagg_bound, asked.secagg_neighbours
         )
+    spent = accountant or dp_accountant(asked, rounds)
+    if spent is None:
+        raise ValueError(f"unknown privacy mode {asked.privacy!r}")
+    return DPFedAvg(strategy, spent.settings, accountant=spent)
+
+
+def dp_accountant(asked: PrivacySettings, releases: int) -> Accountant | None:
+    """The run's one DP accountant (None without DP); with --dp-epsilon the noise is
+    calibrated so that all `releases` noisy releases together spend it."""
+    if asked.privacy not in DP_MODES:
+        return None
     if asked.dp_epsilon:
         dp = DPSettings.for_epsilon(
-            asked.privacy, asked.dp_clip, asked.dp_epsilon, asked.dp_delta, rounds
+            asked.privacy,
+            asked.dp_clip,
+            asked.dp_epsilon,
+            asked.dp_delta,
+            releases,
+            asked.dp_accountant,
         )
     else:
-        dp = DPSettings(asked.privacy, asked.dp_clip, asked.dp_noise_multiplier, asked.dp_delta)
-    return DPFedAvg(strategy, dp)
+        dp = DPSettings(
+            asked.privacy,
+            asked.dp_clip,
+            asked.dp_noise_multiplier,
+            asked.dp_delta,
+            asked.dp_accountant,
+        )
+    return Accountant(dp)
