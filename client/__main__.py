@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "runs --privacy he [FEDSTOCK_HE_KEY]",
     )
     add(
+        "--he-insecure-key-size",
+        action="store_true",
+        default=env_flag("HE_INSECURE_KEY_SIZE"),
+        help="accept a Paillier key below 2048 bits, which can be factored: for tests only "
+        "[FEDSTOCK_HE_INSECURE_KEY_SIZE=1]",
+    )
+    add(
         "--slowdown",
         type=float,
         metavar="FACTOR",
@@ -161,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             None if config.insecure else client_credentials(config.tls_dir, config.province)
         )
         identity = None if config.insecure else Identity.load(config.tls_dir, config.province)
-        privacy = ClientPrivacy(
-            read_private_key(config.he_key) if config.he_key else None, identity
-        )
+        he_key = config.he_key
+        key = read_private_key(he_key, config.he_insecure_key_size) if he_key else None
+        privacy = ClientPrivacy(key, identity)
         receipts = ReceiptBook(config.receipts / f"{config.province}.jsonl")
     except (TLSSetupError, ValueError, OSError) as error:
         log.error("%s", error)

@@ -31,6 +31,7 @@ class ClientConfig:
     he_key: Path | None
     slowdown: float
     receipts: Path
+    he_insecure_key_size: bool = False
 
     def __post_init__(self) -> None:
         if self.province not in PROVINCES:

@@ -18,6 +18,10 @@ FRACTION_BITS = 32
 # The encrypted sum of the clients' sample counts travels beside the encrypted weighted sums.
 WEIGHT = "he_weight"
 MAX_CLIENTS = 1 << 16
+# Below 2048 bits a Paillier modulus can be factored within reach of a determined attacker
+# (NIST SP 800-57: 2048-bit RSA-type moduli for 112-bit security); smaller keys are for tests.
+MIN_KEY_BITS = 2048
+INSECURE_KEY_FLAG = "--he-insecure-key-size"
 
 
 class CiphertextError(ValueError):
@@ -69,9 +73,22 @@ def add(tensors: list[np.ndarray], modulus: int) -> np.ndarray:
     return to_tensor(product, tensors[0].shape[:-1], modulus)
 
 
-def read_public_key(path: Path) -> int:
+def check_key_size(modulus: int, allow_small: bool = False) -> int:
+    """The modulus, or ValueError if it is below MIN_KEY_BITS and small keys are not allowed."""
+    bits = modulus.bit_length()
+    if bits < MIN_KEY_BITS and not allow_small:
+        raise ValueError(
+            f"the Paillier key has a {bits}-bit modulus, below the {MIN_KEY_BITS}-bit minimum; "
+            f"make one with `python -m client.he_keys DIR` (or, for tests only, pass "
+            f"{INSECURE_KEY_FLAG})"
+        )
+    return modulus
+
+
+def read_public_key(path: Path, allow_small: bool = False) -> int:
     """The modulus n from a public key file written by `python -m client.he_keys`."""
     try:
-        return int(json.loads(path.read_text())["n"], 16)
+        modulus = int(json.loads(path.read_text())["n"], 16)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"cannot read a Paillier public key from {path}: {error}") from None
+    return check_key_size(modulus, allow_small)

@@ -215,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`python -m client.he_keys` (the provinces keep he.key) [FEDSTOCK_HE_PUBLIC_KEY]",
     )
     add(
+        "--he-insecure-key-size",
+        action="store_true",
+        default=env_flag("HE_INSECURE_KEY_SIZE"),
+        help="with --privacy he: accept a Paillier key below 2048 bits, which can be factored: "
+        "for tests only [FEDSTOCK_HE_INSECURE_KEY_SIZE=1]",
+    )
+    add(
         "--secagg-threshold",
         type=int,
         default=env("SECAGG_THRESHOLD", "0"),

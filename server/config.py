@@ -132,6 +132,7 @@ class PrivacySettings:
     secagg_bound: float
     secagg_neighbours: int
     dp_accountant: str = "rdp"
+    he_insecure_key_size: bool = False
 
     def __post_init__(self) -> None:
         if self.privacy not in PRIVACY_MODES:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from client.chain import EVALUATE, TRAIN, Outcome, Task
+from client.he_keys import main as he_keys_main
 from client.he_keys import read_private_key, write_keys
 from client.privacy import ClientPrivacy, PrivacyError
 from common import paillier, preprocess
@@ -14,12 +15,15 @@ from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
+from server.__main__ import main as server_main
 from server.privacy.he import HEFedAvg
 from server.strategy import ClientResult, FedAvg
 
 ROWS, SEED = 20_000, 3
 FAST = ["--poll-seconds", "2", "--round-timeout", "600", "--join-timeout", "900"]
 CONFIG = {"privacy": "he"}
+# The tests' 1024-bit keys are below the minimum: every program must be told it is a test.
+SMALL = paillier.INSECURE_KEY_FLAG
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +49,10 @@ def reveal(client, parameters):
 
 def test_the_server_sums_ciphertexts_into_the_weighted_average(keys):
     secret, shared = keys
-    client = ClientPrivacy(read_private_key(secret))
+    client = ClientPrivacy(read_private_key(secret, allow_small=True))
     server = HEFedAvg(
-        FedAvg({"model": "lr"}, linear.check_weights), paillier.read_public_key(shared)
+        FedAvg({"model": "lr"}, linear.check_weights),
+        paillier.read_public_key(shared, allow_small=True),
     )
     counts = [786, 948, 3164]
     results = []
@@ -65,14 +70,16 @@ def test_the_server_sums_ciphertexts_into_the_weighted_average(keys):
 
 
 def test_ciphertexts_are_not_the_plaintext_and_differ_each_time(keys):
-    client = ClientPrivacy(read_private_key(keys[0]))
+    client = ClientPrivacy(read_private_key(keys[0], allow_small=True))
     plain = update(0)
     first, second = seal(client, plain, 1), seal(client, plain, 1)
     assert first["coef"].dtype == np.uint8 and first["coef"].shape[:-1] == (8,)
     assert not np.array_equal(first["coef"], second["coef"])
-    encoded = paillier.encode(plain["coef"], paillier.read_public_key(keys[1]))
+    encoded = paillier.encode(plain["coef"], paillier.read_public_key(keys[1], allow_small=True))
     assert not set(encoded) & set(
-        paillier.from_tensor(first["coef"], read_private_key(keys[0]).public_key.n)
+        paillier.from_tensor(
+            first["coef"], read_private_key(keys[0], allow_small=True).public_key.n
+        )
     )
 
 
@@ -83,11 +90,11 @@ def test_the_public_key_file_holds_no_secret(keys):
 
 
 def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
-    n = paillier.read_public_key(keys[1])
+    n = paillier.read_public_key(keys[1], allow_small=True)
     server = HEFedAvg(FedAvg({"model": "lr"}, linear.check_weights), n)
     with pytest.raises(UpdateError):
         server.check_update(update(0), 8)
-    sealed = seal(ClientPrivacy(read_private_key(keys[0])), update(0), 5)
+    sealed = seal(ClientPrivacy(read_private_key(keys[0], allow_small=True)), update(0), 5)
     sealed["coef"] = np.full_like(sealed["coef"], 255)  # above n²
     with pytest.raises(UpdateError):
         server.check_update(sealed, 8)
@@ -115,8 +122,8 @@ def test_encrypted_federation_matches_plain_fedavg(tmp_path, keys):
         1,
         ROWS,
         SEED,
-        server_args=[*FAST, "--privacy", "he", "--he-public-key", str(shared)],
-        client_args=["--he-key", str(secret)],
+        server_args=[*FAST, "--privacy", "he", "--he-public-key", str(shared), SMALL],
+        client_args=["--he-key", str(secret), SMALL],
     )
     federation.start()
     codes = federation.wait(timeout=240)
@@ -143,3 +150,18 @@ def plain_fedavg_mse():
         for s in splits
     ]
     return sum(errors) / sum(len(s.y_test) for s in splits)
+
+
+def test_keys_below_2048_bits_are_refused_unless_explicitly_allowed(keys, tmp_path, capsys, caplog):
+    secret, shared = keys
+    for read, path in ((read_private_key, secret), (paillier.read_public_key, shared)):
+        with pytest.raises(ValueError, match="1024-bit modulus, below the 2048-bit minimum"):
+            read(path)
+    assert paillier.check_key_size(1 << 2047) == 1 << 2047
+    with pytest.raises(SystemExit):
+        he_keys_main([str(tmp_path / "small"), "--bits", "1024"])
+    assert "--bits must be at least 2048" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()
+    flags = ["--insecure", "--privacy", "he", "--he-public-key", str(shared)]
+    assert server_main([*flags, "--results", str(tmp_path / "r.json")]) == 2
+    assert "below the 2048-bit minimum" in caplog.text

@@ -37,7 +37,7 @@ def wrap(
     if asked.privacy == "none":
         return strategy
     if asked.privacy == "he":
-        return HEFedAvg(strategy, read_public_key(asked.he_public_key))
+        return HEFedAvg(strategy, read_public_key(asked.he_public_key, asked.he_insecure_key_size))
     if asked.privacy == "secagg":
         return SecAggFedAvg(
             strategy, asked.secagg_threshold, asked.secagg_bound, asked.secagg_neighbours
