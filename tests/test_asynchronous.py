@@ -299,8 +299,10 @@ def test_updates_beyond_the_maximum_staleness_are_refused_and_never_applied(tmp_
         (["--aggregation", "median", "--compression", "int8"], 1.05),
         (["--strategy", "fedprox", "--mu", "0.1"], 1.05),
         (["--aggregation", "multi-krum", "--buffer-size", "5", "--compression", "topk"], 1.05),
-        # Adam's steps of about η a coordinate have not settled after 30 versions.
-        (["--strategy", "fedadam"], 1.5),
+        # Adam moves every coordinate by about η a version: at its default η = 0.05 it still
+        # swings after 30 versions on this market (0.77 against the exact fit's 0.18); 0.01
+        # settles.
+        (["--strategy", "fedadam", "--server-lr", "0.01"], 1.1),
     ],
 )
 def test_strategies_robust_rules_and_compression_run_asynchronously(tmp_path, flags, within):
