@@ -248,7 +248,10 @@ def test_lr_sgd_learns_the_standardised_change_and_answers_in_yuan():
     zero = trainers.predict_sgd(weights(np.zeros(x.shape[1])), x, config)
     today = data.x_train[:, data.features.index("close")]
     np.testing.assert_allclose(zero, today + config["change_mean"])
-    fitted = trainers.predict_sgd(trainers.fit_sgd(x, data.y_train, None, config), x, config)
     exact = linear.predict(linear.fit_weights(x, data.y_train), x)
-    # One pass at the default step size comes within 2 % of the least-squares fit.
+    # Where there is a little signal to learn, a constant step hovers above the least-squares
+    # fit by its own noise: at a quarter of the default step, five passes come within 2 % of it
+    # (one pass at the default step does not: 7.8 % above it on these rows).
+    slow = {**config, "learning_rate": config["learning_rate"] / 4, "local_epochs": 5}
+    fitted = trainers.predict_sgd(trainers.fit_sgd(x, data.y_train, None, slow), x, slow)
     assert np.mean((fitted - data.y_train) ** 2) < 1.02 * np.mean((exact - data.y_train) ** 2)
