@@ -53,11 +53,12 @@ def write_data(frames: dict, out: Path) -> tuple[Path, Path]:
     mean, std = x_all.mean(axis=0), x_all.std(axis=0)
     close = splits[PROVINCES[0]].features.index("close")
     change = np.concatenate([s.y_train - s.x_train[:, close] for s in splits.values()])
+
+    def target(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """lr-sgd's target: tomorrow's change from today's close, standardised."""
+        return (y - x[:, close] - change.mean()) / change.std()
+
     for province, s in splits.items():
-
-        def target(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            return (y - x[:, close] - change.mean()) / change.std()
-
         np.savez(
             arrays / f"{province}.npz",
             x_train=(s.x_train - mean) / std,
