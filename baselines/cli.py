@@ -6,8 +6,9 @@ import argparse
 
 from baselines.data import DEFAULT_ROWS, DEFAULT_SEED, DataOptions
 from baselines.models import MODELS, ModelOptions
+from common.features import FEATURE_SETS
 from common.models.histgrow import TREE_MODELS
-from common.preprocess import SETTINGS
+from common.preprocess import SETTINGS, features_for
 
 
 def depth(text: str) -> int | None:
@@ -34,6 +35,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         choices=SETTINGS,
         default="next-day",
         help="next-day: tomorrow's price, split by time; paper: same-day price, random split",
+    )
+    add(
+        "--features",
+        dest="feature_set",
+        choices=FEATURE_SETS,
+        default="paper",
+        help="paper: the paper's columns; technical: lagged returns, moving-average ratios, "
+        "volatility, turnover and limit flags beside close and price (next-day only)",
     )
     add("--test-fraction", type=float, default=0.2, help="share of each province's rows for test")
     add("--split-seed", type=int, default=0, help="seed of the random split (paper setting)")
@@ -119,7 +128,13 @@ def tree_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def data_options(args: argparse.Namespace) -> DataOptions:
     return DataOptions(
-        args.data, args.rows, args.seed, args.setting, args.test_fraction, args.split_seed
+        args.data,
+        args.rows,
+        args.seed,
+        args.setting,
+        args.test_fraction,
+        args.split_seed,
+        args.feature_set,
     )
 
 
@@ -140,6 +155,10 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
+    try:
+        features_for(args.setting, args.feature_set)
+    except ValueError as error:
+        parser.error(f"--features {args.feature_set}: {error}")
     if not args.learning_rate > 0:
         parser.error("--learning-rate must be positive")
     for flag in ("rows", "trees", "components", "svr_rows", "rounds", "epochs"):

@@ -34,10 +34,11 @@ class DataOptions:
     setting: str = "next-day"
     test_fraction: float = 0.2
     split_seed: int = 0
+    feature_set: str = "paper"  # common/features.py
 
     @property
     def features(self) -> list[str]:
-        return preprocess.features_for(self.setting)
+        return preprocess.features_for(self.setting, self.feature_set)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class Scaling:
 
 
 def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:
-    return preprocess.split(raw, options.setting, options.test_fraction, options.split_seed)
+    return preprocess.split(
+        raw, options.setting, options.test_fraction, options.split_seed, options.feature_set
+    )
 
 
 def add_sums(a: Arrays, b: Arrays) -> Arrays:

@@ -41,7 +41,7 @@ class LocalWork:
         data = DataSettings.from_config(config)
         if data not in self._splits:
             self._splits[data] = preprocess.split(
-                self.raw, data.setting, data.test_fraction, data.seed
+                self.raw, data.setting, data.test_fraction, data.seed, data.features
             )
         fold = FoldSettings.from_config(config)
         if fold.cv_folds:

@@ -11,7 +11,6 @@ import logging
 import numpy as np
 
 from client.local import LocalWork, Outcome
-from common.preprocess import features_for
 from common.settings import DataSettings
 from common.tensors import Arrays, from_tensor
 from common.wire import from_config
@@ -39,7 +38,7 @@ def perform(work: LocalWork, task: pb.Task, parameters: Arrays | None) -> Outcom
         return work.statistics(config, parameters)
     if task.kind in SECAGG_STEPS:
         return work.secagg(SECAGG_STEPS[task.kind], config, parameters)
-    scaler = _scaler(task, DataSettings.from_config(config).setting)
+    scaler = _scaler(task, DataSettings.from_config(config).columns())
     if task.kind == pb.TASK_KIND_TRAIN:
         return work.train(config, scaler, parameters)
     if task.kind == pb.TASK_KIND_EVALUATE and parameters is not None:
@@ -49,8 +48,7 @@ def perform(work: LocalWork, task: pb.Task, parameters: Arrays | None) -> Outcom
     raise ClientError(f"the server sent a task this client does not understand: {kind}")
 
 
-def _scaler(task: pb.Task, setting: str) -> tuple[np.ndarray, np.ndarray]:
-    expected = features_for(setting)
+def _scaler(task: pb.Task, expected: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if list(task.scaler.features) != expected:
         raise ClientError(
             f"the server scales features {list(task.scaler.features)}, this client has {expected}"

@@ -54,7 +54,8 @@ FOREST_PARAMS: dict[str, Callable[[ConfigScalar], ConfigScalar]] = {
 
 def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
     """Today's close in yuan, from raw or globally scaled rows."""
-    column = x[:, preprocess.features_for(str(config["setting"])).index("close")]
+    columns = preprocess.features_for(str(config["setting"]), str(config.get("features", "paper")))
+    column = x[:, columns.index("close")]
     if not scaled:
         return column
     return column * float(config["close_scale"]) + float(config["close_mean"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from common import features as feature_sets
 from common import forecast
 
 SETTINGS = ("next-day", "paper")
@@ -25,9 +26,17 @@ TARGET = "target"
 ORACLE = forecast.ORACLE
 
 
-def features_for(setting: str) -> list[str]:
+def features_for(setting: str, features: str = "paper") -> list[str]:
+    """The columns a model reads in `setting` with the feature set `features` (common.features).
+
+    The technical set forecasts tomorrow; the paper setting's same-day price has its own seven.
+    """
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; expected one of: {', '.join(SETTINGS)}")
+    if feature_sets.check_feature_set(features) == "technical":
+        if setting != "next-day":
+            raise ValueError("the technical features forecast tomorrow: use the next-day setting")
+        return check_features(feature_sets.TECHNICAL_COLUMNS)
     return check_features(NEXT_DAY_FEATURES if setting == "next-day" else PAPER_FEATURES)
 
 
@@ -69,7 +78,11 @@ def clean(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def split(
-    raw: pd.DataFrame, setting: str = "next-day", test_fraction: float = 0.2, seed: int = 0
+    raw: pd.DataFrame,
+    setting: str = "next-day",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    features: str = "paper",
 ) -> Split:
     """Targets and a train/test split for one province.
 
@@ -80,14 +93,17 @@ def split(
     Naive forecasts: persistence is the target's quantity one row earlier (today's price for the
     next-day target; the stock's previous trading day's price in the paper setting, or today's
     close on its first row), last close is today's close. A market's oracle column goes with the
-    next-day target, whose expectation it is.
+    next-day target, whose expectation it is. The technical features are computed on the
+    province's own cleaned rows, before any row is held out, from each row's past alone.
     """
-    features = features_for(setting)
+    columns = features_for(setting, features)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     frame = clean(raw)
     if setting == "next-day":
         frame = frame.sort_values(["code", "date"], kind="stable")
+        if features == "technical":
+            frame = feature_sets.technical(frame)
         frame[TARGET] = frame.groupby("code", sort=False)["price"].shift(-1)
         frame = frame.dropna(subset=[TARGET])
         persistence = frame["price"]
@@ -100,7 +116,7 @@ def split(
         order = np.random.default_rng(seed).permutation(len(frame))
         is_test = np.zeros(len(frame), dtype=bool)
         is_test[order[: round(len(frame) * test_fraction)]] = True
-    x = frame[features].to_numpy(dtype=np.float64)
+    x = frame[columns].to_numpy(dtype=np.float64)
     y = frame[TARGET].to_numpy(dtype=np.float64)
     if len(y) == 0:
         raise ValueError("no usable rows remain after cleaning")
@@ -109,7 +125,7 @@ def split(
         reference[ORACLE] = frame[ORACLE]
     values = {name: column.to_numpy(dtype=np.float64) for name, column in reference.items()}
     return Split(
-        features,
+        columns,
         x[~is_test],
         y[~is_test],
         x[is_test],

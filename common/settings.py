@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from common.preprocess import GlobalStatistics
+from common.preprocess import GlobalStatistics, features_for
 from common.wire import ConfigScalar
 
 _KINDS = {"str": str, "int": int, "float": float, "bool": bool}
@@ -51,11 +51,17 @@ class TaskSettings:
 
 @dataclass(frozen=True)
 class DataSettings(TaskSettings):
-    """How every province splits its rows, the same way: the setting, test share and seed."""
+    """How every province splits its rows, the same way: the setting, test share and seed, and
+    the feature set it computes from them (common/features.py)."""
 
     setting: str
     test_fraction: float
     seed: int
+    features: str = "paper"
+
+    def columns(self) -> list[str]:
+        """The feature columns every province computes, in order."""
+        return features_for(self.setting, self.features)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ def results_file(config: ServerConfig) -> ResultsFile:
         {
             "model": config.model.model,
             "setting": config.run.setting,
+            "features": config.run.features,
             "server_version": SOFTWARE_VERSION,
             "config": config.record(),
         },

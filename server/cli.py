@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.cli import env, env_flag
 from common.compression import METHODS
+from common.features import FEATURE_SETS
 from common.hyperparameters import ALL_OPTIONS, OPTIONS
 from common.preprocess import SETTINGS
 from common.registry import MODELS
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("SETTING", "next-day"),
         help="next-day: forecast tomorrow's price, split by time; paper: same-day price with a "
         "random split, as the seed paper [FEDSTOCK_SETTING]",
+    )
+    add(
+        "--features",
+        choices=FEATURE_SETS,
+        default=env("FEATURES", "paper"),
+        help="paper: the paper's columns (plus today's price forecasting tomorrow); technical: "
+        "close and price with lagged returns, moving-average ratios, volatility, turnover and "
+        "limit flags, each province's from its own rows (next-day only) [FEDSTOCK_FEATURES]",
     )
     add(
         "--test-fraction",

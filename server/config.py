@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.cli import ConfigError
 from common.compression import METHODS
-from common.preprocess import SETTINGS
+from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
 from common.settings import DataSettings
 from common.wire import ConfigScalar
@@ -39,6 +39,7 @@ class RunSettings:
     setting: str
     test_fraction: float
     seed: int
+    features: str = "paper"
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -53,10 +54,14 @@ class RunSettings:
             )
         if not 0 < self.test_fraction < 1:
             raise ConfigError("--test-fraction must lie strictly between 0 and 1")
+        try:
+            features_for(self.setting, self.features)
+        except ValueError as error:
+            raise ConfigError(f"--features {self.features}: {error}") from None
 
     def data_config(self) -> dict[str, ConfigScalar]:
         """What every client needs to prepare its rows the same way."""
-        return DataSettings(self.setting, self.test_fraction, self.seed).to_config()
+        return DataSettings(self.setting, self.test_fraction, self.seed, self.features).to_config()
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class RoundLoop:
         self.schedule = schedule or Cohort()
         # The updates the global model was last aggregated from, kept for contributions.
         self.final_fit: FinalFit | None = None
-        self.features = features_for(settings.setting)
+        self.features = features_for(settings.setting, settings.features)
         self.parameters: Arrays | None = None
         self.scaler: pb.Scaler | None = None
         self.statistics: GlobalStatistics | None = None
