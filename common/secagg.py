@@ -12,6 +12,13 @@ SecAgg+ (Bell et al., CCS 2020) is the same protocol on a sparse graph: each cli
 and shares its secrets among only its neighbours on a k-regular graph that the server
 announces by its seed, so a client's work grows with k, not N, and `threshold` counts shares
 within one neighbourhood (the client and its k neighbours).
+
+Exchanges (`Client.exchange_input`, `exchange_sum`) reuse one key agreement for many sums, as a
+tree's histograms need one sum per depth level: each input carries only pairwise masks, derived
+from the pair's seed, the exchange's number and a digest of what the exchange asked, so no mask
+is used twice and the masks cancel only if every member was asked the same question. There is
+no self mask and nothing to unmask: the sum is exact only over every member, so an exchange that
+misses one cannot be summed, and no share is ever revealed for it.
 """
 
 from __future__ import annotations
@@ -134,6 +141,23 @@ def prg(seed: bytes, size: int, encoding: Encoding | WideEncoding) -> np.ndarray
     return np.frombuffer(stream.update(bytes(8 * size)), dtype=np.uint64) & encoding.mask
 
 
+def exchange_seed(seed: bytes, exchange: int, context: bytes) -> bytes:
+    """A pair's seed for one exchange: fresh for every exchange number and question asked."""
+    info = b"fedstock secagg exchange v1\0" + exchange.to_bytes(8) + b"\0" + context
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(seed)
+
+
+def digest(arrays: Mapping[str, np.ndarray] | None, config: Mapping[str, object]) -> bytes:
+    """What an exchange asked, as bytes: every tensor (name, dtype, shape, data) and setting."""
+    h = hashes.Hash(hashes.SHA256())
+    for name in sorted(arrays or {}):
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        h.update(array.tobytes())
+    h.update(repr(sorted((str(k), str(v)) for k, v in config.items())).encode())
+    return h.finalize()
+
+
 def agree(private: X25519PrivateKey, public: bytes, label: bytes) -> bytes:
     shared = private.exchange(X25519PublicKey.from_public_bytes(public))
     return HKDF(hashes.SHA256(), 32, salt=None, info=label).derive(shared)
@@ -192,6 +216,8 @@ class Client:
     _mask_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     _self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     _held: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _exchange: int = 0  # the last exchange number masked
+    _peers: frozenset[int] = frozenset()  # whom every exchange masks with
 
     def advertise(self) -> tuple[bytes, bytes]:
         """The public keys the server relays: one to encrypt shares, one to agree masks."""
@@ -253,6 +279,41 @@ class Client:
 
         Only once a round, and only with at least `threshold` − 1 peers that shared with it:
         a server that relayed fewer could unmask the input by claiming those peers dropped."""
+        self._check_peers(shares)
+        self._advance("share", "mask")
+        self._open_shares(shares)
+        encoded = self.encoding.encode(values)
+        total = encoded + prg(self._self_seed, len(encoded), self.encoding)
+        # Masks pair this client with those whose shares it holds: the clients still in.
+        return self._pairwise(total, {v: self._seed(v) for v in shares})
+
+    def exchange_input(
+        self, values: np.ndarray, shares: dict[int, bytes], exchange: int, context: bytes
+    ) -> np.ndarray:
+        """The encoded input plus pairwise masks for exchange number `exchange` on the question
+        whose digest is `context`: many exchanges under one key agreement, each number once and
+        rising, so a server that asks twice under one number (two inputs, one mask) is refused.
+        No self mask and no unmasking: only the sum over every peer in `shares` and this
+        client is clear (`exchange_sum`), and after exchanges this client reveals no share."""
+        self._check_peers(shares)
+        if exchange <= self._exchange:
+            raise SecAggError(
+                f"refusing exchange {exchange} after exchange {self._exchange}: each exchange "
+                "number masks one input, once (a replayed or reordered exchange)"
+            )
+        if self._step == "share":
+            self._open_shares(shares)
+            self._peers = frozenset(shares)
+        elif self._step != "exchange" or frozenset(shares) != self._peers:
+            raise SecAggError(
+                f"refusing an exchange after {self._step!r} or with other peers: exchanges "
+                "follow the key agreement and mask with the same peers throughout"
+            )
+        self._step, self._exchange = "exchange", exchange
+        seeds = {v: exchange_seed(self._seed(v), exchange, context) for v in shares}
+        return self._pairwise(self.encoding.encode(values), seeds)
+
+    def _check_peers(self, shares: dict[int, bytes]) -> None:
         strangers = sorted(set(shares) - getattr(self, "_group", frozenset()) - {self.index})
         if strangers or len(shares) + 1 < self.threshold:
             raise SecAggError(
@@ -260,20 +321,23 @@ class Client:
                 f"fewer than the threshold of {self.threshold} with this client, so the server "
                 "could remove every mask but its own; is the server deviating?"
             )
-        self._advance("share", "mask")
+
+    def _open_shares(self, shares: dict[int, bytes]) -> None:
         for u, sealed in shares.items():
             plain = self._box(u).decrypt(sealed[-12:], sealed[:-12], _pair(u, self.index))
             self._held[u] = (
                 int.from_bytes(plain[:SHARE_BYTES]),
                 int.from_bytes(plain[SHARE_BYTES:]),
             )
-        encoded = self.encoding.encode(values)
-        size = len(encoded)
-        total = encoded + prg(self._self_seed, size, self.encoding)
-        # Masks pair this client with those whose shares it holds: the clients still in.
-        for v in shares:
-            seed = agree(self._mask_key, self._adverts[v][1], _pair(self.index, v))
-            mask = prg(seed, size, self.encoding)
+
+    def _seed(self, other: int) -> bytes:
+        return agree(self._mask_key, self._adverts[other][1], _pair(self.index, other))
+
+    def _pairwise(self, total: np.ndarray, seeds: dict[int, bytes]) -> np.ndarray:
+        """`total` plus the mask of each pair: added by the lower index, subtracted by the
+        higher, so that they cancel in the sum."""
+        for v, seed in seeds.items():
+            mask = prg(seed, len(total), self.encoding)
             total = total + mask if self.index < v else total - mask
         return total & self.encoding.mask
 
@@ -312,6 +376,12 @@ def aggregate(
             mask = prg(agree(private, adverts[v][1], _pair(u, v)), size, encoding)
             # v added this mask if v < u and subtracted it otherwise: undo what v did.
             total = total - mask if v < u else total + mask
+    return encoding.decode(total & encoding.mask)
+
+
+def exchange_sum(encoding: Encoding | WideEncoding, masked: list[np.ndarray]) -> np.ndarray:
+    """The sum of one exchange's inputs from every member: their pairwise masks cancel."""
+    total = sum(masked, np.zeros(len(masked[0]), np.uint64))
     return encoding.decode(total & encoding.mask)
 
 

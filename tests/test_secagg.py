@@ -22,6 +22,7 @@ from common.secagg import (
     WideEncoding,
     aggregate,
     combine,
+    exchange_sum,
     neighbours,
     split,
 )
@@ -388,3 +389,65 @@ def test_the_wide_encoding_sums_values_beyond_one_ring_element():
     np.testing.assert_allclose(wide.decode(total), 9 * values, rtol=1e-12, atol=1e-4)
     with pytest.raises(ValueError, match="exceeds"):
         wide.encode(np.array([1e40]))
+
+
+def agreed(graph=None, threshold=THRESHOLD):
+    """Clients after the key agreement, and the shares relayed to each."""
+    encoding = Encoding(bound=1_000.0, clients=N)
+    clients = {i: Client(i, encoding, threshold, graph and graph[i]) for i in range(1, N + 1)}
+    adverts = {i: c.advertise() for i, c in clients.items()}
+    outboxes = {u: c.share(adverts) for u, c in clients.items()}
+    relayed = {v: {u: box[v] for u, box in outboxes.items() if v in box} for v in clients}
+    return clients, relayed, encoding
+
+
+@pytest.mark.parametrize("graph", [None, neighbours(N, 4, 7)])
+def test_many_exchanges_under_one_key_agreement_each_sum_exactly(graph):
+    clients, relayed, encoding = agreed(graph, threshold=3 if graph else THRESHOLD)
+    for exchange in (1, 2, 5):
+        inputs = updates(exchange)
+        masked = [
+            c.exchange_input(inputs[i], relayed[i], exchange, b"question")
+            for i, c in clients.items()
+        ]
+        total = exchange_sum(encoding, masked)
+        assert np.allclose(total, sum(inputs.values()), atol=N * 2.0**-24)
+        # Without one member the masks do not cancel: the rest's sum is noise.
+        part = exchange_sum(encoding, masked[1:])
+        assert not np.allclose(part, sum(inputs[i] for i in range(2, N + 1)), atol=1.0)
+
+
+def test_each_exchange_masks_afresh_and_only_one_question_unmasks():
+    clients, relayed, encoding = agreed()
+    zeros = np.zeros(SIZE)
+    first = clients[1].exchange_input(zeros, relayed[1], 1, b"q")
+    second = clients[1].exchange_input(zeros, relayed[1], 2, b"q")
+    # The same input under two exchange numbers: two unrelated masks, so no difference leaks.
+    assert (
+        stats.kstest(
+            (second - first) & encoding.mask, stats.randint(0, 2**encoding.bits).cdf
+        ).pvalue
+        > 1e-4
+    )
+    # Members asked different questions get masks that do not cancel.
+    inputs = updates(3)
+    masked = [
+        c.exchange_input(inputs[i], relayed[i], 3, b"q" if i > 1 else b"other")
+        for i, c in clients.items()
+    ]
+    assert not np.allclose(exchange_sum(encoding, masked), sum(inputs.values()), atol=1.0)
+
+
+def test_a_replayed_exchange_or_unmasking_after_exchanges_is_refused():
+    clients, relayed, _ = agreed()
+    clients[1].exchange_input(np.ones(SIZE), relayed[1], 4, b"q")
+    for exchange in (4, 3):  # a second input under a used number would cancel its mask
+        with pytest.raises(SecAggError, match="each exchange number masks one input"):
+            clients[1].exchange_input(np.ones(SIZE), relayed[1], exchange, b"q")
+    fewer = dict(list(relayed[1].items())[:-1])
+    with pytest.raises(SecAggError, match="same peers"):
+        clients[1].exchange_input(np.ones(SIZE), fewer, 5, b"q")
+    with pytest.raises(SecAggError):  # no share of an exchanging client is ever revealed
+        clients[1].unmask(set(range(1, N + 1)), set())
+    with pytest.raises(SecAggError, match="threshold"):
+        clients[2].exchange_input(np.ones(SIZE), dict(list(relayed[2].items())[:2]), 1, b"q")
