@@ -17,7 +17,6 @@ from client.trainers import Trainer
 from common import analysis
 from common.models import linear
 from common.models.checks import UpdateError
-from common.models.histgrow import TREE_MODELS
 from common.preprocess import Split
 from common.registry import model_spec
 from common.tensors import Arrays
@@ -40,8 +39,8 @@ def candidate_mses(
 ) -> dict[str, float]:
     if candidates and analysis.MEMBERS in candidates[0]:
         predictions = member_predictions(trainer, model, candidates, x, config)
-    elif config["model"] == "svm":
-        predictions = svm_predictions(candidates, x, config)
+    elif trainer.predict_candidates is not None:
+        predictions = trainer.predict_candidates(candidates, x, config)
     else:
         predictions = (trainer.predict(candidate, x, config) for candidate in candidates)
     return {analysis.candidate_metric(k): mse(p, y) for k, p in enumerate(predictions)}
@@ -63,16 +62,6 @@ def member_predictions(
         if mask.shape != (len(members),) or not mask.any() or not np.isin(mask, (0, 1)).all():
             raise UpdateError(f"a candidate must mark some of the {len(members)} members by 0/1")
         yield each @ mask / mask.sum()
-
-
-def svm_predictions(
-    candidates: list[Arrays], x: np.ndarray, config: Config
-) -> Iterator[np.ndarray]:
-    """The svm's candidates share one random feature map: the rows' costly cosines are
-    computed once for all of them, not once per candidate as `predict_svm` would."""
-    z = trainers.fourier_features(x.shape[1], config).transform(x)
-    for candidate in candidates:
-        yield trainers.restore(z @ candidate["coef"] + candidate["intercept"], x, config)
 
 
 def permuted_mses(
@@ -107,7 +96,7 @@ def fine_tune(
         return trainer.fit(x, y, model, {**config, spec.own_epochs: epochs})
     if spec.closed_form:  # a fit that ignores where it starts: pulled towards the global one
         return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
-    if spec.name in TREE_MODELS:  # grown from histograms: boosting or growing continues here
+    if spec.trees is not None:  # grown from histograms: boosting or growing continues here
         change = y - trainers.close(x, config, scaled=False)
         return histograms.personalise(model, x, change, config)
     if spec.members is not None:

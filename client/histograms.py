@@ -13,8 +13,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from common.models import histtree
-from common.models.histgrow import TREE_MODELS, Query, TreeSettings
+from common.models.histgrow import Query, TreeSettings
 from common.models.histparty import Party, fit_union
+from common.registry import model_spec
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -26,7 +27,10 @@ KEEP = 16
 
 
 def settings_for(config: Config) -> TreeSettings:
-    return TreeSettings.from_mapping(config, TREE_MODELS[str(config["model"])].prefix)
+    trees = model_spec(str(config["model"])).trees
+    if trees is None:
+        raise ValueError(f"model {config['model']!r} is not grown from histograms")
+    return TreeSettings.from_mapping(config, trees.prefix)
 
 
 def answer(x: np.ndarray, change: np.ndarray, question: Arrays | None, config: Config) -> Arrays:

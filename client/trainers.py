@@ -8,7 +8,7 @@ statistics with them (common.settings.TaskContext). Whatever a model learns, it 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,13 +17,14 @@ from client import histograms
 from client.optim import LinearSGD, local_steps
 from common import preprocess
 from common.models import forest, linear, rff, svr
-from common.models.histgrow import TREE_MODELS
+from common.registry import model_spec
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
 Config = Mapping[str, ConfigScalar]
 Fit = Callable[[np.ndarray, np.ndarray, Arrays | None, Config], Arrays]
 Predict = Callable[[Arrays, np.ndarray, Config], np.ndarray]
+PredictMany = Callable[[list[Arrays], np.ndarray, Config], Iterator[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Trainer:
     local_steps: Callable[[int, Mapping[str, ConfigScalar]], int] | None = None
     # ... and the local objective under given weights (q-FedAvg's F_i).
     local_loss: Callable[[Arrays, np.ndarray, np.ndarray, Config], float] | None = None
+    # Predictions of many candidate models at once, where they share costly work.
+    predict_candidates: PredictMany | None = None
 
 
 # Task-config keys of the forest's hyperparameters, read as scikit-learn's names without "rf_".
@@ -172,6 +175,14 @@ def predict_svm(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
     return restore(rff.predict(fourier_features(x.shape[1], config), arrays, x), x, config)
 
 
+def svm_candidates(candidates: list[Arrays], x: np.ndarray, config: Config) -> Iterator[np.ndarray]:
+    """The svm's candidates share one random feature map: the rows' costly cosines are
+    computed once for all of them, not once per candidate as `predict_svm` would."""
+    z = fourier_features(x.shape[1], config).transform(x)
+    for candidate in candidates:
+        yield restore(z @ candidate["coef"] + candidate["intercept"], x, config)
+
+
 def fit_local_rbf(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
     member = svr.fit_svr(
         x,
@@ -213,31 +224,23 @@ def sgd_loss(weights: Arrays, x: np.ndarray, y: np.ndarray, config: Config) -> f
     return 0.5 * float(np.mean(residual**2))
 
 
-TRAINERS: dict[str, Trainer] = {
-    "lr": Trainer(
-        lambda x, y, _global, _config: linear.fit_weights(x, y),
-        lambda weights, x, _config: linear.predict(weights, x),
-    ),
-    "lr-exact": Trainer(
-        lambda x, y, _global, _config: linear.normal_equations(x, y),
-        lambda weights, x, _config: linear.predict(weights, x),
-        update_is_model=False,
-    ),
-    "rf": Trainer(fit_forest, predict_forest, scaled=False),
-    **{
-        name: Trainer(tree_answer, predict_trees, update_is_model=False, scaled=False)
-        for name in TREE_MODELS
-    },
-    "svm": Trainer(fit_svm, predict_svm),
-    "svm-local-rbf": Trainer(fit_local_rbf, predict_local_rbf),
-    "lr-sgd": Trainer(fit_sgd, predict_sgd, local_steps=local_steps, local_loss=sgd_loss),
-}
+# Each model's trainer, named by its registry entry (common/registry.py).
+LR = Trainer(
+    lambda x, y, _global, _config: linear.fit_weights(x, y),
+    lambda weights, x, _config: linear.predict(weights, x),
+)
+LR_EXACT = Trainer(
+    lambda x, y, _global, _config: linear.normal_equations(x, y),
+    lambda weights, x, _config: linear.predict(weights, x),
+    update_is_model=False,
+)
+LR_SGD = Trainer(fit_sgd, predict_sgd, local_steps=local_steps, local_loss=sgd_loss)
+FOREST = Trainer(fit_forest, predict_forest, scaled=False)
+HISTOGRAM_TREES = Trainer(tree_answer, predict_trees, update_is_model=False, scaled=False)
+SVM = Trainer(fit_svm, predict_svm, predict_candidates=svm_candidates)
+LOCAL_RBF = Trainer(fit_local_rbf, predict_local_rbf)
 
 
 def trainer_for(model: str) -> Trainer:
-    try:
-        return TRAINERS[model]
-    except KeyError:
-        raise ValueError(
-            f"this client cannot train model {model!r}; it knows {', '.join(TRAINERS)}"
-        ) from None
+    """The registered model's trainer; ValueError naming the models there are if there is none."""
+    return model_spec(model).client_trainer()

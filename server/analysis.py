@@ -26,18 +26,10 @@ from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.config import AnalysisRequest
-from server.ensemble import EnsembleUnion
-from server.strategies.compressed import Compressed
-from server.strategies.federated import Federated, FedNova, QFedAvg
-from server.strategies.robust import mean, median
-from server.strategy import ClientResult, ExactLinear, FedAvg, Instruction, PhaseRunner, Strategy
+from server.strategy import ClientResult, Instruction, PhaseRunner, Strategy
 
 log = logging.getLogger("fedstock.server")
 
-# Strategies whose aggregation is a function of the updates alone, so it can be replayed on
-# any coalition's updates without disturbing state carried from round to round; an ensemble's
-# coalition is the global model's members from the coalition's provinces.
-REPLAYABLE = (FedAvg, ExactLinear, Federated, FedNova, QFedAvg, EnsembleUnion)
 BASELINE = "the empty coalition predicts the federation's training mean of the target"
 UNREPLAYED = (
     "the updates of the final round are not at hand: the server restarted after it "
@@ -80,20 +72,9 @@ class AnalysisSettings:
 
 def check_supported(settings: AnalysisSettings, strategy: Strategy) -> None:
     """Raise ValueError, saying why, if the strategy's model cannot be analysed as asked."""
-    if not settings.contributions:
-        return
-    inner = _inner(strategy)
-    if type(inner) not in REPLAYABLE:
-        raise ValueError(
-            "--contributions replays the final round's aggregation on each coalition's updates: "
-            "it needs them in the clear (no --privacy) and an aggregation without state carried "
-            "across rounds (not --strategy fedadam, fedavgm or scaffold)"
-        )
-    if isinstance(inner, Federated) and inner.combine not in (mean, median):
-        raise ValueError(
-            "--contributions scores coalitions down to a single province, which --aggregation "
-            "krum, multi-krum and trimmed-mean cannot combine; use mean or median"
-        )
+    refusal = strategy.replay_refusal() if settings.contributions else None
+    if refusal:
+        raise ValueError(refusal)
 
 
 @dataclass(frozen=True)
@@ -166,7 +147,7 @@ class Analysis:
         if final_fit is None:
             log.error("contributions: %s", UNREPLAYED)
             return None
-        ensemble = isinstance(_inner(strategy), EnsembleUnion)
+        ensemble = model_spec(str(strategy.model_config["model"])).members is not None
         # The members each province has in the global ensemble, in the order they are packed.
         members = strategy.round_report(final_fit.server_round)["members"] if ensemble else {}
         players = sorted(u.province for u in final_fit.updates if members.get(u.province, 1))
@@ -202,11 +183,6 @@ class Analysis:
             analysis.permuted_metric(f, r) for f in features for r in range(s.importance_repeats)
         ]
         return names + ([analysis.PERSONAL_MSE] if s.personalise_epochs else [])
-
-
-def _inner(strategy: Strategy) -> Strategy:
-    """The strategy under compression, which only changes how updates travel."""
-    return strategy.inner if isinstance(strategy, Compressed) else strategy
 
 
 def accept(result: ClientResult, expected: Sequence[str]) -> ClientResult:

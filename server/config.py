@@ -305,6 +305,9 @@ class ServerConfig:
                 f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "
                 "lr-exact's normal equations are not"
             )
+        if s.robust_sums and not spec.normal_equations:
+            sums = ", ".join(m.name for m in MODELS.values() if m.normal_equations)
+            return f"--robust-sums applies to --model {sums} only"
         if s.plain:
             return None
         if not spec.vector or self.privacy.privacy != "none":

@@ -64,6 +64,9 @@ class EnsembleUnion(Strategy):
     def prepare(self, statistics: GlobalStatistics, train_samples: Mapping[str, int]) -> None:
         self._samples = dict(train_samples)
 
+    def replay_refusal(self) -> str | None:
+        return None  # a coalition's model is the global model's members from its provinces
+
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
     ) -> list[Instruction]:

@@ -6,12 +6,11 @@ the model's own into every task's config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from common.hyperparameters import defaults
 from common.models import linear, rff
 from common.models.ensemble import MemberCodec
-from common.models.histgrow import TREE_MODELS
 from common.registry import ModelSpec, model_spec
 from common.wire import ConfigScalar
 from server.ensemble import EnsembleUnion, forest_quotas, one_each
@@ -36,22 +35,38 @@ def _members(spec: ModelSpec) -> MemberCodec:
     return spec.members
 
 
-def _forest(spec: ModelSpec, options: Options) -> Strategy:
+# One builder per kind of aggregation; each registry entry names its own (common/registry.py).
+
+
+def weights(spec: ModelSpec, options: Options) -> Strategy:
+    """lr: FedAvg of locally fitted least-squares weights."""
+    return FedAvg(_config(spec, options), check=linear.check_weights)
+
+
+def exact(spec: ModelSpec, options: Options) -> Strategy:
+    return ExactLinear(_config(spec, options))
+
+
+def sgd(spec: ModelSpec, options: Options) -> Strategy:
+    return FedAvg({**_config(spec, options), **SGD_TRAINING}, check=linear.check_weights)
+
+
+def forest(spec: ModelSpec, options: Options) -> Strategy:
     quotas = forest_quotas(int(options["rf_global_trees"]), str(options["rf_allocation"]))
     grow_share = "rf_n_estimators" if options["rf_grow"] == "share" else None
     return EnsembleUnion(_config(spec, options), _members(spec), quotas, grow_share)
 
 
-def _trees(spec: ModelSpec, options: Options) -> Strategy:
+def trees(spec: ModelSpec, options: Options) -> Strategy:
     """gbdt and rf-hist: trees grown from histograms the provinces answer, one question a phase."""
-    grown = TREE_MODELS[spec.name]
-    settings = grown.settings(options)
-    return HistogramTrees({"model": spec.name, **settings.to_mapping(grown.prefix)}, settings)
+    if spec.trees is None:
+        raise ValueError(f"model {spec.name} is not grown from histograms")
+    settings = spec.trees.settings(options)
+    return HistogramTrees({"model": spec.name, **settings.to_mapping(spec.trees.prefix)}, settings)
 
 
-def _svm(spec: ModelSpec, options: Options) -> Strategy:
+def svm(spec: ModelSpec, options: Options) -> Strategy:
     components = int(options["svm_features"])
-    rff.check_components(components)
     rff.check_components(components)
     return FedAvg(
         _config(spec, options),
@@ -59,22 +74,11 @@ def _svm(spec: ModelSpec, options: Options) -> Strategy:
     )
 
 
-STRATEGIES: dict[str, Callable[[ModelSpec, Options], Strategy]] = {
-    "lr": lambda spec, options: FedAvg(_config(spec, options), check=linear.check_weights),
-    "lr-exact": lambda spec, options: ExactLinear(_config(spec, options)),
-    "lr-sgd": lambda spec, options: FedAvg(
-        {**_config(spec, options), **SGD_TRAINING}, check=linear.check_weights
-    ),
-    "rf": _forest,
-    **{name: _trees for name in TREE_MODELS},
-    "svm": _svm,
-    "svm-local-rbf": lambda spec, options: EnsembleUnion(
-        _config(spec, options), _members(spec), one_each
-    ),
-}
+def local_rbf(spec: ModelSpec, options: Options) -> Strategy:
+    return EnsembleUnion(_config(spec, options), _members(spec), one_each)
 
 
 def build_strategy(model: str, options: Options | None = None) -> Strategy:
     """The model's strategy; `options` override the hyperparameters' defaults."""
     spec = model_spec(model)
-    return STRATEGIES[spec.name](spec, {**defaults(), **(options or {})})
+    return spec.strategy_factory()(spec, {**defaults(), **(options or {})})

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.models import linear
-from server.strategy import ClientResult, ExactLinear, Strategy
+from server.strategy import CARRIES_STATE, ClientResult, ExactLinear, Strategy
 
 FACTOR = 10.0
 
@@ -65,9 +65,11 @@ class RobustExactLinear(ExactLinear):
     def round_report(self, server_round: int) -> dict[str, Any]:
         return {"inconsistent": self._dropped.get(server_round, [])}
 
+    def replay_refusal(self) -> str | None:
+        return CARRIES_STATE  # the provinces it drops are its record of each round
+
 
 def robust_sums(strategy: Strategy) -> Strategy:
-    """`strategy` with inconsistent provinces left out; only lr-exact's sums are supported."""
-    if type(strategy) is not ExactLinear:
-        raise ValueError("--robust-sums applies to --model lr-exact only")
+    """`strategy`, a model of summed normal equations (the configuration refuses --robust-sums
+    for any other), with inconsistent provinces left out."""
     return RobustExactLinear(strategy.model_config)

@@ -47,6 +47,13 @@ class Failure:
     reason: str
 
 
+# Why a strategy's aggregation cannot be replayed on coalitions, unless it says otherwise.
+CARRIES_STATE = (
+    "--contributions replays the final round's aggregation on each coalition's updates: "
+    "it needs them in the clear (no --privacy) and an aggregation without state carried "
+    "across rounds (not --strategy fedadam, fedavgm or scaffold)"
+)
+
 # The statistics phase's task kind (pb.TASK_KIND_STATISTICS), kept here free of the wire.
 STATISTICS = 5
 
@@ -161,6 +168,11 @@ class Strategy(ABC):
         """What each phase, as this strategy runs it, lets the server and the provinces learn."""
         return dict(IN_THE_CLEAR)
 
+    def replay_refusal(self) -> str | None:
+        """Why the analysis cannot replay this aggregation on any coalition's final-round
+        updates; None where it can, the aggregation being a function of those updates alone."""
+        return CARRIES_STATE
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         """Extra fields for the round's record in the results file (a privacy budget, say)."""
         return {}
@@ -195,6 +207,9 @@ class FedAvg(Strategy):
     def aggregate_fit(self, server_round, results, failures, current):
         return weighted_average(results) if results else None
 
+    def replay_refusal(self) -> str | None:
+        return None
+
 
 class ExactLinear(Strategy):
     """Least squares on the union of the data: sum every client's normal equations, solve once."""
@@ -208,3 +223,6 @@ class ExactLinear(Strategy):
         xtx = sum(r.arrays["xtx"] for r in results)
         xty = sum(r.arrays["xty"] for r in results)
         return linear.solve_normal_equations(xtx, xty)
+
+    def replay_refusal(self) -> str | None:
+        return None

@@ -23,7 +23,7 @@ from baselines.privacy import CLIPS, plot, summarise, write_csv
 from client.he_keys import write_keys
 from common import secagg
 from common.launch import LocalFederation
-from server.models import STRATEGIES
+from common.registry import MODELS
 
 MODES: dict[str, list[str]] = {
     "plain": [],
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for privacy.json, .csv and the plot")
     args = parser.parse_args()
     graph_costs()
-    models = [m for m in args.models if m in STRATEGIES]
+    models = [m for m in args.models if m in MODELS]
     clips = ", ".join(f"{m} {args.dp_clip or CLIPS[m]:g}" for m in models)
     print(f"{args.rows:,} rows, 9 client processes, {args.rounds} rounds, DP clip: {clips}")
     header = ("model", "mode", "MSE", "s/round", "bytes/round", "ε")

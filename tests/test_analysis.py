@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from baselines.report import Comparison, analysis_section
-from client.analysis import fine_tune, svm_predictions
+from client.analysis import fine_tune
 from client.local import LocalWork
 from client.trainers import trainer_for
 from common import analysis as shared
@@ -347,9 +347,11 @@ def test_svm_candidates_share_one_feature_map_and_predict_as_the_trainer(provinc
     first = works["hubei"].train(task, scaler, None).arrays
     second = works["fujian"].train(task, scaler, None).arrays
     x = preprocess.scale(works["hubei"].split(config).x_test, *scaler)
-    fast = list(svm_predictions([first, second], x, task))
+    svm = trainer_for("svm")
+    assert svm.predict_candidates is not None
+    fast = list(svm.predict_candidates([first, second], x, task))
     for prediction, model in zip(fast, [first, second], strict=True):
-        assert prediction == pytest.approx(trainer_for("svm").predict(model, x, task), rel=1e-9)
+        assert prediction == pytest.approx(svm.predict(model, x, task), rel=1e-9)
 
 
 def test_the_report_shows_each_analysed_federated_run():

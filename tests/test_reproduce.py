@@ -12,7 +12,7 @@ import pytest
 from baselines import paper, reproduce
 from baselines.report import Comparison, naive_findings, write_table
 from common import forecast
-from server.models import STRATEGIES
+from common.registry import MODELS
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
             for framework in paper.FRAMEWORKS:
                 label = paper.FRAMEWORK_LABELS[framework]
                 assert is_number(row[f"{label} (paper)"])
-                if framework == "federated" and model not in STRATEGIES:
+                if framework == "federated" and model not in MODELS:
                     assert row[label].startswith("n/a"), row  # until the server learns it
                 else:
                     assert is_number(row[label]), (name, row)

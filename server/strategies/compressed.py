@@ -81,6 +81,9 @@ class Compressed(Strategy):
     def aggregate_evaluate(self, server_round, results, failures):
         return self.inner.aggregate_evaluate(server_round, results, failures)
 
+    def replay_refusal(self):
+        return self.inner.replay_refusal()  # compression changes only how updates travel
+
     def disclosure(self):
         inner = self.inner.disclosure()
         updates = inner["updates"]

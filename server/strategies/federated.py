@@ -19,8 +19,8 @@ from common.scaffold import CONTROL, CONTROL_DELTA
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
-from server.strategies.robust import Combiner, mean
-from server.strategy import ClientResult, Failure, FedAvg, Instruction, Strategy
+from server.strategies.robust import Combiner, mean, median
+from server.strategy import CARRIES_STATE, ClientResult, Failure, FedAvg, Instruction, Strategy
 
 
 class Federated(Strategy):
@@ -53,6 +53,17 @@ class Federated(Strategy):
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         self.base.check_update(arrays, n_features)
+
+    def replay_refusal(self) -> str | None:
+        """Steps combine afresh each round unless the server keeps state (`persistent`)."""
+        if self.persistent:
+            return CARRIES_STATE
+        if self.combine not in (mean, median):
+            return (
+                "--contributions scores coalitions down to a single province, which "
+                "--aggregation krum, multi-krum and trimmed-mean cannot combine; use mean or median"
+            )
+        return None
 
     def aggregate_fit(
         self,
