@@ -235,8 +235,8 @@ class Buffered:
         """Record, ledger and checkpoint each version whose scores are complete, in order."""
         while self._unscored and self._scored(self._unscored[0]):
             unscored = self._unscored.pop(0)
-            evaluation = self.loop.strategy.aggregate_evaluate(
-                unscored.version, unscored.scores, unscored.failures
+            evaluation = self.loop.evaluate(
+                self.loop.strategy, unscored.version, unscored.scores, unscored.failures
             )
             record = unscored.record
             record.update(

@@ -273,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         "everybody else's sums (leave-one-out; needs 4 or more provinces) [FEDSTOCK_ROBUST_SUMS=1]",
     )
     add(
+        "--robust-metrics",
+        action="store_true",
+        default=env_flag("ROBUST_METRICS"),
+        help="the round's test MSE weighs each province's test rows up to the median "
+        "province's only, so no province's claimed rows can make its MSE the federation's "
+        "(the figure is then no longer the MSE over every test row) [FEDSTOCK_ROBUST_METRICS=1]",
+    )
+    add(
         "--aggregation",
         choices=AGGREGATIONS,
         default=env("AGGREGATION", "mean"),

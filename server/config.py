@@ -40,6 +40,8 @@ class RunSettings:
     test_fraction: float
     seed: int
     features: str = "paper"
+    # Each province's test rows weigh at most the median province's (server/robust_metrics.py).
+    robust_metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

@@ -29,6 +29,7 @@ from server.config import RunSettings
 from server.ledger import Ledger
 from server.recorder import Recorder, ResumeError, RunState, round_line
 from server.results import ResultsFile
+from server.robust_metrics import capped
 from server.schedule import Cohort, Schedule, check_outcome
 from server.strategy import ClientResult, Evaluation, Failure, Instruction, Strategy
 
@@ -123,6 +124,19 @@ class RoundLoop:
         aggregated = self.strategy.aggregate_fit(server_round, results, failures, self.parameters)
         self.parameters = aggregated if aggregated is not None else self.parameters
         return aggregated
+
+    def evaluate(
+        self,
+        strategy: Strategy,
+        server_round: int,
+        scores: list[ClientResult],
+        failures: list[Failure],
+    ) -> Evaluation | None:
+        """The strategy's evaluation of a round, weighted as this run reports it."""
+        evaluation = strategy.aggregate_evaluate(server_round, scores, failures)
+        if evaluation is not None and self.settings.robust_metrics:
+            return capped(evaluation)
+        return evaluation
 
     def run_state(self) -> RunState:
         """What a restart would need, besides the model, to go on from this round."""

@@ -77,7 +77,7 @@ class Cohort:
                 server_round, pb.TASK_KIND_EVALUATE, ask, accept_evaluation
             )
             overhead += time.perf_counter() - phase_start - slowest(scores)
-            evaluation = strategy.aggregate_evaluate(server_round, scores, eval_failures)
+            evaluation = loop.evaluate(strategy, server_round, scores, eval_failures)
             failures += eval_failures
         record.update(
             mse=evaluation.mse if evaluation else None,

@@ -91,6 +91,52 @@ def test_absurd_numbers_are_refused_and_the_honest_model_is_untouched(tmp_path):
     assert results["final"]["mse"] == pytest.approx(honest_mse, rel=1e-12)
 
 
+def test_a_billion_claimed_test_rows_cannot_set_the_round_mse_with_robust_metrics(tmp_path):
+    federation = LocalFederation(
+        tmp_path,
+        "lr-exact",
+        1,
+        ROWS,
+        SEED,
+        provinces=HONEST,
+        server_args=[*FAST, "--min-available", "3", "--robust-metrics"],
+        insecure=True,
+    )
+    federation.start_server()
+    claimed = 10**9  # within the rows it declares at Join, so every check passes
+    lies = iter(
+        [
+            Lie(1000, {}, {**statistics_shapes(COLUMNS), "count": np.array(2.0)}),  # refused
+            Lie(1000, {"train_mse": -1.0}, {"xtx": np.eye(COLUMNS), "xty": np.zeros(COLUMNS)}),
+            Lie(claimed, {"mse": 1e-12}),  # accepted: absurd, but plausible
+        ]
+    )
+    liar = Liar(federation.address, "shanghai", claimed, lambda task: next(lies, None))
+    liar.start()
+    assert liar.joined.wait(timeout=120), liar.error
+    for province in HONEST:
+        federation.start_client(province)
+    codes = federation.wait(timeout=300)
+    liar.join(timeout=60)
+    assert codes == {"server": 0, **{p: 0 for p in HONEST}}, codes
+    assert [kind for kind, *_ in liar.refusals] == [pb.TASK_KIND_STATISTICS, pb.TASK_KIND_TRAIN]
+    final = federation.results()["final"]
+    per_client = final["per_client"]
+    assert per_client["shanghai"]["n_test"] == claimed
+    honest = [per_client[p] for p in HONEST]
+    honest_mse = sum(s["mse"] * s["n_test"] for s in honest) / sum(s["n_test"] for s in honest)
+    # Weighted by every claimed row, the liar's MSE would be the federation's.
+    pooled = sum(s["mse"] * s["n_test"] for s in per_client.values()) / (
+        sum(s["n_test"] for s in per_client.values())
+    )
+    assert pooled < 1e-3 * honest_mse
+    # Capped at the median province's test rows, it weighs as one honest province.
+    cap = max(s["n_test"] for s in honest)
+    weighed = sum(s["mse"] * s["n_test"] for s in honest) + per_client["shanghai"]["mse"] * cap
+    assert final["mse"] == pytest.approx(weighed / (cap + sum(s["n_test"] for s in honest)))
+    assert final["mse"] > 0.5 * honest_mse
+
+
 def test_a_dropped_upload_leaves_the_task_open_for_one_retry():
     live = LiveServer()
     try:
