@@ -10,7 +10,7 @@ from pathlib import Path
 
 from client.config import ClientConfig
 from client.daemon import ClientDaemon
-from client.he_keys import read_private_key
+from client.he_keys import read_share
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
 from client.receipts import ReceiptBook
@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--he-key",
         type=Path,
         default=env("HE_KEY", None),
-        help="the federation's Paillier private key (he.key from `python -m client.he_keys`), "
-        "shared by the provinces out of band, never with the server; needed when the server "
-        "runs --privacy he [FEDSTOCK_HE_KEY]",
+        help="this province's share of the federation's Paillier key (<province>.key from "
+        "`python -m client.he_keys`), given to it alone out of band, never to the server; "
+        "needed when the server runs --privacy he [FEDSTOCK_HE_KEY]",
     )
     add(
         "--he-insecure-key-size",
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         identity = None if config.insecure else Identity.load(config.tls_dir, config.province)
         he_key = config.he_key
-        key = read_private_key(he_key, config.he_insecure_key_size) if he_key else None
-        privacy = ClientPrivacy(key, identity)
+        share = read_share(he_key, config.province, config.he_insecure_key_size) if he_key else None
+        privacy = ClientPrivacy(share, identity)
         receipts = ReceiptBook(config.receipts / f"{config.province}.jsonl")
     except (TLSSetupError, ValueError, OSError) as error:
         log.error("%s", error)

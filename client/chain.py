@@ -19,6 +19,8 @@ from common.wire import ConfigScalar
 
 # The phases whose outcomes leave the province.
 STATISTICS, TRAIN, EVALUATE, ANALYSE = "statistics", "train", "evaluate", "analyse"
+# Threshold HE's decryption of a sum: the HE link answers it with this province's share.
+DECRYPT = "decrypt"
 
 
 @dataclass(frozen=True)

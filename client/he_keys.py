@@ -1,8 +1,11 @@
-"""`python -m client.he_keys DIR`: the federation's Paillier keypair, made once by the data owners.
+"""`python -m client.he_keys DIR`: deal the federation's threshold Paillier key, once.
 
-DIR/he.key holds the private key: copy it to every province out of band (it never goes
-through the server). DIR/he.pub holds only the modulus n: give it to the server, which needs
-it to add ciphertexts and can decrypt nothing with it.
+Run by the data owners' key ceremony (or one province they trust), never by the server: the
+dealer makes n = pq, splits the decryption exponent into one share per province so that any
+`--threshold` of them decrypt (common/threshold.py), writes DIR/<province>.key for each province
+and DIR/he.pub for the server, and forgets p and q when it exits. Give each province its own
+.key file out of band, and only its own: it never goes through the server. he.pub holds the
+modulus, the threshold and who holds which share; the server can decrypt nothing with it.
 """
 
 from __future__ import annotations
@@ -11,42 +14,87 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from phe import paillier
+from phe import paillier as phe
 
-from common.paillier import INSECURE_KEY_FLAG, MIN_KEY_BITS, check_key_size
+from common import threshold
+from common.paillier import INSECURE_KEY_FLAG, MIN_KEY_BITS, check_key_size, public_fields
+from common.provinces import PROVINCES
 
 
-def write_keys(folder: Path, bits: int = 2048) -> tuple[Path, Path]:
-    public, private = paillier.generate_paillier_keypair(n_length=bits)
+def majority(members: int) -> int:
+    """The default threshold: more than half of the share holders."""
+    return members // 2 + 1
+
+
+def write_keys(
+    folder: Path,
+    bits: int = MIN_KEY_BITS,
+    provinces: Sequence[str] = PROVINCES,
+    needed: int | None = None,
+) -> tuple[dict[str, Path], Path]:
+    """Each province's share file and the public key file, dealt afresh into `folder`."""
+    _, private = phe.generate_paillier_keypair(n_length=bits)
+    public, shares = threshold.deal(
+        private.p, private.q, provinces, needed or majority(len(provinces))
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    secret, shared = folder / "he.key", folder / "he.pub"
-    fields = {"n": f"{public.n:x}", "p": f"{private.p:x}", "q": f"{private.q:x}"}
-    handle = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(handle, "w") as out:
-        json.dump(fields, out)
-    shared.write_text(json.dumps({"n": fields["n"]}))
-    return secret, shared
+    paths = {}
+    for province, share in zip(public.members, shares, strict=True):
+        paths[province] = folder / f"{province}.key"
+        handle = os.open(paths[province], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(handle, "w") as out:
+            json.dump(
+                {**public_fields(public), "index": share.index, "share": f"{share.secret:x}"}, out
+            )
+    shared = folder / "he.pub"
+    shared.write_text(json.dumps(public_fields(public)))
+    return paths, shared
 
 
-def read_private_key(path: Path, allow_small: bool = False) -> paillier.PaillierPrivateKey:
-    """The key in `path`; ValueError if unreadable, or below the minimum size unless allowed."""
+def read_share(path: Path, province: str, allow_small: bool = False) -> threshold.Share:
+    """`province`'s share in `path`; ValueError if unreadable, dealt to another province, not a
+    share (such as a key from before threshold decryption), or below the minimum size unless
+    allowed."""
     try:
-        fields = {k: int(v, 16) for k, v in json.loads(path.read_text()).items()}
-        public = paillier.PaillierPublicKey(check_key_size(fields["n"], allow_small))
-        return paillier.PaillierPrivateKey(public, fields["p"], fields["q"])
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"cannot read a Paillier private key from {path}: {error}") from None
+        fields = json.loads(path.read_text())
+        if "share" not in fields:
+            raise ValueError(
+                "it holds no threshold share (a single private key from an earlier version "
+                "is no longer used: deal shares with `python -m client.he_keys DIR`)"
+            )
+        public = threshold.PublicKey(
+            check_key_size(int(fields["n"], 16), allow_small),
+            int(fields["threshold"]),
+            tuple(fields["members"]),
+        )
+        index = int(fields["index"])
+        if public.index(province) != index:
+            raise ValueError(f"it is share {index}, not {province}'s")
+        return threshold.Share(public, index, int(fields["share"], 16))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read a Paillier key share from {path}: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="python -m client.he_keys", description=__doc__
     )
-    parser.add_argument("folder", type=Path, help="where to write he.key and he.pub")
+    parser.add_argument("folder", type=Path, help="where to write each <province>.key and he.pub")
     parser.add_argument(
         "--bits", type=int, default=MIN_KEY_BITS, help="bits of the modulus n (at least 2048)"
+    )
+    parser.add_argument(
+        "--provinces",
+        default=",".join(PROVINCES),
+        help="the share holders, comma-separated (default: the nine provinces)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        help="how many provinces' partial decryptions decrypt (at least 2; default: a majority)",
     )
     parser.add_argument(
         INSECURE_KEY_FLAG,
@@ -57,8 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.bits < MIN_KEY_BITS and not args.insecure_key_size:
         parser.error(f"--bits must be at least {MIN_KEY_BITS} (or pass {INSECURE_KEY_FLAG})")
-    secret, shared = write_keys(args.folder, args.bits)
-    print(f"private key for every province: {secret}\npublic key for the server: {shared}")
+    provinces = [p.strip() for p in args.provinces.split(",") if p.strip()]
+    try:
+        threshold.PublicKey(1, args.threshold or majority(len(provinces)), tuple(provinces))
+    except ValueError as error:
+        parser.error(str(error))
+    shares, shared = write_keys(args.folder, args.bits, provinces, args.threshold)
+    print(f"one share for each province, {len(shares)} in all: {args.folder}/<province>.key")
+    print(f"public key for the server: {shared}")
     return 0
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from client import analysis, chain
 from client.chain import Outcome, Task
-from client.privacy import ClientPrivacy
+from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
 from common import analysis as shared
 from common import forecast, preprocess
@@ -90,6 +90,15 @@ class LocalWork:
                 if trainer.local_loss is not None:  # ... in the units its steps minimise
                     metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, config)
         return Outcome(len(data.y_train), metrics, update)
+
+    def decrypt(self, config: Mapping[str, ConfigScalar], parameters: Arrays | None) -> Outcome:
+        """This province's partial decryption of the encrypted sum in `parameters`."""
+        return self.privacy.run(Task(chain.DECRYPT, config, parameters), self._decrypt)
+
+    def _decrypt(self, task: Task) -> Outcome:
+        if task.config.get("privacy") != "he":
+            raise PrivacyError("the server asks for a decryption outside --privacy he")
+        return Outcome(len(self.split(task.config).y_train), {})
 
     def secagg(
         self, step: str, config: Mapping[str, ConfigScalar], parameters: Arrays | None

@@ -2,8 +2,9 @@
 
 The server asks for a mechanism through the task config (`privacy`, `compression`): `dp-local`
 clips the step from the global parameters and adds Gaussian noise here, so the server never sees
-it without the noise; `he` encrypts the sample-weighted update under the federation's Paillier
-key, which only the provinces hold, and decrypts the sum the server sends back; `secagg` masks
+it without the noise; `he` encrypts the statistics and the sample-weighted update under the
+federation's threshold Paillier key and partially decrypts the sums the server asks it to;
+`secagg` masks
 the update so that only the sum of all updates can be unmasked (client/secagg.py); compression
 sends the step from the global parameters in fewer bytes.
 """
@@ -14,12 +15,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
-from phe import paillier as phe
 
 from client import chain
-from client.chain import STATISTICS, TRAIN, Link, Next, Outcome, Task
+from client.chain import DECRYPT, STATISTICS, TRAIN, Link, Next, Outcome, Task
 from client.secagg import SecAggClient
-from common import paillier, secagg
+from common import paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.noise import SecureRandom
@@ -51,53 +51,48 @@ def privatize(
 
 
 class Encrypted:
-    """`he`: the global parameters arrive as a Paillier sum, decrypted here; the sample-weighted
-    update leaves encrypted under the federation's key, which only the provinces hold."""
+    """`he`: the statistics and the sample-weighted update leave encrypted under the federation's
+    Paillier key; a decryption task gets this province's partial decryption of the sum it
+    carries, made with its own key share, which decrypts nothing alone (common/threshold.py)."""
 
-    def __init__(self, key: phe.PaillierPrivateKey | None) -> None:
-        self.key = key
+    def __init__(self, share: threshold.Share | None) -> None:
+        self.share = share
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         if task.config.get("privacy") != "he":
             return next_(task)
-        outcome = next_(replace(task, parameters=self.reveal(task.parameters)))
+        if task.kind == DECRYPT:
+            outcome = next_(replace(task, parameters=None))
+            return replace(outcome, arrays=self.partial(task.parameters or {}))
+        outcome = next_(task)
+        if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
+            return replace(outcome, arrays=self.protect(outcome.arrays))
         if task.kind != TRAIN:
             return outcome
-        return replace(outcome, arrays=self.protect(outcome.arrays, outcome.num_examples))
+        weighted = {name: array * outcome.num_examples for name, array in outcome.arrays.items()}
+        weighted[paillier.WEIGHT] = np.array(float(outcome.num_examples))
+        return replace(outcome, arrays=self.protect(weighted))
 
-    def _key(self) -> phe.PaillierPrivateKey:
-        if self.key is None:
-            raise PrivacyError("the server asks for encrypted updates; start with --he-key FILE")
-        return self.key
+    def _share(self) -> threshold.Share:
+        if self.share is None:
+            raise PrivacyError(
+                "the server asks for encrypted uploads; start with --he-key FILE, this "
+                "province's share from `python -m client.he_keys`"
+            )
+        return self.share
 
-    def reveal(self, parameters: Arrays | None) -> Arrays | None:
-        if parameters is None:
-            return None
-        key = self._key()
-        n = key.public_key.n
+    def protect(self, arrays: Arrays) -> Arrays:
+        n = self._share().public.n
+        return {name: paillier.encrypt(array, n) for name, array in arrays.items()}
 
-        def plain(tensor: np.ndarray) -> np.ndarray:
-            integers = [key.raw_decrypt(c) for c in paillier.from_tensor(tensor, n)]
-            return paillier.decode(integers, n).reshape(tensor.shape[:-1])
-
-        weight = float(plain(parameters[paillier.WEIGHT]))
-        if weight <= 0:
-            raise PrivacyError("the encrypted aggregate carries no positive sample weight")
-        return {
-            name: plain(t) / weight for name, t in parameters.items() if name != paillier.WEIGHT
-        }
-
-    def protect(self, update: Arrays, num_examples: int) -> Arrays:
-        public = self._key().public_key
-        weighted = {name: array * num_examples for name, array in update.items()}
-        weighted[paillier.WEIGHT] = np.array(float(num_examples))
+    def partial(self, ciphertexts: Arrays) -> Arrays:
+        share = self._share()
+        n = share.public.n
         return {
             name: paillier.to_tensor(
-                [public.raw_encrypt(m) for m in paillier.encode(array, public.n)],
-                np.shape(array),
-                public.n,
+                threshold.partial(share, paillier.from_tensor(tensor, n)), tensor.shape[:-1], n
             )
-            for name, array in weighted.items()
+            for name, tensor in ciphertexts.items()
         }
 
 
@@ -151,12 +146,12 @@ class LocalNoise:
 
 
 class ClientPrivacy:
-    """The province's protection chain: the federation's private key if any, the province's
+    """The province's protection chain: its share of the federation's HE key if any, the province's
     certificate to sign its secure-aggregation keys with (none when insecure), the protocol's
     state, and what compression held back."""
 
     def __init__(
-        self, key: phe.PaillierPrivateKey | None = None, identity: Identity | None = None
+        self, share: threshold.Share | None = None, identity: Identity | None = None
     ) -> None:
         self.secagg = SecAggClient(identity)
         # The one order of the links, outermost first. Uploads are noised before anything
@@ -164,7 +159,7 @@ class ClientPrivacy:
         # their relayed shares before any inner link or the work sees them. (The server refuses
         # compression together with a privacy mode; the order is fixed all the same.)
         self.links: tuple[Link, ...] = (
-            Encrypted(key),
+            Encrypted(share),
             Masked(self.secagg),
             Compressed(),
             LocalNoise(),

@@ -36,6 +36,8 @@ def perform(work: LocalWork, task: pb.Task, parameters: Arrays | None) -> Outcom
     log.info("round %d: %s", task.round, kind.removeprefix("TASK_KIND_").lower())
     if task.kind == pb.TASK_KIND_STATISTICS:
         return work.statistics(config, parameters)
+    if task.kind == pb.TASK_KIND_HE_DECRYPT:
+        return work.decrypt(config, parameters)
     if task.kind in SECAGG_STEPS:
         return work.secagg(SECAGG_STEPS[task.kind], config, parameters)
     scaler = _scaler(task, DataSettings.from_config(config).columns())

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from phe import paillier as phe
+
+from common.threshold import PublicKey
 
 FRACTION_BITS = 32
 # The encrypted sum of the clients' sample counts travels beside the encrypted weighted sums.
@@ -73,6 +77,13 @@ def add(tensors: list[np.ndarray], modulus: int) -> np.ndarray:
     return to_tensor(product, tensors[0].shape[:-1], modulus)
 
 
+def encrypt(values: np.ndarray, modulus: int) -> np.ndarray:
+    """`values` encoded and encrypted under the modulus, as a tensor of ciphertexts."""
+    public = phe.PaillierPublicKey(modulus)
+    sealed = [public.raw_encrypt(m) for m in encode(values, modulus)]
+    return to_tensor(sealed, np.shape(values), modulus)
+
+
 def check_key_size(modulus: int, allow_small: bool = False) -> int:
     """The modulus, or ValueError if it is below MIN_KEY_BITS and small keys are not allowed."""
     bits = modulus.bit_length()
@@ -85,10 +96,21 @@ def check_key_size(modulus: int, allow_small: bool = False) -> int:
     return modulus
 
 
-def read_public_key(path: Path, allow_small: bool = False) -> int:
-    """The modulus n from a public key file written by `python -m client.he_keys`."""
+def public_fields(public: PublicKey) -> dict[str, Any]:
+    """The public key as its file holds it: the modulus, the threshold, the share holders."""
+    return {"n": f"{public.n:x}", "threshold": public.threshold, "members": list(public.members)}
+
+
+def read_public_key(path: Path, allow_small: bool = False) -> PublicKey:
+    """The threshold public key in a he.pub file written by `python -m client.he_keys`."""
     try:
-        modulus = int(json.loads(path.read_text())["n"], 16)
-    except (OSError, ValueError, KeyError) as error:
+        fields = json.loads(path.read_text())
+        if "threshold" not in fields:
+            raise ValueError(
+                "it names no threshold and share holders (a key from before threshold "
+                "decryption): deal shares with `python -m client.he_keys DIR`"
+            )
+        modulus = check_key_size(int(fields["n"], 16), allow_small)
+        return PublicKey(modulus, int(fields["threshold"]), tuple(fields["members"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"cannot read a Paillier public key from {path}: {error}") from None
-    return check_key_size(modulus, allow_small)

@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--he-public-key",
         type=Path,
         default=env("HE_PUBLIC_KEY", "he.pub"),
-        help="with --privacy he: the federation's Paillier public key, he.pub from "
-        "`python -m client.he_keys` (the provinces keep he.key) [FEDSTOCK_HE_PUBLIC_KEY]",
+        help="with --privacy he: the federation's threshold Paillier public key, he.pub from "
+        "`python -m client.he_keys` (each province keeps its own share) "
+        "[FEDSTOCK_HE_PUBLIC_KEY]",
     )
     add(
         "--he-insecure-key-size",

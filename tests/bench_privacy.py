@@ -37,8 +37,10 @@ MODES: dict[str, list[str]] = {
 }
 
 
-def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]) -> dict[str, Any]:
-    secret, public = keys
+def run(
+    model: str, mode: str, args: argparse.Namespace, keys: tuple[dict[str, Path], Path]
+) -> dict[str, Any]:
+    shares, public = keys
     clip = args.dp_clip or CLIPS[model]
     flags = [*MODES[mode], "--poll-seconds", "2", "--dp-clip", str(clip)]
     with tempfile.TemporaryDirectory() as out:
@@ -49,9 +51,10 @@ def run(model: str, mode: str, args: argparse.Namespace, keys: tuple[Path, Path]
             args.rows,
             args.seed,
             server_args=[*flags, "--he-public-key", str(public)],
-            client_args=["--he-key", str(secret)],
         )
-        federation.start()
+        federation.start_server()
+        for province, share in shares.items():  # each province holds only its own share
+            federation.start_client(province, "--he-key", str(share))
         codes = federation.wait(timeout=1800)
         if set(codes.values()) != {0}:
             return {"model": model, "mode": mode, "clip": clip, "failed": codes}
@@ -130,7 +133,7 @@ def main() -> None:
     print("{:<6} {:<16} {:>11} {:>8} {:>12} {:>6}".format(*header))
     rows = []
     with tempfile.TemporaryDirectory() as keys:
-        pair = write_keys(Path(keys), bits=2048)
+        pair = write_keys(Path(keys), bits=2048)  # one share per province, a majority decrypts
         for model in models:
             for mode in args.modes:
                 rows.append(run(model, mode, args, pair))

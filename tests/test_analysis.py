@@ -20,6 +20,7 @@ from common.models.checks import UpdateError
 from common.provinces import PROVINCES
 from common.registry import MODELS
 from common.settings import TaskContext
+from common.threshold import PublicKey
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.analysis import (
@@ -196,7 +197,11 @@ def test_models_that_cannot_be_analysed_are_refused_with_a_reason():
     refused = [
         (Federated(lr_sgd, None, combiner("krum")), settings(), "use mean or median"),
         (FedAdam(lr_sgd, lr=0.05), settings(), "not --strategy fedadam"),
-        (HEFedAvg(build_strategy("lr"), 2**64), settings(), "no --privacy"),
+        (
+            HEFedAvg(build_strategy("lr"), PublicKey(2**64, 2, PROVINCES)),
+            settings(),
+            "no --privacy",
+        ),
     ]
     for strategy, wanted, why in refused:
         with pytest.raises(ValueError, match=why):

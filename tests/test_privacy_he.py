@@ -1,108 +1,145 @@
-"""Homomorphic encryption: Paillier sums equal plain sums; the server adds what it cannot read."""
+"""Threshold homomorphic encryption: any t provinces' shares decrypt a sum, fewer decrypt nothing,
+and the server adds what it cannot read and holds the federation's sums only."""
 
+import contextlib
 import json
 
 import numpy as np
 import pytest
 
-from client.chain import EVALUATE, TRAIN, Outcome, Task
+from client.chain import TRAIN, Outcome, Task
 from client.he_keys import main as he_keys_main
-from client.he_keys import read_private_key, write_keys
+from client.he_keys import read_share, write_keys
+from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
-from common import paillier, preprocess
+from common import paillier, preprocess, threshold
 from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
+from common.tensors import Payload
+from common.wire import to_config
+from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import main as server_main
+from server.channel import Assignment, gather
+from server.checks import check_statistics
+from server.memory import MemoryChannel
 from server.privacy.he import HEFedAvg
-from server.strategy import ClientResult, FedAvg
+from server.strategy import STATISTICS, ClientResult, FedAvg
+from tests.in_memory import run
 
 ROWS, SEED = 20_000, 3
 FAST = ["--poll-seconds", "2", "--round-timeout", "600", "--join-timeout", "900"]
 CONFIG = {"privacy": "he"}
+DATA = {"setting": "next-day", "test_fraction": 0.2, "seed": SEED, "model": "lr"}
 # The tests' 1024-bit keys are below the minimum: every program must be told it is a test.
 SMALL = paillier.INSECURE_KEY_FLAG
+NEEDED = 5  # of the nine provinces' shares
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    return write_keys(tmp_path_factory.mktemp("he"), bits=1024)
+    return write_keys(tmp_path_factory.mktemp("he"), bits=1024, needed=NEEDED)
 
 
-def update(seed):
-    rng = np.random.default_rng(seed)
-    return {"coef": rng.normal(0, 50, size=8), "intercept": np.array(rng.normal(20, 1))}
+def shares(keys) -> dict[str, threshold.Share]:
+    return {p: read_share(path, p, allow_small=True) for p, path in keys[0].items()}
 
 
-def seal(client, arrays, n):
-    """`arrays` as they leave a province that trained on `n` rows: through its chain."""
-    return client.run(Task(TRAIN, CONFIG, None), lambda task: Outcome(n, {}, arrays)).arrays
+def public(keys) -> threshold.PublicKey:
+    return paillier.read_public_key(keys[1], allow_small=True)
 
 
-def reveal(client, parameters):
-    """`parameters` as the province's work sees them, once the chain let them in."""
-    task = Task(EVALUATE, CONFIG, parameters)
-    return client.run(task, lambda inner: Outcome(1, {}, inner.parameters)).arrays
+# The mathematics of threshold decryption.
 
 
-def test_the_server_sums_ciphertexts_into_the_weighted_average(keys):
-    secret, shared = keys
-    client = ClientPrivacy(read_private_key(secret, allow_small=True))
-    server = HEFedAvg(
-        FedAvg({"model": "lr"}, linear.check_weights),
-        paillier.read_public_key(shared, allow_small=True),
-    )
-    counts = [786, 948, 3164]
-    results = []
-    for seed, n in enumerate(counts):
-        sealed = seal(client, update(seed), n)
-        server.check_update(sealed, 8)
-        results.append(ClientResult(f"p{seed}", n, {}, sealed))
-    merged = reveal(client, server.aggregate_fit(1, results, [], None))
-    expected = {
-        name: sum(update(s)[name] * n for s, n in enumerate(counts)) / sum(counts)
-        for name in ("coef", "intercept")
-    }
-    for name, value in expected.items():
-        np.testing.assert_allclose(merged[name], value, rtol=0, atol=2.0**-paillier.FRACTION_BITS)
+def encrypted(key: threshold.PublicKey, values: list[int]) -> list[int]:
+    return paillier.from_tensor(paillier.encrypt(np.array(values, float), key.n), key.n)
 
 
-def test_ciphertexts_are_not_the_plaintext_and_differ_each_time(keys):
-    client = ClientPrivacy(read_private_key(keys[0], allow_small=True))
-    plain = update(0)
-    first, second = seal(client, plain, 1), seal(client, plain, 1)
-    assert first["coef"].dtype == np.uint8 and first["coef"].shape[:-1] == (8,)
-    assert not np.array_equal(first["coef"], second["coef"])
-    encoded = paillier.encode(plain["coef"], paillier.read_public_key(keys[1], allow_small=True))
-    assert not set(encoded) & set(
-        paillier.from_tensor(
-            first["coef"], read_private_key(keys[0], allow_small=True).public_key.n
-        )
-    )
+def test_any_threshold_of_shares_decrypts_and_fewer_do_not(keys):
+    key, held = public(keys), shares(keys)
+    values = [0, 1, -3, 12345]
+    ciphertexts = encrypted(key, values)
+    partials = {s.index: threshold.partial(s, ciphertexts) for s in held.values()}
+    expected = paillier.encode(np.array(values, float), key.n)
+    for chosen in ([1, 2, 3, 4, 5], [5, 6, 7, 8, 9], [1, 3, 5, 7, 9], list(range(1, 10))):
+        assert threshold.combine(key, {i: partials[i] for i in chosen}) == expected
+    fewer = {i: partials[i] for i in [2, 4, 6, 8]}
+    with pytest.raises(threshold.ThresholdError, match="fewer than the 5 needed"):
+        threshold.combine(key, fewer)
+    # Combined as though four were enough, four shares do not give the plaintext.
+    as_if = threshold.PublicKey(key.n, NEEDED - 1, key.members)
+    with contextlib.suppress(threshold.ThresholdError):  # raised: not even of the form 1 + x·n
+        assert threshold.combine(as_if, fewer) != expected
 
 
-def test_the_public_key_file_holds_no_secret(keys):
-    secret, shared = keys
-    assert set(json.loads(shared.read_text())) == {"n"}
-    assert (secret.stat().st_mode & 0o077) == 0
+def test_a_wrong_partial_decryption_is_caught_when_more_than_the_threshold_answer(keys):
+    key, held = public(keys), shares(keys)
+    ciphertexts = encrypted(key, [7, 8])
+    partials = {s.index: threshold.partial(s, ciphertexts) for s in held.values()}
+    square = key.n**2
+    for forged in (
+        [c * (1 + 5 * key.n) % square for c in partials[3]],  # shifts the plaintext
+        [pow(c, 3, square) for c in partials[3]],  # another exponent
+    ):
+        with pytest.raises(threshold.ThresholdError, match="wrong"):
+            threshold.combine(key, {**partials, 3: forged})
 
 
-def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
-    n = paillier.read_public_key(keys[1], allow_small=True)
-    server = HEFedAvg(FedAvg({"model": "lr"}, linear.check_weights), n)
-    with pytest.raises(UpdateError):
-        server.check_update(update(0), 8)
-    sealed = seal(ClientPrivacy(read_private_key(keys[0], allow_small=True)), update(0), 5)
-    sealed["coef"] = np.full_like(sealed["coef"], 255)  # above n²
-    with pytest.raises(UpdateError):
-        server.check_update(sealed, 8)
+def test_the_dealer_refuses_a_threshold_one_province_could_meet_alone(tmp_path, capsys):
+    with pytest.raises(ValueError, match="between 2 and the 9"):
+        threshold.PublicKey((1 << 2047) + 1, 1, PROVINCES)
+    with pytest.raises(SystemExit):
+        he_keys_main([str(tmp_path / "k"), "--threshold", "1"])
+    assert "any one province decrypts alone" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
 
 
-def test_a_client_without_the_key_says_what_to_do():
+def test_each_key_file_holds_one_share_and_the_public_file_none(keys):
+    paths, shared = keys
+    assert set(json.loads(shared.read_text())) == {"n", "threshold", "members"}
+    assert set(paths) == set(PROVINCES)
+    for province, path in paths.items():
+        assert (path.stat().st_mode & 0o077) == 0
+        assert read_share(path, province, allow_small=True).index == public(keys).index(province)
+    other = sorted(PROVINCES)[1]
+    with pytest.raises(ValueError, match=f"not {other}'s"):
+        read_share(paths[sorted(PROVINCES)[0]], other, allow_small=True)
+
+
+def test_keys_below_2048_bits_are_refused_unless_explicitly_allowed(keys, tmp_path, capsys, caplog):
+    paths, shared = keys
+    province = PROVINCES[0]
+    with pytest.raises(ValueError, match="1024-bit modulus, below the 2048-bit minimum"):
+        read_share(paths[province], province)
+    with pytest.raises(ValueError, match="1024-bit modulus, below the 2048-bit minimum"):
+        paillier.read_public_key(shared)
+    assert paillier.check_key_size(1 << 2047) == 1 << 2047
+    with pytest.raises(SystemExit):
+        he_keys_main([str(tmp_path / "small"), "--bits", "1024"])
+    assert "--bits must be at least 2048" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()
+    flags = ["--insecure", "--privacy", "he", "--he-public-key", str(shared)]
+    assert server_main([*flags, "--results", str(tmp_path / "r.json")]) == 2
+    assert "below the 2048-bit minimum" in caplog.text
+
+
+def test_a_key_from_before_threshold_decryption_is_refused_with_what_to_do(tmp_path):
+    old = tmp_path / "he.key"
+    old.write_text(json.dumps({"n": "ff", "p": "f", "q": "11"}))
+    with pytest.raises(ValueError, match="deal shares with"):
+        read_share(old, PROVINCES[0])
+    (tmp_path / "he.pub").write_text(json.dumps({"n": "ff"}))
+    with pytest.raises(ValueError, match="deal shares with"):
+        paillier.read_public_key(tmp_path / "he.pub")
+
+
+def test_a_client_without_its_share_says_what_to_do():
+    task = Task(TRAIN, CONFIG, None)
     with pytest.raises(PrivacyError, match="--he-key"):
-        seal(ClientPrivacy(), update(0), 1)
+        ClientPrivacy().run(task, lambda task: Outcome(1, {}, {"coef": np.zeros(2)}))
 
 
 def test_fixed_point_encoding_round_trips_negatives_and_refuses_overflow():
@@ -113,9 +150,143 @@ def test_fixed_point_encoding_round_trips_negatives_and_refuses_overflow():
         paillier.encode(np.array([1e40]), n)
 
 
+# The server's side, in process over the in-memory channel: what it holds.
+
+
+class Recording:
+    """The strategy's phase runner over the in-memory channel, keeping every task and answer."""
+
+    def __init__(self, keys) -> None:
+        held = shares(keys)
+        works = {
+            p: LocalWork(synthesize_province(p, ROWS, SEED), ClientPrivacy(held[p]))
+            for p in PROVINCES
+        }
+        self.channel = MemoryChannel(works)
+        self.exchanges: list[tuple[int, dict, ClientResult]] = []
+
+    def phase(self, server_round, kind, plan, accept):
+        assignments = {}
+        for instruction in plan:
+            payload = Payload.encode(instruction.parameters) if instruction.parameters else None
+            task = pb.Task(
+                round=server_round,
+                kind=kind,
+                config=to_config({**DATA, **instruction.config}),
+                parameters=payload.header if payload else None,
+            )
+            assignments[instruction.province] = Assignment(task, payload)
+        sent = {i.province: i.parameters for i in plan}
+        results, failures = gather(self.channel, server_round, kind, assignments, accept, 600)
+        self.exchanges += [(kind, sent[r.province], r) for r in results]
+        return results, failures
+
+
+SIZE = len(preprocess.features_for(DATA["setting"])) + 1
+SHAPES = {"count": (), "sum": (SIZE,), "cross": (SIZE, SIZE)}
+
+
+def plausible(sums, count):
+    check_statistics(sums, count, [*preprocess.features_for(DATA["setting"]), preprocess.TARGET])
+
+
+def strategy(keys) -> HEFedAvg:
+    return HEFedAvg(FedAvg({"model": "lr"}, linear.check_weights), public(keys))
+
+
+def test_under_he_the_server_holds_only_the_sum_of_the_statistics(keys):
+    server, protocol = Recording(keys), strategy(keys)
+    protocol.bind_phases(server.phase)
+    results, parts = protocol.gather_statistics(
+        sorted(PROVINCES), SHAPES, lambda r: None, plausible
+    )
+    truth = {}
+    for p in PROVINCES:
+        data = LocalWork(synthesize_province(p, ROWS, SEED)).split(DATA)
+        truth[p] = preprocess.statistics(data.x_train, data.y_train)
+    assert len(results) == len(PROVINCES) and len(parts) == 1  # one sum, no province's own
+    for name in SHAPES:
+        expected = sum(t[name] for t in truth.values())
+        np.testing.assert_allclose(parts[0][name], expected, rtol=1e-12, atol=1e-6)
+    n, width = public(keys).n, paillier.width(public(keys).n)
+    uploads = {r.province: r.arrays for kind, _, r in server.exchanges if kind == STATISTICS}
+    assert set(uploads) == set(PROVINCES)
+    for arrays in uploads.values():  # ciphertexts only, of the right shapes
+        assert arrays["cross"].dtype == np.uint8 and arrays["cross"].shape == (SIZE, SIZE, width)
+    # All the provinces were asked to decrypt is the sum of every upload, never one of them.
+    asked = [sent for kind, sent, _ in server.exchanges if kind == pb.TASK_KIND_HE_DECRYPT]
+    assert len(asked) == len(PROVINCES)
+    for sent in asked:
+        for name in SHAPES:
+            total = paillier.add([uploads[p][name] for p in PROVINCES], n)
+            np.testing.assert_array_equal(sent[name], total)
+            assert not any(np.array_equal(sent[name], u[name]) for u in uploads.values())
+
+
+def test_the_server_sums_encrypted_updates_into_the_weighted_average(keys):
+    server, protocol = Recording(keys), strategy(keys)
+    protocol.bind_phases(server.phase)
+    held = shares(keys)
+    counts = dict(
+        zip(sorted(PROVINCES), [786, 948, 3164, 500, 611, 700, 811, 922, 1033], strict=True)
+    )
+
+    def update(seed):
+        rng = np.random.default_rng(seed)
+        return {"coef": rng.normal(0, 50, size=8), "intercept": np.array(rng.normal(20, 1))}
+
+    results = []
+    for seed, (p, n) in enumerate(counts.items()):
+        task = Task(TRAIN, {**DATA, **CONFIG}, None)
+        sealed = ClientPrivacy(held[p]).run(task, lambda t, s=seed, n=n: Outcome(n, {}, update(s)))
+        protocol.check_update(sealed.arrays, 8)
+        results.append(ClientResult(p, n, {}, sealed.arrays))
+    merged = protocol.aggregate_fit(1, results, [], None)
+    total = sum(counts.values())
+    for name in ("coef", "intercept"):
+        expected = sum(update(s)[name] * n for s, n in enumerate(counts.values())) / total
+        np.testing.assert_allclose(merged[name], expected, rtol=0, atol=1e-8)
+    # Fewer encrypted updates than the threshold: nothing is decrypted, the model stays.
+    assert protocol.aggregate_fit(2, results[: NEEDED - 1], [], None) is None
+
+
+def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
+    protocol = strategy(keys)
+    with pytest.raises(UpdateError):
+        protocol.check_update({"coef": np.zeros(8), "intercept": np.array(0.0)}, 8)
+    n = public(keys).n
+    sealed = {
+        "coef": paillier.encrypt(np.zeros(8), n),
+        "intercept": paillier.encrypt(np.array(0.0), n),
+        paillier.WEIGHT: paillier.encrypt(np.array(1.0), n),
+    }
+    protocol.check_update(sealed, 8)
+    sealed["coef"] = np.full_like(sealed["coef"], 255)  # above n²
+    with pytest.raises(UpdateError):
+        protocol.check_update(sealed, 8)
+
+
+def test_an_encrypted_run_in_memory_is_the_plain_run_and_says_what_it_disclosed(tmp_path, keys):
+    quick = ["--model", "lr", "--rounds", "2", "--round-timeout", "30", "--join-timeout", "5"]
+    plain = run(tmp_path / "plain", *quick)
+    flags = ["--privacy", "he", "--he-public-key", str(keys[1]), SMALL]
+    encrypted_run = run(tmp_path / "he", *quick, *flags, over=Recording(keys).channel)
+    for name in ("mean", "std"):
+        np.testing.assert_allclose(
+            encrypted_run["statistics"][name], plain["statistics"][name], rtol=1e-9
+        )
+    assert np.isclose(encrypted_run["final"]["mse"], plain["final"]["mse"], rtol=1e-6)
+    disclosure = encrypted_run["disclosure"]
+    for phase in ("statistics", "updates"):
+        assert f"decrypted by {NEEDED} of the 9" in disclosure[phase]["server"]
+
+
+# Over real processes: nine client daemons, each with only its own share.
+
+
 @pytest.mark.integration
 def test_encrypted_federation_matches_plain_fedavg(tmp_path, keys):
-    secret, shared = keys
+    paths, shared = keys
     federation = LocalFederation(
         tmp_path,
         "lr",
@@ -123,15 +294,20 @@ def test_encrypted_federation_matches_plain_fedavg(tmp_path, keys):
         ROWS,
         SEED,
         server_args=[*FAST, "--privacy", "he", "--he-public-key", str(shared), SMALL],
-        client_args=["--he-key", str(secret), SMALL],
     )
-    federation.start()
+    federation.start_server()
+    for province in PROVINCES:
+        federation.start_client(province, "--he-key", str(paths[province]), SMALL)
     codes = federation.wait(timeout=240)
     assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
     results = federation.results()
-    model = np.load(tmp_path / results["final"]["model_file"])
-    assert model["coef"].dtype == np.uint8  # the server only ever held ciphertexts
     assert results["final"]["mse"] == pytest.approx(plain_fedavg_mse(), rel=1e-6)
+    # The statistics the server derived are those of the nine provinces' rows together.
+    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), "next-day") for p in PROVINCES]
+    rows = np.vstack([np.column_stack([s.x_train, s.y_train]) for s in splits])
+    np.testing.assert_allclose(results["statistics"]["mean"], rows.mean(axis=0), rtol=1e-9)
+    assert results["statistics"]["rows"] == len(rows)
+    assert f"decrypted by {NEEDED} of the 9" in results["disclosure"]["statistics"]["server"]
 
 
 def plain_fedavg_mse():
@@ -150,18 +326,3 @@ def plain_fedavg_mse():
         for s in splits
     ]
     return sum(errors) / sum(len(s.y_test) for s in splits)
-
-
-def test_keys_below_2048_bits_are_refused_unless_explicitly_allowed(keys, tmp_path, capsys, caplog):
-    secret, shared = keys
-    for read, path in ((read_private_key, secret), (paillier.read_public_key, shared)):
-        with pytest.raises(ValueError, match="1024-bit modulus, below the 2048-bit minimum"):
-            read(path)
-    assert paillier.check_key_size(1 << 2047) == 1 << 2047
-    with pytest.raises(SystemExit):
-        he_keys_main([str(tmp_path / "small"), "--bits", "1024"])
-    assert "--bits must be at least 2048" in capsys.readouterr().err
-    assert not (tmp_path / "small").exists()
-    flags = ["--insecure", "--privacy", "he", "--he-public-key", str(shared)]
-    assert server_main([*flags, "--results", str(tmp_path / "r.json")]) == 2
-    assert "below the 2048-bit minimum" in caplog.text

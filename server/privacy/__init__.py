@@ -37,7 +37,8 @@ def wrap(
     if asked.privacy == "none":
         return strategy
     if asked.privacy == "he":
-        return HEFedAvg(strategy, read_public_key(asked.he_public_key, asked.he_insecure_key_size))
+        public = read_public_key(asked.he_public_key, asked.he_insecure_key_size)
+        return HEFedAvg(strategy, public)
     if asked.privacy == "secagg":
         return SecAggFedAvg(
             strategy, asked.secagg_threshold, asked.secagg_bound, asked.secagg_neighbours

@@ -1,32 +1,55 @@
-"""FedAvg over Paillier ciphertexts: the server adds encrypted updates it cannot read.
+"""FedAvg over threshold Paillier: the server adds encrypted uploads and learns only their sum.
 
-Clients send Enc(nᵢ·wᵢ) for each parameter and Enc(nᵢ) under `he_weight`; the server
-multiplies the ciphertexts modulo n² (adding the plaintexts), and the new global parameters are
-that encrypted sum, which the provinces decrypt and divide by Σnᵢ themselves. The server holds
-the public modulus only, so it never sees an update, the model or the clients' sample weights.
+Clients send Enc(nᵢ·wᵢ) for each parameter and Enc(nᵢ) under `he_weight`, and their statistics
+(n, Σz, Σzzᵀ) encrypted as they are. The server multiplies the ciphertexts modulo n² (adding
+the plaintexts) and sends the encrypted sum to the provinces in a decryption task; each answers
+with its partial decryption, and any `threshold` of them combine into the sum
+(common/threshold.py). So the server holds the federation's sums and never one province's
+upload, and no province, alone or with the server, can decrypt another's.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
-from common import paillier
+from common import paillier, threshold
 from common.models.checks import UpdateError
 from common.paillier import WEIGHT
 from common.tensors import Arrays
-from server.disclosure import entry
-from server.strategy import FedAvg, Instruction, Strategy
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.disclosure import SCALER, entry
+from server.strategy import STATISTICS, ClientResult, FedAvg, Instruction, Strategy
+
+log = logging.getLogger("fedstock.server")
+
+
+def check_ciphertexts(arrays: Arrays, shapes: dict[str, tuple[int, ...]], modulus: int) -> None:
+    """Exactly these tensors of ciphertexts under `modulus`, of these plaintext shapes."""
+    if set(arrays) != set(shapes):
+        raise UpdateError(f"expected encrypted tensors {sorted(shapes)}, got {sorted(arrays)}")
+    try:
+        for name, tensor in arrays.items():
+            paillier.from_tensor(tensor, modulus)
+            if tensor.shape[:-1] != tuple(shapes[name]):
+                raise UpdateError(f"{name!r} holds ciphertexts of shape {tensor.shape[:-1]}")
+    except paillier.CiphertextError as error:
+        raise UpdateError(str(error)) from None
 
 
 class HEFedAvg(Strategy):
     """`inner` FedAvg on encrypted updates; its checks apply to the plaintext shapes."""
 
-    def __init__(self, inner: FedAvg, modulus: int) -> None:
+    def __init__(self, inner: FedAvg, public: threshold.PublicKey) -> None:
         super().__init__(inner.model_config)
         self.inner = inner
-        self.modulus = modulus
+        self.public = public
+
+    def _config(self, server_round: int) -> dict:
+        return {**self.model_config, "round": server_round, "privacy": "he"}
 
     @staticmethod
     def _ask(plan: list[Instruction]) -> list[Instruction]:
@@ -39,13 +62,18 @@ class HEFedAvg(Strategy):
         return self._ask(self.inner.configure_evaluate(server_round, parameters, provinces))
 
     def disclosure(self):
+        held = (
+            f"Paillier ciphertexts of each province's upload, summed under encryption; only the "
+            f"sum, decrypted by {self.public.threshold} of the {len(self.public.members)} "
+            f"provinces' key shares; which provinces took part, and each one's row count, "
+            f"in the clear"
+        )
         return {
             **self.inner.disclosure(),
+            "statistics": entry(f"the sums of n, Σz and Σzzᵀ over the provinces: {held}", SCALER),
             "updates": entry(
-                "Paillier ciphertexts of each province's sample-weighted update and weight, and "
-                "their encrypted sum: no update, model or weight it can read; every province "
-                "holds the one private key, so the server and any one province together read all",
-                "the global model, decrypted with the shared key",
+                f"the sample-weighted average of the round's updates: {held}",
+                "the global model after each round, and the encrypted sums it helps decrypt",
             ),
         }
 
@@ -53,20 +81,89 @@ class HEFedAvg(Strategy):
         """Ciphertexts under our modulus, shaped like an update of the inner model plus a weight."""
         if WEIGHT not in arrays:
             raise UpdateError(f"an encrypted update must carry its sample weight {WEIGHT!r}")
-        try:
-            for tensor in arrays.values():
-                paillier.from_tensor(tensor, self.modulus)
-        except paillier.CiphertextError as error:
-            raise UpdateError(str(error)) from None
-        shapes = {k: np.zeros(t.shape[:-1]) for k, t in arrays.items() if k != WEIGHT}
-        self.inner.check_update(shapes, n_features)
-        if arrays[WEIGHT].shape[:-1] != ():
-            raise UpdateError(f"{WEIGHT!r} must hold one ciphertext")
+        shapes = {k: t.shape[:-1] for k, t in arrays.items()}
+        check_ciphertexts(arrays, {**shapes, WEIGHT: ()}, self.public.n)
+        self.inner.check_update(
+            {k: np.zeros(s) for k, s in shapes.items() if k != WEIGHT}, n_features
+        )
 
     def aggregate_fit(self, server_round, results, failures, current):
-        if not results:
+        sums = self._sum_and_decrypt(server_round, results)
+        if sums is None:
             return None
-        return {
-            name: paillier.add([r.arrays[name] for r in results], self.modulus)
-            for name in results[0].arrays
+        weight = float(sums.pop(WEIGHT))
+        if weight <= 0:
+            log.warning("round %d: the decrypted sample weight is %g", server_round, weight)
+            return None
+        return {k: v / weight for k, v in sums.items()}
+
+    def gather_statistics(self, provinces, shapes, check, plausible):
+        """n, Σz and Σzzᵀ encrypted, summed under encryption and threshold-decrypted: the
+        server never holds one province's, and checks the sum only."""
+
+        def accept(result: ClientResult) -> ClientResult:
+            check(result)
+            check_ciphertexts(result.arrays, dict(shapes), self.public.n)
+            return result
+
+        plan = [Instruction(p, self._config(0), None) for p in provinces]
+        results, _ = self.run_phase(0, STATISTICS, plan, accept)
+        sums = self._sum_and_decrypt(0, results)
+        if sums is None:
+            return results, []
+        try:
+            plausible(sums, sum(r.num_examples for r in results))
+        except UpdateError as error:
+            log.warning("the federation's summed statistics fail their checks: %s", error)
+            return results, []
+        return results, [sums]
+
+    def _sum_and_decrypt(self, server_round: int, results: list[ClientResult]) -> Arrays | None:
+        """The plaintext sum of the encrypted uploads in `results`, decrypted by the partial
+        decryptions of the provinces that sent them; None when too few answer or they disagree."""
+        if len(results) < self.public.threshold:
+            log.warning(
+                "round %d: %d encrypted uploads, fewer than the %d provinces needed to decrypt",
+                server_round,
+                len(results),
+                self.public.threshold,
+            )
+            return None
+        n = self.public.n
+        summed = {
+            name: paillier.add([r.arrays[name] for r in results], n) for name in results[0].arrays
         }
+        shapes = {name: t.shape[:-1] for name, t in summed.items()}
+        holders = [r.province for r in results if r.province in self.public.members]
+        plan = [Instruction(p, self._config(server_round), summed) for p in holders]
+        partials, _ = self.run_phase(
+            server_round, pb.TASK_KIND_HE_DECRYPT, plan, self._partial(shapes)
+        )
+        try:
+            plaintexts = threshold.combine(
+                self.public,
+                {
+                    self.public.index(r.province): [
+                        c for name in summed for c in paillier.from_tensor(r.arrays[name], n)
+                    ]
+                    for r in partials
+                },
+            )
+        except threshold.ThresholdError as error:
+            log.warning("round %d: cannot decrypt the sum: %s", server_round, error)
+            return None
+        decoded, start = {}, 0
+        for name, shape in shapes.items():
+            size = int(np.prod(shape, dtype=int))
+            decoded[name] = paillier.decode(plaintexts[start : start + size], n).reshape(shape)
+            start += size
+        return decoded
+
+    def _partial(
+        self, shapes: dict[str, tuple[int, ...]]
+    ) -> Callable[[ClientResult], ClientResult]:
+        def accept(result: ClientResult) -> ClientResult:
+            check_ciphertexts(result.arrays, shapes, self.public.n)
+            return result
+
+        return accept

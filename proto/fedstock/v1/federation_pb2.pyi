@@ -20,6 +20,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_SECAGG_SHARES: _ClassVar[TaskKind]
     TASK_KIND_SECAGG_UNMASK: _ClassVar[TaskKind]
     TASK_KIND_ANALYSE: _ClassVar[TaskKind]
+    TASK_KIND_HE_DECRYPT: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
@@ -30,6 +31,7 @@ TASK_KIND_SECAGG_KEYS: TaskKind
 TASK_KIND_SECAGG_SHARES: TaskKind
 TASK_KIND_SECAGG_UNMASK: TaskKind
 TASK_KIND_ANALYSE: TaskKind
+TASK_KIND_HE_DECRYPT: TaskKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("province", "rows", "software_version")
