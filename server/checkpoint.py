@@ -2,8 +2,10 @@
 
 A checkpoint is a NumPy .npz of plain arrays (global parameters, scaler and the strategy's own
 state, such as optimiser moments) plus the run's state as JSON bytes; it is loaded with pickling
-disabled. It is written after a round has been aggregated, evaluated and recorded, so on restart
-the next round is exactly the first one that did not complete: none is lost, none applied twice.
+disabled. The run's results travel as the JSON bytes the results file last wrote, so a long run
+does not encode its whole history twice a round. It is written after a round has been
+aggregated, evaluated and recorded, so on restart the next round is exactly the first one that
+did not complete: none is lost, none applied twice.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class Checkpoint:
     scaler_scale: np.ndarray
     state: dict[str, Any]
     strategy_state: Arrays = field(default_factory=dict)
+    # The results file's content at this round (checkpoints written before it was kept apart
+    # carry the results inside `state` instead).
+    results: bytes = b""
 
     def save(self, path: Path) -> None:
         arrays = {
@@ -48,6 +53,7 @@ class Checkpoint:
                     scaler_mean=self.scaler_mean,
                     scaler_scale=self.scaler_scale,
                     state=np.frombuffer(state.encode(), dtype=np.uint8),
+                    results=np.frombuffer(self.results, dtype=np.uint8),
                     **arrays,
                 )
                 out.flush()
@@ -68,6 +74,7 @@ class Checkpoint:
                 stored["scaler_scale"],
                 state,
                 _prefixed(stored, _STRATEGY),
+                stored["results"].tobytes() if "results" in stored.files else b"",
             )
 
 

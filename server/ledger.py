@@ -182,27 +182,30 @@ class Ledger:
         self.path = path
         self.signer = signer
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries = read_verified(path) if path.exists() else []
+        entries = read_verified(path) if path.exists() else []
+        # Only what later entries and new subscribers need, so a long run's memory stays flat.
+        self.receipts = [receipt(entry) for entry in entries]
+        self.last_round: int = entries[-1]["round"] if entries else 0
         self._subscribers: list[Callable[[Receipt], None]] = []
 
     @property
     def head(self) -> str:
-        return self.entries[-1]["hash"] if self.entries else GENESIS
+        return self.receipts[-1].hash if self.receipts else GENESIS
 
-    @property
-    def last_round(self) -> int:
-        return self.entries[-1]["round"] if self.entries else 0
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, as the file holds them (checked)."""
+        return read_verified(self.path) if self.path.exists() else []
 
     def subscribe(self, deliver: Callable[[Receipt], None]) -> None:
         """Call `deliver` with every entry's receipt: those already written, then each new one."""
         self._subscribers.append(deliver)
-        for entry in self.entries:
-            deliver(receipt(entry))
+        for held in self.receipts:
+            deliver(held)
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         entry = {
             **record,
-            "index": len(self.entries) + 1,
+            "index": len(self.receipts) + 1,
             "previous": self.head,
             "certificate": self.signer.certificate,
         }
@@ -212,9 +215,10 @@ class Ledger:
             out.write(json.dumps(entry, sort_keys=True, allow_nan=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
-        self.entries.append(entry)
+        self.receipts.append(receipt(entry))
+        self.last_round = entry["round"]
         for deliver in self._subscribers:
-            deliver(receipt(entry))
+            deliver(self.receipts[-1])
         return entry
 
 

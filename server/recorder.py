@@ -8,6 +8,7 @@ between the two appends the entry when it resumes: the ledger never misses a rec
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,8 @@ class Recorder:
                 f"{self.checkpoint_path} belongs to a run of model {state['model']} "
                 f"({state['setting']}); remove it or choose another --results folder"
             )
-        self.results.update(**{k: v for k, v in state["results"].items() if k != "config"})
+        recorded = json.loads(checkpoint.results) if checkpoint.results else state["results"]
+        self.results.update(**{k: v for k, v in recorded.items() if k != "config"})
         if state["evaluation"]:
             self.last_evaluation = Evaluation(**state["evaluation"])
         if self.ledger.last_round < checkpoint.server_round:
@@ -115,12 +117,16 @@ class Recorder:
             "model": self.results.data["model"],
             "setting": self.setting,
             "train_seconds": run.train_seconds,
-            "results": self.results.data,
             "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
             "ledger_entry": entry,
         }
         checkpoint = Checkpoint(
-            record["round"], parameters or {}, *run.scaler, state, run.strategy_state
+            record["round"],
+            parameters or {},
+            *run.scaler,
+            state,
+            run.strategy_state,
+            self.results.text,
         )
         checkpoint.save(self.checkpoint_path)
         self.ledger.append(entry)

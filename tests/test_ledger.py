@@ -145,7 +145,7 @@ def test_a_ledger_rechained_with_the_leaked_server_key_is_caught_by_a_receipts_f
 ):
     path = tmp_path / "ledger.jsonl"
     signer = Signer.load(federation_certs)
-    entries = write_ledger(path, 4, signer).entries
+    entries = write_ledger(path, 4, signer).entries()
     entries[1]["metrics"]["mse"] = 0.0
     forged = rewrite(path, entries, signer)
     ca = str(federation_certs / "ca.pem")
@@ -158,7 +158,7 @@ def test_a_ledger_rechained_with_the_leaked_server_key_is_caught_by_a_receipts_f
 
 def test_a_ledger_rechained_with_another_key_is_caught_by_the_ca(tmp_path, federation_certs):
     path = tmp_path / "ledger.jsonl"
-    entries = write_ledger(path, 3, Signer.load(federation_certs)).entries
+    entries = write_ledger(path, 3, Signer.load(federation_certs)).entries()
     rewrite(path, entries, Signer.ephemeral())
     done = verify(path, "--ca", str(federation_certs / "ca.pem"))
     assert done.returncode == 1
@@ -233,7 +233,7 @@ def test_malformed_receipts_cannot_check_anything(tmp_path):
 
 
 def test_receipts_are_what_the_entries_say(tmp_path):
-    entry = write_ledger(tmp_path / "ledger.jsonl", 1).entries[0]
+    entry = write_ledger(tmp_path / "ledger.jsonl", 1).entries()[0]
     assert receipt(entry) == Receipt(1, entry["hash"], entry["signature"])
 
 
