@@ -178,6 +178,9 @@ def run_federation(
             *federation_flags(model, scale.options, data),
             "--poll-seconds",
             "2",
+            # one round of a forest on millions of rows outlasts the server's default deadline
+            "--round-timeout",
+            str(scale.timeout),
             *extra,
         ],
     )

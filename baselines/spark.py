@@ -5,7 +5,9 @@ province into an RDD of exactly nine partitions, one province each. Every partit
 rows as a federation client would; a reduce over per-partition sums gives the global scaler;
 `mapPartitions` trains the scikit-learn model on each province and a reduce merges the nine
 (`baselines.models`). Spark MLlib's own LinearRegression and RandomForestRegressor run on the
-same split rows too, as the choice a Spark user would make.
+same split rows too, as the choice a Spark user would make, and its GBTRegressor and
+RandomForestRegressor stand for gbdt and rf-hist: like them, histogram learners over binned
+features, and, as histogram trees leave nothing per partition to merge, the only Spark way.
 
 The same job runs against a cluster (`--master spark://host:7077`) when `--data` is on storage
 every executor can read and the executors have this project's dependencies.
@@ -14,6 +16,7 @@ every executor can read and the executors have this project's dependencies.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -32,10 +35,18 @@ import pandas as pd
 
 from baselines import cli, results
 from baselines.data import DataOptions, Scaling, add_sums, split_province, write_synthetic
-from baselines.models import Context, ModelOptions, build_model, per_province, train
+from baselines.models import (
+    ALL_MODELS,
+    Context,
+    ModelOptions,
+    build_model,
+    per_province,
+    train,
+)
 from common import forecast, preprocess
 from common.data import RAW_COLUMNS, validate_raw
 from common.data.schema import ORACLE
+from common.models.histgrow import TREE_MODELS
 from common.provinces import PROVINCES
 from common.tensors import Arrays
 
@@ -44,7 +55,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 ENGINES = ("sklearn", "mllib")
-MLLIB_MODELS = ("lr", "rf")
+MLLIB_MODELS = ("lr", "rf", "gbdt", "rf-hist")
+LABEL = "label"  # what MLlib learns: the target, or its change from today's close (trees)
 MLLIB_MAX_DEPTH = 30  # MLlib's own limit on tree depth
 PACKAGES = ("baselines", "common", "server", "client", "proto")  # what executors import
 ProvinceSplit = tuple[str, preprocess.Split]
@@ -248,45 +260,86 @@ def _rows_of(references: list[str]) -> Callable[[ProvinceSplit], Iterator[tuple]
     return run
 
 
-def train_mllib(
-    spark: SparkSession, splits: RDD, model: str, data: DataOptions, options: ModelOptions
-) -> tuple[list[tuple[str, float, int]], float, float]:
-    """MLlib's estimator on the same split rows: VectorAssembler + StandardScaler + model."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import StandardScaler, VectorAssembler
-    from pyspark.ml.regression import LinearRegression, RandomForestRegressor
-    from pyspark.sql import functions as F
+def mllib_estimator(model: str, options: ModelOptions, label: str) -> Any:
+    """Spark MLlib's own estimator for `model`, with our settings where MLlib has them.
 
-    features = data.features
-    references = sorted(splits.first()[1].reference_test)
-    columns = ["province", "is_test", *features, preprocess.TARGET, *references]
-    frame = spark.createDataFrame(splits.flatMap(_rows_of(references)), columns)
-    train = frame.where(~F.col("is_test")).cache()
-    test = frame.where(F.col("is_test"))
-    train.count()  # materialise, so the fit below times training alone
+    gbdt is GBTRegressor and rf-hist RandomForestRegressor, both histogram learners over
+    `maxBins` feature bins; MLlib has no L2 leaf regularisation (gbdt's lambda) and no early
+    stopping here. min child weight is a row count (squared loss: every Hessian is 1).
+    """
+    from pyspark.ml.regression import GBTRegressor, LinearRegression, RandomForestRegressor
+
     if model == "lr":
-        estimator: Any = LinearRegression(labelCol=preprocess.TARGET)
-    else:
-        estimator = RandomForestRegressor(
-            labelCol=preprocess.TARGET,
+        return LinearRegression(labelCol=label)
+    if model == "rf":
+        return RandomForestRegressor(
+            labelCol=label,
             numTrees=options.trees,
             maxDepth=min(options.max_depth or MLLIB_MAX_DEPTH, MLLIB_MAX_DEPTH),
             featureSubsetStrategy="all",
             bootstrap=True,
             seed=options.seed,
         )
+    tree = options.tree_settings[model]
+    shared = {
+        "labelCol": label,
+        "maxDepth": min(tree.max_depth, MLLIB_MAX_DEPTH),
+        "maxBins": tree.max_bins,
+        "minInstancesPerNode": math.ceil(tree.min_child_weight),
+        "seed": tree.seed,
+    }
+    if model == "gbdt":
+        return GBTRegressor(
+            maxIter=tree.trees,
+            stepSize=tree.learning_rate,
+            subsamplingRate=tree.subsample,
+            lossType="squared",
+            **shared,
+        )
+    return RandomForestRegressor(
+        numTrees=tree.trees,
+        featureSubsetStrategy=str(tree.max_features) if tree.max_features < 1 else "all",
+        bootstrap=True,
+        **shared,
+    )
+
+
+def train_mllib(
+    spark: SparkSession, splits: RDD, model: str, data: DataOptions, options: ModelOptions
+) -> tuple[list[tuple[str, float, int]], float, float]:
+    """MLlib's estimator on the same split rows: VectorAssembler + StandardScaler + model.
+
+    The histogram trees learn tomorrow's change from today's close, as the federation's do;
+    lr and rf learn the price, as the paper's.
+    """
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+    from pyspark.sql import functions as F
+
+    features = data.features
+    references = sorted(splits.first()[1].reference_test)
+    columns = ["province", "is_test", *features, preprocess.TARGET, *references]
+    frame = spark.createDataFrame(splits.flatMap(_rows_of(references)), columns)
+    base = F.col("close") if model in TREE_MODELS else F.lit(0.0)
+    frame = frame.withColumn(LABEL, F.col(preprocess.TARGET) - base)
+    train = frame.where(~F.col("is_test")).cache()
+    test = frame.where(F.col("is_test"))
+    train.count()  # materialise, so the fit below times training alone
     pipeline = Pipeline(
         stages=[
             VectorAssembler(inputCols=features, outputCol="raw"),
             StandardScaler(inputCol="raw", outputCol="features", withMean=True, withStd=True),
-            estimator,
+            mllib_estimator(model, options, LABEL),
         ]
     )
     started = time.perf_counter()
     fitted = pipeline.fit(train)
     trained = time.perf_counter()
     # The test rows' predictions, scored on the driver as every other job scores them.
-    scored = fitted.transform(test).select("province", "prediction", preprocess.TARGET, *references)
+    predicted_price = (F.col("prediction") + base).alias("prediction")
+    scored = fitted.transform(test).select(
+        "province", predicted_price, preprocess.TARGET, *references
+    )
     predicted = scored.toPandas()
     train.unpersist()
     scores = [
@@ -335,6 +388,11 @@ def run(
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine == "mllib" and model not in MLLIB_MODELS:
         raise ValueError(f"MLlib has no {model!r} here; it runs {', '.join(MLLIB_MODELS)}")
+    if engine == "sklearn" and model in TREE_MODELS:
+        raise ValueError(
+            f"{model} grows one ensemble from summed histograms, so no partitions' parts merge; "
+            "on Spark it runs as MLlib's (engine mllib)"
+        )
     if loaded is None:
         with readable_data(data) as readable:
             loaded = load(spark, readable)
@@ -381,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         "overall, the times with and without session start-up, and writes a results file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    cli.add_model_args(parser)
+    cli.add_model_args(parser, ALL_MODELS)
+    cli.add_tree_args(parser)
     cli.add_data_args(parser)
     add = parser.add_argument
     add("--engine", choices=ENGINES, default="sklearn", help="per-partition sklearn, or MLlib")
@@ -391,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.check(parser, args)
     if args.engine == "mllib" and args.model not in MLLIB_MODELS:
-        parser.error(f"--engine mllib runs --model {' or '.join(MLLIB_MODELS)}")
+        parser.error(f"--engine mllib runs --model {', '.join(MLLIB_MODELS)}")
+    if args.engine == "sklearn" and args.model in TREE_MODELS:
+        parser.error(f"--model {args.model} runs on Spark as MLlib's: add --engine mllib")
     path = args.results or Path(
         f"runs/spark-{'' if args.engine == 'sklearn' else 'mllib-'}{args.model}.json"
     )
@@ -404,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             spark,
             args.model,
             cli.data_options(args),
-            cli.model_options(args),
+            replace(cli.model_options(args), tree_settings=cli.tree_settings(parser, args)),
             args.engine,
             session_seconds,
         )

@@ -1,7 +1,8 @@
 """`make bench-forecast`: what each model learns beyond the naive forecast, on the default market.
 
-For lr, lr-exact, rf and svm, federated (a server and nine client processes), centralised and on
-Spark, on the same Parquet files, split and scaling: the test MSE beside persistence, last close
+For lr, lr-exact, rf, svm, gbdt and rf-hist, federated (a server and nine client processes),
+centralised and on Spark (MLlib's GBTRegressor and RandomForestRegressor for the histogram
+trees), on the same Parquet files, split and scaling: the test MSE beside persistence, last close
 and the market's own oracle, the skill against the naive forecast, the share of the learnable
 signal found (achieved skill), and each federated MSE against the centralised MSE of the same
 model. Benchmarks measure and print; they assert nothing.
@@ -25,11 +26,12 @@ from baselines.reproduce import SCALES, Progress, Scale, run_federation
 from common import forecast, preprocess
 from common.data.facts import stylised_facts
 from common.data.synthetic import DEFAULT_SEED
+from common.models.histgrow import TREE_MODELS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-MODELS = ("lr", "lr-exact", "rf", "svm")
+MODELS = ("lr", "lr-exact", "rf", "svm", "gbdt", "rf-hist")
 # The centralised job's least squares is already exact; Spark's LR averages the provinces' fits.
 BASELINE_MODELS = {"lr-exact": "lr"}
 FRAMEWORKS = ("federated", "centralised", "spark")
@@ -60,6 +62,8 @@ def run_all(scale_name: str, out: Path, with_spark: bool, master: str) -> dict[s
                         continue
                     runs[f"{framework} {model}"] = run
                     shown["mse"] = run["final"]["mse"]
+                    # Written after every run: a long bench that stops keeps what it measured.
+                    (out / "forecast.json").write_text(json.dumps(runs, indent=1))
     finally:
         if session is not None:
             session.stop()
@@ -98,7 +102,8 @@ def _job(
         return run_federation(model, data, scale, out, progress)
     if framework == "centralised":
         return centralised.run(own, data, scale.options)
-    return spark.run(session, own, data, scale.options)
+    engine = "mllib" if own in TREE_MODELS else "sklearn"
+    return spark.run(session, own, data, scale.options, engine)
 
 
 def table(runs: dict[str, Any]) -> list[str]:
