@@ -1,14 +1,16 @@
 """A province's part of the end-of-run analysis, on its own rows.
 
-Contributions: the test MSE of every candidate model (a coalition's aggregate). Importance:
-the global model's test MSE with one feature's column shuffled, per feature and repeat.
-Personalisation: the global model fine-tuned on this province's training rows, scored on its
-test rows. Only MSEs leave the province; the fine-tuned model never does.
+Contributions: the sums over the test rows from which the server scores any coalition's model
+itself (common/analysis.py), so that no coalition's model, and no other province's update, ever
+reaches this province. Importance: the global model's test MSE with one feature's column
+shuffled, per feature and repeat. Personalisation: the global model fine-tuned on this
+province's training rows, scored on its test rows. Only MSEs and those sums leave the province;
+the fine-tuned model never does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,10 +18,10 @@ from client import histograms, trainers
 from client.trainers import Trainer
 from common import analysis
 from common.models import linear
-from common.models.checks import UpdateError
 from common.preprocess import Split
 from common.registry import model_spec
 from common.tensors import Arrays
+from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
 
 Config = Mapping[str, ConfigScalar]
@@ -29,39 +31,24 @@ def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((prediction - truth) ** 2))
 
 
-def candidate_mses(
-    trainer: Trainer,
-    model: Arrays,
-    candidates: list[Arrays],
-    x: np.ndarray,
-    y: np.ndarray,
-    config: Config,
-) -> dict[str, float]:
-    if candidates and analysis.MEMBERS in candidates[0]:
-        predictions = member_predictions(trainer, model, candidates, x, config)
-    elif trainer.predict_candidates is not None:
-        predictions = trainer.predict_candidates(candidates, x, config)
-    else:
-        predictions = (trainer.predict(candidate, x, config) for candidate in candidates)
-    return {analysis.candidate_metric(k): mse(p, y) for k, p in enumerate(predictions)}
-
-
-def member_predictions(
-    trainer: Trainer, model: Arrays, candidates: list[Arrays], x: np.ndarray, config: Config
-) -> Iterator[np.ndarray]:
-    """An ensemble predicts the mean of its members through an affine map (today's close added
-    back, the target's scale restored), so a subset predicts the mean of its members' own
-    predictions: each member predicts once, however many subsets are scored."""
+def directions(
+    trainer: Trainer, model: Arrays, x: np.ndarray, config: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """The global model's prediction on `x`, and Φ: how the prediction moves per unit of each
+    parameter θ (common/analysis.py), for the models whose prediction is affine in θ."""
     codec = model_spec(str(config["model"])).members
-    if codec is None:
-        raise UpdateError(f"model {config['model']!r} is not an ensemble of members")
-    members = codec.unpack(model, x.shape[1])
-    each = np.column_stack([trainer.predict(codec.pack([m]), x, config) for m in members])
-    for candidate in candidates:
-        mask = candidate[analysis.MEMBERS]
-        if mask.shape != (len(members),) or not mask.any() or not np.isin(mask, (0, 1)).all():
-            raise UpdateError(f"a candidate must mark some of the {len(members)} members by 0/1")
-        yield each @ mask / mask.sum()
+    if codec is not None:  # θ: each member's weight in the mean of the members
+        members = codec.unpack(model, x.shape[1])
+        each = np.column_stack([trainer.predict(codec.pack([m]), x, config) for m in members])
+        return each.mean(axis=1), each
+    weights = flatten(model)
+    probes = [model] + [unflatten(weights + unit, model) for unit in np.eye(len(weights))]
+    if trainer.predict_candidates is not None:
+        predictions = list(trainer.predict_candidates(probes, x, config))
+    else:
+        predictions = [trainer.predict(probe, x, config) for probe in probes]
+    at = predictions[0]
+    return at, np.column_stack([p - at for p in predictions[1:]])
 
 
 def permuted_mses(
@@ -122,20 +109,24 @@ def analyse(
     x_train: np.ndarray,
     x_test: np.ndarray,
     model: Arrays,
-    candidates: list[Arrays],
     config: Config,
-) -> dict[str, float]:
-    """Every MSE the task asks for, on rows scaled (or not) as `trainer` expects them."""
+) -> tuple[dict[str, float], Arrays]:
+    """Every MSE the task asks for and, for contributions, the test rows' sums, on rows scaled
+    (or not) as `trainer` expects them."""
     y = data.y_test
+    prediction = trainer.predict(model, x_test, config)
     metrics = {
-        analysis.GLOBAL_MSE: mse(trainer.predict(model, x_test, config), y),
+        analysis.GLOBAL_MSE: mse(prediction, y),
         analysis.MEAN_MSE: mse(np.full(len(y), float(config["target_mean"])), y),
-        **candidate_mses(trainer, model, candidates, x_test, y, config),
     }
+    sums: Arrays = {}
+    if int(config.get(analysis.SCORE_SUMS, 0)):
+        at, phi = directions(trainer, model, x_test, config)
+        sums = analysis.score_sums(phi, y - at)
     repeats = int(config.get(analysis.IMPORTANCE_REPEATS, 0))
     if repeats:
         metrics.update(permuted_mses(trainer, model, x_test, y, data.features, repeats, config))
     if int(config.get(analysis.PERSONALISE_EPOCHS, 0)):
         personal = fine_tune(trainer, model, x_train, data.y_train, config)
         metrics[analysis.PERSONAL_MSE] = mse(trainer.predict(personal, x_test, config), y)
-    return metrics
+    return metrics, sums

@@ -15,7 +15,6 @@ from client import analysis, chain
 from client.chain import Outcome, Task
 from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
-from common import analysis as shared
 from common import forecast, preprocess
 from common.crossval import fold_split
 from common.settings import DataSettings, FoldSettings
@@ -141,22 +140,19 @@ class LocalWork:
         parameters: Arrays,
     ) -> Outcome:
         """The end-of-run analysis on this province's rows (client/analysis.py)."""
-        model, candidates = shared.unstack(parameters, int(config.get(shared.CANDIDATE_COUNT, 0)))
-        task = Task(chain.ANALYSE, config, model)
-        return self.privacy.run(task, lambda task: self._analyse(task, scaler, candidates))
+        task = Task(chain.ANALYSE, config, parameters)
+        return self.privacy.run(task, lambda task: self._analyse(task, scaler))
 
-    def _analyse(
-        self, task: Task, scaler: tuple[np.ndarray, np.ndarray], candidates: list[Arrays]
-    ) -> Outcome:
+    def _analyse(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         started = time.perf_counter()
         data = self.split(task.config)
         trainer = trainer_for(str(task.config["model"]))
         x_train, x_test = (_inputs(trainer, x, scaler) for x in (data.x_train, data.x_test))
-        metrics = analysis.analyse(
-            trainer, data, x_train, x_test, task.parameters, candidates, task.config
+        metrics, sums = analysis.analyse(
+            trainer, data, x_train, x_test, task.parameters, task.config
         )
         metrics["seconds"] = time.perf_counter() - started
-        return Outcome(len(data.y_test), metrics)
+        return Outcome(len(data.y_test), metrics, sums)
 
 
 def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:

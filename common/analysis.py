@@ -1,9 +1,16 @@
 """The analysis task's wire format, which server and client must agree on.
 
-One ANALYSE task after the last round carries the global model and, for contributions, every
-candidate model at once: each tensor of the K candidates stacked along a new first axis under
-`candidates.<name>` (for an ensemble, a mask of its members). The client answers with MSEs
-only, named by the helpers below.
+One ANALYSE task after the last round carries the global model only. For contributions a
+province does not score candidate models (a coalition's model, a single province's among them,
+would hand it that province's update): it answers with sums over its test rows from which the
+server scores any model near the global one itself. A model whose prediction is affine in its
+parameters θ predicts p(θ) = p(θ_g) + Φ(θ − θ_g) on the test rows, so its squared error is
+
+    Σ (y − p(θ))² = dᵀ(ΦᵀΦ)d − 2dᵀΦᵀr + rᵀr,   d = θ − θ_g,  r = y − p(θ_g),
+
+a quadratic form in three sums (`GRAM` ΦᵀΦ, `CROSS` Φᵀr, `SQUARE` rᵀr) that add up over the
+provinces. θ is the model's weights flattened (common.vectors.flatten), or for an ensemble
+the weight of each member in the mean of its members (the global model: 1/M each).
 """
 
 from __future__ import annotations
@@ -13,17 +20,16 @@ import numpy as np
 from common.models.checks import UpdateError
 from common.tensors import Arrays
 
-CANDIDATES = "candidates."
-# An ensemble's candidates are subsets of the global model's members: candidate k is the 0/1
-# row k of `candidates.members`, one column per member in the global model's order.
-MEMBERS = "members"
-
-# Task-config keys: how many candidates follow, and what else to compute (0: nothing).
-CANDIDATE_COUNT = "analysis_candidates"
+# Task-config keys: whether to answer with the test rows' sums, and what else to compute
+# (0: nothing).
+SCORE_SUMS = "analysis_score_sums"
 IMPORTANCE_REPEATS = "importance_repeats"
 PERSONALISE_EPOCHS = "personalise_epochs"
 PERSONALISE_PULL = "personalise_pull"
 ANALYSIS_SEED = "analysis_seed"
+
+# The sums a province answers with, when asked.
+GRAM, CROSS, SQUARE = "score_gram", "score_cross", "score_square"
 
 # Metrics every answer carries: the global model's test MSE, and that of predicting the
 # federation's training mean of the target (the empty coalition's model).
@@ -32,25 +38,33 @@ MEAN_MSE = "mean_mse"
 PERSONAL_MSE = "personal_mse"
 
 
-def candidate_metric(index: int) -> str:
-    return f"candidate.{index}"
-
-
 def permuted_metric(feature: str, repeat: int) -> str:
     return f"permuted.{feature}.{repeat}"
 
 
-def stack(candidates: list[Arrays]) -> Arrays:
-    """K models with the same tensors as one set of tensors with a leading axis of K."""
-    names = candidates[0].keys()
-    return {CANDIDATES + name: np.stack([c[name] for c in candidates]) for name in names}
+def score_sums(directions: np.ndarray, residuals: np.ndarray) -> Arrays:
+    """ΦᵀΦ, Φᵀr and rᵀr of the test rows, from Φ (rows × parameters) and r (rows)."""
+    return {
+        GRAM: directions.T @ directions,
+        CROSS: directions.T @ residuals,
+        SQUARE: np.array(float(residuals @ residuals)),
+    }
 
 
-def unstack(arrays: Arrays, count: int) -> tuple[Arrays, list[Arrays]]:
-    """The global model, and the `count` candidates stacked beside it."""
-    model = {n: a for n, a in arrays.items() if not n.startswith(CANDIDATES)}
-    stacked = {n.removeprefix(CANDIDATES): a for n, a in arrays.items() if n not in model}
-    wrong = [n for n, a in stacked.items() if a.ndim == 0 or len(a) != count]
-    if wrong or (count > 0) != bool(stacked):
-        raise UpdateError(f"the task announces {count} candidate models; tensors {wrong} disagree")
-    return model, [{n: a[k] for n, a in stacked.items()} for k in range(count)]
+def check_score_sums(arrays: Arrays, size: int) -> None:
+    """Exactly the three sums, for `size` parameters, finite, with rᵀr ≥ 0."""
+    shapes = {GRAM: (size, size), CROSS: (size,), SQUARE: ()}
+    if set(arrays) != set(shapes):
+        raise UpdateError(f"an analysis carries the tensors {sorted(shapes)}, got {sorted(arrays)}")
+    for name, shape in shapes.items():
+        array = arrays[name]
+        if array.dtype != np.float64 or array.shape != shape or not np.isfinite(array).all():
+            raise UpdateError(f"{name!r} must be finite float64 of shape {shape}")
+    if arrays[SQUARE] < 0:
+        raise UpdateError(f"{SQUARE!r} is a sum of squares and cannot be negative")
+
+
+def squared_error(sums: Arrays, step: np.ndarray) -> float:
+    """Σ (y − p(θ))² over the rows `sums` add up, for θ = θ_g + `step`."""
+    gram, cross, square = sums[GRAM], sums[CROSS], float(sums[SQUARE])
+    return max(float(step @ gram @ step - 2.0 * step @ cross + square), 0.0)

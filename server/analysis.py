@@ -1,11 +1,14 @@
 """The end-of-run analysis: what each province is worth, why the model predicts, personalisation.
 
 After the last round, when asked, the server runs ONE extra phase (TASK_KIND_ANALYSE) in which
-every province scores, on its own test rows: each candidate model (the aggregate the strategy
-builds from a coalition's updates of the final round, for contributions), the global model with
-each feature's column permuted (importance), and the global model fine-tuned on its training
-rows (personalisation). The server combines the MSEs sample-weighted over all test rows, as
-federated evaluation does, and writes a section of the results for each.
+every province, sent the global model and nothing else, answers on its own test rows: for
+contributions, the sums from which the server scores any coalition's model itself
+(common/analysis.py; a coalition's model is the aggregate the strategy builds from its updates
+of the final round); the global model's MSE with each feature's column permuted (importance);
+and that of the global model fine-tuned on its training rows (personalisation). No province
+ever receives a coalition's model: a single province's, or two that differ by one province,
+would hand it that province's update. The server combines the MSEs sample-weighted over all
+test rows, as federated evaluation does, and writes a section of the results for each.
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from common import analysis
+from common import analysis, vectors
 from common.models.checks import UpdateError
 from common.registry import model_spec
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.config import AnalysisRequest
-from server.strategy import ClientResult, Instruction, PhaseRunner, Strategy
+from server.disclosure import entry
+from server.strategy import ClientResult, PhaseRunner, Strategy
 
 log = logging.getLogger("fedstock.server")
 
@@ -60,9 +64,9 @@ class AnalysisSettings:
             seed,
         )
 
-    def task_config(self, candidates: int) -> dict[str, int | float]:
+    def task_config(self, score_sums: bool) -> dict[str, int | float]:
         return {
-            analysis.CANDIDATE_COUNT: candidates,
+            analysis.SCORE_SUMS: int(score_sums),
             analysis.IMPORTANCE_REPEATS: self.importance_repeats,
             analysis.PERSONALISE_EPOCHS: self.personalise_epochs,
             analysis.PERSONALISE_PULL: self.personalise_pull,
@@ -90,6 +94,21 @@ class Analysis:
     def __init__(self, settings: AnalysisSettings) -> None:
         self.settings = settings
 
+    def disclosure(self) -> dict[str, str]:
+        """What the analysis phase, as `run` sends and accepts it, lets each side learn."""
+        s = self.settings
+        scored = ["of the global model"]
+        scored += ["with each feature's column permuted"] if s.importance_repeats else []
+        scored += ["fine-tuned on its own rows"] if s.personalise_epochs else []
+        server = f"each province's test MSEs ({', '.join(scored)}) and test rows, in the clear"
+        if s.contributions:
+            server += (
+                "; for contributions, its test rows' sums ΦᵀΦ, Φᵀr and rᵀr (r: the global "
+                "model's residuals; Φ: how its predictions move with each parameter), in the "
+                "clear, from which the server scores every coalition's model itself"
+            )
+        return entry(server, "the global model only: no coalition's model, no other update")
+
     def run(
         self,
         run_phase: PhaseRunner,
@@ -103,18 +122,16 @@ class Analysis:
         """The results' sections: `contributions`, `importance`, `personalisation` as asked."""
         started = time.perf_counter()
         s = self.settings
-        plan = self._plan(strategy, final_fit) if s.contributions else None
-        count = len(plan.coalitions) if plan else 0
-        stacked = plan.candidates if plan else {}
-        config = s.task_config(count)
-        expected = self._expected(count, features)
-        sent: dict[int, Arrays] = {}
-        instructions = []
-        for ask in strategy.configure_evaluate(server_round, model, provinces):
-            parameters = sent.setdefault(id(ask.parameters), {**ask.parameters, **stacked})
-            instructions.append(Instruction(ask.province, {**ask.config, **config}, parameters))
+        plan = self._plan(strategy, model, final_fit) if s.contributions else None
+        config = s.task_config(plan is not None)
+        expected = self._expected(features)
+        size = plan.steps.shape[1] if plan else 0
+        instructions = [
+            replace(ask, config={**ask.config, **config})
+            for ask in strategy.configure_evaluate(server_round, model, provinces)
+        ]
         results, failures = run_phase(
-            server_round, pb.TASK_KIND_ANALYSE, instructions, lambda r: accept(r, expected)
+            server_round, pb.TASK_KIND_ANALYSE, instructions, lambda r: accept(r, expected, size)
         )
         seconds = time.perf_counter() - started
         if not results:
@@ -143,7 +160,9 @@ class Analysis:
         log.info("analysis done in %.2f s over %d provinces", seconds, len(results))
         return sections
 
-    def _plan(self, strategy: Strategy, final_fit: FinalFit | None) -> CoalitionPlan | None:
+    def _plan(
+        self, strategy: Strategy, model: Arrays, final_fit: FinalFit | None
+    ) -> CoalitionPlan | None:
         if final_fit is None:
             log.error("contributions: %s", UNREPLAYED)
             return None
@@ -154,42 +173,45 @@ class Analysis:
         s = self.settings
         orders = contributions.random_orders(players, s.permutations, s.seed)
         needed = [c for c in contributions.coalitions(players, orders) if c]
-        if ensemble:
-            owners = [p for p, count in members.items() for _ in range(count)]
-            candidates = [
-                {analysis.MEMBERS: np.array([o in c for o in owners], dtype=np.float64)}
-                for c in needed
-            ]
+        if ensemble:  # a coalition's ensemble: the mean of its members
+            owners = np.array([p for p, count in members.items() for _ in range(count)])
+            marks = [np.isin(owners, sorted(c)).astype(np.float64) for c in needed]
+            weights = [mark / mark.sum() for mark in marks]
+            start = np.full(len(owners), 1.0 / len(owners))
         else:
-            candidates = [
-                strategy.aggregate_fit(
-                    final_fit.server_round,
-                    [u for u in final_fit.updates if u.province in coalition],
-                    [],
-                    final_fit.start,
+            weights = [
+                vectors.flatten(
+                    strategy.aggregate_fit(
+                        final_fit.server_round,
+                        [u for u in final_fit.updates if u.province in coalition],
+                        [],
+                        final_fit.start,
+                    )
                 )
                 for coalition in needed
             ]
-        return CoalitionPlan(
-            final_fit.server_round, players, orders, needed, analysis.stack(candidates)
-        )
+            start = vectors.flatten(model)
+        steps = np.array(weights) - start
+        return CoalitionPlan(final_fit.server_round, players, orders, needed, steps)
 
-    def _expected(self, candidates: int, features: list[str]) -> list[str]:
+    def _expected(self, features: list[str]) -> list[str]:
         """The metrics every answer must carry."""
         s = self.settings
         names = [analysis.GLOBAL_MSE, analysis.MEAN_MSE]
-        names += [analysis.candidate_metric(k) for k in range(candidates)]
         names += [
             analysis.permuted_metric(f, r) for f in features for r in range(s.importance_repeats)
         ]
         return names + ([analysis.PERSONAL_MSE] if s.personalise_epochs else [])
 
 
-def accept(result: ClientResult, expected: Sequence[str]) -> ClientResult:
-    """An answer with every expected MSE, each finite and non-negative, and no tensors."""
+def accept(result: ClientResult, expected: Sequence[str], size: int = 0) -> ClientResult:
+    """An answer with every expected MSE, each finite and non-negative, and no tensors but,
+    for contributions, the test rows' sums for `size` parameters."""
     if result.num_examples <= 0:
         raise UpdateError("an analysis must report a positive number of test rows")
-    if result.arrays:
+    if size:
+        analysis.check_score_sums(result.arrays, size)
+    elif result.arrays:
         raise UpdateError("an analysis carries metrics only, no tensors")
     missing = [name for name in expected if name not in result.metrics]
     if missing:
@@ -211,14 +233,19 @@ class CoalitionPlan:
     server_round: int
     players: list[str]
     orders: list[list[contributions.Order]]  # sets of rotations
-    coalitions: list[contributions.Coalition]  # non-empty; candidate k is coalition k's model
-    candidates: Arrays  # stacked, as they travel
+    coalitions: list[contributions.Coalition]  # non-empty
+    steps: np.ndarray  # row k: coalition k's model θ minus the global model's (common/analysis)
 
     def report(self, results: list[ClientResult], settings: AnalysisSettings) -> dict[str, Any]:
-        """Utility v(S) = −MSE(S): positive values help, and Shapley sums to v(all) − v(∅)."""
+        """Utility v(S) = −MSE(S): positive values help, and Shapley sums to v(all) − v(∅).
+
+        Each coalition's MSE over every answering province's test rows, from their summed
+        sums: the server scores the coalitions' models, which never leave it."""
+        sums = {name: sum(r.arrays[name] for r in results) for name in results[0].arrays}
+        rows = sum(r.num_examples for r in results)
         value = {
-            coalition: -weighted(results, analysis.candidate_metric(k))
-            for k, coalition in enumerate(self.coalitions)
+            coalition: -analysis.squared_error(sums, step) / rows
+            for coalition, step in zip(self.coalitions, self.steps, strict=True)
         }
         value[frozenset()] = -weighted(results, analysis.MEAN_MSE)
         shapley, errors = contributions.shapley(self.players, self.orders, value)

@@ -32,11 +32,7 @@ IN_THE_CLEAR: Disclosure = {
         "each province's training and test MSE and row counts, in the clear",
         "nothing of any other province",
     ),
-    "analysis": entry(
-        "each province's scores of the models it is sent, in the clear",
-        "the models it is sent to score; with --contributions every coalition's model, single "
-        "provinces' included, so every other province's update",
-    ),
+    "analysis": entry("nothing: no analysis was asked for", "nothing"),
 }
 
 

@@ -86,7 +86,10 @@ class RoundLoop:
         self.schedule.run(self, first_round)
         if not self.recorder.finish(self.parameters, self.train_seconds()):
             raise FederationError("no round produced an evaluated model")
-        self.results.update(disclosure=self.strategy.disclosure())
+        disclosure = self.strategy.disclosure()
+        if self.analysis is not None:
+            disclosure["analysis"] = self.analysis.disclosure()
+        self.results.update(disclosure=disclosure)
         if self.analysis is not None:
             sections = self.analysis.run(
                 self.phase,

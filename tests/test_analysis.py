@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from baselines.report import Comparison, analysis_section
-from client.analysis import fine_tune
+from client.analysis import directions, fine_tune
 from client.local import LocalWork
 from client.trainers import trainer_for
 from common import analysis as shared
@@ -21,6 +21,7 @@ from common.provinces import PROVINCES
 from common.registry import MODELS
 from common.settings import TaskContext
 from common.threshold import PublicKey
+from common.vectors import flatten
 from proto.fedstock.v1 import federation_pb2 as pb
 from server import contributions
 from server.analysis import (
@@ -34,7 +35,7 @@ from server.analysis import (
     personalisation,
 )
 from server.config import AnalysisRequest, ConfigError
-from server.models import build_strategy, defaults
+from server.models import SGD_TRAINING, build_strategy, defaults
 from server.privacy.he import HEFedAvg
 from server.strategies.federated import FedAdam, Federated
 from server.strategies.robust import combiner
@@ -157,31 +158,35 @@ def test_personalisation_reports_every_province_and_the_weighted_totals():
 
 
 def test_answers_are_checked_before_they_count():
-    expected = [shared.GLOBAL_MSE, shared.candidate_metric(0)]
-    good = {shared.GLOBAL_MSE: 1.0, shared.candidate_metric(0): 2.0, "seconds": 0.1}
+    expected = [shared.GLOBAL_MSE, shared.MEAN_MSE]
+    good = {shared.GLOBAL_MSE: 1.0, shared.MEAN_MSE: 2.0, "seconds": 0.1}
     assert accept(result("hubei", 10, good), expected).metrics == good
+    sums = shared.score_sums(np.ones((10, 3)), np.arange(10.0))
+    assert accept(result("hubei", 10, good, sums), expected, size=3).arrays == sums
+    nan_gram = {**sums, shared.GRAM: sums[shared.GRAM] * np.nan}
     bad = [
-        (result("hubei", 10, {shared.GLOBAL_MSE: 1.0}), "lacks 1 metrics"),
-        (result("hubei", 10, {**good, shared.candidate_metric(0): -1.0}), "non-negative"),
-        (result("hubei", 10, {**good, shared.GLOBAL_MSE: math.nan}), "non-negative"),
-        (result("hubei", 0, good), "positive number"),
-        (result("hubei", 10, good, {"coef": np.zeros(2)}), "no tensors"),
+        (result("hubei", 10, {shared.GLOBAL_MSE: 1.0}), 0, "lacks 1 metrics"),
+        (result("hubei", 10, {**good, shared.MEAN_MSE: -1.0}), 0, "non-negative"),
+        (result("hubei", 10, {**good, shared.GLOBAL_MSE: math.nan}), 0, "non-negative"),
+        (result("hubei", 0, good), 0, "positive number"),
+        (result("hubei", 10, good, {"coef": np.zeros(2)}), 0, "no tensors"),
+        (result("hubei", 10, good), 3, "carries the tensors"),
+        (result("hubei", 10, good, sums), 4, "of shape"),
+        (result("hubei", 10, good, {**sums, shared.SQUARE: np.array(-1.0)}), 3, "negative"),
+        (result("hubei", 10, good, nan_gram), 3, "finite"),
     ]
-    for answer, why in bad:
+    for answer, size, why in bad:
         with pytest.raises(UpdateError, match=why):
-            accept(answer, expected)
+            accept(answer, expected, size)
 
 
-def test_candidates_travel_stacked_and_must_match_their_count():
-    candidates = [{"coef": np.full(3, float(k)), "intercept": np.array(k + 0.5)} for k in range(4)]
-    model = {"coef": np.ones(3), "intercept": np.array(9.0)}
-    got_model, got = shared.unstack({**model, **shared.stack(candidates)}, 4)
-    assert set(got_model) == {"coef", "intercept"} and len(got) == 4
-    assert np.array_equal(got[2]["coef"], candidates[2]["coef"]) and got[3]["intercept"] == 3.5
-    with pytest.raises(UpdateError, match="announces 3 candidate"):
-        shared.unstack({**model, **shared.stack(candidates)}, 3)
-    with pytest.raises(UpdateError, match="announces 2 candidate"):
-        shared.unstack(model, 2)
+def test_the_test_rows_sums_give_the_squared_error_of_any_model_near_the_global_one():
+    rng = np.random.default_rng(0)
+    phi, r = rng.normal(size=(50, 4)), rng.normal(size=50)
+    sums = shared.score_sums(phi, r)
+    for step in (np.zeros(4), rng.normal(size=4)):
+        direct = float(np.sum((r - phi @ step) ** 2))
+        assert shared.squared_error(sums, step) == pytest.approx(direct, rel=1e-12)
 
 
 def settings(contributions=True, repeats=2, epochs=1):
@@ -263,8 +268,21 @@ def in_process(works, config, scaler):
 FOREST = {"rf_n_estimators": 4, "rf_global_trees": 18, "rf_max_depth": 5}
 
 
+def without(strategy, model, final, leaver):
+    """The model of every province but `leaver`, built as the server builds a coalition's."""
+    spec = MODELS[str(strategy.model_config["model"])]
+    if spec.members is None:
+        kept = [u for u in final.updates if u.province != leaver]
+        return strategy.aggregate_fit(final.server_round, kept, [], final.start)
+    members = strategy.round_report(final.server_round)["members"]
+    owners = [p for p, count in members.items() for _ in range(count)]
+    trees = spec.members.unpack(model, len(preprocess.NEXT_DAY_FEATURES))
+    return spec.members.pack([t for t, o in zip(trees, owners, strict=True) if o != leaver])
+
+
 @pytest.mark.parametrize(
-    ("model", "options", "rounds"), [("lr-exact", {}, 1), ("lr-sgd", {}, 2), ("rf", FOREST, 1)]
+    ("model", "options", "rounds"),
+    [("lr-exact", {}, 1), ("lr-sgd", {}, 2), ("rf", FOREST, 1), ("svm", {}, 1)],
 )
 def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, rounds):
     works, config, scaler = provinces
@@ -295,6 +313,16 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
     assert value["mse_empty"] > 10 * value["mse_all"]  # the mean price is a poor forecast
     assert sum(value["shapley"].values()) == pytest.approx(value["mse_empty"] - value["mse_all"])
     assert set(value["leave_one_out"]) == set(PROVINCES) and value["permutations"] == 9
+    # The server's score of a coalition's model, which never left it, is the MSE the provinces
+    # find when they score that model themselves.
+    leaver = "hubei"
+    rest = without(strategy, parameters, final, leaver)
+    direct = Evaluation.weighted(
+        ClientResult(p, o.num_examples, o.metrics)
+        for p, w in works.items()
+        for o in [w.evaluate({**config, **strategy.model_config}, scaler, rest)]
+    )
+    assert value["mse_all"] + value["leave_one_out"][leaver] == pytest.approx(direct.mse, rel=1e-9)
     ranked = list(sections["importance"]["features"])
     assert sections["importance"]["base_mse"] == pytest.approx(evaluation.mse, rel=1e-9)
     assert ranked.index("volume") > min(ranked.index("close"), ranked.index("price"))
@@ -309,21 +337,13 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     works, config, scaler = provinces
     foreign = works["shanghai"].train({**config, "model": "lr"}, scaler, None).arrays
     own = works["hubei"].train({**config, "model": "lr"}, scaler, None).arrays
-    task = {
-        **config,
-        "model": "lr",
-        shared.PERSONALISE_EPOCHS: 1,
-        shared.ANALYSIS_SEED: 0,
-        shared.CANDIDATE_COUNT: 2,
-    }
-    sent = {**foreign, **shared.stack([foreign, own])}
+    task = {**config, "model": "lr", shared.PERSONALISE_EPOCHS: 1, shared.ANALYSIS_SEED: 0}
 
     def scores(pull):
-        return works["hubei"].analyse({**task, shared.PERSONALISE_PULL: pull}, scaler, sent).metrics
+        return works["hubei"].analyse({**task, shared.PERSONALISE_PULL: pull}, scaler, foreign)
 
-    loose, firm, rigid = scores(0.0), scores(0.01), scores(1e9)
-    assert loose[shared.candidate_metric(0)] == loose[shared.GLOBAL_MSE]
-    own_mse = loose[shared.candidate_metric(1)]
+    loose, firm, rigid = (scores(pull).metrics for pull in (0.0, 0.01, 1e9))
+    own_mse = works["hubei"].evaluate(task, scaler, own).metrics["mse"]
     assert own_mse < loose[shared.GLOBAL_MSE]
     # No pull: the province's own least squares; an endless pull: the global weights.
     assert loose[shared.PERSONAL_MSE] == pytest.approx(own_mse, rel=1e-6)
@@ -346,17 +366,25 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
         fine_tune(trainer_for("lr"), {}, data.x_train, data.y_train, {**task, "model": "gbm"})
 
 
-def test_svm_candidates_share_one_feature_map_and_predict_as_the_trainer(provinces):
+@pytest.mark.parametrize("model", ["lr", "lr-sgd", "svm"])
+def test_a_provinces_sums_score_another_model_as_the_model_itself_scores(provinces, model):
     works, config, scaler = provinces
-    task = {**config, **defaults(), "model": "svm", "round": 1}
+    task = {**config, **defaults(), **SGD_TRAINING, "model": model, "round": 1}
     first = works["hubei"].train(task, scaler, None).arrays
     second = works["fujian"].train(task, scaler, None).arrays
-    x = preprocess.scale(works["hubei"].split(config).x_test, *scaler)
-    svm = trainer_for("svm")
-    assert svm.predict_candidates is not None
-    fast = list(svm.predict_candidates([first, second], x, task))
-    for prediction, model in zip(fast, [first, second], strict=True):
-        assert prediction == pytest.approx(svm.predict(model, x, task), rel=1e-9)
+    data = works["hubei"].split(config)
+    x = preprocess.scale(data.x_test, *scaler)
+    trainer = trainer_for(model)
+    at, phi = directions(trainer, first, x, task)
+    assert at == pytest.approx(trainer.predict(first, x, task), rel=1e-12)
+    sums = shared.score_sums(phi, data.y_test - at)
+    step = flatten(second) - flatten(first)
+    direct = float(np.sum((trainer.predict(second, x, task) - data.y_test) ** 2))
+    assert shared.squared_error(sums, step) == pytest.approx(direct, rel=1e-8)
+    if trainer.predict_candidates is not None:  # the fast path predicts as the trainer does
+        fast = list(trainer.predict_candidates([first, second], x, task))
+        for prediction, weights in zip(fast, [first, second], strict=True):
+            assert prediction == pytest.approx(trainer.predict(weights, x, task), rel=1e-9)
 
 
 def test_the_report_shows_each_analysed_federated_run():
