@@ -111,6 +111,9 @@ class Masked:
         if parameters is not None and secagg.SENDERS in parameters:
             parameters = self.protocol.strip(parameters)
         outcome = next_(replace(task, parameters=parameters))
+        if "secagg_exchange" in task.config:  # one of many sums under one key agreement
+            masked = self.protocol.exchange(outcome.arrays, task.config, parameters)
+            return replace(outcome, arrays=masked)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
             return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.config))
         if task.kind != TRAIN:

@@ -37,6 +37,9 @@ ANNOUNCED = (
     "secagg_encoding",
 )
 
+# The settings the server sends each client differently; an exchange's masks bind all others.
+PER_CLIENT = ("secagg_index",)
+
 
 def _indices(text: ConfigScalar) -> set[int]:
     return {int(i) for i in str(text).split(",") if i}
@@ -178,6 +181,19 @@ class SecAggClient:
         limbs = getattr(protocol.encoding, "limbs", 0)
         shapes = {k: (*np.shape(v), limbs) if limbs else np.shape(v) for k, v in arrays.items()}
         return unflatten(masked, {k: np.empty(shape) for k, shape in shapes.items()})
+
+    def exchange(
+        self, arrays: Arrays, config: Mapping[str, ConfigScalar], question: Arrays | None
+    ) -> Arrays:
+        """`arrays` masked for the exchange numbered `secagg_exchange` (int64 tensors of their
+        shapes), the masks bound to `question` and the task's settings, so they cancel only if
+        the server asked every member the same (common/secagg.py)."""
+        protocol = self._current(config)
+        asked = {k: v for k, v in config.items() if k not in PER_CLIENT}
+        number = int(config["secagg_exchange"])
+        context = secagg.digest(question, asked)
+        masked = protocol.exchange_input(flatten(arrays), self._relay, number, context)
+        return unflatten(masked.view(np.int64), arrays)
 
     def unmask(
         self, config: Mapping[str, ConfigScalar], signatures: Arrays | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.cli import ConfigError
 from common.compression import METHODS
+from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
 from common.settings import DataSettings
@@ -301,7 +302,13 @@ class ServerConfig:
 
     def _strategy_incompatibility(self) -> str | None:
         spec, s = model_spec(self.model.model), self.strategy
-        if self.privacy.privacy != "none" and not spec.vector:
+        trees = spec.name in TREE_MODELS
+        if trees and self.privacy.privacy not in ("none", "secagg"):
+            return (
+                f"--privacy {self.privacy.privacy} does not protect {spec.name}'s histograms; "
+                "histogram trees take --privacy secagg (or none)"
+            )
+        if self.privacy.privacy != "none" and not spec.vector and not trees:
             return (
                 f"--privacy {self.privacy.privacy} needs a model whose updates are weight "
                 f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "

@@ -8,6 +8,7 @@ from common.models.checks import UpdateError
 from common.models.histgrow import Query, TreeSettings, check_answer
 from common.models.histparty import Party, fit_parties, fit_union
 from common.tensors import Payload, receive
+from server.cli import parse_args
 
 N_FEATURES = 4
 
@@ -150,3 +151,12 @@ def test_malformed_models_and_questions_are_refused():
 def test_bad_settings_are_refused_with_the_reason(change):
     with pytest.raises(ValueError, match="must"):
         TreeSettings(**change)
+
+
+@pytest.mark.parametrize("model", ["gbdt", "rf-hist"])
+def test_histogram_trees_take_secure_aggregation_and_refuse_other_privacy_modes(model, capsys):
+    assert parse_args(["--model", model, "--privacy", "secagg"]).privacy.privacy == "secagg"
+    for mode in ("dp-central", "dp-local", "he"):
+        with pytest.raises(SystemExit):
+            parse_args(["--model", model, "--privacy", mode, "--dp-clip", "1"])
+        assert "histogram trees take --privacy secagg" in capsys.readouterr().err

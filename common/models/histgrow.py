@@ -210,16 +210,20 @@ class Query:
         )
 
 
+def answer_shapes(query: Query, n_features: int, max_bins: int) -> dict[str, tuple[int, ...]]:
+    """The tensors that answer `query`, by name and shape."""
+    if query.step == "sketch":
+        return {"sketch": (n_features, histtree.CELLS)}
+    shape = (len(query.asked), n_features, max_bins)
+    expected = {"grad": shape, "hess": shape}
+    if query.score:
+        expected.update(val_sse=(), val_rows=())
+    return expected
+
+
 def check_answer(arrays: Arrays, query: Query, n_features: int, max_bins: int) -> None:
     """UpdateError unless `arrays` answers `query`: sums of exactly the asked shapes."""
-    if query.step == "sketch":
-        expected = {"sketch": (n_features, histtree.CELLS)}
-    else:
-        shape = (len(query.asked), n_features, max_bins)
-        expected = {"grad": shape, "hess": shape}
-        if query.score:
-            expected.update(val_sse=(), val_rows=())
-    check_arrays(arrays, expected)
+    check_arrays(arrays, answer_shapes(query, n_features, max_bins))
 
 
 Ask = Callable[[Query], Arrays]

@@ -13,6 +13,8 @@ from server.privacy.dp import ACCOUNTANTS, Accountant, DPFedAvg, DPSettings
 from server.privacy.dp import MODES as DP_MODES
 from server.privacy.he import HEFedAvg
 from server.privacy.secagg import SecAggFedAvg
+from server.privacy.secagg_trees import SecAggTrees
+from server.strategies.trees import HistogramTrees
 from server.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -30,7 +32,8 @@ def wrap(
 ) -> Strategy:
     """`strategy` with the privacy mechanism `asked.privacy` around it, for `rounds` rounds.
 
-    The configuration has checked that the model's updates are weight vectors FedAvg averages.
+    The configuration has checked that the model's updates are weight vectors FedAvg averages,
+    or, under secure aggregation, histogram trees' sums.
     Under DP, `accountant` is the run's own, shared by every strategy the run builds (model
     selection's too), so that every release counts; without it, a new one for `rounds`.
     """
@@ -40,9 +43,8 @@ def wrap(
         public = read_public_key(asked.he_public_key, asked.he_insecure_key_size)
         return HEFedAvg(strategy, public)
     if asked.privacy == "secagg":
-        return SecAggFedAvg(
-            strategy, asked.secagg_threshold, asked.secagg_bound, asked.secagg_neighbours
-        )
+        masked = SecAggTrees if isinstance(strategy, HistogramTrees) else SecAggFedAvg
+        return masked(strategy, asked.secagg_threshold, asked.secagg_bound, asked.secagg_neighbours)
     spent = accountant or dp_accountant(asked, rounds)
     if spent is None:
         raise ValueError(f"unknown privacy mode {asked.privacy!r}")

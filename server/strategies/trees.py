@@ -5,17 +5,21 @@ strategy then grows the whole ensemble in further phases of the same round — p
 depth level one phase, the open nodes' histograms up, the tree as it stands down — and the
 server sums what comes back (common/models/histgrow.py). One round builds the ensemble; a
 later round grows a fresh one. Sums are added in province order, so a run repeats exactly.
+
+How a question goes out and its answers are summed is an `Exchanges`: in the clear here, under
+secure aggregation in server/privacy/secagg_trees.py, where the server holds only the sums.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from common.models.histgrow import Grown, Query, TreeSettings, check_answer, grow, sketch_query
+from common.models.checks import check_arrays
+from common.models.histgrow import Grown, Query, TreeSettings, answer_shapes, grow, sketch_query
 from common.preprocess import GlobalStatistics
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -24,15 +28,47 @@ from server.strategy import ClientResult, Failure, Instruction, Strategy
 
 log = logging.getLogger("fedstock.server")
 
+Shapes = dict[str, tuple[int, ...]]
+
 
 class Incomplete(RuntimeError):
     """A province did not answer a question: the sums would be partial, so growing stops."""
+
+
+class Exchanges(Protocol):
+    """How one question reaches the cohort and how their answers become one sum."""
+
+    def instructions(
+        self, config: dict[str, ConfigScalar], arrays: Arrays, cohort: list[str]
+    ) -> list[Instruction]: ...
+
+    def check(self, arrays: Arrays, shapes: Shapes) -> None:
+        """UpdateError unless `arrays` is a well-formed answer of these shapes."""
+
+    def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
+        """The sum of every province's answer, given in province order."""
+
+
+class InTheClear:
+    """Each province's answer reaches the server as it is; the server adds them up."""
+
+    def instructions(
+        self, config: dict[str, ConfigScalar], arrays: Arrays, cohort: list[str]
+    ) -> list[Instruction]:
+        return [Instruction(p, config, arrays) for p in cohort]
+
+    def check(self, arrays: Arrays, shapes: Shapes) -> None:
+        check_arrays(arrays, shapes)
+
+    def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
+        return {name: sum(r.arrays[name] for r in answers) for name in shapes}
 
 
 class HistogramTrees(Strategy):
     def __init__(self, model_config: Mapping[str, ConfigScalar], settings: TreeSettings) -> None:
         super().__init__(model_config)
         self.settings = settings
+        self.exchanges: Exchanges = InTheClear()
         self._mean = self._std = np.zeros(0)
         self._base_score = 0.0
         self._cohort: list[str] = []
@@ -57,11 +93,15 @@ class HistogramTrees(Strategy):
 
     def _instructions(self, server_round: int, query: Query) -> list[Instruction]:
         config = {**self.model_config, "round": server_round, **query.config()}
-        arrays = query.arrays()
-        return [Instruction(p, config, arrays) for p in self._cohort]
+        return self.exchanges.instructions(config, query.arrays(), self._cohort)
+
+    def _shapes(self, query: Query) -> Shapes:
+        return answer_shapes(query, len(self._mean), self.settings.max_bins)
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
-        check_answer(arrays, self._sketch(), n_features, self.settings.max_bins)
+        self.exchanges.check(
+            arrays, answer_shapes(self._sketch(), n_features, self.settings.max_bins)
+        )
 
     def aggregate_fit(
         self,
@@ -72,7 +112,7 @@ class HistogramTrees(Strategy):
     ) -> Arrays | None:
         self._bytes = dict.fromkeys(self._bytes, 0)
         try:
-            sketch = self._sum(results, failures)["sketch"]
+            sketch = self._sum(results, failures, self._shapes(self._sketch()))["sketch"]
             grown = grow(
                 lambda query: self._ask(server_round, query),
                 sketch,
@@ -91,26 +131,26 @@ class HistogramTrees(Strategy):
         return grown.arrays()
 
     def _ask(self, server_round: int, query: Query) -> Arrays:
-        n_features = len(self._mean)
+        shapes = self._shapes(query)
 
         def accept(result: ClientResult) -> ClientResult:
-            check_answer(result.arrays, query, n_features, self.settings.max_bins)
+            self.exchanges.check(result.arrays, shapes)
             return result
 
         instructions = self._instructions(server_round, query)
         results, failures = self.run_phase(server_round, pb.TASK_KIND_TRAIN, instructions, accept)
         # The questions and answers after the sketch: the round's own counts hold the sketch.
-        self._bytes["bytes_down"] += len(instructions) * _nbytes(instructions[0].parameters)
+        self._bytes["bytes_down"] += sum(_nbytes(i.parameters) for i in instructions)
         self._bytes["bytes_up"] += sum(_nbytes(r.arrays) for r in results)
-        return self._sum(results, failures)
+        return self._sum(results, failures, shapes)
 
-    def _sum(self, results: list[ClientResult], failures: list[Failure]) -> Arrays:
+    def _sum(self, results: list[ClientResult], failures: list[Failure], shapes: Shapes) -> Arrays:
         answered = sorted(results, key=lambda r: r.province)
         if failures or [r.province for r in answered] != self._cohort:
             missing = sorted(set(self._cohort) - {r.province for r in answered})
             reasons = "; ".join(f"{f.province}: {f.reason}" for f in failures)
             raise Incomplete(f"no answer from {', '.join(missing) or 'none'} ({reasons})")
-        return {name: sum(r.arrays[name] for r in answered) for name in answered[0].arrays}
+        return self.exchanges.total(answered, shapes)
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         return self._report
