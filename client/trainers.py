@@ -43,7 +43,7 @@ class Trainer:
     predict_candidates: PredictMany | None = None
 
 
-# Task-config keys of the forest's hyperparameters, read as scikit-learn's names without "rf_".
+# Task-config keys of the forest's hyperparameters, read as `fit_forest`'s names without "rf_".
 FOREST_PARAMS: dict[str, Callable[[ConfigScalar], ConfigScalar]] = {
     "rf_n_estimators": int,
     "rf_criterion": str,
@@ -52,6 +52,7 @@ FOREST_PARAMS: dict[str, Callable[[ConfigScalar], ConfigScalar]] = {
     "rf_bootstrap": bool,
     "rf_max_depth": int,
     "rf_min_samples_leaf": int,
+    "rf_bins_per_decade": int,
 }
 
 

@@ -150,7 +150,21 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
             "deepest level of a tree; 0 grows until leaves are pure, as Table 1 (one such tree "
             "on 2.16M rows is ~200 MB: mind the memory)",
         ),
-        Option("rf_min_samples_leaf", _count, "1", "fewest rows in a leaf"),
+        Option(
+            "rf_min_samples_leaf",
+            _count,
+            "1",
+            "fewest rows in a leaf; at 1 (Table 1) a full-depth tree's leaf holds one training "
+            "row's target",
+        ),
+        Option(
+            "rf_bins_per_decade",
+            _whole,
+            "32",
+            "split only at the edges of a grid fixed in advance, 0 and ±10^(k/B), B to a decade, "
+            "so no threshold is a training value; 0: Table 1's exact thresholds, midpoints of "
+            "adjacent training values",
+        ),
         Option(
             "rf_target",
             _choice("change", "price"),

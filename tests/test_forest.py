@@ -191,3 +191,73 @@ def test_with_grow_share_each_province_grows_only_the_trees_the_global_forest_ke
         assert plan == {"beijing": 100, "fujian": 100, "hubei": 100}  # Table 1 everywhere
     else:
         assert plan == {"beijing": 6, "fujian": 3, "hubei": 1}
+
+
+def node_rows(tree, x32):
+    """The rows that reach each node, descending from the root."""
+    left, right = tree["children_left"], tree["children_right"]
+    rows = {0: np.arange(len(x32))}
+    for node in range(len(left)):
+        if left[node] != forest.LEAF:
+            goes_left = x32[rows[node], tree["feature"][node]] <= tree["threshold"][node]
+            rows[left[node]] = rows[node][goes_left]
+            rows[right[node]] = rows[node][~goes_left]
+    return rows
+
+
+def splits(tree):
+    return [n for n in range(len(tree["children_left"])) if tree["children_left"][n] != forest.LEAF]
+
+
+def straddled(tree, x32):
+    """Per split node: its threshold, and the midpoint of the two training values it falls
+    between (the largest going left, the smallest going right)."""
+    rows = node_rows(tree, x32)
+    for node in splits(tree):
+        column = x32[:, tree["feature"][node]].astype(np.float64)
+        low = column[rows[tree["children_left"][node]]].max()
+        high = column[rows[tree["children_right"][node]]].min()
+        yield tree["threshold"][node], low / 2.0 + high / 2.0
+
+
+def test_binned_trees_split_at_grid_edges_never_at_a_midpoint_of_training_values():
+    x, y = data(rows=1500)
+    x32 = x.astype(np.float32)
+    # Full depth, as Table 1, without the bootstrap so that every row is in every tree.
+    params = {"n_estimators": 2, "random_state": 0, "bootstrap": False}
+    # Exact trees: every threshold is the midpoint of the two training values beside it, so
+    # it gives both rows' values away.
+    exact = forest.fit_forest(x, y, **params)
+    assert all(t == mid for tree in exact for t, mid in straddled(tree, x32))
+    # Binned: every threshold is an edge of the grid fixed in advance, and none that midpoint.
+    edges = set(forest.grid(32).tolist())
+    binned = [
+        (t, mid)
+        for tree in forest.fit_forest(x, y, bins_per_decade=32, **params)
+        for t, mid in straddled(tree, x32)
+    ]
+    assert len(binned) > 100
+    assert all(t in edges and t != mid for t, mid in binned)
+
+
+@pytest.mark.parametrize("min_leaf", [1, 5, 20])
+def test_binned_trees_send_rows_where_their_bins_did_and_leaves_hold_min_leaf_rows(min_leaf):
+    x, y = data(rows=2000)
+    params = {"n_estimators": 3, "random_state": 0, "min_samples_leaf": min_leaf}
+    trees = forest.fit_forest(x, y, bins_per_decade=32, **params)
+    edges = forest.grid(32)
+    bins = forest.bin_of(x, edges).astype(np.float32)
+    grown = RandomForestRegressor(**{**forest.TABLE_1, **params, "n_jobs": 1}).fit(bins, y)
+    x32 = x.astype(np.float32)
+    for tree, estimator in zip(trees, grown.estimators_, strict=True):
+        # The snapped tree sends every row, training or new, to the leaf its bins reach.
+        np.testing.assert_array_equal(forest.leaves(tree, x32), estimator.apply(bins))
+        leaf = tree["children_left"] == forest.LEAF
+        assert (tree["n_node_samples"][leaf] >= min_leaf).all()
+        # Counted from the rows themselves: a leaf holds at least min_leaf distinct rows.
+        held = np.bincount(forest.leaves(tree, x32), minlength=len(leaf))[leaf]
+        assert (held >= min_leaf).all()
+    if min_leaf == 1:  # Table 1's leaves: some hold a single row, its target as their value
+        assert any(
+            (t["n_node_samples"][t["children_left"] == forest.LEAF] == 1).any() for t in trees
+        )

@@ -4,6 +4,13 @@ A tree travels as the arrays of scikit-learn's `tree_` (`tree.{i}.children_left`
 pickled, at 32 bytes a node. Decoding checks every array before use, and prediction is a
 vectorised descent in numpy that compares float32 features with float64 thresholds exactly as
 scikit-learn does, so a decoded tree predicts bit for bit what the sender's tree predicted.
+
+scikit-learn places a threshold halfway between two adjacent training values, so an exact
+tree's thresholds are its rows' values. With `bins_per_decade` the trees are grown on bins of
+a grid fixed in advance (`grid`: the same for every province and every run, derived from no
+one's rows), and every threshold is an edge of that grid: a tree then says which grid cells
+its rows fall in, never a row's value. The partition of the training rows, and so every leaf's
+value and row count, is the one the tree found on the bins.
 """
 
 from __future__ import annotations
@@ -88,10 +95,43 @@ def tree_arrays(estimator: DecisionTreeRegressor) -> Member:
     }
 
 
-def fit_forest(x: np.ndarray, y: np.ndarray, **params: object) -> list[Member]:
-    """Table 1's RandomForestRegressor, with `params` overriding it, as trees that travel."""
-    model = RandomForestRegressor(**{**TABLE_1, **params, "n_jobs": 1}).fit(x, y)
-    return [tree_arrays(estimator) for estimator in model.estimators_]
+# The grid's reach: 0 and ±10^(k/per_decade) from 10^LOWEST to 10^HIGHEST (prices, volumes
+# and turnover in yuan all lie inside).
+LOWEST, HIGHEST = -4, 12
+
+
+def grid(per_decade: int) -> np.ndarray:
+    """Bin edges fixed in advance, rising: 0 and ±10^(k/per_decade), `per_decade` to a decade."""
+    powers = 10.0 ** (np.arange(LOWEST * per_decade, HIGHEST * per_decade + 1) / per_decade)
+    return np.concatenate([-powers[::-1], [0.0], powers])
+
+
+def bin_of(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each value's bin k, so that x ≤ edges[k] exactly when its bin is at most k; values are
+    compared as float32, as prediction compares them."""
+    return np.searchsorted(edges, np.asarray(x, dtype=np.float32).astype(np.float64))
+
+
+def snapped(tree: Member, edges: np.ndarray) -> Member:
+    """A tree grown on bins, its thresholds moved onto the grid. A threshold t lies between
+    two bins a < b that rows hold, so edges[⌊t⌋] sends every row where the bins sent it."""
+    split = tree["children_left"] != LEAF
+    threshold = tree["threshold"].copy()
+    threshold[split] = edges[np.floor(threshold[split]).astype(np.intp)]
+    return {**tree, "threshold": threshold}
+
+
+def fit_forest(
+    x: np.ndarray, y: np.ndarray, bins_per_decade: int = 0, **params: object
+) -> list[Member]:
+    """Table 1's RandomForestRegressor, with `params` overriding it, as trees that travel; with
+    `bins_per_decade`, grown on the grid's bins and split at its edges only."""
+    model = RandomForestRegressor(**{**TABLE_1, **params, "n_jobs": 1})
+    if not bins_per_decade:
+        return [tree_arrays(estimator) for estimator in model.fit(x, y).estimators_]
+    edges = grid(bins_per_decade)
+    model.fit(bin_of(x, edges).astype(np.float32), y)
+    return [snapped(tree_arrays(estimator), edges) for estimator in model.estimators_]
 
 
 def forest_to_arrays(trees: Iterable[Member]) -> Arrays:
