@@ -9,7 +9,7 @@ MODEL ?= lr
 ROUNDS ?= 3
 ROWS ?= 270000
 
-.PHONY: install proto demo test unit integration lint bench test-compose test-under-load up down base-image clean
+.PHONY: install proto demo test unit integration lint bench test-compose test-under-load up down up-he he-keys base-image clean
 
 install: $(STAMP)
 
@@ -62,6 +62,18 @@ up:
 
 down:
 	source docker/env.sh && $$DOCKER compose down -v
+
+# The federation in containers under --privacy he: a dealer container gives each province only
+# its own key share (docker/compose.he.yml, docs/he.md).
+up-he:
+	bash docker/engine.sh
+	source docker/env.sh && BASE_IMAGE=$(BASE_IMAGE) $$DOCKER compose -f docker-compose.yml -f docker/compose.he.yml up --build --abort-on-container-failure
+
+# Deal a threshold Paillier key outside containers: HE_DIR/<province>.key for each province,
+# HE_DIR/he.pub for the server (python -m client.he_keys --help for the threshold and provinces).
+HE_DIR ?= he-keys
+he-keys: $(STAMP)
+	$(PY) -m client.he_keys $(HE_DIR)
 
 base-image:
 	bash docker/engine.sh

@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common import secagg
+from common import paillier, secagg
 
 # The models swept, each with a clip norm a little above its update norm. DP-FedAvg clips and
 # noises gradient steps, so LR is swept as lr-sgd: standardised, from zero weights (today's
@@ -53,10 +53,12 @@ def summarise(model: str, mode: str, results: dict[str, Any], folder: Path) -> d
 
     Bytes per round are the tensors only: each client receives the global parameters for
     training and again for evaluation and sends one update (3 × clients × payload), plus secure
-    aggregation's signed keys and shares; gRPC and TLS framing are not counted.
+    aggregation's signed keys and shares, or HE's ciphertexts and their relay (`he_bytes`); gRPC
+    and TLS framing are not counted.
     """
     with np.load(folder / results["final"]["model_file"]) as stored:
         payload = sum(stored[name].nbytes for name in stored.files)
+        values = sum(stored[name].size for name in stored.files)
     records = results["rounds"]
     clients = len(records[-1]["clients"])
     config = results["config"]
@@ -64,12 +66,17 @@ def summarise(model: str, mode: str, results: dict[str, Any], folder: Path) -> d
     if config.get("privacy") == "secagg":
         k = int(config.get("secagg_neighbours", 0))
         extra = secagg_bytes(clients, _proof_bytes(results, folder), k)
+    total = 3 * clients * payload + extra
+    if config.get("privacy") == "he":
+        public = paillier.read_public_key(Path(config["he_public_key"]), allow_small=True)
+        width = paillier.width(public.n)
+        total = he_bytes(clients, payload, values, width, _proof_bytes(results, folder))
     return {
         "model": model,
         "mode": mode,
         "mse": results["final"]["mse"],
         "seconds_per_round": statistics.median(r["seconds"] for r in records),
-        "bytes_per_round": 3 * clients * payload + extra,
+        "bytes_per_round": total,
         "epsilon": records[-1].get("privacy", {}).get("epsilon"),
     }
 
@@ -97,6 +104,15 @@ def secagg_bytes(n: int, proof: int, k: int = 0) -> int:
         + (others + 1) * (secagg.SHARE_BYTES + index)  # unmasking shares up
     )
     return n * per_client
+
+
+def he_bytes(n: int, payload: int, values: int, width: int, proof: int) -> int:
+    """Threshold HE's tensors in one round of n clients, up and down, all clients: the plain
+    model down twice (training, evaluation), the encrypted update (its values and the weight,
+    `width` bytes each) and its signature up, every client's signed update down in the
+    decryption task, and the partial decryption up."""
+    update = (values + 1) * width
+    return n * (2 * payload + (update + proof) * (n + 1) + update)
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:

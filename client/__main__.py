@@ -10,6 +10,7 @@ from pathlib import Path
 
 from client.config import ClientConfig
 from client.daemon import ClientDaemon
+from client.he import HEError
 from client.he_keys import read_share
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         daemon.run()
-    except (ClientError, PrivacyError, SecAggError, SettingsError) as error:
+    except (ClientError, PrivacyError, HEError, SecAggError, SettingsError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

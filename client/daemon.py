@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import grpc
 
 from client.handshake import HandshakeCheck
+from client.he import HEError
 from client.local import LocalWork, Outcome
 from client.privacy import PrivacyError
 from client.receipts import Receipt, ReceiptBook
@@ -37,7 +38,7 @@ RESUBMITTABLE = RETRYABLE | {
 }
 SUBMIT_ATTEMPTS = 3
 # Failures that mean this client cannot take part at all: reported, then the client exits.
-FATAL = (ClientError, PrivacyError, SecAggError)
+FATAL = (ClientError, PrivacyError, HEError, SecAggError)
 
 
 class Backoff:

@@ -18,6 +18,7 @@ import numpy as np
 
 from client import chain
 from client.chain import DECRYPT, STATISTICS, TRAIN, Link, Next, Outcome, Task
+from client.he import HEClient
 from client.secagg import SecAggClient
 from common import paillier, secagg, threshold
 from common.compression import ErrorFeedback
@@ -51,49 +52,28 @@ def privatize(
 
 
 class Encrypted:
-    """`he`: the statistics and the sample-weighted update leave encrypted under the federation's
-    Paillier key; a decryption task gets this province's partial decryption of the sum it
-    carries, made with its own key share, which decrypts nothing alone (common/threshold.py)."""
+    """`he`: the statistics and the sample-weighted update leave encrypted and signed; a
+    decryption task gets this province's partial decryption of the relayed uploads' product,
+    once they pass its checks (client/he.py)."""
 
-    def __init__(self, share: threshold.Share | None) -> None:
-        self.share = share
+    def __init__(self, protocol: HEClient) -> None:
+        self.protocol = protocol
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         if task.config.get("privacy") != "he":
             return next_(task)
         if task.kind == DECRYPT:
             outcome = next_(replace(task, parameters=None))
-            return replace(outcome, arrays=self.partial(task.parameters or {}))
+            relayed = task.parameters or {}
+            return replace(outcome, arrays=self.protocol.partial(task.config, relayed))
         outcome = next_(task)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
-            return replace(outcome, arrays=self.protect(outcome.arrays))
+            return replace(outcome, arrays=self.protocol.protect(outcome.arrays, task.config))
         if task.kind != TRAIN:
             return outcome
         weighted = {name: array * outcome.num_examples for name, array in outcome.arrays.items()}
         weighted[paillier.WEIGHT] = np.array(float(outcome.num_examples))
-        return replace(outcome, arrays=self.protect(weighted))
-
-    def _share(self) -> threshold.Share:
-        if self.share is None:
-            raise PrivacyError(
-                "the server asks for encrypted uploads; start with --he-key FILE, this "
-                "province's share from `python -m client.he_keys`"
-            )
-        return self.share
-
-    def protect(self, arrays: Arrays) -> Arrays:
-        n = self._share().public.n
-        return {name: paillier.encrypt(array, n) for name, array in arrays.items()}
-
-    def partial(self, ciphertexts: Arrays) -> Arrays:
-        share = self._share()
-        n = share.public.n
-        return {
-            name: paillier.to_tensor(
-                threshold.partial(share, paillier.from_tensor(tensor, n)), tensor.shape[:-1], n
-            )
-            for name, tensor in ciphertexts.items()
-        }
+        return replace(outcome, arrays=self.protocol.protect(weighted, task.config))
 
 
 class Masked:
@@ -162,7 +142,7 @@ class ClientPrivacy:
         # their relayed shares before any inner link or the work sees them. (The server refuses
         # compression together with a privacy mode; the order is fixed all the same.)
         self.links: tuple[Link, ...] = (
-            Encrypted(share),
+            Encrypted(HEClient(share, identity)),
             Masked(self.secagg),
             Compressed(),
             LocalNoise(),

@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from client.chain import TRAIN, Outcome, Task
+from client.chain import DECRYPT, TRAIN, Outcome, Task
+from client.chain import STATISTICS as STATISTICS_KIND
+from client.he import HEError
 from client.he_keys import main as he_keys_main
 from client.he_keys import read_share, write_keys
 from client.local import LocalWork
-from client.privacy import ClientPrivacy, PrivacyError
-from common import paillier, preprocess, threshold
+from client.privacy import ClientPrivacy
+from common import he_relay, paillier, preprocess, threshold
 from common.data import synthesize_province
+from common.keysign import Identity, KeyAuthenticationError
 from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
@@ -22,6 +25,7 @@ from common.tensors import Payload
 from common.wire import to_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import main as server_main
+from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.channel import Assignment, gather
 from server.checks import check_statistics
 from server.memory import MemoryChannel
@@ -138,7 +142,7 @@ def test_a_key_from_before_threshold_decryption_is_refused_with_what_to_do(tmp_p
 
 def test_a_client_without_its_share_says_what_to_do():
     task = Task(TRAIN, CONFIG, None)
-    with pytest.raises(PrivacyError, match="--he-key"):
+    with pytest.raises(HEError, match="--he-key"):
         ClientPrivacy().run(task, lambda task: Outcome(1, {}, {"coef": np.zeros(2)}))
 
 
@@ -208,19 +212,21 @@ def test_under_he_the_server_holds_only_the_sum_of_the_statistics(keys):
     for name in SHAPES:
         expected = sum(t[name] for t in truth.values())
         np.testing.assert_allclose(parts[0][name], expected, rtol=1e-12, atol=1e-6)
-    n, width = public(keys).n, paillier.width(public(keys).n)
+    width = paillier.width(public(keys).n)
     uploads = {r.province: r.arrays for kind, _, r in server.exchanges if kind == STATISTICS}
     assert set(uploads) == set(PROVINCES)
     for arrays in uploads.values():  # ciphertexts only, of the right shapes
         assert arrays["cross"].dtype == np.uint8 and arrays["cross"].shape == (SIZE, SIZE, width)
-    # All the provinces were asked to decrypt is the sum of every upload, never one of them.
+    # All the provinces were asked to decrypt is the product of every upload, which each
+    # province computes itself from the nine relayed uploads.
     asked = [sent for kind, sent, _ in server.exchanges if kind == pb.TASK_KIND_HE_DECRYPT]
     assert len(asked) == len(PROVINCES)
     for sent in asked:
-        for name in SHAPES:
-            total = paillier.add([uploads[p][name] for p in PROVINCES], n)
-            np.testing.assert_array_equal(sent[name], total)
-            assert not any(np.array_equal(sent[name], u[name]) for u in uploads.values())
+        relayed = he_relay.unpack(sent)
+        assert set(relayed) == set(PROVINCES)
+        for province, upload in relayed.items():
+            for name in SHAPES:
+                np.testing.assert_array_equal(upload[name], uploads[province][name])
 
 
 def test_the_server_sums_encrypted_updates_into_the_weighted_average(keys):
@@ -235,9 +241,10 @@ def test_the_server_sums_encrypted_updates_into_the_weighted_average(keys):
         rng = np.random.default_rng(seed)
         return {"coef": rng.normal(0, 50, size=8), "intercept": np.array(rng.normal(20, 1))}
 
+    asked = {i.province: i.config for i in protocol.configure_fit(1, None, sorted(PROVINCES))}
     results = []
     for seed, (p, n) in enumerate(counts.items()):
-        task = Task(TRAIN, {**DATA, **CONFIG}, None)
+        task = Task(TRAIN, {**DATA, **asked[p]}, None)
         sealed = ClientPrivacy(held[p]).run(task, lambda t, s=seed, n=n: Outcome(n, {}, update(s)))
         protocol.check_update(sealed.arrays, 8)
         results.append(ClientResult(p, n, {}, sealed.arrays))
@@ -260,6 +267,9 @@ def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
         "intercept": paillier.encrypt(np.array(0.0), n),
         paillier.WEIGHT: paillier.encrypt(np.array(1.0), n),
     }
+    with pytest.raises(UpdateError, match="he_signature"):
+        protocol.check_update(sealed, 8)
+    sealed.update(he_relay.proofs(b"", b""))
     protocol.check_update(sealed, 8)
     sealed["coef"] = np.full_like(sealed["coef"], 255)  # above n²
     with pytest.raises(UpdateError):
@@ -279,6 +289,74 @@ def test_an_encrypted_run_in_memory_is_the_plain_run_and_says_what_it_disclosed(
     disclosure = encrypted_run["disclosure"]
     for phase in ("statistics", "updates"):
         assert f"decrypted by {NEEDED} of the 9" in disclosure[phase]["server"]
+
+
+# A deviating server: what a province refuses to decrypt.
+
+VICTIM = sorted(PROVINCES)[0]
+
+
+@pytest.fixture(scope="module")
+def signed(keys, tmp_path_factory):
+    """Nine provinces' chains with their shares and certificates, and each one's signed
+    encrypted statistics for one session, as the server holds them."""
+    folder = tmp_path_factory.mktemp("certs")
+    write_federation(folder, DEFAULT_SERVER_NAMES, PROVINCES)
+    held = shares(keys)
+    chains = {p: ClientPrivacy(held[p], Identity.load(folder, p)) for p in PROVINCES}
+    config = {**DATA, **CONFIG, "he_session": "s1"}
+    uploads = {
+        p: chain.run(
+            Task(STATISTICS_KIND, config, None),
+            lambda task, i=i: Outcome(1, {}, {"sum": np.array([i, 1.0, -2.0])}),
+        ).arrays
+        for i, (p, chain) in enumerate(chains.items())
+    }
+    return chains, uploads, config
+
+
+def decrypt(chain, config, relayed):
+    task = Task(DECRYPT, config, relayed)
+    return chain.run(task, lambda task: Outcome(1, {}, {})).arrays
+
+
+def test_provinces_decrypt_the_sum_of_signed_uploads_once_per_session(keys, signed):
+    chains, uploads, config = signed
+    relayed = he_relay.pack(uploads)
+    answers = {p: decrypt(chains[p], config, relayed) for p in sorted(PROVINCES)[:NEEDED]}
+    key = public(keys)
+    plain = threshold.combine(
+        key,
+        {key.index(p): paillier.from_tensor(a["sum"], key.n) for p, a in answers.items()},
+    )
+    expected = [sum(range(len(PROVINCES))), len(PROVINCES), -2.0 * len(PROVINCES)]
+    np.testing.assert_allclose(paillier.decode(plain, key.n), expected)
+    # The same session again, now without one province: refused, so no difference leaks.
+    fewer = he_relay.pack({p: u for p, u in uploads.items() if p != sorted(PROVINCES)[-1]})
+    with pytest.raises(HEError, match="decrypt twice"):
+        decrypt(chains[VICTIM], config, fewer)
+
+
+def test_a_province_refuses_to_decrypt_one_upload_or_forged_or_foreign_ones(keys, signed):
+    chains, uploads, config = signed
+    helper = chains[sorted(PROVINCES)[-1]]  # has not decrypted in these sessions
+    alone = he_relay.pack({VICTIM: uploads[VICTIM]})
+    with pytest.raises(HEError, match="fewer than the threshold"):
+        decrypt(helper, {**config, "he_session": "alone"}, alone)
+    # The victim's upload among encryptions of zero the server made: with proofs of its own,
+    # or with the victim's signature and certificate copied.
+    n = public(keys).n
+    victims = {k: uploads[VICTIM][k] for k in he_relay.PROOFS}
+    for proofs in (he_relay.proofs(b"x", b"y"), victims):
+        forged = {
+            p: {"sum": paillier.encrypt(np.zeros(3), n), **proofs}
+            for p in sorted(PROVINCES)[1:NEEDED]
+        }
+        with pytest.raises(KeyAuthenticationError, match="refusing to decrypt"):
+            decrypt(helper, config, he_relay.pack({VICTIM: uploads[VICTIM], **forged}))
+    # Uploads signed for session s1, relayed in another session's decryption.
+    with pytest.raises(KeyAuthenticationError, match="do not match their signature"):
+        decrypt(helper, {**config, "he_session": "s2"}, he_relay.pack(uploads))
 
 
 # Over real processes: nine client daemons, each with only its own share.

@@ -2,21 +2,24 @@
 
 Clients send Enc(nᵢ·wᵢ) for each parameter and Enc(nᵢ) under `he_weight`, and their statistics
 (n, Σz, Σzzᵀ) encrypted as they are. The server multiplies the ciphertexts modulo n² (adding
-the plaintexts) and sends the encrypted sum to the provinces in a decryption task; each answers
-with its partial decryption, and any `threshold` of them combine into the sum
-(common/threshold.py). So the server holds the federation's sums and never one province's
-upload, and no province, alone or with the server, can decrypt another's.
+the plaintexts) and relays the signed uploads to the provinces in a decryption task; each
+checks them, multiplies them itself and answers with its partial decryption of the product
+(client/he.py), and any `threshold` of them combine into the sum (common/threshold.py). So the
+server holds the federation's sums and never one province's upload, and no province, alone or
+with the server, can decrypt another's. Each phase is a session of its own, named in its tasks,
+which the provinces sign their uploads for and decrypt once.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
-from common import paillier, threshold
+from common import he_relay, paillier, threshold
 from common.models.checks import UpdateError
 from common.paillier import WEIGHT
 from common.tensors import Arrays
@@ -25,6 +28,14 @@ from server.disclosure import SCALER, entry
 from server.strategy import STATISTICS, ClientResult, FedAvg, Instruction, Strategy
 
 log = logging.getLogger("fedstock.server")
+
+
+def check_proofs(upload: Arrays) -> None:
+    """A signature and a certificate as bytes (empty when the province has no certificate)."""
+    for name in he_relay.PROOFS:
+        tensor = upload.get(name)
+        if tensor is None or tensor.dtype != np.uint8 or tensor.ndim != 1:
+            raise UpdateError(f"an encrypted upload must carry {name!r} as bytes")
 
 
 def check_ciphertexts(arrays: Arrays, shapes: dict[str, tuple[int, ...]], modulus: int) -> None:
@@ -47,19 +58,20 @@ class HEFedAvg(Strategy):
         super().__init__(inner.model_config)
         self.inner = inner
         self.public = public
+        self.session = ""  # the open training phase's, whose uploads the next sum decrypts
 
-    def _config(self, server_round: int) -> dict:
-        return {**self.model_config, "round": server_round, "privacy": "he"}
-
-    @staticmethod
-    def _ask(plan: list[Instruction]) -> list[Instruction]:
-        return [replace(i, config={**i.config, "privacy": "he"}) for i in plan]
+    def _config(self, server_round: int, session: str) -> dict:
+        return {**self.model_config, "round": server_round, "privacy": "he", "he_session": session}
 
     def configure_fit(self, server_round, parameters, provinces):
-        return self._ask(self.inner.configure_fit(server_round, parameters, provinces))
+        self.session = secrets.token_hex(16)
+        plan = self.inner.configure_fit(server_round, parameters, provinces)
+        extra = {"privacy": "he", "he_session": self.session}
+        return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def configure_evaluate(self, server_round, parameters, provinces):
-        return self._ask(self.inner.configure_evaluate(server_round, parameters, provinces))
+        plan = self.inner.configure_evaluate(server_round, parameters, provinces)
+        return [replace(i, config={**i.config, "privacy": "he"}) for i in plan]
 
     def disclosure(self):
         held = (
@@ -68,17 +80,22 @@ class HEFedAvg(Strategy):
             f"provinces' key shares; which provinces took part, and each one's row count, "
             f"in the clear"
         )
+        relayed = "the other provinces' uploads as ciphertexts, to decrypt their product with"
         return {
             **self.inner.disclosure(),
-            "statistics": entry(f"the sums of n, Σz and Σzzᵀ over the provinces: {held}", SCALER),
+            "statistics": entry(
+                f"the sums of n, Σz and Σzzᵀ over the provinces: {held}", f"{SCALER}; {relayed}"
+            ),
             "updates": entry(
                 f"the sample-weighted average of the round's updates: {held}",
-                "the global model after each round, and the encrypted sums it helps decrypt",
+                f"the global model after each round; {relayed}",
             ),
         }
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         """Ciphertexts under our modulus, shaped like an update of the inner model plus a weight."""
+        check_proofs(arrays)
+        arrays = he_relay.ciphertexts(arrays)
         if WEIGHT not in arrays:
             raise UpdateError(f"an encrypted update must carry its sample weight {WEIGHT!r}")
         shapes = {k: t.shape[:-1] for k, t in arrays.items()}
@@ -88,7 +105,7 @@ class HEFedAvg(Strategy):
         )
 
     def aggregate_fit(self, server_round, results, failures, current):
-        sums = self._sum_and_decrypt(server_round, results)
+        sums = self._sum_and_decrypt(server_round, self.session, results)
         if sums is None:
             return None
         weight = float(sums.pop(WEIGHT))
@@ -103,12 +120,14 @@ class HEFedAvg(Strategy):
 
         def accept(result: ClientResult) -> ClientResult:
             check(result)
-            check_ciphertexts(result.arrays, dict(shapes), self.public.n)
+            check_proofs(result.arrays)
+            check_ciphertexts(he_relay.ciphertexts(result.arrays), dict(shapes), self.public.n)
             return result
 
-        plan = [Instruction(p, self._config(0), None) for p in provinces]
+        session = secrets.token_hex(16)
+        plan = [Instruction(p, self._config(0, session), None) for p in provinces]
         results, _ = self.run_phase(0, STATISTICS, plan, accept)
-        sums = self._sum_and_decrypt(0, results)
+        sums = self._sum_and_decrypt(0, session, results)
         if sums is None:
             return results, []
         try:
@@ -118,7 +137,9 @@ class HEFedAvg(Strategy):
             return results, []
         return results, [sums]
 
-    def _sum_and_decrypt(self, server_round: int, results: list[ClientResult]) -> Arrays | None:
+    def _sum_and_decrypt(
+        self, server_round: int, session: str, results: list[ClientResult]
+    ) -> Arrays | None:
         """The plaintext sum of the encrypted uploads in `results`, decrypted by the partial
         decryptions of the provinces that sent them; None when too few answer or they disagree."""
         if len(results) < self.public.threshold:
@@ -130,12 +151,11 @@ class HEFedAvg(Strategy):
             )
             return None
         n = self.public.n
-        summed = {
-            name: paillier.add([r.arrays[name] for r in results], n) for name in results[0].arrays
-        }
-        shapes = {name: t.shape[:-1] for name, t in summed.items()}
+        relay = he_relay.pack({r.province: r.arrays for r in results})
+        shapes = {name: t.shape[:-1] for name, t in he_relay.ciphertexts(results[0].arrays).items()}
         holders = [r.province for r in results if r.province in self.public.members]
-        plan = [Instruction(p, self._config(server_round), summed) for p in holders]
+        config = self._config(server_round, session)
+        plan = [Instruction(p, config, relay) for p in holders]
         partials, _ = self.run_phase(
             server_round, pb.TASK_KIND_HE_DECRYPT, plan, self._partial(shapes)
         )
@@ -144,7 +164,7 @@ class HEFedAvg(Strategy):
                 self.public,
                 {
                     self.public.index(r.province): [
-                        c for name in summed for c in paillier.from_tensor(r.arrays[name], n)
+                        c for name in shapes for c in paillier.from_tensor(r.arrays[name], n)
                     ]
                     for r in partials
                 },
