@@ -7,18 +7,15 @@ every province's test rows.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from baselines import cli, results
+from baselines import results
 from baselines.data import DataOptions, load_frames, prepare
-from baselines.models import ALL_MODELS, Context, ModelOptions, build_model, train
+from baselines.models import Context, ModelOptions, build_model, train
 
 
 def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
@@ -64,35 +61,7 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="python -m baselines.centralised",
-        description="Train one model on the union of all provinces' rows (the seed paper's "
-        "centralised framework), with the federation's preprocessing, split and scaling; print "
-        "MSE per province and overall and write a results file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    cli.add_model_args(parser, ALL_MODELS)
-    cli.add_tree_args(parser)
-    cli.add_data_args(parser)
-    parser.add_argument(
-        "--results", type=Path, help="results JSON (default: runs/centralised-MODEL.json)"
-    )
-    args = parser.parse_args(argv)
-    cli.check(parser, args)
-    path = args.results or Path(f"runs/centralised-{args.model}.json")
-    try:
-        options = replace(cli.model_options(args), tree_settings=cli.tree_settings(parser, args))
-        outcome = run(args.model, cli.data_options(args), options)
-    except (ValueError, OSError) as error:  # DataError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    results.write(path, outcome)
-    print(results.summary(outcome))
-    print(f"\nresults: {path}")
-    return 0
+if __name__ == "__main__":  # the command line is baselines/centralised_cli.py
+    from baselines.centralised_cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -10,11 +10,9 @@ the federation learns is picked up here.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from baselines import centralised, machine, paper, privacy, report, results, spark
-from baselines.data import DataOptions, write_synthetic
+from baselines.data import DataOptions
 from baselines.models import ModelOptions
 
 if TYPE_CHECKING:
@@ -458,67 +456,7 @@ def notes(plan: Plan, session_seconds: float) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None, session: SparkSession | None = None) -> int:
-    """The command; `session` lets a caller that already runs Spark (the tests) lend it."""
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="python -m baselines.reproduce",
-        description="Run federated, centralised and Spark learning for LR, RF and SVM on the "
-        "same data and split, and write the seed paper's Tables 2 and 3 beside ours (CSV and "
-        "Markdown), bar charts, the federation's convergence plot and report.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = parser.add_argument
-    add("--scale", choices=sorted(SCALES), default="small", help="rows and model sizes")
-    add("--out", type=Path, default=Path("runs/reproduce"), help="folder for everything written")
-    add("--data", help="folder of <province>.parquet; default: the synthetic market, written once")
-    add("--rows", type=int, help="rows of the synthetic market (default: the scale's)")
-    add("--seed", type=int, default=DataOptions.seed, help="seed of the synthetic market")
-    add("--setting", choices=("next-day", "paper"), default="next-day", help="target and split")
-    add("--master", default="local[*]", help="Spark master URL")
-    add("--driver-memory", help="Spark driver memory (default: the scale's)")
-    add("--no-extras", action="store_true", help="skip the MLlib and exact-SVR comparisons")
-    add("--no-privacy", action="store_true", help="skip the DP sweep (the MSE/ε plot)")
-    add(
-        "--models",
-        type=lambda text: tuple(text.split(",")),
-        default=paper.MODELS,
-        help="comma-separated subset of lr,rf,svm (the tables show n/a for the others)",
-    )
-    args = parser.parse_args(argv)
-    # A plain `kill` ends the run through its finally blocks: no federation process left behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    unknown = set(args.models) - set(paper.MODELS)
-    if unknown:
-        parser.error(f"--models takes {','.join(paper.MODELS)}; unknown: {','.join(unknown)}")
-    scale = SCALES[args.scale]
-    rows = args.rows or scale.rows
-    args.out.mkdir(parents=True, exist_ok=True)
-    folder = args.data
-    if folder is None:
-        folder = str(args.out / "data")
-        print(f"writing the synthetic market ({rows:,} rows) to {folder}/ …", flush=True)
-        write_synthetic(Path(folder), rows, args.seed)
-    plan = Plan(
-        DataOptions(data=folder, rows=rows, seed=args.seed, setting=args.setting),
-        scale,
-        args.out,
-        args.master,
-        args.driver_memory or scale.driver_memory,
-        extras=not args.no_extras,
-        synthetic=args.data is None,
-        scale_name=args.scale,
-        models=args.models,
-        privacy=not args.no_privacy,
-    )
-    comparison = execute(plan, session)
-    path = report.write_report(comparison, args.out)
-    for metric in report.TABLES:
-        print()
-        print(report.write_table(comparison, metric, args.out)[1].read_text(), end="")
-    print(f"\nreport: {path}")
-    return 0 if comparison.runs else 1
+if __name__ == "__main__":  # the command line is baselines/reproduce_cli.py
+    from baselines.reproduce_cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

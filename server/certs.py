@@ -8,7 +8,6 @@ never from what the client says.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
 import sys
@@ -18,8 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from common.provinces import PROVINCES
 
 DEFAULT_SERVER_NAMES = ("server", "localhost", "127.0.0.1", "::1")
 
@@ -134,34 +131,7 @@ def write_federation(out: Path, server_names: tuple[str, ...], provinces: tuple[
         (out / f"{stem}.pem").write_bytes(certificate)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="python -m server.certs",
-        description="Create a CA, a server certificate and one client certificate per province.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--out", type=Path, default=Path("certs"), help="folder to write into")
-    parser.add_argument(
-        "--server-name",
-        action="append",
-        dest="server_names",
-        help="a name or address the server is reached by (repeatable); default: "
-        + ", ".join(DEFAULT_SERVER_NAMES),
-    )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing CA")
-    args = parser.parse_args(argv)
-    if (args.out / "ca.pem").exists() and not args.force:
-        print(f"{args.out}/ca.pem exists; keeping it (use --force to replace it)")
-        return 0
-    names = tuple(args.server_names or DEFAULT_SERVER_NAMES)
-    write_federation(args.out, names, PROVINCES)
-    print(
-        f"wrote a CA, a server certificate for {', '.join(names)} and "
-        f"{len(PROVINCES)} province certificates to {args.out}/"
-    )
-    return 0
+if __name__ == "__main__":  # the command line is server/certs_cli.py
+    from server.certs_cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

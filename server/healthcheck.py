@@ -9,7 +9,6 @@ Used by the compose healthcheck, so it must stay quick and quiet.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import grpc
@@ -38,27 +37,7 @@ def check(address: str, timeout: float, service: str = "") -> tuple[bool, str]:
     return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {status}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="python -m server.healthcheck",
-        description="Exit 0 if the gRPC health service at ADDRESS reports SERVING, else 1.",
-    )
-    parser.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the server")
-    parser.add_argument(
-        "--timeout", type=float, default=3.0, help="deadline for the check, seconds (default 3)"
-    )
-    parser.add_argument(
-        "--service", default="", help='service name to ask about (default "", the server)'
-    )
-    args = parser.parse_args(argv)
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
+if __name__ == "__main__":  # the command line is server/healthcheck_cli.py
+    from server.healthcheck_cli import main
 
-    serving, message = check(args.address, args.timeout, args.service)
-    print(message, file=sys.stdout if serving else sys.stderr)
-    return 0 if serving else 1
-
-
-if __name__ == "__main__":
     sys.exit(main())

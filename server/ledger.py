@@ -14,7 +14,6 @@ ledger, and model.npz beside it, and names the first bad entry.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -261,26 +260,29 @@ def check_model(entries: list[dict[str, Any]], model: Path) -> None:
         )
 
 
-def _verify(args: argparse.Namespace) -> str:
-    """The verdict line for an intact ledger; LedgerError or ReceiptError otherwise."""
+def verify(
+    file: Path, head: str | None = None, ca: Path | None = None, receipts: Path | None = None
+) -> str:
+    """The verdict line for an intact ledger (ending at `head`, signed under `ca`, matching the
+    `receipts` folder, where given); LedgerError or ReceiptError otherwise."""
     authority = None
-    if args.ca is not None:
+    if ca is not None:
         try:
-            authority = x509.load_pem_x509_certificate(args.ca.read_bytes())
+            authority = x509.load_pem_x509_certificate(ca.read_bytes())
         except ValueError:
-            raise ReceiptError(f"{args.ca} is not a PEM certificate") from None
-    entries = read_verified(args.file, authority)
-    head = entries[-1]["hash"] if entries else GENESIS
-    if args.head and args.head != head:
+            raise ReceiptError(f"{ca} is not a PEM certificate") from None
+    entries = read_verified(file, authority)
+    last = entries[-1]["hash"] if entries else GENESIS
+    if head and head != last:
         raise LedgerError(
-            f"the last entry's hash is {head}, expected {args.head}: entries were removed from "
+            f"the last entry's hash is {last}, expected {head}: entries were removed from "
             "the end or added after it"
         )
     checks = ["signatures valid"]
     checks.append("signer issued by the given CA" if authority else "signer not checked (no --ca)")
-    if args.receipts is not None:
-        checks.append(f"{check_receipts(entries, args.receipts)} receipts agree")
-    model = args.file.with_name("model.npz")
+    if receipts is not None:
+        checks.append(f"{check_receipts(entries, receipts)} receipts agree")
+    model = file.with_name("model.npz")
     if entries and model.exists():
         check_model(entries, model)
         checks.append(f"{model.name} is the last entry's model")
@@ -289,50 +291,7 @@ def _verify(args: argparse.Namespace) -> str:
     return f"intact, {len(entries)} entries, {span}; {', '.join(checks)}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="python -m server.ledger", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser(
-        "verify",
-        allow_abbrev=False,
-        help="check a ledger; exit 0 if intact, 1 if not, 2 if it cannot be checked",
-    )
-    verify.add_argument("file", type=Path)
-    verify.add_argument(
-        "--head",
-        help="the hash the last entry must have (the results file's ledger_head): this also "
-        "catches entries cut off the end",
-    )
-    verify.add_argument(
-        "--ca",
-        type=Path,
-        help="the federation's ca.pem: every entry must be signed by the server certificate it "
-        "issued (without it, signatures are checked against the certificate each entry records)",
-    )
-    verify.add_argument(
-        "--receipts",
-        type=Path,
-        metavar="DIR",
-        help="a folder of provinces' receipts files (<province>.jsonl): every receipt must match "
-        "its entry, which catches a ledger rewritten even with the server's own key",
-    )
-    args = parser.parse_args(argv)
-    try:
-        verdict = _verify(args)
-    except OSError as error:
-        print(f"cannot read {error.filename or args.file}: {error.strerror}", file=sys.stderr)
-        return 2
-    except ReceiptError as error:
-        print(f"{args.file}: cannot check: {error}", file=sys.stderr)
-        return 2
-    except LedgerError as error:
-        print(f"{args.file}: BROKEN: {error}", file=sys.stderr)
-        return 1
-    print(f"{args.file}: {verdict}")
-    return 0
+if __name__ == "__main__":  # the command line is server/ledger_cli.py
+    from server.ledger_cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -17,21 +17,22 @@ from pathlib import Path
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 WIDTH = "100"
-# (module whose main() parses the flags, the arguments before --help), in the page's order.
+# (the command, the module whose main() parses its flags, the arguments before --help), in the
+# page's order.
 PROGRAMS = (
-    ("server.__main__", ()),
-    ("client.__main__", ()),
-    ("server.localrun", ()),
-    ("server.certs", ()),
-    ("client.he_keys", ()),
-    ("server.healthcheck", ()),
-    ("server.ledger", ("verify",)),
-    ("common.data.__main__", ("synth",)),
-    ("common.data.__main__", ("import-tushare",)),
-    ("common.data.__main__", ("import-joinquant",)),
-    ("baselines.centralised", ()),
-    ("baselines.spark", ()),
-    ("baselines.reproduce", ()),
+    ("server", "server.__main__", ()),
+    ("client", "client.__main__", ()),
+    ("server.localrun", "server.localrun_cli", ()),
+    ("server.certs", "server.certs_cli", ()),
+    ("client.he_keys", "client.he_keys_cli", ()),
+    ("server.healthcheck", "server.healthcheck_cli", ()),
+    ("server.ledger", "server.ledger_cli", ("verify",)),
+    ("common.data", "common.data.__main__", ("synth",)),
+    ("common.data", "common.data.__main__", ("import-tushare",)),
+    ("common.data", "common.data.__main__", ("import-joinquant",)),
+    ("baselines.centralised", "baselines.centralised_cli", ()),
+    ("baselines.spark", "baselines.spark_cli", ()),
+    ("baselines.reproduce", "baselines.reproduce_cli", ()),
 )
 HEADER = """# Command-line reference
 
@@ -67,8 +68,8 @@ def help_text(module: str, before: tuple[str, ...]) -> str:
 
 def render() -> str:
     sections = [HEADER]
-    for module, before in PROGRAMS:
-        command = " ".join(["python -m", module.removesuffix(".__main__"), *before])
+    for program, module, before in PROGRAMS:
+        command = " ".join(["python -m", program, *before])
         sections.append(f"## `{command}`\n\n```\n{help_text(module, before)}\n```\n")
     return "\n".join(sections)
 

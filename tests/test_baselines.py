@@ -13,7 +13,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.preprocessing import StandardScaler
 
-from baselines import centralised, spark
+from baselines import centralised, centralised_cli, spark, spark_cli
 from baselines.data import DataOptions, add_sums, load_frames, prepare, write_synthetic
 from baselines.models import (
     Context,
@@ -125,11 +125,11 @@ def test_centralised_trains_every_model(tiny_data, model):
 def test_centralised_command_writes_a_results_file(tiny_data, tmp_path, capsys):
     path = tmp_path / "c.json"
     argv = ["--model", "lr", "--data", tiny_data.data, "--results", str(path)]
-    assert centralised.main(argv) == 0
+    assert centralised_cli.main(argv) == 0
     written = json.loads(path.read_text())
     assert written["framework"] == "centralised" and written["final"]["clients"] == 9
     assert "overall" in capsys.readouterr().out
-    assert centralised.main(["--data", str(tmp_path / "nowhere")]) == 2
+    assert centralised_cli.main(["--data", str(tmp_path / "nowhere")]) == 2
 
 
 def test_weighted_merge_is_the_sample_weighted_average():
@@ -195,7 +195,7 @@ def test_mllib_linear_regression_matches_the_centralised_fit(spark_session, load
 
 def test_spark_command_rejects_what_mllib_lacks(capsys):
     with pytest.raises(SystemExit):
-        spark.main(["--engine", "mllib", "--model", "svm"])
+        spark_cli.main(["--engine", "mllib", "--model", "svm"])
     assert "--engine mllib runs" in capsys.readouterr().err
 
 

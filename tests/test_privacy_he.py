@@ -10,8 +10,8 @@ import pytest
 from client.chain import DECRYPT, TRAIN, Outcome, Task
 from client.chain import STATISTICS as STATISTICS_KIND
 from client.he import HEError
-from client.he_keys import main as he_keys_main
 from client.he_keys import read_share, write_keys
+from client.he_keys_cli import main as he_keys_main
 from client.local import LocalWork
 from client.privacy import ClientPrivacy
 from common import he_relay, paillier, preprocess, threshold

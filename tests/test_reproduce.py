@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from baselines import paper, reproduce
+from baselines import paper, reproduce, reproduce_cli
 from baselines.report import Comparison, naive_findings, write_table
 from common import forecast
 from common.registry import MODELS
@@ -36,7 +36,7 @@ def is_number(text: str) -> bool:
 def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_path, capsys):
     out = tmp_path / "reproduce"
     argv = ["--scale", "tiny", "--out", str(out), "--no-extras", "--master", "local[2]"]
-    assert reproduce.main(argv, session=spark_session) == 0
+    assert reproduce_cli.main(argv, session=spark_session) == 0
     printed = capsys.readouterr().out
     # LR (as lr-sgd, with its own run without DP) and SVM under DP.
     sweep = 1 + 2 * len(reproduce.SCALES["tiny"].epsilons)
