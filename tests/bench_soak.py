@@ -81,7 +81,7 @@ def soak(rounds: int, rows: int, every: int, model: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=9000)
     parser.add_argument("--every", type=int, default=50)

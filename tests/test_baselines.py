@@ -216,5 +216,5 @@ def test_mllib_gbt_grows_the_tree_the_centralised_gbdt_grows(spark_session, load
 
 def test_spark_command_sends_histogram_trees_to_mllib(capsys):
     with pytest.raises(SystemExit):
-        spark.main(["--model", "gbdt"])
+        spark_cli.main(["--model", "gbdt"])
     assert "--model gbdt runs on Spark as MLlib's: add --engine mllib" in capsys.readouterr().err
