@@ -6,6 +6,7 @@ It is told about failures as well as results, so a strategy may weigh them (or i
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.models import linear
-from common.models.checks import check_arrays
+from common.models.checks import UpdateError, check_arrays
 from common.preprocess import GlobalStatistics
 from common.scores import Evaluation
 from common.tensors import Arrays
@@ -176,6 +177,23 @@ class Strategy(ABC):
     def round_report(self, server_round: int) -> dict[str, Any]:
         """Extra fields for the round's record in the results file (a privacy budget, say)."""
         return {}
+
+
+def checked_sums(
+    results: list[ClientResult], sums: Arrays | None, plausible: Callable[[Arrays, int], None]
+) -> tuple[list[ClientResult], list[Arrays]]:
+    """A protected statistics phase's outcome: the answers, and the federation's `sums` alone,
+    if they could be summed and pass `plausible` with the answers' row count."""
+    if sums is None:
+        return results, []
+    try:
+        plausible(sums, sum(r.num_examples for r in results))
+    except UpdateError as error:
+        logging.getLogger("fedstock.server").warning(
+            "the federation's summed statistics fail their checks: %s", error
+        )
+        return results, []
+    return results, [sums]
 
 
 def weighted_average(results: list[ClientResult]) -> Arrays:

@@ -25,7 +25,14 @@ from common.paillier import WEIGHT
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import SCALER, entry
-from server.strategy import STATISTICS, ClientResult, FedAvg, Instruction, Strategy
+from server.strategy import (
+    STATISTICS,
+    ClientResult,
+    FedAvg,
+    Instruction,
+    Strategy,
+    checked_sums,
+)
 
 log = logging.getLogger("fedstock.server")
 
@@ -127,15 +134,7 @@ class HEFedAvg(Strategy):
         session = secrets.token_hex(16)
         plan = [Instruction(p, self._config(0, session), None) for p in provinces]
         results, _ = self.run_phase(0, STATISTICS, plan, accept)
-        sums = self._sum_and_decrypt(0, session, results)
-        if sums is None:
-            return results, []
-        try:
-            plausible(sums, sum(r.num_examples for r in results))
-        except UpdateError as error:
-            log.warning("the federation's summed statistics fail their checks: %s", error)
-            return results, []
-        return results, [sums]
+        return checked_sums(results, self._sum_and_decrypt(0, session, results), plausible)
 
     def _sum_and_decrypt(
         self, server_round: int, session: str, results: list[ClientResult]

@@ -26,7 +26,7 @@ from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import SCALER, entry
-from server.strategy import ClientResult, FedAvg, Instruction, Strategy
+from server.strategy import ClientResult, FedAvg, Instruction, Strategy, checked_sums
 
 log = logging.getLogger("fedstock.server")
 
@@ -227,15 +227,9 @@ class SecAggFedAvg(Strategy):
 
         results, _ = self.run_phase(0, pb.TASK_KIND_STATISTICS, plan, accept)
         total = self._total(0, results)
-        if total is None:
-            return results, []
-        sums = vectors.unflatten(total, {k: np.empty(s) for k, s in shapes.items()})
-        try:
-            plausible(sums, sum(r.num_examples for r in results))
-        except UpdateError as error:
-            log.warning("the federation's summed statistics fail their checks: %s", error)
-            return results, []
-        return results, [sums]
+        templates = {k: np.empty(s) for k, s in shapes.items()}
+        sums = None if total is None else vectors.unflatten(total, templates)
+        return checked_sums(results, sums, plausible)
 
     def _total(self, server_round: int, results: list[ClientResult]) -> np.ndarray | None:
         """The sum of the masked inputs in `results`, once the survivors confirmed them and
