@@ -24,7 +24,7 @@ from server.channel import TaskChannel
 from server.cli import parse_args
 from server.config import ServerConfig
 from server.coordinator import Coordinator
-from server.ledger import Ledger, Signer
+from server.ledger import Ledger, LedgerError, Signer
 from server.lifecycle import run_to_end
 from server.limits import SIDE_CALLS, Activity, CallLimits
 from server.livestate import LiveState, RunInfo
@@ -106,7 +106,13 @@ def open_ledger(path: Path, resuming: bool, signer: Signer) -> Ledger:
         kept = path.with_name(f"{path.stem}-{digest[:12]}{path.suffix}")
         path.replace(kept)
         log.info("an earlier run's ledger is kept as %s", kept)
-    return Ledger(path, signer)
+    try:
+        return Ledger(path, signer)
+    except LedgerError as error:
+        raise LedgerError(
+            f"{path}: {error}; the run cannot go on with it: move it aside to resume from the "
+            "checkpoint with a new ledger, or start afresh in another --results folder"
+        ) from None
 
 
 def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScalar]], Strategy]:
