@@ -5,7 +5,7 @@ import pytest
 
 from common.models import histtree
 from common.models.checks import UpdateError
-from common.models.histgrow import Query, TreeSettings, check_answer
+from common.models.histgrow import Query, TreeSettings, check_answer, grow, sketch_query
 from common.models.histparty import Party, fit_parties, fit_union
 from common.tensors import Payload, receive
 from server.cli import parse_args
@@ -160,3 +160,25 @@ def test_histogram_trees_take_secure_aggregation_and_refuse_other_privacy_modes(
         with pytest.raises(SystemExit):
             parse_args(["--model", model, "--privacy", mode, "--dp-clip", "1"])
         assert "histogram trees take --privacy secagg" in capsys.readouterr().err
+
+
+def test_rows_descend_level_by_level_to_the_leaves_a_whole_descent_finds():
+    x, y = data()
+    party = Party(x, y, TreeSettings(trees=3, max_depth=5))
+    checked = []
+
+    def ask(query):
+        answer = party.answer(query)
+        if query.grow is not None:
+            assert np.array_equal(party.node, histtree.leaves(query.grow, party.x32))
+            checked.append(len(query.grow["value"]))
+        return answer
+
+    sketch = ask(sketch_query(x.mean(axis=0), x.std(axis=0)))["sketch"]
+    grow(ask, sketch, x.mean(axis=0), x.std(axis=0), float(np.mean(y)), party.settings)
+    assert len(checked) == 3 * 6 and max(checked) > 31  # every level of deep trees
+    # A tree that changes a split already made is not a level grown: descended from the root.
+    tree = party.tree_arrays
+    moved = {**tree, "threshold": tree["threshold"] + 1.0}
+    node = histtree.descend(tree, moved, party.node, party.x32)
+    assert np.array_equal(node, histtree.leaves(moved, party.x32))

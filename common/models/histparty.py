@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.models import histtree
+from common.models.ensemble import Member
 from common.models.histgrow import Ask, Grown, Query, TreeSettings, grow, sketch_query
 from common.tensors import Arrays
 
@@ -36,6 +37,9 @@ class Party:
         self.trees_added = 0
         self.tree = -1
         self.grad = self.hess = np.zeros(0)
+        # The tree being grown as last asked, and the node each row sits in within it.
+        self.tree_arrays: Member | None = None
+        self.node = np.zeros(len(self.y), dtype=np.intp)
 
     @property
     def rows(self) -> int:
@@ -53,7 +57,9 @@ class Party:
         if query.grow is not None:
             if query.tree != self.tree:
                 self._start_tree(query.tree)
-            slot = histtree.node_slots(query.grow, query.asked, self.x32)
+            self.node = histtree.descend(self.tree_arrays, query.grow, self.node, self.x32)
+            self.tree_arrays = query.grow
+            slot = histtree.slots(query.grow, query.asked, self.node)
             width = self.settings.max_bins
             out.update(
                 histtree.histograms(self.bins, slot, self.grad, self.hess, len(query.asked), width)
@@ -108,6 +114,7 @@ class Party:
         self.grad = (self.margin - self.y) * weights
         self.hess = weights
         self.tree = tree
+        self.tree_arrays, self.node = None, np.zeros(self.rows, dtype=np.intp)
 
 
 # Poisson(1)'s cumulative probabilities: a uniform draw's bin is a bootstrap weight.

@@ -215,11 +215,40 @@ class TreeBuilder:
         return children
 
 
-def node_slots(tree: Member, asked: np.ndarray, x32: np.ndarray) -> np.ndarray:
+def descend(before: Member | None, tree: Member, node: np.ndarray, x32: np.ndarray) -> np.ndarray:
+    """Each row's leaf in `tree`, from its node in `before` when `tree` only adds splits under
+    leaves of `before` (a level grown), so a level costs the rows that move, not the depth."""
+    if before is None or not _extends(before, tree):
+        return leaves(tree, x32)
+    left, right = tree["children_left"], tree["children_right"]
+    feature, threshold = tree["feature"], tree["threshold"]
+    node = node.copy()
+    rows = np.flatnonzero(left[node] != LEAF)
+    while rows.size:
+        at = node[rows]
+        at = np.where(x32[rows, feature[at]] <= threshold[at], left[at], right[at])
+        node[rows] = at
+        rows = rows[left[at] != LEAF]
+    return node
+
+
+def _extends(before: Member, tree: Member) -> bool:
+    """`tree` keeps every split of `before`, and its leaves may only have become splits."""
+    n = len(before["children_left"])
+    if len(tree["children_left"]) < n:
+        return False
+    split = before["children_left"] != LEAF
+    return all(
+        np.array_equal(tree[k][:n][split], before[k][split])
+        for k in ("children_left", "children_right", "feature", "threshold")
+    )
+
+
+def slots(tree: Member, asked: np.ndarray, node: np.ndarray) -> np.ndarray:
     """Each row's position in `asked` (the nodes whose histograms are wanted), or −1."""
     lookup = np.full(len(tree["children_left"]), -1, dtype=np.intp)
     lookup[asked] = np.arange(len(asked))
-    return lookup[leaves(tree, x32)]
+    return lookup[node]
 
 
 def pack_model(base_score: float, trees: list[Member]) -> Arrays:
