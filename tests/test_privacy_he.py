@@ -257,6 +257,12 @@ def test_the_server_sums_encrypted_updates_into_the_weighted_average(keys):
     assert protocol.aggregate_fit(2, results[: NEEDED - 1], [], None) is None
 
 
+def test_a_province_without_a_share_is_not_asked_to_upload(keys):
+    plan = strategy(keys).configure_fit(1, None, [*sorted(PROVINCES), "xizang"])
+    assert [i.province for i in plan] == sorted(PROVINCES)
+    assert len({i.config["he_session"] for i in plan}) == 1  # one session for the phase
+
+
 def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
     protocol = strategy(keys)
     with pytest.raises(UpdateError):

@@ -70,9 +70,16 @@ class HEFedAvg(Strategy):
     def _config(self, server_round: int, session: str) -> dict:
         return {**self.model_config, "round": server_round, "privacy": "he", "he_session": session}
 
+    def _holders(self, provinces: list[str]) -> list[str]:
+        """The provinces that hold a share: only they can upload (and help decrypt)."""
+        strangers = sorted(set(provinces) - set(self.public.members))
+        if strangers:
+            log.warning("%s hold no share of the HE key and are left out", ", ".join(strangers))
+        return [p for p in provinces if p in self.public.members]
+
     def configure_fit(self, server_round, parameters, provinces):
         self.session = secrets.token_hex(16)
-        plan = self.inner.configure_fit(server_round, parameters, provinces)
+        plan = self.inner.configure_fit(server_round, parameters, self._holders(provinces))
         extra = {"privacy": "he", "he_session": self.session}
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
@@ -132,7 +139,7 @@ class HEFedAvg(Strategy):
             return result
 
         session = secrets.token_hex(16)
-        plan = [Instruction(p, self._config(0, session), None) for p in provinces]
+        plan = [Instruction(p, self._config(0, session), None) for p in self._holders(provinces)]
         results, _ = self.run_phase(0, STATISTICS, plan, accept)
         return checked_sums(results, self._sum_and_decrypt(0, session, results), plausible)
 
@@ -152,9 +159,8 @@ class HEFedAvg(Strategy):
         n = self.public.n
         relay = he_relay.pack({r.province: r.arrays for r in results})
         shapes = {name: t.shape[:-1] for name, t in he_relay.ciphertexts(results[0].arrays).items()}
-        holders = [r.province for r in results if r.province in self.public.members]
         config = self._config(server_round, session)
-        plan = [Instruction(p, config, relay) for p in holders]
+        plan = [Instruction(r.province, config, relay) for r in results]
         partials, _ = self.run_phase(
             server_round, pb.TASK_KIND_HE_DECRYPT, plan, self._partial(shapes)
         )
