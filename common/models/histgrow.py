@@ -306,7 +306,8 @@ def _grow_tree(
     grown: Grown,
 ) -> None:
     """Grow one tree from its root's histograms: per level, split, ask for the smaller child
-    of each split and take its sibling as parent minus child."""
+    of each split and take its sibling as parent minus child; the deepest level's leaves come
+    from their parents' split sums, without a question."""
     rule = builder.rule
     hist = {0: (answer["grad"][0], answer["hess"][0])}
     open_nodes = [0]
@@ -329,6 +330,14 @@ def _grow_tree(
             small_is_left = splits.left_hess[i] <= totals_h[i] - splits.left_hess[i]
             pairs.append((node, left, right, left if small_is_left else right))
         if not pairs:
+            break
+        if depth + 1 == settings.max_depth:
+            # The last level's leaves need only their sums, which the parents' splits hold.
+            for parent, left, right, _ in pairs:
+                at = open_nodes.index(parent)
+                g_left, h_left = splits.left_grad[at], splits.left_hess[at]
+                builder.settle(left, g_left, h_left)
+                builder.settle(right, totals_g[at] - g_left, totals_h[at] - h_left)
             break
         asked = np.array([p[3] for p in pairs], dtype=np.int32)
         answer = ask(Query("level", tree, grow=builder.arrays(), asked=asked))

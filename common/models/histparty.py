@@ -31,7 +31,7 @@ class Party:
         self.x_val, self.y_val = x[held], y[held]
         self.x32 = np.asarray(self.x, dtype=np.float32)
         self.edges: list[np.ndarray] | None = None
-        self.bins = np.zeros((0, x.shape[1]), dtype=np.int32)
+        self.bins = np.zeros((x.shape[1], 0), dtype=np.uint16)
         self.margin = np.zeros(len(self.y))
         self.margin_val = np.zeros(len(self.y_val))
         self.trees_added = 0
@@ -96,7 +96,10 @@ class Party:
                 f"trees, but this party has added {self.trees_added}"
             )
         for tree in query.new_trees:
-            self.margin += tree["value"][histtree.leaves(tree, self.x32)]
+            # The rows already sit in the leaves of the tree this party last grew.
+            node = histtree.descend(self.tree_arrays, tree, self.node, self.x32)
+            self.margin += tree["value"][node]
+            self.tree_arrays, self.node = tree, node
             if len(self.y_val):
                 x32_val = np.asarray(self.x_val, dtype=np.float32)
                 self.margin_val += tree["value"][histtree.leaves(tree, x32_val)]

@@ -87,31 +87,33 @@ def unpack_edges(arrays: Arrays, n_features: int, max_bins: int) -> list[np.ndar
 
 
 def bin_rows(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
-    """Each value's bin: the number of edges below it, so `bin ≤ b` ⇔ `x ≤ edges[b]` exactly as
-    a tree compares a float32 feature with a float64 threshold."""
+    """Each value's bin, (features, rows) so a feature's bins lie together as histograms read
+    them: the number of edges below it, so `bin ≤ b` ⇔ `x ≤ edges[b]` exactly as a tree
+    compares a float32 feature with a float64 threshold."""
     x64 = as_float32(x)
-    return np.column_stack(
+    return np.stack(
         [np.searchsorted(e, x64[:, f], side="left") for f, e in enumerate(edges)]
-    ).astype(np.int32)
+    ).astype(np.uint16)  # max bins ≤ 65,536
 
 
 def histograms(
     bins: np.ndarray, slot: np.ndarray, grad: np.ndarray, hess: np.ndarray, slots: int, width: int
 ) -> Arrays:
-    """Σ gradient and Σ Hessian per (open node, feature, bin); rows whose slot is −1 are out."""
-    keep = slot >= 0
-    base = slot[keep].astype(np.intp) * width
-    g, h = grad[keep], hess[keep]
-    columns = bins[keep].T
-    out = {}
-    for name, weights in (("grad", g), ("hess", h)):
-        # float64 even for no rows: bincount of nothing with weights gives int64 zeros.
-        sums = [
-            np.bincount(base + c, weights=weights, minlength=slots * width).astype(np.float64)
-            for c in columns
-        ]
-        out[name] = np.stack(sums).reshape(len(sums), slots, width).transpose(1, 0, 2).copy()
-    return out
+    """Σ gradient and Σ Hessian per (open node, feature, bin) from `bins` (features, rows);
+    rows whose slot is −1 are out. One pass per feature over the rows that are in."""
+    rows = np.flatnonzero(slot >= 0)
+    base = slot[rows] * width
+    g, h = grad[rows], hess[rows]
+    size = slots * width
+    sums = {"grad": np.empty((len(bins), size)), "hess": np.empty((len(bins), size))}
+    for f, column in enumerate(bins):
+        at = base + column[rows]
+        sums["grad"][f] = np.bincount(at, weights=g, minlength=size)
+        sums["hess"][f] = np.bincount(at, weights=h, minlength=size)
+    return {
+        name: s.reshape(len(bins), slots, width).transpose(1, 0, 2).copy()
+        for name, s in sums.items()
+    }
 
 
 @dataclass(frozen=True)
