@@ -17,10 +17,10 @@ from dataclasses import replace
 import numpy as np
 
 from client import chain
-from client.chain import DECRYPT, STATISTICS, TRAIN, Link, Next, Outcome, Task
+from client.chain import DECRYPT, EVALUATE, STATISTICS, TRAIN, Link, Next, Outcome, Task
 from client.he import HEClient
 from client.secagg import SecAggClient
-from common import paillier, secagg, threshold
+from common import forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.noise import SecureRandom
@@ -96,11 +96,17 @@ class Masked:
             return replace(outcome, arrays=masked)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
             return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.config))
+        if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
+            sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
+            timing = {k: v for k, v in outcome.metrics.items() if k == "seconds"}
+            return Outcome(outcome.num_examples, timing, self.protocol.mask(sums, task.config))
         if task.kind != TRAIN:
             return outcome
         weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
         weighted[secagg.WEIGHT] = np.array(float(outcome.num_examples))
-        return replace(outcome, arrays=self.protocol.mask(weighted, task.config))
+        # The training MSE is a score of the province's own: it stays home.
+        metrics = {k: v for k, v in outcome.metrics.items() if k != "train_mse"}
+        return Outcome(outcome.num_examples, metrics, self.protocol.mask(weighted, task.config))
 
 
 class Compressed:

@@ -43,6 +43,35 @@ def scores(
     return metrics
 
 
+# Under an aggregating privacy mode a province's scores leave as sums over its test rows, which
+# add up over the provinces: each mean times the rows, and the rows behind each mean (0 where
+# the province did not score it), in the order of MEANS.
+SUMS, ROWS = "score_sums", "score_rows"
+
+
+def as_sums(metrics: Mapping[str, float], n_test: int) -> dict[str, np.ndarray]:
+    """A province's means as the sums over its `n_test` rows that the federation adds up."""
+    present = [name in metrics for name in MEANS]
+    return {
+        SUMS: np.array(
+            [metrics[m] * n_test if p else 0.0 for m, p in zip(MEANS, present, strict=True)]
+        ),
+        ROWS: np.array([float(n_test) if p else 0.0 for p in present]),
+    }
+
+
+def from_sums(sums: Mapping[str, np.ndarray]) -> tuple[dict[str, float], int]:
+    """The federation's means from its summed sums (those every row has), and its test rows."""
+    rows = np.rint(sums[ROWS]).astype(np.int64)
+    total = int(rows.max()) if len(rows) else 0
+    means = {
+        name: float(s / total)
+        for name, s, n in zip(MEANS, sums[SUMS], rows, strict=True)
+        if total > 0 and n == total
+    }
+    return means, total
+
+
 def derived(means: Mapping[str, float]) -> dict[str, float | bool | None]:
     """The naive MSE (the better naive forecast), skill = 1 − MSE/naive, whether the model beats
     the naive forecast and, with an oracle, the share of the learnable signal the model found:
@@ -116,7 +145,10 @@ def score_table(final: dict[str, Any]) -> list[str]:
     ]
     for name, score in rows:
         n_test = score["n_test"] if name != "overall" else total
-        cells = "".join(f"  {_cell(score.get(key), form):>12}" for key, _, form in columns)
+        cells = "".join(
+            f"  {'hidden' if 'hidden' in score else _cell(score.get(key), form):>12}"
+            for key, _, form in columns
+        )
         lines.append(f"{name:<{width}}  {n_test:>10}{cells}")
     verdict_line = verdict(final)
     return lines + ([verdict_line] if verdict_line else [])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from common import forecast
 
@@ -31,7 +33,27 @@ class Evaluation:
     its naive baselines and skill beside them."""
 
     mse: float
-    per_client: dict[str, dict[str, float]]
+    per_client: dict[str, dict[str, Any]]
+    # The federation's means, where no province's own are known (secure aggregation).
+    totals: dict[str, float] | None = None
+
+    def pooled(self) -> dict[str, Any]:
+        """The federation's means over every test row, and what they imply."""
+        if self.totals is not None:
+            return {**self.totals, **forecast.derived(self.totals)}
+        return forecast.pooled(self.per_client)
+
+    @classmethod
+    def aggregated(
+        cls, sums: Mapping[str, np.ndarray], test_rows: Mapping[str, int], hidden: str
+    ) -> Evaluation | None:
+        """From the provinces' summed scores (common/forecast.py): the federation's means, and
+        for each province its test rows and, instead of its scores, why they are `hidden`."""
+        means, total = forecast.from_sums(sums)
+        if total == 0 or "mse" not in means:
+            return None
+        per_client = {p: {"n_test": n, "hidden": hidden} for p, n in sorted(test_rows.items())}
+        return cls(means["mse"], per_client, means)
 
     @classmethod
     def weighted(cls, results: Iterable[Scored]) -> Evaluation | None:

@@ -110,7 +110,9 @@ class Buffered:
                 [ask] = strategy.configure_evaluate(
                     unscored.version, unscored.parameters, [province]
                 )
-                self._hand_out(unscored.version, pb.TASK_KIND_EVALUATE, ask, accept_evaluation)
+                self._hand_out(
+                    unscored.version, pb.TASK_KIND_EVALUATE, ask, accept_evaluation(strategy)
+                )
                 return
         if self.buffer.version >= self.loop.settings.rounds:
             return

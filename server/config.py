@@ -314,6 +314,11 @@ class ServerConfig:
                 f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "
                 "lr-exact's normal equations are not"
             )
+        if self.run.robust_metrics and self.privacy.privacy == "secagg":
+            return (
+                "--robust-metrics weighs each province's own test MSE, which --privacy secagg "
+                "keeps from the server (it unmasks the federation's scores only)"
+            )
         if s.robust_sums and not spec.normal_equations:
             sums = ", ".join(m.name for m in MODELS.values() if m.normal_equations)
             return f"--robust-sums applies to --model {sums} only"

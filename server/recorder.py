@@ -141,7 +141,7 @@ class Recorder:
         np.savez(model_file, **parameters)
         self.results.update(
             final={
-                **forecast.pooled(evaluation.per_client),
+                **evaluation.pooled(),
                 "mse": evaluation.mse,
                 "clients": len(evaluation.per_client),
                 "per_client": evaluation.per_client,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -20,7 +21,7 @@ from common.models.checks import UpdateError
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import FinalFit
-from server.strategy import ClientResult, Evaluation
+from server.strategy import ClientResult, Evaluation, Strategy
 
 log = logging.getLogger("fedstock.server")
 
@@ -74,7 +75,7 @@ class Cohort:
             ask = strategy.configure_evaluate(server_round, loop.parameters, connected)
             sent += sum(nbytes(i.parameters) for i in ask)
             scores, eval_failures = loop.phase(
-                server_round, pb.TASK_KIND_EVALUATE, ask, accept_evaluation
+                server_round, pb.TASK_KIND_EVALUATE, ask, accept_evaluation(strategy)
             )
             overhead += time.perf_counter() - phase_start - slowest(scores)
             evaluation = loop.evaluate(strategy, server_round, scores, eval_failures)
@@ -109,13 +110,15 @@ def check_outcome(result: ClientResult) -> None:
         raise UpdateError(f"metrics {bad} are not finite")
 
 
-def accept_evaluation(result: ClientResult) -> ClientResult:
-    check_outcome(result)
-    if result.arrays:
-        raise UpdateError("an evaluation carries metrics only, no tensors")
-    if result.metrics.get("mse", -1.0) < 0:
-        raise UpdateError("an evaluation must report a non-negative 'mse'")
-    return result
+def accept_evaluation(strategy: Strategy) -> Callable[[ClientResult], ClientResult]:
+    """How `strategy`'s evaluations are taken: the outcome's checks, then the strategy's."""
+
+    def accept(result: ClientResult) -> ClientResult:
+        check_outcome(result)
+        strategy.check_evaluation(result)
+        return result
+
+    return accept
 
 
 def nbytes(arrays: Arrays | None) -> int:

@@ -160,6 +160,14 @@ class Strategy(ABC):
         config = {**self.model_config, "round": server_round}
         return [Instruction(p, config, parameters) for p in provinces]
 
+    def check_evaluation(self, result: ClientResult) -> None:
+        """Raise UpdateError unless `result` is an evaluation as this strategy asks for it:
+        here its metrics, a non-negative 'mse' among them, and no tensors."""
+        if result.arrays:
+            raise UpdateError("an evaluation carries metrics only, no tensors")
+        if result.metrics.get("mse", -1.0) < 0:
+            raise UpdateError("an evaluation must report a non-negative 'mse'")
+
     def aggregate_evaluate(
         self, server_round: int, results: list[ClientResult], failures: list[Failure]
     ) -> Evaluation | None:

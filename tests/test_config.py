@@ -55,6 +55,7 @@ def test_each_setting_checks_itself():
         (["--workers", "12"], "--workers must be at least --min-clients + 4 (13)"),
         (["--mode", "async", "--model", "rf"], "needs a model of weights"),
         (["--mode", "async", "--model", "lr-sgd", "--importance"], "end-of-run analysis"),
+        (["--privacy", "secagg", "--robust-metrics"], "keeps from the server"),
     ],
 )
 def test_a_setting_that_cannot_work_ends_the_program_with_its_reason(argv, message, capsys):

@@ -20,15 +20,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import secagg, vectors
+from common import forecast, secagg, vectors
 from common.models.checks import UpdateError
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import SCALER, entry
-from server.strategy import ClientResult, FedAvg, Instruction, Strategy, checked_sums
+from server.strategy import (
+    ClientResult,
+    Evaluation,
+    FedAvg,
+    Instruction,
+    Strategy,
+    checked_sums,
+)
 
 log = logging.getLogger("fedstock.server")
+
+SCORE_SUMS = (forecast.SUMS, forecast.ROWS)
+HIDDEN = "hidden (secure aggregation)"
 
 
 def _expect(arrays: Arrays, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
@@ -198,6 +208,24 @@ class SecAggFedAvg(Strategy):
         weight = float(sums.pop(secagg.WEIGHT))
         return {k: v / weight for k, v in sums.items()}
 
+    def configure_evaluate(self, server_round, parameters, provinces):
+        """Scores leave masked, as sums over each province's test rows (common/forecast.py), in
+        the statistics' wide encoding: the server unmasks the federation's totals only."""
+        return self._open(server_round, provinces, parameters, "wide")
+
+    def check_evaluation(self, result: ClientResult) -> None:
+        limbs = secagg.WideEncoding(len(self._round.index) if self._round else 1).limbs
+        shape = (len(forecast.MEANS), limbs)
+        _expect(result.arrays, {name: (np.dtype(np.int64), shape) for name in SCORE_SUMS})
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        total = self._total(server_round, results)
+        if total is None:
+            return None
+        like = {name: np.empty(len(forecast.MEANS)) for name in SCORE_SUMS}
+        rows = {r.province: r.num_examples for r in results}
+        return Evaluation.aggregated(vectors.unflatten(total, like), rows, HIDDEN)
+
     def disclosure(self):
         masked = (
             "securely aggregated: masked uploads, of which only the sum over the survivors "
@@ -210,6 +238,11 @@ class SecAggFedAvg(Strategy):
             "updates": entry(
                 f"the sample-weighted average of the round's updates, {masked}",
                 "the global model after each round",
+            ),
+            "metrics": entry(
+                "the federation's test scores (MSE, MAE, direction and the naive forecasts' MSEs "
+                f"summed over every test row), {masked}; no province's own score",
+                "nothing of any other province",
             ),
         }
 
