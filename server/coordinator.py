@@ -51,10 +51,17 @@ class ClientSession:
     told_to_stop: bool = False
     tasks: int = 0
     streams: int = 0  # GetTask and Submit calls open now
+    # Set by the session's first poll: a Join alone (anyone's, on an --insecure server) does
+    # not make a member, so it cannot count toward the quorum or be handed a task.
+    member: bool = False
     receipts_sent: int = 0  # ledger receipts this session was given, oldest first
 
     def alive(self, now: float) -> bool:
         return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
+
+    def taking_part(self, now: float) -> bool:
+        """A member that is alive: one that can take a task."""
+        return self.member and self.alive(now)
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ class Coordinator:
     def connected(self) -> list[str]:
         now = time.monotonic()
         with self._cond:
-            return sorted(p for p, c in self._clients.items() if c.alive(now))
+            return sorted(p for p, c in self._clients.items() if c.taking_part(now))
 
     def wait_for_clients(self, count: int, timeout: float) -> list[str]:
         """Connected provinces once `count` are there, or whoever is there when time runs out."""
@@ -253,6 +260,9 @@ class Coordinator:
         end = time.monotonic() + self.poll_seconds
         with self._cond:
             client.polling += 1
+            if not client.member:
+                client.member = True
+                self._cond.notify_all()  # the quorum may be there now
             try:
                 while True:
                     if client.pending is not None:
@@ -342,7 +352,9 @@ class Coordinator:
                 client.wakeup.notify_all()
             while time.monotonic() < end:
                 now = time.monotonic()
-                waiting = [c for c in self._clients.values() if c.alive(now) and not c.told_to_stop]
+                waiting = [
+                    c for c in self._clients.values() if c.taking_part(now) and not c.told_to_stop
+                ]
                 if not waiting:
                     return
                 self._cond.wait(timeout=min(0.5, end - now))

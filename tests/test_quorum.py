@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from common.launch import free_port
+from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server import coordinator as coordinator_module
@@ -27,8 +28,11 @@ def test_the_wait_for_the_quorum_reports_who_is_connected_and_who_is_missing(cap
     try:
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.FederationStub(channel)
-            stub.Join(pb.JoinRequest(province="hubei", rows=10), timeout=60)
-            stub.Join(pb.JoinRequest(province="fujian", rows=10), timeout=60)
+            for province in ("hubei", "fujian"):
+                joined = stub.Join(pb.JoinRequest(province=province, rows=10), timeout=60)
+                # A session is a member from its first poll (a WAIT after one second here).
+                session = ((SESSION_METADATA_KEY, joined.session),)
+                list(stub.GetTask(pb.TaskRequest(), timeout=60, metadata=session))
             with caplog.at_level(logging.INFO, logger="fedstock.server"):
                 # Longer than one period, so at least one report however the threads run.
                 connected = coordinator.wait_for_clients(3, timeout=2)
