@@ -40,6 +40,7 @@ from server.servicer import FederationServicer
 from server.strategy import Strategy
 
 log = logging.getLogger("fedstock.server")
+FEDERATION = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
 def build_server(
@@ -48,7 +49,6 @@ def build_server(
     workers: int,
     max_update_bytes: int,
     credentials: grpc.ServerCredentials | None = None,
-    health_address: str | None = None,
     inflight_bytes: int | None = None,
     reflection_on: bool = False,
     idle_seconds: float = 60.0,
@@ -56,13 +56,13 @@ def build_server(
     """The gRPC server with the Federation and health services (and reflection if asked for),
     bound to `address`.
 
-    With `credentials` (mutual TLS) every Federation call must carry a province certificate;
-    `health_address` adds a plaintext port for local probes, where Federation calls are refused.
+    With `credentials` (mutual TLS) every Federation call must carry a province certificate.
     Every call is cancelled after `idle_seconds` waiting on its peer, and health and reflection
-    streams share SIDE_CALLS threads, so no caller can hold the threads the federation needs.
+    streams hold at most SIDE_CALLS threads, which the pool has beside the `workers` threads of
+    the federation, so no stranger can hold a thread the federation needs.
     """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
+        futures.ThreadPoolExecutor(max_workers=workers + SIDE_CALLS),
         options=SERVER_OPTIONS,
         interceptors=[CallLimits(Activity(idle_seconds), SIDE_CALLS)],
     )
@@ -76,26 +76,49 @@ def build_server(
         server,
     )
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
-    if reflection_on:
-        reflection.enable_server_reflection(
-            (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-    ports = [(address, credentials)] + ([(health_address, None)] if health_address else [])
-    for where, secure in ports:
-        try:
-            if secure is None:
-                server.add_insecure_port(where)
-            else:
-                server.add_secure_port(where, secure)
-        except RuntimeError as error:
-            raise OSError(
-                f"cannot listen on {where}: is the port already in use? ({error})"
-            ) from None
-    for name in ("", service_name):
+    _side_services(server, health_servicer, reflection_on, FEDERATION)
+    _listen(server, address, credentials)
+    for name in ("", FEDERATION):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, health_servicer
+
+
+def build_health_server(
+    address: str, health_servicer: health.HealthServicer, reflection_on: bool, idle_seconds: float
+) -> grpc.Server:
+    """A plaintext server of health (and reflection if asked for) alone, for local probes of a
+    mutual-TLS server: its own few threads and limits, nothing shared with the federation's."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=SIDE_CALLS + 2),  # two for quick health Checks
+        options=SERVER_OPTIONS,
+        interceptors=[CallLimits(Activity(idle_seconds), SIDE_CALLS)],
+    )
+    _side_services(server, health_servicer, reflection_on)
+    _listen(server, address, None)
+    return server
+
+
+def _side_services(
+    server: grpc.Server, servicer: health.HealthServicer, reflection_on: bool, *names: str
+) -> None:
+    """Health, and reflection of `names`, health and itself if asked for."""
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if reflection_on:
+        reflection.enable_server_reflection(
+            (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+
+
+def _listen(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
+    try:
+        if credentials is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise OSError(
+            f"cannot listen on {address}: is the port already in use? ({error})"
+        ) from None
 
 
 def open_ledger(path: Path, resuming: bool, signer: Signer) -> Ledger:
@@ -222,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             serve.workers,
             serve.max_update_bytes,
             credentials,
-            f"127.0.0.1:{serve.health_port}" if serve.health_port else None,
             serve.max_inflight_bytes,
             serve.reflection,
             serve.idle_timeout,
+        )
+        probes = serve.health_port and build_health_server(
+            f"127.0.0.1:{serve.health_port}", health_servicer, serve.reflection, serve.idle_timeout
         )
     except (OSError, ValueError) as error:  # TLSSetupError is a ValueError
         log.error("%s", error)
@@ -246,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         live.start()
     server.start()
+    if probes:
+        probes.start()
     log.info(
         "fedstock server %s listening on %s; model %s, %d rounds, quorum %d",
         SOFTWARE_VERSION,
@@ -262,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         results,
         grace_seconds=serve.poll_seconds + 5,
     )
+    if probes:
+        probes.stop(grace=0).wait()
     log.info("results written to %s", config.results)
     if live is not None:
         live.linger(serve.linger)

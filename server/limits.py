@@ -6,8 +6,10 @@ lasts. A stream that sends nothing, or many health watches or reflection streams
 credentials), would otherwise hold them all and starve Join, GetTask and Submit. This
 interceptor wraps every method: a call that has waited on its peer for `idle_seconds` (for the
 next message, or for room to send one) is cancelled; at most `side_calls` health and reflection
-streams run at once (the next is refused with RESOURCE_EXHAUSTED); and each request is parsed
-by the wrapper, so an undecodable one is an ordinary INVALID_ARGUMENT (see _decode).
+streams run at once, and at most PEER_SIDE_CALLS of one peer address (the next is refused with
+RESOURCE_EXHAUSTED); and each request is parsed by the wrapper, so an undecodable one is an
+ordinary INVALID_ARGUMENT (see _decode). Federation calls need no such cap: the servicer
+authenticates each before reading a message and holds each session to its share of calls.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from typing import Any
 import grpc
 
 SIDE_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-# Health watches and reflection streams open at once, of the server's handler threads.
+# Health watches and reflection streams open at once, beside the federation's handler threads.
 SIDE_CALLS = 4
+# Of those, what one peer address may hold: they need no session, so the address is all the
+# server knows of who holds them (and one stranger cannot take every one).
+PEER_SIDE_CALLS = 2
 
 
 class Activity:
@@ -83,12 +88,48 @@ def _watch(activity: weakref.ref[Activity], every: float = 1.0) -> None:
         del alive
 
 
-class CallLimits(grpc.ServerInterceptor):
-    """Idle timeout on every method; a small shared cap on health and reflection calls."""
+def peer_address(peer: str) -> str:
+    """The address part of gRPC's peer string, without the port: 'ipv4:127.0.0.1:5000' ->
+    'ipv4:127.0.0.1', 'ipv6:[::1]:5000' -> 'ipv6:[::1]' (others, such as 'unix:', whole)."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer
 
-    def __init__(self, activity: Activity, side_calls: int) -> None:
+
+class SideCalls:
+    """How many health and reflection streams are open, in all and per peer address."""
+
+    def __init__(self, total: int, per_peer: int) -> None:
+        self.total, self.per_peer = total, per_peer
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    def acquire(self, peer: str) -> str | None:
+        """Count one more stream of `peer`'s; else why not."""
+        with self._lock:
+            if sum(self._open.values()) >= self.total:
+                return "too many health and reflection streams at once; try again later"
+            if self._open.get(peer, 0) >= self.per_peer:
+                return f"your address holds {self.per_peer} health and reflection streams already"
+            self._open[peer] = self._open.get(peer, 0) + 1
+            return None
+
+    def release(self, peer: str) -> None:
+        with self._lock:
+            self._open[peer] -= 1
+            if not self._open[peer]:
+                del self._open[peer]
+
+
+class CallLimits(grpc.ServerInterceptor):
+    """Idle timeout on every method; a small cap on health and reflection calls, in all and per
+    peer address."""
+
+    def __init__(
+        self, activity: Activity, side_calls: int, per_peer: int = PEER_SIDE_CALLS
+    ) -> None:
         self.activity = activity
-        self._side = threading.BoundedSemaphore(side_calls)
+        self._side = SideCalls(side_calls, per_peer)
         threading.Thread(target=_watch, args=(weakref.ref(activity),), daemon=True).start()
 
     def intercept_service(
@@ -146,14 +187,12 @@ class CallLimits(grpc.ServerInterceptor):
                 activity.working(context)
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            if capped and not self._side.acquire(blocking=False):
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "too many health and reflection streams at once; try again later",
-                )
+            peer = peer_address(context.peer()) if capped else None
+            if peer is not None and (refusal := self._side.acquire(peer)):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             # Runs however the call ends, even if its replies are never read.
-            if not context.add_callback(lambda: self._done(context, capped)):
-                self._done(context, capped)
+            if not context.add_callback(lambda: self._done(context, peer)):
+                self._done(context, peer)
             if requests_stream:
                 request = received(request, context)
             else:
@@ -163,7 +202,7 @@ class CallLimits(grpc.ServerInterceptor):
 
         return guarded
 
-    def _done(self, context: grpc.ServicerContext, capped: bool) -> None:
+    def _done(self, context: grpc.ServicerContext, peer: str | None) -> None:
         self.activity.working(context)
-        if capped:
-            self._side.release()
+        if peer is not None:
+            self._side.release(peer)

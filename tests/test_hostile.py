@@ -4,13 +4,14 @@ Every lie is refused with INVALID_ARGUMENT and a reason, and the honest province
 out as if the liar had not spoken.
 """
 
+import contextlib
 import math
 import threading
 
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.bounded import REASON_CHARS
@@ -19,9 +20,9 @@ from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from proto.fedstock.v1 import tensor_pb2
-from server.__main__ import build_server
+from server.__main__ import build_health_server, build_server
 from server.coordinator import MAX_STREAMS_PER_SESSION, Coordinator
-from server.limits import SIDE_CALLS
+from server.limits import PEER_SIDE_CALLS, SIDE_CALLS
 from tests.hostile import Liar, Lie, statistics_shapes
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
 from tests.test_fuzz import VALID, LiveServer, honest_update, submission
@@ -181,8 +182,12 @@ class Server:
             reflection_on=reflection_on,
             idle_seconds=idle_seconds,
         )
+        # The same server over IPv6 loopback: a second peer address on this machine.
+        self.other_address = f"[::1]:{free_port()}"
+        self.server.add_insecure_port(self.other_address)
         self.server.start()
         self.channel = grpc.insecure_channel(self.address)
+        self.other_channel = grpc.insecure_channel(self.other_address)
         self.stub = pb_grpc.FederationStub(self.channel)
 
     def join(self, province: str) -> tuple[tuple[str, str]]:
@@ -195,6 +200,7 @@ class Server:
 
     def close(self) -> None:
         self.channel.close()
+        self.other_channel.close()
         self.server.stop(grace=0)
 
 
@@ -220,11 +226,16 @@ def refusals(calls: list, count: int) -> list[grpc.StatusCode]:
 def test_idle_and_surplus_streams_cannot_starve_the_federation():
     live = Server(reflection_on=True)
     try:
-        # Forty health watches: a few are served, the rest refused at once.
-        watch = health_pb2_grpc.HealthStub(live.channel).Watch
-        watches = [watch(health_pb2.HealthCheckRequest(), timeout=600) for _ in range(40)]
-        refused = refusals(watches, 40 - SIDE_CALLS)
-        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (40 - SIDE_CALLS)
+        # Forty health watches from each of two addresses: each address holds its share of the
+        # cap, the rest are refused at once.
+        watches = []
+        for channel in (live.channel, live.other_channel):
+            watch = health_pb2_grpc.HealthStub(channel).Watch
+            calls = [watch(health_pb2.HealthCheckRequest(), timeout=600) for _ in range(40)]
+            refused = refusals(calls, 40 - PEER_SIDE_CALLS)
+            assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (40 - PEER_SIDE_CALLS)
+            watches += calls
+        assert 2 * PEER_SIDE_CALLS == SIDE_CALLS
         # Forty reflection streams that never send a request: refused beyond the same cap.
         silent = threading.Event()
 
@@ -245,11 +256,101 @@ def test_idle_and_surplus_streams_cannot_starve_the_federation():
         assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (20 - MAX_STREAMS_PER_SESSION)
         # Meanwhile the federation still answers everyone else.
         assert live.join("fujian") and live.healthy()
+        # Its first poll makes hubei a member (the polls last 600 s: it stays polling).
+        while live.coordinator.connected() != ["hubei"]:
+            threading.Event().wait(0.05)
+        # A stranger cannot take the seat of a province that is polling, nor invent one.
+        for province, code in (
+            ("hubei", grpc.StatusCode.ALREADY_EXISTS),
+            ("atlantis", grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.RpcError) as refused_join:
+                live.join(province)
+            assert refused_join.value.code() == code
+        # Joined but never polled, fujian is not a member: it counts toward no quorum.
+        assert "fujian" not in live.coordinator.connected()
         silent.set()
         for call in [*watches, *polls]:
             call.cancel()
     finally:
         live.close()
+
+
+def test_a_federation_completes_beside_idle_strangers_and_a_stranger_holding_a_seat(tmp_path):
+    federation = LocalFederation(
+        tmp_path,
+        "lr-exact",
+        2,
+        ROWS,
+        SEED,
+        provinces=HONEST,
+        server_args=[*FAST, "--reflection"],
+        insecure=True,
+    )
+    federation.start_server()
+    channel = grpc.insecure_channel(federation.address)
+    silent, stop = threading.Event(), threading.Event()
+
+    def nothing():
+        silent.wait()
+        yield from ()
+
+    try:
+        grpc.channel_ready_future(channel).result(timeout=120)
+        watch = health_pb2_grpc.HealthStub(channel).Watch
+        info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+        idle = [watch(health_pb2.HealthCheckRequest(), timeout=600) for _ in range(40)]
+        idle += [info(nothing(), timeout=600) for _ in range(40)]
+        refused = refusals(idle, 80 - PEER_SIDE_CALLS)
+        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (80 - PEER_SIDE_CALLS)
+        # A stranger takes a free province's seat and keeps its session fresh, never polling.
+        stub = pb_grpc.FederationStub(channel)
+        seat = stub.Join(pb.JoinRequest(province="shanghai", rows=1000), timeout=60).session
+        bogus = pb.SubmitChunk(outcome=pb.Outcome(task_id="none", round=1, kind=1))
+
+        def keep_fresh():
+            while not stop.wait(0.5):
+                with contextlib.suppress(grpc.RpcError):
+                    stub.Submit(iter([bogus]), timeout=60, metadata=((SESSION_METADATA_KEY, seat),))
+
+        stranger = threading.Thread(target=keep_fresh, daemon=True)
+        stranger.start()
+        for province in HONEST:
+            federation.start_client(province)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=60).status == SERVING
+        codes = federation.wait(timeout=300)
+    finally:
+        stop.set()
+        silent.set()
+        channel.close()
+    assert codes == {"server": 0, **{p: 0 for p in HONEST}}, codes
+    results = federation.results()
+    assert set(results["statistics"]["train_samples"]) == set(HONEST)
+    assert all(record["clients"] == sorted(HONEST) for record in results["rounds"])
+
+
+def test_the_health_port_is_a_server_of_its_own_that_serves_no_federation_call():
+    servicer = health.HealthServicer()
+    address = f"127.0.0.1:{free_port()}"
+    probes = build_health_server(address, servicer, reflection_on=False, idle_seconds=600)
+    probes.start()
+    channel = grpc.insecure_channel(address)
+    try:
+        watch = health_pb2_grpc.HealthStub(channel).Watch
+        watches = [watch(health_pb2.HealthCheckRequest(), timeout=600) for _ in range(40)]
+        refused = refusals(watches, 40 - PEER_SIDE_CALLS)
+        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (40 - PEER_SIDE_CALLS)
+        check = health_pb2_grpc.HealthStub(channel).Check
+        assert check(health_pb2.HealthCheckRequest(), timeout=60).status == SERVING
+        with pytest.raises(grpc.RpcError) as federation:
+            pb_grpc.FederationStub(channel).Join(pb.JoinRequest(province="hubei"), timeout=60)
+        assert federation.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        for call in watches:
+            call.cancel()
+    finally:
+        channel.close()
+        probes.stop(grace=0)
 
 
 def test_a_stream_that_sends_nothing_is_cancelled_and_reflection_is_off_by_default():
