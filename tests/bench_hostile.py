@@ -15,25 +15,33 @@ Benchmarks measure and print; they assert nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import statistics
 import tempfile
 import threading
 import time
 import timeit
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from common import preprocess
 from common.data import synthesize_province
+from common.launch import free_port
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.__main__ import build_server
 from server.checks import check_outcome, check_statistics
+from server.coordinator import Coordinator
 from server.localrun import LocalFederation
 from tests.fuzzing import SEEDS, Fuzzer, rss_bytes
 
@@ -131,6 +139,84 @@ def during(attack: Callable[[str], Callable[[], None]], out: Path, args) -> tupl
     return seconds, stop()
 
 
+def serve_threaded(port: int, ready: Any) -> None:
+    """A bare threaded grpcio server of health and reflection, 32 handler threads (as
+    fedstock's default), without fedstock's limits."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    reflection.enable_server_reflection((health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    ready.set()
+    server.wait_for_termination()
+
+
+def serve_asyncio(port: int, ready: Any) -> None:
+    """The same with grpc.aio: one event loop, no thread per call."""
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        reflection.enable_server_reflection((health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def serve_fedstock(port: int, ready: Any) -> None:
+    """fedstock's own threaded server (32 threads and its limits), with reflection on."""
+    server, _ = build_server(
+        Coordinator(poll_seconds=2), f"127.0.0.1:{port}", 32, 1 << 20, reflection_on=True
+    )
+    server.start()
+    ready.set()
+    server.wait_for_termination()
+
+
+def silent_reflection(kind: str, serve: Callable[[int, Any], None], count: int) -> None:
+    """Print a bare server's RSS with `count` reflection streams that send nothing, and whether
+    a health Check still answers within 10 s."""
+    spawn = multiprocessing.get_context("spawn")
+    ready, port = spawn.Event(), free_port()
+    process = spawn.Process(target=serve, args=(port, ready), daemon=True)
+    process.start()
+    ready.wait(timeout=300)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    silent = threading.Event()
+
+    def nothing():
+        silent.wait()
+        yield from ()
+
+    try:
+        grpc.channel_ready_future(channel).result(timeout=300)
+        before = rss_bytes(process.pid)
+        info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+        calls = [info(nothing(), timeout=3600) for _ in range(count)]
+        time.sleep(5)  # let the server take them in; a figure, not a test
+        began = time.perf_counter()
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            check = f"a health Check answered in {time.perf_counter() - began:.3f} s"
+        except grpc.RpcError as error:
+            check = f"a health Check failed: {error.code().name}"
+        after = rss_bytes(process.pid)
+        print(
+            f"  {kind}: {count:,} silent reflection streams; RSS {before / MIB:.1f} -> "
+            f"{after / MIB:.1f} MiB; {check}"
+        )
+        silent.set()
+        for call in calls:
+            call.cancel()
+    finally:
+        channel.close()
+        process.kill()
+        process.join()
+
+
 def check_cost() -> float:
     """Seconds the checks of nine provinces' outcomes take in one round (train and evaluate)."""
     data = preprocess.split(synthesize_province("hubei", 20_000, 3), "next-day")
@@ -151,7 +237,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=100_000, help="fuzzed messages")
     parser.add_argument("--rounds", type=int, default=5, help="honest rounds per run")
     parser.add_argument("--rows", type=int, default=20_000, help="rows of the synthetic market")
+    parser.add_argument(
+        "--streams", type=int, default=1000, help="silent streams on the bare servers"
+    )
     args = parser.parse_args(argv)
+    print("bare grpcio servers of health and reflection, threaded (32 threads) and asyncio:")
+    silent_reflection("threaded", serve_threaded, 40)
+    silent_reflection("threaded", serve_threaded, args.streams)
+    silent_reflection("asyncio", serve_asyncio, args.streams)
+    silent_reflection("fedstock (threaded, its limits)", serve_fedstock, args.streams)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         print("cost of the outcome checks:")
