@@ -1,14 +1,16 @@
 """`make bench-hostile`: what hostile callers cost a real server process, and what the checks cost.
 
-Prints, for a server started with `python -m server --insecure`:
+Prints first, for bare grpcio servers of health and reflection (threaded with 32 threads, and
+asyncio) and for fedstock's own: their RSS with --streams silent reflection streams, and whether
+a health Check still answers. Then, for a server started with `python -m server --insecure`:
 - its RSS before and after --messages random and mutated messages across every method;
 - its RSS with 1,000 idle connections, and with 100 idle streams (health watches and silent
   Submits: how many the server held, how many it refused);
-- the same server's honest run afterwards (a fresh one, for the fuzzing: strangers' sessions
-  would count toward its quorum);
+- a fresh server's honest run after it was fuzzed;
 - an honest federation's mean round seconds (two provinces, lr-exact) alone and during each
   attack;
-- the seconds the outcome checks take per round for nine provinces.
+- the seconds the outcome checks (and --robust-metrics' weighting) take per round for nine
+  provinces.
 Benchmarks measure and print; they assert nothing.
 """
 
@@ -36,6 +38,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from common import preprocess
 from common.data import synthesize_province
 from common.launch import free_port
+from common.provinces import PROVINCES
+from common.scores import Evaluation
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
@@ -43,6 +47,8 @@ from server.__main__ import build_server
 from server.checks import check_outcome, check_statistics
 from server.coordinator import Coordinator
 from server.localrun import LocalFederation
+from server.robust_metrics import capped
+from server.strategy import ClientResult
 from tests.fuzzing import SEEDS, Fuzzer, rss_bytes
 
 HONEST = ("hubei", "fujian")
@@ -225,6 +231,10 @@ def check_cost() -> float:
     metrics = {"mse": 0.04, "train_mse": 0.03, "seconds": 1.0}
     per_stats = min(timeit.repeat(lambda: check_statistics(sums, n, columns), number=200)) / 200
     per_outcome = min(timeit.repeat(lambda: check_outcome(n, metrics, 10 * n), number=2000)) / 2000
+    scores = [ClientResult(p, n // 4, {"mse": 0.04}) for p in PROVINCES]
+    evaluation = Evaluation.weighted(scores)
+    per_round = min(timeit.repeat(lambda: capped(evaluation), number=2000)) / 2000
+    print(f"  --robust-metrics' weighting: {per_round * 1e6:.1f} µs per round")
     print(f"  check_statistics: {per_stats * 1e6:.0f} µs per province (once per run)")
     print(f"  check_outcome: {per_outcome * 1e6:.1f} µs per outcome")
     return 9 * 2 * per_outcome
@@ -295,8 +305,8 @@ def main(argv: list[str] | None = None) -> None:
 
         def fuzzing(address: str):
             channel = grpc.insecure_channel(address)
-            # No Join: on an --insecure server a stranger's valid Join counts toward the quorum
-            # (docs/hardening.md), which this run is not about.
+            # No Join: on an --insecure server a fuzzed Join that names an honest province can
+            # take its seat while it trains (docs/hardening.md), which this run is not about.
             methods = tuple(m for m in SEEDS if not m.endswith("/Join"))
             fuzzer, stop = Fuzzer(channel, seed=1, methods=methods), threading.Event()
             thread = threading.Thread(target=lambda: fuzzer.send(10**9, stop), daemon=True)

@@ -34,6 +34,21 @@ HONEST = ("hubei", "fujian")
 COLUMNS = 9  # next-day: eight features and the target
 
 
+def two_honest(tmp_path, rounds: int, *server_args: str) -> LocalFederation:
+    """An lr-exact federation of the two honest provinces over plaintext, for a stranger or a
+    liar to join."""
+    return LocalFederation(
+        tmp_path,
+        "lr-exact",
+        rounds,
+        ROWS,
+        SEED,
+        provinces=HONEST,
+        server_args=[*FAST, *server_args],
+        insecure=True,
+    )
+
+
 def absurd_numbers() -> list[Lie]:
     """The issue's finite-but-absurd outcomes, one per task the liar is given, in order."""
     shapes = statistics_shapes(COLUMNS)
@@ -48,16 +63,7 @@ def absurd_numbers() -> list[Lie]:
 
 
 def test_absurd_numbers_are_refused_and_the_honest_model_is_untouched(tmp_path):
-    federation = LocalFederation(
-        tmp_path,
-        "lr-exact",
-        2,
-        ROWS,
-        SEED,
-        provinces=HONEST,
-        server_args=[*FAST, "--min-available", "3"],
-        insecure=True,
-    )
+    federation = two_honest(tmp_path, 2, "--min-available", "3")
     federation.start_server()
     lies = iter(absurd_numbers())
     liar = Liar(federation.address, "shanghai", 1000, lambda task: next(lies, None))
@@ -93,16 +99,7 @@ def test_absurd_numbers_are_refused_and_the_honest_model_is_untouched(tmp_path):
 
 
 def test_a_billion_claimed_test_rows_cannot_set_the_round_mse_with_robust_metrics(tmp_path):
-    federation = LocalFederation(
-        tmp_path,
-        "lr-exact",
-        1,
-        ROWS,
-        SEED,
-        provinces=HONEST,
-        server_args=[*FAST, "--min-available", "3", "--robust-metrics"],
-        insecure=True,
-    )
+    federation = two_honest(tmp_path, 1, "--min-available", "3", "--robust-metrics")
     federation.start_server()
     claimed = 10**9  # within the rows it declares at Join, so every check passes
     lies = iter(
@@ -277,16 +274,7 @@ def test_idle_and_surplus_streams_cannot_starve_the_federation():
 
 
 def test_a_federation_completes_beside_idle_strangers_and_a_stranger_holding_a_seat(tmp_path):
-    federation = LocalFederation(
-        tmp_path,
-        "lr-exact",
-        2,
-        ROWS,
-        SEED,
-        provinces=HONEST,
-        server_args=[*FAST, "--reflection"],
-        insecure=True,
-    )
+    federation = two_honest(tmp_path, 2, "--reflection")
     federation.start_server()
     channel = grpc.insecure_channel(federation.address)
     silent, stop = threading.Event(), threading.Event()
