@@ -20,6 +20,7 @@ from common import analysis
 from common.models import linear
 from common.preprocess import Split
 from common.registry import model_spec
+from common.settings import TaskContext
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
@@ -117,7 +118,7 @@ def analyse(
     prediction = trainer.predict(model, x_test, config)
     metrics = {
         analysis.GLOBAL_MSE: mse(prediction, y),
-        analysis.MEAN_MSE: mse(np.full(len(y), float(config["target_mean"])), y),
+        analysis.MEAN_MSE: mse(np.full(len(y), TaskContext.from_config(config).target_mean), y),
     }
     sums: Arrays = {}
     if int(config.get(analysis.SCORE_SUMS, 0)):

@@ -18,6 +18,7 @@ from client.optim import LinearSGD, local_steps
 from common import preprocess
 from common.models import forest, linear, rff, svr
 from common.registry import model_spec
+from common.settings import TaskContext
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -62,7 +63,8 @@ def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
     column = x[:, columns.index("close")]
     if not scaled:
         return column
-    return column * float(config["close_scale"]) + float(config["close_mean"])
+    context = TaskContext.from_config(config)
+    return column * context.close_scale + context.close_mean
 
 
 # A tree or an RBF machine predicts only values near those it was trained on, so a province's
@@ -107,27 +109,28 @@ def target_frame(
     size for every market, whatever its price level. The target is 'change' or 'price';
     the SVMs' `svm_target` unless given.
     """
+    context = TaskContext.from_config(config)
     if (target or config["svm_target"]) == "change":
-        return close(x, config, scaled=True), config["change_mean"], config["change_std"]
-    return 0.0, config["target_mean"], config["target_std"]
+        return close(x, config, scaled=True), context.change_mean, context.change_std
+    return 0.0, context.target_mean, context.target_std
 
 
 def standardise(
     y: np.ndarray, x: np.ndarray, config: Config, target: str | None = None
 ) -> np.ndarray:
     base, mean, std = target_frame(x, config, target)
-    return (y - base - float(mean)) / float(std)
+    return (y - base - mean) / std
 
 
 def restore(t: np.ndarray, x: np.ndarray, config: Config, target: str | None = None) -> np.ndarray:
     base, mean, std = target_frame(x, config, target)
-    return base + float(mean) + t * float(std)
+    return base + mean + t * std
 
 
 def gamma(n_features: int, config: Config) -> float:
     """The RBF width: a number, or 'scale' from the federation's feature variance."""
     if config["svm_gamma"] == "scale":
-        return rff.scale_gamma(n_features, float(config["feature_variance"]))
+        return rff.scale_gamma(n_features, TaskContext.from_config(config).feature_variance)
     return float(config["svm_gamma"])
 
 
@@ -164,7 +167,7 @@ def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) 
         local_preconditioner(features, x),
         c=float(config["svm_c"]),
         epsilon=float(config["svm_epsilon"]),
-        rows=int(config["train_rows"]),
+        rows=TaskContext.from_config(config).train_rows,
         # Decaying steps let the averaged weights settle over the rounds.
         learning_rate=float(config["svm_learning_rate"]) / np.sqrt(int(config["round"])),
         epochs=int(config["svm_epochs"]),

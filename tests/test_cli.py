@@ -27,36 +27,6 @@ def parser_calls() -> list[tuple[str, ast.Call]]:
     return calls
 
 
-def is_command_line(path: Path) -> bool:
-    """A program's command line: `__main__.py`, `cli.py` or `<program>_cli.py`."""
-    return path.stem in ("__main__", "cli") or path.stem.endswith("_cli")
-
-
-def imports_argparse(path: Path) -> bool:
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
-            return True
-        if isinstance(node, ast.ImportFrom) and node.module == "argparse":
-            return True
-    return False
-
-
-def test_only_command_line_modules_import_argparse():
-    """Domain modules receive typed settings; flags are parsed in the CLI modules alone."""
-    modules = [p for package in PACKAGES[:-1] for p in sorted((ROOT / package).rglob("*.py"))]
-    assert any(imports_argparse(p) for p in modules if is_command_line(p))  # the check can see
-    offenders = [str(p.relative_to(ROOT)) for p in modules if not is_command_line(p)]
-    assert [p for p in offenders if imports_argparse(ROOT / p)] == []
-
-
-def test_the_baselines_import_nothing_from_the_server():
-    for path in sorted((ROOT / "baselines").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            assert not any(n == "server" or n.startswith("server.") for n in names), path
-
-
 # Programs whose command line moved out of the module `python -m` runs: the module still runs it.
 MOVED = (
     "server.ledger",

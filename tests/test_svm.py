@@ -7,6 +7,7 @@ from sklearn.svm import SVR
 from client import trainers
 from common.models import rff, svr
 from common.models.checks import UpdateError
+from common.settings import TaskContext
 from server.models import build_strategy, defaults
 from server.strategy import ClientResult
 
@@ -54,9 +55,16 @@ def config(**overrides):
         "svm_gamma": 1.0,
         "svm_epochs": 2,
         "svm_learning_rate": 0.5,  # a dozen steps a round here, not thousands as on real data
-        "train_rows": 4500,
-        "target_mean": 0.0,
-        "target_std": 1.0,
+        **TaskContext(
+            train_rows=4500,
+            close_mean=0.0,
+            close_scale=1.0,
+            target_mean=0.0,
+            target_std=1.0,
+            change_mean=0.0,
+            change_std=1.0,
+            feature_variance=1.0,
+        ).to_config(),
         **overrides,
     }
 
