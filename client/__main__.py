@@ -21,7 +21,8 @@ from common.data import DataError, load_province, synthesize_province
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
 from common.keysign import Identity
 from common.logs import setup_logging
-from common.provinces import PROVINCES, check_province
+from common.members import load as load_members
+from common.provinces import PROVINCES
 from common.secagg import SecAggError
 from common.settings import SettingsError
 from common.tls import TLSSetupError, client_credentials
@@ -43,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--province",
         default=env("PROVINCE", None),
-        help=f"this client's province, one of: {', '.join(PROVINCES)} [FEDSTOCK_PROVINCE]",
+        help="this client's province: one of the members of the federation (by default the "
+        f"paper's nine: {', '.join(PROVINCES)}) [FEDSTOCK_PROVINCE]",
+    )
+    add(
+        "--members",
+        type=Path,
+        default=env("MEMBERS", None),
+        metavar="FILE",
+        help="the federation's members, as the server's --members FILE (CSV: name, "
+        "display_name, identity; or TOML [[member]] tables); the synthetic market deals its "
+        "rows among them [FEDSTOCK_MEMBERS]",
     )
     add(
         "--server",
@@ -145,9 +156,10 @@ def parse_args(argv: list[str] | None = None) -> ClientConfig:
     if args.province is None:
         parser.error("--province is required (or set FEDSTOCK_PROVINCE)")
     try:
-        province = check_province(args.province)
+        members = load_members(args.members)
+        province = members.check(args.province)
         given = {f.name: getattr(args, f.name) for f in fields(ClientConfig)}
-        return ClientConfig(**{**given, "province": province})
+        return ClientConfig(**{**given, "province": province, "members": members})
     except ValueError as error:  # ConfigError among them
         parser.error(str(error))
 
@@ -157,18 +169,25 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if config.data is not None:
-            raw = load_province(config.data, config.province)
+            raw = load_province(config.data, config.province, config.members)
         else:
-            raw = synthesize_province(config.province, config.rows, config.seed)
+            raw = synthesize_province(config.province, config.rows, config.seed, config.members)
     except DataError as error:
         log.error("cannot load %s's data: %s", config.province, error)
         return 2
     log.info("%s holds %d rows", config.province, len(raw))
     try:
+        me = config.members.member(config.province)
         credentials = (
-            None if config.insecure else client_credentials(config.tls_dir, config.province)
+            None
+            if config.insecure
+            else client_credentials(config.tls_dir, config.province, me.identity)
         )
-        identity = None if config.insecure else Identity.load(config.tls_dir, config.province)
+        identity = (
+            None
+            if config.insecure
+            else Identity.load(config.tls_dir, config.province, config.members)
+        )
         he_key = config.he_key
         share = read_share(he_key, config.province, config.he_insecure_key_size) if he_key else None
         privacy = ClientPrivacy(share, identity)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.cli import ConfigError
-from common.provinces import PROVINCES
+from common.members import PAPER, Members
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,13 @@ class ClientConfig:
     slowdown: float
     receipts: Path
     he_insecure_key_size: bool = False
+    members: Members = PAPER  # the federation's, from --members: who this client may be
 
     def __post_init__(self) -> None:
-        if self.province not in PROVINCES:
-            raise ConfigError(
-                f"unknown province {self.province!r}; expected one of: {', '.join(PROVINCES)}"
-            )
+        try:
+            self.members.check(self.province)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.rows < 1:
             raise ConfigError("--rows must be positive")
         if not 1 <= self.slowdown < math.inf:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.members import PAPER, Members
 from common.secagg import SecAggError
 from common.tls import TLSSetupError, read_pem
 
@@ -58,15 +59,16 @@ class Identity:
     key: ec.EllipticCurvePrivateKey
     certificate: bytes  # PEM, relayed with each signature
     authority: x509.Certificate
+    members: Members = PAPER  # whose certificate names which identity
 
     @classmethod
-    def load(cls, folder: Path, province: str) -> Identity:
+    def load(cls, folder: Path, province: str, members: Members = PAPER) -> Identity:
         """The files `python -m server.certs` writes: <province>.key/.pem and ca.pem."""
         key = serialization.load_pem_private_key(read_pem(folder, f"{province}.key"), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise TLSSetupError(f"{folder / province}.key is not an elliptic-curve key")
         authority = x509.load_pem_x509_certificate(read_pem(folder, "ca.pem"))
-        return cls(province, key, read_pem(folder, f"{province}.pem"), authority)
+        return cls(province, key, read_pem(folder, f"{province}.pem"), authority, members)
 
     def sign(self, server_round: int, index: int, keys: bytes, context: bytes = b"") -> bytes:
         return self.sign_message(bundle(server_round, index, self.province, keys, context))
@@ -129,7 +131,7 @@ class Identity:
             usages = x509.ExtendedKeyUsage([])
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
             raise refuse("carry a certificate not issued to a client")
-        if _common_name(leaf) != province:
+        if self.members.by_identity(_common_name(leaf)) != province:
             raise refuse(f"carry {_common_name(leaf)!r}'s certificate")
         public = leaf.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey):

@@ -48,6 +48,8 @@ class LocalFederation:
     seed: int = DEFAULT_SEED
     data: Path | None = None
     provinces: tuple[str, ...] = PROVINCES
+    # A --members FILE for every process (provinces then names who of them to start).
+    members_file: Path | None = None
     server_args: list[str] = field(default_factory=list)
     client_args: list[str] = field(default_factory=list)
     insecure: bool = False
@@ -72,14 +74,18 @@ class LocalFederation:
         if self.insecure:
             return ["--insecure"]
         if not (self.tls_dir / "ca.pem").exists():
+            certs = ["-m", "server.certs", "--out", str(self.tls_dir), *self._members()]
             made = subprocess.run(
-                [sys.executable, "-m", "server.certs", "--out", str(self.tls_dir)],
+                [sys.executable, *certs],
                 capture_output=True,
                 text=True,
             )
             if made.returncode != 0:
                 raise RuntimeError(f"cannot make the run's certificates: {made.stderr.strip()}")
         return ["--tls-dir", str(self.tls_dir)]
+
+    def _members(self) -> list[str]:
+        return ["--members", str(self.members_file)] if self.members_file else []
 
     def start_server(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -97,12 +103,14 @@ class LocalFederation:
             "--results",
             str(self.results_path),
             *self._security(),
+            *self._members(),
             *self.server_args,
         ]
         self.server = self._spawn("server", ["-m", "server", *args])
 
     def start_client(self, province: str, *extra: str) -> subprocess.Popen:
         args = ["--province", province, "--server", self.address, *self._security()]
+        args += self._members()
         args += ["--receipts", str(self.out / "receipts")]
         args += (
             ["--data", str(self.data)]

@@ -41,7 +41,7 @@ def server_credentials(folder: Path) -> grpc.ServerCredentials:
 
 
 def check_client_certificate(
-    folder: Path, province: str, now: datetime.datetime | None = None
+    folder: Path, province: str, now: datetime.datetime | None = None, identity: str | None = None
 ) -> None:
     """Refuse, naming the fault, a certificate the server would refuse: another province's, one
     not issued by ca.pem, or one outside its validity. The server only closes the connection on
@@ -59,7 +59,7 @@ def check_client_certificate(
         ) from None
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     owner = str(names[0].value) if names else ""
-    if owner != province:
+    if owner != (identity or province):
         raise TLSSetupError(
             f"{path} is the certificate of {owner or 'no province'}, not of {province}: "
             f"use {province}'s own certificate and key from the federation's operator"
@@ -84,9 +84,12 @@ def check_client_certificate(
         )
 
 
-def client_credentials(folder: Path, province: str) -> grpc.ChannelCredentials:
-    """A province's identity, checked first, and the CA the server's certificate must chain to."""
-    check_client_certificate(folder, province)
+def client_credentials(
+    folder: Path, province: str, identity: str | None = None
+) -> grpc.ChannelCredentials:
+    """A province's identity (its certificate names `identity`, by default the province's own
+    name), checked first, and the CA the server's certificate must chain to."""
+    check_client_certificate(folder, province, identity=identity)
     return grpc.ssl_channel_credentials(
         root_certificates=read_pem(folder, "ca.pem"),
         private_key=read_pem(folder, f"{province}.key"),

@@ -232,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", error)
         return 2
     serve = config.serve
-    coordinator = Coordinator(poll_seconds=serve.poll_seconds, report_hint=tls_hint(serve.insecure))
+    coordinator = Coordinator(
+        poll_seconds=serve.poll_seconds,
+        report_hint=tls_hint(serve.insecure),
+        members=serve.members,
+    )
     address = f"{serve.host}:{serve.port}"
     if serve.insecure:
         log.warning("serving WITHOUT TLS (--insecure): clients are not authenticated")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.members import PAPER, Members
 
 DEFAULT_SERVER_NAMES = ("server", "localhost", "127.0.0.1", "::1")
 
@@ -117,13 +120,17 @@ class Authority:
         return _key_pem(self.key), self.certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def write_federation(out: Path, server_names: tuple[str, ...], provinces: tuple[str, ...]) -> None:
-    """The CA, the server's identity and every province's identity, into `out`."""
+def write_federation(
+    out: Path, server_names: tuple[str, ...], members: Members | Iterable[str] = PAPER
+) -> None:
+    """The CA, the server's identity and every member's (<name>.pem naming its identity);
+    `members` may be plain names, each its own identity."""
+    members = members if isinstance(members, Members) else Members.of(members)
     out.mkdir(parents=True, exist_ok=True)
     authority = Authority.create()
     files = {"ca": authority.pem(), "server": authority.issue(server_names[0], server_names, False)}
-    for province in provinces:
-        files[province] = authority.issue(province, (), client=True)
+    for member in members:
+        files[member.name] = authority.issue(member.identity, (), client=True)
     for stem, (key, certificate) in files.items():
         key_path = out / f"{stem}.key"
         key_path.write_bytes(key)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.provinces import PROVINCES
+from common.members import MembersError
+from common.members import load as load_members
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
 
 
@@ -25,20 +26,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="a name or address the server is reached by (repeatable); default: "
         + ", ".join(DEFAULT_SERVER_NAMES),
     )
+    parser.add_argument(
+        "--members",
+        type=Path,
+        metavar="FILE",
+        help="issue client certificates for the members this file names (as the server's "
+        "--members); default: the paper's nine provinces",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing CA")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        members = load_members(args.members)
+    except MembersError as error:
+        parser.error(str(error))
     if (args.out / "ca.pem").exists() and not args.force:
         print(f"{args.out}/ca.pem exists; keeping it (use --force to replace it)")
         return 0
     names = tuple(args.server_names or DEFAULT_SERVER_NAMES)
-    write_federation(args.out, names, PROVINCES)
+    write_federation(args.out, names, members)
     print(
         f"wrote a CA, a server certificate for {', '.join(names)} and "
-        f"{len(PROVINCES)} province certificates to {args.out}/"
+        f"{len(members)} client certificates to {args.out}/"
     )
     return 0
 

@@ -15,6 +15,7 @@ from common.cli import env, env_flag
 from common.compression import METHODS
 from common.features import FEATURE_SETS
 from common.hyperparameters import ALL_OPTIONS, OPTIONS
+from common.members import load as load_members
 from common.preprocess import SETTINGS
 from common.registry import MODELS
 from common.wire import ConfigScalar
@@ -171,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_flag("INSECURE"),
         help="serve without TLS: anyone who reaches the port can join as any province "
         "[FEDSTOCK_INSECURE=1]",
+    )
+    add(
+        "--members",
+        type=Path,
+        default=env("MEMBERS", None),
+        metavar="FILE",
+        help="the federation's members, if not the paper's nine provinces: a CSV with a header "
+        "name,display_name,identity (identity: the common name of the member's certificate; "
+        "it and display_name may be left out) or TOML [[member]] tables; python -m "
+        "server.certs --members FILE issues their certificates [FEDSTOCK_MEMBERS]",
     )
     add(
         "--privacy",
@@ -479,13 +490,14 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     """The parsed flags as typed settings: each section by the names of its flags."""
     try:
         grid = parse_grid(args.grid)
-    except ValueError as error:
+        members = load_members(args.members)
+    except ValueError as error:  # MembersError among them
         raise ConfigError(str(error)) from None
     return ServerConfig(
         run=RunSettings(
             **_section(RunSettings, args, min_available=args.min_available or args.min_clients)
         ),
-        serve=ServeSettings(**_section(ServeSettings, args)),
+        serve=ServeSettings(**_section(ServeSettings, args, members=members)),
         model=ModelSettings(
             model=args.model,
             options={name: getattr(args, name) for name in ALL_OPTIONS},

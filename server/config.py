@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.cli import ConfigError
 from common.compression import METHODS
+from common.members import PAPER, Members
 from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
@@ -102,6 +103,7 @@ class ServeSettings:
     http_port: int
     http_host: str
     linger: float
+    members: Members = PAPER  # who may join (--members FILE)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from client.receipts import Receipt
-from common.provinces import PROVINCES
+from common.members import PAPER, Members
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.channel import Accept, Assignment, Phase
 from server.strategy import ClientResult, Failure
@@ -95,8 +95,10 @@ class Coordinator:
         poll_seconds: float,
         report_seconds: float = QUORUM_REPORT_SECONDS,
         report_hint: str = "",
+        members: Members = PAPER,
     ) -> None:
         self.poll_seconds = poll_seconds
+        self.members = members  # who may join
         self.report_seconds = report_seconds
         self.report_hint = report_hint  # what a client must do to be let in, said with each report
         self._lock = threading.RLock()
@@ -174,7 +176,9 @@ class Coordinator:
             while len(connected := self.connected()) < count:
                 now = time.monotonic()
                 if now >= report:  # before the end check: a wait longer than one period reports
-                    missing = sorted(set(PROVINCES) - set(connected))
+                    missing = sorted(set(self.members.names) - set(connected))
+                    if len(missing) > 12:
+                        missing = [*missing[:12], f"and {len(missing) - 12} more"]
                     log.info(
                         "waiting for the quorum, %d of %d connected after %.0f s: %s; not "
                         "connected: %s%s",

@@ -13,7 +13,6 @@ import grpc
 
 from common.bounded import bounded
 from common.models.checks import UpdateError
-from common.provinces import PROVINCES, check_province
 from common.tensors import BudgetExhausted, ByteBudget, PayloadError, PayloadReceiver
 from common.tls import peer_common_name
 from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
@@ -48,7 +47,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         try:
-            province = check_province(request.province)
+            province = self._coordinator.members.check(request.province)
             check_rows(request.rows)
         except ValueError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(error))
@@ -205,13 +204,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         """Under mutual TLS, the province named by the caller's verified certificate."""
         if not self._mutual_tls:
             return None
-        name = peer_common_name(context)
-        if name not in PROVINCES:
-            name = bounded(name, 80)
-            log.warning("refused a certificate for %r from %s", name, context.peer())
+        identity = peer_common_name(context)
+        name = self._coordinator.members.by_identity(identity)
+        if name is None:
+            shown = bounded(identity, 80)
+            log.warning("refused a certificate for %r from %s", shown, context.peer())
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"the certificate names {name!r}, which is not a province of this federation",
+                f"the certificate names {shown!r}, which is not a member of this federation",
             )
         return name
 

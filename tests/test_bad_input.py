@@ -227,7 +227,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-m", "client", "--province", "atlantis"], "unknown province 'atlantis'"),
+        (["-m", "client", "--province", "atlantis"], "unknown member 'atlantis'"),
         (["-m", "client"], "--province is required"),
         (["-m", "client", "--province", "hubei", "--rows", "many"], "invalid int value"),
         (["-m", "server", "--rounds", "0"], "--rounds must be at least 1"),

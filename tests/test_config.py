@@ -81,7 +81,7 @@ def test_the_client_maps_every_flag_onto_its_settings(monkeypatch, capsys):
     from_env = client_args([])
     assert from_env.province == "sichuan" and from_env.max_model_bytes == 2 << 20
     for argv, message in (
-        (["--province", "atlantis"], "unknown province 'atlantis'"),
+        (["--province", "atlantis"], "unknown member 'atlantis'"),
         (["--province", "hubei", "--rows", "0"], "--rows must be positive"),
     ):
         with pytest.raises(SystemExit):

@@ -65,7 +65,7 @@ def test_sizes_out_of_range_are_refused(total: int) -> None:
 
 
 def test_bad_province_or_seed_is_refused() -> None:
-    with pytest.raises(DataError, match="unknown province 'tibet'"):
+    with pytest.raises(DataError, match="unknown member 'tibet'"):
         synthesize_province("tibet", 5_000, 0)
     with pytest.raises(DataError, match="non-negative"):
         synthesize_province("hubei", 5_000, -1)

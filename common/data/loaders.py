@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from common.data.ashare import joinquant_code, limit_rate, round_price
 from common.data.schema import RAW_COLUMNS, DataError, to_dates, to_float, validate_raw
+from common.members import PAPER, Members
 from common.provinces import AREA_TO_PROVINCE, PROVINCES, check_province
 
 log = logging.getLogger(__name__)
@@ -270,10 +271,10 @@ def province_path(data_dir: str | Path, province: str) -> Path:
     return Path(data_dir) / f"{province}.parquet"
 
 
-def load_province(data_dir: str | Path, province: str) -> pd.DataFrame:
-    """A province's canonical raw frame from DATA_DIR/<province>.parquet."""
+def load_province(data_dir: str | Path, province: str, members: Members = PAPER) -> pd.DataFrame:
+    """A member's canonical raw frame from DATA_DIR/<province>.parquet."""
     try:
-        province = check_province(province)
+        province = members.check(province)
     except ValueError as error:
         raise DataError(str(error)) from None
     path = province_path(data_dir, province)

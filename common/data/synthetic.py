@@ -1,9 +1,12 @@
 """A deterministic synthetic A-share market: the embedded default when no real export is at hand.
 
-Each province is generated from its own seed stream and its row count depends only on the total,
-so a client can make just its own province, quickly and identically on every machine.
+Each province is generated from its own seed stream and its row count depends only on the total
+(and on who the members are), so a client can make just its own province, quickly and
+identically on every machine. The paper's nine provinces have the profiles below; any other
+member of a `--members` federation gets a profile drawn from its name.
 """
 
+import hashlib
 from math import ceil
 from typing import NamedTuple
 
@@ -12,7 +15,8 @@ import pandas as pd
 
 from common.data.ashare import round_price
 from common.data.schema import FLOAT_COLUMNS, ORACLE, RAW_COLUMNS, DataError
-from common.provinces import PROVINCES, check_province
+from common.members import PAPER, Members
+from common.provinces import PROVINCES
 
 CALENDAR = pd.bdate_range("2014-01-02", periods=1700).as_unit("ns")  # to mid-2020
 PAPER_ROWS = 2_699_730  # the seed paper's JoinQuant data set, 2014–2020
@@ -22,6 +26,8 @@ DEFAULT_SEED = 7
 ROWS_PER_STOCK = 1600  # ~1,690 stocks at the paper's 2,699,730 rows
 MIN_TOTAL_ROWS = 1_000  # the smallest province still gets two stocks of a few weeks each
 MAX_TOTAL_ROWS = 10_000_000  # keeps each province within its 2,000 codes
+# Each member's codes are a block of 1,000 Shenzhen and 1,000 Shanghai numbers in six digits.
+MAX_MEMBERS = 400
 ST_SHARE, PAUSED_SHARE, MISSING_SHARE = 0.05, 0.01, 0.001
 MEAN_REVERSION = 0.001  # daily pull of log price toward the stock's level: keeps prices sane
 # The weak structure real daily bars have (docs/market.md states and calibrates it).
@@ -57,26 +63,56 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def province_rows(total_rows: int) -> dict[str, int]:
-    """Rows per province, summing exactly to `total_rows` (largest-remainder rounding).
+def profile(name: str) -> Profile:
+    """A paper province's profile, or one drawn from the member's name: the same everywhere."""
+    if name in PROFILES:
+        return PROFILES[name]
+    draw = np.random.default_rng(_name_entropy(name))
+    return Profile(
+        int(draw.integers(3, 13)), float(draw.uniform(6.0, 30.0)), float(draw.uniform(0.018, 0.032))
+    )
 
-    A province's count depends only on the total, so each client can compute its own.
+
+def _name_entropy(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+
+
+def province_rows(total_rows: int, members: Members = PAPER) -> dict[str, int]:
+    """Rows per member, summing exactly to `total_rows` (largest-remainder rounding).
+
+    A member's count depends only on the total and the members, so each client can compute its
+    own.
     """
     if not MIN_TOTAL_ROWS <= total_rows <= MAX_TOTAL_ROWS:
         raise DataError(
             f"total rows must be between {MIN_TOTAL_ROWS:,} and {MAX_TOTAL_ROWS:,}, "
             f"got {total_rows:,}"
         )
-    weights = np.array([PROFILES[province].weight for province in PROVINCES])
+    if len(members) > MAX_MEMBERS:
+        raise DataError(
+            f"the synthetic market deals rows to at most {MAX_MEMBERS} members, "
+            f"not {len(members)}; give larger federations their own --data"
+        )
+    weights = np.array([profile(name).weight for name in members.names])
     rows, remainders = np.divmod(total_rows * weights, weights.sum())
     short = total_rows - int(rows.sum())
     rows[np.argsort(-remainders, kind="stable")[:short]] += 1
-    return dict(zip(PROVINCES, rows.tolist(), strict=True))
+    return dict(zip(members.names, rows.tolist(), strict=True))
 
 
-def synthesize(total_rows: int, seed: int) -> dict[str, pd.DataFrame]:
-    """The whole market: every province's raw frame."""
-    return {province: synthesize_province(province, total_rows, seed) for province in PROVINCES}
+def synthesize(total_rows: int, seed: int, members: Members = PAPER) -> dict[str, pd.DataFrame]:
+    """The whole market: every member's raw frame."""
+    return {name: synthesize_province(name, total_rows, seed, members) for name in members.names}
+
+
+def _placing(name: str, members: Members) -> tuple[list[int], int]:
+    """The member's seed stream and its block of codes. A paper province keeps its own whatever
+    the members, so the default market is the same in every federation; the others follow
+    the paper's nine in the order the members file lists them."""
+    if name in PROVINCES:
+        return [PROVINCES.index(name)], PROVINCES.index(name)
+    others = [n for n in members.names if n not in PROVINCES]
+    return [len(PROVINCES) + 1, _name_entropy(name)], len(PROVINCES) + others.index(name)
 
 
 def _series_lengths(rows: int, stocks: int, rng: np.random.Generator) -> np.ndarray:
@@ -189,8 +225,10 @@ def _walk(
     return Walk(previous_close, close, average, next_drift)
 
 
-def synthesize_province(province: str, total_rows: int, seed: int) -> pd.DataFrame:
-    """One province's raw frame, sorted by code then date; depends only on the three arguments.
+def synthesize_province(
+    province: str, total_rows: int, seed: int, members: Members = PAPER
+) -> pd.DataFrame:
+    """One member's raw frame, sorted by code then date; depends only on the arguments.
 
     Stocks list on different days and all trade to the calendar's end, kept inside A-share daily
     price limits. Each day's log return is the stock's own drift (mean reversion to its level,
@@ -200,15 +238,15 @@ def synthesize_province(province: str, total_rows: int, seed: int) -> pd.DataFra
     expectation of the next trading day's average price (docs/market.md).
     """
     try:
-        province = check_province(province)
+        province = members.check(province)
     except ValueError as error:
         raise DataError(str(error)) from None
     if seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed}")
-    index = PROVINCES.index(province)
-    profile = PROFILES[province]
-    rows = province_rows(total_rows)[province]
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    stream, index = _placing(province, members)
+    shape_of = profile(province)
+    rows = province_rows(total_rows, members)[province]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
     stocks = max(2, ceil(rows / ROWS_PER_STOCK))
     lengths = _series_lengths(rows, stocks, rng)
@@ -216,8 +254,8 @@ def synthesize_province(province: str, total_rows: int, seed: int) -> pd.DataFra
     listed = np.arange(days)[:, None] >= (days - lengths)[None, :]
     shape = (days, stocks)
 
-    level = profile.price * rng.lognormal(0, 0.5, stocks)
-    volatility = profile.volatility * rng.lognormal(0, 0.25, stocks)
+    level = shape_of.price * rng.lognormal(0, 0.5, stocks)
+    volatility = shape_of.volatility * rng.lognormal(0, 0.25, stocks)
     beta = rng.uniform(0.5, 1.5, stocks)
     sector = 1 + rng.integers(0, SECTORS, stocks)  # its column among the factors
     loading = rng.uniform(0.5, 1.5, stocks)
