@@ -249,7 +249,9 @@ def test_empty_inputs(tmp_path: Path, basic: Path) -> None:
 
 
 def test_unknown_provinces(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="unknown member 'tibet'; expected one of the 9 members: hubei"):
+    with pytest.raises(
+        DataError, match="unknown member 'tibet'; expected one of the 9 members: hubei"
+    ):
         load_province(tmp_path, "tibet")
     with pytest.raises(DataError, match="unknown province 'mars'"):
         write_provinces({"mars": synthesize(5_000, seed=0)["hubei"]}, tmp_path)
