@@ -218,6 +218,7 @@ class Client:
     _held: dict[int, tuple[int, int]] = field(default_factory=dict)
     _exchange: int = 0  # the last exchange number masked
     _peers: frozenset[int] = frozenset()  # whom every exchange masks with
+    _seeds: dict[int, bytes] = field(default_factory=dict)
 
     def advertise(self) -> tuple[bytes, bytes]:
         """The public keys the server relays: one to encrypt shares, one to agree masks."""
@@ -331,7 +332,12 @@ class Client:
             )
 
     def _seed(self, other: int) -> bytes:
-        return agree(self._mask_key, self._adverts[other][1], _pair(self.index, other))
+        """The pair's seed, agreed once: exchanges derive theirs from it."""
+        if other not in self._seeds:
+            self._seeds[other] = agree(
+                self._mask_key, self._adverts[other][1], _pair(self.index, other)
+            )
+        return self._seeds[other]
 
     def _pairwise(self, total: np.ndarray, seeds: dict[int, bytes]) -> np.ndarray:
         """`total` plus the mask of each pair: added by the lower index, subtracted by the

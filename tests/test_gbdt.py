@@ -183,3 +183,15 @@ def test_rows_descend_level_by_level_to_the_leaves_a_whole_descent_finds():
     moved = {**tree, "threshold": tree["threshold"] + 1.0}
     node = histtree.descend(tree, moved, party.node, party.x32)
     assert np.array_equal(node, histtree.leaves(moved, party.x32))
+
+
+def test_a_party_grows_a_fresh_ensemble_each_round():
+    x, y = data()
+    settings = TreeSettings(trees=4, max_depth=3)
+    parties = [Party(px, py, settings) for px, py in partitions(x, y)]
+    mean, std, base = x.mean(axis=0), x.std(axis=0), float(np.mean(y))
+    first = fit_parties(parties, mean, std, base, settings)
+    # The same parties, a second round (its sketch first): the same ensemble again, not refused
+    # as out of step with the trees the first round added.
+    again = fit_parties(parties, mean, std, base, settings)
+    assert same_trees(first.trees, again.trees)

@@ -32,6 +32,10 @@ class Party:
         self.x32 = np.asarray(self.x, dtype=np.float32)
         self.edges: list[np.ndarray] | None = None
         self.bins = np.zeros((x.shape[1], 0), dtype=np.uint16)
+        self._start_ensemble()
+
+    def _start_ensemble(self) -> None:
+        """No trees yet: predictions wait for the base score, no tree is being grown."""
         self.margin = np.zeros(len(self.y))
         self.margin_val = np.zeros(len(self.y_val))
         self.trees_added = 0
@@ -46,7 +50,8 @@ class Party:
         return len(self.y)
 
     def answer(self, query: Query) -> Arrays:
-        if query.step == "sketch":
+        if query.step == "sketch":  # a round's first question: a fresh ensemble follows
+            self._start_ensemble()
             return {"sketch": histtree.sketch(self.x, query.mean, query.std)}
         if query.edges is not None:
             self._use_edges(query)
