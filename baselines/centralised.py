@@ -52,7 +52,7 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
     return results.record(
         model,
         "centralised",
-        data,
+        prepared.options,
         options.describe(model),
         scored,
         train_rows,

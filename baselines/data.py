@@ -9,13 +9,13 @@ so all three frameworks see the same training and test rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common import preprocess
+from common import preprocess, timesplit
 from common.data import load_province, synthesize, write_provinces
 from common.data.loaders import province_path
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
@@ -35,6 +35,15 @@ class DataOptions:
     test_fraction: float = 0.2
     split_seed: int = 0
     feature_set: str = "paper"  # common/features.py
+    # next-day: the union's first day and date cutoff (`with_cutoff`); empty until agreed
+    split_start: str = ""
+    split_cutoff: str = ""
+
+    def split(self) -> dict:
+        """The split as results.json states it (common/timesplit.py)."""
+        return timesplit.record(
+            self.setting, self.test_fraction, self.split_seed, self.split_start, self.split_cutoff
+        )
 
     @property
     def features(self) -> list[str]:
@@ -69,8 +78,20 @@ class Scaling:
 
 def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:
     return preprocess.split(
-        raw, options.setting, options.test_fraction, options.split_seed, options.feature_set
+        raw,
+        options.setting,
+        options.test_fraction,
+        options.split_seed,
+        options.feature_set,
+        options.split_cutoff,
     )
+
+
+def with_cutoff(options: DataOptions, day_counts: np.ndarray) -> DataOptions:
+    """`options` (next-day) with the federation's first day and date cutoff, agreed from the
+    union's rows per day by the rule the server uses (common/timesplit.py)."""
+    start, cutoff = timesplit.agree(day_counts, options.test_fraction)
+    return replace(options, split_start=start, split_cutoff=cutoff)
 
 
 def add_sums(a: Arrays, b: Arrays) -> Arrays:
@@ -80,16 +101,20 @@ def add_sums(a: Arrays, b: Arrays) -> Arrays:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Every province's split, and the federation's scaler over them."""
+    """Every province's split, the federation's scaler over them, and the data options with
+    the split's agreed cutoff."""
 
     splits: dict[str, preprocess.Split]
     scaling: Scaling
+    options: DataOptions
 
 
 def prepare(frames: Mapping[str, pd.DataFrame], options: DataOptions) -> Prepared:
+    if options.setting == "next-day":
+        options = with_cutoff(options, sum(preprocess.day_counts(raw) for raw in frames.values()))
     splits = {name: split_province(raw, options) for name, raw in frames.items()}
     sums = [preprocess.statistics(s.x_train, s.y_train) for s in splits.values()]
-    return Prepared(splits, Scaling.from_sums(options.features, sums))
+    return Prepared(splits, Scaling.from_sums(options.features, sums), options)
 
 
 def load_frames(options: DataOptions) -> dict[str, pd.DataFrame]:

@@ -51,6 +51,7 @@ def record(
         "framework": framework,
         "setting": data.setting,
         "data": asdict(data),
+        "split": data.split(),
         "params": dict(params),
         "statistics": {"rows": sum(train_rows.values()), "train_samples": dict(train_rows)},
         "rounds": [],

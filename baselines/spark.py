@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from baselines import results
-from baselines.data import DataOptions, Scaling, add_sums, split_province, write_synthetic
+from baselines.data import (
+    DataOptions,
+    Scaling,
+    add_sums,
+    split_province,
+    with_cutoff,
+    write_synthetic,
+)
 from baselines.models import (
     Context,
     ModelOptions,
@@ -121,15 +128,12 @@ def _code_archive() -> Path:
 # Partition functions run on the executors: module-level, taking only small picklable values.
 
 
-def _split_partition(
-    data: DataOptions, columns: list[str]
-) -> Callable[[int, Iterable], Iterator[ProvinceSplit]]:
-    def run(index: int, pairs: Iterable[tuple[int, tuple]]) -> Iterator[ProvinceSplit]:
+def _raw_partition(columns: list[str]) -> Callable[[int, Iterable], Iterator[tuple]]:
+    def run(index: int, pairs: Iterable[tuple[int, tuple]]) -> Iterator[tuple[str, pd.DataFrame]]:
         rows = [values for _, values in pairs]
         if rows:  # a province with no file leaves its partition empty
             province = PROVINCES[index]
-            raw = validate_raw(pd.DataFrame(rows, columns=columns), province)
-            yield province, split_province(raw, data)
+            yield province, validate_raw(pd.DataFrame(rows, columns=columns), province)
 
     return run
 
@@ -165,8 +169,10 @@ def _score(model: str, context: Context, fitted: Any) -> Callable[[ProvinceSplit
     return run
 
 
-def province_splits(spark: SparkSession, data: DataOptions) -> RDD:
-    """RDD of nine partitions, each (province, Split) for one province, cached.
+def province_splits(spark: SparkSession, data: DataOptions) -> tuple[RDD, DataOptions]:
+    """RDD of nine partitions, each (province, Split) for one province, cached, and `data` with
+    the split's cutoff: in the next-day setting one for all, from the provinces' rows per day
+    summed by a reduce, as the federation agrees it.
 
     The province comes from each Parquet file's name, as `common.data` writes them.
     """
@@ -179,7 +185,14 @@ def province_splits(spark: SparkSession, data: DataOptions) -> RDD:
     rows = files.select(*columns, name.alias("province")).where(F.col("province").isin(*PROVINCES))
     keyed = rows.rdd.map(lambda row: (index[row[-1]], tuple(row[:-1])))
     by_province = keyed.partitionBy(len(PROVINCES), lambda key: key)
-    return by_province.mapPartitionsWithIndex(_split_partition(data, columns)).cache()
+    raws = by_province.mapPartitionsWithIndex(_raw_partition(columns)).cache()
+    if data.setting == "next-day":
+        counts = raws.map(lambda pair: preprocess.day_counts(pair[1])).reduce(np.add)
+        data = with_cutoff(data, counts)
+    splits = raws.mapValues(lambda raw: split_province(raw, data)).cache()
+    splits.count()  # split while the raw rows are cached, then let them go
+    raws.unpersist()
+    return splits, data
 
 
 def global_scaling(splits: RDD, data: DataOptions) -> Scaling:
@@ -197,6 +210,7 @@ class Loaded:
     scaling: Scaling
     train_rows: dict[str, int]
     seconds: float
+    data: DataOptions  # with the split's agreed cutoff
 
     def release(self) -> None:
         self.splits.unpersist()
@@ -205,10 +219,10 @@ class Loaded:
 def load(spark: SparkSession, data: DataOptions) -> Loaded:
     """Read and split every province (`data.data` must name files Spark can read)."""
     started = time.perf_counter()
-    splits = province_splits(spark, data)
-    scaling = global_scaling(splits, data)  # the first action: reads, shuffles and splits
+    splits, data = province_splits(spark, data)  # reads, shuffles and splits
+    scaling = global_scaling(splits, data)
     train_rows = dict(splits.map(lambda pair: (pair[0], len(pair[1].y_train))).collect())
-    return Loaded(splits, scaling, train_rows, time.perf_counter() - started)
+    return Loaded(splits, scaling, train_rows, time.perf_counter() - started, data)
 
 
 def train_partitions(
@@ -414,10 +428,12 @@ def run(
     }
     params = {**options.describe(model), "engine": engine, "master": spark.sparkContext.master}
     params["partitions"] = loaded.splits.getNumPartitions()
+    agreed = loaded.data  # read from a copy Spark can reach; the split is the one it agreed
+    split = {"split_start": agreed.split_start, "split_cutoff": agreed.split_cutoff}
     return results.record(
         model,
         "spark" if engine == "sklearn" else "spark-mllib",
-        data,
+        replace(data, **split),
         params,
         results.evaluation(scores),
         loaded.train_rows,

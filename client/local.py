@@ -15,8 +15,8 @@ from client import analysis, chain
 from client.chain import Outcome, Task
 from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
-from common import forecast, preprocess
-from common.crossval import fold_split
+from common import forecast, preprocess, timesplit
+from common.crossval import TimeFolds, fold_split
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -35,16 +35,25 @@ class LocalWork:
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
         """The province's split for the federation's data settings, computed once per setting.
 
-        With `cv_folds` in the config, the split is a cross-validation fold of the training rows.
+        With `cv_folds` in the config, the split is a cross-validation fold of the training rows:
+        random in the paper setting, of days with the federation's cutoff.
         """
         data = DataSettings.from_config(config)
         if data not in self._splits:
             self._splits[data] = preprocess.split(
-                self.raw, data.setting, data.test_fraction, data.seed, data.features
+                self.raw,
+                data.setting,
+                data.test_fraction,
+                data.seed,
+                data.features,
+                data.split_cutoff,
             )
         fold = FoldSettings.from_config(config)
         if fold.cv_folds:
-            return fold_split(self._splits[data], fold.cv_folds, fold.cv_fold, data.seed)
+            by_time = None
+            if data.split_cutoff:  # forecasting tomorrow: folds of days, one calendar for all
+                by_time = TimeFolds(data.split_start, data.split_cutoff, fold.cv_embargo)
+            return fold_split(self._splits[data], fold.cv_folds, fold.cv_fold, data.seed, by_time)
         return self._splits[data]
 
     def statistics(
@@ -55,6 +64,11 @@ class LocalWork:
 
     def _statistics(self, task: Task) -> Outcome:
         started = time.perf_counter()
+        if task.config.get(timesplit.COUNTS):  # before the split: the rows per calendar day
+            counts = preprocess.day_counts(self.raw)
+            seconds = {"seconds": time.perf_counter() - started}
+            rows = int(counts.sum())
+            return Outcome(rows, seconds, {"count": np.array(float(rows)), "days": counts})
         data = self.split(task.config)
         sums = preprocess.statistics(data.x_train, data.y_train)
         return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)
@@ -77,6 +91,8 @@ class LocalWork:
     def _train(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         config, parameters = task.config, task.parameters
         data = self.split(config)
+        if not len(data.y_train):  # a fold of days before this province's first: no part in it
+            return Outcome(0, {})
         trainer = trainer_for(str(config["model"]))
         x = _inputs(trainer, data.x_train, scaler)
         update = trainer.fit(x, data.y_train, parameters, config)
@@ -127,6 +143,8 @@ class LocalWork:
     def _evaluate(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         started = time.perf_counter()
         data = self.split(task.config)
+        if not len(data.y_test):  # a fold of days this province has no rows on
+            return Outcome(0, {"seconds": time.perf_counter() - started})
         trainer = trainer_for(str(task.config["model"]))
         x = _inputs(trainer, data.x_test, scaler)
         prediction = trainer.predict(task.parameters, x, task.config)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from common import features as feature_sets
-from common import forecast
+from common import forecast, timesplit
 
 SETTINGS = ("next-day", "paper")
 # The paper's seven features after its correlation analysis dropped the stock id.
@@ -64,6 +64,9 @@ class Split:
     y_test: np.ndarray
     reference_train: dict[str, np.ndarray] = field(default_factory=dict)
     reference_test: dict[str, np.ndarray] = field(default_factory=dict)
+    # Each row's date: the training rows' for folds by time (common/crossval.py).
+    dates_train: np.ndarray = field(default_factory=lambda: np.empty(0, "datetime64[ns]"))
+    dates_test: np.ndarray = field(default_factory=lambda: np.empty(0, "datetime64[ns]"))
 
 
 def clean(raw: pd.DataFrame) -> pd.DataFrame:
@@ -77,17 +80,35 @@ def clean(raw: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[keep].reset_index(drop=True)
 
 
+def next_day_rows(raw: pd.DataFrame, features: str = "paper") -> pd.DataFrame:
+    """The cleaned rows that have a tomorrow, by stock and date, with the next-day target (the
+    stock's next cleaned row's price) and, for the technical set, its features."""
+    frame = clean(raw).sort_values(["code", "date"], kind="stable")
+    if features == "technical":
+        frame = feature_sets.technical(frame)
+    frame[TARGET] = frame.groupby("code", sort=False)["price"].shift(-1)
+    return frame.dropna(subset=[TARGET])
+
+
+def day_counts(raw: pd.DataFrame) -> np.ndarray:
+    """The province's next-day rows per calendar day: its share of the federation's cutoff."""
+    return timesplit.day_counts(next_day_rows(raw)["date"].to_numpy())
+
+
 def split(
     raw: pd.DataFrame,
     setting: str = "next-day",
     test_fraction: float = 0.2,
     seed: int = 0,
     features: str = "paper",
+    cutoff: str = "",
 ) -> Split:
     """Targets and a train/test split for one province.
 
-    next-day: the target is the stock's price on its next trading day, and the split is by time
-    (the last `test_fraction` of dates is the test set: train on the past, test on the future).
+    next-day: the target is the stock's price on its next trading day, and the split is by time:
+    the test rows are those dated strictly after `cutoff` (ISO date), the federation's agreed
+    one (common/timesplit.py); without it, the province's own, by the same rule (the last
+    `test_fraction` of its dates). Train on the past, test on the future.
     paper: the target is the same day's price with a random split, as the seed paper did.
 
     Naive forecasts: persistence is the target's quantity one row earlier (today's price for the
@@ -99,17 +120,16 @@ def split(
     columns = features_for(setting, features)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
-    frame = clean(raw)
     if setting == "next-day":
-        frame = frame.sort_values(["code", "date"], kind="stable")
-        if features == "technical":
-            frame = feature_sets.technical(frame)
-        frame[TARGET] = frame.groupby("code", sort=False)["price"].shift(-1)
-        frame = frame.dropna(subset=[TARGET])
+        frame = next_day_rows(raw, features)
+        if frame.empty:
+            raise ValueError("no usable rows remain after cleaning")
+        dates = frame["date"].to_numpy()
         persistence = frame["price"]
-        cutoff = frame["date"].quantile(1.0 - test_fraction)
-        is_test = (frame["date"] > cutoff).to_numpy()
+        cutoff = cutoff or timesplit.agree(timesplit.day_counts(dates), test_fraction)[1]
+        is_test = timesplit.is_test(dates, cutoff)
     else:
+        frame = clean(raw)
         frame = frame.assign(**{TARGET: frame["price"]})
         before = frame.sort_values(["code", "date"], kind="stable").groupby("code")["price"]
         persistence = before.shift(1).reindex(frame.index).fillna(frame["close"])
@@ -132,6 +152,8 @@ def split(
         y[is_test],
         {name: column[~is_test] for name, column in values.items()},
         {name: column[is_test] for name, column in values.items()},
+        frame["date"].to_numpy()[~is_test],
+        frame["date"].to_numpy()[is_test],
     )
 
 

@@ -51,13 +51,16 @@ class TaskSettings:
 
 @dataclass(frozen=True)
 class DataSettings(TaskSettings):
-    """How every province splits its rows, the same way: the setting, test share and seed, and
-    the feature set it computes from them (common/features.py)."""
+    """How every province splits its rows, the same way: the setting, test share and seed, the
+    feature set it computes from them (common/features.py) and, in the next-day setting, the
+    federation's first day and cutoff date (common/timesplit.py; empty until agreed)."""
 
     setting: str
     test_fraction: float
     seed: int
     features: str = "paper"
+    split_start: str = ""
+    split_cutoff: str = ""
 
     def columns(self) -> list[str]:
         """The feature columns every province computes, in order."""
@@ -66,10 +69,12 @@ class DataSettings(TaskSettings):
 
 @dataclass(frozen=True)
 class FoldSettings(TaskSettings):
-    """Cross-validation: train outside fold `cv_fold` of `cv_folds`, score on it (0: no folds)."""
+    """Cross-validation: train outside fold `cv_fold` of `cv_folds`, score on it (0: no folds);
+    by time, the training days keep `cv_embargo` days clear of the fold's (common/crossval.py)."""
 
     cv_folds: int = 0
     cv_fold: int = 0
+    cv_embargo: int = 0
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,8 @@ def federate(
         config.results.with_name("ledger.jsonl"), checkpoint.exists(), signer or run_signer(config)
     )
     ledger.subscribe(channel.publish_receipt)
-    selection = ModelSelection(build, options, config.model.grid, config.model.cv_folds)
+    model = config.model
+    selection = ModelSelection(build, options, model.grid, model.cv_folds, model.cv_embargo)
     wanted = analysis.AnalysisSettings.asked(config.analysis, config.run.seed)
     after = analysis.Analysis(wanted) if wanted else None
     strategy = build(options)

@@ -503,6 +503,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             options={name: getattr(args, name) for name in ALL_OPTIONS},
             grid=grid,
             cv_folds=args.cv_folds or (5 if grid else 0),
+            cv_embargo=args.cv_embargo,
         ),
         strategy=StrategySettings(**_section(StrategySettings, args)),
         privacy=PrivacySettings(**_section(PrivacySettings, args)),
@@ -537,6 +538,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("CV_FOLDS", "0"),
         help="before training, cross-validate on this many folds of every province's training "
         "rows (the paper: 5); 0: none, or 5 with --grid [FEDSTOCK_CV_FOLDS]",
+    )
+    group.add_argument(
+        "--cv-embargo",
+        type=int,
+        default=env("CV_EMBARGO", "5"),
+        metavar="DAYS",
+        help="next-day setting: folds are blocks of days, the same in every province, and a "
+        "fold's training rows keep this many days clear of its validation days on either "
+        "side; the paper setting's folds are random [FEDSTOCK_CV_EMBARGO]",
     )
     group.add_argument(
         "--grid",

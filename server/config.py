@@ -262,6 +262,7 @@ class ModelSettings:
     options: Mapping[str, ConfigScalar]
     grid: Mapping[str, list[ConfigScalar]]
     cv_folds: int
+    cv_embargo: int = 5
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -270,6 +271,8 @@ class ModelSettings:
             raise ConfigError("--cv-folds must be 0 (no cross-validation) or at least 2")
         if self.grid and not self.cv_folds:
             raise ConfigError("--grid needs cross-validation: --cv-folds of at least 2")
+        if self.cv_embargo < 0:
+            raise ConfigError("--cv-embargo cannot be negative")
 
 
 @dataclass(frozen=True)
@@ -383,6 +386,7 @@ class ServerConfig:
             **self.model.options,
             grid=self.model.grid,
             cv_folds=self.model.cv_folds,
+            cv_embargo=self.model.cv_embargo,
             mode=self.mode,
             buffer_size=self.buffering.size,
             staleness_exponent=self.buffering.exponent,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-PHASES = ("statistics", "updates", "metrics", "analysis")
+PHASES = ("dates", "statistics", "updates", "metrics", "analysis")
 
 Disclosure = dict[str, dict[str, str]]  # phase -> {"server": ..., "provinces": ...}
 
@@ -19,8 +19,14 @@ def entry(server: str, provinces: str) -> dict[str, str]:
 
 
 SCALER = "the federation's mean and standard deviation of every column (the scaler)"
+# The next-day setting's agreement on one date cutoff (common/timesplit.py); a run in the
+# paper setting (a random split) has no such phase and reports none.
+CUTOFF = "the federation's first day and its cutoff date"
 
 IN_THE_CLEAR: Disclosure = {
+    "dates": entry(
+        "each province's count of next-day rows on each calendar day, in the clear", CUTOFF
+    ),
     "statistics": entry(
         "each province's row count n, column sums Σz and cross products Σzzᵀ, in the clear",
         SCALER,

@@ -2,7 +2,9 @@
 
 For each candidate setting and each fold j, the federation trains from scratch on every
 client's training rows outside its fold j (each client cuts its own rows: common/crossval.py)
-and scores the model on every client's fold j, through the same rounds as any training. A
+and scores the model on every client's fold j, through the same rounds as any training. In the
+next-day setting fold j is the same block of days in every province, its training days kept
+an embargo away; in the paper setting, random rows. A
 candidate's cross-validated MSE is the MSE over all held-out rows of all folds. The best
 candidate then trains the final model on all training rows, scored on the test rows as usual.
 Scaling uses the statistics of all training rows in every fold: only means and variances.
@@ -52,6 +54,7 @@ class ModelSelection:
     base: Mapping[str, ConfigScalar]  # the hyperparameters the flags set
     grid: Grid
     folds: int
+    embargo: int = 0  # days between a fold's training and validation days (by time)
 
     def candidates(self) -> list[dict[str, ConfigScalar]]:
         return [
@@ -69,6 +72,10 @@ class ModelSelection:
             return self.build({**self.base, **done["best"]["params"]})
         started = time.perf_counter()
         report: dict[str, Any] = {"folds": self.folds, "grid": self.grid, "candidates": []}
+        if loop.split_config:  # forecasting tomorrow: blocks of days, kept apart by the embargo
+            report.update(kind="time", embargo_days=self.embargo)
+        else:
+            report.update(kind="random")
         for number, params in enumerate(self.candidates(), start=1):
             scores = [self._fold(loop, params, fold) for fold in range(self.folds)]
             rows = sum(n for _, n in scores)
@@ -99,7 +106,8 @@ class ModelSelection:
     ) -> tuple[float | None, int]:
         """The fold's MSE over its held-out rows and their count; (None, 0) without a model."""
         strategy = self.build({**self.base, **params})
-        evaluation = loop.fit(strategy, FoldSettings(self.folds, fold).to_config())
+        settings = FoldSettings(self.folds, fold, self.embargo)
+        evaluation = loop.fit(strategy, settings.to_config())
         if evaluation is None:
             return None, 0
         return evaluation.mse, sum(int(s["n_test"]) for s in evaluation.per_client.values())

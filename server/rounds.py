@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from common import timesplit
+from common.models.checks import UpdateError
 from common.preprocess import TARGET, GlobalStatistics, features_for
 from common.settings import TaskContext
 from common.tensors import Arrays, Payload, from_tensor, to_tensor
@@ -70,6 +72,8 @@ class RoundLoop:
         self.train_samples: dict[str, int] = {}
         # Added to every task's config: the global numbers models need, and cross-validation's.
         self.task_config: dict[str, ConfigScalar] = {}
+        # ... and the federation's split: its first day and date cutoff, once agreed.
+        self.split_config: dict[str, ConfigScalar] = {}
         self.train_seconds: Callable[[], float] = lambda: 0.0
         strategy.bind_phases(self.phase)
 
@@ -78,7 +82,9 @@ class RoundLoop:
         s = self.settings
         first_round, seconds_before = self._resume()
         if first_round == 1:
-            self._statistics(self.quorum(s.min_available))
+            provinces = self.quorum(s.min_available)
+            self._agree_split(provinces)
+            self._statistics(provinces)
         if select is not None:
             self._adopt(select(self))
         started = time.perf_counter()
@@ -89,6 +95,8 @@ class RoundLoop:
         disclosure = self.strategy.disclosure()
         if self.analysis is not None:
             disclosure["analysis"] = self.analysis.disclosure()
+        if s.setting != "next-day":  # a random split: no dates were asked for
+            disclosure.pop("dates", None)
         self.results.update(disclosure=disclosure)
         if self.analysis is not None:
             sections = self.analysis.run(
@@ -189,7 +197,12 @@ class RoundLoop:
                 round=server_round,
                 kind=kind,
                 config=to_config(
-                    {**self.settings.data_config(), **self.task_config, **instruction.config}
+                    {
+                        **self.settings.data_config(),
+                        **self.split_config,
+                        **self.task_config,
+                        **instruction.config,
+                    }
                 ),
                 scaler=self.scaler,
                 parameters=payload.header if payload else None,
@@ -213,9 +226,43 @@ class RoundLoop:
         self.scaler = pb.Scaler(
             features=self.features, mean=to_tensor("mean", mean), scale=to_tensor("scale", scale)
         )
+        self._use_split(self.results.data.get("split", {}))
         record = self.results.data["statistics"]
         self._use_statistics(statistics_from_record(record), record["train_samples"])
         return resumed.server_round + 1, resumed.train_seconds
+
+    def _agree_split(self, provinces: list[str]) -> None:
+        """The split every province makes: in the next-day setting one date cutoff for all,
+        from the provinces' rows per calendar day (common/timesplit.py), summed as the privacy
+        mode sums statistics; in the paper setting each province's seeded random split."""
+        s = self.settings
+        if s.setting != "next-day":
+            self.results.update(split=timesplit.record(s.setting, s.test_fraction, s.seed, "", ""))
+            return
+
+        def plausible(arrays: Arrays, count: int) -> None:
+            try:
+                timesplit.check_counts(arrays["days"], count)
+            except ValueError as error:
+                raise UpdateError(str(error)) from None
+            if float(arrays["count"]) != count:
+                raise UpdateError(f"day counts' count must equal num_examples ({count})")
+
+        shapes = {"count": (), "days": (timesplit.DAYS,)}
+        results, parts = self.strategy.gather_statistics(
+            provinces, shapes, check_outcome, plausible, {timesplit.COUNTS: True}
+        )
+        if len(results) < s.min_clients or not parts:
+            raise FederationError(f"only {len(results)} clients sent their rows per day")
+        start, cutoff = timesplit.agree(sum(p["days"] for p in parts), s.test_fraction)
+        record = timesplit.record(s.setting, s.test_fraction, s.seed, start, cutoff)
+        self.results.update(split=record)
+        self._use_split(record)
+        log.info("the federation's time split: train to %s, test after it", cutoff)
+
+    def _use_split(self, record: dict[str, Any]) -> None:
+        if record.get("kind") == "time":
+            self.split_config = {"split_start": record["start"], "split_cutoff": record["cutoff"]}
 
     def _statistics(self, provinces: list[str]) -> None:
         size = len(self.features) + 1

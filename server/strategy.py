@@ -110,11 +110,12 @@ class Strategy(ABC):
         shapes: Mapping[str, tuple[int, ...]],
         check: Callable[[ClientResult], None],
         plausible: Callable[[Arrays, int], None],
+        config: Mapping[str, ConfigScalar] | None = None,
     ) -> tuple[list[ClientResult], list[Arrays]]:
-        """The statistics phase (round 0): each province's answer, and the sums of n, Σz and
-        Σzzᵀ to add up, of these `shapes`, each passed by `plausible` with its row count. Here
-        each province's own, in the clear; a privacy mode replaces them with what it lets the
-        server hold."""
+        """A statistics phase (round 0): each province's answer, and the sums to add up (n, Σz
+        and Σzzᵀ; with `config` asking for them, the day counts of the time split), of these
+        `shapes`, each passed by `plausible` with its row count. Here each province's own, in
+        the clear; a privacy mode replaces them with what it lets the server hold."""
 
         def accept(result: ClientResult) -> ClientResult:
             check(result)
@@ -122,7 +123,7 @@ class Strategy(ABC):
             plausible(result.arrays, result.num_examples)
             return result
 
-        plan = [Instruction(p, {}, None) for p in provinces]
+        plan = [Instruction(p, dict(config or {}), None) for p in provinces]
         results, _ = self.run_phase(0, STATISTICS, plan, accept)
         return results, [r.arrays for r in results]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from common.models.checks import UpdateError
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.disclosure import SCALER, entry
+from server.disclosure import CUTOFF, SCALER, entry
 from server.strategy import (
     ClientResult,
     Evaluation,
@@ -234,6 +234,7 @@ class SecAggFedAvg(Strategy):
         )
         return {
             **self.inner.disclosure(),
+            "dates": entry(f"the rows on each calendar day over the provinces, {masked}", CUTOFF),
             "statistics": entry(f"the sums of n, Σz and Σzzᵀ over the provinces, {masked}", SCALER),
             "updates": entry(
                 f"the sample-weighted average of the round's updates, {masked}",
@@ -246,10 +247,13 @@ class SecAggFedAvg(Strategy):
             ),
         }
 
-    def gather_statistics(self, provinces, shapes, check, plausible):
-        """n, Σz and Σzzᵀ summed under the protocol: the server never holds one province's, and
-        checks the sum only."""
-        plan = self._open(0, provinces, None, "wide")
+    def gather_statistics(self, provinces, shapes, check, plausible, config=None):
+        """The statistics (n, Σz and Σzzᵀ, or the day counts) summed under the protocol: the
+        server never holds one province's, and checks the sum only."""
+        plan = [
+            replace(i, config={**i.config, **(config or {})})
+            for i in self._open(0, provinces, None, "wide")
+        ]
         limbs = secagg.WideEncoding(len(provinces)).limbs
         masked = {name: (np.dtype(np.int64), (*shape, limbs)) for name, shape in shapes.items()}
 
