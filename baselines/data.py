@@ -87,10 +87,8 @@ def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:
     )
 
 
-def with_cutoff(options: DataOptions, day_counts: np.ndarray) -> DataOptions:
-    """`options` (next-day) with the federation's first day and date cutoff, agreed from the
-    union's rows per day by the rule the server uses (common/timesplit.py)."""
-    start, cutoff = timesplit.agree(day_counts, options.test_fraction)
+def with_cutoff(options: DataOptions, start: str, cutoff: str) -> DataOptions:
+    """`options` with the federation's first day and date cutoff (common/timesplit.py)."""
     return replace(options, split_start=start, split_cutoff=cutoff)
 
 
@@ -110,8 +108,9 @@ class Prepared:
 
 
 def prepare(frames: Mapping[str, pd.DataFrame], options: DataOptions) -> Prepared:
-    if options.setting == "next-day":
-        options = with_cutoff(options, sum(preprocess.day_counts(raw) for raw in frames.values()))
+    if options.setting == "next-day":  # the union's cutoff, by the rule the server uses
+        dates = np.concatenate([preprocess.next_day_dates(raw) for raw in frames.values()])
+        options = with_cutoff(options, *timesplit.agree_dates(dates, options.test_fraction))
     splits = {name: split_province(raw, options) for name, raw in frames.items()}
     sums = [preprocess.statistics(s.x_train, s.y_train) for s in splits.values()]
     return Prepared(splits, Scaling.from_sums(options.features, sums), options)

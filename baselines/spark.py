@@ -48,7 +48,7 @@ from baselines.models import (
     per_province,
     train,
 )
-from common import forecast, preprocess
+from common import forecast, preprocess, timesplit
 from common.data import RAW_COLUMNS, validate_raw
 from common.data.schema import ORACLE
 from common.models.histgrow import TREE_MODELS
@@ -186,9 +186,13 @@ def province_splits(spark: SparkSession, data: DataOptions) -> tuple[RDD, DataOp
     keyed = rows.rdd.map(lambda row: (index[row[-1]], tuple(row[:-1])))
     by_province = keyed.partitionBy(len(PROVINCES), lambda key: key)
     raws = by_province.mapPartitionsWithIndex(_raw_partition(columns)).cache()
-    if data.setting == "next-day":
-        counts = raws.map(lambda pair: preprocess.day_counts(pair[1])).reduce(np.add)
-        data = with_cutoff(data, counts)
+    if data.setting == "next-day":  # the provinces' counts summed by reduces, as the server does
+        dates = raws.mapValues(preprocess.next_day_dates).cache()
+        years = dates.map(lambda pair: timesplit.year_counts(pair[1])).reduce(np.add)
+        asked = timesplit.years_asked(years, data.test_fraction)
+        days = dates.map(lambda pair: timesplit.day_counts(pair[1], asked)).reduce(np.add)
+        data = with_cutoff(data, *timesplit.agree(years, asked, days, data.test_fraction))
+        dates.unpersist()
     splits = raws.mapValues(lambda raw: split_province(raw, data)).cache()
     splits.count()  # split while the raw rows are cached, then let them go
     raws.unpersist()

@@ -64,11 +64,16 @@ class LocalWork:
 
     def _statistics(self, task: Task) -> Outcome:
         started = time.perf_counter()
-        if task.config.get(timesplit.COUNTS):  # before the split: the rows per calendar day
-            counts = preprocess.day_counts(self.raw)
+        asked = task.config.get(timesplit.COUNTS)
+        if asked:  # before the split: the rows per calendar year, or per day of some years
+            dates = preprocess.next_day_dates(self.raw)
+            if asked == "years":
+                counts = {"years": timesplit.year_counts(dates)}
+            else:
+                years = [int(y) for y in str(task.config[timesplit.YEARS_ASKED]).split(",")]
+                counts = {"days": timesplit.day_counts(dates, years)}
             seconds = {"seconds": time.perf_counter() - started}
-            rows = int(counts.sum())
-            return Outcome(rows, seconds, {"count": np.array(float(rows)), "days": counts})
+            return Outcome(len(dates), seconds, {"count": np.array(float(len(dates))), **counts})
         data = self.split(task.config)
         sums = preprocess.statistics(data.x_train, data.y_train)
         return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)

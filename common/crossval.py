@@ -48,6 +48,7 @@ def fold_split(
         )
     if not 0 <= fold < folds:
         raise ValueError(f"fold {fold} does not exist among {folds} folds")
+    dates = data.dates_train
     if by_time is None:
         held_out = fold_labels(len(data.y_train), folds, seed) == fold
         kept = ~held_out
@@ -63,6 +64,6 @@ def fold_split(
         data.y_train[held_out],
         {name: column[kept] for name, column in data.reference_train.items()},
         {name: column[held_out] for name, column in data.reference_train.items()},
-        data.dates_train[kept],
-        data.dates_train[held_out],
+        dates[kept] if len(dates) else dates,  # a split made without its dates has none
+        dates[held_out] if len(dates) else dates,
     )

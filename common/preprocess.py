@@ -90,9 +90,10 @@ def next_day_rows(raw: pd.DataFrame, features: str = "paper") -> pd.DataFrame:
     return frame.dropna(subset=[TARGET])
 
 
-def day_counts(raw: pd.DataFrame) -> np.ndarray:
-    """The province's next-day rows per calendar day: its share of the federation's cutoff."""
-    return timesplit.day_counts(next_day_rows(raw)["date"].to_numpy())
+def next_day_dates(raw: pd.DataFrame) -> np.ndarray:
+    """The dates of the province's next-day rows: what its share of the federation's cutoff
+    counts (common/timesplit.py)."""
+    return next_day_rows(raw)["date"].to_numpy()
 
 
 def split(
@@ -126,7 +127,7 @@ def split(
             raise ValueError("no usable rows remain after cleaning")
         dates = frame["date"].to_numpy()
         persistence = frame["price"]
-        cutoff = cutoff or timesplit.agree(timesplit.day_counts(dates), test_fraction)[1]
+        cutoff = cutoff or timesplit.agree_dates(dates, test_fraction)[1]
         is_test = timesplit.is_test(dates, cutoff)
     else:
         frame = clean(raw)

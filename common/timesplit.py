@@ -1,10 +1,13 @@
 """One calendar for the whole federation: the date cutoff of the time split, and time folds.
 
 Forecasting tomorrow, a province that trains on a day another province tests on leaks the test
-into the model. So the cutoff is agreed once for the federation: each province counts its
-usable rows per calendar day (summed like the statistics, through the same privacy chain), the
-server takes the quantile of the union's dates from the summed counts, and sends the cutoff
-down. Test rows are those dated strictly after it, in every province.
+into the model. So the cutoff is agreed once for the federation, from counts summed like the
+statistics (through the same privacy chain): first each province's next-day rows per calendar
+year, then, for the few years the cutoff and the first day fall in, its rows per day of those
+years. From the sums the server takes the quantile of the union's dates (the rule a province
+alone has always used) and sends the cutoff down; test rows are those dated strictly after it,
+in every province. Two small uploads rather than one count per day of fifty years: under
+homomorphic encryption each number is a ciphertext.
 
 Cross-validation inside the training span is by time too: the days from the union's first day
 to the cutoff are cut into equal blocks; fold j validates on block j and trains on the days
@@ -14,59 +17,125 @@ embargo of a validation day.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-# Day 0 of the calendar, before the first A-share trading day; it covers fifty years.
-EPOCH = np.datetime64("1990-01-01", "D")
-DAYS = 18_262
+# The calendar's fifty years, from before the first A-share trading day.
+FIRST_YEAR, YEARS = 1990, 50
+YEAR_DAYS = 366
 DAY = np.timedelta64(1, "D")
-# The statistics task's config flag asking a province for its day counts, not its sums.
+# The statistics task's config: which counts a province sends instead of its sums ("years",
+# or "days" of the years listed under YEARS_ASKED).
 COUNTS = "day_counts"
+YEARS_ASKED = "day_counts_years"
 
 
 def _days(dates: np.ndarray) -> np.ndarray:
     return np.asarray(dates).astype("datetime64[D]")
 
 
-def day_counts(dates: np.ndarray) -> np.ndarray:
-    """How many of `dates` fall on each day of the calendar; ValueError for a date off it."""
-    days = (_days(dates) - EPOCH).astype(np.int64)
-    if len(days) and (days.min() < 0 or days.max() >= DAYS):
-        last = EPOCH + (DAYS - 1) * DAY
-        raise ValueError(f"dates must lie between {EPOCH} and {last}, the federation's calendar")
-    return np.bincount(days, minlength=DAYS).astype(np.float64)
+def _years(dates: np.ndarray) -> np.ndarray:
+    return _days(dates).astype("datetime64[Y]").astype(np.int64) + 1970
 
 
-def check_counts(counts: np.ndarray, rows: float) -> None:
-    """ValueError unless `counts` is a calendar of non-negative whole counts adding up to `rows`."""
+def _new_year(year: int) -> np.datetime64:
+    return np.datetime64(f"{year:04d}-01-01", "D")
+
+
+def year_counts(dates: np.ndarray) -> np.ndarray:
+    """How many of `dates` fall in each year of the calendar; ValueError for a date off it."""
+    index = _years(dates) - FIRST_YEAR
+    if len(index) and (index.min() < 0 or index.max() >= YEARS):
+        last = FIRST_YEAR + YEARS - 1
+        raise ValueError(f"dates must lie in {FIRST_YEAR}–{last}, the federation's calendar")
+    return np.bincount(index, minlength=YEARS).astype(np.float64)
+
+
+def day_counts(dates: np.ndarray, years: Sequence[int]) -> np.ndarray:
+    """How many of `dates` fall on each day of each of `years`: one row of 366 per year."""
+    days = _days(dates)
+    counts = np.zeros((len(years), YEAR_DAYS))
+    for row, year in enumerate(years):
+        inside = days[_years(days) == year]
+        offsets = ((inside - _new_year(year)) / DAY).astype(np.int64)
+        counts[row] = np.bincount(offsets, minlength=YEAR_DAYS)
+    return counts
+
+
+def check_counts(counts: np.ndarray, shape: tuple[int, ...], rows: float) -> None:
+    """ValueError unless `counts` holds non-negative whole counts of `shape` adding up to
+    `rows` (or to at most `rows`, for the days of some years)."""
     counts = np.asarray(counts, dtype=np.float64)
-    if counts.shape != (DAYS,) or not np.isfinite(counts).all() or (counts < 0).any():
-        raise ValueError(f"day counts must be {DAYS} non-negative numbers")
-    if not np.allclose(counts, np.round(counts), atol=1e-6) or abs(counts.sum() - rows) > 1e-6:
+    if counts.shape != shape or not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"day counts must be non-negative numbers of shape {shape}")
+    total = counts.sum()
+    whole = np.allclose(counts, np.round(counts), atol=1e-6)
+    if not whole or total - rows > 1e-6 or (len(shape) == 1 and abs(total - rows) > 1e-6):
         raise ValueError(f"day counts must be whole numbers adding up to the {rows:g} rows")
+
+
+def _quantile_rows(years: np.ndarray, test_fraction: float) -> tuple[float, int, int]:
+    """Where the (1 − test_fraction) quantile lies among the union's sorted rows, pandas' way:
+    the position, and the rows just below and above it."""
+    position = (years.sum() - 1) * (1.0 - test_fraction)
+    return position, int(np.floor(position)), int(np.ceil(position))
+
+
+def years_asked(years: np.ndarray, test_fraction: float) -> list[int]:
+    """The years whose days the cutoff needs: the union's first, and those of the two rows
+    around the quantile."""
+    years = np.round(np.asarray(years, dtype=np.float64))
+    if years.sum() < 2:
+        raise ValueError("a time split needs at least two rows")
+    ends = np.cumsum(years)
+    _, low, high = _quantile_rows(years, test_fraction)
+    index = {int(np.flatnonzero(years)[0])}
+    index |= {int(np.searchsorted(ends, k, side="right")) for k in (low, high)}
+    return [FIRST_YEAR + i for i in sorted(index)]
+
+
+def agree(
+    years: np.ndarray, asked: Sequence[int], days: np.ndarray, test_fraction: float
+) -> tuple[str, str]:
+    """The union's first day and the cutoff, as ISO dates, from its rows per year and per day
+    of the `asked` years: the (1 − `test_fraction`) quantile of the union's row dates (linear
+    between neighbouring rows, as pandas' quantile), down to its day."""
+    years = np.round(np.asarray(years, dtype=np.float64))
+    days = np.round(np.asarray(days, dtype=np.float64))
+    before = np.concatenate([[0.0], np.cumsum(years)])  # rows before each year
+    rows = {year: days[i] for i, year in enumerate(asked)}
+
+    def day_of(k: int) -> np.datetime64:
+        year = FIRST_YEAR + int(np.searchsorted(before[1:], k, side="right"))
+        within = np.cumsum(rows[year])
+        return (
+            _new_year(year)
+            + int(np.searchsorted(within, k - before[year - FIRST_YEAR], "right")) * DAY
+        )
+
+    position, low, high = _quantile_rows(years, test_fraction)
+    first, second = day_of(low), day_of(high)
+    cutoff = first + int(np.floor((second - first) / DAY * (position - low))) * DAY
+    year = int(str(cutoff)[:4])
+    within = rows.get(year, np.zeros(YEAR_DAYS))  # a year not asked for has no rows
+    through = before[year - FIRST_YEAR] + within[: int((cutoff - _new_year(year)) / DAY) + 1].sum()
+    if through >= years.sum():
+        raise ValueError("no rows are dated after the time split's cutoff: too few days")
+    start_year = FIRST_YEAR + int(np.flatnonzero(years)[0])
+    start = _new_year(start_year) + int(np.flatnonzero(rows[start_year])[0]) * DAY
+    return iso(start), iso(cutoff)
+
+
+def agree_dates(dates: np.ndarray, test_fraction: float) -> tuple[str, str]:
+    """`agree` on one set of dates (a province alone, or a baseline's union of provinces)."""
+    years = year_counts(dates)
+    asked = years_asked(years, test_fraction)
+    return agree(years, asked, day_counts(dates, asked), test_fraction)
 
 
 def iso(day: np.datetime64) -> str:
     return str(np.datetime64(day, "D"))
-
-
-def agree(counts: np.ndarray, test_fraction: float) -> tuple[str, str]:
-    """The union's first day and the cutoff, as ISO dates: the (1 − `test_fraction`) quantile
-    of the union's row dates (linear between neighbouring rows, as pandas' quantile), down to
-    its day. Test rows are those strictly after it: the same rows a single province's quantile
-    of its own dates has always held out."""
-    counts = np.round(np.asarray(counts, dtype=np.float64))
-    used = np.flatnonzero(counts > 0)
-    if len(used) < 2:
-        raise ValueError("a time split needs rows on at least two days")
-    position = (counts.sum() - 1) * (1.0 - test_fraction)
-    ends = np.cumsum(counts)  # rows up to and including each day
-    low, high = (
-        int(np.searchsorted(ends, k, side="right")) for k in (np.floor(position), np.ceil(position))
-    )
-    day = int(np.floor(low + (high - low) * (position - np.floor(position))))
-    day = min(day, int(used[-2]))  # never the last day: the test set would be empty
-    return iso(EPOCH + int(used[0]) * DAY), iso(EPOCH + day * DAY)
 
 
 def record(setting: str, test_fraction: float, seed: int, start: str, cutoff: str) -> dict:

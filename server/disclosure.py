@@ -22,10 +22,13 @@ SCALER = "the federation's mean and standard deviation of every column (the scal
 # The next-day setting's agreement on one date cutoff (common/timesplit.py); a run in the
 # paper setting (a random split) has no such phase and reports none.
 CUTOFF = "the federation's first day and its cutoff date"
+DATE_COUNTS = "the rows per year, and per day of the years the first day and the cutoff fall in"
 
 IN_THE_CLEAR: Disclosure = {
     "dates": entry(
-        "each province's count of next-day rows on each calendar day, in the clear", CUTOFF
+        "each province's count of next-day rows in each calendar year, and on each day of the "
+        "(at most three) years its first day and the cutoff fall in, in the clear",
+        CUTOFF,
     ),
     "statistics": entry(
         "each province's row count n, column sums Σz and cross products Σzzᵀ, in the clear",

@@ -72,7 +72,7 @@ class ModelSelection:
             return self.build({**self.base, **done["best"]["params"]})
         started = time.perf_counter()
         report: dict[str, Any] = {"folds": self.folds, "grid": self.grid, "candidates": []}
-        if loop.split_config:  # forecasting tomorrow: blocks of days, kept apart by the embargo
+        if loop.split_config:  # next-day: folds are blocks of days, an embargo apart
             report.update(kind="time", embargo_days=self.embargo)
         else:
             report.update(kind="random")

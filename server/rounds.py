@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -240,25 +241,46 @@ class RoundLoop:
             self.results.update(split=timesplit.record(s.setting, s.test_fraction, s.seed, "", ""))
             return
 
-        def plausible(arrays: Arrays, count: int) -> None:
-            try:
-                timesplit.check_counts(arrays["days"], count)
-            except ValueError as error:
-                raise UpdateError(str(error)) from None
-            if float(arrays["count"]) != count:
-                raise UpdateError(f"day counts' count must equal num_examples ({count})")
-
-        shapes = {"count": (), "days": (timesplit.DAYS,)}
-        results, parts = self.strategy.gather_statistics(
-            provinces, shapes, check_outcome, plausible, {timesplit.COUNTS: True}
+        years = self._counts(provinces, "years", (timesplit.YEARS,))
+        asked = timesplit.years_asked(years, s.test_fraction)
+        shape = (len(asked), timesplit.YEAR_DAYS)
+        days = self._counts(
+            provinces, "days", shape, {timesplit.YEARS_ASKED: ",".join(map(str, asked))}
         )
-        if len(results) < s.min_clients or not parts:
-            raise FederationError(f"only {len(results)} clients sent their rows per day")
-        start, cutoff = timesplit.agree(sum(p["days"] for p in parts), s.test_fraction)
+        start, cutoff = timesplit.agree(years, asked, days, s.test_fraction)
         record = timesplit.record(s.setting, s.test_fraction, s.seed, start, cutoff)
         self.results.update(split=record)
         self._use_split(record)
         log.info("the federation's time split: train to %s, test after it", cutoff)
+
+    def _counts(
+        self,
+        provinces: list[str],
+        kind: str,
+        shape: tuple[int, ...],
+        config: dict[str, ConfigScalar] | None = None,
+    ) -> np.ndarray:
+        """The provinces' rows per year, or per day of some years, summed as the privacy mode
+        sums statistics."""
+
+        def plausible(arrays: Arrays, count: int) -> None:
+            if float(arrays["count"]) != count:
+                raise UpdateError(f"day counts' count must equal num_examples ({count})")
+            try:
+                timesplit.check_counts(arrays[kind], shape, count)
+            except ValueError as error:
+                raise UpdateError(str(error)) from None
+
+        results, parts = self.strategy.gather_statistics(
+            provinces,
+            {"count": (), kind: shape},
+            check_outcome,
+            plausible,
+            {timesplit.COUNTS: kind, **(config or {})},
+        )
+        if len(results) < self.settings.min_clients or not parts:
+            raise FederationError(f"only {len(results)} clients sent their rows per {kind[:-1]}")
+        return sum(part[kind] for part in parts)
 
     def _use_split(self, record: dict[str, Any]) -> None:
         if record.get("kind") == "time":
@@ -313,19 +335,24 @@ class RoundLoop:
         """Train `strategy` from scratch with `config` added to every task, and its last
         evaluation. Model selection's inner runs: synchronous rounds, of which nothing enters
         the results' rounds, the checkpoint or the ledger, and the run's own strategy and
-        model are left as they were."""
-        saved = self.strategy, self.parameters, self.task_config
+        model are left as they were. With folds of days, a province with no rows on a fold's
+        training days (one whose rows begin later) sits the fold out: the quorum still asks
+        every province, and a fold's rounds aggregate whoever had rows."""
+        saved = self.strategy, self.parameters, self.task_config, self.settings
+        needed = self.settings.min_clients
         self._adopt(strategy)
         self.parameters, self.task_config = None, {**self.task_config, **config}
+        if self.split_config:
+            self.settings = replace(self.settings, min_clients=1)
         try:
             evaluation = None
             for server_round in range(1, self.settings.rounds + 1):
-                provinces = self.quorum(self.settings.min_clients)
+                provinces = self.quorum(needed)
                 scored = Cohort.round(self, server_round, provinces, recorded=False)
                 evaluation = scored or evaluation
             return evaluation
         finally:
-            self.strategy, self.parameters, self.task_config = saved
+            self.strategy, self.parameters, self.task_config, self.settings = saved
 
 
 def statistics_from_record(record: dict[str, Any]) -> GlobalStatistics:

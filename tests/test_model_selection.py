@@ -59,6 +59,7 @@ class FakeLoop:
         self.results = ResultsFile(tmp_path / "results.json", {"model": "svm"})
         self.scores = scores
         self.fits = []
+        self.split_config = {}  # the paper setting's random folds
 
     def fit(self, strategy, config):
         self.fits.append((strategy.model_config["svm_c"], config["cv_fold"]))

@@ -36,6 +36,9 @@ def test_under_secagg_statistics_updates_and_scores_are_sums_and_the_run_is_the_
     for name in ("mean", "std"):
         np.testing.assert_allclose(masked["statistics"][name], plain["statistics"][name], rtol=1e-9)
     assert masked["statistics"]["rows"] == plain["statistics"]["rows"]
+    # ... and so is the date cutoff, agreed from the provinces' masked counts of rows per day
+    assert masked["split"] == plain["split"] and masked["split"]["kind"] == "time"
+    assert "securely aggregated" in disclosure["dates"]["server"]
     assert np.isclose(masked["final"]["mse"], plain["final"]["mse"], rtol=1e-6)
     summary = format_summary(masked)
     assert "who learns what" in summary and disclosure["statistics"]["server"] in summary

@@ -293,8 +293,9 @@ def test_an_encrypted_run_in_memory_is_the_plain_run_and_says_what_it_disclosed(
         )
     assert np.isclose(encrypted_run["final"]["mse"], plain["final"]["mse"], rtol=1e-6)
     disclosure = encrypted_run["disclosure"]
-    for phase in ("statistics", "updates"):
+    for phase in ("dates", "statistics", "updates"):
         assert f"decrypted by {NEEDED} of the 9" in disclosure[phase]["server"]
+    assert encrypted_run["split"] == plain["split"]  # one cutoff, from encrypted day counts
 
 
 # A deviating server: what a province refuses to decrypt.

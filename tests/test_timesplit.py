@@ -21,31 +21,51 @@ ROWS, SEED = 20_000, 3
 
 def test_the_cutoff_holds_out_the_rows_the_pandas_quantile_of_the_union_does():
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        span = int(rng.integers(2, 900))
-        dates = pd.Series(
-            pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, span, 300), "D")
-        )
+    for _ in range(300):
+        span = int(rng.integers(2, 3_000))  # up to eight years: cutoffs at year boundaries too
+        days = pd.to_timedelta(rng.integers(0, span, int(rng.integers(2, 400))), "D")
+        dates = pd.Series(pd.Timestamp("2015-06-01") + days)
         fraction = float(rng.uniform(0.05, 0.5))
-        start, cutoff = timesplit.agree(timesplit.day_counts(dates.to_numpy()), fraction)
         expected = (dates > dates.quantile(1 - fraction)).to_numpy()
-        held_out = timesplit.is_test(dates.to_numpy(), cutoff)
+        if not expected.any():  # pandas would test on nothing: refused here
+            with pytest.raises(ValueError, match="no rows are dated after"):
+                timesplit.agree_dates(dates.to_numpy(), fraction)
+            continue
+        start, cutoff = timesplit.agree_dates(dates.to_numpy(), fraction)
         assert start == str(dates.min().date())
-        assert held_out.any() and not held_out.all()
-        if expected.any():  # the cutoff never leaves the test set empty where pandas would
-            np.testing.assert_array_equal(held_out, expected)
+        np.testing.assert_array_equal(timesplit.is_test(dates.to_numpy(), cutoff), expected)
+
+
+def test_the_cutoff_needs_the_days_of_at_most_three_years():
+    dates = pd.date_range("2000-01-03", "2019-12-31", freq="B").to_numpy()
+    years = timesplit.year_counts(dates)
+    asked = timesplit.years_asked(years, 0.2)
+    assert asked == [2000, 2015]  # the first year, and the year 80 % of the rows end in
+    counts = timesplit.day_counts(dates, asked)
+    in_asked = pd.DatetimeIndex(dates).year.isin(asked).sum()
+    assert counts.shape == (2, timesplit.YEAR_DAYS) and counts.sum() == in_asked
+    assert timesplit.agree(years, asked, counts, 0.2) == timesplit.agree_dates(dates, 0.2)
 
 
 def test_day_counts_that_no_rows_could_make_are_refused():
-    counts = timesplit.day_counts(np.array(["2020-01-02", "2020-01-03"], dtype="datetime64[D]"))
-    timesplit.check_counts(counts, 2)
-    for bad, rows in ((counts * -1, -2), (counts * 0.5, 1), (counts[:-1], 2), (counts, 3)):
+    dates = np.array(["2020-01-02", "2020-01-03"], dtype="datetime64[D]")
+    years = timesplit.year_counts(dates)
+    timesplit.check_counts(years, (timesplit.YEARS,), 2)
+    days = timesplit.day_counts(dates, [2020])
+    timesplit.check_counts(days, (1, timesplit.YEAR_DAYS), 2)
+    for bad, shape, rows in (
+        (years * -1, (timesplit.YEARS,), -2),
+        (years * 0.75, (timesplit.YEARS,), 1.5),
+        (years[:-1], (timesplit.YEARS,), 2),
+        (years, (timesplit.YEARS,), 3),
+        (days, (1, timesplit.YEAR_DAYS), 1),  # more rows on the days than the province has
+    ):
         with pytest.raises(ValueError, match="day counts"):
-            timesplit.check_counts(bad, rows)
+            timesplit.check_counts(bad, shape, rows)
     with pytest.raises(ValueError, match="calendar"):
-        timesplit.day_counts(np.array(["1980-01-01"], dtype="datetime64[D]"))
-    with pytest.raises(ValueError, match="two days"):
-        timesplit.agree(timesplit.day_counts(np.array(["2020-01-02"], "datetime64[D]")), 0.2)
+        timesplit.year_counts(np.array(["1980-01-01"], dtype="datetime64[D]"))
+    with pytest.raises(ValueError, match="two rows"):
+        timesplit.years_asked(timesplit.year_counts(dates[:1]), 0.2)
 
 
 def shifted_market() -> dict[str, LocalWork]:
@@ -77,7 +97,7 @@ def test_every_province_tests_strictly_after_the_one_cutoff_and_trains_up_to_it(
         alone = preprocess.split(work.raw)  # what the province would have cut on its own
         own_cutoffs.add(alone.dates_train.max())
     assert len(own_cutoffs) > 1  # ... which differs across provinces: the test can fail
-    assert "dates" in results["disclosure"]
+    assert "in the clear" in results["disclosure"]["dates"]["server"]
 
 
 def test_the_centralised_baseline_agrees_the_same_cutoff_as_the_federation(tmp_path):
@@ -121,9 +141,9 @@ def test_no_validation_day_lies_within_the_embargo_of_a_training_day():
 
 def test_federated_cross_validation_in_the_next_day_setting_is_by_time(tmp_path):
     works = shifted_market()
-    # provinces listed late have no rows in early folds and sit those out: a quorum of five
+    # provinces listed late have no training rows in some folds and sit those out, whatever
+    # the quorum (all nine by default)
     flags = ["--model", "lr", "--rounds", "1", "--cv-folds", "3", "--cv-embargo", "7"]
-    flags += ["--min-clients", "5"]
     results = in_memory.run(tmp_path, *flags, over=MemoryChannel(works))
     selection, split = results["model_selection"], results["split"]
     assert selection["kind"] == "time" and selection["embargo_days"] == 7

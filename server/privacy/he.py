@@ -24,7 +24,7 @@ from common.models.checks import UpdateError
 from common.paillier import WEIGHT
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.disclosure import SCALER, entry
+from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
 from server.strategy import (
     STATISTICS,
     ClientResult,
@@ -97,6 +97,9 @@ class HEFedAvg(Strategy):
         relayed = "the other provinces' uploads as ciphertexts, to decrypt their product with"
         return {
             **self.inner.disclosure(),
+            "dates": entry(
+                f"{DATE_COUNTS}, summed over the provinces: {held}", f"{CUTOFF}; {relayed}"
+            ),
             "statistics": entry(
                 f"the sums of n, Σz and Σzzᵀ over the provinces: {held}", f"{SCALER}; {relayed}"
             ),
@@ -128,9 +131,10 @@ class HEFedAvg(Strategy):
             return None
         return {k: v / weight for k, v in sums.items()}
 
-    def gather_statistics(self, provinces, shapes, check, plausible):
-        """n, Σz and Σzzᵀ encrypted, summed under encryption and threshold-decrypted: the
-        server never holds one province's, and checks the sum only."""
+    def gather_statistics(self, provinces, shapes, check, plausible, config=None):
+        """The statistics (n, Σz and Σzzᵀ, or the day counts) encrypted, summed under
+        encryption and threshold-decrypted: the server never holds one province's, and checks
+        the sum only."""
 
         def accept(result: ClientResult) -> ClientResult:
             check(result)
@@ -139,7 +143,8 @@ class HEFedAvg(Strategy):
             return result
 
         session = secrets.token_hex(16)
-        plan = [Instruction(p, self._config(0, session), None) for p in self._holders(provinces)]
+        config = {**self._config(0, session), **(config or {})}
+        plan = [Instruction(p, config, None) for p in self._holders(provinces)]
         results, _ = self.run_phase(0, STATISTICS, plan, accept)
         return checked_sums(results, self._sum_and_decrypt(0, session, results), plausible)
 

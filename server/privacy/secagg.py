@@ -25,7 +25,7 @@ from common.models.checks import UpdateError
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.disclosure import CUTOFF, SCALER, entry
+from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
 from server.strategy import (
     ClientResult,
     Evaluation,
@@ -234,7 +234,7 @@ class SecAggFedAvg(Strategy):
         )
         return {
             **self.inner.disclosure(),
-            "dates": entry(f"the rows on each calendar day over the provinces, {masked}", CUTOFF),
+            "dates": entry(f"{DATE_COUNTS}, summed over the provinces, {masked}", CUTOFF),
             "statistics": entry(f"the sums of n, Σz and Σzzᵀ over the provinces, {masked}", SCALER),
             "updates": entry(
                 f"the sample-weighted average of the round's updates, {masked}",
