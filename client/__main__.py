@@ -12,6 +12,7 @@ from client.config import ClientConfig
 from client.daemon import ClientDaemon
 from client.he import HEError
 from client.he_keys import read_share
+from client.links import TRANSPORTS
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
 from client.receipts import ReceiptBook
@@ -146,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         "to check the ledger against later with python -m server.ledger verify --receipts DIR "
         "[FEDSTOCK_RECEIPTS]",
     )
+    add(
+        "--transport",
+        choices=TRANSPORTS,
+        default=env("TRANSPORT", "stream"),
+        help="stream: one Session stream for the whole session (contract version 2); unary: a "
+        "GetTask and a Submit call per task, for servers older than the stream "
+        "[FEDSTOCK_TRANSPORT]",
+    )
     return parser
 
 
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         transfer_timeout=config.transfer_timeout,
         max_model_bytes=config.max_model_bytes,
         receipts=receipts,
+        transport=config.transport,
     )
     try:
         daemon.run()

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.links import TRANSPORTS
 from common.cli import ConfigError
 from common.members import PAPER, Members
 
@@ -33,6 +34,7 @@ class ClientConfig:
     receipts: Path
     he_insecure_key_size: bool = False
     members: Members = PAPER  # the federation's, from --members: who this client may be
+    transport: str = "stream"
 
     def __post_init__(self) -> None:
         try:
@@ -41,6 +43,8 @@ class ClientConfig:
             raise ConfigError(str(error)) from None
         if self.rows < 1:
             raise ConfigError("--rows must be positive")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"--transport must be one of: {', '.join(TRANSPORTS)}")
         if not 1 <= self.slowdown < math.inf:
             raise ConfigError("--slowdown must be a finite factor of at least 1")
 

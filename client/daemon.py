@@ -1,4 +1,5 @@
-"""The province daemon's link to the server: join, poll for tasks, do them, submit outcomes.
+"""The province daemon: join the server, take tasks over a link (client/links.py), do them,
+send the outcomes back.
 
 The client always dials out (data owners sit behind firewalls). It waits with backoff while the
 server is not up yet, rejoins if the server forgot it, and exits when told to stop.
@@ -9,20 +10,26 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
 
 import grpc
 
 from client.handshake import HandshakeCheck
 from client.he import HEError
+from client.links import TRANSPORTS, Link, StreamLink, UnaryLink
 from client.local import LocalWork, Outcome
 from client.privacy import PrivacyError
 from client.receipts import Receipt, ReceiptBook
 from client.tasks import ClientError, perform
 from common.bounded import bounded
 from common.secagg import SecAggError
-from common.tensors import Arrays, Payload, PayloadReceiver
-from common.wire import CHANNEL_OPTIONS, SESSION_METADATA_KEY, SOFTWARE_VERSION
+from common.tensors import Arrays, Payload
+from common.wire import (
+    CHANNEL_OPTIONS,
+    PROTOCOL_VERSION,
+    SESSION_METADATA_KEY,
+    SOFTWARE_VERSION,
+    STREAM_PROTOCOL_VERSION,
+)
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 
@@ -77,6 +84,7 @@ class ClientDaemon:
         transfer_timeout: float,
         max_model_bytes: int,
         receipts: ReceiptBook | None = None,
+        transport: str = "stream",
     ) -> None:
         self.province = province
         self.address = address
@@ -86,8 +94,10 @@ class ClientDaemon:
         self.transfer_timeout = transfer_timeout
         self.max_model_bytes = max_model_bytes
         self.receipts = receipts
-        self._session = ""
-        self._poll_seconds = 20.0
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
+        self._link: Link | None = None  # made by every join, for its session
 
     def run(self) -> None:
         """Serve the federation until the server says stop."""
@@ -95,31 +105,39 @@ class ClientDaemon:
             stub = pb_grpc.FederationStub(channel)
             backoff = Backoff(self.connect_timeout)
             self._join(stub, backoff)
-            while True:
-                try:
-                    task, parameters = self._next_task(stub)
-                except grpc.RpcError as error:
-                    self._recover(stub, error, backoff)
-                    continue
-                backoff.reset()
-                self._keep_receipts(task)
-                if task.kind == pb.TASK_KIND_STOP:
-                    if task.failed:
-                        raise ClientError(f"the federation failed: {task.reason}")
-                    log.info("server says stop: %s", task.reason or "no reason given")
-                    return
-                if task.kind == pb.TASK_KIND_WAIT:
-                    continue
-                try:
-                    outcome = perform(self.work, task, parameters)
-                except Exception as error:
-                    # The server hears why at once, instead of waiting out the deadline.
-                    log.exception("round %d: the task failed", task.round)
-                    self._send(stub, task, _failed(task, error), None)
-                    if isinstance(error, FATAL):
-                        raise
-                    continue
-                self._submit(stub, task, outcome)
+            try:
+                self._serve(stub, backoff)
+            finally:
+                if self._link is not None:
+                    self._link.close()
+
+    def _serve(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> None:
+        """Do tasks until the server says stop."""
+        while True:
+            try:
+                task, parameters = self._next_task()
+            except grpc.RpcError as error:
+                self._recover(stub, error, backoff)
+                continue
+            backoff.reset()
+            self._keep_receipts(task)
+            if task.kind == pb.TASK_KIND_STOP:
+                if task.failed:
+                    raise ClientError(f"the federation failed: {task.reason}")
+                log.info("server says stop: %s", task.reason or "no reason given")
+                return
+            if task.kind == pb.TASK_KIND_WAIT:
+                continue
+            try:
+                outcome = perform(self.work, task, parameters)
+            except Exception as error:
+                # The server hears why at once, instead of waiting out the deadline.
+                log.exception("round %d: the task failed", task.round)
+                self._send(task, _failed(task, error), None)
+                if isinstance(error, FATAL):
+                    raise
+                continue
+            self._submit(task, outcome)
 
     def channel(self) -> grpc.Channel:
         if self.credentials is None:
@@ -128,7 +146,10 @@ class ClientDaemon:
 
     def _join(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> None:
         request = pb.JoinRequest(
-            province=self.province, rows=len(self.work.raw), software_version=SOFTWARE_VERSION
+            province=self.province,
+            rows=len(self.work.raw),
+            software_version=SOFTWARE_VERSION,
+            protocol_version=PROTOCOL_VERSION,
         )
         handshake = HandshakeCheck(self.address, secure=self.credentials is not None)
         while True:
@@ -146,8 +167,25 @@ class ClientDaemon:
                 backoff.wait(
                     f"server {self.address} not reachable ({error.code().name}: {error.details()})"
                 )
-        self._session = reply.session
-        self._poll_seconds = reply.poll_seconds or self._poll_seconds
+        speaks = reply.protocol_version or 1
+        if self.transport == "stream" and speaks < STREAM_PROTOCOL_VERSION:
+            raise ClientError(
+                f"the server at {self.address} speaks contract version {speaks} (Join, GetTask "
+                f"and Submit only); this client's session stream needs version "
+                f"{STREAM_PROTOCOL_VERSION}: upgrade the server, or start this client with "
+                "--transport unary"
+            )
+        if self._link is not None:
+            self._link.close()
+        metadata = ((SESSION_METADATA_KEY, reply.session),)
+        poll_seconds = reply.poll_seconds or 20.0
+        self._link = (
+            StreamLink(stub, metadata, self.max_model_bytes)
+            if self.transport == "stream"
+            else UnaryLink(
+                stub, metadata, poll_seconds, self.transfer_timeout, self.max_model_bytes
+            )
+        )
         backoff.reset()
         log.info(
             "%s joined server %s (version %s)", self.province, self.address, reply.server_version
@@ -159,38 +197,19 @@ class ClientDaemon:
         if error.code() == grpc.StatusCode.UNAUTHENTICATED:
             log.warning("the server no longer knows this session; joining again")
             self._join(stub, backoff)
-        elif error.code() in RETRYABLE:
+        elif error.code() in RETRYABLE or (
+            self.transport == "stream" and error.code() == grpc.StatusCode.CANCELLED
+        ):
+            # A session stream also ends CANCELLED when the server gave up on it (idle, or a
+            # refused upload it could not read to its end): a new one is opened.
             backoff.wait(f"lost the server ({error.code().name}: {error.details()})")
         else:
             raise ClientError(
                 f"the server ended the task stream: {error.code().name}: {error.details()}"
             )
 
-    def _metadata(self) -> tuple[tuple[str, str]]:
-        return ((SESSION_METADATA_KEY, self._session),)
-
-    def _next_task(self, stub: pb_grpc.FederationStub) -> tuple[pb.Task, Arrays | None]:
-        stream = stub.GetTask(
-            pb.TaskRequest(),
-            timeout=self._poll_seconds + self.transfer_timeout,
-            metadata=self._metadata(),
-        )
-        first = next(stream)
-        if first.WhichOneof("part") != "task":
-            raise ClientError("the server's task stream did not start with a task")
-        task = first.task
-        # Read the stream to its end even without parameters: leaving early cancels it, and the
-        # server would take the task as undelivered.
-        receiver = (
-            PayloadReceiver(task.parameters, self.max_model_bytes)
-            if task.HasField("parameters")
-            else None
-        )
-        for chunk in stream:
-            if receiver is None or chunk.WhichOneof("part") != "data":
-                raise ClientError("the server sent an unexpected message after the task")
-            receiver.add(chunk.data)
-        return task, receiver.arrays() if receiver else None
+    def _next_task(self) -> tuple[pb.Task, Arrays | None]:
+        return self._link.next_task()
 
     def _keep_receipts(self, task: pb.Task) -> None:
         """Keep the ledger receipts the task brings; stop if the server contradicts one."""
@@ -204,7 +223,7 @@ class ClientDaemon:
         except ValueError as error:  # ReceiptError included
             raise ClientError(f"refusing the server's ledger receipts: {error}") from None
 
-    def _submit(self, stub: pb_grpc.FederationStub, task: pb.Task, outcome: Outcome) -> None:
+    def _submit(self, task: pb.Task, outcome: Outcome) -> None:
         payload = Payload.encode(outcome.arrays) if outcome.arrays else None
         header = pb.Outcome(
             task_id=task.task_id,
@@ -214,25 +233,13 @@ class ClientDaemon:
             metrics=outcome.metrics,
             parameters=payload.header if payload else None,
         )
-        self._send(stub, task, header, payload)
+        self._send(task, header, payload)
 
-    def _send(
-        self,
-        stub: pb_grpc.FederationStub,
-        task: pb.Task,
-        header: pb.Outcome,
-        payload: Payload | None,
-    ) -> None:
-        def chunks() -> Iterator[pb.SubmitChunk]:
-            yield pb.SubmitChunk(outcome=header)
-            if payload is not None:
-                for data in payload.chunks():
-                    yield pb.SubmitChunk(data=data)
-
+    def _send(self, task: pb.Task, header: pb.Outcome, payload: Payload | None) -> None:
         # A broken or deferred upload leaves the task open on the server: send it again.
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             try:
-                stub.Submit(chunks(), timeout=self.transfer_timeout, metadata=self._metadata())
+                self._link.submit(header, payload)
                 return
             except grpc.RpcError as error:
                 log.warning(

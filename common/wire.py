@@ -8,6 +8,10 @@ from proto.fedstock.v1 import federation_pb2 as pb
 
 SOFTWARE_VERSION = "0.1.0"
 SESSION_METADATA_KEY = "x-fedstock-session"
+# The contract's version, announced by both sides in Join: 1 is Join/GetTask/Submit, 2 adds the
+# Session stream. A peer that leaves the field unset speaks 1.
+PROTOCOL_VERSION = 2
+STREAM_PROTOCOL_VERSION = 2
 
 ConfigScalar = float | int | str | bool
 

@@ -72,6 +72,8 @@ def build_server(
             max_update_bytes,
             mutual_tls=credentials is not None,
             budget=ByteBudget(inflight_bytes or max_update_bytes),
+            # A working client's heartbeats keep its session stream well inside the idle timeout.
+            heartbeat_seconds=idle_seconds / 3,
         ),
         server,
     )

@@ -27,8 +27,9 @@ log = logging.getLogger("fedstock.server")
 RECENTLY_SEEN_SECONDS = 5.0
 # While the quorum is not there, the log says this often who is connected and who is not.
 QUORUM_REPORT_SECONDS = 30.0
-# Calls one session may hold open at once: an honest client polls and uploads, one of each,
-# and may overlap a retry; more would only hold handler threads the others need.
+# Calls one session may hold open at once: an honest client holds one Session stream (or polls
+# and uploads, one of each) and may overlap a retry; more would only hold handler threads the
+# others need.
 MAX_STREAMS_PER_SESSION = 4
 
 
@@ -50,7 +51,7 @@ class ClientSession:
     open_task: str | None = None
     told_to_stop: bool = False
     tasks: int = 0
-    streams: int = 0  # GetTask and Submit calls open now
+    streams: int = 0  # GetTask, Submit and Session calls open now
     # Set by the session's first poll: a Join alone (anyone's, on an --insecure server) does
     # not make a member, so it cannot count toward the quorum or be handed a task.
     member: bool = False
@@ -301,6 +302,11 @@ class Coordinator:
                 return False
             self._uploading.add(task_id)
             return True
+
+    def answering(self, task_id: str) -> bool:
+        """Whether an upload is answering `task_id` right now."""
+        with self._cond:
+            return task_id in self._uploading
 
     def release(self, task_id: str) -> None:
         """The upload ended; unless it answered the task, a retry may now claim it."""

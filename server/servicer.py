@@ -15,7 +15,12 @@ from common.bounded import bounded
 from common.models.checks import UpdateError
 from common.tensors import BudgetExhausted, ByteBudget, PayloadError, PayloadReceiver
 from common.tls import peer_common_name
-from common.wire import SESSION_METADATA_KEY, SOFTWARE_VERSION
+from common.wire import (
+    PROTOCOL_VERSION,
+    SESSION_METADATA_KEY,
+    SOFTWARE_VERSION,
+    STREAM_PROTOCOL_VERSION,
+)
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.buffer import StaleUpdate
@@ -38,8 +43,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         max_update_bytes: int,
         mutual_tls: bool,
         budget: ByteBudget | None = None,
+        heartbeat_seconds: float = 20.0,
     ) -> None:
         self._coordinator = coordinator
+        self._heartbeat_seconds = heartbeat_seconds
         self._max_update_bytes = max_update_bytes
         self._mutual_tls = mutual_tls
         # Every upload in flight together; by default as much as one update of the largest size.
@@ -76,25 +83,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             session=client.session,
             server_version=SOFTWARE_VERSION,
             poll_seconds=self._coordinator.poll_seconds,
+            protocol_version=PROTOCOL_VERSION,
         )
 
     def GetTask(
         self, request: pb.TaskRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TaskChunk]:
         client = self._authenticate(context)
-        assignment = self._coordinator.next_assignment(client, context.is_active)
-        delivered = False
-        try:
-            yield pb.TaskChunk(task=assignment.task)
-            if assignment.payload is not None:
-                for chunk in assignment.payload.chunks():
-                    yield pb.TaskChunk(data=chunk)
-            delivered = True
-        finally:
-            if not delivered and assignment.task.task_id:
-                self._coordinator.fail(
-                    assignment.task.task_id, "connection lost while the task was being sent"
-                )
+        yield from self._deliver(client, context, pb.TaskChunk)
 
     def Submit(
         self, request_iterator: Iterator[pb.SubmitChunk], context: grpc.ServicerContext
@@ -105,7 +101,79 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "a submission must start with its outcome"
             )
-        outcome = first.outcome
+        return self._answer(client, first.outcome, request_iterator, context, to_the_end=True)
+
+    def Session(
+        self, request_iterator: Iterator[pb.SessionUp], context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionDown]:
+        """GetTask and Submit as messages of one stream: a task for each `next`, a reply for
+        each outcome. The session is checked when the stream opens and again for every
+        message, so a session replaced by a newer Join loses its stream at once."""
+        client = self._authenticate(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "open":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session stream must start with open")
+        if first.open.protocol_version < STREAM_PROTOCOL_VERSION:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the session stream is contract version {STREAM_PROTOCOL_VERSION}; the client "
+                f"says it speaks {first.open.protocol_version}: use GetTask and Submit instead",
+            )
+        yield pb.SessionDown(
+            opened=pb.SessionOpened(
+                protocol_version=PROTOCOL_VERSION, heartbeat_seconds=self._heartbeat_seconds
+            )
+        )
+        for message in request_iterator:
+            if self._coordinator.client_for(client.session) is not client:
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this session was replaced by a newer Join of the same province",
+                )
+            part = message.WhichOneof("part")
+            if part == "next":
+                yield from self._deliver(client, context, pb.SessionDown)
+            elif part == "outcome":
+                reply = self._answer(client, message.outcome, request_iterator, context)
+                yield pb.SessionDown(reply=reply)
+            elif part != "heartbeat":
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a session stream takes next, an outcome or a heartbeat here, not {part}",
+                )
+
+    def _deliver(
+        self,
+        client: ClientSession,
+        context: grpc.ServicerContext,
+        message: type[pb.TaskChunk] | type[pb.SessionDown],
+    ) -> Iterator[pb.TaskChunk | pb.SessionDown]:
+        """The client's next task (or WAIT, or STOP), then its parameters; a task that did not
+        reach the client whole fails at once rather than at its deadline."""
+        assignment = self._coordinator.next_assignment(client, context.is_active)
+        delivered = False
+        try:
+            yield message(task=assignment.task)
+            if assignment.payload is not None:
+                for chunk in assignment.payload.chunks():
+                    yield message(data=chunk)
+            delivered = True
+        finally:
+            if not delivered and assignment.task.task_id:
+                self._coordinator.fail(
+                    assignment.task.task_id, "connection lost while the task was being sent"
+                )
+
+    def _answer(
+        self,
+        client: ClientSession,
+        outcome: pb.Outcome,
+        chunks: Iterator[pb.SubmitChunk | pb.SessionUp],
+        context: grpc.ServicerContext,
+        to_the_end: bool = False,
+    ) -> pb.SubmitReply:
+        """Check an outcome and its chunks and hand it to its phase. Submit reads `chunks` to
+        the call's end; a stream reads only as many as the outcome announced."""
         phase = self._coordinator.task_phase(outcome.task_id)
         if phase is None:
             context.abort(
@@ -138,7 +206,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         try:
             check_outcome(outcome.num_examples, outcome.metrics, client.rows)
             receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes, self._budget)
-            for chunk in request_iterator:
+            while to_the_end or not receiver.complete:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 if chunk.WhichOneof("part") != "data":
                     raise PayloadError("only data chunks may follow the outcome")
                 receiver.add(chunk.data)

@@ -56,15 +56,17 @@ def test_a_300_mb_forest_crosses_the_wire_and_predicts_as_before():
         30,
         300,
         1 << 30,
+        # The contract's first calls, GetTask and Submit (test_large_payload takes the stream).
+        transport="unary",
     )
     received: dict = {}
 
     def client() -> None:
         daemon._join(stub, Backoff(patience=30))
-        task, _ = daemon._next_task(stub)
-        daemon._submit(stub, task, Outcome(ROWS, {}, sent))
-        task, received["global"] = daemon._next_task(stub)
-        daemon._submit(stub, task, Outcome(1, {"mse": 0.0}))
+        task, _ = daemon._next_task()
+        daemon._submit(task, Outcome(ROWS, {}, sent))
+        task, received["global"] = daemon._next_task()
+        daemon._submit(task, Outcome(1, {"mse": 0.0}))
 
     def accept(result):
         strategy.check_update(result.arrays, FEATURES)

@@ -50,9 +50,9 @@ def test_a_300_mb_model_travels_down_and_back_intact():
 
     def client() -> None:
         daemon._join(stub, Backoff(patience=30))
-        task, parameters = daemon._next_task(stub)
+        task, parameters = daemon._next_task()
         received["task"], received["arrays"] = task, parameters
-        daemon._submit(stub, task, Outcome(1, {}, parameters))
+        daemon._submit(task, Outcome(1, {}, parameters))
 
     thread = threading.Thread(target=client)
     thread.start()

@@ -34,24 +34,28 @@ TASK_KIND_ANALYSE: TaskKind
 TASK_KIND_HE_DECRYPT: TaskKind
 
 class JoinRequest(_message.Message):
-    __slots__ = ("province", "rows", "software_version")
+    __slots__ = ("province", "rows", "software_version", "protocol_version")
     PROVINCE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     province: str
     rows: int
     software_version: str
-    def __init__(self, province: _Optional[str] = ..., rows: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, province: _Optional[str] = ..., rows: _Optional[int] = ..., software_version: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("session", "server_version", "poll_seconds")
+    __slots__ = ("session", "server_version", "poll_seconds", "protocol_version")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     session: str
     server_version: str
     poll_seconds: float
-    def __init__(self, session: _Optional[str] = ..., server_version: _Optional[str] = ..., poll_seconds: _Optional[float] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, session: _Optional[str] = ..., server_version: _Optional[str] = ..., poll_seconds: _Optional[float] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ()
@@ -168,3 +172,47 @@ class SubmitReply(_message.Message):
     accepted: bool
     message: str
     def __init__(self, accepted: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SessionOpen(_message.Message):
+    __slots__ = ("protocol_version",)
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    def __init__(self, protocol_version: _Optional[int] = ...) -> None: ...
+
+class SessionOpened(_message.Message):
+    __slots__ = ("protocol_version", "heartbeat_seconds")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    heartbeat_seconds: float
+    def __init__(self, protocol_version: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SessionUp(_message.Message):
+    __slots__ = ("open", "next", "outcome", "data", "heartbeat")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    open: SessionOpen
+    next: TaskRequest
+    outcome: Outcome
+    data: bytes
+    heartbeat: Heartbeat
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., next: _Optional[_Union[TaskRequest, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., data: _Optional[bytes] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class SessionDown(_message.Message):
+    __slots__ = ("opened", "task", "data", "reply")
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    opened: SessionOpened
+    task: Task
+    data: bytes
+    reply: SubmitReply
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., data: _Optional[bytes] = ..., reply: _Optional[_Union[SubmitReply, _Mapping]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class FederationStub:
                 request_serializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SubmitChunk.SerializeToString,
                 response_deserializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/fedstock.v1.Federation/Session',
+                request_serializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SessionUp.SerializeToString,
+                response_deserializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SessionDown.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -75,6 +80,16 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Contract version 2: one stream per session, opened after Join with the session's
+        metadata, carries GetTask's and Submit's messages both ways. It starts with `open`;
+        then each `next` is answered by one task (and its parameters), each outcome (and its
+        chunks) by one reply. A refusal ends the stream with the status Submit would return.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +107,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SubmitChunk.FromString,
                     response_serializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SessionUp.FromString,
+                    response_serializer=proto_dot_fedstock_dot_v1_dot_federation__pb2.SessionDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +195,33 @@ class Federation:
             '/fedstock.v1.Federation/Submit',
             proto_dot_fedstock_dot_v1_dot_federation__pb2.SubmitChunk.SerializeToString,
             proto_dot_fedstock_dot_v1_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedstock.v1.Federation/Session',
+            proto_dot_fedstock_dot_v1_dot_federation__pb2.SessionUp.SerializeToString,
+            proto_dot_fedstock_dot_v1_dot_federation__pb2.SessionDown.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,264 @@
+"""The Session stream (contract version 2) over real localhost gRPC: its order, its identity
+checks, the version errors between old and new peers, resuming after a dropped stream, and
+heartbeats that keep a working client's stream inside the server's idle timeout."""
+
+import queue
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+
+from client.daemon import Backoff, ClientDaemon
+from client.links import StreamLink
+from client.local import LocalWork
+from client.tasks import ClientError
+from common.launch import free_port
+from common.tensors import Payload
+from common.wire import PROTOCOL_VERSION, SESSION_METADATA_KEY
+from proto.fedstock.v1 import federation_pb2 as pb
+from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.__main__ import build_server
+from server.channel import Assignment, gather
+from server.coordinator import Coordinator
+from server.servicer import FederationServicer
+from tests.test_fuzz import VALID, LiveServer, honest_update
+
+pytestmark = pytest.mark.integration
+
+OPEN = pb.SessionUp(open=pb.SessionOpen(protocol_version=PROTOCOL_VERSION))
+NEXT = pb.SessionUp(next=pb.TaskRequest())
+
+
+class RawStream:
+    """A Session call whose messages the test sends one by one, past every client check."""
+
+    def __init__(self, stub: pb_grpc.FederationStub, metadata: tuple) -> None:
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        outbox = self._outbox
+
+        def requests():
+            while (message := outbox.get()) is not None:
+                yield message
+
+        self.call = stub.Session(requests(), timeout=60, metadata=metadata)
+
+    def send(self, *messages: pb.SessionUp) -> None:
+        for message in messages:
+            self._outbox.put(message)
+
+    def read(self) -> pb.SessionDown:
+        return next(self.call)
+
+    def status(self) -> grpc.StatusCode:
+        """How the stream ends: OK after a reply, or the code it was ended with."""
+        try:
+            self.read()
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self.call.cancel()
+
+
+def outcome_messages(task: pb.Task, data: list[bytes]) -> list[pb.SessionUp]:
+    outcome = pb.Outcome(task_id=task.task_id, round=task.round, kind=task.kind, num_examples=50)
+    outcome.parameters.CopyFrom(VALID.header)
+    return [pb.SessionUp(outcome=outcome), *(pb.SessionUp(data=d) for d in data)]
+
+
+def open_phase(live: LiveServer) -> tuple[threading.Thread, list]:
+    """A TRAIN task for hubei, open for 60 s; the phase's results and failures land in the list."""
+    outcome: list = []
+
+    def phase() -> None:
+        assignment = {"hubei": Assignment(pb.Task(round=1, kind=pb.TASK_KIND_TRAIN), None)}
+        outcome.append(gather(live.coordinator, 1, pb.TASK_KIND_TRAIN, assignment, _keep, 60))
+
+    thread = threading.Thread(target=phase)
+    thread.start()
+    return thread, outcome
+
+
+def _keep(result):
+    return result
+
+
+def test_a_stream_dropped_mid_upload_leaves_the_task_open_and_its_retry_is_accepted_once():
+    live = LiveServer()
+    streams: list[RawStream] = []
+    try:
+        phase, outcome = open_phase(live)
+        first = RawStream(live.stub, live.metadata)
+        streams.append(first)
+        first.send(OPEN, NEXT)
+        assert first.read().opened.protocol_version == PROTOCOL_VERSION
+        task = first.read().task
+        while task.kind == pb.TASK_KIND_WAIT:  # the stream asked before the phase was sent
+            first.send(NEXT)
+            task = first.read().task
+        assert task.kind == pb.TASK_KIND_TRAIN
+        # Half the update; once the server is reading it, the connection is gone.
+        first.send(*outcome_messages(task, [VALID.blob[: len(VALID.blob) // 2]]))
+        reading = threading.Event()
+        for _ in range(6000):  # the server reads the outcome within a minute, however busy
+            if live.coordinator.answering(task.task_id):
+                break
+            reading.wait(0.01)
+        assert live.coordinator.answering(task.task_id)
+        first.close()
+        honest = outcome_messages(task, list(VALID.chunks()))
+        codes = [grpc.StatusCode.ABORTED]
+        while codes[-1] == grpc.StatusCode.ABORTED:  # until the broken stream has let go
+            retry = RawStream(live.stub, live.metadata)
+            streams.append(retry)
+            retry.send(OPEN, *honest)
+            assert retry.read().WhichOneof("part") == "opened"
+            codes.append(retry.status())
+        again = RawStream(live.stub, live.metadata)
+        streams.append(again)
+        again.send(OPEN, *honest)
+        again.read()
+        second = again.status()
+        phase.join(timeout=60)
+    finally:
+        for stream in streams:
+            stream.close()
+        live.close()
+    assert codes[-1] == grpc.StatusCode.OK, codes
+    assert second == grpc.StatusCode.FAILED_PRECONDITION  # once only
+    results, failures = outcome[0]
+    assert failures == [] and len(results) == 1
+    for name, array in honest_update().items():
+        np.testing.assert_array_equal(results[0].arrays[name], array)
+
+
+def test_the_stream_opens_in_order_with_a_session_and_a_version_it_speaks():
+    live = LiveServer()
+    streams = []
+    try:
+        assert live.stub.Join(pb.JoinRequest(province="fujian"), timeout=10).protocol_version == 2
+
+        def ending(metadata, *messages) -> grpc.RpcError:
+            stream = RawStream(live.stub, metadata)
+            streams.append(stream)
+            stream.send(*messages)
+            with pytest.raises(grpc.RpcError) as ended:
+                while True:
+                    stream.read()
+            return ended.value
+
+        anonymous = ending((), OPEN)
+        assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
+        headless = ending(live.metadata, NEXT)
+        assert headless.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "must start with open" in headless.details()
+        old = ending(live.metadata, pb.SessionUp(open=pb.SessionOpen(protocol_version=1)))
+        assert old.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "use GetTask and Submit" in old.details()
+
+        # A stream belongs to its session: once a newer Join replaces it, the next message
+        # ends the stream.
+        stream = RawStream(live.stub, live.metadata)
+        streams.append(stream)
+        stream.send(OPEN)
+        assert stream.read().WhichOneof("part") == "opened"
+        live.stub.Join(pb.JoinRequest(province="hubei", rows=1000), timeout=10)
+        stream.send(pb.SessionUp(heartbeat=pb.Heartbeat()))
+        with pytest.raises(grpc.RpcError) as replaced:
+            stream.read()
+        assert replaced.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "replaced by a newer Join" in replaced.value.details()
+    finally:
+        for stream in streams:
+            stream.close()
+        live.close()
+
+
+class VersionOneServicer(FederationServicer):
+    """A server of the first contract: its Join says no version, and it has no Session."""
+
+    Session = pb_grpc.FederationServicer.Session
+
+    def Join(self, request, context):
+        reply = super().Join(request, context)
+        reply.ClearField("protocol_version")
+        return reply
+
+
+def test_a_stream_client_meeting_a_version_one_server_is_told_what_to_do():
+    port = free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_FederationServicer_to_server(
+        VersionOneServicer(Coordinator(poll_seconds=1), 1 << 20, mutual_tls=False), server
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        outcomes = {}
+        for transport in ("stream", "unary"):
+            daemon = ClientDaemon(
+                "hubei" if transport == "stream" else "fujian",
+                f"127.0.0.1:{port}",
+                None,
+                LocalWork(pd.DataFrame(index=range(5))),
+                30,
+                30,
+                1 << 20,
+                transport=transport,
+            )
+            with daemon.channel() as channel:
+                try:
+                    daemon._join(pb_grpc.FederationStub(channel), Backoff(patience=30))
+                    outcomes[transport] = "joined"
+                except ClientError as error:
+                    outcomes[transport] = str(error)
+    finally:
+        server.stop(grace=0)
+    assert "speaks contract version 1" in outcomes["stream"]
+    assert "--transport unary" in outcomes["stream"]
+    assert outcomes["unary"] == "joined"
+
+
+def test_heartbeats_keep_a_working_clients_stream_past_the_idle_timeout():
+    # Idle timeout 6 s, so heartbeats every 2 s; the client works on its task for 13 s, more
+    # than twice the timeout, and its stream still takes the outcome.
+    coordinator = Coordinator(poll_seconds=1)
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = build_server(coordinator, address, 8, 1 << 20, idle_seconds=6)
+    server.start()
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.FederationStub(channel)
+    try:
+        session = stub.Join(pb.JoinRequest(province="hubei", rows=1000), timeout=10).session
+        link = StreamLink(stub, ((SESSION_METADATA_KEY, session),), 1 << 20)
+        results: list = []
+        sent = threading.Event()
+
+        def phase() -> None:
+            assignment = {"hubei": Assignment(pb.Task(round=1, kind=pb.TASK_KIND_TRAIN), None)}
+            sent.set()
+            results.append(gather(coordinator, 1, pb.TASK_KIND_TRAIN, assignment, _keep, 120))
+
+        thread = threading.Thread(target=phase)
+        thread.start()
+        sent.wait(timeout=60)
+        task, _ = link.next_task()
+        while task.kind == pb.TASK_KIND_WAIT:
+            task, _ = link.next_task()
+        threading.Event().wait(13)  # the client's local work
+        header = pb.Outcome(task_id=task.task_id, round=1, kind=task.kind, num_examples=50)
+        payload = Payload.encode(honest_update())
+        header.parameters.CopyFrom(payload.header)
+        link.submit(header, payload)
+        thread.join(timeout=60)
+        link.close()
+    finally:
+        channel.close()
+        server.stop(grace=0)
+    accepted, failures = results[0]
+    assert failures == [] and len(accepted) == 1
