@@ -19,7 +19,7 @@ from common import forecast, preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
-from common.wire import ConfigScalar
+from common.wire import START_METRICS, ConfigScalar
 
 
 class LocalWork:
@@ -31,6 +31,9 @@ class LocalWork:
         # Simulates a slower machine: training takes `slowdown` times as long as it did.
         self.slowdown = slowdown
         self._splits: dict[DataSettings, preprocess.Split] = {}
+        # The rows last scaled, per part ("train", "test"): every round scales them the same
+        # way, so they are scaled once for as long as the settings and the scaler stay.
+        self._scaled: dict[str, tuple[tuple, np.ndarray]] = {}
 
     def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
         """The province's split for the federation's data settings, computed once per setting.
@@ -99,14 +102,15 @@ class LocalWork:
         if not len(data.y_train):  # a fold of days before this province's first: no part in it
             return Outcome(0, {})
         trainer = trainer_for(str(config["model"]))
-        x = _inputs(trainer, data.x_train, scaler)
+        x = self._inputs(trainer, config, "train", scaler)
         update = trainer.fit(x, data.y_train, parameters, config)
         metrics = {}
         if trainer.update_is_model:
             metrics["train_mse"] = _mse(trainer.predict(update, x, config), data.y_train)
         if trainer.local_steps is not None:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), config))
-            if parameters is not None:  # q-FedAvg weighs provinces by the global model's loss
+            # q-FedAvg weighs provinces by the global model's loss; nobody else asks for it.
+            if parameters is not None and config.get(START_METRICS):
                 metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
                 if trainer.local_loss is not None:  # ... in the units its steps minimise
                     metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, config)
@@ -151,7 +155,7 @@ class LocalWork:
         if not len(data.y_test):  # a fold of days this province has no rows on
             return Outcome(0, {"seconds": time.perf_counter() - started})
         trainer = trainer_for(str(task.config["model"]))
-        x = _inputs(trainer, data.x_test, scaler)
+        x = self._inputs(trainer, task.config, "test", scaler)
         prediction = trainer.predict(task.parameters, x, task.config)
         metrics = forecast.scores(prediction, data.y_test, data.reference_test)
         metrics["seconds"] = time.perf_counter() - started
@@ -171,18 +175,38 @@ class LocalWork:
         started = time.perf_counter()
         data = self.split(task.config)
         trainer = trainer_for(str(task.config["model"]))
-        x_train, x_test = (_inputs(trainer, x, scaler) for x in (data.x_train, data.x_test))
+        x_train, x_test = (self._inputs(trainer, task.config, p, scaler) for p in ("train", "test"))
         metrics, sums = analysis.analyse(
             trainer, data, x_train, x_test, task.parameters, task.config
         )
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics, sums)
 
+    def _inputs(
+        self,
+        trainer: Trainer,
+        config: Mapping[str, ConfigScalar],
+        part: str,
+        scaler: tuple[np.ndarray, np.ndarray],
+    ) -> np.ndarray:
+        """The split's `part` rows as `trainer` takes them: globally scaled (read-only, kept for
+        the next task with the same settings and scaler), or raw for the models that want raw."""
+        x = getattr(self.split(config), f"x_{part}")
+        if not trainer.scaled:
+            return x
+        key = (
+            DataSettings.from_config(config),
+            FoldSettings.from_config(config),
+            scaler[0].tobytes(),
+            scaler[1].tobytes(),
+        )
+        kept = self._scaled.get(part)
+        if kept is None or kept[0] != key:
+            scaled = preprocess.scale(x, *scaler)
+            scaled.flags.writeable = False
+            kept = self._scaled[part] = (key, scaled)
+        return kept[1]
+
 
 def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((prediction - truth) ** 2))
-
-
-def _inputs(trainer: Trainer, x: np.ndarray, scaler: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The rows as `trainer` takes them: globally scaled, or raw for the models that want raw."""
-    return preprocess.scale(x, *scaler) if trainer.scaled else x

@@ -15,6 +15,7 @@ from common.models.checks import UpdateError
 from common.preprocess import GlobalStatistics
 from common.scaffold import CONTROL, CONTROL_DELTA
 from common.settings import TaskContext
+from common.wire import START_METRICS
 from server import strategies
 from server.config import ConfigError, StrategySettings
 from server.models import build_strategy
@@ -177,6 +178,8 @@ def test_qfedavg_with_q_zero_is_the_plain_mean_and_larger_q_favours_the_worse_pr
     assert tilted["coef"][0] < 0  # the bad province's direction wins
     with pytest.raises(UpdateError, match="start_loss"):
         QFedAvg(base(), q=1.0).accept_fit(2, result("c", 1, [0.0]))
+    (asked,) = QFedAvg(base(), q=1.0).configure_fit(2, current, ["c"])
+    assert asked.config[START_METRICS] is True
 
 
 def arguments(**overrides) -> StrategySettings:
@@ -230,12 +233,17 @@ def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
     data = work.split(config)
     # One standard deviation of tomorrow's change above the truth, everywhere.
     start = weights(np.zeros(data.x_train.shape[1]), 1.0)
-    outcome = work.train(config, scaler, start)
+    outcome = work.train({**config, START_METRICS: True}, scaler, start)
     assert outcome.metrics["local_steps"] == local_steps(len(data.y_train), config)
     assert outcome.metrics["start_mse"] > outcome.metrics["train_mse"]
     # q-FedAvg's F_i is the steps' own loss, ½·MSE of the standardised change, not yuan².
     in_yuan = outcome.metrics["start_mse"] / (2 * float(config["change_std"]) ** 2)
     assert outcome.metrics["start_loss"] == pytest.approx(in_yuan)
+    # Unasked, the two extra passes are skipped and the update is the same.
+    plain = work.train(config, scaler, start)
+    assert "start_mse" not in plain.metrics and "start_loss" not in plain.metrics
+    for name, array in outcome.arrays.items():
+        np.testing.assert_array_equal(plain.arrays[name], array)
     squeezed = work.train({**config, "compression": "int8", "topk_fraction": 0.1}, scaler, start)
     assert set(squeezed.arrays) == {VALUES, SCALE}
 

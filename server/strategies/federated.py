@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from common.models.checks import UpdateError
 from common.scaffold import CONTROL, CONTROL_DELTA
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
-from common.wire import ConfigScalar
+from common.wire import START_METRICS, ConfigScalar
 from server.strategies.robust import Combiner, mean, median
 from server.strategy import CARRIES_STATE, ClientResult, Failure, FedAvg, Instruction, Strategy
 
@@ -224,6 +225,13 @@ class QFedAvg(Federated):
         super().__init__(base, config, combine)
         self.q = q
         self.lipschitz = 1.0 / float(self.model_config["learning_rate"])
+
+    def configure_fit(
+        self, server_round: int, parameters: Arrays | None, provinces: list[str]
+    ) -> list[Instruction]:
+        """Each province is asked for its loss under the global model before it trains."""
+        asked = super().configure_fit(server_round, parameters, provinces)
+        return [replace(i, config={**i.config, START_METRICS: True}) for i in asked]
 
     def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
         if server_round > 1:
