@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import socket
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.links import TRANSPORTS
 from common.data.synthetic import province_rows, synthesize_province
 from common.launch import LocalFederation, free_port
 from common.preprocess import split
@@ -69,19 +71,20 @@ def write_data(frames: dict, out: Path) -> tuple[Path, Path]:
     return parquet, arrays
 
 
-def fedstock_rounds(parquet: Path, out: Path, rounds: int) -> list[float]:
+def fedstock_rounds(parquet: Path, out: Path, rounds: int, transport: str) -> list[float]:
     federation = LocalFederation(
-        out / "fedstock",
+        out / f"fedstock-{transport}",
         "lr-sgd",
         rounds,
         data=parquet,
         insecure=True,
         server_args=["--poll-seconds", "5"],
+        client_args=["--transport", transport],
     )
     federation.start()
     codes = federation.wait(timeout=3600)
     if set(codes.values()) != {0}:
-        raise SystemExit(f"fedstock run failed: exit codes {codes} (logs in {out / 'fedstock'})")
+        raise SystemExit(f"fedstock run failed: exit codes {codes} (logs in {federation.out})")
     return [r["seconds"] for r in federation.results()["rounds"]]
 
 
@@ -132,19 +135,37 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--flower-python", type=Path, default=Path(".venv-flower/bin/python"))
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=TRANSPORTS,
+        default=list(TRANSPORTS),
+        help="fedstock's client transports to run, each a run of its own",
+    )
+    parser.add_argument("--skip-flower", action="store_true", help="run fedstock only")
     args = parser.parse_args()
     started = time.perf_counter()
     parquet, arrays = write_data(province_frames(args.rows_per_province, args.seed), args.out)
     print(f"data: 9 x {args.rows_per_province:,} rows in {time.perf_counter() - started:.1f} s")
-    ours = fedstock_rounds(parquet, args.out, args.rounds)
-    theirs = flower_rounds(args.flower_python, arrays, args.out, args.rounds)
     # fedstock's first round includes nothing of start-up either; compare rounds 2..R on both.
-    ours_median, theirs_median = statistics.median(ours[1:]), statistics.median(theirs)
+    medians = {
+        f"fedstock (lr-sgd, --transport {t})": statistics.median(
+            fedstock_rounds(parquet, args.out, args.rounds, t)[1:]
+        )
+        for t in args.transports
+    }
+    if not args.skip_flower:
+        theirs = flower_rounds(args.flower_python, arrays, args.out, args.rounds)
+        medians["Flower 1.42 legacy gRPC"] = statistics.median(theirs)
     print(f"\n{args.rounds} rounds, 9 clients x {args.rows_per_province:,} rows, train + evaluate")
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{'system':<40} {'median round s':>15}")
-    print(f"{'fedstock (lr-sgd, Join/GetTask/Submit)':<40} {ours_median:>15.4f}")
-    print(f"{'Flower 1.42 legacy gRPC':<40} {theirs_median:>15.4f}")
-    print(f"ratio fedstock / Flower: {ours_median / theirs_median:.2f}")
+    for name, median in medians.items():
+        print(f"{name:<40} {median:>15.4f}")
+    flower = medians.get("Flower 1.42 legacy gRPC")
+    for name, median in medians.items():
+        if flower and name.startswith("fedstock"):
+            print(f"ratio {name} / Flower: {median / flower:.2f}")
     sys.stdout.flush()
 
 
