@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ class Comparison:
     setup: dict[str, Any] = field(default_factory=dict)  # shown as the report's first table
     notes: list[str] = field(default_factory=list)
     privacy: list[dict[str, Any]] = field(default_factory=list)  # rows of baselines.privacy
+    setting: str = "next-day"
+    target_std: float | None = None  # of the training rows' target, for standardised MSEs
 
     def cell(self, framework: str, model: str, metric: str) -> Cell:
         run = self.runs.get((framework, model))
@@ -389,8 +391,9 @@ def analysis_section(comparison: Comparison) -> list[str]:
     return ["## Contributions, explainability and personalisation", "", *lines] if lines else []
 
 
-def write_report(comparison: Comparison, out: Path) -> Path:
-    """All files of the comparison, and report.md that shows them top to bottom."""
+def write_report(comparison: Comparison, out: Path, agreement: Sequence[str] = ()) -> Path:
+    """All files of the comparison, and report.md that shows them top to bottom, with the
+    agreement section (`baselines.agreement`) after the tables."""
     out.mkdir(parents=True, exist_ok=True)
     tables = {metric: write_table(comparison, metric, out) for metric in TABLES}
     charts = {metric: bar_chart(comparison, metric, out) for metric in TABLES}
@@ -422,6 +425,7 @@ def write_report(comparison: Comparison, out: Path) -> Path:
         tables["seconds"][1].read_text(),
         f"![Table 3 as bars]({charts['seconds'].name})",
         "",
+        *agreement,
         "## Federated convergence",
         "",
         f"![MSE per round]({convergence.name})",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from baselines import paper, report
+from baselines import agreement, paper, report
 from baselines.data import DataOptions, write_synthetic
-from baselines.reproduce import SCALES, Plan, execute
+from baselines.reproduce import SCALES, Plan, execute, for_setting
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
     add("--rows", type=int, help="rows of the synthetic market (default: the scale's)")
     add("--seed", type=int, default=DataOptions.seed, help="seed of the synthetic market")
     add("--setting", choices=("next-day", "paper"), default="next-day", help="target and split")
+    add(
+        "--beside",
+        choices=("next-day", "paper"),
+        help="also run this setting (without the DP sweep), in OUT/SETTING, and show its "
+        "figures beside in the agreement section",
+    )
     add("--master", default="local[*]", help="Spark master URL")
     add("--driver-memory", help="Spark driver memory (default: the scale's)")
     add("--no-extras", action="store_true", help="skip the MLlib and exact-SVR comparisons")
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
         write_synthetic(Path(folder), rows, args.seed)
     plan = Plan(
         DataOptions(data=folder, rows=rows, seed=args.seed, setting=args.setting),
-        scale,
+        for_setting(scale, args.setting),
         args.out,
         args.master,
         args.driver_memory or scale.driver_memory,
@@ -70,7 +77,22 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
         privacy=not args.no_privacy,
     )
     comparison = execute(plan, session)
-    path = report.write_report(comparison, args.out)
+    beside, beside_name = None, ""
+    if args.beside and args.beside != args.setting:
+        beside_name = args.beside
+        print(f"\nthe {beside_name} setting beside it, in {args.out / beside_name}/ …", flush=True)
+        other = replace(
+            plan,
+            data=replace(plan.data, setting=beside_name),
+            scale=for_setting(scale, beside_name),
+            out=args.out / beside_name,
+            privacy=False,
+        )
+        beside = execute(other, session)
+        report.write_report(beside, other.out, agreement.section(beside))
+    path = report.write_report(
+        comparison, args.out, agreement.section(comparison, beside, beside_name)
+    )
     for metric in report.TABLES:
         print()
         print(report.write_table(comparison, metric, args.out)[1].read_text(), end="")

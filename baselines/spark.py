@@ -25,7 +25,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,9 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 ENGINES = ("sklearn", "mllib")
+# global: the federation's scaler over all training rows; province: each its own (the paper's
+# federation as its clients scale: each fits its own StandardScaler).
+SCALINGS = ("global", "province")
 MLLIB_MODELS = ("lr", "rf", "gbdt", "rf-hist")
 LABEL = "label"  # what MLlib learns: the target, or its change from today's close (trees)
 MLLIB_MAX_DEPTH = 30  # MLlib's own limit on tree depth
@@ -138,32 +141,42 @@ def _raw_partition(columns: list[str]) -> Callable[[int, Iterable], Iterator[tup
     return run
 
 
-def _setup_partition(model: str, context: Context) -> Callable[[ProvinceSplit], Any]:
+def _setup_partition(
+    model: str, context: Context, scalings: Mapping[str, Scaling]
+) -> Callable[[ProvinceSplit], Any]:
     def run(pair: ProvinceSplit) -> Any:
-        setup = build_model(model, context).setup
+        own = replace(context, scaling=scalings[pair[0]])
+        setup = build_model(model, own).setup
         assert setup is not None
-        return setup(context.scaling.apply(pair[1].x_train), context)
+        return setup(own.scaling.apply(pair[1].x_train), own)
 
     return run
 
 
 def _fit_partition(
-    model: str, context: Context, options: Mapping[str, ModelOptions], start: Any
+    model: str,
+    context: Context,
+    options: Mapping[str, ModelOptions],
+    scalings: Mapping[str, Scaling],
+    start: Any,
 ) -> Callable[[Iterable], Iterator[Any]]:
     def run(pairs: Iterable[ProvinceSplit]) -> Iterator[Any]:
-        spec = build_model(model, context)
         for province, s in pairs:
-            own = replace(context, options=options[province])
-            yield spec.fit(context.scaling.apply(s.x_train), s.y_train, own, start.value)
+            own = replace(context, options=options[province], scaling=scalings[province])
+            spec = build_model(model, own)
+            yield spec.fit(own.scaling.apply(s.x_train), s.y_train, own, start.value)
 
     return run
 
 
-def _score(model: str, context: Context, fitted: Any) -> Callable[[ProvinceSplit], tuple]:
+def _score(
+    model: str, context: Context, scalings: Mapping[str, Scaling], fitted: Any
+) -> Callable[[ProvinceSplit], tuple]:
     def run(pair: ProvinceSplit) -> tuple[str, dict[str, float], int]:
         province, s = pair
-        predict = build_model(model, context).predict
-        prediction = predict(fitted.value, context.scaling.apply(s.x_test))
+        own = replace(context, scaling=scalings[province])
+        predict = build_model(model, own).predict
+        prediction = predict(fitted.value, own.scaling.apply(s.x_test))
         return province, results.scores(prediction, s), len(s.y_test)
 
     return run
@@ -199,10 +212,12 @@ def province_splits(spark: SparkSession, data: DataOptions) -> tuple[RDD, DataOp
     return splits, data
 
 
-def global_scaling(splits: RDD, data: DataOptions) -> Scaling:
-    """The federation's scaler: per-province sums, added up by a reduce."""
-    sums = splits.map(lambda pair: preprocess.statistics(pair[1].x_train, pair[1].y_train))
-    return Scaling.from_sums(data.features, [sums.reduce(add_sums)])
+def province_sums(splits: RDD) -> dict[str, Arrays]:
+    """Each province's sums over its training rows (a few numbers each)."""
+    statistics = splits.map(
+        lambda pair: (pair[0], preprocess.statistics(pair[1].x_train, pair[1].y_train))
+    )
+    return dict(statistics.collect())
 
 
 @dataclass
@@ -215,6 +230,8 @@ class Loaded:
     train_rows: dict[str, int]
     seconds: float
     data: DataOptions  # with the split's agreed cutoff
+    # Each province's scaler from its own rows alone, for `--scaling province`.
+    own_scaling: dict[str, Scaling] = field(default_factory=dict)
 
     def release(self) -> None:
         self.splits.unpersist()
@@ -224,29 +241,35 @@ def load(spark: SparkSession, data: DataOptions) -> Loaded:
     """Read and split every province (`data.data` must name files Spark can read)."""
     started = time.perf_counter()
     splits, data = province_splits(spark, data)  # reads, shuffles and splits
-    scaling = global_scaling(splits, data)
+    sums = province_sums(splits)
+    scaling = Scaling.from_sums(data.features, sums.values())  # the federation's scaler
+    own = {p: Scaling.from_sums(data.features, [s]) for p, s in sums.items()}
     train_rows = dict(splits.map(lambda pair: (pair[0], len(pair[1].y_train))).collect())
-    return Loaded(splits, scaling, train_rows, time.perf_counter() - started, data)
+    return Loaded(splits, scaling, train_rows, time.perf_counter() - started, data, own)
 
 
 def train_partitions(
-    spark: SparkSession, loaded: Loaded, model: str, context: Context
+    spark: SparkSession, loaded: Loaded, model: str, context: Context, scaling: str = "global"
 ) -> tuple[list[tuple[str, float, int]], float, float]:
     """The paper's scheme: fit per partition, merge by reduce, score on each partition.
 
+    With `scaling` "province", each province scales its rows (training and test) by its own
+    statistics, as a federation whose clients each fit their own scaler would.
     Returns the scores, the seconds of fit + reduce, and the seconds of scoring.
     """
     started = time.perf_counter()
     spec = build_model(model, context)
     options = per_province(model, context.options, loaded.train_rows)
     splits, sc = loaded.splits, spark.sparkContext
+    own = scaling == "province"
+    scalings = loaded.own_scaling if own else dict.fromkeys(loaded.train_rows, loaded.scaling)
 
     def setup_all(ctx: Context) -> Arrays:
-        return splits.map(_setup_partition(model, ctx)).reduce(add_sums)
+        return splits.map(_setup_partition(model, ctx, scalings)).reduce(add_sums)
 
     def fit_all(ctx: Context, start: Any) -> Any:
         previous = sc.broadcast(start)
-        parts = splits.mapPartitions(_fit_partition(model, ctx, options, previous))
+        parts = splits.mapPartitions(_fit_partition(model, ctx, options, scalings, previous))
         merged = parts.reduce(spec.merge)
         previous.destroy()
         return merged
@@ -254,7 +277,7 @@ def train_partitions(
     merged = train(spec, context, setup_all, fit_all)
     fitted = time.perf_counter()
     shared = spark.sparkContext.broadcast(merged)
-    scores = splits.map(_score(model, context, shared)).collect()
+    scores = splits.map(_score(model, context, scalings, shared)).collect()
     shared.destroy()
     return scores, fitted - started, time.perf_counter() - fitted
 
@@ -394,6 +417,7 @@ def run(
     engine: str = "sklearn",
     session_seconds: float = 0.0,
     loaded: Loaded | None = None,
+    scaling: str = "global",
 ) -> dict[str, Any]:
     """One model's Spark job on a running session, reading the data unless `loaded` has it.
 
@@ -409,16 +433,20 @@ def run(
             f"{model} grows one ensemble from summed histograms, so no partitions' parts merge; "
             "on Spark it runs as MLlib's (engine mllib)"
         )
+    if scaling not in SCALINGS or (scaling == "province" and engine != "sklearn"):
+        raise ValueError(f"scaling {scaling!r}: the sklearn engine scales global or province")
     if loaded is None:
         with readable_data(data) as readable:
             loaded = load(spark, readable)
             try:
-                return run(spark, model, data, options, engine, session_seconds, loaded)
+                return run(spark, model, data, options, engine, session_seconds, loaded, scaling)
             finally:
                 loaded.release()
     if engine == "sklearn":
         context = Context(options, loaded.scaling)
-        scores, fit_seconds, score_seconds = train_partitions(spark, loaded, model, context)
+        scores, fit_seconds, score_seconds = train_partitions(
+            spark, loaded, model, context, scaling
+        )
     else:
         scores, fit_seconds, score_seconds = train_mllib(spark, loaded.splits, model, data, options)
     job_seconds = loaded.seconds + fit_seconds + score_seconds
@@ -434,6 +462,7 @@ def run(
     params["partitions"] = loaded.splits.getNumPartitions()
     agreed = loaded.data  # read from a copy Spark can reach; the split is the one it agreed
     split = {"split_start": agreed.split_start, "split_cutoff": agreed.split_cutoff}
+    params["scaling"] = scaling
     return results.record(
         model,
         "spark" if engine == "sklearn" else "spark-mllib",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from baselines import cli, results
 from baselines.models import ALL_MODELS
-from baselines.spark import ENGINES, MLLIB_MODELS, run, start_session
+from baselines.spark import ENGINES, MLLIB_MODELS, SCALINGS, run, start_session
 from common.models.histgrow import TREE_MODELS
 
 
@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_data_args(parser)
     add = parser.add_argument
     add("--engine", choices=ENGINES, default="sklearn", help="per-partition sklearn, or MLlib")
+    add(
+        "--scaling",
+        choices=SCALINGS,
+        default="global",
+        help="global: features scaled by all provinces' training rows (the federation's); "
+        "province: each province by its own, as clients that each fit a scaler (sklearn engine)",
+    )
     add("--master", default="local[*]", help="Spark master URL, e.g. spark://host:7077")
     add("--driver-memory", default="4g", help="driver JVM memory (4–6g for 2.7M rows)")
     add("--results", type=Path, help="results JSON (default: runs/spark-MODEL.json)")
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             replace(cli.model_options(args), tree_settings=cli.tree_settings(parser, args)),
             args.engine,
             session_seconds,
+            scaling=args.scaling,
         )
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from baselines import paper, reproduce, reproduce_cli
+from baselines import agreement, paper, reproduce, reproduce_cli
+from baselines.data import DataOptions
 from baselines.report import Comparison, naive_findings, write_table
 from common import forecast
 from common.registry import MODELS
@@ -33,6 +34,7 @@ def is_number(text: str) -> bool:
         return False
 
 
+@pytest.mark.timeout(1800)  # a guard against a hang only: twelve jobs on a loaded machine
 def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_path, capsys):
     out = tmp_path / "reproduce"
     argv = ["--scale", "tiny", "--out", str(out), "--no-extras", "--master", "local[2]"]
@@ -107,3 +109,65 @@ def test_the_report_names_the_runs_that_do_not_beat_the_naive_forecast():
     (line,) = naive_findings(Comparison(runs={("centralised", "lr"): run(0.1)}))
     assert line.startswith("Every run beats the naive forecast")
     assert naive_findings(Comparison(runs={("centralised", "lr"): {"final": {"mse": 0.1}}})) == []
+
+
+@pytest.mark.timeout(1800)  # a guard against a hang only: six jobs on a loaded machine
+def test_the_paper_setting_runs_beside_the_default_with_the_agreement_section(
+    spark_session, tmp_path
+):
+    out = tmp_path / "paper"
+    argv = ["--scale", "tiny", "--out", str(out), "--setting", "paper", "--beside", "next-day"]
+    argv += ["--models", "lr", "--no-privacy", "--no-extras", "--master", "local[2]"]
+    assert reproduce_cli.main(argv, session=spark_session) == 0
+    federated = json.loads((out / "results" / "federated-lr.json").read_text())
+    assert federated["setting"] == "paper"
+    assert federated["model_selection"]["folds"] == 5  # the paper's 5-fold cross-validation
+    beside = json.loads((out / "next-day" / "results" / "federated-lr.json").read_text())
+    assert beside["setting"] == "next-day" and "model_selection" not in beside
+
+    text = (out / "report.md").read_text()
+    assert "## Agreement with the paper" in text and "ours, next-day setting" in text
+    std = reproduce.target_std(DataOptions(data=str(out / "data"), rows=4_000, setting="paper"))
+    mse = federated["final"]["mse"]
+    row = next(line for line in text.splitlines() if line.startswith("| 2 (MSE, yuan²) | LR | FL"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[4]) == pytest.approx(mse, rel=1e-4)
+    assert float(cells[5]) == pytest.approx(mse / std**2, rel=1e-3)  # standardised units
+    assert float(cells[9]) == pytest.approx(beside["final"]["mse"], rel=1e-4)
+    assert "| 2 (MSE, yuan²) | RF | FL | 0.021 | not run (--models) |" in text
+    assert "## Agreement with the paper" in (out / "next-day" / "report.md").read_text()
+
+
+def test_the_causes_name_the_switch_and_its_measured_figures():
+    def run(mse: float) -> dict:
+        return {"final": {"mse": mse, "train_seconds": 1.0, "per_client": {}}}
+
+    runs = {("federated", "lr"): run(0.02), ("centralised", "lr"): run(0.019)}
+    runs[("spark-own-scaling", "lr")] = run(100.0)
+    lr, *_ = agreement.causes(Comparison(runs=runs))
+    assert "(`python -m baselines.spark --scaling province`): MSE 100, 5.26e+03×" in lr
+    assert "(MSE 0.02, 1.05× the centralised 0.019)" in lr
+    unmeasured = agreement.causes(Comparison(runs={("federated", "lr"): run(0.02)}))
+    assert not any(line.startswith("LR") for line in unmeasured)  # no switch run, no claim
+
+
+def test_agreement_ranks_each_cell_against_the_papers_order_and_size():
+    def run(mse: float) -> dict:
+        return {"final": {"mse": mse, "train_seconds": 1.0, "per_client": {}}}
+
+    # The paper's LR: FL worst, centralised best; here FL is best and Spark within 10×.
+    comparison = Comparison(
+        runs={
+            ("federated", "lr"): run(0.001),
+            ("centralised", "lr"): run(0.02),
+            ("spark", "lr"): run(0.1),
+        },
+        setting="paper",
+        target_std=2.0,
+    )
+    lines = agreement.cell_table(comparison, None, "")
+    fl, central, spark = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:5])
+    assert fl[6:9] == ["1 (3)", "no", "no (3.68e-05×)"]
+    assert fl[5] == "0.00025"  # 0.001 / 2²
+    assert central[7] == "no" and central[8].startswith("yes")
+    assert spark[6:8] == ["3 (2)", "no"]
