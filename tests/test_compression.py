@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 
-from common import compression, preprocess
+from common import compression
 from common.compression import INDICES, SCALE, VALUES, ErrorFeedback, decode, encode
-from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
 from server.strategies.compressed import Compressed
 from server.strategy import ClientResult, FedAvg
-from tests.test_federation import FAST, ROWS, SEED, centralised_fit
+from tests.test_federation import FAST, ROWS, SEED, centralised_fit, federation_splits
 
 STEP = np.random.default_rng(0).normal(size=1000)
 
@@ -108,7 +107,7 @@ def test_int8_updates_over_nine_client_processes(tmp_path):
 
 def exact_test_mse() -> float:
     """The centralised least-squares fit's MSE over every province's test rows."""
-    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), "next-day") for p in PROVINCES]
+    splits = federation_splits(PROVINCES).values()
     x_train = np.vstack([s.x_train for s in splits])
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0)
     x_test = np.vstack([s.x_test for s in splits])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from baselines.data import DataOptions, prepare
 from common import preprocess
 from common.data import synthesize_province
 from common.launch import LocalFederation
@@ -28,9 +29,15 @@ def run(tmp_path, model, rounds=2):
     return federation.results()
 
 
+def federation_splits(provinces, setting="next-day"):
+    """Each province's split as the federation makes it: at the cutoff agreed on their union."""
+    frames = {p: synthesize_province(p, ROWS, SEED) for p in provinces}
+    return prepare(frames, DataOptions(setting=setting)).splits
+
+
 def centralised_fit(setting="next-day", provinces=PROVINCES):
     """scikit-learn on the union of the provinces' training rows, globally scaled."""
-    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), setting) for p in provinces]
+    splits = federation_splits(provinces, setting).values()
     x = np.vstack([s.x_train for s in splits])
     y = np.concatenate([s.y_train for s in splits])
     mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -51,7 +58,7 @@ def test_fedavg_lr_over_nine_client_processes(tmp_path):
     weighted = sum(s["mse"] * s["n_test"] for s in final["per_client"].values()) / total
     assert final["mse"] == pytest.approx(weighted)
     # the naive forecasts, scored by each province on its own test rows, pooled as the MSE is
-    splits = [preprocess.split(synthesize_province(p, ROWS, SEED)) for p in PROVINCES]
+    splits = federation_splits(PROVINCES).values()
     y = np.concatenate([s.y_test for s in splits])
     close = np.concatenate([s.reference_test["last_close"] for s in splits])
     assert final["last_close_mse"] == pytest.approx(np.mean((close - y) ** 2))

@@ -4,13 +4,11 @@ import numpy as np
 import pytest
 
 from client import trainers
-from common import preprocess
-from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import forest
 from common.provinces import PROVINCES
 from server.models import defaults
-from tests.test_federation import FAST, ROWS, SEED
+from tests.test_federation import FAST, ROWS, SEED, federation_splits
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +22,7 @@ def run(tmp_path, model, rounds, *flags):
 
 
 def splits():
-    return {p: preprocess.split(synthesize_province(p, ROWS, SEED)) for p in PROVINCES}
+    return federation_splits(PROVINCES)
 
 
 def check_selection(results, candidates):

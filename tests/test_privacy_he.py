@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from baselines.data import DataOptions, prepare
 from client.chain import DECRYPT, TRAIN, Outcome, Task
 from client.chain import STATISTICS as STATISTICS_KIND
 from client.he import HEError
@@ -388,7 +389,8 @@ def test_encrypted_federation_matches_plain_fedavg(tmp_path, keys):
     results = federation.results()
     assert results["final"]["mse"] == pytest.approx(plain_fedavg_mse(), rel=1e-6)
     # The statistics the server derived are those of the nine provinces' rows together.
-    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), "next-day") for p in PROVINCES]
+    frames = {p: synthesize_province(p, ROWS, SEED) for p in PROVINCES}
+    splits = list(prepare(frames, DataOptions()).splits.values())  # at the union's cutoff
     rows = np.vstack([np.column_stack([s.x_train, s.y_train]) for s in splits])
     np.testing.assert_allclose(results["statistics"]["mean"], rows.mean(axis=0), rtol=1e-9)
     assert results["statistics"]["rows"] == len(rows)
@@ -397,7 +399,8 @@ def test_encrypted_federation_matches_plain_fedavg(tmp_path, keys):
 
 def plain_fedavg_mse():
     """One round of plain FedAvg of the provinces' least-squares fits, computed in-process."""
-    splits = [preprocess.split(synthesize_province(p, ROWS, SEED), "next-day") for p in PROVINCES]
+    frames = {p: synthesize_province(p, ROWS, SEED) for p in PROVINCES}
+    splits = list(prepare(frames, DataOptions()).splits.values())  # at the union's cutoff
     x = np.vstack([s.x_train for s in splits])
     mean, scale = x.mean(axis=0), x.std(axis=0)
     fits = [linear.fit_weights(preprocess.scale(s.x_train, mean, scale), s.y_train) for s in splits]
