@@ -1,7 +1,9 @@
 """A hostile participant written from the .proto contract alone, as an outsider would write it.
 
 It joins like any province, then answers each task with the next lie it was given; every
-refusal (status code and message) is kept for the test to inspect.
+refusal (status code and message) is kept for the test to inspect. The next-day split's date
+questions (rows per year, then per day) it answers on its own with no rows at all, so the
+cutoff is the honest provinces' alone and the lies start with the statistics proper.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from common import timesplit
 from common.tensors import Payload
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -48,6 +51,7 @@ class Liar(threading.Thread):
         self.stub = pb_grpc.FederationStub(self.channel)
         self.province, self.rows, self.lies = province, rows, lies
         self.refusals: list[tuple[int, grpc.StatusCode, str]] = []
+        self.date_refusals: list[tuple[grpc.StatusCode, str]] = []
         self.error: BaseException | None = None
         self.joined = threading.Event()
 
@@ -69,13 +73,31 @@ class Liar(threading.Thread):
             task = chunks[0].task
             if task.kind == pb.TASK_KIND_STOP:
                 return
-            lie = None if task.kind == pb.TASK_KIND_WAIT else self.lies(task)
+            dates = timesplit.COUNTS in task.config
+            if dates:
+                lie: Lie | None = no_dates(task)
+            else:
+                lie = None if task.kind == pb.TASK_KIND_WAIT else self.lies(task)
             if lie is None:
                 continue
             try:
                 self.stub.Submit(submission(task, lie), timeout=120, metadata=metadata)
             except grpc.RpcError as error:
-                self.refusals.append((task.kind, error.code(), error.details()))
+                if dates:
+                    self.date_refusals.append((error.code(), error.details()))
+                else:
+                    self.refusals.append((task.kind, error.code(), error.details()))
+
+
+def no_dates(task: pb.Task) -> Lie:
+    """A date question answered with no rows: counts of zero, of the shape asked."""
+    kind = task.config[timesplit.COUNTS].text
+    shape = (
+        (timesplit.YEARS,)
+        if kind == "years"
+        else (len(task.config[timesplit.YEARS_ASKED].text.split(",")), timesplit.YEAR_DAYS)
+    )
+    return Lie(0, {}, {"count": np.array(0.0), kind: np.zeros(shape)})
 
 
 def submission(task: pb.Task, lie: Lie) -> Iterator[pb.SubmitChunk]:
