@@ -2,8 +2,9 @@
 
 It joins like any province, then answers each task with the next lie it was given; every
 refusal (status code and message) is kept for the test to inspect. The next-day split's date
-questions (rows per year, then per day) it answers on its own with no rows at all, so the
-cutoff is the honest provinces' alone and the lies start with the statistics proper.
+questions (rows per year, then per day) it answers on its own with no rows at all, which the
+server refuses (a province has at least one row), so the cutoff is the honest provinces' alone
+and the lies start with the statistics proper.
 """
 
 from __future__ import annotations

@@ -49,10 +49,12 @@ class Recorded(grpc.UnaryStreamClientInterceptor):
 
 
 class RecordingDaemon(ClientDaemon):
-    """The province's real daemon, its channel wrapped so that what it receives is kept."""
+    """The province's real daemon, its channel wrapped so that what it receives is kept. It
+    takes its tasks by GetTask, where each task is one stream the interceptor sees whole; the
+    Session stream carries the same tasks, built by the same server code."""
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, transport="unary", **kwargs)
         self.recorded = Recorded()
 
     def channel(self) -> grpc.Channel:

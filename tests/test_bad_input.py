@@ -1,5 +1,6 @@
 """Bad input over real localhost gRPC: every case gets a clear error, and the model stays clean."""
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -9,12 +10,14 @@ import grpc
 import numpy as np
 import pytest
 
+from common import timesplit
 from common.launch import LocalFederation
 from common.tensors import Payload
 from common.tls import client_credentials
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from tests.hostile import no_dates, submission
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
 
 pytestmark = pytest.mark.integration
@@ -61,6 +64,13 @@ class RogueClient(threading.Thread):
             if task.kind == pb.TASK_KIND_STOP:
                 return
             if task.kind == pb.TASK_KIND_WAIT:
+                continue
+            if timesplit.COUNTS in task.config:
+                # The split's date questions: an answer of no rows, refused, so the cutoff is
+                # the honest provinces' and the bad updates meet the phases they were made for.
+                with contextlib.suppress(grpc.RpcError):
+                    answer = submission(task, no_dates(task))
+                    self.stub.Submit(answer, timeout=30, metadata=metadata)
                 continue
             outcome = pb.Outcome(
                 task_id=task.task_id, round=task.round, kind=task.kind, num_examples=10
