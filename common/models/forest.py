@@ -166,12 +166,13 @@ def shares(total: int, samples: Sequence[int]) -> list[int]:
     return np.maximum(counts, 1).tolist()
 
 
-def leaves(tree: Member, x32: np.ndarray) -> np.ndarray:
-    """The leaf each row lands in; all rows descend together, one level per step."""
+def leaves(tree: Member, x32: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """The leaf each row lands in, from the root or from its node in `start`; all rows descend
+    together, one level per step."""
     left, right = tree["children_left"], tree["children_right"]
     feature, threshold = tree["feature"], tree["threshold"]
-    node = np.zeros(len(x32), dtype=np.intp)
-    rows = np.arange(len(x32)) if left[0] != LEAF else np.arange(0)
+    node = np.zeros(len(x32), dtype=np.intp) if start is None else start.copy()
+    rows = np.flatnonzero(left[node] != LEAF)
     while rows.size:
         at = node[rows]
         # float32 feature against float64 threshold, as scikit-learn's Cython compares them.

@@ -222,16 +222,7 @@ def descend(before: Member | None, tree: Member, node: np.ndarray, x32: np.ndarr
     leaves of `before` (a level grown), so a level costs the rows that move, not the depth."""
     if before is None or not _extends(before, tree):
         return leaves(tree, x32)
-    left, right = tree["children_left"], tree["children_right"]
-    feature, threshold = tree["feature"], tree["threshold"]
-    node = node.copy()
-    rows = np.flatnonzero(left[node] != LEAF)
-    while rows.size:
-        at = node[rows]
-        at = np.where(x32[rows, feature[at]] <= threshold[at], left[at], right[at])
-        node[rows] = at
-        rows = rows[left[at] != LEAF]
-    return node
+    return leaves(tree, x32, node)
 
 
 def _extends(before: Member, tree: Member) -> bool:
