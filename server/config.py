@@ -324,6 +324,14 @@ class ServerConfig:
                 "--robust-metrics weighs each province's own test MSE, which --privacy secagg "
                 "keeps from the server (it unmasks the federation's scores only)"
             )
+        if self.analysis.wanted and self.privacy.privacy != "none":
+            return (
+                f"the end-of-run analysis (--contributions, --importance, --personalise) is "
+                f"answered by each province in the clear: its test MSEs and, for "
+                f"contributions, sums over its test rows, which --privacy "
+                f"{self.privacy.privacy} neither sums nor noises; run the analysis without "
+                f"--privacy"
+            )
         if s.robust_sums and not spec.normal_equations:
             sums = ", ".join(m.name for m in MODELS.values() if m.normal_equations)
             return f"--robust-sums applies to --model {sums} only"

@@ -56,6 +56,9 @@ def test_each_setting_checks_itself():
         (["--mode", "async", "--model", "rf"], "needs a model of weights"),
         (["--mode", "async", "--model", "lr-sgd", "--importance"], "end-of-run analysis"),
         (["--privacy", "secagg", "--robust-metrics"], "keeps from the server"),
+        (["--privacy", "secagg", "--importance"], "neither sums nor noises"),
+        (["--privacy", "he", "--personalise"], "--privacy he neither sums nor noises"),
+        (["--privacy", "dp-local", "--contributions"], "answered by each province in the clear"),
     ],
 )
 def test_a_setting_that_cannot_work_ends_the_program_with_its_reason(argv, message, capsys):
