@@ -2,8 +2,8 @@
 
 The server asks for a mechanism through the task config (`privacy`, `compression`): `dp-local`
 clips the step from the global parameters and adds Gaussian noise here, so the server never sees
-it without the noise; `he` encrypts the statistics and the sample-weighted update under the
-federation's threshold Paillier key and partially decrypts the sums the server asks it to;
+it without the noise; `he` encrypts the statistics, the sample-weighted update and the scores under
+the federation's threshold Paillier key and partially decrypts the sums the server asks it to;
 `secagg` masks
 the update so that only the sum of all updates can be unmasked (client/secagg.py); compression
 sends the step from the global parameters in fewer bytes.
@@ -52,9 +52,10 @@ def privatize(
 
 
 class Encrypted:
-    """`he`: the statistics and the sample-weighted update leave encrypted and signed; a
-    decryption task gets this province's partial decryption of the relayed uploads' product,
-    once they pass its checks (client/he.py)."""
+    """`he`: the statistics, the sample-weighted update and the evaluation's scores (as sums over
+    the test rows) leave encrypted and signed, and the training MSE stays home; a decryption task
+    gets this province's partial decryption of the relayed uploads' product, once they pass its
+    checks (client/he.py)."""
 
     def __init__(self, protocol: HEClient) -> None:
         self.protocol = protocol
@@ -69,11 +70,27 @@ class Encrypted:
         outcome = next_(task)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
             return replace(outcome, arrays=self.protocol.protect(outcome.arrays, task.config))
+        if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
+            sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
+            return Outcome(
+                outcome.num_examples, timing(outcome), self.protocol.protect(sums, task.config)
+            )
         if task.kind != TRAIN:
             return outcome
         weighted = {name: array * outcome.num_examples for name, array in outcome.arrays.items()}
         weighted[paillier.WEIGHT] = np.array(float(outcome.num_examples))
-        return replace(outcome, arrays=self.protocol.protect(weighted, task.config))
+        protected = self.protocol.protect(weighted, task.config)
+        return Outcome(outcome.num_examples, untrained(outcome), protected)
+
+
+def timing(outcome: Outcome) -> dict[str, float]:
+    """Of an evaluation's metrics, only the seconds it took: its scores leave as sums."""
+    return {k: v for k, v in outcome.metrics.items() if k == "seconds"}
+
+
+def untrained(outcome: Outcome) -> dict[str, float]:
+    """A training outcome's metrics without the training MSE, a score of the province's own."""
+    return {k: v for k, v in outcome.metrics.items() if k != "train_mse"}
 
 
 class Masked:
@@ -98,15 +115,15 @@ class Masked:
             return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.config))
         if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
             sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
-            timing = {k: v for k, v in outcome.metrics.items() if k == "seconds"}
-            return Outcome(outcome.num_examples, timing, self.protocol.mask(sums, task.config))
+            return Outcome(
+                outcome.num_examples, timing(outcome), self.protocol.mask(sums, task.config)
+            )
         if task.kind != TRAIN:
             return outcome
         weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
         weighted[secagg.WEIGHT] = np.array(float(outcome.num_examples))
-        # The training MSE is a score of the province's own: it stays home.
-        metrics = {k: v for k, v in outcome.metrics.items() if k != "train_mse"}
-        return Outcome(outcome.num_examples, metrics, self.protocol.mask(weighted, task.config))
+        masked = self.protocol.mask(weighted, task.config)
+        return Outcome(outcome.num_examples, untrained(outcome), masked)
 
 
 class Compressed:

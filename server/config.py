@@ -319,10 +319,11 @@ class ServerConfig:
                 f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "
                 "lr-exact's normal equations are not"
             )
-        if self.run.robust_metrics and self.privacy.privacy == "secagg":
+        if self.run.robust_metrics and self.privacy.privacy in ("secagg", "he"):
             return (
-                "--robust-metrics weighs each province's own test MSE, which --privacy secagg "
-                "keeps from the server (it unmasks the federation's scores only)"
+                f"--robust-metrics weighs each province's own test MSE, which --privacy "
+                f"{self.privacy.privacy} keeps from the server (it learns the federation's "
+                f"scores only)"
             )
         if self.analysis.wanted and self.privacy.privacy != "none":
             return (

@@ -46,7 +46,8 @@ class LiveState:
             {
                 "round": r["round"],
                 "mse": r["mse"],
-                "per_client": {p: s["mse"] for p, s in r["per_client"].items()},
+                # A province's own MSE, where the privacy mode let the server have it.
+                "per_client": {p: s["mse"] for p, s in r["per_client"].items() if "mse" in s},
                 "seconds": r["seconds"],
                 "clients": r["clients"],
             }

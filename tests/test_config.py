@@ -56,6 +56,7 @@ def test_each_setting_checks_itself():
         (["--mode", "async", "--model", "rf"], "needs a model of weights"),
         (["--mode", "async", "--model", "lr-sgd", "--importance"], "end-of-run analysis"),
         (["--privacy", "secagg", "--robust-metrics"], "keeps from the server"),
+        (["--privacy", "he", "--robust-metrics"], "--privacy he keeps from the server"),
         (["--privacy", "secagg", "--importance"], "neither sums nor noises"),
         (["--privacy", "he", "--personalise"], "--privacy he neither sums nor noises"),
         (["--privacy", "dp-local", "--contributions"], "answered by each province in the clear"),

@@ -120,3 +120,16 @@ def test_metrics_match_the_results(tmp_path):
         labels = frozenset({("province", "hubei"), ("state", state)})
         assert found[("fedstock_client_state", labels)] == (state == "connected")
     assert live.snapshot()["clients"][0]["rounds"] == 1
+
+
+def test_a_round_whose_province_scores_are_hidden_shows_the_federations_alone(tmp_path):
+    coordinator = Coordinator(poll_seconds=0.2)
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"})
+    live = LiveState(coordinator, results, RUN)
+    hidden = {"n_test": 20, "hidden": "hidden (encrypted)"}
+    record = {"round": 1, "clients": ["hubei"], "mse": 0.25, "seconds": 1.5}
+    results.add_round({**record, "per_client": {"hubei": hidden}, "bytes_down": 8, "bytes_up": 4})
+    assert live.snapshot()["rounds"][0]["per_client"] == {}
+    found = samples(render(metrics(live.snapshot())))
+    assert found[("fedstock_global_mse", frozenset())] == 0.25
+    assert not any(name == "fedstock_province_mse" for name, _ in found)

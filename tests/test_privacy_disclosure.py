@@ -5,7 +5,6 @@ In process over the in-memory channel: the real server run and the provinces' re
 
 import numpy as np
 
-from client.local import LocalWork
 from common import forecast
 from common.data import synthesize_province
 from common.provinces import PROVINCES
@@ -13,7 +12,7 @@ from server.disclosure import PHASES
 from server.memory import MemoryChannel
 from server.privacy.secagg import HIDDEN
 from server.summary import format_summary
-from tests.in_memory import ROWS, SEED, run
+from tests.in_memory import ROWS, SEED, Scoring, run, scores_hidden
 
 QUICK = ["--model", "lr", "--rounds", "2", "--round-timeout", "30", "--join-timeout", "5"]
 
@@ -44,22 +43,9 @@ def test_under_secagg_statistics_updates_and_scores_are_sums_and_the_run_is_the_
     assert "who learns what" in summary and disclosure["statistics"]["server"] in summary
 
 
-class Recorded(LocalWork):
-    """A province's real work, keeping every evaluation outcome as it leaves the province."""
-
-    def __init__(self, raw) -> None:
-        super().__init__(raw)
-        self.sent: list = []
-
-    def evaluate(self, config, scaler, parameters):
-        outcome = super().evaluate(config, scaler, parameters)
-        self.sent.append(outcome)
-        return outcome
-
-
 def test_under_secagg_no_provinces_score_leaves_it_and_the_federations_scores_are_exact(tmp_path):
     plain = run(tmp_path / "plain", *QUICK)
-    works = {p: Recorded(synthesize_province(p, ROWS, SEED)) for p in PROVINCES}
+    works = {p: Scoring(synthesize_province(p, ROWS, SEED)) for p in PROVINCES}
     masked = run(tmp_path / "secagg", *QUICK, "--privacy", "secagg", over=MemoryChannel(works))
     # What each province sent the server of its scores: masked ring elements and its time.
     for work in works.values():
@@ -69,13 +55,6 @@ def test_under_secagg_no_provinces_score_leaves_it_and_the_federations_scores_ar
             assert set(outcome.arrays) == {forecast.SUMS, forecast.ROWS}
             assert all(a.dtype == np.int64 for a in outcome.arrays.values())
     # The server learns the federation's scores, the same as in the clear, and no province's.
-    final, clear = masked["final"], plain["final"]
-    for name in (*forecast.MEANS, "naive_mse", "skill"):
-        assert np.isclose(final[name], clear[name], rtol=1e-6), name
-    for province, row in final["per_client"].items():
-        assert row == {"n_test": clear["per_client"][province]["n_test"], "hidden": HIDDEN}
-    for record in masked["rounds"]:
-        assert record["train_mse"] is None  # each province's training MSE stays home too
-        assert all("mse" not in row for row in record["per_client"].values())
+    scores_hidden(masked, plain, HIDDEN)
     table = format_summary(masked)
-    assert "hidden" in table and f"{clear['per_client']['hubei']['mse']:.6g}" not in table
+    assert "hidden" in table and f"{plain['final']['per_client']['hubei']['mse']:.6g}" not in table

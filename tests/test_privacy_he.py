@@ -15,7 +15,7 @@ from client.he_keys import read_share, write_keys
 from client.he_keys_cli import main as he_keys_main
 from client.local import LocalWork
 from client.privacy import ClientPrivacy
-from common import he_relay, paillier, preprocess, threshold
+from common import forecast, he_relay, paillier, preprocess, threshold
 from common.data import synthesize_province
 from common.keysign import Identity, KeyAuthenticationError
 from common.launch import LocalFederation
@@ -30,9 +30,9 @@ from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.channel import Assignment, gather
 from server.checks import check_statistics
 from server.memory import MemoryChannel
-from server.privacy.he import HEFedAvg
+from server.privacy.he import HIDDEN, SCORES, HEFedAvg
 from server.strategy import STATISTICS, ClientResult, FedAvg
-from tests.in_memory import run
+from tests.in_memory import Scoring, run, scores_hidden
 
 ROWS, SEED = 20_000, 3
 FAST = ["--poll-seconds", "2", "--round-timeout", "600", "--join-timeout", "900"]
@@ -281,22 +281,49 @@ def test_the_server_refuses_plaintext_and_foreign_ciphertexts(keys):
     sealed["coef"] = np.full_like(sealed["coef"], 255)  # above n²
     with pytest.raises(UpdateError):
         protocol.check_update(sealed, 8)
+    # Scores in the clear, or encrypted without their proofs, are refused too.
+    with pytest.raises(UpdateError, match="he_signature"):
+        protocol.check_evaluation(ClientResult("hubei", 10, {"mse": 0.5}))
+    scores = {name: paillier.encrypt(np.zeros(len(forecast.MEANS)), n) for name in SCORES}
+    with pytest.raises(UpdateError, match="he_signature"):
+        protocol.check_evaluation(ClientResult("hubei", 10, {}, scores))
+    protocol.check_evaluation(
+        ClientResult("hubei", 10, {}, {**scores, **he_relay.proofs(b"", b"")})
+    )
 
 
-def test_an_encrypted_run_in_memory_is_the_plain_run_and_says_what_it_disclosed(tmp_path, keys):
+def test_an_encrypted_run_in_memory_is_the_plain_run_and_no_provinces_score_leaves_it(
+    tmp_path, keys
+):
     quick = ["--model", "lr", "--rounds", "2", "--round-timeout", "30", "--join-timeout", "5"]
     plain = run(tmp_path / "plain", *quick)
     flags = ["--privacy", "he", "--he-public-key", str(keys[1]), SMALL]
-    encrypted_run = run(tmp_path / "he", *quick, *flags, over=Recording(keys).channel)
+    held = shares(keys)
+    works = {
+        p: Scoring(synthesize_province(p, ROWS, SEED), ClientPrivacy(held[p])) for p in PROVINCES
+    }
+    encrypted_run = run(tmp_path / "he", *quick, *flags, over=MemoryChannel(works))
     for name in ("mean", "std"):
         np.testing.assert_allclose(
             encrypted_run["statistics"][name], plain["statistics"][name], rtol=1e-9
         )
     assert np.isclose(encrypted_run["final"]["mse"], plain["final"]["mse"], rtol=1e-6)
     disclosure = encrypted_run["disclosure"]
-    for phase in ("dates", "statistics", "updates"):
+    for phase in ("dates", "statistics", "updates", "metrics"):
         assert f"decrypted by {NEEDED} of the 9" in disclosure[phase]["server"]
+    assert "no province's own score" in disclosure["metrics"]["server"]
     assert encrypted_run["split"] == plain["split"]  # one cutoff, from encrypted day counts
+    # What each province sent the server of its scores: ciphertexts, its signature, its time.
+    width = paillier.width(public(keys).n)
+    for work in works.values():
+        assert len(work.sent) == 2  # one evaluation a round
+        for outcome in work.sent:
+            assert set(outcome.metrics) == {"seconds"}
+            assert set(outcome.arrays) == {forecast.SUMS, forecast.ROWS, *he_relay.PROOFS}
+            for name in (forecast.SUMS, forecast.ROWS):
+                assert outcome.arrays[name].shape == (len(forecast.MEANS), width)
+    # The server decrypts the federation's scores, the same as in the clear, and no province's.
+    scores_hidden(encrypted_run, plain, HIDDEN)
 
 
 # A deviating server: what a province refuses to decrypt.

@@ -1,7 +1,8 @@
 """FedAvg over threshold Paillier: the server adds encrypted uploads and learns only their sum.
 
-Clients send Enc(nᵢ·wᵢ) for each parameter and Enc(nᵢ) under `he_weight`, and their statistics
-(n, Σz, Σzzᵀ) encrypted as they are. The server multiplies the ciphertexts modulo n² (adding
+Clients send Enc(nᵢ·wᵢ) for each parameter and Enc(nᵢ) under `he_weight`, their statistics
+(n, Σz, Σzzᵀ) encrypted as they are, and their scores encrypted as sums over their test rows
+(common/forecast.py). The server multiplies the ciphertexts modulo n² (adding
 the plaintexts) and relays the signed uploads to the provinces in a decryption task; each
 checks them, multiplies them itself and answers with its partial decryption of the product
 (client/he.py), and any `threshold` of them combine into the sum (common/threshold.py). So the
@@ -19,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from common import he_relay, paillier, threshold
+from common import forecast, he_relay, paillier, threshold
 from common.models.checks import UpdateError
 from common.paillier import WEIGHT
 from common.tensors import Arrays
@@ -28,6 +29,7 @@ from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
 from server.strategy import (
     STATISTICS,
     ClientResult,
+    Evaluation,
     FedAvg,
     Instruction,
     Strategy,
@@ -35,6 +37,9 @@ from server.strategy import (
 )
 
 log = logging.getLogger("fedstock.server")
+
+HIDDEN = "hidden (encrypted)"
+SCORES = {name: (len(forecast.MEANS),) for name in (forecast.SUMS, forecast.ROWS)}
 
 
 def check_proofs(upload: Arrays) -> None:
@@ -66,6 +71,7 @@ class HEFedAvg(Strategy):
         self.inner = inner
         self.public = public
         self.session = ""  # the open training phase's, whose uploads the next sum decrypts
+        self.scoring = ""  # the open evaluation's
 
     def _config(self, server_round: int, session: str) -> dict:
         return {**self.model_config, "round": server_round, "privacy": "he", "he_session": session}
@@ -84,8 +90,23 @@ class HEFedAvg(Strategy):
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def configure_evaluate(self, server_round, parameters, provinces):
-        plan = self.inner.configure_evaluate(server_round, parameters, provinces)
-        return [replace(i, config={**i.config, "privacy": "he"}) for i in plan]
+        """Scores leave encrypted, as sums over each province's test rows (common/forecast.py):
+        the server decrypts the federation's totals only."""
+        self.scoring = secrets.token_hex(16)
+        plan = self.inner.configure_evaluate(server_round, parameters, self._holders(provinces))
+        extra = {"privacy": "he", "he_session": self.scoring}
+        return [replace(i, config={**i.config, **extra}) for i in plan]
+
+    def check_evaluation(self, result: ClientResult) -> None:
+        check_proofs(result.arrays)
+        check_ciphertexts(he_relay.ciphertexts(result.arrays), SCORES, self.public.n)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        sums = self._sum_and_decrypt(server_round, self.scoring, results)
+        if sums is None:
+            return None
+        rows = {r.province: r.num_examples for r in results}
+        return Evaluation.aggregated(sums, rows, HIDDEN)
 
     def disclosure(self):
         held = (
@@ -106,6 +127,11 @@ class HEFedAvg(Strategy):
             "updates": entry(
                 f"the sample-weighted average of the round's updates: {held}",
                 f"the global model after each round; {relayed}",
+            ),
+            "metrics": entry(
+                "the federation's test scores (MSE, MAE, direction and the naive forecasts' MSEs "
+                f"summed over every test row): {held}; no province's own score",
+                f"nothing of any other province's scores; {relayed}",
             ),
         }
 
