@@ -132,6 +132,12 @@ bench-strategies: $(STAMP)
 bench-soak: $(STAMP)
 	$(PY) -u -m tests.bench_soak --rounds 1000
 
+# What starting costs: each program's imports, and make demo's processes from launch to
+# listening, joined and final metrics (wall and CPU seconds).
+.PHONY: bench-launch
+bench-launch: $(STAMP)
+	$(PY) -u -m tests.bench_launch
+
 .PHONY: bench-hostile
 bench-hostile: $(STAMP)
 	$(PY) -u -m tests.bench_hostile

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from scipy.special import ndtri
 
 _BITS = 53
 
@@ -27,5 +26,7 @@ class SecureRandom:
         count = int(np.prod(size)) if size is not None else 1
         words = np.frombuffer(os.urandom(8 * count), dtype="<u8") >> np.uint64(64 - _BITS)
         uniform = (words.astype(np.float64) + 0.5) / float(1 << _BITS)
+        from scipy.special import ndtri  # SciPy is slow to import: only runs that draw noise do
+
         draws = loc + scale * ndtri(uniform)
         return draws.reshape(size) if size is not None else draws[0]

@@ -16,14 +16,16 @@ value and row count, is the one the tree found on the bins.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.tree import DecisionTreeRegressor
 
 from common.models.checks import UpdateError
 from common.models.ensemble import Member, MemberCodec, check_vector
 from common.tensors import Arrays
+
+if TYPE_CHECKING:
+    from sklearn.tree import DecisionTreeRegressor
 
 # The seed paper's Table 1; max_depth and min_samples_leaf stay scikit-learn's (unlimited).
 TABLE_1 = {
@@ -126,6 +128,10 @@ def fit_forest(
 ) -> list[Member]:
     """Table 1's RandomForestRegressor, with `params` overriding it, as trees that travel; with
     `bins_per_decade`, grown on the grid's bins and split at its edges only."""
+    # Imported by the fit alone: scikit-learn costs a process most of a second to import, and
+    # decoding, checking and predicting trees need none of it.
+    from sklearn.ensemble import RandomForestRegressor
+
     model = RandomForestRegressor(**{**TABLE_1, **params, "n_jobs": 1})
     if not bins_per_decade:
         return [tree_arrays(estimator) for estimator in model.fit(x, y).estimators_]

@@ -7,13 +7,15 @@ provinces equal XᵀX and Xᵀy of their union, so one solve gives the centralis
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from common.models.checks import check_arrays
 from common.tensors import Arrays
 
 
 def fit_weights(x: np.ndarray, y: np.ndarray) -> Arrays:
+    # scikit-learn costs a process most of a second to import: only the fit that uses it does.
+    from sklearn.linear_model import LinearRegression
+
     model = LinearRegression().fit(x, y)
     return {
         "coef": np.asarray(model.coef_, dtype=np.float64),

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.svm import SVR
 
 from common.models.checks import UpdateError
 from common.models.ensemble import Member, MemberCodec, check_vector
@@ -62,6 +61,8 @@ def fit_svr(
     **params: object,
 ) -> Member:
     """Table 1's SVR (with `params` overriding it) on at most `subsample` random rows."""
+    from sklearn.svm import SVR  # imported by the fit alone: scikit-learn is slow to import
+
     rows = rng.choice(len(x), size=min(subsample, len(x)), replace=False)
     model = SVR(**{**TABLE_1, **params, "gamma": gamma}).fit(x[rows], t[rows])
     return {

@@ -24,11 +24,9 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
 import numpy as np
-from dp_accounting import pld, rdp
 
 from common import vectors
 from common.noise import SecureRandom
@@ -37,14 +35,24 @@ from common.tensors import Arrays
 from server.disclosure import entry
 from server.strategy import ClientResult, FedAvg, Strategy
 
+if TYPE_CHECKING:
+    import dp_accounting
+
 MODES = ("dp-central", "dp-local")
-ACCOUNTANTS: dict[str, Callable[[], dp_accounting.PrivacyAccountant]] = {
-    "rdp": rdp.RdpAccountant,
-    "pld": pld.PLDAccountant,
-}
+# dp-accounting (and the SciPy under it) costs a process a tenth of a second to import, so it
+# is imported by the runs that account, when they first do.
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def _accountant(kind: str) -> Callable[[], dp_accounting.PrivacyAccountant]:
+    from dp_accounting import pld, rdp
+
+    return {"rdp": rdp.RdpAccountant, "pld": pld.PLDAccountant}[kind]
 
 
 def _event(noise_multiplier: float, releases: int) -> dp_accounting.DpEvent:
+    import dp_accounting
+
     return dp_accounting.SelfComposedDpEvent(
         dp_accounting.GaussianDpEvent(noise_multiplier), releases
     )
@@ -52,16 +60,18 @@ def _event(noise_multiplier: float, releases: int) -> dp_accounting.DpEvent:
 
 def epsilon(noise_multiplier: float, releases: int, delta: float, kind: str = "rdp") -> float:
     """ε after `releases` Gaussian releases of sensitivity 1 and noise `noise_multiplier`."""
-    accountant = ACCOUNTANTS[kind]()
+    accountant = _accountant(kind)()
     accountant.compose(_event(noise_multiplier, releases))
     return float(accountant.get_epsilon(delta))
 
 
 def noise_for_epsilon(target: float, releases: int, delta: float, kind: str = "rdp") -> float:
     """The smallest noise multiplier that keeps `releases` releases within (target, delta)."""
+    import dp_accounting
+
     return float(
         dp_accounting.calibrate_dp_mechanism(
-            ACCOUNTANTS[kind], lambda sigma: _event(sigma, releases), target, delta
+            _accountant(kind), lambda sigma: _event(sigma, releases), target, delta
         )
     )
 
