@@ -166,8 +166,16 @@ class PayloadReceiver:
         self._budget = budget
 
     @property
+    def received(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def announced(self) -> int:
+        return self._total
+
+    @property
     def complete(self) -> bool:
-        return len(self._buffer) == self._total
+        return self.received == self._total
 
     def add(self, chunk: bytes) -> None:
         if len(self._buffer) + len(chunk) > self._total:
@@ -188,7 +196,7 @@ class PayloadReceiver:
     def arrays(self) -> Arrays:
         if not self.complete:
             raise PayloadError(
-                f"payload ended after {len(self._buffer)} of {self._total} announced bytes"
+                f"payload ended after {self.received} of {self._total} announced bytes"
             )
         arrays: Arrays = {}
         offset = 0

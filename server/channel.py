@@ -67,6 +67,10 @@ class Phase:
 class TaskChannel(Protocol):
     """What the round loop needs of the provinces, however it reaches them."""
 
+    def roster(self) -> list[str]:
+        """Every member of the federation, connected or not, sorted."""
+        ...
+
     def connected(self) -> list[str]:
         """The provinces that can take a task now, sorted."""
         ...

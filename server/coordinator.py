@@ -164,6 +164,9 @@ class Coordinator:
         with self._cond:
             client.streams -= 1
 
+    def roster(self) -> list[str]:
+        return sorted(self.members.names)
+
     def connected(self) -> list[str]:
         now = time.monotonic()
         with self._cond:

@@ -55,6 +55,9 @@ class MemoryChannel:
         self._due: list[tuple[float, int, str]] = []  # (answer time, order sent, task id)
         self._count = 0
 
+    def roster(self) -> list[str]:
+        return sorted(self.works)
+
     def connected(self) -> list[str]:
         return sorted(set(self.works) - self.absent)
 

@@ -111,6 +111,7 @@ class Recorder:
             "updates": updates,
             "metrics": {"mse": record["mse"], "per_client": record["per_client"]},
             "failures": record["failures"],
+            "absent": record.get("absent", []),
         }
         last = self.last_evaluation
         state = {
@@ -178,8 +179,11 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
         if record["failures"]
         else ""
     )
+    absent = record.get("absent", [])
+    named = [*absent[:12], *([f"{len(absent) - 12} more"] if absent[12:] else [])]
+    away = f", absent: {', '.join(named)}" if absent else ""
     return (
         f"round {record['round']}/{rounds}: {len(record['clients'])} clients trained{staleness}, "
         f"global MSE {mse}{scored}, {record['seconds']:.3f} s "
-        f"(server overhead {record['overhead_seconds'] * 1000:.1f} ms){dropped}"
+        f"(server overhead {record['overhead_seconds'] * 1000:.1f} ms){dropped}{away}"
     )

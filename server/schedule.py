@@ -56,6 +56,9 @@ class Cohort:
         overhead = time.perf_counter() - started - slowest(results)
         record: dict[str, Any] = {"round": server_round}
         record["clients"] = sorted(r.province for r in results)
+        # Members not asked, as not connected when the round began: the record says who sat
+        # the round out, beside those whose task failed.
+        record["absent"] = sorted(set(loop.channel.roster()) - set(provinces))
         if len(results) >= s.min_clients:
             if recorded and loop.analysis is not None and loop.analysis.settings.contributions:
                 loop.final_fit = FinalFit(server_round, results, loop.parameters)

@@ -213,8 +213,13 @@ class FederationServicer(pb_grpc.FederationServicer):
                 if chunk.WhichOneof("part") != "data":
                     raise PayloadError("only data chunks may follow the outcome")
                 receiver.add(chunk.data)
-            if not receiver.complete and not context.is_active():
-                raise ConnectionError("the stream ended early")
+            if not receiver.complete and (not to_the_end or not context.is_active()):
+                # A session stream that ends mid-upload, cancelled or half-closed (whichever the
+                # server hears first), is a client going away: a broken upload. A Submit the
+                # client closed short is a malformed one, refused below.
+                raise ConnectionError(
+                    f"the upload ended after {receiver.received} of {receiver.announced} bytes"
+                )
             result = phase.accept(
                 ClientResult(
                     client.province,
@@ -231,11 +236,13 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
         except BudgetExhausted as error:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except (grpc.RpcError, ConnectionError):
+        except (grpc.RpcError, ConnectionError) as error:
             # A dropped upload answers nothing: the task stays open for a retry until its
             # deadline, and nothing of it was accepted.
-            log.warning("%s's upload broke off; its task stays open", client.province)
-            context.abort(grpc.StatusCode.CANCELLED, "the upload broke off")
+            log.warning("%s's upload broke off (%s); its task stays open", client.province, error)
+            context.abort(
+                grpc.StatusCode.CANCELLED, "the upload broke off; its task stays open for a retry"
+            )
         except (PayloadError, UpdateError) as error:
             # A stale update is well formed, only too late for the federation's state.
             stale = isinstance(error, StaleUpdate)

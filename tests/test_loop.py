@@ -66,6 +66,29 @@ def test_a_province_that_never_answers_is_dropped_at_the_deadline(tmp_path):
     assert results["final"]["clients"] == 9
 
 
+def test_a_province_gone_between_rounds_is_recorded_absent_not_failed(tmp_path, caplog):
+    over = channel()
+
+    def hubei_leaves_in_round_1s_evaluation(province, task):
+        if province == "hubei" and task.round == 1 and task.kind == pb.TASK_KIND_EVALUATE:
+            over.absent.add("hubei")  # it never answers, and is not connected from then on
+        return 1.0
+
+    over.seconds = hubei_leaves_in_round_1s_evaluation
+    caplog.set_level("INFO", logger="fedstock.server")
+    results = run(tmp_path, "--model", "lr-sgd", "--min-clients", "8", *QUICK, over=over)
+    first, *later = results["rounds"]
+    assert first["absent"] == [] and [f["province"] for f in first["failures"]] == ["hubei"]
+    for record in later:
+        assert record["absent"] == ["hubei"] and record["failures"] == []
+        assert "hubei" not in record["clients"] and len(record["clients"]) == 8
+    assert [e["absent"] for e in read_verified(tmp_path / "ledger.jsonl")] == [
+        [],
+        *(["hubei"] for _ in later),
+    ]
+    assert "round 3/3: 8 clients trained" in caplog.text and "absent: hubei" in caplog.text
+
+
 def test_a_round_short_of_its_quorum_keeps_the_model(tmp_path):
     def hubei_misses_round_2(province, task):
         late = province == "hubei" and task.round == 2 and task.kind == pb.TASK_KIND_TRAIN

@@ -60,8 +60,12 @@ class RawStream:
         except grpc.RpcError as error:
             return error.code()
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Half-close: no more messages, the call left open for the server's answer."""
         self._outbox.put(None)
+
+    def close(self) -> None:
+        self.finish()
         self.call.cancel()
 
 
@@ -88,7 +92,10 @@ def _keep(result):
     return result
 
 
-def test_a_stream_dropped_mid_upload_leaves_the_task_open_and_its_retry_is_accepted_once():
+@pytest.mark.parametrize("end", ["cancelled", "half-closed"])
+def test_a_stream_dropped_mid_upload_leaves_the_task_open_and_its_retry_is_accepted_once(end):
+    """However the broken stream ends (the server may hear the half-close before the cancel),
+    the half upload answers nothing and the task waits for the retry."""
     live = LiveServer()
     streams: list[RawStream] = []
     try:
@@ -110,7 +117,11 @@ def test_a_stream_dropped_mid_upload_leaves_the_task_open_and_its_retry_is_accep
                 break
             reading.wait(0.01)
         assert live.coordinator.answering(task.task_id)
-        first.close()
+        if end == "cancelled":
+            first.close()
+        else:
+            first.finish()
+            assert first.status() == grpc.StatusCode.CANCELLED
         honest = outcome_messages(task, list(VALID.chunks()))
         codes = [grpc.StatusCode.ABORTED]
         while codes[-1] == grpc.StatusCode.ABORTED:  # until the broken stream has let go
