@@ -157,7 +157,11 @@ class LocalWork:
         trainer = trainer_for(str(task.config["model"]))
         x = self._inputs(trainer, task.config, "test", scaler)
         prediction = trainer.predict(task.parameters, x, task.config)
-        metrics = forecast.scores(prediction, data.y_test, data.reference_test)
+        bound = task.config.get(forecast.SCORE_CLIP)  # local DP: the score its noise is for
+        if bound:
+            metrics = forecast.clipped_mse(prediction, data.y_test, float(bound))
+        else:
+            metrics = forecast.scores(prediction, data.y_test, data.reference_test)
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics)
 

@@ -2,11 +2,11 @@
 
 The server asks for a mechanism through the task config (`privacy`, `compression`): `dp-local`
 clips the step from the global parameters and adds Gaussian noise here, so the server never sees
-it without the noise; `he` encrypts the statistics, the sample-weighted update and the scores under
-the federation's threshold Paillier key and partially decrypts the sums the server asks it to;
-`secagg` masks
-the update so that only the sum of all updates can be unmasked (client/secagg.py); compression
-sends the step from the global parameters in fewer bytes.
+it without the noise, and noises the evaluation's clipped MSE likewise; `he` encrypts the
+statistics, the sample-weighted update and the scores under the federation's threshold Paillier
+key and partially decrypts the sums the server asks it to; `secagg` masks them so that only
+their sum over the provinces can be unmasked (client/secagg.py); compression sends the step
+from the global parameters in fewer bytes.
 """
 
 from __future__ import annotations
@@ -49,6 +49,28 @@ def privatize(
     noisy = step + rng.normal(0.0, sigma * bound, size=step.shape)
     base = 0.0 if reference is None else flatten(reference)
     return unflatten(base + noisy, update)
+
+
+def noised_score(
+    metrics: Mapping[str, float],
+    config: Mapping[str, ConfigScalar],
+    rng: np.random.Generator | SecureRandom | None = None,
+) -> dict[str, float]:
+    """Local DP on an evaluation: the MSE clipped per row to B (`dp_score_clip`; replacing all
+    the province's rows moves it by B at most) plus N(0, (σ·B/2)²), clamped to [0, B] after.
+
+    σ/2 is the updates' noise in units of their sensitivity 2C, so each evaluation is one more
+    Gaussian release at the same noise and the accountant composes it with the updates.
+    """
+    if "mse" not in metrics:  # no test rows in this fold: nothing to release
+        return dict(metrics)
+    bound = config.get(forecast.SCORE_CLIP)
+    if not bound:
+        raise PrivacyError("the server asks for scores under dp-local without dp_score_clip")
+    bound, sigma = float(bound), float(config["dp_noise_multiplier"])
+    rng = rng or SecureRandom()
+    noisy = float(metrics["mse"]) + float(rng.normal(0.0, sigma * bound / 2))
+    return {**metrics, "mse": min(max(noisy, 0.0), bound)}
 
 
 class Encrypted:
@@ -142,13 +164,17 @@ class Compressed:
 
 
 class LocalNoise:
-    """`dp-local`: the update leaves clipped and noised (`privatize`)."""
+    """`dp-local`: the update leaves clipped and noised (`privatize`), the evaluation's clipped
+    MSE noised (`noised_score`), and the training MSE stays home."""
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         outcome = next_(task)
-        if task.kind != TRAIN:
+        if task.config.get("privacy") != "dp-local" or task.kind not in (TRAIN, EVALUATE):
             return outcome
-        return replace(outcome, arrays=privatize(outcome.arrays, task.parameters, task.config))
+        if task.kind == EVALUATE:
+            return replace(outcome, metrics=noised_score(outcome.metrics, task.config))
+        noised = privatize(outcome.arrays, task.parameters, task.config)
+        return Outcome(outcome.num_examples, untrained(outcome), noised)
 
 
 class ClientPrivacy:

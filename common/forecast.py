@@ -43,6 +43,16 @@ def scores(
     return metrics
 
 
+# Under local DP the evaluation task carries this bound B: a province then scores its MSE alone,
+# each row's squared error clipped to B, so that replacing all its rows moves it by B at most.
+SCORE_CLIP = "dp_score_clip"
+
+
+def clipped_mse(prediction: np.ndarray, truth: np.ndarray, bound: float) -> dict[str, float]:
+    """The MSE with each row's squared error clipped to `bound`: the one score local DP releases."""
+    return {"mse": float(np.mean(np.minimum((prediction - truth) ** 2, bound)))}
+
+
 # Under an aggregating privacy mode a province's scores leave as sums over its test rows, which
 # add up over the provinces: each mean times the rows, and the rows behind each mean (0 where
 # the province did not score it), in the order of MEANS.

@@ -145,7 +145,9 @@ def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScala
 
     selection = config.model
     candidates = math.prod(len(values) for values in selection.grid.values())
-    releases = planned_releases(config.run.rounds, selection.cv_folds, candidates)
+    releases = planned_releases(
+        config.run.rounds, selection.cv_folds, candidates, config.privacy.privacy
+    )
     # One accountant for every strategy built: cross-validation's releases count too.
     accountant = privacy.dp_accountant(config.privacy, releases)
 

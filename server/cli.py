@@ -220,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="δ at which ε is reported [FEDSTOCK_DP_DELTA]",
     )
     add(
+        "--dp-score-clip",
+        type=float,
+        default=env("DP_SCORE_CLIP", "1.0"),
+        help="with --privacy dp-local: bound B on each test row's squared error in the MSE a "
+        "province releases, noised like its updates (in the target's units squared) "
+        "[FEDSTOCK_DP_SCORE_CLIP]",
+    )
+    add(
         "--dp-accountant",
         choices=DP_ACCOUNTANTS,
         default=env("DP_ACCOUNTANT", "rdp"),

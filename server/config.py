@@ -143,6 +143,7 @@ class PrivacySettings:
     secagg_neighbours: int
     dp_accountant: str = "rdp"
     he_insecure_key_size: bool = False
+    dp_score_clip: float = 1.0
 
     def __post_init__(self) -> None:
         if self.privacy not in PRIVACY_MODES:
@@ -163,6 +164,8 @@ class PrivacySettings:
             raise ConfigError(
                 "--secagg-threshold must be a majority of a neighbourhood: --secagg-neighbours + 1"
             )
+        if not 0 < self.dp_score_clip < math.inf:
+            raise ConfigError("--dp-score-clip must be a positive number")
         if not 0 < self.dp_delta < 1:
             raise ConfigError("--dp-delta must lie strictly between 0 and 1")
         if self.dp_accountant not in DP_ACCOUNTANTS:

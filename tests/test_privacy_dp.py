@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from client.privacy import privatize
-from common import vectors
+from client.privacy import PrivacyError, noised_score, privatize
+from common import forecast, vectors
+from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import linear
 from common.noise import SecureRandom
@@ -14,6 +15,7 @@ from common.provinces import PROVINCES
 from server import privacy
 from server.checkpoint import Checkpoint
 from server.cli import parse_args
+from server.memory import MemoryChannel
 from server.privacy.dp import Accountant, DPFedAvg, DPSettings, epsilon, planned_releases
 from server.strategy import ClientResult, FedAvg
 from tests import in_memory
@@ -51,6 +53,23 @@ def test_local_dp_clips_the_step_from_the_global_model_and_adds_noise_of_sigma_c
     noisy = privatize(update, reference, config, np.random.default_rng(0))["coef"] - 1.0
     assert np.std(noisy - step) == pytest.approx(0.5 * 2.0, rel=0.02)
     assert privatize(update, reference, {"privacy": "none"}) is update
+
+
+def test_local_dp_clips_each_rows_squared_error_and_noises_the_mse_at_the_updates_noise():
+    truth, prediction = np.zeros(4), np.array([0.5, 1.0, 3.0, -10.0])  # squared: .25, 1, 9, 100
+    assert forecast.clipped_mse(prediction, truth, 4.0) == {"mse": (0.25 + 1 + 4 + 4) / 4}
+    config = {"privacy": "dp-local", "dp_noise_multiplier": 0.0, forecast.SCORE_CLIP: 4.0}
+    exact = {"mse": 2.3125, "seconds": 0.5}
+    assert noised_score(exact, config) == exact
+    # Noise N(0, (σ·B/2)²): the updates' multiplier in units of a score's sensitivity B.
+    config["dp_noise_multiplier"] = 0.6
+    draws = np.random.default_rng(1).normal(0.0, 0.6 * 4.0 / 2, 50)
+    rng = np.random.default_rng(1)
+    released = [noised_score(exact, config, rng)["mse"] for _ in draws]
+    np.testing.assert_allclose(released, np.clip(2.3125 + draws, 0.0, 4.0))
+    assert min(released) >= 0.0 and max(released) <= 4.0  # clamped: post-processing
+    with pytest.raises(PrivacyError, match="dp_score_clip"):
+        noised_score(exact, {"privacy": "dp-local", "dp_noise_multiplier": 1.0})
 
 
 def test_central_dp_averages_clipped_steps_over_the_clients_asked():
@@ -122,6 +141,8 @@ def test_pld_composes_tighter_than_rdp_and_both_calibrate_to_the_target():
 def test_cross_validation_grid_points_and_folds_are_releases_too():
     assert planned_releases(rounds=3, folds=5, candidates=2) == 33
     assert planned_releases(rounds=3, folds=0, candidates=1) == 3
+    # Under local DP each round's noised scores are a release beside its noised updates.
+    assert planned_releases(rounds=3, folds=5, candidates=2, mode="dp-local") == 66
 
 
 def test_the_default_noise_is_not_numpys_generator():
@@ -167,6 +188,35 @@ def test_local_dp_counts_a_release_per_round_asked_even_without_answers():
     report = strategy.round_report(1)["privacy"]
     assert report["noisy_releases"] == {"noised updates": 1}
     assert report["epsilon"] == pytest.approx(epsilon(1.0, 1, 1e-5))
+    strategy.configure_evaluate(1, {"coef": np.zeros(2)}, ["a", "b"])
+    report = strategy.round_report(1)["privacy"]
+    assert report["noisy_releases"] == {"noised updates": 1, "noised scores": 1}
+    assert report["epsilon"] == pytest.approx(epsilon(1.0, 2, 1e-5))
+    assert report["clear_releases"] == {}
+
+
+def test_under_local_dp_each_province_releases_its_clipped_mse_noised_and_counted(tmp_path):
+    """The server's own run in memory: what each province sent of its scores, and the ε."""
+    works = {p: in_memory.Scoring(synthesize_province(p, in_memory.ROWS, SEED)) for p in PROVINCES}
+    flags = ["--model", "lr", "--rounds", "2", "--privacy", "dp-local", "--dp-epsilon", "3"]
+    flags += ["--dp-score-clip", "2"]
+    plain = in_memory.run(tmp_path / "plain", "--model", "lr", "--rounds", "2")
+    results = in_memory.run(tmp_path / "dp", *flags, over=MemoryChannel(works))
+    for province, work in works.items():
+        assert len(work.sent) == 2  # one evaluation a round
+        for outcome in work.sent:
+            assert set(outcome.metrics) == {"mse", "seconds"}  # no MAE, no naive MSEs
+            assert 0.0 <= outcome.metrics["mse"] <= 2.0
+        released = results["final"]["per_client"][province]
+        assert released["mse"] == work.sent[-1].metrics["mse"]
+        assert released["mse"] != plain["final"]["per_client"][province]["mse"]
+    spent = [r["privacy"] for r in results["rounds"]]
+    assert spent[-1]["noisy_releases"] == {"noised updates": 2, "noised scores": 2}
+    assert spent[-1]["clear_releases"] == {"statistics": 1}  # no metrics among them
+    assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(3.0, rel=1e-2)
+    assert all(r["train_mse"] is None for r in results["rounds"])
+    metrics = results["disclosure"]["metrics"]["server"]
+    assert "clipped to B = 2" in metrics and "counted as a release" in metrics
 
 
 def test_a_resumed_run_goes_on_counting_where_it_stopped(tmp_path):

@@ -64,6 +64,7 @@ def dp_accountant(asked: PrivacySettings, releases: int) -> Accountant | None:
             asked.dp_delta,
             releases,
             asked.dp_accountant,
+            asked.dp_score_clip,
         )
     else:
         dp = DPSettings(
@@ -72,5 +73,6 @@ def dp_accountant(asked: PrivacySettings, releases: int) -> Accountant | None:
             asked.dp_noise_multiplier,
             asked.dp_delta,
             asked.dp_accountant,
+            asked.dp_score_clip,
         )
     return Accountant(dp)

@@ -13,9 +13,11 @@ once per grid point and fold, and each of those rounds releases a noisy sum too 
 `svm-c=1,10` and 5 folds, 3 rounds make 2·5·3 + 3 = 33 releases). One `Accountant` per run
 composes them all with Google's `dp-accounting` (RDP or PLD, `--dp-accountant`), each a
 Gaussian mechanism with sampling rate 1: in the central mode a client is added or removed
-(sensitivity C); in the local mode a client's data is replaced (2C). Releases that leave a
-province without noise (the statistics, the per-province metrics) are counted apart: no
-finite ε covers them, and the report says so.
+(sensitivity C); in the local mode a client's data is replaced (2C). Under local DP each
+evaluation is a release too: each province's MSE, clipped per row to B (sensitivity B), noised
+at the same multiplier. Releases that leave a province without noise (the statistics; under
+central DP the per-province metrics) are counted apart: no finite ε covers them, and the
+report says so.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import vectors
+from common import forecast, vectors
 from common.noise import SecureRandom
 from common.preprocess import GlobalStatistics
 from common.tensors import Arrays
@@ -76,10 +78,10 @@ def noise_for_epsilon(target: float, releases: int, delta: float, kind: str = "r
     )
 
 
-def planned_releases(rounds: int, folds: int, candidates: int) -> int:
+def planned_releases(rounds: int, folds: int, candidates: int, mode: str = "dp-central") -> int:
     """Noisy releases of a run: every round of every fold of every candidate, then the rounds
-    of the final training."""
-    return rounds * (1 + folds * candidates)
+    of the final training; under local DP each round releases its noised scores too."""
+    return rounds * (1 + folds * candidates) * (2 if mode == "dp-local" else 1)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class DPSettings:
     noise_multiplier: float
     delta: float
     accountant: str = "rdp"
+    # B: under local DP, the bound on each test row's squared error in the released MSE.
+    score_clip: float = 1.0
 
     @property
     def sensitivity(self) -> float:
@@ -104,11 +108,12 @@ class DPSettings:
         delta: float,
         releases: int,
         accountant: str = "rdp",
+        score_clip: float = 1.0,
     ) -> DPSettings:
         """Noise calibrated so that `releases` noisy releases spend `target` ε in all."""
         probe = cls(mode, clip, 1.0, delta, accountant)
         sigma = noise_for_epsilon(target, releases, delta, accountant) * probe.sensitivity
-        return cls(mode, clip, sigma, delta, accountant)
+        return cls(mode, clip, sigma, delta, accountant, score_clip)
 
     def epsilon(self, releases: int) -> float:
         return epsilon(
@@ -217,11 +222,13 @@ class DPFedAvg(Strategy):
             else {}
         )
         plan = self.inner.configure_fit(server_round, parameters, provinces)
-        # Each province answers with its training metrics in clear and, under local DP, its
-        # noised update: counted when asked for, so a refused or late answer counts too.
-        self.accountant.disclose("training metrics")
+        # Each province answers with its training metrics in clear (central DP) or its noised
+        # update and no training MSE (local DP): counted when asked for, so a refused or late
+        # answer counts too.
         if s.mode == "dp-local":
             self.accountant.spend("noised updates")
+        else:
+            self.accountant.disclose("training metrics")
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
@@ -241,8 +248,20 @@ class DPFedAvg(Strategy):
         return vectors.unflatten(base + total / max(self._asked, len(results)), results[0].arrays)
 
     def configure_evaluate(self, server_round, parameters, provinces):
-        self.accountant.disclose("evaluation metrics")
-        return self.inner.configure_evaluate(server_round, parameters, provinces)
+        """Under local DP each province answers with its clipped MSE, noised (client/privacy.py),
+        one more release at the updates' noise; under central DP its scores, in the clear."""
+        plan = self.inner.configure_evaluate(server_round, parameters, provinces)
+        s = self.settings
+        if s.mode != "dp-local":
+            self.accountant.disclose("evaluation metrics")
+            return plan
+        self.accountant.spend("noised scores")
+        extra = {
+            "privacy": s.mode,
+            "dp_noise_multiplier": s.noise_multiplier,
+            forecast.SCORE_CLIP: s.score_clip,
+        }
+        return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def disclosure(self):
         s = self.settings
@@ -255,10 +274,19 @@ class DPFedAvg(Strategy):
             server = (
                 f"each province's update in the clear; it clips them and noises the sum ({noise})"
             )
-        return {
+        disclosed = {
             **self.inner.disclosure(),
             "updates": entry(server, "the noised global model after each round"),
         }
+        if s.mode == "dp-local":
+            disclosed["metrics"] = entry(
+                f"each province's test MSE with each row's squared error clipped to "
+                f"B = {s.score_clip:g}, noised by the province (Gaussian noise σ/2·B, σ = "
+                f"{s.noise_multiplier:g}, clamped to [0, B]) and counted as a release; its row "
+                f"count in the clear; no other score, no training MSE",
+                "nothing of any other province",
+            )
+        return disclosed
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         return {"privacy": self.accountant.report()}
