@@ -10,13 +10,14 @@ and the lies start with the statistics proper.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
 from common import timesplit
+from common.launch import LocalFederation
 from common.tensors import Payload
 from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -88,6 +89,18 @@ class Liar(threading.Thread):
                     self.date_refusals.append((error.code(), error.details()))
                 else:
                     self.refusals.append((task.kind, error.code(), error.details()))
+
+
+def run_beside(liar: Liar, federation: LocalFederation, honest: Sequence[str]) -> None:
+    """Start `liar`, then the honest provinces' clients once it has joined, and wait for the run
+    to end with the server and every honest client exiting 0."""
+    liar.start()
+    assert liar.joined.wait(timeout=120), liar.error
+    for province in honest:
+        federation.start_client(province)
+    codes = federation.wait(timeout=300)
+    liar.join(timeout=60)
+    assert codes == {"server": 0, **{p: 0 for p in honest}}, codes
 
 
 def no_dates(task: pb.Task) -> Lie:

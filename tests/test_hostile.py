@@ -23,7 +23,7 @@ from proto.fedstock.v1 import tensor_pb2
 from server.__main__ import build_health_server, build_server
 from server.coordinator import MAX_STREAMS_PER_SESSION, Coordinator
 from server.limits import PEER_SIDE_CALLS, SIDE_CALLS
-from tests.hostile import Liar, Lie, statistics_shapes
+from tests.hostile import Liar, Lie, run_beside, statistics_shapes
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
 from tests.test_fuzz import VALID, LiveServer, honest_update, submission
 
@@ -67,13 +67,7 @@ def test_absurd_numbers_are_refused_and_the_honest_model_is_untouched(tmp_path):
     federation.start_server()
     lies = iter(absurd_numbers())
     liar = Liar(federation.address, "shanghai", 1000, lambda task: next(lies, None))
-    liar.start()
-    assert liar.joined.wait(timeout=120), liar.error
-    for province in HONEST:
-        federation.start_client(province)
-    codes = federation.wait(timeout=300)
-    liar.join(timeout=60)
-    assert codes == {"server": 0, **{p: 0 for p in HONEST}}, codes
+    run_beside(liar, federation, HONEST)
     assert liar.error is None, liar.error
     kinds = [pb.TASK_KIND_STATISTICS, *[pb.TASK_KIND_TRAIN, pb.TASK_KIND_EVALUATE] * 2]
     assert [(k, c) for k, c, _ in liar.refusals] == [
@@ -110,13 +104,7 @@ def test_a_billion_claimed_test_rows_cannot_set_the_round_mse_with_robust_metric
         ]
     )
     liar = Liar(federation.address, "shanghai", claimed, lambda task: next(lies, None))
-    liar.start()
-    assert liar.joined.wait(timeout=120), liar.error
-    for province in HONEST:
-        federation.start_client(province)
-    codes = federation.wait(timeout=300)
-    liar.join(timeout=60)
-    assert codes == {"server": 0, **{p: 0 for p in HONEST}}, codes
+    run_beside(liar, federation, HONEST)
     assert [kind for kind, *_ in liar.refusals] == [pb.TASK_KIND_STATISTICS, pb.TASK_KIND_TRAIN]
     final = federation.results()["final"]
     per_client = final["per_client"]

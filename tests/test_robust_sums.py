@@ -9,7 +9,7 @@ from common.models import linear
 from server.localrun import LocalFederation
 from server.robust_sums import inconsistent
 from server.strategy import ClientResult
-from tests.hostile import Liar, Lie, statistics_shapes
+from tests.hostile import Liar, Lie, run_beside, statistics_shapes
 from tests.test_federation import FAST, ROWS, SEED, centralised_fit
 
 HONEST = ("hubei", "fujian", "sichuan")
@@ -54,13 +54,7 @@ def test_a_liar_in_the_sums_is_left_out_and_the_honest_model_is_exact(tmp_path):
         5: refused_statistics,  # STATISTICS: refused, so the scaler is the honest one
     }
     liar = Liar(federation.address, "shanghai", 1000, lambda task: answers.get(task.kind))
-    liar.start()
-    assert liar.joined.wait(timeout=120), liar.error
-    for province in HONEST:
-        federation.start_client(province)
-    codes = federation.wait(timeout=300)
-    liar.join(timeout=60)
-    assert codes == {"server": 0, **{p: 0 for p in HONEST}}, codes
+    run_beside(liar, federation, HONEST)
     [record] = federation.results()["rounds"]
     assert record["inconsistent"] == ["shanghai"]
     model = np.load(tmp_path / "model.npz")
