@@ -138,6 +138,12 @@ bench-soak: $(STAMP)
 bench-launch: $(STAMP)
 	$(PY) -u -m tests.bench_launch
 
+# 100 and 1,000 members' sessions (client daemons as threads of four processes) against one
+# server over localhost: rounds completed, round seconds, server RSS, threads and CPU per session.
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) -u -m tests.bench_scale run --sessions 100 1000
+
 .PHONY: bench-hostile
 bench-hostile: $(STAMP)
 	$(PY) -u -m tests.bench_hostile
