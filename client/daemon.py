@@ -120,24 +120,35 @@ class ClientDaemon:
                 self._recover(stub, error, backoff)
                 continue
             backoff.reset()
-            self._keep_receipts(task)
-            if task.kind == pb.TASK_KIND_STOP:
-                if task.failed:
-                    raise ClientError(f"the federation failed: {task.reason}")
-                log.info("server says stop: %s", task.reason or "no reason given")
-                return
-            if task.kind == pb.TASK_KIND_WAIT:
-                continue
+            fresh = self._check_receipts(task)
             try:
-                outcome = perform(self.work, task, parameters)
-            except Exception as error:
-                # The server hears why at once, instead of waiting out the deadline.
-                log.exception("round %d: the task failed", task.round)
-                self._send(task, _failed(task, error), None)
-                if isinstance(error, FATAL):
-                    raise
-                continue
-            self._submit(task, outcome)
+                if not self._handle(task, parameters):
+                    return
+            finally:
+                # Kept once the outcome has left: the disk's flush is off the round's path.
+                if fresh:
+                    self.receipts.keep(fresh)
+
+    def _handle(self, task: pb.Task, parameters: Arrays | None) -> bool:
+        """Do one task and send its outcome; False when the server says stop."""
+        if task.kind == pb.TASK_KIND_STOP:
+            if task.failed:
+                raise ClientError(f"the federation failed: {task.reason}")
+            log.info("server says stop: %s", task.reason or "no reason given")
+            return False
+        if task.kind == pb.TASK_KIND_WAIT:
+            return True
+        try:
+            outcome = perform(self.work, task, parameters)
+        except Exception as error:
+            # The server hears why at once, instead of waiting out the deadline.
+            log.exception("round %d: the task failed", task.round)
+            self._send(task, _failed(task, error), None)
+            if isinstance(error, FATAL):
+                raise
+            return True
+        self._submit(task, outcome)
+        return True
 
     def channel(self) -> grpc.Channel:
         if self.credentials is None:
@@ -211,12 +222,13 @@ class ClientDaemon:
     def _next_task(self) -> tuple[pb.Task, Arrays | None]:
         return self._link.next_task()
 
-    def _keep_receipts(self, task: pb.Task) -> None:
-        """Keep the ledger receipts the task brings; stop if the server contradicts one."""
+    def _check_receipts(self, task: pb.Task) -> list[Receipt]:
+        """The ledger receipts the task brings that are new; stop if the server contradicts
+        one."""
         if self.receipts is None or not task.receipts:
-            return
+            return []
         try:
-            self.receipts.record(
+            return self.receipts.check(
                 Receipt.parse({"index": r.index, "hash": r.hash, "signature": r.signature})
                 for r in task.receipts
             )

@@ -68,6 +68,14 @@ class ReceiptBook:
 
     def record(self, receipts: Iterable[Receipt]) -> list[Receipt]:
         """Keep the new receipts; ReceiptError if the server contradicts an earlier one."""
+        new = self.check(receipts)
+        self.keep(new)
+        return new
+
+    def check(self, receipts: Iterable[Receipt]) -> list[Receipt]:
+        """The receipts not held yet; ReceiptError if the server contradicts an earlier one.
+        Nothing is kept until `keep`: a daemon checks a task's receipts before doing the task
+        and keeps them once its outcome has left, so the disk's flush is off the round's path."""
         new: dict[int, Receipt] = {}
         for receipt in receipts:
             kept = self.held.get(receipt.index) or new.get(receipt.index)
@@ -78,10 +86,14 @@ class ReceiptBook:
                 )
             if kept is None:
                 new[receipt.index] = receipt
-        if new:
-            with self.path.open("a") as out:
-                out.writelines(json.dumps(asdict(r), sort_keys=True) + "\n" for r in new.values())
-                out.flush()
-                os.fsync(out.fileno())
-            self.held.update(new)
         return list(new.values())
+
+    def keep(self, new: list[Receipt]) -> None:
+        """Append receipts `check` found new to the file, durably, and hold them."""
+        if not new:
+            return
+        with self.path.open("a") as out:
+            out.writelines(json.dumps(asdict(r), sort_keys=True) + "\n" for r in new)
+            out.flush()
+            os.fsync(out.fileno())
+        self.held.update((r.index, r) for r in new)

@@ -223,6 +223,19 @@ def test_a_receipt_that_contradicts_one_already_held_is_refused(tmp_path):
     assert ReceiptBook(tmp_path / "hubei.jsonl").held == {1: first}
 
 
+def test_checked_receipts_are_written_only_when_kept(tmp_path):
+    path = tmp_path / "hubei.jsonl"
+    book = ReceiptBook(path)
+    first = Receipt(1, "a" * 64, "c2ln")
+    assert book.check([first]) == [first]
+    assert not path.exists() and book.held == {}
+    book.keep([first])
+    assert ReceiptBook(path).held == {1: first}
+    assert book.check([first]) == []
+    with pytest.raises(ReceiptError, match="rewrote its ledger"):
+        book.check([Receipt(1, "b" * 64, "c2ln")])
+
+
 def test_malformed_receipts_cannot_check_anything(tmp_path):
     path = tmp_path / "ledger.jsonl"
     write_ledger(path, 1)
