@@ -125,6 +125,8 @@ class Strategy(ABC):
 
         plan = [Instruction(p, dict(config or {}), None) for p in provinces]
         results, _ = self.run_phase(0, STATISTICS, plan, accept)
+        # In province order, not arrival order: the sums' last bits, and so a run, repeat.
+        results = sorted(results, key=lambda r: r.province)
         return results, [r.arrays for r in results]
 
     def configure_fit(
