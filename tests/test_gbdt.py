@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 
-from common.models import histtree
+from common.models import histgrow, histtree
 from common.models.checks import UpdateError
-from common.models.histgrow import Query, TreeSettings, check_answer, grow, sketch_query
+from common.models.histgrow import (
+    ROOT,
+    Growing,
+    Query,
+    TreeSettings,
+    check_answer,
+    grow,
+    sketch_query,
+)
 from common.models.histparty import Party, fit_parties, fit_union
 from common.tensors import Payload, receive
 from server.cli import parse_args
@@ -79,6 +87,29 @@ def test_a_forest_of_summed_histograms_averages_its_trees():
     assert not same_trees(grown.trees[:1], grown.trees[1:2])  # bootstraps differ
 
 
+def test_a_forest_grows_its_trees_together_into_the_trees_grown_one_by_one(monkeypatch):
+    x, y = data(4000)
+    settings = TreeSettings(trees=10, max_depth=6, forest=True, reg_lambda=0.0, max_features=0.5)
+    together = federated(x, y, settings)
+    # Every tree of depth 6 is asked 6 levels: the ten trees share them.
+    assert histgrow.batch(settings, N_FEATURES) == 10 and together.exchanges == 6
+    monkeypatch.setattr(histgrow, "BATCH_BYTES", 1)
+    assert histgrow.batch(settings, N_FEATURES) == 1
+    alone = federated(x, y, settings)
+    assert alone.exchanges == 60
+    assert same_trees(together.trees, alone.trees)
+    for a, b in zip(together.trees, alone.trees, strict=True):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_batch_of_trees_keeps_a_level_answer_within_its_bytes():
+    many = TreeSettings(trees=5000, max_depth=10, forest=True, reg_lambda=0.0)
+    size = histgrow.batch(many, 11)
+    widest = 2 ** (many.max_depth - 2) * 11 * many.max_bins * 16
+    assert 1 <= size < many.trees and size * widest <= histgrow.BATCH_BYTES
+    assert histgrow.batch(TreeSettings(trees=50), 11) == 1  # boosting: one tree at a time
+
+
 def test_early_stopping_keeps_the_best_ensemble_by_validation_mse():
     x, y = data(3000)
     settings = TreeSettings(trees=200, learning_rate=1.0, max_depth=6, early_stopping=3)
@@ -135,12 +166,18 @@ def test_malformed_models_and_questions_are_refused():
     with pytest.raises(UpdateError):
         histtree.unpack_model(bad, N_FEATURES)
     grow = histtree.TreeBuilder(histtree.Rule(1, 1, 1)).arrays()
-    wire = Query("level", grow=grow, asked=np.array([3], dtype=np.int32)).arrays()
+    wire = Query("level", grow=[Growing(0, grow, np.array([3], dtype=np.int32))]).arrays()
     with pytest.raises(UpdateError, match="asked"):
         Query.from_wire({"tree_step": "level"}, wire, N_FEATURES, 256)
+    twice = Query("level", grow=[Growing(0, grow, ROOT), Growing(0, grow, ROOT)]).arrays()
+    with pytest.raises(UpdateError, match="grow_index"):
+        Query.from_wire({"tree_step": "level"}, twice, N_FEATURES, 256)
+    uneven = {**Query("level", grow=[Growing(0, grow, ROOT)]).arrays(), "asked_counts": ROOT + 2}
+    with pytest.raises(UpdateError, match="asked_counts"):
+        Query.from_wire({"tree_step": "level"}, uneven, N_FEATURES, 256)
     with pytest.raises(UpdateError, match="tree step"):
         Query.from_wire({"tree_step": "rows, please"}, {}, N_FEATURES, 256)
-    question = Query("level", asked=np.array([0], dtype=np.int32))
+    question = Query("level", grow=[Growing(0, grow, ROOT)])
     with pytest.raises(UpdateError):
         check_answer({"grad": np.zeros((1, N_FEATURES, 8))}, question, N_FEATURES, 8)
 
@@ -169,9 +206,10 @@ def test_rows_descend_level_by_level_to_the_leaves_a_whole_descent_finds():
 
     def ask(query):
         answer = party.answer(query)
-        if query.grow is not None:
-            assert np.array_equal(party.node, histtree.leaves(query.grow, party.x32))
-            checked.append(len(query.grow["value"]))
+        for asked in query.grow:
+            node = party.growing[asked.index].node
+            assert np.array_equal(node, histtree.leaves(asked.tree, party.x32))
+            checked.append(len(asked.tree["value"]))
         return answer
 
     sketch = ask(sketch_query(x.mean(axis=0), x.std(axis=0)))["sketch"]
@@ -179,9 +217,9 @@ def test_rows_descend_level_by_level_to_the_leaves_a_whole_descent_finds():
     # Every level asked of deep trees (the deepest leaves come from their parents' sums).
     assert len(checked) == 3 * 5 and max(checked) == 31
     # A tree that changes a split already made is not a level grown: descended from the root.
-    tree = party.tree_arrays
-    moved = {**tree, "threshold": tree["threshold"] + 1.0}
-    node = histtree.descend(tree, moved, party.node, party.x32)
+    last = party.growing[2]
+    moved = {**last.tree, "threshold": last.tree["threshold"] + 1.0}
+    node = histtree.descend(last.tree, moved, last.node, party.x32)
     assert np.array_equal(node, histtree.leaves(moved, party.x32))
 
 

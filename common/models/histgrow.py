@@ -1,10 +1,11 @@
 """Growing a whole ensemble from summed histograms, knowing nothing of rows or transport.
 
 The grower asks questions (`Query`) and gets back the sum of every party's answer: first a
-sketch for the bin edges, then, per tree and depth level, the histograms of the open nodes —
-all open nodes of a level in one question. Over gRPC a question is one phase of tasks; in one
-process it is a sum over parties (`common.models.histparty`), and the centralised baseline is
-the same grower over a single party holding the union of the rows.
+sketch for the bin edges, then, per depth level, the histograms of the open nodes — all open
+nodes of a level in one question, of one boosted tree or of many trees of a forest at once. Over
+gRPC a question is one phase of tasks; in one process it is a sum over parties
+(`common.models.histparty`), and the centralised baseline is the same grower over a single party
+holding the union of the rows.
 """
 
 from __future__ import annotations
@@ -138,16 +139,27 @@ TREE_MODELS = {
 }
 
 GROW = "grow."
+ROOT = np.array([0], dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class Growing:
+    """One tree of a level question: its number, the tree as it stands, the nodes asked."""
+
+    index: int
+    tree: Member
+    asked: np.ndarray
 
 
 @dataclass(frozen=True)
 class Query:
     """One question to every party; `step` is 'sketch' or 'level'.
 
-    A level question names the tree being grown (`tree`, as it stands), the nodes whose
-    histograms are wanted (`asked`), and, with a tree's first level, the bin edges, the base
-    score and the finished trees a party has not yet added to its predictions. With `score` a
-    party also returns its validation rows' squared error.
+    A level question names the trees being grown (`grow`: as they stand, and the nodes whose
+    histograms are wanted in each), one tree for boosting, many at once for a forest, whose
+    trees are independent. With a tree's first level it also carries the bin edges, the base
+    score and the finished trees a party has not yet added to its predictions (`tree` counts
+    the trees before). With `score` a party also returns its validation rows' squared error.
     """
 
     step: str
@@ -157,9 +169,13 @@ class Query:
     edges: list[np.ndarray] | None = None
     base_score: float | None = None
     new_trees: list[Member] = field(default_factory=list)
-    grow: Member | None = None
-    asked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    grow: list[Growing] = field(default_factory=list)
     score: bool = False
+
+    @property
+    def asked(self) -> int:
+        """How many nodes' histograms answer the question."""
+        return sum(len(g.asked) for g in self.grow)
 
     def config(self) -> dict[str, object]:
         return {"tree_step": self.step, "tree_index": self.tree, "tree_score": self.score}
@@ -167,8 +183,12 @@ class Query:
     def arrays(self) -> Arrays:
         if self.step == "sketch":
             return {"mean": self.mean, "std": self.std}
-        out: Arrays = {"asked": np.asarray(self.asked, dtype=np.int32)}
-        out.update({GROW + k: v for k, v in (self.grow or {}).items()})
+        out: Arrays = {
+            "grow_index": np.array([g.index for g in self.grow], dtype=np.int32),
+            "asked": np.array([n for g in self.grow for n in g.asked], dtype=np.int32),
+            "asked_counts": np.array([len(g.asked) for g in self.grow], dtype=np.int32),
+        }
+        out.update({GROW + k: v for k, v in TREES.pack(g.tree for g in self.grow).items()})
         out.update(TREES.pack(self.new_trees))
         if self.edges is not None:
             out.update(histtree.pack_edges(self.edges))
@@ -187,15 +207,10 @@ class Query:
             return cls(step, mean=arrays["mean"], std=arrays["std"])
         if step != "level":
             raise UpdateError(f"unknown tree step {step!r}; expected 'sketch' or 'level'")
-        grow = {k.removeprefix(GROW): v for k, v in arrays.items() if k.startswith(GROW)}
+        grown = {k.removeprefix(GROW): v for k, v in arrays.items() if k.startswith(GROW)}
         tree_fields = {k: v for k, v in arrays.items() if k.startswith(TREES.kind + ".")}
         new_trees = TREES.unpack(tree_fields, n_features) if tree_fields else []
-        if grow:
-            TREES.check(grow, n_features, "the tree being grown")
-        asked = arrays.get("asked")
-        nodes = len(grow.get("children_left", ())) if grow else 0
-        if asked is None or asked.ndim != 1 or ((asked < 0) | (asked >= max(nodes, 1))).any():
-            raise UpdateError("'asked' must list nodes of the tree being grown")
+        trees = TREES.unpack(grown, n_features) if grown else []
         edges = histtree.unpack_edges(arrays, n_features, max_bins) if "edges" in arrays else None
         base = arrays.get("base_score")
         return cls(
@@ -204,17 +219,37 @@ class Query:
             edges=edges,
             base_score=float(base[0]) if base is not None else None,
             new_trees=new_trees,
-            grow=grow or None,
-            asked=asked,
+            grow=_growing(arrays, trees),
             score=bool(config.get("tree_score", False)),
         )
+
+
+def _growing(arrays: Arrays, trees: list[Member]) -> list[Growing]:
+    """The trees of a level question with their asked nodes; UpdateError unless every tree
+    has a distinct number and asks only for its own nodes."""
+    index, asked, counts = (arrays.get(k) for k in ("grow_index", "asked", "asked_counts"))
+    if any(a is None or a.ndim != 1 for a in (index, asked, counts)):
+        raise UpdateError("a level question needs 'grow_index', 'asked' and 'asked_counts'")
+    if (
+        len(index) != len(trees)
+        or len(counts) != len(trees)
+        or len(set(index.tolist())) < len(index)
+    ):
+        raise UpdateError("'grow_index' must number each tree being grown once")
+    if (counts < 0).any() or counts.sum() != len(asked):
+        raise UpdateError("'asked_counts' must add up to the asked nodes")
+    parts = np.split(asked, np.cumsum(counts)[:-1]) if len(trees) else []
+    for tree, nodes in zip(trees, parts, strict=True):
+        if ((nodes < 0) | (nodes >= len(tree["children_left"]))).any():
+            raise UpdateError("'asked' must list nodes of the tree being grown")
+    return [Growing(int(i), t, a) for i, t, a in zip(index, trees, parts, strict=True)]
 
 
 def answer_shapes(query: Query, n_features: int, max_bins: int) -> dict[str, tuple[int, ...]]:
     """The tensors that answer `query`, by name and shape."""
     if query.step == "sketch":
         return {"sketch": (n_features, histtree.CELLS)}
-    shape = (len(query.asked), n_features, max_bins)
+    shape = (query.asked, n_features, max_bins)
     expected = {"grad": shape, "hess": shape}
     if query.score:
         expected.update(val_sse=(), val_rows=())
@@ -255,30 +290,34 @@ def grow(
     base_score: float,
     settings: TreeSettings,
 ) -> Grown:
-    """Edges from the summed `sketch`, then every tree, level by level, from summed answers."""
+    """Edges from the summed `sketch`, then every tree, level by level, from summed answers:
+    boosted trees one after another, a forest's trees many at a time (`batch`)."""
     edges = histtree.edges_from_sketch(sketch, mean, std, settings.max_bins)
     rule = settings.rule()
     grown = Grown(base_score, [], edges)
     early = bool(settings.holds_out)
-    for t in range(settings.trees):
+    size = batch(settings, len(edges))
+    for first in range(0, settings.trees, size):
+        trees = [
+            _Tree(t, histtree.TreeBuilder(rule))
+            for t in range(first, min(first + size, settings.trees))
+        ]
         pending = [] if settings.forest or not grown.trees else [grown.trees[-1]]
-        builder = histtree.TreeBuilder(rule)
-        first = Query(
+        query = Query(
             "level",
-            t,
+            first,
             edges=edges,
             base_score=base_score,
             new_trees=pending,
-            grow=builder.arrays(),
-            asked=np.array([0], dtype=np.int32),
-            score=early and t > 0,
+            grow=[Growing(t.index, t.builder.arrays(), ROOT) for t in trees],
+            score=early and first > 0,
         )
-        answer = ask(first)
+        answer = ask(query)
         grown.exchanges += 1
-        if first.score and _scored(grown, answer, settings):
+        if query.score and _scored(grown, answer, settings):
             break
-        _grow_tree(ask, builder, answer, settings, t, grown)
-        grown.trees.append(builder.arrays())
+        _grow_trees(ask, trees, answer, settings, first, grown)
+        grown.trees.extend(t.builder.arrays() for t in trees)
     else:
         if early:
             last = Query("level", settings.trees, new_trees=grown.trees[-1:], score=True)
@@ -289,6 +328,21 @@ def grow(
     return grown
 
 
+# The largest answer a level question of a forest may ask for: trees grown together share
+# their exchanges, up to this many bytes of histograms per party.
+BATCH_BYTES = 256 << 20
+
+
+def batch(settings: TreeSettings, n_features: int) -> int:
+    """How many trees grow together: one when boosting (each tree fits the ones before), as
+    many of a forest's as keep a level's largest possible answer within `BATCH_BYTES`."""
+    if not settings.forest:
+        return 1
+    # A level asks for the smaller child of each split: at most 2^(depth − 2) nodes per tree.
+    widest = 2 ** max(settings.max_depth - 2, 0) * n_features * settings.max_bins * 16
+    return max(1, min(settings.trees, BATCH_BYTES // widest))
+
+
 def _scored(grown: Grown, answer: Arrays, settings: TreeSettings) -> bool:
     """Record the validation MSE of the trees so far; True once the best is
     `early_stopping` trees behind."""
@@ -297,57 +351,85 @@ def _scored(grown: Grown, answer: Arrays, settings: TreeSettings) -> bool:
     return len(scores) - 1 - int(np.argmin(scores)) >= settings.early_stopping
 
 
-def _grow_tree(
-    ask: Ask,
-    builder: histtree.TreeBuilder,
-    answer: Arrays,
-    settings: TreeSettings,
-    tree: int,
-    grown: Grown,
-) -> None:
-    """Grow one tree from its root's histograms: per level, split, ask for the smaller child
-    of each split and take its sibling as parent minus child; the deepest level's leaves come
-    from their parents' split sums, without a question."""
-    rule = builder.rule
-    hist = {0: (answer["grad"][0], answer["hess"][0])}
-    open_nodes = [0]
-    for depth in range(settings.max_depth + 1):
-        grads = np.stack([hist[n][0] for n in open_nodes])
-        hesses = np.stack([hist[n][1] for n in open_nodes])
+@dataclass
+class _Tree:
+    """One tree being grown: its builder, its open nodes and their summed histograms, and
+    the splits of its last level as (parent, left, right, the child asked for)."""
+
+    index: int
+    builder: histtree.TreeBuilder
+    open_nodes: list[int] = field(default_factory=lambda: [0])
+    hist: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    pairs: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    def split(self, settings: TreeSettings, edges: list[np.ndarray], last: bool) -> np.ndarray:
+        """Settle the open nodes, split those with a positive gain, and return the smaller
+        child of each split to ask for; on the `last` level the children are settled from
+        their parents' split sums and nothing is asked. Empty once the tree is done."""
+        builder = self.builder
+        grads = np.stack([self.hist[n][0] for n in self.open_nodes])
+        hesses = np.stack([self.hist[n][1] for n in self.open_nodes])
         totals_g, totals_h = grads[:, 0, :].sum(axis=1), hesses[:, 0, :].sum(axis=1)
-        for node, g, h in zip(open_nodes, totals_g, totals_h, strict=True):
+        for node, g, h in zip(self.open_nodes, totals_g, totals_h, strict=True):
             builder.settle(node, g, h)
-        if depth == settings.max_depth:
-            break
-        allowed = _allowed(settings, tree, open_nodes, len(grown.edges))
-        splits = histtree.best_splits(grads, hesses, rule, allowed)
-        pairs = []
-        for i, node in enumerate(open_nodes):
+        allowed = _allowed(settings, self.index, self.open_nodes, len(edges))
+        splits = histtree.best_splits(grads, hesses, builder.rule, allowed)
+        self.pairs = []
+        for i, node in enumerate(self.open_nodes):
             if not splits.gain[i] > 0:
                 continue
             f, b = int(splits.feature[i]), int(splits.bin[i])
-            left, right = builder.split(node, f, float(grown.edges[f][b]), splits.left_hess[i])
-            small_is_left = splits.left_hess[i] <= totals_h[i] - splits.left_hess[i]
-            pairs.append((node, left, right, left if small_is_left else right))
-        if not pairs:
-            break
-        if depth + 1 == settings.max_depth:
-            # The last level's leaves need only their sums, which the parents' splits hold.
-            for parent, left, right, _ in pairs:
-                at = open_nodes.index(parent)
-                g_left, h_left = splits.left_grad[at], splits.left_hess[at]
+            left, right = builder.split(node, f, float(edges[f][b]), splits.left_hess[i])
+            if last:  # the deepest leaves need only their sums, which the split holds
+                g_left, h_left = splits.left_grad[i], splits.left_hess[i]
                 builder.settle(left, g_left, h_left)
-                builder.settle(right, totals_g[at] - g_left, totals_h[at] - h_left)
-            break
-        asked = np.array([p[3] for p in pairs], dtype=np.int32)
-        answer = ask(Query("level", tree, grow=builder.arrays(), asked=asked))
+                builder.settle(right, totals_g[i] - g_left, totals_h[i] - h_left)
+                continue
+            small_is_left = splits.left_hess[i] <= totals_h[i] - splits.left_hess[i]
+            self.pairs.append((node, left, right, left if small_is_left else right))
+        return np.array([p[3] for p in self.pairs], dtype=np.int32)
+
+    def take(self, grad: np.ndarray, hess: np.ndarray) -> None:
+        """The asked children's histograms; each sibling's is its parent's minus the child's."""
+        for (parent, left, right, small), g, h in zip(self.pairs, grad, hess, strict=True):
+            self.hist[small] = (g, h)
+            self.hist[right if small == left else left] = (
+                self.hist[parent][0] - g,
+                self.hist[parent][1] - h,
+            )
+        self.open_nodes = [n for p in self.pairs for n in p[1:3]]
+
+
+def _grow_trees(
+    ask: Ask,
+    trees: list[_Tree],
+    answer: Arrays,
+    settings: TreeSettings,
+    first: int,
+    grown: Grown,
+) -> None:
+    """Grow trees together from their roots' histograms: per level, every tree splits its
+    open nodes and one question asks for the smaller children of all of them."""
+    for i, tree in enumerate(trees):
+        tree.hist[0] = (answer["grad"][i], answer["hess"][i])
+    for depth in range(settings.max_depth):
+        last = depth + 1 == settings.max_depth
+        asked = [(t, t.split(settings, grown.edges, last)) for t in trees]
+        trees = [t for t, nodes in asked if len(nodes)]
+        if not trees:
+            return
+        query = Query(
+            "level",
+            first,
+            grow=[Growing(t.index, t.builder.arrays(), a) for t, a in asked if len(a)],
+        )
+        answer = ask(query)
         grown.exchanges += 1
-        for i, (parent, left, right, small) in enumerate(pairs):
-            other = right if small == left else left
-            g, h = answer["grad"][i], answer["hess"][i]
-            hist[small] = (g, h)
-            hist[other] = (hist[parent][0] - g, hist[parent][1] - h)
-        open_nodes = [n for p in pairs for n in p[1:3]]
+        at = 0
+        for tree in trees:
+            rows = slice(at, at + len(tree.pairs))
+            tree.take(answer["grad"][rows], answer["hess"][rows])
+            at = rows.stop
 
 
 def _allowed(settings: TreeSettings, tree: int, nodes: list[int], n_features: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.models import histtree
 from common.models.ensemble import Member
-from common.models.histgrow import Ask, Grown, Query, TreeSettings, grow, sketch_query
+from common.models.histgrow import Ask, Growing, Grown, Query, TreeSettings, grow, sketch_query
 from common.tensors import Arrays
 
 
@@ -39,11 +39,9 @@ class Party:
         self.margin = np.zeros(len(self.y))
         self.margin_val = np.zeros(len(self.y_val))
         self.trees_added = 0
-        self.tree = -1
-        self.grad = self.hess = np.zeros(0)
-        # The tree being grown as last asked, and the node each row sits in within it.
-        self.tree_arrays: Member | None = None
-        self.node = np.zeros(len(self.y), dtype=np.intp)
+        self.started = False
+        # The trees being grown, by number, as last asked.
+        self.growing: dict[int, _Growing] = {}
 
     @property
     def rows(self) -> int:
@@ -58,25 +56,33 @@ class Party:
         if self.edges is None:
             raise ValueError("a level question came before the bin edges")
         self._add_trees(query)
-        out: Arrays = {}
-        if query.grow is not None:
-            if query.tree != self.tree:
-                self._start_tree(query.tree)
-            self.node = histtree.descend(self.tree_arrays, query.grow, self.node, self.x32)
-            self.tree_arrays = query.grow
-            slot = histtree.slots(query.grow, query.asked, self.node)
-            width = self.settings.max_bins
-            out.update(
-                histtree.histograms(self.bins, slot, self.grad, self.hess, len(query.asked), width)
-            )
-        else:
-            shape = (0, self.x.shape[1], self.settings.max_bins)
-            out.update(grad=np.zeros(shape), hess=np.zeros(shape))
+        self.started = True
+        # Trees not asked about are finished (or abandoned): their state goes.
+        self.growing = {
+            g.index: self.growing.get(g.index) or self._start_tree(g.index) for g in query.grow
+        }
+        out = self._histograms(query.grow)
         if query.score:
             residual = self.y_val - self.margin_val
             out["val_sse"] = np.asarray(float(residual @ residual))
             out["val_rows"] = np.asarray(float(len(residual)))
         return out
+
+    def _histograms(self, asked: list[Growing]) -> Arrays:
+        """The asked nodes of every tree in one pass per feature, in the question's order: a
+        row is listed once for each tree it sits in an asked node of."""
+        rows, slots, grad, hess = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)], [[]], [[]]
+        offset = 0
+        for g in asked:
+            tree = self.growing[g.index]
+            at, slot = tree.move(g, self.x32)
+            rows.append(at)
+            slots.append(slot + offset)
+            grad.append(tree.grad[at])
+            hess.append(tree.hess[at])
+            offset += len(g.asked)
+        listed = (np.concatenate(parts) for parts in (rows, slots, grad, hess))
+        return histtree.histograms(self.bins, *listed, offset, self.settings.max_bins)
 
     def _use_edges(self, query: Query) -> None:
         """Bin the rows on new edges; a tree's first level also brings the base score."""
@@ -86,7 +92,7 @@ class Party:
         if not same:
             self.edges = query.edges
             self.bins = histtree.bin_rows(self.x, query.edges)
-        if query.base_score is not None and self.trees_added == 0 and self.tree < 0:
+        if query.base_score is not None and not self.started:
             self.margin[:] = query.base_score
             self.margin_val[:] = query.base_score
 
@@ -100,17 +106,20 @@ class Party:
                 f"out of step: asked about tree {query.tree} after {len(query.new_trees)} new "
                 f"trees, but this party has added {self.trees_added}"
             )
-        for tree in query.new_trees:
-            # The rows already sit in the leaves of the tree this party last grew.
-            node = histtree.descend(self.tree_arrays, tree, self.node, self.x32)
+        for i, tree in enumerate(query.new_trees, start=expected):
+            # The rows already sit in the leaves of the tree as this party last grew it.
+            grown = self.growing.pop(i, None)
+            if grown is None:
+                node = histtree.leaves(tree, self.x32)
+            else:
+                node = histtree.descend(grown.tree, tree, grown.node, self.x32)
             self.margin += tree["value"][node]
-            self.tree_arrays, self.node = tree, node
             if len(self.y_val):
                 x32_val = np.asarray(self.x_val, dtype=np.float32)
                 self.margin_val += tree["value"][histtree.leaves(tree, x32_val)]
         self.trees_added += len(query.new_trees)
 
-    def _start_tree(self, tree: int) -> None:
+    def _start_tree(self, tree: int) -> _Growing:
         """Gradients and Hessians of squared error for a new tree, under its row weights."""
         s = self.settings
         weights = np.ones(self.rows)
@@ -119,10 +128,26 @@ class Party:
             weights = np.searchsorted(POISSON_CDF, draw, side="right").astype(np.float64)
         elif s.subsample < 1:
             weights = (draw < s.subsample).astype(np.float64)
-        self.grad = (self.margin - self.y) * weights
-        self.hess = weights
-        self.tree = tree
-        self.tree_arrays, self.node = None, np.zeros(self.rows, dtype=np.intp)
+        return _Growing((self.margin - self.y) * weights, weights)
+
+
+class _Growing:
+    """A tree being grown here: its rows' gradients and Hessians, the tree as last asked and
+    the node each row sits in within it (kept between questions, so a level costs the rows
+    that move, not the depth)."""
+
+    def __init__(self, grad: np.ndarray, hess: np.ndarray) -> None:
+        self.grad, self.hess = grad, hess
+        self.tree: Member | None = None
+        self.node = np.zeros(len(grad), dtype=np.intp)
+
+    def move(self, asked: Growing, x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Move the rows into the tree as it stands; the rows in asked nodes and their slots."""
+        self.node = histtree.descend(self.tree, asked.tree, self.node, x32)
+        self.tree = asked.tree
+        slot = histtree.slots(asked.tree, asked.asked, self.node)
+        rows = np.flatnonzero(slot >= 0)
+        return rows, slot[rows]
 
 
 # Poisson(1)'s cumulative probabilities: a uniform draw's bin is a bootstrap weight.

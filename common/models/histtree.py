@@ -97,19 +97,24 @@ def bin_rows(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
 
 
 def histograms(
-    bins: np.ndarray, slot: np.ndarray, grad: np.ndarray, hess: np.ndarray, slots: int, width: int
+    bins: np.ndarray,
+    rows: np.ndarray,
+    slot: np.ndarray,
+    grad: np.ndarray,
+    hess: np.ndarray,
+    slots: int,
+    width: int,
 ) -> Arrays:
-    """Σ gradient and Σ Hessian per (open node, feature, bin) from `bins` (features, rows);
-    rows whose slot is −1 are out. One pass per feature over the rows that are in."""
-    rows = np.flatnonzero(slot >= 0)
-    base = slot[rows] * width
-    g, h = grad[rows], hess[rows]
+    """Σ gradient and Σ Hessian per (open node, feature, bin) from `bins` (features, rows):
+    each listed row adds its `grad` and `hess` to the histograms of its `slot` (a row listed
+    for several trees adds to each). One pass per feature over the listed rows."""
+    base = slot * width
     size = slots * width
     sums = {"grad": np.empty((len(bins), size)), "hess": np.empty((len(bins), size))}
     for f, column in enumerate(bins):
         at = base + column[rows]
-        sums["grad"][f] = np.bincount(at, weights=g, minlength=size)
-        sums["hess"][f] = np.bincount(at, weights=h, minlength=size)
+        sums["grad"][f] = np.bincount(at, weights=grad, minlength=size)
+        sums["hess"][f] = np.bincount(at, weights=hess, minlength=size)
     return {
         name: s.reshape(len(bins), slots, width).transpose(1, 0, 2).copy()
         for name, s in sums.items()

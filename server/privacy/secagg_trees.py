@@ -1,13 +1,14 @@
 """Secure aggregation of histogram trees: the server sums every question's answers unseen.
 
-A tree ensemble asks the provinces many questions in one round — the sketch, then one per tree
-and depth level — and each answer is a sum. The keys are agreed once, before the round's first
-question (the KEYS and SHARES phases of server/privacy/secagg.py, signed as there); then every
-question is one exchange of common/secagg.py: each province masks its answer with pairwise
-masks from its pair seeds, the exchange's number and a digest of the question, and the server
-adds the masked answers of every province, which leaves the plain sum. Nothing is unmasked, so
-no share is ever revealed; the price is that the sum needs every province: one that drops out
-mid-round stops the growing, as it does in the clear (partial sums would be wrong anyway).
+A tree ensemble asks the provinces many questions in one round — the sketch, then one per depth
+level of a boosted tree or of a forest's trees together — and each answer is a sum. The keys are
+agreed once, before the round's first question (the KEYS and SHARES phases of
+server/privacy/secagg.py, signed as there); then every question is one exchange of
+common/secagg.py: each province masks its answer with pairwise masks from its pair seeds, the
+exchange's number and a digest of the question, and the server adds the masked answers of every
+province, which leaves the plain sum. Nothing is unmasked, so no share is ever revealed; the
+price is that the sum needs every province: one that drops out mid-round stops the growing, as
+it does in the clear (partial sums would be wrong anyway).
 
 Answers are fixed point (common/secagg.py's `Encoding`, 24 fraction bits): row counts are exact,
 gradient sums are rounded to 2⁻²⁴ per province, and a value above `--secagg-bound` is refused by

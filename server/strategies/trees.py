@@ -1,8 +1,8 @@
 """Histogram trees over the federation: every question to the provinces is one phase of tasks.
 
 The round's training phase is the sketch (rows per grid cell, for the shared bin edges); the
-strategy then grows the whole ensemble in further phases of the same round — per tree and
-depth level one phase, the open nodes' histograms up, the tree as it stands down — and the
+strategy then grows the whole ensemble in further phases of the same round — per depth level
+one phase, the open nodes' histograms up, the trees as they stand down — and the
 server sums what comes back (common/models/histgrow.py). One round builds the ensemble; a
 later round grows a fresh one. Sums are added in province order, so a run repeats exactly.
 
