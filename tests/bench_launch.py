@@ -91,7 +91,7 @@ def launch(model: str, rows: int, rounds: int, timeout: float) -> dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--model", default="lr-exact")
     parser.add_argument("--rows", type=int, default=270_000, help="rows of the synthetic market")
     parser.add_argument("--rounds", type=int, default=1)

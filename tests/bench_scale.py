@@ -163,15 +163,17 @@ def measure(count: int, processes: int, rounds: int, rows: int, timeout: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("run", help="measure (the default)")
+    run = commands.add_parser("run", help="measure (the default)", allow_abbrev=False)
     run.add_argument("--sessions", type=int, nargs="+", default=[100, 1000])
     run.add_argument("--processes", type=int, default=4, help="processes holding the sessions")
     run.add_argument("--rounds", type=int, default=3)
     run.add_argument("--rows", type=int, default=300, help="synthetic rows a member holds, about")
     run.add_argument("--timeout", type=float, default=1800)
-    worker = commands.add_parser("sessions", help="(internal) run sessions in this process")
+    worker = commands.add_parser(
+        "sessions", help="(internal) run sessions in this process", allow_abbrev=False
+    )
     worker.add_argument("names")
     worker.add_argument("--members", type=Path, required=True)
     worker.add_argument("--server", required=True)
