@@ -15,6 +15,7 @@ from common.cli import env, env_flag
 from common.compression import METHODS
 from common.features import FEATURE_SETS
 from common.hyperparameters import ALL_OPTIONS, OPTIONS
+from common.members import Members
 from common.members import load as load_members
 from common.preprocess import SETTINGS
 from common.registry import MODELS
@@ -35,6 +36,10 @@ from server.model_selection import parse_grid
 from server.privacy import DP_ACCOUNTANTS, PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
+
+# --workers 0: a handler thread for every member's session, these beside them, and at least
+# as many as a server of the paper's nine provinces has always had.
+SPARE_WORKERS, MIN_WORKERS = 16, 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--workers",
         type=int,
-        default=env("WORKERS", "32"),
-        help="gRPC handler threads; each connected client holds one while it waits for work "
+        default=env("WORKERS", "0"),
+        help="gRPC handler threads; each connected client holds one while it waits for work; "
+        f"0 means one for every member and {SPARE_WORKERS} spare, at least {MIN_WORKERS} "
         "[FEDSTOCK_WORKERS]",
     )
     add(
@@ -505,7 +511,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         run=RunSettings(
             **_section(RunSettings, args, min_available=args.min_available or args.min_clients)
         ),
-        serve=ServeSettings(**_section(ServeSettings, args, members=members)),
+        serve=ServeSettings(
+            **_section(ServeSettings, args, members=members, workers=workers(args, members))
+        ),
         model=ModelSettings(
             model=args.model,
             options={name: getattr(args, name) for name in ALL_OPTIONS},
@@ -520,6 +528,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         buffering=Buffering(args.buffer_size, args.staleness_exponent, args.max_staleness),
         results=args.results,
     )
+
+
+def workers(args: argparse.Namespace, members: Members) -> int:
+    """--workers, or by default enough that every member's session has its handler thread (a
+    Session stream holds one for as long as it is open)."""
+    return args.workers or max(MIN_WORKERS, len(members) + SPARE_WORKERS)
 
 
 def _section(kind: type, args: argparse.Namespace, **given: object) -> dict[str, object]:

@@ -90,8 +90,8 @@ def measure(count: int, processes: int, rounds: int, rows: int, timeout: float) 
             provinces=tuple(names),
             members_file=out / "members.csv",
             insecure=True,
-            # A Session stream holds a handler thread for the whole session.
-            server_args=["--workers", str(count + 16), "--round-timeout", str(timeout)],
+            # --workers is left to its default: a handler thread for every member's session.
+            server_args=["--round-timeout", str(timeout)],
         )
         federation.start_server()
         server = federation.server

@@ -93,3 +93,12 @@ def test_the_client_maps_every_flag_onto_its_settings(monkeypatch, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--slowdown must be a finite factor"):
         replace(config, slowdown=0.5)
+
+
+def test_by_default_every_member_has_a_handler_thread_for_its_session(tmp_path):
+    members = tmp_path / "members.csv"
+    members.write_text("name\n" + "".join(f"member{i:03d}\n" for i in range(100)))
+    assert parse_args([]).serve.workers == 32  # the paper's nine: as many as ever
+    assert parse_args(["--members", str(members)]).serve.workers == 100 + 16
+    assert parse_args(["--members", str(members), "--workers", "40"]).serve.workers == 40
+    assert parse_args([]).record()["workers"] == "32"  # the record says what was in effect
