@@ -160,7 +160,8 @@ bench-hostile: $(STAMP)
 # skill, federated, centralised and on Spark (SCALE=paper for the paper's 2.7M rows).
 .PHONY: bench-forecast
 bench-forecast: $(STAMP)
-	$(PY) -u -m tests.bench_forecast --scale $(SCALE) --out runs/forecast
+	$(PY) -u -m tests.bench_forecast --scale $(SCALE) --forecast $(FORECAST) \
+		--out runs/forecast$(if $(filter-out price,$(FORECAST)),-$(FORECAST))
 
 .PHONY: bench-liveview
 bench-liveview: $(STAMP)
@@ -179,9 +180,11 @@ bench-analysis: $(STAMP)
 # setting beside it (runs/reproduce/next-day) and the agreement section (docs/reproduce.md).
 SCALE ?= small
 SETTING ?= next-day
+# FORECAST=change|return: every run forecasts that quantity instead of the price (docs/forecasting.md).
+FORECAST ?= price
 .PHONY: reproduce java
 reproduce: $(STAMP) java
-	$(PY) -m baselines.reproduce --scale $(SCALE) --setting $(SETTING) --out runs/reproduce \
+	$(PY) -m baselines.reproduce --scale $(SCALE) --setting $(SETTING) --forecast $(FORECAST) --out runs/reproduce \
 		$(if $(filter paper,$(SETTING)),--beside next-day)
 
 # Spark needs a Java runtime, 17 or newer.

@@ -6,6 +6,7 @@ import argparse
 
 from baselines.data import DEFAULT_ROWS, DEFAULT_SEED, DataOptions
 from baselines.models import MODELS, ModelOptions
+from common import quantity
 from common.features import FEATURE_SETS
 from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS, features_for
@@ -43,6 +44,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="paper: the paper's columns; technical: lagged returns, moving-average ratios, "
         "volatility, turnover and limit flags beside close and price (next-day only)",
+    )
+    add(
+        "--forecast",
+        choices=quantity.QUANTITIES,
+        default=quantity.DEFAULT,
+        help="the quantity forecast and scored, as the server's --forecast: price (Table 2's), "
+        "change (tomorrow's price minus today's close) or return (over today's close, minus 1)",
     )
     add("--test-fraction", type=float, default=0.2, help="share of each province's rows for test")
     add("--split-seed", type=int, default=0, help="seed of the random split (paper setting)")
@@ -135,6 +143,7 @@ def data_options(args: argparse.Namespace) -> DataOptions:
         args.test_fraction,
         args.split_seed,
         args.feature_set,
+        forecast=args.forecast,
     )
 
 
@@ -159,6 +168,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         features_for(args.setting, args.feature_set)
     except ValueError as error:
         parser.error(f"--features {args.feature_set}: {error}")
+    try:
+        quantity.check(args.forecast, args.setting)
+    except ValueError as error:
+        parser.error(f"--forecast {args.forecast}: {error}")
     if not args.learning_rate > 0:
         parser.error("--learning-rate must be positive")
     for flag in ("rows", "trees", "components", "svr_rows", "rounds", "epochs"):

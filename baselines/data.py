@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import preprocess, timesplit
+from common import preprocess, quantity, timesplit
 from common.data import load_province, synthesize, write_provinces
 from common.data.loaders import province_path
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
@@ -38,6 +38,7 @@ class DataOptions:
     # next-day: the union's first day and date cutoff (`with_cutoff`); empty until agreed
     split_start: str = ""
     split_cutoff: str = ""
+    forecast: str = quantity.DEFAULT  # the quantity targets and scores are in (common/quantity.py)
 
     def split(self) -> dict:
         """The split as results.json states it (common/timesplit.py)."""
@@ -53,20 +54,25 @@ class DataOptions:
 @dataclass(frozen=True)
 class Scaling:
     """The federation's scaler and the global numbers its tasks carry (`task`: rows, the close's
-    scaling, the target's and its change's moments, the scaled features' variance)."""
+    scaling, the target's and its change's moments, the scaled features' variance), for the
+    forecast quantity `forecast`."""
 
     mean: np.ndarray
     scale: np.ndarray
     train_rows: int
     close_index: int
     task: dict[str, float]
+    forecast: str = quantity.DEFAULT
 
     @classmethod
-    def from_sums(cls, features: list[str], sums: Iterable[Arrays]) -> Scaling:
-        stats = preprocess.GlobalStatistics.from_sums([*features, preprocess.TARGET], list(sums))
+    def from_sums(
+        cls, features: list[str], sums: Iterable[Arrays], forecast: str = quantity.DEFAULT
+    ) -> Scaling:
+        columns = [*features, preprocess.TARGET]
+        stats = preprocess.GlobalStatistics.from_sums(columns, list(sums), forecast)
         mean, scale = stats.scaler()
         task = {k: float(v) for k, v in TaskContext.from_statistics(stats).to_config().items()}
-        return cls(mean, scale, stats.count, features.index("close"), task)
+        return cls(mean, scale, stats.count, features.index("close"), task, forecast)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         return preprocess.scale(x, self.mean, self.scale)
@@ -74,6 +80,12 @@ class Scaling:
     def close(self, x: np.ndarray) -> np.ndarray:
         """Today's close in yuan, from scaled rows."""
         return x[:, self.close_index] * self.scale[self.close_index] + self.mean[self.close_index]
+
+    def no_change(self, x: np.ndarray, scaled: bool = True) -> np.ndarray:
+        """The forecast quantity with no move from today's close (common/quantity.py), from
+        scaled rows or raw ones: what the models that learn a move start from."""
+        close = self.close(x) if scaled else x[:, self.close_index]
+        return quantity.no_change(close, self.forecast)
 
 
 def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:
@@ -84,6 +96,7 @@ def split_province(raw: pd.DataFrame, options: DataOptions) -> preprocess.Split:
         options.split_seed,
         options.feature_set,
         options.split_cutoff,
+        options.forecast,
     )
 
 
@@ -113,7 +126,7 @@ def prepare(frames: Mapping[str, pd.DataFrame], options: DataOptions) -> Prepare
         options = with_cutoff(options, *timesplit.agree_dates(dates, options.test_fraction))
     splits = {name: split_province(raw, options) for name, raw in frames.items()}
     sums = [preprocess.statistics(s.x_train, s.y_train) for s in splits.values()]
-    return Prepared(splits, Scaling.from_sums(options.features, sums), options)
+    return Prepared(splits, Scaling.from_sums(options.features, sums, options.forecast), options)
 
 
 def load_frames(options: DataOptions) -> dict[str, pd.DataFrame]:

@@ -37,7 +37,8 @@ class ModelOptions:
     learning_rate: float = 0.05  # the SVM's first step size, divided by √round later
     epochs: int = 1  # the SVM's passes over the rows per round
     # RF and SVMs learn tomorrow's change from today's close ("change", the federation's
-    # default: comparable across price levels) or the price itself ("price", as the paper).
+    # default: comparable across price levels) or the price itself ("price", as the paper);
+    # under a forecast of the change or the return (DataOptions.forecast) the two are the same.
     target: str = "change"
     # gbdt's and rf-hist's settings, the federation's defaults unless changed.
     tree_settings: Mapping[str, TreeSettings] = field(
@@ -108,7 +109,7 @@ def target_frame(x: np.ndarray, context: Context) -> tuple[np.ndarray | float, f
     as the federation's trainers do (the forest uses the base alone)."""
     task = context.scaling.task
     if context.options.target == "change":
-        return context.scaling.close(x), task["change_mean"], task["change_std"]
+        return context.scaling.no_change(x), task["change_mean"], task["change_std"]
     return 0.0, task["target_mean"], task["target_std"]
 
 
@@ -251,12 +252,14 @@ def tree_model(name: str, context: Context) -> Model:
     scaling = context.scaling
 
     def fit(x: np.ndarray, y: np.ndarray, ctx: Context, start: Any = None) -> Grown:
-        party = Party(x, y - x[:, scaling.close_index], settings)
+        party = Party(x, y - scaling.no_change(x, scaled=False), settings)
         base = scaling.task["change_mean"]
         return fit_parties([party], scaling.mean, scaling.scale, base, settings)
 
     def predict(grown: Grown, x: np.ndarray) -> np.ndarray:
-        return x[:, scaling.close_index] + histtree.predict(grown.base_score, grown.trees, x)
+        return scaling.no_change(x, scaled=False) + histtree.predict(
+            grown.base_score, grown.trees, x
+        )
 
     return Model(name, fit, _no_merge, predict, scaled=False)
 

@@ -26,6 +26,7 @@ from baselines.models import ModelOptions
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+from common import quantity
 from common.hyperparameters import ALL_OPTIONS
 from common.launch import LocalFederation
 from common.models.histgrow import TREE_MODELS
@@ -141,7 +142,7 @@ def federation_flags(model: str, options: ModelOptions, data: DataOptions) -> li
     hyperparameters; a flag the model does not have, or a value it cannot take, is left out
     (the report lists the federation's own configuration)."""
     flags = ["--setting", data.setting, "--test-fraction", str(data.test_fraction)]
-    flags += ["--seed", str(data.split_seed)]
+    flags += ["--seed", str(data.split_seed), "--forecast", data.forecast]
     wanted = {
         "rf": {  # each province grows the paper's forest; the global one keeps `trees` of them
             "--rf-n-estimators": options.trees,
@@ -425,6 +426,7 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
         "data": source,
         "rows used": used,
         "setting": f"{data.setting} ({target}); test fraction {data.test_fraction}",
+        "forecast": quantity.label(data.forecast),
         "federated rounds": plan.scale.rounds,
         "RF": f"{o.trees} trees, max_depth {o.max_depth or 'none'}, max_features 1.0, bootstrap",
         "RF and SVM target": "tomorrow's change from today's close (the federation's default)"

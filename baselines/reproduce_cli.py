@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from baselines import agreement, paper, report
 from baselines.data import DataOptions, write_synthetic
 from baselines.reproduce import SCALES, Plan, execute, for_setting
+from common import quantity
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -35,6 +36,13 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
     add("--seed", type=int, default=DataOptions.seed, help="seed of the synthetic market")
     add("--setting", choices=("next-day", "paper"), default="next-day", help="target and split")
     add(
+        "--forecast",
+        choices=quantity.QUANTITIES,
+        default=quantity.DEFAULT,
+        help="the quantity forecast and scored in every run, as the server's --forecast "
+        "(change and return: next-day only)",
+    )
+    add(
         "--beside",
         choices=("next-day", "paper"),
         help="also run this setting (without the DP sweep), in OUT/SETTING, and show its "
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
     unknown = set(args.models) - set(paper.MODELS)
     if unknown:
         parser.error(f"--models takes {','.join(paper.MODELS)}; unknown: {','.join(unknown)}")
+    try:
+        quantity.check(args.forecast, args.setting)
+    except ValueError as error:
+        parser.error(f"--forecast {args.forecast}: {error}")
     scale = SCALES[args.scale]
     rows = args.rows or scale.rows
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +77,9 @@ def main(argv: list[str] | None = None, session: SparkSession | None = None) -> 
         print(f"writing the synthetic market ({rows:,} rows) to {folder}/ …", flush=True)
         write_synthetic(Path(folder), rows, args.seed)
     plan = Plan(
-        DataOptions(data=folder, rows=rows, seed=args.seed, setting=args.setting),
+        DataOptions(
+            data=folder, rows=rows, seed=args.seed, setting=args.setting, forecast=args.forecast
+        ),
         for_setting(scale, args.setting),
         args.out,
         args.master,

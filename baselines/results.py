@@ -1,8 +1,8 @@
 """Scores and results files of the server's shape, so one reader serves every framework.
 
-The overall MSE is the server's: each province's test MSE weighted by its test rows, in price
-units, computed by the same `Evaluation` (common/scores.py), with the same naive baselines
-beside it.
+The overall MSE is the server's: each province's test MSE weighted by its test rows, in the
+units of the forecast quantity, computed by the same `Evaluation` (common/scores.py), with the
+same naive baselines beside it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from baselines.data import DataOptions
-from common import forecast
+from common import forecast, quantity
 from common.files import write_atomically
 from common.preprocess import Split
 from common.scores import Evaluation
@@ -50,6 +50,7 @@ def record(
         "model": model,
         "framework": framework,
         "setting": data.setting,
+        "forecast": quantity.record(data.forecast),
         "data": asdict(data),
         "split": data.split(),
         "params": dict(params),
@@ -78,6 +79,7 @@ def summary(results: dict[str, Any]) -> str:
     final = results["final"]
     lines = [
         f"{results['framework']} {results['model']}, parameters {results['params'] or 'none'}",
+        quantity.label(quantity.of(results)),
         *forecast.score_table(final),
         f"training seconds: {final['train_seconds']:.2f}",
         "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in final["timings"].items()),

@@ -48,7 +48,7 @@ from baselines.models import (
     per_province,
     train,
 )
-from common import forecast, preprocess, timesplit
+from common import forecast, preprocess, quantity, timesplit
 from common.data import RAW_COLUMNS, validate_raw
 from common.data.schema import ORACLE
 from common.models.histgrow import TREE_MODELS
@@ -242,8 +242,8 @@ def load(spark: SparkSession, data: DataOptions) -> Loaded:
     started = time.perf_counter()
     splits, data = province_splits(spark, data)  # reads, shuffles and splits
     sums = province_sums(splits)
-    scaling = Scaling.from_sums(data.features, sums.values())  # the federation's scaler
-    own = {p: Scaling.from_sums(data.features, [s]) for p, s in sums.items()}
+    scaling = Scaling.from_sums(data.features, sums.values(), data.forecast)  # the federation's
+    own = {p: Scaling.from_sums(data.features, [s], data.forecast) for p, s in sums.items()}
     train_rows = dict(splits.map(lambda pair: (pair[0], len(pair[1].y_train))).collect())
     return Loaded(splits, scaling, train_rows, time.perf_counter() - started, data, own)
 
@@ -349,7 +349,8 @@ def train_mllib(
     """MLlib's estimator on the same split rows: VectorAssembler + StandardScaler + model.
 
     The histogram trees learn tomorrow's change from today's close, as the federation's do;
-    lr and rf learn the price, as the paper's.
+    lr and rf learn the price, as the paper's (under --forecast change or return, all learn
+    the target itself, a move already).
     """
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import StandardScaler, VectorAssembler
@@ -359,7 +360,8 @@ def train_mllib(
     references = sorted(splits.first()[1].reference_test)
     columns = ["province", "is_test", *features, preprocess.TARGET, *references]
     frame = spark.createDataFrame(splits.flatMap(_rows_of(references)), columns)
-    base = F.col("close") if model in TREE_MODELS else F.lit(0.0)
+    moves = model in TREE_MODELS and data.forecast == quantity.DEFAULT  # else already a move
+    base = F.col("close") if moves else F.lit(0.0)
     frame = frame.withColumn(LABEL, F.col(preprocess.TARGET) - base)
     train = frame.where(~F.col("is_test")).cache()
     test = frame.where(F.col("is_test"))

@@ -85,7 +85,7 @@ def fine_tune(
     if spec.closed_form:  # a fit that ignores where it starts: pulled towards the global one
         return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
     if spec.trees is not None:  # grown from histograms: boosting or growing continues here
-        change = y - trainers.close(x, config, scaled=False)
+        change = y - trainers.no_change(x, config, scaled=False)
         return histograms.personalise(model, x, change, config)
     if spec.members is not None:
         codec = spec.members

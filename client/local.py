@@ -50,6 +50,7 @@ class LocalWork:
                 data.seed,
                 data.features,
                 data.split_cutoff,
+                data.forecast,
             )
         fold = FoldSettings.from_config(config)
         if fold.cv_folds:

@@ -2,7 +2,8 @@
 
 Trainers know scikit-learn and numpy, never gRPC. Hyperparameters arrive in the task's config
 (common/hyperparameters.py says what they mean), global numbers from the federation's
-statistics with them (common.settings.TaskContext). Whatever a model learns, it answers in yuan.
+statistics with them (common.settings.TaskContext). Whatever a model learns, it answers in the
+forecast quantity's units (common/quantity.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import numpy as np
 
 from client import histograms
 from client.optim import LinearSGD, local_steps
-from common import preprocess
+from common import preprocess, quantity
 from common.models import forest, linear, rff, svr
 from common.registry import model_spec
-from common.settings import TaskContext
+from common.settings import DataSettings, TaskContext
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -67,13 +68,20 @@ def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
     return column * context.close_scale + context.close_mean
 
 
+def no_change(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
+    """The forecast quantity's value if tomorrow's price were today's close (today's close for
+    the price, zero for a change or a return): what a model that learns a move starts from."""
+    return quantity.no_change(close(x, config, scaled), DataSettings.from_config(config).forecast)
+
+
 # A tree or an RBF machine predicts only values near those it was trained on, so a province's
 # model fails on price levels it never saw. Tomorrow's change from today's close (target
-# 'change') is comparable across price levels; 'price' is the price itself, as the paper.
+# 'change') is comparable across price levels; 'price' is the price itself, as the paper. Under
+# --forecast change or return the target is a move already, and the two are the same.
 
 
 def forest_base(x: np.ndarray, config: Config) -> np.ndarray | float:
-    return close(x, config, scaled=False) if config["rf_target"] == "change" else 0.0
+    return no_change(x, config, scaled=False) if config["rf_target"] == "change" else 0.0
 
 
 def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
@@ -89,29 +97,30 @@ def predict_forest(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
     return forest_base(x, config) + forest.predict_forest(trees, x)
 
 
-# Histogram trees (gbdt, rf-hist) learn the change from today's close; their tasks are questions.
+# Histogram trees (gbdt, rf-hist) learn the change from today's close (the target itself when it
+# is a move); their tasks are questions.
 
 
 def tree_answer(x: np.ndarray, y: np.ndarray, question: Arrays | None, config: Config) -> Arrays:
-    return histograms.answer(x, y - close(x, config, scaled=False), question, config)
+    return histograms.answer(x, y - no_change(x, config, scaled=False), question, config)
 
 
 def predict_trees(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
-    return close(x, config, scaled=False) + histograms.predict(arrays, x)
+    return no_change(x, config, scaled=False) + histograms.predict(arrays, x)
 
 
 def target_frame(
     x: np.ndarray, config: Config, target: str | None = None
 ) -> tuple[np.ndarray | float, float, float]:
-    """Base, mean and deviation of a standardised target, (price − base − mean) / std.
+    """Base, mean and deviation of a standardised target, (target − base − mean) / std.
 
     Models that learn by small steps learn it standardised: weights of order one, one step
-    size for every market, whatever its price level. The target is 'change' or 'price';
-    the SVMs' `svm_target` unless given.
+    size for every market, whatever its price level. The target is 'change' (from the no-change
+    value) or 'price' (the forecast quantity itself); the SVMs' `svm_target` unless given.
     """
     context = TaskContext.from_config(config)
     if (target or config["svm_target"]) == "change":
-        return close(x, config, scaled=True), context.change_mean, context.change_std
+        return no_change(x, config, scaled=True), context.change_mean, context.change_std
     return 0.0, context.target_mean, context.target_std
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from common import features as feature_sets
-from common import forecast, timesplit
+from common import forecast, quantity, timesplit
 
 SETTINGS = ("next-day", "paper")
 # The paper's seven features after its correlation analysis dropped the stock id.
@@ -51,7 +51,8 @@ def check_features(features: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Split:
-    """One province's rows, ready for a model: unscaled features and the price target.
+    """One province's rows, ready for a model: unscaled features and the target, in the forecast
+    quantity's units (common/quantity.py).
 
     Beside them, for scoring only, each row's naive forecasts and (on a market that knows it) the
     oracle's: `common.forecast` names them. No model reads these.
@@ -103,6 +104,7 @@ def split(
     seed: int = 0,
     features: str = "paper",
     cutoff: str = "",
+    forecast_quantity: str = quantity.DEFAULT,
 ) -> Split:
     """Targets and a train/test split for one province.
 
@@ -117,8 +119,12 @@ def split(
     close on its first row), last close is today's close. A market's oracle column goes with the
     next-day target, whose expectation it is. The technical features are computed on the
     province's own cleaned rows, before any row is held out, from each row's past alone.
+
+    `forecast_quantity` (next-day only) turns the target, the oracle and last close into the
+    change or the return over today's close; persistence is then zero change too.
     """
     columns = features_for(setting, features)
+    quantity.check(forecast_quantity, setting)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     if setting == "next-day":
@@ -138,13 +144,19 @@ def split(
         is_test = np.zeros(len(frame), dtype=bool)
         is_test[order[: round(len(frame) * test_fraction)]] = True
     x = frame[columns].to_numpy(dtype=np.float64)
-    y = frame[TARGET].to_numpy(dtype=np.float64)
-    if len(y) == 0:
+    if len(x) == 0:
         raise ValueError("no usable rows remain after cleaning")
+    close = frame["close"].to_numpy(dtype=np.float64)
+    y = quantity.from_price(frame[TARGET].to_numpy(dtype=np.float64), close, forecast_quantity)
     reference = {forecast.PERSISTENCE: persistence, forecast.LAST_CLOSE: frame["close"]}
     if setting == "next-day" and ORACLE in frame:
         reference[ORACLE] = frame[ORACLE]
-    values = {name: column.to_numpy(dtype=np.float64) for name, column in reference.items()}
+    values = {
+        name: quantity.from_price(column.to_numpy(dtype=np.float64), close, forecast_quantity)
+        for name, column in reference.items()
+    }
+    if forecast_quantity != quantity.DEFAULT:  # a move's persistence: no move, as last close
+        values[forecast.PERSISTENCE] = quantity.no_change(close, forecast_quantity)
     return Split(
         columns,
         x[~is_test],
@@ -166,16 +178,23 @@ def statistics(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class GlobalStatistics:
-    """Federation-wide mean, standard deviation and correlation, from summed statistics."""
+    """Federation-wide mean, standard deviation and correlation, from summed statistics, of
+    the features and the target, which is in the quantity `forecast` (common/quantity.py)."""
 
     columns: list[str]
     count: int
     mean: np.ndarray
     std: np.ndarray
     correlation: np.ndarray
+    forecast: str = quantity.DEFAULT
 
     @classmethod
-    def from_sums(cls, columns: list[str], parts: list[dict[str, np.ndarray]]) -> GlobalStatistics:
+    def from_sums(
+        cls,
+        columns: list[str],
+        parts: list[dict[str, np.ndarray]],
+        forecast: str = quantity.DEFAULT,
+    ) -> GlobalStatistics:
         count = float(sum(p["count"] for p in parts))
         if count < 2:
             raise ValueError("global statistics need at least two rows in the federation")
@@ -186,7 +205,22 @@ class GlobalStatistics:
         with np.errstate(divide="ignore", invalid="ignore"):
             correlation = covariance / np.outer(std, std)
         correlation[~np.isfinite(correlation)] = 0.0
-        return cls(list(columns), int(count), mean, std, correlation)
+        return cls(list(columns), int(count), mean, std, correlation, forecast)
+
+    def move_moments(self) -> tuple[float, float]:
+        """Mean and deviation of the target's move from no move: from today's close for a
+        price; a change or a return is a move already, and its moments are its own."""
+        target = len(self.columns) - 1
+        if self.forecast != quantity.DEFAULT:
+            return float(self.mean[target]), float(self.std[target])
+        close = self.columns.index("close")
+        std = self.std
+        variance = (
+            std[target] ** 2
+            + std[close] ** 2
+            - 2 * self.correlation[target, close] * std[target] * std[close]
+        )
+        return float(self.mean[target] - self.mean[close]), float(np.sqrt(max(variance, 0.0)))
 
     def scaler(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and scale of the features (not the target), as StandardScaler would fit them."""

@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from common import quantity
 from common.preprocess import GlobalStatistics, features_for
 from common.wire import ConfigScalar
 
@@ -52,8 +53,10 @@ class TaskSettings:
 @dataclass(frozen=True)
 class DataSettings(TaskSettings):
     """How every province splits its rows, the same way: the setting, test share and seed, the
-    feature set it computes from them (common/features.py) and, in the next-day setting, the
-    federation's first day and cutoff date (common/timesplit.py; empty until agreed)."""
+    feature set it computes from them (common/features.py), in the next-day setting the
+    federation's first day and cutoff date (common/timesplit.py; empty until agreed), and the
+    quantity targets and scores are in (common/quantity.py; a config without it is the price's,
+    as every config was before)."""
 
     setting: str
     test_fraction: float
@@ -61,6 +64,7 @@ class DataSettings(TaskSettings):
     features: str = "paper"
     split_start: str = ""
     split_cutoff: str = ""
+    forecast: str = quantity.DEFAULT
 
     def columns(self) -> list[str]:
         """The feature columns every province computes, in order."""
@@ -81,8 +85,9 @@ class FoldSettings(TaskSettings):
 class TaskContext(TaskSettings):
     """The federation's numbers every task carries, for the models that need them: training
     rows N, today's close as scaled, the mean and deviation of the target and of its change
-    from the close (models learn them standardised), and the variance of the scaled features
-    over all entries (gamma='scale'; the scaled features' means are all 0)."""
+    from the no-change value (today's close for a price; for a change or a return, which are
+    already moves, the target itself; models learn them standardised), and the variance of the
+    scaled features over all entries (gamma='scale'; the scaled features' means are all 0)."""
 
     train_rows: int
     close_mean: float
@@ -98,18 +103,14 @@ class TaskContext(TaskSettings):
         mean, scale = stats.scaler()
         close, target = stats.columns.index("close"), len(stats.columns) - 1
         std = stats.std
-        change_variance = (
-            std[target] ** 2
-            + std[close] ** 2
-            - 2 * stats.correlation[target, close] * std[target] * std[close]
-        )
+        change_mean, change_std = stats.move_moments()
         return cls(
             train_rows=int(stats.count),
             close_mean=float(mean[close]),
             close_scale=float(scale[close]),
             target_mean=float(stats.mean[target]),
             target_std=float(std[target]) or 1.0,
-            change_mean=float(stats.mean[target] - stats.mean[close]),
-            change_std=float(np.sqrt(max(change_variance, 0.0))) or 1.0,
+            change_mean=change_mean,
+            change_std=change_std or 1.0,
             feature_variance=float(np.mean((std[:-1] / scale) ** 2)),
         )

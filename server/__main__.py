@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common import quantity
 from common.logs import setup_logging
 from common.tensors import ByteBudget
 from common.tls import server_credentials
@@ -177,6 +178,7 @@ def results_file(config: ServerConfig) -> ResultsFile:
             "model": config.model.model,
             "setting": config.run.setting,
             "features": config.run.features,
+            "forecast": quantity.record(config.run.forecast),
             "server_version": SOFTWARE_VERSION,
             "config": config.record(),
         },

@@ -18,6 +18,8 @@ from common.hyperparameters import ALL_OPTIONS, OPTIONS
 from common.members import Members
 from common.members import load as load_members
 from common.preprocess import SETTINGS
+from common.quantity import DEFAULT as DEFAULT_QUANTITY
+from common.quantity import QUANTITIES
 from common.registry import MODELS
 from common.wire import ConfigScalar
 from server.config import (
@@ -103,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="paper: the paper's columns (plus today's price forecasting tomorrow); technical: "
         "close and price with lagged returns, moving-average ratios, volatility, turnover and "
         "limit flags, each province's from its own rows (next-day only) [FEDSTOCK_FEATURES]",
+    )
+    add(
+        "--forecast",
+        choices=QUANTITIES,
+        default=env("FORECAST", DEFAULT_QUANTITY),
+        help="the quantity forecast and scored: price (tomorrow's average price, Table 2's), "
+        "change (it minus today's close) or return (it over today's close, minus 1); change "
+        "and return are next-day only [FEDSTOCK_FORECAST]",
     )
     add(
         "--test-fraction",

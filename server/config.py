@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import quantity
 from common.cli import ConfigError
 from common.compression import METHODS
 from common.members import PAPER, Members
@@ -44,6 +45,7 @@ class RunSettings:
     features: str = "paper"
     # Each province's test rows weigh at most the median province's (server/robust_metrics.py).
     robust_metrics: bool = False
+    forecast: str = quantity.DEFAULT  # the quantity targets and scores are in (common/quantity.py)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -62,10 +64,16 @@ class RunSettings:
             features_for(self.setting, self.features)
         except ValueError as error:
             raise ConfigError(f"--features {self.features}: {error}") from None
+        try:
+            quantity.check(self.forecast, self.setting)
+        except ValueError as error:
+            raise ConfigError(f"--forecast {self.forecast}: {error}") from None
 
     def data_config(self) -> dict[str, ConfigScalar]:
         """What every client needs to prepare its rows the same way."""
-        return DataSettings(self.setting, self.test_fraction, self.seed, self.features).to_config()
+        return DataSettings(
+            self.setting, self.test_fraction, self.seed, self.features, forecast=self.forecast
+        ).to_config()
 
 
 @dataclass(frozen=True)

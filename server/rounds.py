@@ -229,7 +229,8 @@ class RoundLoop:
         )
         self._use_split(self.results.data.get("split", {}))
         record = self.results.data["statistics"]
-        self._use_statistics(statistics_from_record(record), record["train_samples"])
+        stats = statistics_from_record(record, self.settings.forecast)
+        self._use_statistics(stats, record["train_samples"])
         return resumed.server_round + 1, resumed.train_seconds
 
     def _agree_split(self, provinces: list[str]) -> None:
@@ -299,7 +300,7 @@ class RoundLoop:
         )
         if len(results) < self.settings.min_clients or not parts:
             raise FederationError(f"only {len(results)} clients sent their statistics")
-        stats = GlobalStatistics.from_sums([*self.features, TARGET], parts)
+        stats = GlobalStatistics.from_sums([*self.features, TARGET], parts, self.settings.forecast)
         mean, scale = stats.scaler()
         self.scaler = pb.Scaler(
             features=self.features, mean=to_tensor("mean", mean), scale=to_tensor("scale", scale)
@@ -355,12 +356,14 @@ class RoundLoop:
             self.strategy, self.parameters, self.task_config, self.settings = saved
 
 
-def statistics_from_record(record: dict[str, Any]) -> GlobalStatistics:
-    """The global statistics as the results file keeps them (correlations to 6 decimals)."""
+def statistics_from_record(record: dict[str, Any], forecast: str) -> GlobalStatistics:
+    """The global statistics as the results file keeps them (correlations to 6 decimals), of a
+    target in the quantity `forecast`."""
     return GlobalStatistics(
         record["columns"],
         record["rows"],
         np.asarray(record["mean"]),
         np.asarray(record["std"]),
         np.asarray(record["pearson"]),
+        forecast,
     )

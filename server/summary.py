@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common import quantity
 from common.forecast import score_table
 from server.disclosure import table
 
@@ -15,7 +16,8 @@ from server.disclosure import table
 def format_summary(results: dict[str, Any]) -> str:
     final = results.get("final")
     lines = [
-        f"model {results['model']} ({results['setting']} setting), {len(results['rounds'])} rounds"
+        f"model {results['model']} ({results['setting']} setting), {len(results['rounds'])} rounds",
+        quantity.label(quantity.of(results)),
     ]
     for record in results["rounds"]:
         mse = "n/a" if record["mse"] is None else f"{record['mse']:.6g}"

@@ -23,7 +23,7 @@ import pandas as pd
 from baselines import centralised, spark
 from baselines.data import DataOptions, load_frames, prepare, write_synthetic
 from baselines.reproduce import SCALES, Progress, Scale, run_federation
-from common import forecast, preprocess
+from common import forecast, preprocess, quantity
 from common.data.facts import stylised_facts
 from common.data.synthetic import DEFAULT_SEED
 from common.models.histgrow import TREE_MODELS
@@ -37,22 +37,32 @@ BASELINE_MODELS = {"lr-exact": "lr"}
 FRAMEWORKS = ("federated", "centralised", "spark")
 
 
-def run_all(scale_name: str, out: Path, with_spark: bool, master: str) -> dict[str, Any]:
+def run_all(
+    scale_name: str,
+    out: Path,
+    with_spark: bool,
+    master: str,
+    forecast_quantity: str = quantity.DEFAULT,
+    models: tuple[str, ...] = MODELS,
+) -> dict[str, Any]:
     """Every (model, framework)'s results document, by 'framework model'."""
     scale = SCALES[scale_name]
     out.mkdir(parents=True, exist_ok=True)
     data = DataOptions(
-        data=str(write_synthetic(out / "data", scale.rows, DEFAULT_SEED)), rows=scale.rows
+        data=str(write_synthetic(out / "data", scale.rows, DEFAULT_SEED)),
+        rows=scale.rows,
+        forecast=forecast_quantity,
     )
+    print(quantity.label(forecast_quantity))
     frames = load_frames(data)
     facts = stylised_facts(pd.concat(frames.values(), ignore_index=True))
     print("the market's daily returns: " + ", ".join(f"{k} {v:.4g}" for k, v in facts.items()))
     print(naive_directions(prepare(frames, data).splits.values()))
-    progress = Progress(len(MODELS) * (2 + with_spark))
+    progress = Progress(len(models) * (2 + with_spark))
     runs: dict[str, Any] = {}
     session = spark.start_session(master, scale.driver_memory) if with_spark else None
     try:
-        for model in MODELS:
+        for model in models:
             for framework in FRAMEWORKS[: 2 + with_spark]:
                 with progress.step(f"{framework} {model}") as shown:
                     try:
@@ -145,11 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/forecast"))
     parser.add_argument("--no-spark", action="store_true", help="leave out the Spark jobs")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--forecast", choices=quantity.QUANTITIES, default=quantity.DEFAULT)
+    parser.add_argument(
+        "--models",
+        type=lambda text: tuple(text.split(",")),
+        default=MODELS,
+        help=f"comma-separated subset of {','.join(MODELS)}",
+    )
     args = parser.parse_args(argv)
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"--models takes {','.join(MODELS)}; unknown: {','.join(sorted(unknown))}")
     started = time.perf_counter()
-    runs = run_all(args.scale, args.out, not args.no_spark, args.master)
+    runs = run_all(args.scale, args.out, not args.no_spark, args.master, args.forecast, args.models)
     (args.out / "forecast.json").write_text(json.dumps(runs, indent=1))
     print(f"\nbench-forecast, scale {args.scale} ({SCALES[args.scale].rows:,} rows):")
+    print(quantity.label(args.forecast))
     print("\n".join(table(runs) if runs else ["no run finished"]))
     print(f"\n{time.perf_counter() - started:.0f} s in all; results: {args.out / 'forecast.json'}")
     return 0

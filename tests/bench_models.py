@@ -30,6 +30,7 @@ from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import forest, svr
 from common.provinces import PROVINCES
+from common.settings import DataSettings
 from server.models import defaults
 
 PAPER_ROWS = 2_699_730
@@ -241,7 +242,11 @@ def bench_svm(rows: int, seed: int) -> dict[str, Any] | None:
     stats = run.results["statistics"]
     mean, std = np.array(stats["mean"][:-1]), np.array(stats["std"][:-1])
     x, x_test = (x - mean) / std, (x_test - mean) / std
-    config = {**defaults(), **run.results["task_context"], "setting": "next-day"}
+    config = {
+        **defaults(),
+        **run.results["task_context"],
+        **DataSettings("next-day", 0.2, 0).to_config(),
+    }
 
     def central() -> Any:
         weights = None

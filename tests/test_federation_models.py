@@ -7,10 +7,13 @@ from client import trainers
 from common.launch import LocalFederation
 from common.models import forest
 from common.provinces import PROVINCES
+from common.settings import DataSettings
 from server.models import defaults
 from tests.test_federation import FAST, ROWS, SEED, federation_splits
 
 pytestmark = pytest.mark.integration
+# The data settings the federation ran with, as a task config carries them.
+NEXT_DAY = DataSettings("next-day", 0.2, 0).to_config()
 
 
 def run(tmp_path, model, rounds, *flags):
@@ -55,7 +58,7 @@ def test_a_global_forest_of_every_provinces_trees(tmp_path):
     kept_bytes = sum(a.nbytes for tree in trees for a in tree.values())
     assert record["bytes_down"] == 9 * kept_bytes  # the global forest, to every evaluator
     assert record["bytes_up"] > 2 * kept_bytes  # ten trees from each, of which about three kept
-    config = {**defaults(), "setting": "next-day"}
+    config = {**defaults(), **NEXT_DAY}
     arrays = forest.forest_to_arrays(trees)
     check_clients_scored(results, lambda x: trainers.predict_forest(arrays, x, config))
     # Beside a centralised forest of the same settings on the union of the training rows.
@@ -86,7 +89,7 @@ def test_fedavg_of_a_random_feature_svm(tmp_path):
         assert np.isfinite(record["mse"]) and record["failures"] == []
     weights = dict(np.load(tmp_path / "model.npz"))
     assert weights["coef"].shape == (500,)
-    config = {**defaults(), **best, **results["task_context"], "setting": "next-day"}
+    config = {**defaults(), **best, **results["task_context"], **NEXT_DAY}
     stats = results["statistics"]
     mean, std = np.array(stats["mean"][:-1]), np.array(stats["std"][:-1])
 

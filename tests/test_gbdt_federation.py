@@ -19,6 +19,7 @@ from common.launch import LocalFederation
 from common.models import histtree
 from common.models.histgrow import TREE_MODELS
 from common.provinces import PROVINCES
+from common.settings import DataSettings
 from server.memory import MemoryChannel
 from tests import in_memory
 from tests.test_federation import FAST, ROWS, SEED
@@ -105,7 +106,7 @@ def test_gbdt_over_real_grpc_predicts_what_the_provinces_scored(tmp_path):
     expected = centralised_mse("gbdt", trees=15, max_depth=4)
     assert results["final"]["mse"] == pytest.approx(expected, rel=1e-9)
     arrays = dict(np.load(tmp_path / "model.npz"))
-    config = {"setting": "next-day"}
+    config = DataSettings("next-day", 0.2, 0).to_config()
     check_clients_scored(results, lambda x: trainers.predict_trees(arrays, x, config))
 
 

@@ -7,7 +7,7 @@ from sklearn.svm import SVR
 from client import trainers
 from common.models import rff, svr
 from common.models.checks import UpdateError
-from common.settings import TaskContext
+from common.settings import DataSettings, TaskContext
 from server.models import build_strategy, defaults
 from server.strategy import ClientResult
 
@@ -49,7 +49,7 @@ def provinces(seed=0):
 def config(**overrides):
     return {
         **defaults(),
-        "setting": "paper",
+        **DataSettings("paper", 0.2, 0).to_config(),
         "svm_target": "price",
         "svm_features": 200,
         "svm_gamma": 1.0,

@@ -77,10 +77,10 @@ class HistogramTrees(Strategy):
 
     def prepare(self, statistics: GlobalStatistics, train_samples: Mapping[str, int]) -> None:
         """Bins are placed from the federation's mean and deviation of each (unscaled) feature;
-        the ensemble starts from the mean change of the price from today's close."""
+        the ensemble starts from the mean change of the price from today's close (of a change
+        or a return, its mean: the trees learn the move)."""
         self._mean, self._std = statistics.mean[:-1], statistics.std[:-1]
-        close = statistics.columns.index("close")
-        self._base_score = float(statistics.mean[-1] - statistics.mean[close])
+        self._base_score = statistics.move_moments()[0]
 
     def _sketch(self) -> Query:
         return sketch_query(self._mean, self._std)
