@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from baselines import paper
 from baselines.report import Comparison
+from common import quantity
 
 SIZE_FACTOR = 10.0  # "agrees in size": within this factor of the paper's figure
 
@@ -136,12 +137,18 @@ def causes(comparison: Comparison) -> list[str]:
 
 def section(comparison: Comparison, beside: Comparison | None = None, name: str = "") -> list[str]:
     std = comparison.target_std
+    unit = quantity.MSE_UNITS[comparison.forecast]
     units = (
-        f"MSE in yuan²; standardised: divided by the variance of the training rows' target "
-        f"(σ = {std:.4g} yuan), so 1 is the error of forecasting every row by the mean price."
+        f"MSE in {unit}; standardised: divided by the variance of the training rows' target "
+        f"(σ = {std:.4g}), so 1 is the error of forecasting every row by the target's mean."
         if std
-        else "MSE in yuan²."
+        else f"MSE in {unit}."
     )
+    if comparison.forecast != quantity.DEFAULT:
+        units += (
+            f" The paper's MSEs are of the price and ours of the {comparison.forecast}: the size "
+            "column compares different quantities, and only the order means anything."
+        )
     return [
         "## Agreement with the paper",
         "",

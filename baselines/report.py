@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from baselines import paper, privacy
+from common import quantity
 
 Cell = float | str  # a figure, or why there is none
 Key = tuple[str, str]  # (framework, model)
@@ -36,6 +37,7 @@ class Comparison:
     privacy: list[dict[str, Any]] = field(default_factory=list)  # rows of baselines.privacy
     setting: str = "next-day"
     target_std: float | None = None  # of the training rows' target, for standardised MSEs
+    forecast: str = quantity.DEFAULT  # the quantity every MSE is in (common/quantity.py)
 
     def cell(self, framework: str, model: str, metric: str) -> Cell:
         run = self.runs.get((framework, model))
@@ -45,7 +47,7 @@ class Comparison:
 
 
 TABLES = {
-    "mse": ("table2_mse", "Table 2: MSE on the test rows (price units)", paper.TABLE2_MSE),
+    "mse": ("table2_mse", "Table 2: MSE on the test rows", paper.TABLE2_MSE),
     "seconds": ("table3_seconds", "Table 3: ML training time (seconds)", paper.TABLE3_SECONDS),
 }
 
@@ -72,6 +74,8 @@ def write_table(comparison: Comparison, metric: str, out: Path) -> tuple[Path, P
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
     with csv_path.open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
+    if metric == "mse":  # the paper's are of the price, in yuan²
+        title += f" ({quantity.MSE_UNITS[comparison.forecast]}; the paper's: the price, yuan²)"
     lines = [
         f"**{title}** — this run, with the paper's figure in brackets",
         "",
@@ -234,10 +238,14 @@ def naive_findings(comparison: Comparison) -> list[str]:
         return [
             f"Every run beats the naive forecast (naive MSE {naive:.6g}; skill in the runs table)."
         ]
+    naive_is = (
+        "tomorrow's price = the better of today's price and today's close"
+        if comparison.forecast == quantity.DEFAULT
+        else f"no {comparison.forecast} from today's close"
+    )
     return [
-        f"{len(losers)} of {len(scored)} runs do not beat the naive forecast (tomorrow's price = "
-        f"the better of today's price and today's close, MSE {naive:.6g}): "
-        f"{', '.join(losers)}. Their MSE differences measure noise, not learning."
+        f"{len(losers)} of {len(scored)} runs do not beat the naive forecast ({naive_is}, "
+        f"MSE {naive:.6g}): {', '.join(losers)}. Their MSE differences measure noise, not learning."
     ]
 
 

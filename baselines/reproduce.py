@@ -359,12 +359,14 @@ def execute(plan: Plan, session: SparkSession | None = None) -> report.Compariso
     comparison.setup = setup(plan, comparison, session_seconds)
     comparison.notes = notes(plan, session_seconds)
     comparison.setting = plan.data.setting
+    comparison.forecast = plan.data.forecast
     comparison.target_std = target_std(plan.data)
     return comparison
 
 
 def target_std(data: DataOptions) -> float:
-    """The deviation of the training rows' target, in yuan: the unit of standardised MSEs."""
+    """The deviation of the training rows' target, in its quantity's unit (yuan for the price):
+    the unit of standardised MSEs."""
     return prepare(load_frames(data), data).scaling.task["target_std"]
 
 
@@ -464,8 +466,9 @@ def notes(plan: Plan, session_seconds: float) -> list[str]:
         "Same data, split and scaling everywhere: each province splits its own rows with "
         "`common.preprocess.split`; features are scaled with the global mean and deviation of all "
         "training rows (the federation's scaler), except the `spark-own-scaling` run, where "
-        "each province scales its rows by its own statistics. MSE is in price units, weighted "
-        "by each province's test rows.",
+        "each province scales its rows by its own statistics. MSE is in "
+        f"{quantity.MSE_UNITS[plan.data.forecast]} ({plan.data.forecast}), weighted by each "
+        "province's test rows.",
         "Training time, federated: the server's `train_seconds`, from the first round to the "
         "final metrics (all rounds, with evaluation and transport; data loading excluded).",
         "Training time, centralised: fitting the model on the union of training rows.",

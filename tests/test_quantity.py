@@ -6,9 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from baselines import centralised, centralised_cli, spark
+from baselines import agreement, centralised, centralised_cli, report, spark
 from baselines.data import DataOptions, load_frames, prepare, write_synthetic
 from baselines.models import ModelOptions
+from baselines.report import Comparison
 from client.local import LocalWork
 from common import forecast, preprocess, quantity
 from common.data import synthesize, synthesize_province
@@ -172,3 +173,12 @@ def test_a_server_and_nine_client_processes_forecast_the_return(tmp_path):
     assert results["final"]["oracle_mse"] == pytest.approx(
         central["final"]["oracle_mse"], rel=1e-12
     )
+
+
+def test_the_reproduction_report_says_which_quantity_its_mses_are_in(tmp_path):
+    comparison = Comparison(forecast="return", target_std=0.02)
+    text = "\n".join(agreement.section(comparison))
+    assert "MSE in squared return (no unit)" in text and "different quantities" in text
+    table = report.write_table(comparison, "mse", tmp_path)[1].read_text()
+    assert "squared return (no unit); the paper's: the price, yuan²" in table
+    assert "different quantities" not in "\n".join(agreement.section(Comparison()))
