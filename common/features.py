@@ -11,8 +11,12 @@ rows, without enough history, get the neutral value (no move, ratio 1, no volati
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd  # frames come from the callers (client, baselines); the server has none
 
 FEATURE_SETS = ("paper", "technical")
 RETURN_LAGS = (1, 2, 5)

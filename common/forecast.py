@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from common.data.schema import ORACLE
+# A synthetic market's own expectation of the next trading day's average price: a column kept
+# after the raw ones when a frame has it (common/data/schema.py), for scoring only. Defined
+# here, not with the schema, so that scoring needs none of the data loaders (nor pandas).
+ORACLE = "oracle"
 
 # The naive forecasts, each a column of reference values for the test rows (common.preprocess).
 PERSISTENCE = "persistence"  # the target's own quantity today

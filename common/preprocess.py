@@ -8,12 +8,15 @@ variance and Pearson correlation, and every client then scales with the same num
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from common import features as feature_sets
 from common import forecast, quantity, timesplit
+
+if TYPE_CHECKING:
+    import pandas as pd  # frames come from the callers (client, baselines); the server has none
 
 SETTINGS = ("next-day", "paper")
 # The paper's seven features after its correlation analysis dropped the stock id.

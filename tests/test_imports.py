@@ -27,6 +27,13 @@ def test_a_program_starts_without_heavy_libraries(program: str) -> None:
     assert imported(f"import {program}") == set()
 
 
+def test_the_server_starts_without_pandas() -> None:
+    """It reads no rows: its statistics, scores and checks are numpy over what clients send."""
+    probe = "import sys, server.__main__\nprint('pandas' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-1] == "False"
+
+
 def test_looking_a_model_up_imports_nothing_heavy() -> None:
     code = (
         "from common.registry import MODELS\n"

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 
 from common.data.ashare import JOINQUANT_CODE
+from common.forecast import ORACLE
 
 FLOAT_COLUMNS = ("open", "close", "high", "low", "volume", "money", "high_limit", "low_limit")
 RAW_COLUMNS = ("date", "code", *FLOAT_COLUMNS, "paused")
-# A synthetic market's own expectation of the next trading day's average price: kept after the
-# raw columns when a frame has it, for scoring only (common/forecast.py); no model reads it.
-ORACLE = "oracle"
+# ORACLE (common/forecast.py) names the column of a synthetic market's own expectation of the
+# next trading day's average price: kept after the raw columns when a frame has it, for scoring
+# only; no model reads it.
 
 
 class DataError(ValueError):
