@@ -9,47 +9,103 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from baselines import results
-from baselines.data import DataOptions, load_frames, prepare
-from baselines.models import Context, ModelOptions, build_model, train
+from baselines.data import DataOptions, Prepared, Scaling, load_frames, prepare
+from baselines.models import Context, Model, ModelOptions, build_model, train
+from common.crossval import TimeFolds, fold_split
+from common.preprocess import Split
+from common.scores import Evaluation
 
 
-def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
-    started = time.perf_counter()
-    prepared = prepare(load_frames(data), data)
-    scaling, splits = prepared.scaling, prepared.splits
+def fit_union(
+    model: str, options: ModelOptions, scaling: Scaling, splits: Mapping[str, Split]
+) -> tuple[Model, Any]:
+    """`model` fitted on the union of every split's training rows, scaled by `scaling`."""
     context = Context(options, scaling)
     spec = build_model(model, context)
     inputs = scaling.apply if spec.scaled else np.asarray
     x = inputs(np.vstack([s.x_train for s in splits.values()]))
     y = np.concatenate([s.y_train for s in splits.values()])
-    loaded = time.perf_counter()
-
     fitted = train(
         spec,
         context,
         setup_all=lambda ctx: spec.setup(x, ctx),
         fit_all=lambda ctx, start: spec.fit(x, y, ctx, start),
     )
-    trained = time.perf_counter()
+    return spec, fitted
 
-    scored = results.evaluation(
+
+def score(spec: Model, fitted: Any, scaling: Scaling, splits: Mapping[str, Split]) -> Evaluation:
+    """Each split's test rows scored, pooled as the server pools them."""
+    inputs = scaling.apply if spec.scaled else np.asarray
+    return results.evaluation(
         (name, results.scores(spec.predict(fitted, inputs(s.x_test)), s), len(s.y_test))
         for name, s in splits.items()
+        if len(s.y_test)
     )
+
+
+def cross_validate(
+    model: str, options: ModelOptions, prepared: Prepared, folds: int, embargo: int
+) -> dict[str, Any]:
+    """The federation's cross-validation on the union: fold j trains on every province's
+    training rows outside its fold j and scores on those inside it, with the federation's
+    scaler (server/model_selection.py); random folds in the paper setting, blocks of days an
+    embargo apart forecasting tomorrow (common/crossval.py)."""
+    data = prepared.options
+    by_time = None
+    if data.split_cutoff:
+        by_time = TimeFolds(data.split_start, data.split_cutoff, embargo)
+    scores = []
+    for fold in range(folds):
+        parts = {
+            name: fold_split(s, folds, fold, data.split_seed, by_time)
+            for name, s in prepared.splits.items()
+        }
+        spec, fitted = fit_union(model, options, prepared.scaling, parts)
+        scored = score(spec, fitted, prepared.scaling, parts)
+        scores.append((scored.mse, sum(int(c["n_test"]) for c in scored.per_client.values())))
+    rows = sum(n for _, n in scores)
+    candidate = {
+        "params": {},
+        "cv_mse": sum(mse * n for mse, n in scores) / rows,
+        "fold_mse": [mse for mse, _ in scores],
+    }
+    kind = {"kind": "time", "embargo_days": embargo} if by_time else {"kind": "random"}
+    return {"folds": folds, "grid": {}, "candidates": [candidate], **kind, "best": candidate}
+
+
+def run(
+    model: str, data: DataOptions, options: ModelOptions, cv_folds: int = 0, cv_embargo: int = 5
+) -> dict[str, Any]:
+    """The centralised job; with `cv_folds`, its cross-validated MSE first, as the federation
+    records it (`model_selection`)."""
+    started = time.perf_counter()
+    prepared = prepare(load_frames(data), data)
+    scaling, splits = prepared.scaling, prepared.splits
+    loaded = time.perf_counter()
+    selection = None
+    if cv_folds:
+        selection = cross_validate(model, options, prepared, cv_folds, cv_embargo)
+    validated = time.perf_counter()
+    spec, fitted = fit_union(model, options, scaling, splits)
+    trained = time.perf_counter()
+    scored = score(spec, fitted, scaling, splits)
     finished = time.perf_counter()
     timings = {
         "load_seconds": loaded - started,
-        "fit_seconds": trained - loaded,
+        **({"cv_seconds": validated - loaded} if cv_folds else {}),
+        "fit_seconds": trained - validated,
         "evaluate_seconds": finished - trained,
         "total_seconds": finished - started,
     }
     train_rows = {name: len(s.y_train) for name, s in splits.items()}
-    return results.record(
+    outcome = results.record(
         model,
         "centralised",
         prepared.options,
@@ -57,8 +113,9 @@ def run(model: str, data: DataOptions, options: ModelOptions) -> dict[str, Any]:
         scored,
         train_rows,
         timings,
-        train_seconds=trained - loaded,
+        train_seconds=trained - validated,
     )
+    return outcome if selection is None else {**outcome, "model_selection": selection}
 
 
 if __name__ == "__main__":  # the command line is baselines/centralised_cli.py

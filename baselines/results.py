@@ -81,7 +81,16 @@ def summary(results: dict[str, Any]) -> str:
         f"{results['framework']} {results['model']}, parameters {results['params'] or 'none'}",
         quantity.label(quantity.of(results)),
         *forecast.score_table(final),
+        *_selection(results.get("model_selection")),
         f"training seconds: {final['train_seconds']:.2f}",
         "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in final["timings"].items()),
     ]
     return "\n".join(lines)
+
+
+def _selection(selection: dict[str, Any] | None) -> list[str]:
+    """The cross-validated MSE, when the job cross-validated first."""
+    if not selection:
+        return []
+    folds = f"{selection['folds']} {selection['kind']} folds"
+    return [f"cross-validated MSE ({folds}): {selection['best']['cv_mse']:.6g}"]
