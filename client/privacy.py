@@ -23,6 +23,7 @@ from client.secagg import SecAggClient
 from common import forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
+from common.models import histnoise
 from common.noise import SecureRandom
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
@@ -164,8 +165,10 @@ class Compressed:
 
 
 class LocalNoise:
-    """`dp-local`: the update leaves clipped and noised (`privatize`), the evaluation's clipped
-    MSE noised (`noised_score`), and the training MSE stays home."""
+    """`dp-local`: the update leaves clipped and noised (`privatize`), a histogram tree's
+    answer, whose rows the province bounded as it summed them, noised
+    (common/models/histnoise.py), the evaluation's clipped MSE noised (`noised_score`), and the
+    training MSE stays home."""
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         outcome = next_(task)
@@ -173,7 +176,11 @@ class LocalNoise:
             return outcome
         if task.kind == EVALUATE:
             return replace(outcome, metrics=noised_score(outcome.metrics, task.config))
-        noised = privatize(outcome.arrays, task.parameters, task.config)
+        if "tree_step" in task.config:
+            clip, sigma = float(task.config["dp_clip"]), float(task.config["dp_noise_multiplier"])
+            noised = histnoise.noised(outcome.arrays, clip, sigma, SecureRandom())
+        else:
+            noised = privatize(outcome.arrays, task.parameters, task.config)
         return Outcome(outcome.num_examples, untrained(outcome), noised)
 
 

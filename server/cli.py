@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dp-clip",
         type=float,
         default=env("DP_CLIP", "10"),
-        help="L2 bound C on a client's step from the global parameters [FEDSTOCK_DP_CLIP]",
+        help="L2 bound C on a client's step from the global parameters; for gbdt and rf-hist, "
+        "the bound on each row's gradient [FEDSTOCK_DP_CLIP]",
     )
     add(
         "--dp-noise-multiplier",

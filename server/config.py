@@ -319,11 +319,15 @@ class ServerConfig:
     def _strategy_incompatibility(self) -> str | None:
         spec, s = model_spec(self.model.model), self.strategy
         trees = spec.name in TREE_MODELS
-        if trees and self.privacy.privacy not in ("none", "secagg"):
+        if trees and self.privacy.privacy not in ("none", "secagg", "dp-local"):
             return (
                 f"--privacy {self.privacy.privacy} does not protect {spec.name}'s histograms; "
-                "histogram trees take --privacy secagg (or none)"
+                "histogram trees take --privacy secagg or dp-local (or none)"
             )
+        if trees and self.privacy.privacy == "dp-local":
+            problem = _local_dp_trees(self.privacy, self.model.options)
+            if problem:
+                return problem
         if self.privacy.privacy != "none" and not spec.vector and not trees:
             return (
                 f"--privacy {self.privacy.privacy} needs a model whose updates are weight "
@@ -414,3 +418,19 @@ class ServerConfig:
             results=self.results,
         )
         return {k: str(v) for k, v in flat.items()}
+
+
+def _local_dp_trees(privacy: PrivacySettings, options: Mapping[str, ConfigScalar]) -> str | None:
+    """What local DP on histogram trees cannot do: its releases depend on how the trees grow,
+    and early stopping's validation scores have no row bound to noise them by."""
+    if privacy.dp_epsilon:
+        return (
+            "--dp-epsilon cannot calibrate histogram trees' noise (how many levels are asked "
+            "depends on the trees); give --dp-noise-multiplier, and read ε in the results"
+        )
+    if options.get("gbdt_early_stopping"):
+        return (
+            "--gbdt-early-stopping scores validation rows in the clear, which --privacy "
+            "dp-local does not allow"
+        )
+    return None

@@ -191,12 +191,13 @@ def test_bad_settings_are_refused_with_the_reason(change):
 
 
 @pytest.mark.parametrize("model", ["gbdt", "rf-hist"])
-def test_histogram_trees_take_secure_aggregation_and_refuse_other_privacy_modes(model, capsys):
-    assert parse_args(["--model", model, "--privacy", "secagg"]).privacy.privacy == "secagg"
-    for mode in ("dp-central", "dp-local", "he"):
+def test_histogram_trees_take_secagg_and_local_dp_and_refuse_other_privacy_modes(model, capsys):
+    for mode in ("secagg", "dp-local"):
+        assert parse_args(["--model", model, "--privacy", mode]).privacy.privacy == mode
+    for mode in ("dp-central", "he"):
         with pytest.raises(SystemExit):
             parse_args(["--model", model, "--privacy", mode, "--dp-clip", "1"])
-        assert "histogram trees take --privacy secagg" in capsys.readouterr().err
+        assert "histogram trees take --privacy secagg or dp-local" in capsys.readouterr().err
 
 
 def test_rows_descend_level_by_level_to_the_leaves_a_whole_descent_finds():

@@ -160,6 +160,7 @@ class Query:
     trees are independent. With a tree's first level it also carries the bin edges, the base
     score and the finished trees a party has not yet added to its predictions (`tree` counts
     the trees before). With `score` a party also returns its validation rows' squared error.
+    Under local DP `clip` bounds each row's gradient (common/models/histnoise.py); 0 without.
     """
 
     step: str
@@ -171,6 +172,7 @@ class Query:
     new_trees: list[Member] = field(default_factory=list)
     grow: list[Growing] = field(default_factory=list)
     score: bool = False
+    clip: float = 0.0
 
     @property
     def asked(self) -> int:
@@ -221,7 +223,18 @@ class Query:
             new_trees=new_trees,
             grow=_growing(arrays, trees),
             score=bool(config.get("tree_score", False)),
+            clip=_clip(config),
         )
+
+
+def _clip(config: Mapping[str, object]) -> float:
+    """The bound on each row's gradient under local DP, or 0 without it."""
+    if config.get("privacy") != "dp-local":
+        return 0.0
+    clip = float(config.get("dp_clip", 0.0))  # type: ignore[arg-type]
+    if not 0 < clip < math.inf:
+        raise UpdateError("local DP on histograms needs a positive, finite 'dp_clip'")
+    return clip
 
 
 def _growing(arrays: Arrays, trees: list[Member]) -> list[Growing]:
@@ -373,10 +386,12 @@ class _Tree:
         for node, g, h in zip(self.open_nodes, totals_g, totals_h, strict=True):
             builder.settle(node, g, h)
         allowed = _allowed(settings, self.index, self.open_nodes, len(edges))
-        splits = histtree.best_splits(grads, hesses, builder.rule, allowed)
+        counts = np.array([len(e) for e in edges])
+        splits = histtree.best_splits(grads, hesses, builder.rule, allowed, counts)
         self.pairs = []
         for i, node in enumerate(self.open_nodes):
-            if not splits.gain[i] > 0:
+            # A node of one row cannot split; only noised sums (local DP) make one look splittable.
+            if not splits.gain[i] > 0 or builder.count[node] < 2:
                 continue
             f, b = int(splits.feature[i]), int(splits.bin[i])
             left, right = builder.split(node, f, float(edges[f][b]), splits.left_hess[i])
@@ -410,8 +425,9 @@ def _grow_trees(
 ) -> None:
     """Grow trees together from their roots' histograms: per level, every tree splits its
     open nodes and one question asks for the smaller children of all of them."""
+    used = histtree.used_bins(grown.edges, settings.max_bins)
     for i, tree in enumerate(trees):
-        tree.hist[0] = (answer["grad"][i], answer["hess"][i])
+        tree.hist[0] = (answer["grad"][i] * used, answer["hess"][i] * used)
     for depth in range(settings.max_depth):
         last = depth + 1 == settings.max_depth
         asked = [(t, t.split(settings, grown.edges, last)) for t in trees]
@@ -428,7 +444,7 @@ def _grow_trees(
         at = 0
         for tree in trees:
             rows = slice(at, at + len(tree.pairs))
-            tree.take(answer["grad"][rows], answer["hess"][rows])
+            tree.take(answer["grad"][rows] * used, answer["hess"][rows] * used)
             at = rows.stop
 
 

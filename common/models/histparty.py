@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.models import histtree
+from common.models import histnoise, histtree
 from common.models.ensemble import Member
 from common.models.histgrow import Ask, Growing, Grown, Query, TreeSettings, grow, sketch_query
 from common.tensors import Arrays
@@ -59,7 +59,8 @@ class Party:
         self.started = True
         # Trees not asked about are finished (or abandoned): their state goes.
         self.growing = {
-            g.index: self.growing.get(g.index) or self._start_tree(g.index) for g in query.grow
+            g.index: self.growing.get(g.index) or self._start_tree(g.index, query.clip)
+            for g in query.grow
         }
         out = self._histograms(query.grow)
         if query.score:
@@ -119,8 +120,9 @@ class Party:
                 self.margin_val += tree["value"][histtree.leaves(tree, x32_val)]
         self.trees_added += len(query.new_trees)
 
-    def _start_tree(self, tree: int) -> _Growing:
-        """Gradients and Hessians of squared error for a new tree, under its row weights."""
+    def _start_tree(self, tree: int, clip: float) -> _Growing:
+        """Gradients and Hessians of squared error for a new tree, under its row weights;
+        bounded per row with a `clip` (local DP)."""
         s = self.settings
         weights = np.ones(self.rows)
         draw = uniform(self.keys, s.seed, tree)
@@ -128,6 +130,8 @@ class Party:
             weights = np.searchsorted(POISSON_CDF, draw, side="right").astype(np.float64)
         elif s.subsample < 1:
             weights = (draw < s.subsample).astype(np.float64)
+        if clip:
+            return _Growing(*histnoise.bounded(self.margin - self.y, weights, clip))
         return _Growing((self.margin - self.y) * weights, weights)
 
 

@@ -66,6 +66,12 @@ def edges_from_sketch(
     return edges
 
 
+def used_bins(edges: list[np.ndarray], width: int) -> np.ndarray:
+    """Which of `width` histogram columns are bins of each feature (its edges + 1): the others
+    are empty in every answer, and noise there (local DP) is dropped."""
+    return np.arange(width) <= np.array([len(e) for e in edges])[:, None]
+
+
 def pack_edges(edges: list[np.ndarray]) -> Arrays:
     return {
         "edges": np.concatenate([*edges, np.empty(0)]).astype(FLOAT),
@@ -130,7 +136,8 @@ class Rule:
     shrink: float
 
     def leaf(self, g: np.ndarray, h: np.ndarray) -> np.ndarray:
-        return -g / (h + self.reg_lambda) * self.shrink
+        # A grown node holds at least min_child_weight; only noised sums (local DP) fall below.
+        return -g / (np.maximum(h, self.min_child_weight) + self.reg_lambda) * self.shrink
 
     def score(self, g: np.ndarray, h: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -148,11 +155,14 @@ class Splits:
     left_hess: np.ndarray
 
 
-def best_splits(grad: np.ndarray, hess: np.ndarray, rule: Rule, allowed: np.ndarray) -> Splits:
+def best_splits(
+    grad: np.ndarray, hess: np.ndarray, rule: Rule, allowed: np.ndarray, edge_counts: np.ndarray
+) -> Splits:
     """Each node's best split from its summed histograms (nodes, features, bins).
 
-    `allowed` (nodes, features) masks the features a node may split on. A split needs
-    `min_child_weight` of Hessian on either side; gain −inf means the node stays a leaf.
+    `allowed` (nodes, features) masks the features a node may split on, and a feature splits
+    only at one of its edges (`edge_counts`: how many each has). A split needs `min_child_weight` of
+    Hessian on either side; gain −inf means the node stays a leaf.
     """
     nodes, _, width = grad.shape
     g_total, h_total = grad[:, 0, :].sum(axis=1), hess[:, 0, :].sum(axis=1)
@@ -160,6 +170,7 @@ def best_splits(grad: np.ndarray, hess: np.ndarray, rule: Rule, allowed: np.ndar
     gr, hr = g_total[:, None, None] - gl, h_total[:, None, None] - hl
     gain = rule.score(gl, hl) + rule.score(gr, hr) - rule.score(g_total, h_total)[:, None, None]
     valid = (hl >= rule.min_child_weight) & (hr >= rule.min_child_weight) & allowed[..., None]
+    valid &= np.arange(width - 1) < np.asarray(edge_counts)[:, None]
     gain = np.where(valid, gain, -np.inf).reshape(nodes, -1)
     # Gains equal but for rounding (perfectly correlated features) go to the first candidate,
     # so the order in which parties' sums were added never changes the tree.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from common.paillier import read_public_key
 from server.privacy.dp import ACCOUNTANTS, Accountant, DPFedAvg, DPSettings
 from server.privacy.dp import MODES as DP_MODES
+from server.privacy.dp_trees import DPTrees
 from server.privacy.he import HEFedAvg
 from server.privacy.secagg import SecAggFedAvg
 from server.privacy.secagg_trees import SecAggTrees
@@ -33,7 +34,7 @@ def wrap(
     """`strategy` with the privacy mechanism `asked.privacy` around it, for `rounds` rounds.
 
     The configuration has checked that the model's updates are weight vectors FedAvg averages,
-    or, under secure aggregation, histogram trees' sums.
+    or, under secure aggregation and local DP, histogram trees' sums.
     Under DP, `accountant` is the run's own, shared by every strategy the run builds (model
     selection's too), so that every release counts; without it, a new one for `rounds`.
     """
@@ -48,6 +49,8 @@ def wrap(
     spent = accountant or dp_accountant(asked, rounds)
     if spent is None:
         raise ValueError(f"unknown privacy mode {asked.privacy!r}")
+    if isinstance(strategy, HistogramTrees):  # the configuration allows dp-local only
+        return DPTrees(strategy, spent.settings, accountant=spent)
     return DPFedAvg(strategy, spent.settings, accountant=spent)
 
 

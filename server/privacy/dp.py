@@ -133,9 +133,10 @@ class Accountant:
         self.noisy: Counter[str] = Counter()
         self.clear: Counter[str] = Counter()
 
-    def spend(self, what: str) -> None:
-        """One release noised by the run's mechanism (a sum of updates, or each update)."""
-        self.noisy[what] += 1
+    def spend(self, what: str, releases: int = 1) -> None:
+        """Releases noised by the run's mechanism (a sum of updates, each update, each tree's
+        histograms)."""
+        self.noisy[what] += releases
 
     def disclose(self, what: str) -> None:
         """One release that leaves the provinces without noise."""
