@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from common.models import histtree
-from common.models.histgrow import Query, TreeSettings
+from common.models.histgrow import Query, TreeSettings, compact
 from common.models.histparty import Party, fit_union
 from common.registry import model_spec
 from common.tensors import Arrays
@@ -42,7 +42,9 @@ def answer(x: np.ndarray, change: np.ndarray, question: Arrays | None, config: C
         while len(_PARTIES) >= KEEP:
             _PARTIES.pop(next(iter(_PARTIES)))
         _PARTIES[key] = Party(x, change, settings)
-    return _PARTIES[key].answer(query)
+    answer = _PARTIES[key].answer(query)
+    # In the clear only the nonzero entries travel; masks and noise need every entry.
+    return compact(answer) if config.get("privacy", "none") == "none" else answer
 
 
 def predict(arrays: Arrays, x: np.ndarray) -> np.ndarray:

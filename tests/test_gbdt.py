@@ -10,7 +10,11 @@ from common.models.histgrow import (
     Growing,
     Query,
     TreeSettings,
+    answer_shapes,
     check_answer,
+    check_compact,
+    compact,
+    expand,
     grow,
     sketch_query,
 )
@@ -234,3 +238,29 @@ def test_a_party_grows_a_fresh_ensemble_each_round():
     # as out of step with the trees the first round added.
     again = fit_parties(parties, mean, std, base, settings)
     assert same_trees(first.trees, again.trees)
+
+
+def test_a_compact_answer_is_the_dense_one_and_a_malformed_one_is_refused():
+    x, y = data()
+    party = Party(x, y, TreeSettings(trees=1, max_depth=4, max_bins=32))
+    party.answer(sketch_query(x.mean(axis=0), x.std(axis=0)))
+    edges = [np.quantile(x[:, f], np.linspace(0.1, 0.9, 9)) for f in range(N_FEATURES)]
+    root = histtree.TreeBuilder(party.settings.rule()).arrays()
+    question = Query("level", edges=edges, base_score=0.0, grow=[Growing(0, root, ROOT)])
+    dense = party.answer(question)
+    small = compact(dense)
+    shapes = answer_shapes(question, N_FEATURES, 32)
+    check_compact(small, shapes)
+    assert len(small["at"]) < dense["grad"].size / 2  # 10 bins of 32 used per feature
+    assert all(np.array_equal(expand(small, shapes)[k], dense[k]) for k in dense)
+    bad = [
+        {**small, "at": small["at"][::-1].copy()},
+        {**small, "at": small["at"].astype(np.int64)},
+        {**small, "at": small["at"] + np.int32(10_000)},
+        {**small, "at": small["at"] - np.int32(1)},
+        {**small, "grad": small["grad"][:-1]},
+        {**small, "hess": np.full_like(small["hess"], np.nan)},
+    ]
+    for arrays in bad:
+        with pytest.raises(UpdateError):
+            check_compact(arrays, shapes)

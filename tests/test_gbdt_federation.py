@@ -17,7 +17,7 @@ from common import preprocess, secagg
 from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import histtree
-from common.models.histgrow import TREE_MODELS
+from common.models.histgrow import TREE_MODELS, expand
 from common.provinces import PROVINCES
 from common.settings import DataSettings
 from server.memory import MemoryChannel
@@ -86,14 +86,20 @@ def test_no_upload_during_gbdt_training_holds_a_raw_value(tmp_path):
         raw = np.unique(np.concatenate([data.x_train.ravel(), data.y_train, data.x_test.ravel()]))
         assert work.sent
         for arrays in work.sent:
-            # Only sums over the shared bins: shapes set by the bins, never by the rows.
+            # Only sums over the shared bins: a sketch of their shape, or the histograms' nonzero
+            # entries at positions within nodes × features × bins.
             if set(arrays) == {"sketch"}:
                 assert arrays["sketch"].shape == (n_features, histtree.CELLS)
+                values = arrays["sketch"].ravel()
             else:
-                assert set(arrays) == {"grad", "hess"}
-                assert arrays["grad"].shape[1:] == (n_features, 32)
-                assert arrays["hess"].shape == arrays["grad"].shape
-            values = np.concatenate([a.ravel() for a in arrays.values()])
+                assert set(arrays) == {"at", "grad", "hess"}
+                assert arrays["at"].dtype == np.int32
+                assert arrays["grad"].shape == arrays["hess"].shape == arrays["at"].shape
+                last = int(arrays["at"][-1]) if arrays["at"].size else 0  # none: its nodes empty
+                nodes = last // (n_features * 32) + 1
+                shapes = dict.fromkeys(("grad", "hess"), (nodes, n_features, 32))
+                dense = expand(arrays, shapes)
+                values = np.concatenate([dense["grad"].ravel(), dense["hess"].ravel()])
             fractional = values[values != np.round(values)]  # counts are whole numbers
             assert not np.isin(fractional, raw).any()
             assert not np.isin(np.float32(fractional), np.float32(raw)).any()

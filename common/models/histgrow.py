@@ -274,6 +274,48 @@ def check_answer(arrays: Arrays, query: Query, n_features: int, max_bins: int) -
     check_arrays(arrays, answer_shapes(query, n_features, max_bins))
 
 
+# A compact answer in the clear: the histograms' nonzero entries only, at these flat positions.
+AT = "at"
+HISTOGRAMS = ("grad", "hess")
+
+
+def compact(answer: Arrays) -> Arrays:
+    """`answer` with its histograms as their nonzero entries (deep nodes' are mostly empty),
+    for the clear only: masks and noise make every entry nonzero."""
+    if "grad" not in answer or answer["grad"].size >= 2**31:
+        return answer
+    at = np.flatnonzero((answer["grad"] != 0) | (answer["hess"] != 0))
+    out = {k: v for k, v in answer.items() if k not in HISTOGRAMS}
+    out.update({name: answer[name].ravel()[at] for name in HISTOGRAMS})
+    out[AT] = at.astype(np.int32)
+    return out
+
+
+def check_compact(arrays: Arrays, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """UpdateError unless a compact answer's positions rise strictly within the histograms'
+    shape and every tensor is as the question asked."""
+    if "grad" not in shapes:
+        raise UpdateError(f"'{AT}' answers histograms only")
+    at, shape = arrays[AT], shapes["grad"]
+    ends = at[[0, -1]] if at.ndim == 1 and at.size else at[:0]
+    size = math.prod(shape)
+    if at.dtype != np.int32 or at.ndim != 1 or not all(0 <= int(p) < size for p in ends):
+        raise UpdateError(f"'{AT}' must be int32 positions within the histograms {shape}")
+    if (np.diff(at.astype(np.int64)) <= 0).any():
+        raise UpdateError(f"'{AT}' must rise strictly")
+    values = {k: v for k, v in arrays.items() if k != AT}
+    check_arrays(values, {**shapes, **dict.fromkeys(HISTOGRAMS, at.shape)})
+
+
+def expand(arrays: Arrays, shapes: Mapping[str, tuple[int, ...]]) -> Arrays:
+    """A checked compact answer as the dense one."""
+    dense = {k: v for k, v in arrays.items() if k != AT and k not in HISTOGRAMS}
+    for name in HISTOGRAMS:
+        dense[name] = np.zeros(shapes[name])
+        dense[name].ravel()[arrays[AT]] = arrays[name]
+    return dense
+
+
 Ask = Callable[[Query], Arrays]
 
 

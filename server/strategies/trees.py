@@ -19,7 +19,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.models.checks import check_arrays
-from common.models.histgrow import Grown, Query, TreeSettings, answer_shapes, grow, sketch_query
+from common.models.histgrow import (
+    AT,
+    Grown,
+    Query,
+    TreeSettings,
+    answer_shapes,
+    check_compact,
+    expand,
+    grow,
+    sketch_query,
+)
 from common.preprocess import GlobalStatistics
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -50,7 +60,8 @@ class Exchanges(Protocol):
 
 
 class InTheClear:
-    """Each province's answer reaches the server as it is; the server adds them up."""
+    """Each province's answer reaches the server as it is (histograms as their nonzero entries,
+    `histgrow.compact`); the server adds them up."""
 
     def instructions(
         self, config: dict[str, ConfigScalar], arrays: Arrays, cohort: list[str]
@@ -58,10 +69,14 @@ class InTheClear:
         return [Instruction(p, config, arrays) for p in cohort]
 
     def check(self, arrays: Arrays, shapes: Shapes) -> None:
-        check_arrays(arrays, shapes)
+        if AT in arrays:
+            check_compact(arrays, shapes)
+        else:
+            check_arrays(arrays, shapes)
 
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
-        return {name: sum(r.arrays[name] for r in answers) for name in shapes}
+        dense = [expand(r.arrays, shapes) if AT in r.arrays else r.arrays for r in answers]
+        return {name: sum(d[name] for d in dense) for name in shapes}
 
 
 class HistogramTrees(Strategy):
