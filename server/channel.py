@@ -118,4 +118,5 @@ def gather(
         channel.wait_any([phase], timeout=deadline_seconds)
     for failure in phase.failures:
         log.warning("round %d: %s dropped: %s", server_round, failure.province, failure.reason)
-    return list(phase.results), list(phase.failures)
+    # In province order, not arrival order: what is summed from them repeats to the last bit.
+    return sorted(phase.results, key=lambda r: r.province), list(phase.failures)
