@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -33,6 +34,7 @@ from server.liveview import LiveView
 from server.model_selection import ModelSelection
 from server.models import build_strategy
 from server.privacy.dp import planned_releases
+from server.recorder import Resumed, ResumeError, read_checkpoint
 from server.results import ResultsFile
 from server.robust_sums import robust_sums
 from server.rounds import RoundLoop
@@ -191,27 +193,55 @@ def run_signer(config: ServerConfig) -> Signer:
     return Signer.ephemeral() if serve.insecure else Signer.load(serve.tls_dir)
 
 
+@dataclass(frozen=True)
+class Start:
+    """What a run goes ahead with: its ledger, and the checkpoint it resumes from (if any)."""
+
+    ledger: Ledger
+    resumed: Resumed | None
+
+
+def begin(config: ServerConfig, signer: Signer | None = None) -> Start:
+    """Read and check everything a restart resumes from before anything is written, so a
+    refused resume (ResumeError, LedgerError, or ValueError for another strategy's state)
+    leaves the earlier run's results, checkpoint and ledger as they were."""
+    resumed = read_checkpoint(
+        config.results.with_name("checkpoint.npz"), config.model.model, config.run.setting
+    )
+    if resumed is not None:
+        strategy_builder(config)(config.model.options).restore(resumed.strategy_state)
+    ledger = open_ledger(
+        config.results.with_name("ledger.jsonl"),
+        resumed is not None,
+        signer or run_signer(config),
+    )
+    return Start(ledger, resumed)
+
+
 def federate(
-    config: ServerConfig,
-    channel: TaskChannel,
-    results: ResultsFile,
-    signer: Signer | None = None,
+    config: ServerConfig, channel: TaskChannel, results: ResultsFile, start: Start
 ) -> None:
     """The run `config` describes, over any task channel: statistics, rounds, analysis."""
     options = config.model.options
     build = strategy_builder(config)
-    checkpoint = config.results.with_name("checkpoint.npz")
-    ledger = open_ledger(
-        config.results.with_name("ledger.jsonl"), checkpoint.exists(), signer or run_signer(config)
-    )
-    ledger.subscribe(channel.publish_receipt)
+    start.ledger.subscribe(channel.publish_receipt)
     model = config.model
     selection = ModelSelection(build, options, model.grid, model.cv_folds, model.cv_embargo)
     wanted = analysis.AnalysisSettings.asked(config.analysis, config.run.seed)
     after = analysis.Analysis(wanted) if wanted else None
     strategy = build(options)
     schedule = asynchronous.Buffered(config.buffering) if config.mode == "async" else Cohort()
-    loop = RoundLoop(channel, strategy, config.run, results, ledger, checkpoint, after, schedule)
+    loop = RoundLoop(
+        channel,
+        strategy,
+        config.run,
+        results,
+        start.ledger,
+        config.results.with_name("checkpoint.npz"),
+        after,
+        schedule,
+        start.resumed,
+    )
     loop.run(selection.choose if config.model.cv_folds else None)
 
 
@@ -233,12 +263,15 @@ def tls_hint(insecure: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging()
+    serve = config.serve
     try:
         check_plan(config)
-    except ValueError as error:
+        credentials = None if serve.insecure else server_credentials(serve.tls_dir)
+        # Nothing of an earlier run is written over before its checkpoint and ledger pass.
+        start = begin(config, run_signer(config))
+    except (OSError, ValueError, ResumeError) as error:  # TLSSetupError, LedgerError: ValueError
         log.error("%s", error)
         return 2
-    serve = config.serve
     coordinator = Coordinator(
         poll_seconds=serve.poll_seconds,
         report_hint=tls_hint(serve.insecure),
@@ -248,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     if serve.insecure:
         log.warning("serving WITHOUT TLS (--insecure): clients are not authenticated")
     try:
-        credentials = None if serve.insecure else server_credentials(serve.tls_dir)
-        signer = run_signer(config)
         server, health_servicer = build_server(
             coordinator,
             address,
@@ -293,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         config.run.min_clients,
     )
     status = run_to_end(
-        lambda: federate(config, coordinator, results, signer),
+        lambda: federate(config, coordinator, results, start),
         coordinator,
         server,
         health_servicer,

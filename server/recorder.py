@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,49 @@ class RunState:
 
 @dataclass(frozen=True)
 class Resumed:
-    """Where an interrupted run stood after its last recorded round."""
+    """Where an interrupted run stood after its last recorded round, as its checkpoint says."""
 
     server_round: int
     parameters: Arrays | None
     scaler: tuple[np.ndarray, np.ndarray]
     strategy_state: Arrays
     train_seconds: float
+    results: dict[str, Any]  # the results as recorded at that round
+    evaluation: Evaluation | None
+    ledger_entry: dict[str, Any]
+
+
+def read_checkpoint(path: Path, model: str, setting: str) -> Resumed | None:
+    """The state a restart of a run of `model` in `setting` resumes from, if `path` holds
+    one; read and checked only, so a checkpoint that is refused has changed nothing."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = Checkpoint.load(path)
+        state = checkpoint.state
+        if (state["model"], state["setting"]) != (model, setting):
+            raise ResumeError(
+                f"{path} belongs to a run of model {state['model']} ({state['setting']}); "
+                "remove it or choose another --results folder"
+            )
+        recorded = json.loads(checkpoint.results) if checkpoint.results else state["results"]
+        evaluation = state["evaluation"]
+        resumed = Resumed(
+            checkpoint.server_round,
+            checkpoint.parameters or None,
+            (checkpoint.scaler_mean, checkpoint.scaler_scale),
+            checkpoint.strategy_state,
+            state["train_seconds"],
+            recorded,
+            Evaluation(**evaluation) if evaluation else None,
+            state["ledger_entry"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise ResumeError(
+            f"{path} cannot be read as a checkpoint ({type(error).__name__}: {error}); "
+            "remove it or choose another --results folder"
+        ) from None
+    return resumed
 
 
 class Recorder:
@@ -59,34 +96,14 @@ class Recorder:
         # The newest evaluation recorded: what the final result reports.
         self.last_evaluation: Evaluation | None = None
 
-    def resume(self) -> Resumed | None:
-        """The state after the last recorded round, if a checkpoint of this run exists."""
-        if not self.checkpoint_path.exists():
-            return None
-        checkpoint = Checkpoint.load(self.checkpoint_path)
-        state = checkpoint.state
-        wanted = (self.results.data["model"], self.setting)
-        if (state["model"], state["setting"]) != wanted:
-            raise ResumeError(
-                f"{self.checkpoint_path} belongs to a run of model {state['model']} "
-                f"({state['setting']}); remove it or choose another --results folder"
-            )
-        recorded = json.loads(checkpoint.results) if checkpoint.results else state["results"]
-        self.results.update(**{k: v for k, v in recorded.items() if k != "config"})
-        if state["evaluation"]:
-            self.last_evaluation = Evaluation(**state["evaluation"])
-        if self.ledger.last_round < checkpoint.server_round:
-            self.ledger.append(state["ledger_entry"])
-        log.warning(
-            "resuming after round %d from %s", checkpoint.server_round, self.checkpoint_path
-        )
-        return Resumed(
-            checkpoint.server_round,
-            checkpoint.parameters or None,
-            (checkpoint.scaler_mean, checkpoint.scaler_scale),
-            checkpoint.strategy_state,
-            state["train_seconds"],
-        )
+    def resume(self, resumed: Resumed) -> None:
+        """Go on from `resumed`: its results recorded again, its round's ledger entry appended
+        if the server stopped between checkpoint and ledger."""
+        self.results.update(**{k: v for k, v in resumed.results.items() if k != "config"})
+        self.last_evaluation = resumed.evaluation
+        if self.ledger.last_round < resumed.server_round:
+            self.ledger.append(resumed.ledger_entry)
+        log.warning("resuming after round %d from %s", resumed.server_round, self.checkpoint_path)
 
     def commit(
         self,

@@ -30,7 +30,7 @@ from server.channel import Accept, Assignment, TaskChannel, gather
 from server.checks import check_statistics, check_train_count
 from server.config import RunSettings
 from server.ledger import Ledger
-from server.recorder import Recorder, ResumeError, RunState, round_line
+from server.recorder import Recorder, Resumed, RunState, round_line
 from server.results import ResultsFile
 from server.robust_metrics import capped
 from server.schedule import Cohort, Schedule, check_outcome
@@ -54,6 +54,7 @@ class RoundLoop:
         checkpoint_path: Path,
         analysis: Analysis | None = None,
         schedule: Schedule | None = None,
+        resumed: Resumed | None = None,
     ) -> None:
         self.channel = channel
         self.strategy = strategy
@@ -64,6 +65,7 @@ class RoundLoop:
         )
         self.analysis = analysis
         self.schedule = schedule or Cohort()
+        self.resumed = resumed
         # The updates the global model was last aggregated from, kept for contributions.
         self.final_fit: FinalFit | None = None
         self.features = features_for(settings.setting, settings.features)
@@ -214,14 +216,12 @@ class RoundLoop:
     # -- before the rounds --------------------------------------------------------------------
 
     def _resume(self) -> tuple[int, float]:
-        """Pick up after the last recorded round if a checkpoint of this run exists."""
-        try:
-            resumed = self.recorder.resume()
-            if resumed is None:
-                return 1, 0.0
-            self.strategy.restore(resumed.strategy_state)
-        except (ResumeError, ValueError) as error:
-            raise FederationError(f"{self.recorder.checkpoint_path}: {error}") from None
+        """Pick up after the last recorded round if the run was given a checkpoint to resume."""
+        resumed = self.resumed
+        if resumed is None:
+            return 1, 0.0
+        self.strategy.restore(resumed.strategy_state)
+        self.recorder.resume(resumed)
         self.parameters = resumed.parameters
         mean, scale = resumed.scaler
         self.scaler = pb.Scaler(

@@ -17,7 +17,7 @@ from client.privacy import ClientPrivacy
 from common import forecast
 from common.data import synthesize_province
 from common.provinces import PROVINCES
-from server.__main__ import federate, results_file
+from server.__main__ import begin, federate, results_file
 from server.cli import parse_args
 from server.memory import MemoryChannel, Seconds, one_second
 
@@ -61,5 +61,6 @@ def channel(seconds: Seconds = one_second, rows: int = ROWS) -> MemoryChannel:
 def run(out: Path, *flags: str, over: MemoryChannel | None = None) -> dict[str, Any]:
     """Run the server's flags over `over` (nine fresh provinces by default); the results."""
     config = parse_args(["--insecure", "--results", str(out / "results.json"), *flags])
-    federate(config, over or channel(), results_file(config))
+    start = begin(config)  # first, as `python -m server` does: a refused resume writes nothing
+    federate(config, over or channel(), results_file(config), start)
     return json.loads((out / "results.json").read_text())

@@ -20,7 +20,7 @@ from common.provinces import PROVINCES
 from common.tensors import PayloadReceiver
 from common.wire import from_config
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.__main__ import build_server, federate, results_file
+from server.__main__ import begin, build_server, federate, results_file
 from server.cli import parse_args
 from server.coordinator import Coordinator
 
@@ -99,9 +99,10 @@ def test_in_the_analysis_phase_a_province_receives_the_global_model_and_no_coali
     threads = [threading.Thread(target=d.run, daemon=True) for d in daemons.values()]
     for thread in threads:
         thread.start()
+    start = begin(config)
     results = results_file(config)
     try:
-        federate(config, coordinator, results)
+        federate(config, coordinator, results, start)
     finally:
         coordinator.stop("the test is over", failed=False, grace_seconds=30)
         for thread in threads:

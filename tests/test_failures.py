@@ -4,14 +4,18 @@ import json
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from common.launch import LocalFederation
 from common.provinces import PROVINCES
+from server.checkpoint import Checkpoint
 from server.ledger import read_verified
 from tests.test_federation import ROWS, SEED
 
 pytestmark = pytest.mark.integration
+# What a finished run leaves beside its results.
+KEPT = ("results.json", "ledger.jsonl", "model.npz")
 
 
 def wait_for_rounds(federation: LocalFederation, count: int, timeout: float = 600) -> None:
@@ -98,3 +102,35 @@ def test_a_killed_server_resumes_from_its_checkpoint_and_clients_come_back(tmp_p
     assert results["final"]["ledger_head"] == ledger[-1]["hash"]
     assert "resuming after round" in (tmp_path / "server.log").read_text()
     assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_a_refused_resume_exits_with_the_reason_and_leaves_the_last_results_as_they_were(
+    tmp_path,
+):
+    """A restart whose checkpoint is refused (another model's, or not a checkpoint at all)
+    says why and exits 2 before it writes anything: the finished run's results.json, ledger
+    and model keep every byte."""
+    federation = LocalFederation(tmp_path, "lr-exact", 1, ROWS, SEED)
+    federation.insecure = True
+    federation.start()
+    assert federation.wait(timeout=600) == {name: 0 for name in ["server", *PROVINCES]}
+    kept = {name: (tmp_path / name).read_bytes() for name in KEPT}
+    state = {"model": "rf", "setting": federation.results()["setting"], "train_seconds": 1.0}
+    another = {**state, "evaluation": None, "ledger_entry": {}}
+    refusals = [
+        (
+            lambda path: Checkpoint(1, {}, np.zeros(2), np.ones(2), another).save(path),
+            "belongs to a run of model rf",
+        ),
+        (lambda path: path.write_bytes(b"not a checkpoint"), "cannot be read as a checkpoint"),
+    ]
+    for write, why in refusals:
+        write(tmp_path / "checkpoint.npz")
+        federation.clients = {}
+        federation.start_server()
+        assert federation.wait(timeout=300) == {"server": 2}
+        log = (tmp_path / "server.log").read_text()
+        assert f"{tmp_path / 'checkpoint.npz'} {why}" in log, log[-2000:]
+        assert "remove it or choose another --results folder" in log
+        for name, content in kept.items():
+            assert (tmp_path / name).read_bytes() == content, name

@@ -14,7 +14,7 @@ from client.local import LocalWork, Outcome
 from common.data import synthesize_province
 from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.ledger import read_verified
+from server.ledger import LedgerError, read_verified
 from server.memory import MemoryChannel
 from server.results import SCHEMA_VERSION
 from server.rounds import FederationError
@@ -143,14 +143,16 @@ class Interrupted(Exception):
     pass
 
 
+def stop_in_round_3(province, task):
+    """A channel clock on which the run stops in round 3's training, as a killed server."""
+    if task.round == 3 and task.kind == pb.TASK_KIND_TRAIN:
+        raise Interrupted
+    return 1.0
+
+
 def test_a_run_stopped_after_a_round_resumes_to_the_uninterrupted_model(tmp_path):
     flags = ["--model", "lr-sgd", "--strategy", "fedavgm", *QUICK]
     run(tmp_path / "whole", *flags)
-
-    def stop_in_round_3(province, task):
-        if task.round == 3 and task.kind == pb.TASK_KIND_TRAIN:
-            raise Interrupted
-        return 1.0
 
     with pytest.raises(Interrupted):
         run(tmp_path / "resumed", *flags, over=channel(stop_in_round_3))
@@ -165,3 +167,33 @@ def test_a_run_stopped_after_a_round_resumes_to_the_uninterrupted_model(tmp_path
         np.testing.assert_allclose(resumed[name], whole[name], rtol=1e-9)
     whole_results = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert results["final"]["mse"] == pytest.approx(whole_results["final"]["mse"], rel=1e-9)
+
+
+def reorder_first_entries(folder):
+    lines = (folder / "ledger.jsonl").read_text().splitlines(keepends=True)
+    (folder / "ledger.jsonl").write_text("".join([lines[1], lines[0], *lines[2:]]))
+
+
+@pytest.mark.parametrize(
+    ("change", "flags", "refused", "why"),
+    [
+        (reorder_first_entries, [], LedgerError, "out of order"),
+        (lambda folder: None, ["--strategy", "fedadam"], ValueError, "another --strategy"),
+    ],
+    ids=["tampered-ledger", "another-strategy"],
+)
+def test_a_refused_resume_writes_nothing(tmp_path, change, flags, refused, why):
+    """A run stopped in round 3, restarted with a ledger that fails its check or with a
+    strategy the checkpoint's state is not for: refused with the reason before any file of
+    the interrupted run is written, so it can still be resumed as it was."""
+    resume = ["--model", "lr-sgd", "--strategy", "fedavgm", *QUICK]
+
+    with pytest.raises(Interrupted):
+        run(tmp_path, *resume, over=channel(stop_in_round_3))
+    change(tmp_path)
+    files = ("results.json", "checkpoint.npz", "ledger.jsonl")
+    kept = {name: (tmp_path / name).read_bytes() for name in files}
+    with pytest.raises(refused, match=why):
+        run(tmp_path, *resume, *flags)
+    assert {name: (tmp_path / name).read_bytes() for name in files} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)

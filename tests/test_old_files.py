@@ -43,9 +43,8 @@ def test_a_run_with_an_old_ledger_is_not_resumed_and_its_checkpoint_and_ledger_a
         run(folder, *FLAGS)
     assert str(refused.value).startswith(f"{folder / 'ledger.jsonl'}: ")
     assert "move it aside to resume from the checkpoint" in str(refused.value)
-    # results.json is rewritten when the server starts, as for any resumed run: the
-    # checkpoint carries its content.
-    for name in ("checkpoint.npz", "ledger.jsonl"):
+    # The refusal comes before anything is written: the three files are as they were.
+    for name in ("checkpoint.npz", "ledger.jsonl", "results.json"):
         assert (folder / name).read_bytes() == (OLD / name).read_bytes(), name
 
 
