@@ -17,6 +17,7 @@ import numpy as np
 from client import histograms, trainers
 from client.trainers import Trainer
 from common import analysis
+from common.model_settings import MemberSeed, ModelTask
 from common.models import linear
 from common.preprocess import Split
 from common.registry import model_spec
@@ -37,7 +38,7 @@ def directions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The global model's prediction on `x`, and Φ: how the prediction moves per unit of each
     parameter θ (common/analysis.py), for the models whose prediction is affine in θ."""
-    codec = model_spec(str(config["model"])).members
+    codec = model_spec(ModelTask.from_config(config).model).members
     if codec is not None:  # θ: each member's weight in the mean of the members
         members = codec.unpack(model, x.shape[1])
         each = np.column_stack([trainer.predict(codec.pack([m]), x, config) for m in members])
@@ -78,7 +79,7 @@ def fine_tune(
     trainer: Trainer, model: Arrays, x: np.ndarray, y: np.ndarray, config: Config
 ) -> Arrays:
     """The global model fine-tuned on this province's training rows (common.analysis says how)."""
-    spec = model_spec(str(config["model"]))
+    spec = model_spec(ModelTask.from_config(config).model)
     if spec.own_epochs is not None:  # trained by local steps: fine-tuned by more of them
         epochs = int(config[analysis.PERSONALISE_EPOCHS])
         return trainer.fit(x, y, model, {**config, spec.own_epochs: epochs})
@@ -89,7 +90,8 @@ def fine_tune(
         return histograms.personalise(model, x, change, config)
     if spec.members is not None:
         codec = spec.members
-        own = trainer.fit(x, y, None, {**config, "random_state": config[analysis.ANALYSIS_SEED]})
+        seed = MemberSeed(int(config[analysis.ANALYSIS_SEED])).to_config()
+        own = trainer.fit(x, y, None, {**config, **seed})
         return codec.pack([*codec.unpack(model, x.shape[1]), *codec.unpack(own, x.shape[1])])
     raise ValueError(f"this client does not know how to personalise model {spec.name!r}")
 

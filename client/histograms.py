@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from common.model_settings import ModelTask
 from common.models import histtree
 from common.models.histgrow import Query, TreeSettings, compact
 from common.models.histparty import Party, fit_union
@@ -27,9 +28,10 @@ KEEP = 16
 
 
 def settings_for(config: Config) -> TreeSettings:
-    trees = model_spec(str(config["model"])).trees
+    model = ModelTask.from_config(config).model
+    trees = model_spec(model).trees
     if trees is None:
-        raise ValueError(f"model {config['model']!r} is not grown from histograms")
+        raise ValueError(f"model {model!r} is not grown from histograms")
     return TreeSettings.from_mapping(config, trees.prefix)
 
 

@@ -17,6 +17,7 @@ from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
 from common import forecast, preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
+from common.model_settings import ModelTask
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import START_METRICS, ConfigScalar
@@ -102,7 +103,7 @@ class LocalWork:
         data = self.split(config)
         if not len(data.y_train):  # a fold of days before this province's first: no part in it
             return Outcome(0, {})
-        trainer = trainer_for(str(config["model"]))
+        trainer = trainer_for(ModelTask.from_config(config).model)
         x = self._inputs(trainer, config, "train", scaler)
         update = trainer.fit(x, data.y_train, parameters, config)
         metrics = {}
@@ -155,7 +156,7 @@ class LocalWork:
         data = self.split(task.config)
         if not len(data.y_test):  # a fold of days this province has no rows on
             return Outcome(0, {"seconds": time.perf_counter() - started})
-        trainer = trainer_for(str(task.config["model"]))
+        trainer = trainer_for(ModelTask.from_config(task.config).model)
         x = self._inputs(trainer, task.config, "test", scaler)
         prediction = trainer.predict(task.parameters, x, task.config)
         bound = task.config.get(forecast.SCORE_CLIP)  # local DP: the score its noise is for
@@ -179,7 +180,7 @@ class LocalWork:
     def _analyse(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         started = time.perf_counter()
         data = self.split(task.config)
-        trainer = trainer_for(str(task.config["model"]))
+        trainer = trainer_for(ModelTask.from_config(task.config).model)
         x_train, x_test = (self._inputs(trainer, task.config, p, scaler) for p in ("train", "test"))
         metrics, sums = analysis.analyse(
             trainer, data, x_train, x_test, task.parameters, task.config

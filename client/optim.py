@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.steps import sgd
+from common.model_settings import LocalTraining, Shuffle
 from common.scaffold import CONTROL, CONTROL_DELTA
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -32,12 +33,14 @@ class LocalPlan:
 
     @classmethod
     def from_config(cls, config: Mapping[str, ConfigScalar]) -> LocalPlan:
+        training = LocalTraining.from_config(config)
+        seed = Shuffle.from_config(config).sgd_seed
         return cls(
-            epochs=int(config["local_epochs"]),
-            learning_rate=float(config["learning_rate"]),
-            batch_size=int(config["batch_size"]),
-            mu=float(config.get("mu", 0.0)),
-            seed=int(config.get("sgd_seed", config.get("round", 0))),
+            epochs=training.local_epochs,
+            learning_rate=training.learning_rate,
+            batch_size=training.batch_size,
+            mu=training.mu or 0.0,
+            seed=int(config.get("round", 0)) if seed is None else seed,
         )
 
     def steps(self, n_rows: int) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from client import histograms
 from client.optim import LinearSGD, local_steps
 from common import preprocess, quantity
+from common.model_settings import ForestSettings, MemberSeed, SvmSettings
 from common.models import forest, linear, rff, svr
 from common.registry import model_spec
 from common.settings import DataSettings, TaskContext
@@ -45,19 +46,6 @@ class Trainer:
     predict_candidates: PredictMany | None = None
 
 
-# Task-config keys of the forest's hyperparameters, read as `fit_forest`'s names without "rf_".
-FOREST_PARAMS: dict[str, Callable[[ConfigScalar], ConfigScalar]] = {
-    "rf_n_estimators": int,
-    "rf_criterion": str,
-    "rf_min_samples_split": int,
-    "rf_max_features": float,
-    "rf_bootstrap": bool,
-    "rf_max_depth": int,
-    "rf_min_samples_leaf": int,
-    "rf_bins_per_decade": int,
-}
-
-
 def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
     """Today's close in yuan, from raw or globally scaled rows."""
     columns = preprocess.features_for(str(config["setting"]), str(config.get("features", "paper")))
@@ -81,14 +69,14 @@ def no_change(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
 
 
 def forest_base(x: np.ndarray, config: Config) -> np.ndarray | float:
-    return no_change(x, config, scaled=False) if config["rf_target"] == "change" else 0.0
+    target = ForestSettings.from_config(config).rf_target
+    return no_change(x, config, scaled=False) if target == "change" else 0.0
 
 
 def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
-    params = {key.removeprefix("rf_"): cast(config[key]) for key, cast in FOREST_PARAMS.items()}
-    params["max_depth"] = params["max_depth"] or None  # 0: grow until leaves are pure
-    target = y - forest_base(x, config)
-    trees = forest.fit_forest(x, target, **params, random_state=int(config["random_state"]))
+    seed = MemberSeed.from_config(config).random_state
+    growing = ForestSettings.from_config(config).tree_growing(seed)
+    trees = forest.fit_forest(x, y - forest_base(x, config), **growing)
     return forest.forest_to_arrays(trees)
 
 
@@ -119,7 +107,7 @@ def target_frame(
     value) or 'price' (the forecast quantity itself); the SVMs' `svm_target` unless given.
     """
     context = TaskContext.from_config(config)
-    if (target or config["svm_target"]) == "change":
+    if (target or SvmSettings.from_config(config).svm_target) == "change":
         return no_change(x, config, scaled=True), context.change_mean, context.change_std
     return 0.0, context.target_mean, context.target_std
 
@@ -138,14 +126,16 @@ def restore(t: np.ndarray, x: np.ndarray, config: Config, target: str | None = N
 
 def gamma(n_features: int, config: Config) -> float:
     """The RBF width: a number, or 'scale' from the federation's feature variance."""
-    if config["svm_gamma"] == "scale":
+    width = SvmSettings.from_config(config).svm_gamma
+    if width == "scale":
         return rff.scale_gamma(n_features, TaskContext.from_config(config).feature_variance)
-    return float(config["svm_gamma"])
+    return float(width)
 
 
 def fourier_features(n_features: int, config: Config) -> rff.FourierFeatures:
+    svm = SvmSettings.from_config(config)
     return rff.FourierFeatures.draw(
-        n_features, int(config["svm_features"]), gamma(n_features, config), int(config["svm_seed"])
+        n_features, svm.svm_features, gamma(n_features, config), svm.svm_seed
     )
 
 
@@ -163,23 +153,24 @@ def local_preconditioner(features: rff.FourierFeatures, x: np.ndarray) -> np.nda
 
 
 def round_rng(config: Config) -> np.random.Generator:
-    return np.random.default_rng([int(config["svm_seed"]), int(config["round"])])
+    return np.random.default_rng([SvmSettings.from_config(config).svm_seed, int(config["round"])])
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) -> Arrays:
     features = fourier_features(x.shape[1], config)
+    svm = SvmSettings.from_config(config)
     return rff.train(
         features,
         x,
         standardise(y, x, config),
         start or rff.zero_weights(features.n_components),
         local_preconditioner(features, x),
-        c=float(config["svm_c"]),
-        epsilon=float(config["svm_epsilon"]),
+        c=svm.svm_c,
+        epsilon=svm.svm_epsilon,
         rows=TaskContext.from_config(config).train_rows,
         # Decaying steps let the averaged weights settle over the rounds.
-        learning_rate=float(config["svm_learning_rate"]) / np.sqrt(int(config["round"])),
-        epochs=int(config["svm_epochs"]),
+        learning_rate=svm.svm_learning_rate / np.sqrt(int(config["round"])),
+        epochs=svm.svm_epochs,
         rng=round_rng(config),
     )
 
@@ -197,14 +188,15 @@ def svm_candidates(candidates: list[Arrays], x: np.ndarray, config: Config) -> I
 
 
 def fit_local_rbf(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
+    svm = SvmSettings.from_config(config)
     member = svr.fit_svr(
         x,
         standardise(y, x, config),
         gamma=gamma(x.shape[1], config),
-        subsample=int(config["svm_subsample"]),
+        subsample=svm.svm_subsample,
         rng=round_rng(config),
-        C=float(config["svm_c"]),
-        epsilon=float(config["svm_epsilon"]),
+        C=svm.svm_c,
+        epsilon=svm.svm_epsilon,
     )
     return svr.SVRS.pack([member])
 

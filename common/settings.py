@@ -24,27 +24,37 @@ class SettingsError(ValueError):
     """A task's config lacks a setting, or holds one of the wrong kind."""
 
 
-def _typed(name: str, value: ConfigScalar, kind: type) -> ConfigScalar:
-    """`value` as `kind`: an integer passes for a number, never a flag for an integer."""
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is kind:
+def _kinds(annotation: str) -> tuple[type, ...]:
+    """The kinds a field's annotation allows ('str | float': either; None: it may be unset)."""
+    return tuple(_KINDS[part.strip()] for part in annotation.split("|") if part.strip() != "None")
+
+
+def _typed(name: str, value: ConfigScalar, kinds: tuple[type, ...]) -> ConfigScalar:
+    """`value` as one of `kinds`: an integer passes for a number, never a flag for an integer."""
+    if type(value) in kinds:
         return value
-    raise SettingsError(f"task setting {name!r} must be {kind.__name__}, got {value!r}")
+    if float in kinds and type(value) is int:
+        return float(value)
+    wanted = " or ".join(kind.__name__ for kind in kinds)
+    raise SettingsError(f"task setting {name!r} must be {wanted}, got {value!r}")
 
 
 class TaskSettings:
-    """A dataclass of settings whose fields are config keys; mixed into each group below."""
+    """A dataclass of settings whose fields are config keys; mixed into each group below.
+
+    A field that may be None is left out of the config while it is None, so a task carries
+    only the settings it has."""
 
     def to_config(self) -> dict[str, ConfigScalar]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
     def from_config(cls, config: Mapping[str, ConfigScalar]) -> Self:
         values: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
             if f.name in config:
-                values[f.name] = _typed(f.name, config[f.name], _KINDS[str(f.type)])
+                values[f.name] = _typed(f.name, config[f.name], _kinds(str(f.type)))
             elif f.default is MISSING:
                 raise SettingsError(f"the task's config lacks the setting {f.name!r}")
         return cls(**values)

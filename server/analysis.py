@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from common import analysis, vectors
+from common.model_settings import ModelTask
 from common.models.checks import UpdateError
 from common.registry import model_spec
 from common.tensors import Arrays
@@ -155,7 +156,7 @@ class Analysis:
             sections["importance"] = importance(results, features, s.importance_repeats)
         if s.personalise_epochs:
             sections["personalisation"] = personalisation(
-                results, s, str(strategy.model_config["model"])
+                results, s, ModelTask.from_config(strategy.model_config).model
             )
         log.info("analysis done in %.2f s over %d provinces", seconds, len(results))
         return sections
@@ -166,7 +167,8 @@ class Analysis:
         if final_fit is None:
             log.error("contributions: %s", UNREPLAYED)
             return None
-        ensemble = model_spec(str(strategy.model_config["model"])).members is not None
+        model_name = ModelTask.from_config(strategy.model_config).model
+        ensemble = model_spec(model_name).members is not None
         # The members each province has in the global ensemble, in the order they are packed.
         members = strategy.round_report(final_fit.server_round)["members"] if ensemble else {}
         players = sorted(u.province for u in final_fit.updates if members.get(u.province, 1))

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from common.model_settings import Shuffle
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.buffer import Contribution, VersionBuffer
@@ -120,7 +121,7 @@ class Buffered:
         [fit] = strategy.configure_fit(started_from + 1, parameters, [province])
         # A client may train twice from one version: each task shuffles its batches anew.
         self._handed += 1
-        fit = replace(fit, config={**fit.config, "sgd_seed": self._handed})
+        fit = replace(fit, config={**fit.config, **Shuffle(self._handed).to_config()})
         received: list[int] = []
 
         def arrived(result: ClientResult) -> None:

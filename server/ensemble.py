@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from common.model_settings import MemberSeed
 from common.models.ensemble import Member, MemberCodec
 from common.models.forest import shares
 from common.preprocess import GlobalStatistics
@@ -47,9 +48,9 @@ class EnsembleUnion(Strategy):
         model_config: Mapping[str, ConfigScalar],
         codec: MemberCodec,
         quotas: Quotas,
-        grow_share: str | None = None,
+        grow_share: Callable[[int], Mapping[str, ConfigScalar]] | None = None,
     ) -> None:
-        """`grow_share`: the config key for how many members a province makes, when each should
+        """`grow_share`: the config that has a province make `share` members, when each should
         make only its share instead of the configured count (the rest would be thrown away)."""
         super().__init__(model_config)
         self._codec = codec
@@ -87,8 +88,8 @@ class EnsembleUnion(Strategy):
                 {
                     **self.model_config,
                     "round": server_round,
-                    "random_state": 1000 * server_round + i,
-                    **({self._grow_share: self._share[p]} if self._grow_share else {}),
+                    **MemberSeed(1000 * server_round + i).to_config(),
+                    **(self._grow_share(self._share[p]) if self._grow_share else {}),
                 },
                 None,
             )

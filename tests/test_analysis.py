@@ -369,7 +369,7 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
 @pytest.mark.parametrize("model", ["lr", "lr-sgd", "svm"])
 def test_a_provinces_sums_score_another_model_as_the_model_itself_scores(provinces, model):
     works, config, scaler = provinces
-    task = {**config, **defaults(), **SGD_TRAINING, "model": model, "round": 1}
+    task = {**config, **defaults(), **SGD_TRAINING.to_config(), "model": model, "round": 1}
     first = works["hubei"].train(task, scaler, None).arrays
     second = works["fujian"].train(task, scaler, None).arrays
     data = works["hubei"].split(config)

@@ -5,8 +5,18 @@ import pytest
 
 from common import preprocess
 from common.data import synthesize_province
+from common.hyperparameters import defaults
+from common.model_settings import (
+    ForestSettings,
+    LocalTraining,
+    MemberSeed,
+    ModelTask,
+    Shuffle,
+    SvmSettings,
+)
 from common.settings import DataSettings, FoldSettings, SettingsError, TaskContext
 from common.wire import from_config, to_config
+from server.models import build_strategy
 
 
 def over_the_wire(values: dict) -> dict:
@@ -50,3 +60,57 @@ def test_a_missing_or_mistyped_setting_is_refused_by_name():
         DataSettings.from_config({**good, "setting": 1})
     # An integer is a number: a test fraction of 1 reads as 1.0 (the server refuses it earlier).
     assert DataSettings.from_config({**good, "test_fraction": 1}).test_fraction == 1.0
+
+
+def test_model_settings_come_back_as_they_were_sent():
+    options = defaults()
+    sent = [
+        ModelTask("rf"),
+        LocalTraining(2, 0.05, 32, mu=0.1),
+        Shuffle(7),
+        MemberSeed(1003),
+        ForestSettings.from_config(options),
+        SvmSettings.from_config(options),
+        SvmSettings.from_config({**options, "svm_gamma": 0.5}),
+    ]
+    for settings in sent:
+        assert type(settings).from_config(over_the_wire(settings.to_config())) == settings
+
+
+def test_an_unset_setting_is_not_sent_and_reads_back_unset():
+    assert Shuffle().to_config() == {}
+    assert "mu" not in LocalTraining(1, 0.02, 64).to_config()
+    assert Shuffle.from_config({"round": 3}).sgd_seed is None
+    assert LocalTraining.from_config({**LocalTraining(1, 0.02, 64).to_config()}).mu is None
+
+
+def test_a_missing_or_mistyped_model_setting_is_refused_by_name():
+    forest = ForestSettings.from_config(defaults()).to_config()
+    with pytest.raises(SettingsError, match="lacks the setting 'rf_criterion'"):
+        ForestSettings.from_config({k: v for k, v in forest.items() if k != "rf_criterion"})
+    with pytest.raises(SettingsError, match="'rf_bootstrap' must be bool, got 1"):
+        ForestSettings.from_config({**forest, "rf_bootstrap": 1})
+    with pytest.raises(SettingsError, match="'svm_gamma' must be str or float, got True"):
+        SvmSettings.from_config({**defaults(), "svm_gamma": True})
+    with pytest.raises(SettingsError, match="'sgd_seed' must be int, got 'x'"):
+        Shuffle.from_config({"sgd_seed": "x"})
+    with pytest.raises(SettingsError, match="lacks the setting 'model'"):
+        ModelTask.from_config({})
+    with pytest.raises(SettingsError, match="lacks the setting 'random_state'"):
+        MemberSeed.from_config(forest)
+
+
+@pytest.mark.parametrize(("model", "prefix"), [("rf", "rf_"), ("svm", "svm_"), ("lr", "-")])
+def test_a_models_tasks_carry_the_keys_they_always_carried(model, prefix):
+    """The wire is unchanged: the model's name and every hyperparameter of its prefix."""
+    config = build_strategy(model).model_config
+    assert set(config) == {"model", *(name for name in defaults() if name.startswith(prefix))}
+
+
+def test_lr_sgd_tasks_carry_its_local_training_and_no_pull_outside_fedprox():
+    assert build_strategy("lr-sgd").model_config == {
+        "model": "lr-sgd",
+        "local_epochs": 1,
+        "learning_rate": 0.02,
+        "batch_size": 64,
+    }

@@ -6,8 +6,11 @@ FedNova and q-FedAvg need clients that train by gradient steps (`--model lr-sgd`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from common.model_settings import LocalTraining
+from common.wire import ConfigScalar
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, FedNova, QFedAvg, Scaffold
 from server.strategies.robust import combiner
@@ -36,14 +39,14 @@ def _algorithm(strategy: Strategy, asked: StrategySettings) -> Strategy:
     Whether the model can take the algorithm is the configuration's to say (its capabilities
     are in common/registry.py), before any strategy is built.
     """
-    local = asked.local_training()
-    if asked.strategy == "fedavg" and asked.aggregation == "mean" and not local:
+    if asked.strategy == "fedavg" and asked.aggregation == "mean" and not asked.local_training():
         return strategy
+    local = _local_training(strategy, asked)
     combine = combiner(asked.aggregation, asked.trim_fraction, asked.krum_f)
     lr = asked.server_lr or SERVER_LR.get(asked.strategy, 1.0)
     match asked.strategy:
         case "fedprox":
-            return Federated(strategy, {**local, "mu": asked.mu}, combine)
+            return Federated(strategy, _local_training(strategy, asked, mu=asked.mu), combine)
         case "fednova":
             return FedNova(strategy, local, combine)
         case "scaffold":
@@ -55,3 +58,14 @@ def _algorithm(strategy: Strategy, asked: StrategySettings) -> Strategy:
         case "fedavgm":
             return FedAvgM(strategy, local, combine, lr=lr, momentum=asked.server_momentum)
     return Federated(strategy, local, combine)
+
+
+def _local_training(
+    strategy: Strategy, asked: StrategySettings, **pull: float
+) -> dict[str, ConfigScalar]:
+    """The model's local training (common/model_settings.py) as the flags change it, for every
+    task of the algorithm; nothing for a model the flags leave as it is."""
+    changes = {**asked.local_training(), **pull}
+    if not changes:
+        return {}
+    return replace(LocalTraining.from_config(strategy.model_config), **changes).to_config()

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from common.model_settings import LocalTraining, Shuffle
 from common.models.checks import UpdateError
 from common.scaffold import CONTROL, CONTROL_DELTA
 from common.tensors import Arrays
@@ -22,6 +23,10 @@ from common.vectors import flatten, unflatten
 from common.wire import START_METRICS, ConfigScalar
 from server.strategies.robust import Combiner, mean, median
 from server.strategy import CARRIES_STATE, ClientResult, Failure, FedAvg, Instruction, Strategy
+
+
+def _shuffle(server_round: int, province: str) -> Shuffle:
+    return Shuffle(zlib.crc32(f"{server_round}:{province}".encode()))
 
 
 class Federated(Strategy):
@@ -44,7 +49,7 @@ class Federated(Strategy):
         sent = self.downlink(parameters)
         # Each province shuffles its mini-batches differently, and differently every round.
         return [
-            Instruction(p, {**config, "sgd_seed": zlib.crc32(f"{server_round}:{p}".encode())}, sent)
+            Instruction(p, {**config, **_shuffle(server_round, p).to_config()}, sent)
             for p in provinces
         ]
 
@@ -224,7 +229,7 @@ class QFedAvg(Federated):
     def __init__(self, base, config=None, combine=mean, *, q: float) -> None:
         super().__init__(base, config, combine)
         self.q = q
-        self.lipschitz = 1.0 / float(self.model_config["learning_rate"])
+        self.lipschitz = 1.0 / LocalTraining.from_config(self.model_config).learning_rate
 
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
