@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from common import he_relay, paillier, threshold
 from common.keysign import Identity
+from common.protection import HESession
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -44,7 +45,7 @@ class HEClient:
 
     @staticmethod
     def _session(config: Mapping[str, ConfigScalar]) -> str:
-        session = str(config.get("he_session", ""))
+        session = HESession.from_config(config).he_session
         if not session:
             raise HEError("the server's task names no HE session (he_session)")
         return session

@@ -18,6 +18,7 @@ from client.trainers import Trainer, trainer_for
 from common import forecast, preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.model_settings import ModelTask
+from common.protection import Protection
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import START_METRICS, ConfigScalar
@@ -123,7 +124,7 @@ class LocalWork:
         return self.privacy.run(Task(chain.DECRYPT, config, parameters), self._decrypt)
 
     def _decrypt(self, task: Task) -> Outcome:
-        if task.config.get("privacy") != "he":
+        if Protection.from_config(task.config).privacy != "he":
             raise PrivacyError("the server asks for a decryption outside --privacy he")
         return Outcome(len(self.split(task.config).y_train), {})
 

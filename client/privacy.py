@@ -25,6 +25,7 @@ from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.models import histnoise
 from common.noise import SecureRandom
+from common.protection import DPNoise, Protection
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 from common.wire import ConfigScalar
@@ -41,10 +42,10 @@ def privatize(
     rng: np.random.Generator | SecureRandom | None = None,
 ) -> Arrays:
     """Local DP: the step from `reference` clipped to `dp_clip`, plus N(0, (σ·clip)²) noise."""
-    if config.get("privacy") != "dp-local":
+    if Protection.from_config(config).privacy != "dp-local":
         return update
-    bound = float(config["dp_clip"])
-    sigma = float(config["dp_noise_multiplier"])
+    noise = DPNoise.from_config(config)
+    bound, sigma = noise.dp_clip, noise.dp_noise_multiplier
     rng = rng or SecureRandom()  # the OS's secure generator: noise nobody can predict
     step = clip(delta(update, reference), bound)
     noisy = step + rng.normal(0.0, sigma * bound, size=step.shape)
@@ -84,7 +85,7 @@ class Encrypted:
         self.protocol = protocol
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
-        if task.config.get("privacy") != "he":
+        if Protection.from_config(task.config).privacy != "he":
             return next_(task)
         if task.kind == DECRYPT:
             outcome = next_(replace(task, parameters=None))
@@ -125,13 +126,13 @@ class Masked:
         self.protocol = protocol
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
-        if task.config.get("privacy") != "secagg":
+        if Protection.from_config(task.config).privacy != "secagg":
             return next_(task)
         parameters = task.parameters
         if parameters is not None and secagg.SENDERS in parameters:
             parameters = self.protocol.strip(parameters)
         outcome = next_(replace(task, parameters=parameters))
-        if "secagg_exchange" in task.config:  # one of many sums under one key agreement
+        if secagg.Exchange.sent(task.config):  # one of many sums under one key agreement
             masked = self.protocol.exchange(outcome.arrays, task.config, parameters)
             return replace(outcome, arrays=masked)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are

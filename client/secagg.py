@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import fields
 
 import numpy as np
 
@@ -23,22 +24,8 @@ from common.wire import ConfigScalar
 log = logging.getLogger("fedstock.client")
 
 
-# What the server announces for a round; every client signs its keys over all of it, so a
-# server that announced different members, graphs or thresholds to different clients is caught.
-ANNOUNCED = (
-    "round",
-    "secagg_session",
-    "secagg_members",
-    "secagg_clients",
-    "secagg_neighbours",
-    "secagg_graph_seed",
-    "secagg_threshold",
-    "secagg_bound",
-    "secagg_encoding",
-)
-
 # The settings the server sends each client differently; an exchange's masks bind all others.
-PER_CLIENT = ("secagg_index",)
+PER_CLIENT = {f.name for f in fields(secagg.Seat)}
 
 
 def _indices(text: ConfigScalar) -> set[int]:
@@ -50,8 +37,11 @@ def _bytes(data: bytes) -> np.ndarray:
 
 
 def announcement(config: Mapping[str, ConfigScalar]) -> bytes:
-    """The round's announcement as the bytes every client's signatures cover."""
-    return json.dumps([str(config.get(key, "")) for key in ANNOUNCED]).encode()
+    """The round's announcement (common/secagg.py) as the bytes every client's signatures
+    cover: a server that announced different members, graphs or thresholds to different
+    clients is caught."""
+    announced = secagg.Announcement.from_config(config).signed()
+    return json.dumps([str(config.get("round", "")), *announced]).encode()
 
 
 def survivors_statement(context: bytes, survivors: set[int]) -> bytes:
@@ -83,22 +73,19 @@ class SecAggClient:
 
     def keys(self, config: Mapping[str, ConfigScalar]) -> Arrays:
         """A fresh protocol client for this round; its two public keys, signed if it can."""
-        session = str(config.get("secagg_session", ""))
+        announced = secagg.Announcement.from_config(config)
+        session = announced.secagg_session
         if not session or session in self._sessions:
             raise secagg.SecAggError(
                 f"round {config['round']}: the server reuses a secure-aggregation session "
                 f"({session or 'none'}); refusing a replayed round"
             )
         self._sessions.add(session)
-        encoding = secagg.encoding_for(config)
-        threshold = int(config["secagg_threshold"])
         self._round = int(config["round"])
-        index = int(config["secagg_index"])
-        neighbours = None  # all: the complete graph
-        if k := int(config.get("secagg_neighbours", 0)):
-            n, seed = int(config["secagg_clients"]), int(config["secagg_graph_seed"])
-            neighbours = secagg.neighbours(n, k, seed)[index]
-        self._client = secagg.Client(index, encoding, threshold, neighbours)
+        index = secagg.Seat.from_config(config).secagg_index
+        self._client = secagg.Client(
+            index, announced.encoding(), announced.secagg_threshold, announced.graph(index)
+        )
         self._relay, self._certificates, self._survivors = {}, {}, None
         self._context = announcement(config)
         keys = b"".join(self._client.advertise())
@@ -155,8 +142,8 @@ class SecAggClient:
             self._certificates[index] = certificate
 
     def _members(self, config: Mapping[str, ConfigScalar]) -> list[str]:
-        members = str(config["secagg_members"]).split(",")
-        own = int(config["secagg_index"])
+        members = (secagg.Announcement.from_config(config).secagg_members or "").split(",")
+        own = secagg.Seat.from_config(config).secagg_index
         if self.identity is not None and (
             len(set(members)) != len(members) or members[own - 1 : own] != [self.identity.province]
         ):
@@ -185,12 +172,12 @@ class SecAggClient:
     def exchange(
         self, arrays: Arrays, config: Mapping[str, ConfigScalar], question: Arrays | None
     ) -> Arrays:
-        """`arrays` masked for the exchange numbered `secagg_exchange` (int64 tensors of their
-        shapes), the masks bound to `question` and the task's settings, so they cancel only if
-        the server asked every member the same (common/secagg.py)."""
+        """`arrays` masked for the task's exchange (int64 tensors of their shapes), the masks
+        bound to `question` and the task's settings, so they cancel only if the server asked
+        every member the same (common/secagg.py)."""
         protocol = self._current(config)
         asked = {k: v for k, v in config.items() if k not in PER_CLIENT}
-        number = int(config["secagg_exchange"])
+        number = secagg.Exchange.from_config(config).secagg_exchange
         context = secagg.digest(question, asked)
         masked = protocol.exchange_input(flatten(arrays), self._relay, number, context)
         return unflatten(masked.view(np.int64), arrays)
@@ -202,9 +189,10 @@ class SecAggClient:
         Step `reveal`: once every survivor is shown to have signed that same set, the shares
         that remove the masks (common/secagg.py checks that no client gets both kinds)."""
         protocol = self._current(config)
-        survivors = _indices(config["secagg_survivors"])
+        unmasking = secagg.Unmasking.from_config(config)
+        survivors = _indices(unmasking.secagg_survivors)
         statement = survivors_statement(self._context, survivors)
-        if config.get("secagg_step") == "confirm":
+        if unmasking.secagg_step == "confirm":
             if self._survivors is not None:
                 raise secagg.SecAggError(
                     f"round {self._round}: asked to confirm a second survivor set; refusing"
@@ -218,7 +206,7 @@ class SecAggClient:
                 f"those this client confirmed {sorted(self._survivors or ())}; refusing"
             )
         self._check_confirmations(config, statement, survivors, signatures or {})
-        reply = protocol.unmask(survivors, _indices(config["secagg_dropped"]))
+        reply = protocol.unmask(survivors, _indices(unmasking.secagg_dropped))
         order = sorted(reply)
         rows = b"".join(reply[u].to_bytes(secagg.SHARE_BYTES) for u in order)
         shares = np.frombuffer(rows, dtype=np.uint8).reshape(len(order), secagg.SHARE_BYTES)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from common.protection import Compression
 from common.tensors import Arrays
 from common.vectors import flatten
 from common.wire import ConfigScalar
@@ -94,8 +95,8 @@ class ErrorFeedback:
         self, update: Arrays, reference: Arrays | None, config: Mapping[str, ConfigScalar]
     ) -> Arrays:
         """The update as the server's `compression` config asks it to travel."""
-        method = str(config.get("compression", "none"))
-        if method == "none" or reference is None:
+        asked = Compression.sent(config)
+        if asked is None or asked.compression == "none" or reference is None:
             return update
         step = flatten(update) - flatten({name: reference[name] for name in update})
-        return self.encode(step, method, float(config["topk_fraction"]))
+        return self.encode(step, asked.compression, asked.topk_fraction)

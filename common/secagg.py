@@ -35,6 +35,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from common.settings import TaskSettings
+from common.wire import ConfigScalar
+
 # A Mersenne prime above every 32-byte secret: Shamir's shares live in this field.
 PRIME = (1 << 521) - 1
 SHARE_BYTES = 66
@@ -127,12 +130,83 @@ class WideEncoding:
         return np.array(values, dtype=np.float64)
 
 
-def encoding_for(config: Mapping[str, object]) -> Encoding | WideEncoding:
-    """The round's fixed point: `wide` for the statistics' sums, else bounded by `secagg_bound`."""
-    clients = int(config["secagg_clients"])
-    if config.get("secagg_encoding") == "wide":
-        return WideEncoding(clients)
-    return Encoding(float(config["secagg_bound"]), clients)
+@dataclass(frozen=True)
+class Announcement(TaskSettings):
+    """What the server announces for a round of the protocol, the same to every client: a
+    fresh session, the members in index order, their number, the neighbour graph (k, 0 for
+    everyone; its seed), the threshold, and the fixed point's bound and encoding. Every client
+    signs its keys over all of it, so a server that told clients different rounds is caught.
+    The members, encoding (bounded unless 'wide') and graph (everyone unless k > 0) may be
+    left unannounced."""
+
+    secagg_session: str
+    secagg_clients: int
+    secagg_threshold: int
+    secagg_bound: float
+    secagg_members: str | None = None
+    secagg_encoding: str | None = None
+    secagg_neighbours: int | None = None
+    secagg_graph_seed: int | None = None
+
+    def signed(self) -> list[str]:
+        """Its settings as text, in the order every client has always signed them (an
+        unannounced one as empty text)."""
+        values = [
+            self.secagg_session,
+            self.secagg_members,
+            self.secagg_clients,
+            self.secagg_neighbours,
+            self.secagg_graph_seed,
+            self.secagg_threshold,
+            self.secagg_bound,
+            self.secagg_encoding,
+        ]
+        return ["" if value is None else str(value) for value in values]
+
+    def graph(self, index: int) -> frozenset[int] | None:
+        """Client `index`'s neighbours in the announced graph; None: every other client."""
+        if not self.secagg_neighbours:
+            return None
+        if self.secagg_graph_seed is None:
+            raise SecAggError("the round announces a neighbour graph without its seed")
+        return neighbours(self.secagg_clients, self.secagg_neighbours, self.secagg_graph_seed)[
+            index
+        ]
+
+    def encoding(self) -> Encoding | WideEncoding:
+        """The round's fixed point: `wide` for the statistics' sums, else bounded by the bound."""
+        if self.secagg_encoding == "wide":
+            return WideEncoding(self.secagg_clients)
+        return Encoding(self.secagg_bound, self.secagg_clients)
+
+
+@dataclass(frozen=True)
+class Seat(TaskSettings):
+    """A client's own index in the round: the one setting the server sends each differently."""
+
+    secagg_index: int
+
+
+@dataclass(frozen=True)
+class Unmasking(TaskSettings):
+    """The unmasking: the survivors whose inputs are summed and the clients who dropped (lists
+    of indices), and its step, `confirm` the survivor set or `reveal` the shares."""
+
+    secagg_survivors: str
+    secagg_dropped: str
+    secagg_step: str
+
+
+@dataclass(frozen=True)
+class Exchange(TaskSettings):
+    """One of many sums under one key agreement (the trees' histograms), by its number."""
+
+    secagg_exchange: int
+
+
+def encoding_for(config: Mapping[str, ConfigScalar]) -> Encoding | WideEncoding:
+    """The fixed point of the round a task's config announces."""
+    return Announcement.from_config(config).encoding()
 
 
 def prg(seed: bytes, size: int, encoding: Encoding | WideEncoding) -> np.ndarray:

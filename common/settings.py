@@ -59,6 +59,14 @@ class TaskSettings:
                 raise SettingsError(f"the task's config lacks the setting {f.name!r}")
         return cls(**values)
 
+    @classmethod
+    def sent(cls, config: Mapping[str, ConfigScalar]) -> Self | None:
+        """The group if the task carries it (None if it carries none of its settings); a group
+        sent in part is refused as `from_config` refuses it."""
+        if not any(f.name in config for f in fields(cls)):  # type: ignore[arg-type]
+            return None
+        return cls.from_config(config)
+
 
 @dataclass(frozen=True)
 class DataSettings(TaskSettings):

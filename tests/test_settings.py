@@ -1,9 +1,12 @@
 """Typed task settings survive the trip through the proto config map, and a bad one is named."""
 
+import json
+
 import numpy as np
 import pytest
 
-from common import preprocess
+from client.secagg import announcement
+from common import preprocess, secagg
 from common.data import synthesize_province
 from common.hyperparameters import defaults
 from common.model_settings import (
@@ -14,6 +17,8 @@ from common.model_settings import (
     Shuffle,
     SvmSettings,
 )
+from common.models.histgrow import TreeStep
+from common.protection import Compression, DPNoise, HESession, Protection
 from common.settings import DataSettings, FoldSettings, SettingsError, TaskContext
 from common.wire import from_config, to_config
 from server.models import build_strategy
@@ -114,3 +119,60 @@ def test_lr_sgd_tasks_carry_its_local_training_and_no_pull_outside_fedprox():
         "learning_rate": 0.02,
         "batch_size": 64,
     }
+
+
+def test_protection_settings_come_back_as_they_were_sent():
+    sent = [
+        Protection("dp-local"),
+        DPNoise(1.5, 0.8),
+        HESession("c0ffee"),
+        Compression("topk", 0.25),
+        TreeStep("level", 3, True),
+        secagg.Announcement("s1", 9, 7, 1e3, "c1,c2", "wide", 4, 11),
+        secagg.Seat(2),
+        secagg.Unmasking("1,2,3", "4", "confirm"),
+        secagg.Exchange(5),
+    ]
+    for settings in sent:
+        assert type(settings).from_config(over_the_wire(settings.to_config())) == settings
+    assert Protection().to_config() == {} and Protection.from_config({}).privacy is None
+
+
+def test_a_group_is_read_only_if_sent_and_refused_if_sent_in_part():
+    assert Compression.sent({"model": "lr"}) is None
+    assert Compression.sent(Compression("int8", 0.1).to_config()) == Compression("int8", 0.1)
+    with pytest.raises(SettingsError, match="lacks the setting 'topk_fraction'"):
+        Compression.sent({"compression": "topk"})
+    with pytest.raises(SettingsError, match="'dp_clip' must be float, got 'x'"):
+        DPNoise.from_config({"dp_clip": "x", "dp_noise_multiplier": 1.0})
+    with pytest.raises(SettingsError, match="lacks the setting 'secagg_session'"):
+        secagg.Announcement.from_config({"secagg_clients": 3})
+    with pytest.raises(SettingsError, match="'tree_index' must be int, got '1'"):
+        TreeStep.from_config({"tree_step": "level", "tree_index": "1"})
+
+
+# The keys every client signed its secure-aggregation keys over, in order, before the groups.
+SIGNED_BEFORE = (
+    "round",
+    "secagg_session",
+    "secagg_members",
+    "secagg_clients",
+    "secagg_neighbours",
+    "secagg_graph_seed",
+    "secagg_threshold",
+    "secagg_bound",
+    "secagg_encoding",
+)
+
+
+@pytest.mark.parametrize(
+    "announced",
+    [
+        secagg.Announcement("s1", 9, 7, 1000.0, "a,b,c", "bounded", 4, 12345),
+        secagg.Announcement("s2", 3, 2, 1.0),  # members, encoding and graph left unannounced
+    ],
+)
+def test_the_signed_announcement_is_the_text_it_always_was(announced):
+    config = over_the_wire({"round": 4, **announced.to_config(), **secagg.Seat(1).to_config()})
+    before = json.dumps([str(config.get(key, "")) for key in SIGNED_BEFORE]).encode()
+    assert announcement(config) == before

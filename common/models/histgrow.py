@@ -20,7 +20,10 @@ from common.models import histtree
 from common.models.checks import UpdateError, check_arrays
 from common.models.ensemble import Member
 from common.models.forest import TREES
+from common.protection import DPNoise, Protection
+from common.settings import TaskSettings
 from common.tensors import Arrays
+from common.wire import ConfigScalar
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,16 @@ class Growing:
 
 
 @dataclass(frozen=True)
+class TreeStep(TaskSettings):
+    """Which question a task asks: the sketch, or a level of tree `tree_index`; `tree_score`
+    asks for the validation rows' squared error too."""
+
+    tree_step: str = ""
+    tree_index: int = 0
+    tree_score: bool = False
+
+
+@dataclass(frozen=True)
 class Query:
     """One question to every party; `step` is 'sketch' or 'level'.
 
@@ -179,8 +192,8 @@ class Query:
         """How many nodes' histograms answer the question."""
         return sum(len(g.asked) for g in self.grow)
 
-    def config(self) -> dict[str, object]:
-        return {"tree_step": self.step, "tree_index": self.tree, "tree_score": self.score}
+    def config(self) -> dict[str, ConfigScalar]:
+        return TreeStep(self.step, self.tree, self.score).to_config()
 
     def arrays(self) -> Arrays:
         if self.step == "sketch":
@@ -200,10 +213,11 @@ class Query:
 
     @classmethod
     def from_wire(
-        cls, config: Mapping[str, object], arrays: Arrays, n_features: int, max_bins: int
+        cls, config: Mapping[str, ConfigScalar], arrays: Arrays, n_features: int, max_bins: int
     ) -> Query:
         """A question from the server, every array checked before use."""
-        step = str(config.get("tree_step", ""))
+        told = TreeStep.from_config(config)
+        step = told.tree_step
         if step == "sketch":
             check_arrays(arrays, {"mean": (n_features,), "std": (n_features,)})
             return cls(step, mean=arrays["mean"], std=arrays["std"])
@@ -217,21 +231,22 @@ class Query:
         base = arrays.get("base_score")
         return cls(
             step,
-            tree=int(config.get("tree_index", 0)),
+            tree=told.tree_index,
             edges=edges,
             base_score=float(base[0]) if base is not None else None,
             new_trees=new_trees,
             grow=_growing(arrays, trees),
-            score=bool(config.get("tree_score", False)),
+            score=told.tree_score,
             clip=_clip(config),
         )
 
 
-def _clip(config: Mapping[str, object]) -> float:
+def _clip(config: Mapping[str, ConfigScalar]) -> float:
     """The bound on each row's gradient under local DP, or 0 without it."""
-    if config.get("privacy") != "dp-local":
+    if Protection.from_config(config).privacy != "dp-local":
         return 0.0
-    clip = float(config.get("dp_clip", 0.0))  # type: ignore[arg-type]
+    noise = DPNoise.sent(config)
+    clip = noise.dp_clip if noise is not None else 0.0
     if not 0 < clip < math.inf:
         raise UpdateError("local DP on histograms needs a positive, finite 'dp_clip'")
     return clip

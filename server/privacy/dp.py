@@ -33,6 +33,7 @@ import numpy as np
 from common import forecast, vectors
 from common.noise import SecureRandom
 from common.preprocess import GlobalStatistics
+from common.protection import DPNoise, Protection
 from common.tensors import Arrays
 from server.disclosure import entry
 from server.strategy import ClientResult, FedAvg, Strategy
@@ -218,7 +219,10 @@ class DPFedAvg(Strategy):
         self._asked = len(provinces)
         s = self.settings
         extra = (
-            {"privacy": s.mode, "dp_clip": s.clip, "dp_noise_multiplier": s.noise_multiplier}
+            {
+                **Protection(s.mode).to_config(),
+                **DPNoise(s.clip, s.noise_multiplier).to_config(),
+            }
             if s.mode == "dp-local"
             else {}
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.models import histnoise
+from common.protection import DPNoise, Protection
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from server.disclosure import entry
@@ -49,7 +50,10 @@ class DPTrees(DPFedAvg):
         else:
             self.accountant.spend("noised tree levels", len(arrays["grow_index"]))
         s = self.settings
-        noise = {"privacy": s.mode, "dp_clip": s.clip, "dp_noise_multiplier": s.noise_multiplier}
+        noise = {
+            **Protection(s.mode).to_config(),
+            **DPNoise(s.clip, s.noise_multiplier).to_config(),
+        }
         return self._clear.instructions({**config, **noise}, arrays, cohort)
 
     def check(self, arrays: Arrays, shapes: Shapes) -> None:

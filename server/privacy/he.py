@@ -23,6 +23,7 @@ import numpy as np
 from common import forecast, he_relay, paillier, threshold
 from common.models.checks import UpdateError
 from common.paillier import WEIGHT
+from common.protection import HESession, Protection
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
@@ -74,7 +75,8 @@ class HEFedAvg(Strategy):
         self.scoring = ""  # the open evaluation's
 
     def _config(self, server_round: int, session: str) -> dict:
-        return {**self.model_config, "round": server_round, "privacy": "he", "he_session": session}
+        protected = {**Protection("he").to_config(), **HESession(session).to_config()}
+        return {**self.model_config, "round": server_round, **protected}
 
     def _holders(self, provinces: list[str]) -> list[str]:
         """The provinces that hold a share: only they can upload (and help decrypt)."""
@@ -86,7 +88,7 @@ class HEFedAvg(Strategy):
     def configure_fit(self, server_round, parameters, provinces):
         self.session = secrets.token_hex(16)
         plan = self.inner.configure_fit(server_round, parameters, self._holders(provinces))
-        extra = {"privacy": "he", "he_session": self.session}
+        extra = {**Protection("he").to_config(), **HESession(self.session).to_config()}
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def configure_evaluate(self, server_round, parameters, provinces):
@@ -94,7 +96,7 @@ class HEFedAvg(Strategy):
         the server decrypts the federation's totals only."""
         self.scoring = secrets.token_hex(16)
         plan = self.inner.configure_evaluate(server_round, parameters, self._holders(provinces))
-        extra = {"privacy": "he", "he_session": self.scoring}
+        extra = {**Protection("he").to_config(), **HESession(self.scoring).to_config()}
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def check_evaluation(self, result: ClientResult) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from common import forecast, secagg, vectors
 from common.models.checks import UpdateError
+from common.protection import Protection
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -116,18 +117,20 @@ class SecAggFedAvg(Strategy):
         base = {
             **self.model_config,
             "round": server_round,
-            "privacy": "secagg",
-            "secagg_clients": n,
-            "secagg_threshold": threshold,
-            "secagg_bound": self.bound,
-            "secagg_members": ",".join(index),  # provinces in index order, for the signatures
-            "secagg_neighbours": k,
-            "secagg_graph_seed": seed,
-            # A fresh protocol instance: clients refuse one they have run, and sign over it.
-            "secagg_session": secrets.token_hex(16),
-            "secagg_encoding": encoding,
+            **Protection("secagg").to_config(),
+            **secagg.Announcement(
+                # A fresh protocol instance: clients refuse one they have run, and sign over it.
+                secagg_session=secrets.token_hex(16),
+                secagg_members=",".join(index),  # provinces in index order, for the signatures
+                secagg_clients=n,
+                secagg_threshold=threshold,
+                secagg_bound=self.bound,
+                secagg_encoding=encoding,
+                secagg_neighbours=k,
+                secagg_graph_seed=seed,
+            ).to_config(),
         }
-        own = {p: {**base, "secagg_index": i} for p, i in index.items()}
+        own = {p: {**base, **secagg.Seat(i).to_config()} for p, i in index.items()}
         keys = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_KEYS,
@@ -277,15 +280,16 @@ class SecAggFedAvg(Strategy):
         masked = {state.index[r.province]: secagg.join_input(r.arrays) for r in results}
         survivors = ",".join(str(i) for i in sorted(masked))
         dropped = ",".join(str(i) for i in sorted(set(state.adverts) - set(masked)))
-        config = {**state.config, "secagg_survivors": survivors, "secagg_dropped": dropped}
         helpers = {p: i for p, i in state.index.items() if i in masked}
+
+        def unmasking(step: str, index: int) -> dict[str, ConfigScalar]:
+            asked = secagg.Unmasking(survivors, dropped, step)
+            return {**state.config, **secagg.Seat(index).to_config(), **asked.to_config()}
+
         confirmations = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_UNMASK,
-            {
-                p: ({**config, "secagg_index": i, "secagg_step": "confirm"}, None)
-                for p, i in helpers.items()
-            },
+            {p: (unmasking("confirm", i), None) for p, i in helpers.items()},
             _checked({"signature": (np.dtype(np.uint8), (-1,))}),
         )
         if len(confirmations) <= len(state.index) // 2:
@@ -303,10 +307,7 @@ class SecAggFedAvg(Strategy):
         replies = self._ask(
             server_round,
             pb.TASK_KIND_SECAGG_UNMASK,
-            {
-                p: ({**config, "secagg_index": i, "secagg_step": "reveal"}, signatures)
-                for p, i in helpers.items()
-            },
+            {p: (unmasking("reveal", i), signatures) for p, i in helpers.items()},
             _checked(
                 {
                     "for": (np.dtype(np.int64), (-1,)),

@@ -72,7 +72,7 @@ class SecAggTrees(SecAggFedAvg):
         return [
             Instruction(
                 p,
-                {**config, **self._relay[p][0], "secagg_exchange": self._exchange},
+                {**config, **self._relay[p][0], **secagg.Exchange(self._exchange).to_config()},
                 {**arrays, **self._relay[p][1]} if first else arrays,
             )
             for p in cohort

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from common import compression
 from common.models.checks import UpdateError
+from common.protection import Compression
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from server.strategy import ClientResult, Strategy
@@ -21,8 +22,7 @@ from server.strategy import ClientResult, Strategy
 
 class Compressed(Strategy):
     def __init__(self, inner: Strategy, method: str, topk_fraction: float) -> None:
-        config = {"compression": method, "topk_fraction": topk_fraction}
-        super().__init__({**inner.model_config, **config})
+        super().__init__({**inner.model_config, **Compression(method, topk_fraction).to_config()})
         self.inner, self.method, self.topk_fraction = inner, method, topk_fraction
         # The weights each round's tasks started from; the newest also checks updates' form,
         # which is the same whatever version they step from.
