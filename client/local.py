@@ -18,7 +18,7 @@ from client.trainers import Trainer, trainer_for
 from common import forecast, preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.model_settings import ModelTask
-from common.protection import Protection
+from common.protection import DPScoring, Protection
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import START_METRICS, ConfigScalar
@@ -160,9 +160,9 @@ class LocalWork:
         trainer = trainer_for(ModelTask.from_config(task.config).model)
         x = self._inputs(trainer, task.config, "test", scaler)
         prediction = trainer.predict(task.parameters, x, task.config)
-        bound = task.config.get(forecast.SCORE_CLIP)  # local DP: the score its noise is for
-        if bound:
-            metrics = forecast.clipped_mse(prediction, data.y_test, float(bound))
+        scoring = DPScoring.sent(task.config)  # local DP: the score its noise is for
+        if scoring is not None and scoring.dp_score_clip:
+            metrics = forecast.clipped_mse(prediction, data.y_test, scoring.dp_score_clip)
         else:
             metrics = forecast.scores(prediction, data.y_test, data.reference_test)
         metrics["seconds"] = time.perf_counter() - started

@@ -25,7 +25,8 @@ from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.models import histnoise
 from common.noise import SecureRandom
-from common.protection import DPNoise, Protection
+from common.protection import DPNoise, DPScoring, Protection
+from common.settings import SettingsError
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 from common.wire import ConfigScalar
@@ -66,10 +67,13 @@ def noised_score(
     """
     if "mse" not in metrics:  # no test rows in this fold: nothing to release
         return dict(metrics)
-    bound = config.get(forecast.SCORE_CLIP)
+    try:
+        scoring = DPScoring.from_config(config)
+    except SettingsError as error:
+        raise PrivacyError(f"the server asks for scores under dp-local: {error}") from None
+    bound, sigma = scoring.dp_score_clip, scoring.dp_noise_multiplier
     if not bound:
-        raise PrivacyError("the server asks for scores under dp-local without dp_score_clip")
-    bound, sigma = float(bound), float(config["dp_noise_multiplier"])
+        raise PrivacyError("the server asks for scores under dp-local with dp_score_clip 0")
     rng = rng or SecureRandom()
     noisy = float(metrics["mse"]) + float(rng.normal(0.0, sigma * bound / 2))
     return {**metrics, "mse": min(max(noisy, 0.0), bound)}
@@ -173,7 +177,8 @@ class LocalNoise:
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         outcome = next_(task)
-        if task.config.get("privacy") != "dp-local" or task.kind not in (TRAIN, EVALUATE):
+        dp_local = Protection.from_config(task.config).privacy == "dp-local"
+        if not dp_local or task.kind not in (TRAIN, EVALUATE):
             return outcome
         if task.kind == EVALUATE:
             return replace(outcome, metrics=noised_score(outcome.metrics, task.config))

@@ -46,13 +46,10 @@ def scores(
     return metrics
 
 
-# Under local DP the evaluation task carries this bound B: a province then scores its MSE alone,
-# each row's squared error clipped to B, so that replacing all its rows moves it by B at most.
-SCORE_CLIP = "dp_score_clip"
-
-
 def clipped_mse(prediction: np.ndarray, truth: np.ndarray, bound: float) -> dict[str, float]:
-    """The MSE with each row's squared error clipped to `bound`: the one score local DP releases."""
+    """The MSE with each row's squared error clipped to `bound`: the one score local DP releases
+    (the evaluation task carries the bound, common.protection.DPScoring), so that replacing all
+    of a province's rows moves it by `bound` at most."""
     return {"mse": float(np.mean(np.minimum((prediction - truth) ** 2, bound)))}
 
 

@@ -34,6 +34,15 @@ class DPNoise(TaskSettings):
 
 
 @dataclass(frozen=True)
+class DPScoring(TaskSettings):
+    """dp-local's evaluation: the bound B each row's squared error is clipped to, and the
+    noise multiplier σ of the N(0, (σ·B/2)²) noise on the clipped MSE."""
+
+    dp_score_clip: float
+    dp_noise_multiplier: float
+
+
+@dataclass(frozen=True)
 class HESession(TaskSettings):
     """he: the training phase whose uploads the next sum decrypts; each province signs its
     encrypted uploads for it (empty: the task names none)."""

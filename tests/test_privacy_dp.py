@@ -11,6 +11,7 @@ from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.models import linear
 from common.noise import SecureRandom
+from common.protection import DPScoring
 from common.provinces import PROVINCES
 from server import privacy
 from server.checkpoint import Checkpoint
@@ -58,7 +59,7 @@ def test_local_dp_clips_the_step_from_the_global_model_and_adds_noise_of_sigma_c
 def test_local_dp_clips_each_rows_squared_error_and_noises_the_mse_at_the_updates_noise():
     truth, prediction = np.zeros(4), np.array([0.5, 1.0, 3.0, -10.0])  # squared: .25, 1, 9, 100
     assert forecast.clipped_mse(prediction, truth, 4.0) == {"mse": (0.25 + 1 + 4 + 4) / 4}
-    config = {"privacy": "dp-local", "dp_noise_multiplier": 0.0, forecast.SCORE_CLIP: 4.0}
+    config = {"privacy": "dp-local", **DPScoring(4.0, 0.0).to_config()}
     exact = {"mse": 2.3125, "seconds": 0.5}
     assert noised_score(exact, config) == exact
     # Noise N(0, (σ·B/2)²): the updates' multiplier in units of a score's sensitivity B.

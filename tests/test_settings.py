@@ -18,7 +18,7 @@ from common.model_settings import (
     SvmSettings,
 )
 from common.models.histgrow import TreeStep
-from common.protection import Compression, DPNoise, HESession, Protection
+from common.protection import Compression, DPNoise, DPScoring, HESession, Protection
 from common.settings import DataSettings, FoldSettings, SettingsError, TaskContext
 from common.wire import from_config, to_config
 from server.models import build_strategy
@@ -125,6 +125,7 @@ def test_protection_settings_come_back_as_they_were_sent():
     sent = [
         Protection("dp-local"),
         DPNoise(1.5, 0.8),
+        DPScoring(4.0, 0.8),
         HESession("c0ffee"),
         Compression("topk", 0.25),
         TreeStep("level", 3, True),

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import forecast, vectors
+from common import vectors
 from common.noise import SecureRandom
 from common.preprocess import GlobalStatistics
-from common.protection import DPNoise, Protection
+from common.protection import DPNoise, DPScoring, Protection
 from common.tensors import Arrays
 from server.disclosure import entry
 from server.strategy import ClientResult, FedAvg, Strategy
@@ -262,9 +262,8 @@ class DPFedAvg(Strategy):
             return plan
         self.accountant.spend("noised scores")
         extra = {
-            "privacy": s.mode,
-            "dp_noise_multiplier": s.noise_multiplier,
-            forecast.SCORE_CLIP: s.score_clip,
+            **Protection(s.mode).to_config(),
+            **DPScoring(s.score_clip, s.noise_multiplier).to_config(),
         }
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
