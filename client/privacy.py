@@ -24,6 +24,7 @@ from common import forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.models import histnoise
+from common.models.histgrow import TreeStep
 from common.noise import SecureRandom
 from common.protection import DPNoise, DPScoring, Protection
 from common.settings import SettingsError
@@ -182,8 +183,9 @@ class LocalNoise:
             return outcome
         if task.kind == EVALUATE:
             return replace(outcome, metrics=noised_score(outcome.metrics, task.config))
-        if "tree_step" in task.config:
-            clip, sigma = float(task.config["dp_clip"]), float(task.config["dp_noise_multiplier"])
+        if TreeStep.sent(task.config):
+            noise = DPNoise.from_config(task.config)
+            clip, sigma = noise.dp_clip, noise.dp_noise_multiplier
             noised = histnoise.noised(outcome.arrays, clip, sigma, SecureRandom())
         else:
             noised = privatize(outcome.arrays, task.parameters, task.config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.models import histnoise
+from common.models.histgrow import TreeStep
 from common.protection import DPNoise, Protection
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -45,7 +46,7 @@ class DPTrees(DPFedAvg):
         self, config: dict[str, ConfigScalar], arrays: Arrays, cohort: list[str]
     ) -> list[Instruction]:
         """One question, counted now: a refused or late answer spends as much."""
-        if config.get("tree_step") == "sketch":
+        if TreeStep.from_config(config).tree_step == "sketch":
             self.accountant.spend("noised sketches")
         else:
             self.accountant.spend("noised tree levels", len(arrays["grow_index"]))
