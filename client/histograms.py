@@ -16,6 +16,7 @@ from common.model_settings import ModelTask
 from common.models import histtree
 from common.models.histgrow import Query, TreeSettings, compact
 from common.models.histparty import Party, fit_union
+from common.protection import Protection
 from common.registry import model_spec
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -46,7 +47,8 @@ def answer(x: np.ndarray, change: np.ndarray, question: Arrays | None, config: C
         _PARTIES[key] = Party(x, change, settings)
     answer = _PARTIES[key].answer(query)
     # In the clear only the nonzero entries travel; masks and noise need every entry.
-    return compact(answer) if config.get("privacy", "none") == "none" else answer
+    in_clear = Protection.from_config(config).privacy in (None, "none")
+    return compact(answer) if in_clear else answer
 
 
 def predict(arrays: Arrays, x: np.ndarray) -> np.ndarray:
