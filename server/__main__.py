@@ -206,7 +206,10 @@ def begin(config: ServerConfig, signer: Signer | None = None) -> Start:
     refused resume (ResumeError, LedgerError, or ValueError for another strategy's state)
     leaves the earlier run's results, checkpoint and ledger as they were."""
     resumed = read_checkpoint(
-        config.results.with_name("checkpoint.npz"), config.model.model, config.run.setting
+        config.results.with_name("checkpoint.npz"),
+        config.model.model,
+        config.run.setting,
+        config.run.forecast,
     )
     if resumed is not None:
         strategy_builder(config)(config.model.options).restore(resumed.strategy_state)

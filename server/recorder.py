@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from common import forecast
+from common import forecast, quantity
 from common.tensors import Arrays, Payload
 from server.checkpoint import Checkpoint
 from server.ledger import Ledger
@@ -54,18 +54,22 @@ class Resumed:
     ledger_entry: dict[str, Any]
 
 
-def read_checkpoint(path: Path, model: str, setting: str) -> Resumed | None:
-    """The state a restart of a run of `model` in `setting` resumes from, if `path` holds
-    one; read and checked only, so a checkpoint that is refused has changed nothing."""
+def read_checkpoint(
+    path: Path, model: str, setting: str, forecasting: str = quantity.DEFAULT
+) -> Resumed | None:
+    """The state a restart of a run of `model` in `setting`, forecasting `forecasting`, resumes
+    from, if `path` holds one; read and checked only, so a checkpoint that is refused has
+    changed nothing. A checkpoint written before --forecast existed forecast the price."""
     if not path.exists():
         return None
     try:
         checkpoint = Checkpoint.load(path)
         state = checkpoint.state
-        if (state["model"], state["setting"]) != (model, setting):
+        recorded_run = (state["model"], state["setting"], state.get("forecast", quantity.DEFAULT))
+        if recorded_run != (model, setting, forecasting):
             raise ResumeError(
-                f"{path} belongs to a run of model {state['model']} ({state['setting']}); "
-                "remove it or choose another --results folder"
+                f"{path} belongs to a run of model {recorded_run[0]} ({recorded_run[1]}, "
+                f"forecast {recorded_run[2]}); remove it or choose another --results folder"
             )
         recorded = json.loads(checkpoint.results) if checkpoint.results else state["results"]
         evaluation = state["evaluation"]
@@ -89,10 +93,17 @@ def read_checkpoint(path: Path, model: str, setting: str) -> Resumed | None:
 
 class Recorder:
     def __init__(
-        self, results: ResultsFile, ledger: Ledger, checkpoint_path: Path, setting: str, rounds: int
+        self,
+        results: ResultsFile,
+        ledger: Ledger,
+        checkpoint_path: Path,
+        setting: str,
+        rounds: int,
+        forecasting: str = quantity.DEFAULT,
     ) -> None:
         self.results, self.ledger = results, ledger
         self.checkpoint_path, self.setting, self.rounds = checkpoint_path, setting, rounds
+        self.forecasting = forecasting
         # The newest evaluation recorded: what the final result reports.
         self.last_evaluation: Evaluation | None = None
 
@@ -134,6 +145,7 @@ class Recorder:
         state = {
             "model": self.results.data["model"],
             "setting": self.setting,
+            "forecast": self.forecasting,
             "train_seconds": run.train_seconds,
             "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
             "ledger_entry": entry,

@@ -61,7 +61,7 @@ class RoundLoop:
         self.settings = settings
         self.results = results
         self.recorder = Recorder(
-            results, ledger, checkpoint_path, settings.setting, settings.rounds
+            results, ledger, checkpoint_path, settings.setting, settings.rounds, settings.forecast
         )
         self.analysis = analysis
         self.schedule = schedule or Cohort()

@@ -16,6 +16,7 @@ from common.provinces import PROVINCES
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.ledger import LedgerError, read_verified
 from server.memory import MemoryChannel
+from server.recorder import ResumeError
 from server.results import SCHEMA_VERSION
 from server.rounds import FederationError
 from tests.in_memory import ROWS, SEED, channel, provinces, run
@@ -179,13 +180,15 @@ def reorder_first_entries(folder):
     [
         (reorder_first_entries, [], LedgerError, "out of order"),
         (lambda folder: None, ["--strategy", "fedadam"], ValueError, "another --strategy"),
+        (lambda folder: None, ["--forecast", "change"], ResumeError, r"forecast price\)"),
     ],
-    ids=["tampered-ledger", "another-strategy"],
+    ids=["tampered-ledger", "another-strategy", "another-forecast"],
 )
 def test_a_refused_resume_writes_nothing(tmp_path, change, flags, refused, why):
-    """A run stopped in round 3, restarted with a ledger that fails its check or with a
-    strategy the checkpoint's state is not for: refused with the reason before any file of
-    the interrupted run is written, so it can still be resumed as it was."""
+    """A run stopped in round 3, restarted with a ledger that fails its check, with a strategy
+    the checkpoint's state is not for, or forecasting another quantity: refused with the
+    reason before any file of the interrupted run is written, so it can still be resumed as it
+    was."""
     resume = ["--model", "lr-sgd", "--strategy", "fedavgm", *QUICK]
 
     with pytest.raises(Interrupted):
