@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             config.strategy.strategy,
             config.strategy.aggregation,
             config.run.rounds,
+            config.run.forecast,
         )
         try:
             live = LiveView(LiveState(coordinator, results, run), serve.http_host, serve.http_port)

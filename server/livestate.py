@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common import forecast
+from common import forecast, quantity
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.coordinator import ClientStatus, Coordinator, Status
 from server.prometheus import Metric
@@ -29,6 +29,7 @@ class RunInfo:
     strategy: str
     aggregation: str
     rounds: int
+    forecast: str = quantity.DEFAULT  # the quantity every MSE shown is in
 
 
 class LiveState:
@@ -64,6 +65,8 @@ class LiveState:
                 "strategy": self.run.strategy,
                 "aggregation": self.run.aggregation,
                 "rounds": self.run.rounds,
+                "forecast": self.run.forecast,
+                "mse_unit": quantity.MSE_UNITS[self.run.forecast],
                 "completed": completed,
                 "round": _current_round(status, completed),
                 "phase": _phase(status),

@@ -133,3 +133,14 @@ def test_a_round_whose_province_scores_are_hidden_shows_the_federations_alone(tm
     found = samples(render(metrics(live.snapshot())))
     assert found[("fedstock_global_mse", frozenset())] == 0.25
     assert not any(name == "fedstock_province_mse" for name, _ in found)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "unit"), [("price", "yuan²"), ("return", "squared return (no unit)")]
+)
+def test_the_snapshot_names_the_quantity_and_unit_its_mses_are_in(tmp_path, quantity, unit):
+    run = RunInfo(model="lr", strategy="fedavg", aggregation="mean", rounds=1, forecast=quantity)
+    coordinator = Coordinator(poll_seconds=0.2)
+    live = LiveState(coordinator, ResultsFile(tmp_path / "results.json", {"model": "lr"}), run)
+    shown = live.snapshot()["run"]
+    assert (shown["forecast"], shown["mse_unit"]) == (quantity, unit)

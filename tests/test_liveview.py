@@ -135,6 +135,7 @@ def test_live_view_of_a_federation(tmp_path):
 def check_state(state: dict, results: dict) -> None:
     run = state["run"]
     assert (run["phase"], run["round"], run["completed"]) == ("done", ROUNDS, ROUNDS)
+    assert (run["forecast"], run["mse_unit"]) == (results["forecast"]["quantity"], "yuan²")
     assert run["mse"] == results["rounds"][-1]["mse"] == results["final"]["mse"]
     assert run["naive_mse"] == pytest.approx(results["final"]["naive_mse"])
     assert run["skill"] == pytest.approx(results["final"]["skill"])
@@ -196,6 +197,7 @@ def check_page(tmp_path, base: str, results: dict) -> None:
     assert rows == dict.fromkeys(PROVINCES, "stopped")
     assert page.text["round"] == f"{ROUNDS} / {ROUNDS}"
     assert page.text["phase"] == "done"
+    assert page.text["forecast"] == "price (MSE in yuan²)"
     naive, shown_skill = page.text["skill"].split(" / ")
     assert float(naive) == pytest.approx(results["final"]["naive_mse"], rel=1e-3)
     assert shown_skill.startswith(f"{100 * results['final']['skill']:.2f} %")
