@@ -221,6 +221,27 @@ def _runs_table(comparison: Comparison) -> list[str]:
     return lines
 
 
+def selection_section(comparison: Comparison) -> list[str]:
+    """Each run that cross-validated first: its folds, the setting chosen, and its CV MSE."""
+    rows = [
+        f"| {framework} | {model} | {s['folds']} {s['kind']} | "
+        f"{', '.join(f'{k}={v}' for k, v in s['best']['params'].items()) or 'the flags'} | "
+        f"{_number(s['best']['cv_mse'])} | {_number(run['final']['mse'])} |"
+        for (framework, model), run in sorted(comparison.runs.items())
+        if (s := run.get("model_selection")) and s.get("best")
+    ]
+    if not rows:
+        return []
+    return [
+        "## Model selection",
+        "",
+        "| framework | model | folds | chosen | cross-validated MSE | test MSE |",
+        "|---|---|---|---|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _share(value: float | None, form: str) -> str:
     return "" if value is None else format(value, form)
 
@@ -438,6 +459,7 @@ def write_report(comparison: Comparison, out: Path, agreement: Sequence[str] = (
         "",
         f"![MSE per round]({convergence.name})",
         "",
+        *selection_section(comparison),
         *_privacy_section(comparison, out),
         *analysis_section(comparison),
         "## Every run",
