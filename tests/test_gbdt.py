@@ -10,6 +10,7 @@ from common.models.histgrow import (
     Growing,
     Query,
     TreeSettings,
+    add_up,
     answer_shapes,
     check_answer,
     check_compact,
@@ -264,3 +265,24 @@ def test_a_compact_answer_is_the_dense_one_and_a_malformed_one_is_refused():
     for arrays in bad:
         with pytest.raises(UpdateError):
             check_compact(arrays, shapes)
+
+
+def test_compact_and_dense_answers_add_up_to_their_dense_sum_in_order_to_the_last_bit():
+    rng = np.random.default_rng(9)
+    shape = (3, N_FEATURES, 16)
+    shapes = {"grad": shape, "hess": shape, "val_sse": (), "val_rows": ()}
+    answers = []
+    for _ in range(5):
+        keep = rng.random(shape) < 0.3
+        grad = np.where(keep, rng.normal(size=shape) * 10.0 ** rng.integers(-8, 8, shape), 0.0)
+        answers.append(
+            {"grad": grad, "hess": keep * 1.0, "val_sse": np.asarray(rng.random()), "val_rows": 7}
+        )
+    expected = {
+        k: answers[0][k] + answers[1][k] + answers[2][k] + answers[3][k] + answers[4][k]
+        for k in shapes
+    }
+    mixed = [compact(a) if i % 2 else a for i, a in enumerate(answers)]
+    total = add_up(mixed, shapes)
+    assert all(np.array_equal(total[k], expected[k]) for k in shapes)
+    assert total["grad"].shape == shape

@@ -324,11 +324,25 @@ def check_compact(arrays: Arrays, shapes: Mapping[str, tuple[int, ...]]) -> None
 
 def expand(arrays: Arrays, shapes: Mapping[str, tuple[int, ...]]) -> Arrays:
     """A checked compact answer as the dense one."""
-    dense = {k: v for k, v in arrays.items() if k != AT and k not in HISTOGRAMS}
-    for name in HISTOGRAMS:
-        dense[name] = np.zeros(shapes[name])
-        dense[name].ravel()[arrays[AT]] = arrays[name]
-    return dense
+    return add_up([arrays], shapes)
+
+
+def add_up(answers: list[Arrays], shapes: Mapping[str, tuple[int, ...]]) -> Arrays:
+    """The sum of checked answers, dense or compact, added in the order given (so a sum
+    repeats to the last bit): each histogram entry is 0 + the first's + the second's …,
+    whichever way the answers travelled, without expanding a compact one first."""
+    total: Arrays = {}
+    for name, shape in shapes.items():
+        if name not in HISTOGRAMS:
+            total[name] = sum(a[name] for a in answers)
+            continue
+        positions = [a[AT] if AT in a else np.arange(math.prod(shape)) for a in answers]
+        values = [a[name].ravel() for a in answers]
+        flat = np.bincount(
+            np.concatenate(positions), np.concatenate(values), minlength=math.prod(shape)
+        )
+        total[name] = flat.reshape(shape)
+    return total
 
 
 Ask = Callable[[Query], Arrays]

@@ -73,6 +73,7 @@ class Party:
         """The asked nodes of every tree in one pass per feature, in the question's order: a
         row is listed once for each tree it sits in an asked node of."""
         rows, slots, grad, hess = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)], [[]], [[]]
+        units = all(self.growing[g.index].unit for g in asked)
         offset = 0
         for g in asked:
             tree = self.growing[g.index]
@@ -80,10 +81,11 @@ class Party:
             rows.append(at)
             slots.append(slot + offset)
             grad.append(tree.grad[at])
-            hess.append(tree.hess[at])
+            hess.append([] if units else tree.hess[at])
             offset += len(g.asked)
-        listed = (np.concatenate(parts) for parts in (rows, slots, grad, hess))
-        return histtree.histograms(self.bins, *listed, offset, self.settings.max_bins)
+        listed = [np.concatenate(parts) for parts in (rows, slots, grad)]
+        weights = None if units else np.concatenate(hess)
+        return histtree.histograms(self.bins, *listed, weights, offset, self.settings.max_bins)
 
     def _use_edges(self, query: Query) -> None:
         """Bin the rows on new edges; a tree's first level also brings the base score."""
@@ -142,6 +144,8 @@ class _Growing:
 
     def __init__(self, grad: np.ndarray, hess: np.ndarray) -> None:
         self.grad, self.hess = grad, hess
+        # Every row's Hessian is 1 (boosting without a subsample): histograms count rows.
+        self.unit = bool((hess == 1).all())
         self.tree: Member | None = None
         self.node = np.zeros(len(grad), dtype=np.intp)
 

@@ -107,13 +107,16 @@ def histograms(
     rows: np.ndarray,
     slot: np.ndarray,
     grad: np.ndarray,
-    hess: np.ndarray,
+    hess: np.ndarray | None,
     slots: int,
     width: int,
 ) -> Arrays:
     """Σ gradient and Σ Hessian per (open node, feature, bin) from `bins` (features, rows):
     each listed row adds its `grad` and `hess` to the histograms of its `slot` (a row listed
-    for several trees adds to each). One pass per feature over the listed rows."""
+    for several trees adds to each); `hess` None: every row's is 1, its sums are row counts,
+    counted unweighted (the same numbers, faster). One pass per feature over the listed rows
+    (a feature's histograms stay in cache; one pass over a flat node × feature × bin index
+    measured 2.4 times slower)."""
     base = slot * width
     size = slots * width
     sums = {"grad": np.empty((len(bins), size)), "hess": np.empty((len(bins), size))}
@@ -166,12 +169,18 @@ def best_splits(
     """
     nodes, _, width = grad.shape
     g_total, h_total = grad[:, 0, :].sum(axis=1), hess[:, 0, :].sum(axis=1)
-    gl, hl = np.cumsum(grad, axis=2)[..., :-1], np.cumsum(hess, axis=2)[..., :-1]
+    gl, hl = np.cumsum(grad[..., :-1], axis=2), np.cumsum(hess[..., :-1], axis=2)
     gr, hr = g_total[:, None, None] - gl, h_total[:, None, None] - hl
-    gain = rule.score(gl, hl) + rule.score(gr, hr) - rule.score(g_total, h_total)[:, None, None]
     valid = (hl >= rule.min_child_weight) & (hr >= rule.min_child_weight) & allowed[..., None]
     valid &= np.arange(width - 1) < np.asarray(edge_counts)[:, None]
-    gain = np.where(valid, gain, -np.inf).reshape(nodes, -1)
+    # In place, the candidates' gains as Rule.score gives them: a valid child holds at least
+    # min_child_weight ≥ 1 of Hessian, so its score needs no guard, and the others are −inf.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.square(gl) / (hl + rule.reg_lambda)
+        gain += np.square(gr) / (hr + rule.reg_lambda)
+    gain -= rule.score(g_total, h_total)[:, None, None]
+    gain[~valid] = -np.inf
+    gain = gain.reshape(nodes, -1)
     # Gains equal but for rounding (perfectly correlated features) go to the first candidate,
     # so the order in which parties' sums were added never changes the tree.
     top = gain.max(axis=1, keepdims=True) if gain.size else np.zeros((nodes, 1))

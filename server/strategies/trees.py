@@ -24,9 +24,9 @@ from common.models.histgrow import (
     Grown,
     Query,
     TreeSettings,
+    add_up,
     answer_shapes,
     check_compact,
-    expand,
     grow,
     sketch_query,
 )
@@ -75,8 +75,7 @@ class InTheClear:
             check_arrays(arrays, shapes)
 
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
-        dense = [expand(r.arrays, shapes) if AT in r.arrays else r.arrays for r in answers]
-        return {name: sum(d[name] for d in dense) for name in shapes}
+        return add_up([r.arrays for r in answers], shapes)
 
 
 class HistogramTrees(Strategy):
