@@ -97,7 +97,7 @@ FLOWER_VENV ?= .venv-flower
 .PHONY: bench-flower
 bench-flower: $(STAMP)
 	@test -x $(FLOWER_VENV)/bin/python || python3 -m venv $(FLOWER_VENV)
-	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr==1.42.0' numpy
+	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr==1.42.0' numpy 'numba==0.68.1'
 	$(PY) -u -m tests.bench_flower --flower-python $(FLOWER_VENV)/bin/python --out runs/flower
 
 # Federated gbdt beside XGBoost's own federated mode (its gRPC server, tree_method=hist) on the

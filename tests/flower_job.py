@@ -5,8 +5,8 @@ virtual environment (Flower is never a dependency of fedstock).
     python tests/flower_job.py client --port P --data PROVINCE.npz
 
 Each client trains one local epoch a round from the global weights with fedstock's own local
-step (client/steps.py, loaded by path: it needs numpy alone), then scores the global weights on
-its test rows, so both systems run the same two phases of the same arithmetic.
+step (client/steps.py, loaded by path: it needs numpy and numba alone), then scores the global
+weights on its test rows, so both systems run the same two phases of the same arithmetic.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 STEPS_FILE = Path(__file__).resolve().parent.parent / "client" / "steps.py"
 
 
-def load_steps():  # a module loaded by its path: it needs numpy alone
+def load_steps():  # a module loaded by its path: it needs numpy and numba alone
     spec = importlib.util.spec_from_file_location("fedstock_steps", STEPS_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

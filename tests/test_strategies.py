@@ -80,8 +80,8 @@ def looped_sgd(x, y, start, plan, correction):
 @pytest.mark.parametrize(
     ("rows", "batch", "epochs", "mu"), [(400, 8, 3, 0.0), (5000, 64, 2, 0.5), (3, 64, 1, 0.0)]
 )
-def test_vectorised_sgd_takes_the_same_steps_as_a_loop_over_batches(rows, batch, epochs, mu):
-    """Batches composed as affine maps are the loop's steps, to 1e-9, a ragged last batch too."""
+def test_compiled_sgd_takes_the_same_steps_as_a_loop_over_batches(rows, batch, epochs, mu):
+    """The compiled epoch takes the loop's steps, to 1e-9, a ragged last batch too."""
     x, y = regression(2, n=rows)
     plan = LocalPlan.from_config(
         {**SGD, "batch_size": batch, "local_epochs": epochs, "mu": mu, "sgd_seed": 5}
@@ -90,6 +90,21 @@ def test_vectorised_sgd_takes_the_same_steps_as_a_loop_over_batches(rows, batch,
     np.testing.assert_allclose(
         sgd(x, y, start, plan, correction), looped_sgd(x, y, start, plan, correction), rtol=1e-9
     )
+
+
+def test_sgd_takes_read_only_strided_rows_and_leaves_its_inputs_alone():
+    """A province's scaled rows are read-only and its targets may be a strided view: the steps
+    are the same as on fresh contiguous copies, and neither the rows nor the start move."""
+    x, y = regression(3, n=500)
+    plan = LocalPlan.from_config({**SGD, "sgd_seed": 2})
+    start = np.array([0.1, 0.2, -0.3, 0.5])
+    expected = sgd(x.copy(), y.copy(), start.copy(), plan)
+    rows, targets = np.asfortranarray(x), np.repeat(y, 2)[::2]
+    rows.flags.writeable = False
+    kept = start.copy()
+    np.testing.assert_array_equal(sgd(rows, targets, start, plan), expected)
+    np.testing.assert_array_equal(start, kept)
+    np.testing.assert_array_equal(rows, x)
 
 
 def test_fedavg_over_steps_equals_the_weighted_average_of_models():
