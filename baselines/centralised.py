@@ -17,7 +17,7 @@ import numpy as np
 from baselines import results
 from baselines.data import DataOptions, Prepared, Scaling, load_frames, prepare
 from baselines.models import Context, Model, ModelOptions, build_model, train
-from common.crossval import TimeFolds, fold_split
+from common.crossval import fold_split
 from common.preprocess import Split
 from common.scores import Evaluation
 
@@ -58,26 +58,16 @@ def cross_validate(
     scaler (server/model_selection.py); random folds in the paper setting, blocks of days an
     embargo apart forecasting tomorrow (common/crossval.py)."""
     data = prepared.options
-    by_time = None
-    if data.split_cutoff:
-        by_time = TimeFolds(data.split_start, data.split_cutoff, embargo)
-    scores = []
+    by_time = data.folds_by_time(embargo)
+    scored = []
     for fold in range(folds):
         parts = {
             name: fold_split(s, folds, fold, data.split_seed, by_time)
             for name, s in prepared.splits.items()
         }
         spec, fitted = fit_union(model, options, prepared.scaling, parts)
-        scored = score(spec, fitted, prepared.scaling, parts)
-        scores.append((scored.mse, sum(int(c["n_test"]) for c in scored.per_client.values())))
-    rows = sum(n for _, n in scores)
-    candidate = {
-        "params": {},
-        "cv_mse": sum(mse * n for mse, n in scores) / rows,
-        "fold_mse": [mse for mse, _ in scores],
-    }
-    kind = {"kind": "time", "embargo_days": embargo} if by_time else {"kind": "random"}
-    return {"folds": folds, "grid": {}, "candidates": [candidate], **kind, "best": candidate}
+        scored.append(score(spec, fitted, prepared.scaling, parts))
+    return results.cross_validated(scored, by_time)
 
 
 def run(

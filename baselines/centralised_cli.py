@@ -27,25 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, help="results JSON (default: runs/centralised-MODEL.json)"
     )
-    parser.add_argument(
-        "--cv-folds",
-        type=int,
-        default=0,
-        help="cross-validate first, as the server's --cv-folds: random folds in the paper "
-        "setting, blocks of days forecasting tomorrow (0: none)",
-    )
-    parser.add_argument(
-        "--cv-embargo",
-        type=int,
-        default=5,
-        help="days kept clear between a fold's validation days and its training rows (next-day)",
-    )
+    cli.add_cv_args(parser)
     args = parser.parse_args(argv)
     cli.check(parser, args)
-    if args.cv_folds < 0 or args.cv_folds == 1:
-        parser.error("--cv-folds must be 0 (no cross-validation) or at least 2")
-    if args.cv_embargo < 0:
-        parser.error("--cv-embargo cannot be negative")
+    cli.check_cv(parser, args)
     path = args.results or Path(f"runs/centralised-{args.model}.json")
     try:
         options = replace(cli.model_options(args), tree_settings=cli.tree_settings(parser, args))

@@ -161,6 +161,30 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
     )
 
 
+def add_cv_args(parser: argparse.ArgumentParser) -> None:
+    """The server's model-selection folds, for a baseline that cross-validates first."""
+    parser.add_argument(
+        "--cv-folds",
+        type=int,
+        default=0,
+        help="cross-validate first, as the server's --cv-folds: random folds in the paper "
+        "setting, blocks of days forecasting tomorrow (0: none)",
+    )
+    parser.add_argument(
+        "--cv-embargo",
+        type=int,
+        default=5,
+        help="days kept clear between a fold's validation days and its training rows (next-day)",
+    )
+
+
+def check_cv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.cv_folds < 0 or args.cv_folds == 1:
+        parser.error("--cv-folds must be 0 (no cross-validation) or at least 2")
+    if args.cv_embargo < 0:
+        parser.error("--cv-embargo cannot be negative")
+
+
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")

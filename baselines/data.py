@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from common import preprocess, quantity, timesplit
+from common.crossval import TimeFolds
 from common.data import load_province, synthesize, write_provinces
 from common.data.loaders import province_path
 from common.data.synthetic import DEFAULT_ROWS, DEFAULT_SEED
@@ -49,6 +50,13 @@ class DataOptions:
     @property
     def features(self) -> list[str]:
         return preprocess.features_for(self.setting, self.feature_set)
+
+    def folds_by_time(self, embargo: int) -> TimeFolds | None:
+        """Cross-validation's blocks of days once the split's cutoff is agreed (next-day);
+        None in the paper setting, whose folds are random (common/crossval.py)."""
+        return (
+            TimeFolds(self.split_start, self.split_cutoff, embargo) if self.split_cutoff else None
+        )
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,7 @@ def execute(plan: Plan, session: SparkSession | None = None) -> report.Compariso
                             session_seconds,
                             loaded,
                             "province" if framework == "spark-own-scaling" else "global",
+                            cv_folds=folds(model, plan.data) if engine == "sklearn" else 0,
                         )
                 except (RuntimeError, ValueError, OSError) as error:
                     comparison.missing[(framework, model)] = str(error)
@@ -379,8 +380,8 @@ def selection(model: str, data: DataOptions) -> tuple[str, ...]:
 
 
 def folds(model: str, data: DataOptions) -> int:
-    """The centralised job's share of the paper's model selection: the same folds, at the
-    flags' values (its SVM has no C to search: Table 1's C = 1, the paper's choice)."""
+    """The centralised and Spark jobs' share of the paper's model selection: the same folds,
+    at the flags' values (no C to search: Table 1's C = 1, the paper's choice)."""
     return PAPER_FOLDS if selection(model, data) else 0
 
 
@@ -466,9 +467,9 @@ def notes(plan: Plan, session_seconds: float) -> list[str]:
     chosen = [
         f"In the paper's setting the federated {m.upper()} runs the paper's model selection "
         f"first (`{' '.join(flags)}`): the federation's cross-validation on each province's "
-        "training rows. The centralised job cross-validates with the same number of folds of "
-        "the union at the flags' values (no grid: C = 1, the paper's choice); Spark trains with "
-        "the flags' values, uncrossvalidated."
+        "training rows. The centralised and Spark jobs cross-validate with the same folds (of "
+        "the union; of each partition, merged by the reduce) at the flags' values, with no grid "
+        "(C = 1, the paper's choice)."
         for m, flags in PAPER_SELECTION.items()
         if plan.data.setting == "paper" and m in plan.models
     ]

@@ -17,6 +17,7 @@ import numpy as np
 
 from baselines.data import DataOptions
 from common import forecast, quantity
+from common.crossval import TimeFolds
 from common.files import write_atomically
 from common.preprocess import Split
 from common.scores import Evaluation
@@ -25,6 +26,19 @@ from common.scores import Evaluation
 def scores(prediction: np.ndarray, split: Split) -> dict[str, float]:
     """A province's test scores as a federation's client computes them, naive forecasts beside."""
     return forecast.scores(prediction, split.y_test, split.reference_test)
+
+
+def cross_validated(folds: list[Evaluation], by_time: TimeFolds | None) -> dict[str, Any]:
+    """Each fold's pooled score as the federation records its model selection (one candidate:
+    the flags' setting), so a baseline's `model_selection` reads like the server's."""
+    rows = [sum(int(c["n_test"]) for c in fold.per_client.values()) for fold in folds]
+    candidate = {
+        "params": {},
+        "cv_mse": sum(f.mse * n for f, n in zip(folds, rows, strict=True)) / sum(rows),
+        "fold_mse": [f.mse for f in folds],
+    }
+    kind = {"kind": "time", "embargo_days": by_time.embargo} if by_time else {"kind": "random"}
+    return {"folds": len(folds), "grid": {}, "candidates": [candidate], **kind, "best": candidate}
 
 
 def evaluation(scored: Iterable[tuple[str, Mapping[str, float], int]]) -> Evaluation:

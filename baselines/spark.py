@@ -49,6 +49,7 @@ from baselines.models import (
     train,
 )
 from common import forecast, preprocess, quantity, timesplit
+from common.crossval import fold_split
 from common.data import RAW_COLUMNS, validate_raw
 from common.data.schema import ORACLE
 from common.models.histgrow import TREE_MODELS
@@ -162,6 +163,8 @@ def _fit_partition(
 ) -> Callable[[Iterable], Iterator[Any]]:
     def run(pairs: Iterable[ProvinceSplit]) -> Iterator[Any]:
         for province, s in pairs:
+            if not len(s.y_train):  # a fold by days can leave a province none: it sits out
+                continue
             own = replace(context, options=options[province], scaling=scalings[province])
             spec = build_model(model, own)
             yield spec.fit(own.scaling.apply(s.x_train), s.y_train, own, start.value)
@@ -280,6 +283,32 @@ def train_partitions(
     scores = splits.map(_score(model, context, scalings, shared)).collect()
     shared.destroy()
     return scores, fitted - started, time.perf_counter() - fitted
+
+
+def cross_validate(
+    spark: SparkSession,
+    loaded: Loaded,
+    model: str,
+    context: Context,
+    folds: int,
+    embargo: int,
+    scaling: str = "global",
+) -> dict[str, Any]:
+    """The federation's cross-validation on the partitions: fold j fits every partition on its
+    training rows outside fold j, merges by the same reduce and scores on the rows inside it,
+    with the scaler of all training rows, as the server's model selection does."""
+    data = loaded.data
+    by_time = data.folds_by_time(embargo)
+    scored = []
+    for fold in range(folds):
+        parts = loaded.splits.mapValues(
+            lambda s, fold=fold: fold_split(s, folds, fold, data.split_seed, by_time)
+        )
+        scores, _, _ = train_partitions(
+            spark, replace(loaded, splits=parts), model, context, scaling
+        )
+        scored.append(results.evaluation(s for s in scores if s[2]))  # provinces with rows
+    return results.cross_validated(scored, by_time)
 
 
 def _rows_of(references: list[str]) -> Callable[[ProvinceSplit], Iterator[tuple]]:
@@ -420,8 +449,11 @@ def run(
     session_seconds: float = 0.0,
     loaded: Loaded | None = None,
     scaling: str = "global",
+    cv_folds: int = 0,
+    cv_embargo: int = 5,
 ) -> dict[str, Any]:
-    """One model's Spark job on a running session, reading the data unless `loaded` has it.
+    """One model's Spark job on a running session, reading the data unless `loaded` has it;
+    with `cv_folds`, cross-validated first (sklearn engine), as the federation records it.
 
     `session_seconds` is the session's start-up, reported beside the job (total_seconds),
     never inside its training time; a shared `loaded` counts its reading time in every job.
@@ -437,15 +469,32 @@ def run(
         )
     if scaling not in SCALINGS or (scaling == "province" and engine != "sklearn"):
         raise ValueError(f"scaling {scaling!r}: the sklearn engine scales global or province")
+    if cv_folds and engine != "sklearn":
+        raise ValueError("cross-validation runs on the sklearn engine, as the federation's")
     if loaded is None:
         with readable_data(data) as readable:
             loaded = load(spark, readable)
             try:
-                return run(spark, model, data, options, engine, session_seconds, loaded, scaling)
+                return run(
+                    spark,
+                    model,
+                    data,
+                    options,
+                    engine,
+                    session_seconds,
+                    loaded,
+                    scaling,
+                    cv_folds,
+                    cv_embargo,
+                )
             finally:
                 loaded.release()
+    context, started = Context(options, loaded.scaling), time.perf_counter()
+    selection = None
+    if cv_folds:
+        selection = cross_validate(spark, loaded, model, context, cv_folds, cv_embargo, scaling)
+    cv_seconds = time.perf_counter() - started
     if engine == "sklearn":
-        context = Context(options, loaded.scaling)
         scores, fit_seconds, score_seconds = train_partitions(
             spark, loaded, model, context, scaling
         )
@@ -455,6 +504,7 @@ def run(
     timings = {
         "session_seconds": session_seconds,
         "load_seconds": loaded.seconds,
+        **({"cv_seconds": cv_seconds} if cv_folds else {}),
         "fit_seconds": fit_seconds,
         "evaluate_seconds": score_seconds,
         "job_seconds": job_seconds,
@@ -465,7 +515,7 @@ def run(
     agreed = loaded.data  # read from a copy Spark can reach; the split is the one it agreed
     split = {"split_start": agreed.split_start, "split_cutoff": agreed.split_cutoff}
     params["scaling"] = scaling
-    return results.record(
+    outcome = results.record(
         model,
         "spark" if engine == "sklearn" else "spark-mllib",
         replace(data, **split),
@@ -475,6 +525,7 @@ def run(
         timings,
         train_seconds=fit_seconds,
     )
+    return outcome if selection is None else {**outcome, "model_selection": selection}
 
 
 if __name__ == "__main__":  # the command line is baselines/spark_cli.py

@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     add("--master", default="local[*]", help="Spark master URL, e.g. spark://host:7077")
     add("--driver-memory", default="4g", help="driver JVM memory (4–6g for 2.7M rows)")
     add("--results", type=Path, help="results JSON (default: runs/spark-MODEL.json)")
+    cli.add_cv_args(parser)
     args = parser.parse_args(argv)
     cli.check(parser, args)
+    cli.check_cv(parser, args)
+    if args.cv_folds and args.engine != "sklearn":
+        parser.error("--cv-folds cross-validates on the sklearn engine, as the federation does")
     if args.engine == "mllib" and args.model not in MLLIB_MODELS:
         parser.error(f"--engine mllib runs --model {', '.join(MLLIB_MODELS)}")
     if args.engine == "sklearn" and args.model in TREE_MODELS:
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             args.engine,
             session_seconds,
             scaling=args.scaling,
+            cv_folds=args.cv_folds,
+            cv_embargo=args.cv_embargo,
         )
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

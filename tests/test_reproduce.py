@@ -122,11 +122,10 @@ def test_the_paper_setting_runs_beside_the_default_with_the_agreement_section(
     federated = json.loads((out / "results" / "federated-lr.json").read_text())
     assert federated["setting"] == "paper"
     assert federated["model_selection"]["folds"] == 5  # the paper's 5-fold cross-validation
-    centralised = json.loads((out / "results" / "centralised-lr.json").read_text())
-    assert (centralised["model_selection"]["folds"], centralised["model_selection"]["kind"]) == (
-        5,
-        "random",
-    )
+    for framework in ("centralised", "spark"):
+        selection = json.loads((out / "results" / f"{framework}-lr.json").read_text())
+        assert selection["model_selection"]["folds"] == 5, framework
+        assert selection["model_selection"]["kind"] == "random", framework
     beside = json.loads((out / "next-day" / "results" / "federated-lr.json").read_text())
     assert beside["setting"] == "next-day" and "model_selection" not in beside
     beside_centralised = out / "next-day" / "results" / "centralised-lr.json"
@@ -135,7 +134,7 @@ def test_the_paper_setting_runs_beside_the_default_with_the_agreement_section(
     text = (out / "report.md").read_text()
     assert "## Agreement with the paper" in text and "ours, next-day setting" in text
     chosen = {line.split("|")[1].strip() for line in text.splitlines() if "| 5 random |" in line}
-    assert chosen == {"federated", "centralised"}  # the model-selection table
+    assert chosen == {"federated", "centralised", "spark"}  # the model-selection table
     std = reproduce.target_std(DataOptions(data=str(out / "data"), rows=4_000, setting="paper"))
     mse = federated["final"]["mse"]
     row = next(line for line in text.splitlines() if line.startswith("| 2 (MSE, yuan²) | LR | FL"))
