@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -57,6 +58,8 @@ def write_provinces(rows: int, seed: int, folder: Path) -> float:
 
 
 def fedstock_federated(out: Path, rows: int, seed: int, flags: list[str]) -> dict:
+    # A fresh run: the provinces' receipts of an earlier run would refuse this run's ledger.
+    shutil.rmtree(out, ignore_errors=True)
     federation = LocalFederation(
         out, "gbdt", 1, rows, seed, server_args=[*flags, "--round-timeout", "3600"], insecure=True
     )
