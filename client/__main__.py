@@ -12,6 +12,7 @@ from client.config import ClientConfig
 from client.daemon import ClientDaemon
 from client.he import HEError
 from client.he_keys import read_share
+from client.he_record import DecryptionRecord, RecordError
 from client.links import TRANSPORTS
 from client.local import LocalWork
 from client.privacy import ClientPrivacy, PrivacyError
@@ -144,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(env("RECEIPTS", "receipts")),
         metavar="DIR",
         help="folder for this province's receipts of the server's ledger (<province>.jsonl), "
-        "to check the ledger against later with python -m server.ledger verify --receipts DIR "
-        "[FEDSTOCK_RECEIPTS]",
+        "to check the ledger against later with python -m server.ledger verify --receipts DIR, "
+        "and under --privacy he its record of the sums it decrypted "
+        "(<province>.he-decryptions); one folder per run [FEDSTOCK_RECEIPTS]",
     )
     add(
         "--transport",
@@ -199,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         he_key = config.he_key
         share = read_share(he_key, config.province, config.he_insecure_key_size) if he_key else None
-        privacy = ClientPrivacy(share, identity)
+        # Beside the ledger's receipts: like them, it lasts the run and outlives a restart.
+        decryptions = DecryptionRecord(config.receipts / f"{config.province}.he-decryptions")
+        privacy = ClientPrivacy(share, identity, decryptions)
         receipts = ReceiptBook(config.receipts / f"{config.province}.jsonl")
-    except (TLSSetupError, ValueError, OSError) as error:
+    except (TLSSetupError, ValueError, OSError, RecordError) as error:
         log.error("%s", error)
         return 2
     if credentials is None:

@@ -18,7 +18,8 @@ import numpy as np
 
 from client import chain
 from client.chain import DECRYPT, EVALUATE, STATISTICS, TRAIN, Link, Next, Outcome, Task
-from client.he import HEClient
+from client.he import HEClient, HEError
+from client.he_record import DecryptionRecord
 from client.secagg import SecAggClient
 from common import forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
@@ -96,6 +97,10 @@ class Encrypted:
             outcome = next_(replace(task, parameters=None))
             relayed = task.parameters or {}
             return replace(outcome, arrays=self.protocol.partial(task.config, relayed))
+        if task.kind == STATISTICS and task.config.get("round") != 0:
+            # Gathered once per run: a statistics phase named as another round would be a
+            # second sum of them, which the record of decryptions keys by round.
+            raise HEError("the server asks for statistics outside round 0; refusing")
         outcome = next_(task)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
             return replace(outcome, arrays=self.protocol.protect(outcome.arrays, task.config))
@@ -193,12 +198,16 @@ class LocalNoise:
 
 
 class ClientPrivacy:
-    """The province's protection chain: its share of the federation's HE key if any, the province's
-    certificate to sign its secure-aggregation keys with (none when insecure), the protocol's
-    state, and what compression held back."""
+    """The province's protection chain: its share of the federation's HE key if any and its
+    record of the sums it decrypted (in memory unless given one on disk), the province's
+    certificate to sign its secure-aggregation keys and HE uploads with (none when insecure),
+    the protocol's state, and what compression held back."""
 
     def __init__(
-        self, share: threshold.Share | None = None, identity: Identity | None = None
+        self,
+        share: threshold.Share | None = None,
+        identity: Identity | None = None,
+        decryptions: DecryptionRecord | None = None,
     ) -> None:
         self.secagg = SecAggClient(identity)
         # The one order of the links, outermost first. Uploads are noised before anything
@@ -206,7 +215,7 @@ class ClientPrivacy:
         # their relayed shares before any inner link or the work sees them. (The server refuses
         # compression together with a privacy mode; the order is fixed all the same.)
         self.links: tuple[Link, ...] = (
-            Encrypted(HEClient(share, identity)),
+            Encrypted(HEClient(share, identity, decryptions)),
             Masked(self.secagg),
             Compressed(),
             LocalNoise(),

@@ -2,16 +2,18 @@
 
 Under threshold HE a province partially decrypts what it is sent. If that were a ciphertext of
 the server's choosing, a server could have one province's upload decrypted alone. So each
-province signs its encrypted upload (bound to the phase's session) with its certificate's key,
-and the decryption task carries the uploads themselves, not their sum: each province checks the
-signatures, that at least a threshold of distinct share holders' uploads are there, and that it
-has not decrypted in this session before, then multiplies them itself and decrypts the product.
-With a threshold above half the share holders, at most one sum per session can be decrypted.
+province signs its encrypted upload, bound to the run, the round and the phase's session, with
+its certificate's key, and the decryption task carries the uploads themselves, not their sum:
+each province checks the signatures, that at least a threshold of distinct share holders'
+uploads are there, and that it has decrypted no other sum of this round's phase in this run
+(client/he_record.py), then multiplies them itself and decrypts the product. With a threshold
+above half the share holders, at most one sum per round and phase can be decrypted.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,13 +24,30 @@ PROOFS = (SIGNATURE, CERTIFICATE)
 SEPARATOR = "/"  # relayed tensors are named <province>/<tensor>
 
 
-def message(session: str, province: str, ciphertexts: Arrays) -> bytes:
-    """What a province signs: its ciphertexts, by name and shape, in this session."""
+@dataclass(frozen=True)
+class Context:
+    """What an upload is for, as its task said: the run, the round and the phase's session.
+    Signed with the upload, so the server cannot relay it into another run's or round's sum."""
+
+    run: str
+    round: int
+    session: str
+
+
+def phase(ciphertexts: Arrays) -> str:
+    """The phase an upload belongs to, named by the tensors it holds (statistics, day counts,
+    an update, scores): the province's own reading, not a label the server chooses."""
+    return ",".join(sorted(ciphertexts))
+
+
+def message(context: Context, province: str, ciphertexts: Arrays) -> bytes:
+    """What a province signs: its ciphertexts, by name and shape, for this context."""
     digest = hashlib.sha256()
     for name in sorted(ciphertexts):
         tensor = np.ascontiguousarray(ciphertexts[name])
         digest.update(f"{name}\0{tensor.shape}\0".encode() + tensor.tobytes())
-    return b"fedstock he upload v1\0" + f"{session}\0{province}\0".encode() + digest.digest()
+    bound = f"{context.run}\0{context.round}\0{context.session}\0{province}\0"
+    return b"fedstock he upload v2\0" + bound.encode() + digest.digest()
 
 
 def proofs(signature: bytes, certificate: bytes) -> Arrays:

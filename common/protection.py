@@ -44,10 +44,11 @@ class DPScoring(TaskSettings):
 
 @dataclass(frozen=True)
 class HESession(TaskSettings):
-    """he: the training phase whose uploads the next sum decrypts; each province signs its
-    encrypted uploads for it (empty: the task names none)."""
+    """he: the phase whose uploads the next sum decrypts, and the run it is part of; each
+    province signs its encrypted uploads for both (empty: the task names none)."""
 
     he_session: str = ""
+    he_run: str = ""
 
 
 @dataclass(frozen=True)

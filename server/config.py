@@ -334,6 +334,14 @@ class ServerConfig:
                 f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "
                 "lr-exact's normal equations are not"
             )
+        if self.privacy.privacy == "he" and (self.model.cv_folds or self.model.grid):
+            return (
+                "model selection (--cv-folds, --grid) trains the federation again for every "
+                "fold and grid point, each a sum of the same rounds over a cohort that may "
+                "differ; under --privacy he a province decrypts one sum per round and phase "
+                "of a run, so that no two sums can be differenced: select the model without "
+                "--privacy he"
+            )
         if self.run.robust_metrics and self.privacy.privacy in ("secagg", "he"):
             return (
                 f"--robust-metrics weighs each province's own test MSE, which --privacy "

@@ -59,6 +59,8 @@ def test_each_setting_checks_itself():
         (["--privacy", "he", "--robust-metrics"], "--privacy he keeps from the server"),
         (["--privacy", "secagg", "--importance"], "neither sums nor noises"),
         (["--privacy", "he", "--personalise"], "--privacy he neither sums nor noises"),
+        (["--privacy", "he", "--cv-folds", "3"], "decrypts one sum per round and phase"),
+        (["--privacy", "he", "--grid", "svm-c=1,10"], "decrypts one sum per round and phase"),
         (["--privacy", "dp-local", "--contributions"], "answered by each province in the clear"),
     ],
 )

@@ -1,16 +1,19 @@
-"""Secure aggregation as the server sees it: the statistics' sums only, and every attack refused.
+"""Secure aggregation and threshold HE as the server sees them: sums only, every attack refused.
 
 The nine provinces are real client daemons with their own certificates, talking mutual-TLS gRPC
 to a real coordinator over localhost. The server side is a test double: the real secure-
 aggregation strategy, whose tasks pass through `tamper` on their way out, as a deviating
 operator could change them, and which records everything the clients send back. Each attack
 then tries to recover client 1's input from what the server holds. First, the statistics phase:
-what each province sends is masked, and only the sum over the provinces can be unmasked.
+what each province sends is masked, and only the sum over the provinces can be unmasked. Last,
+threshold HE: a server that asks for a second sum of the same round, without client 1, to
+difference it out.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -18,10 +21,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from client.daemon import ClientDaemon
+from client.he_keys import read_share, write_keys
+from client.he_record import DecryptionRecord
 from client.local import LocalWork
 from client.privacy import ClientPrivacy
 from client.trainers import trainer_for
-from common import preprocess, secagg
+from common import paillier, preprocess, secagg, threshold
 from common.data.synthetic import synthesize_province
 from common.keysign import Identity
 from common.launch import free_port
@@ -37,8 +42,9 @@ from server.__main__ import build_server
 from server.certs import DEFAULT_SERVER_NAMES, write_federation
 from server.checks import check_statistics
 from server.coordinator import Assignment, Coordinator
+from server.privacy.he import HEFedAvg
 from server.privacy.secagg import SecAggFedAvg
-from server.strategy import ClientResult, Failure, FedAvg, Instruction
+from server.strategy import ClientResult, Failure, FedAvg, Instruction, Strategy
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +64,12 @@ def certificates(tmp_path_factory):
 class DeviatingServer:
     """A coordinator the test drives by hand, nine daemons polling it, and a log of uploads."""
 
-    def __init__(self, certificates, tamper=lambda kind, instruction: instruction) -> None:
+    def __init__(
+        self,
+        certificates,
+        tamper=lambda kind, instruction: instruction,
+        privacy: Callable[[str], ClientPrivacy] | None = None,
+    ) -> None:
         self.tamper = tamper
         self.coordinator = Coordinator(poll_seconds=1)
         address = f"localhost:{free_port()}"
@@ -72,10 +83,12 @@ class DeviatingServer:
         self.exchanges: list[tuple[int, Instruction, ClientResult]] = []
         self.threads = []
         for province in PROVINCES:
-            work = LocalWork(
-                synthesize_province(province, ROWS, 0),
-                ClientPrivacy(identity=Identity.load(certificates, province)),
+            chain = (
+                privacy(province)
+                if privacy
+                else ClientPrivacy(identity=Identity.load(certificates, province))
             )
+            work = LocalWork(synthesize_province(province, ROWS, 0), chain)
             daemon = ClientDaemon(
                 province,
                 address,
@@ -136,10 +149,10 @@ class DeviatingServer:
         self.refusals.update({f.province: f.reason for f in failures})
         return results, failures
 
-    def secagg_round(self, strategy: SecAggFedAvg):
-        """One round of `strategy` through this server; the new model, if any came out."""
+    def secagg_round(self, strategy: Strategy, provinces: list[str] = PROVINCES):
+        """Round 1 of `strategy` through this server; the new model, if any came out."""
         strategy.bind_phases(self.phase)
-        plan = strategy.configure_fit(1, None, list(PROVINCES))
+        plan = strategy.configure_fit(1, None, list(provinces))
 
         def accept(result):
             strategy.check_update(result.arrays, len(self.scaler.features))
@@ -159,8 +172,8 @@ class DeviatingServer:
 def deviating(certificates):
     servers = []
 
-    def start(tamper=lambda kind, instruction: instruction):
-        servers.append(DeviatingServer(certificates, tamper))
+    def start(tamper=lambda kind, instruction: instruction, privacy=None):
+        servers.append(DeviatingServer(certificates, tamper, privacy))
         return servers[-1]
 
     yield start
@@ -363,3 +376,117 @@ def test_a_replayed_unmask_step_is_refused(deviating):
     assert all(
         "not those this client confirmed" in server.refusals.get(i.province, "") for i in replay
     )
+
+
+# Threshold HE: one sum per round and phase of a run, so that no two can be differenced.
+
+NEEDED = 5  # of the nine provinces' key shares
+
+
+@pytest.fixture(scope="module")
+def he_keys(tmp_path_factory):
+    return write_keys(tmp_path_factory.mktemp("he"), bits=1024, needed=NEEDED)
+
+
+def he_provinces(certificates, he_keys, records):
+    """Each province's chain with its own key share and its record of decryptions on disk, as
+    a province daemon keeps it (a new chain reads it as a restarted province would)."""
+
+    def privacy(province: str) -> ClientPrivacy:
+        share = read_share(he_keys[0][province], province, allow_small=True)
+        record = DecryptionRecord(records / f"{province}.he-decryptions")
+        return ClientPrivacy(share, Identity.load(certificates, province), record)
+
+    return privacy
+
+
+def he_strategy(he_keys) -> HEFedAvg:
+    public = paillier.read_public_key(he_keys[1], allow_small=True)
+    return HEFedAvg(FedAvg({"model": "lr"}, linear.check_weights), public)
+
+
+def decrypted_sums(exchanges, public) -> list[dict[str, np.ndarray]]:
+    """Every sum the server can decrypt from the partial decryptions it holds: one per HE
+    session that at least the threshold of provinces answered."""
+    by_session: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for kind, told, result in exchanges:
+        if kind == pb.TASK_KIND_HE_DECRYPT:
+            answers = by_session.setdefault(str(told.config["he_session"]), {})
+            answers[public.index(result.province)] = result.arrays
+    sums = []
+    for answers in by_session.values():
+        if len(answers) < public.threshold:
+            continue
+        names = next(iter(answers.values()))
+        sums.append(
+            {
+                name: paillier.decode(
+                    threshold.combine(
+                        public,
+                        {i: paillier.from_tensor(a[name], public.n) for i, a in answers.items()},
+                    ),
+                    public.n,
+                ).reshape(names[name].shape[:-1])
+                for name in names
+            }
+        )
+    return sums
+
+
+def differenced(exchanges, public) -> dict[str, np.ndarray] | None:
+    """The attack's goal: client 1's upload, as the sum over all nine minus a sum without it;
+    None while the server holds fewer than two sums."""
+    sums = decrypted_sums(exchanges, public)
+    if len(sums) < 2:
+        return None
+    return {name: sums[0][name] - sums[1][name] for name in sums[0]}
+
+
+def test_under_he_a_second_sum_of_the_statistics_without_one_province_is_refused(
+    deviating, certificates, he_keys, tmp_path
+):
+    """The server gathers the statistics of all nine, restarts (and so do the provinces), then
+    gathers them again without client 1: the second sum minus the first would be client 1's
+    n, Σz and Σzzᵀ. Each province decrypts one sum of the statistics per run, and remembers it
+    across its restart: all eight refuse."""
+    privacy = he_provinces(certificates, he_keys, tmp_path)
+    protocol = he_strategy(he_keys)
+    first = deviating(privacy=privacy)
+    protocol.bind_phases(first.phase)
+    _, parts = protocol.gather_statistics(sorted(PROVINCES), SHAPES, lambda r: None, plausible)
+    truth = {p: own_statistics(p) for p in PROVINCES}
+    assert len(parts) == 1  # the honest phase: the federation's sums
+    np.testing.assert_allclose(
+        parts[0]["cross"], sum(t["cross"] for t in truth.values()), rtol=1e-9
+    )
+    first.close()
+    again = deviating(privacy=privacy)  # nine new chains, reading their records from disk
+    protocol.bind_phases(again.phase)
+    others = [p for p in sorted(PROVINCES) if p != VICTIM]
+    _, parts = protocol.gather_statistics(others, SHAPES, lambda r: None, plausible)
+    assert parts == []
+    assert {p for p, why in again.refusals.items() if "decrypt twice in round 0" in why} == set(
+        others
+    )
+    recovered = differenced([*first.exchanges, *again.exchanges], protocol.public)
+    if recovered is not None:  # what the attack gets where the provinces do not refuse
+        np.testing.assert_allclose(recovered["cross"], truth[VICTIM]["cross"], rtol=1e-6)
+    assert recovered is None
+
+
+def test_under_he_a_repeated_round_without_one_province_is_refused(
+    deviating, certificates, he_keys, tmp_path
+):
+    """Round 1 trained and decrypted over all nine, then round 1 again in a new session over
+    the eight others: the difference would be client 1's weighted update. Refused by every
+    province asked, and the honest round's sum is all the server holds."""
+    server = deviating(privacy=he_provinces(certificates, he_keys, tmp_path))
+    protocol = he_strategy(he_keys)
+    assert server.secagg_round(protocol) is not None
+    others = [p for p in sorted(PROVINCES) if p != VICTIM]
+    assert server.secagg_round(protocol, others) is None
+    assert {p for p, why in server.refusals.items() if "decrypt twice in round 1" in why} == set(
+        others
+    )
+    assert len(decrypted_sums(server.exchanges, protocol.public)) == 1
+    assert differenced(server.exchanges, protocol.public) is None

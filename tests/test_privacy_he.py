@@ -13,6 +13,7 @@ from client.chain import STATISTICS as STATISTICS_KIND
 from client.he import HEError
 from client.he_keys import read_share, write_keys
 from client.he_keys_cli import main as he_keys_main
+from client.he_record import DecryptionRecord, RecordError
 from client.local import LocalWork
 from client.privacy import ClientPrivacy
 from common import forecast, he_relay, paillier, preprocess, threshold
@@ -339,7 +340,7 @@ def signed(keys, tmp_path_factory):
     write_federation(folder, DEFAULT_SERVER_NAMES, PROVINCES)
     held = shares(keys)
     chains = {p: ClientPrivacy(held[p], Identity.load(folder, p)) for p in PROVINCES}
-    config = {**DATA, **CONFIG, "he_session": "s1"}
+    config = {**DATA, **CONFIG, "he_session": "s1", "he_run": "r1", "round": 0}
     uploads = {
         p: chain.run(
             Task(STATISTICS_KIND, config, None),
@@ -392,6 +393,53 @@ def test_a_province_refuses_to_decrypt_one_upload_or_forged_or_foreign_ones(keys
     # Uploads signed for session s1, relayed in another session's decryption.
     with pytest.raises(KeyAuthenticationError, match="do not match their signature"):
         decrypt(helper, {**config, "he_session": "s2"}, he_relay.pack(uploads))
+
+
+def test_a_province_decrypts_one_sum_per_round_and_phase_and_remembers_it(keys, signed, tmp_path):
+    """Asked again for the same round's statistics, a province answers the same sum (as a
+    server resuming after a lost answer would ask) and refuses any other, also after a
+    restart, which reads its record from disk; a record it cannot read, or a run other than
+    its record's, is refused."""
+    _, uploads, config = signed
+    held, folder = shares(keys), tmp_path / "receipts"
+    record = folder / f"{VICTIM}.he-decryptions"
+    relayed = he_relay.pack(uploads)
+
+    def province() -> ClientPrivacy:  # started afresh: its record read from disk
+        return ClientPrivacy(held[VICTIM], decryptions=DecryptionRecord(record))
+
+    first = decrypt(province(), config, relayed)
+    restarted = province()
+    again = decrypt(restarted, config, relayed)
+    assert again.keys() == first.keys()
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
+    fewer = he_relay.pack({p: u for p, u in uploads.items() if p != sorted(PROVINCES)[-1]})
+    with pytest.raises(HEError, match="decrypt twice in round 0"):
+        decrypt(province(), config, fewer)
+    # Another run: refused before its uploads are even summed.
+    with pytest.raises(HEError, match="a new run needs a new record"):
+        decrypt(restarted, {**config, "he_run": "r2"}, relayed)
+    # A record cut short or edited: no decryption at all, rather than one from an empty record.
+    text = record.read_text()
+    for damaged in (text[: len(text) // 2], text.replace('"round": 0', '"round": "0"'), "{}\n"):
+        record.write_text(damaged)
+        with pytest.raises(RecordError, match=f"{record.name} line 1 is not a decryption"):
+            DecryptionRecord(record)
+
+
+def test_uploads_signed_for_another_run_or_round_are_not_decrypted(keys, signed):
+    """The signature binds an upload to its run and round: relayed into another's sum, it
+    fails the check; and statistics asked for outside round 0 are refused."""
+    chains, uploads, config = signed
+    helper = chains[sorted(PROVINCES)[-1]]
+    relayed = he_relay.pack(uploads)
+    for other in ({"he_run": "r0"}, {"round": 3}):
+        with pytest.raises(KeyAuthenticationError, match="do not match their signature"):
+            decrypt(helper, {**config, **other}, relayed)
+    with pytest.raises(HEError, match="statistics outside round 0"):
+        task = Task(STATISTICS_KIND, {**config, "round": 2}, None)
+        helper.run(task, lambda task: Outcome(1, {}, {"sum": np.zeros(3)}))
 
 
 # Over real processes: nine client daemons, each with only its own share.

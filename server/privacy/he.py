@@ -7,8 +7,10 @@ the plaintexts) and relays the signed uploads to the provinces in a decryption t
 checks them, multiplies them itself and answers with its partial decryption of the product
 (client/he.py), and any `threshold` of them combine into the sum (common/threshold.py). So the
 server holds the federation's sums and never one province's upload, and no province, alone or
-with the server, can decrypt another's. Each phase is a session of its own, named in its tasks,
-which the provinces sign their uploads for and decrypt once.
+with the server, can decrypt another's. Each phase is a session of its own, named in its tasks
+with the run's identity, which the provinces sign their uploads for; each province decrypts one
+sum per round and phase of the run (client/he_record.py). The run's identity is checkpointed, so
+a restarted server goes on as the same run.
 """
 
 from __future__ import annotations
@@ -67,16 +69,25 @@ def check_ciphertexts(arrays: Arrays, shapes: dict[str, tuple[int, ...]], modulu
 class HEFedAvg(Strategy):
     """`inner` FedAvg on encrypted updates; its checks apply to the plaintext shapes."""
 
+    persistent = ("he_run",)
+
     def __init__(self, inner: FedAvg, public: threshold.PublicKey) -> None:
         super().__init__(inner.model_config)
         self.inner = inner
         self.public = public
         self.session = ""  # the open training phase's, whose uploads the next sum decrypts
         self.scoring = ""  # the open evaluation's
+        self.he_run: np.ndarray | None = None  # the run's identity, as bytes; made when needed
+
+    def _protection(self, session: str) -> dict:
+        """The settings that tell a province to encrypt and sign for `session` of this run."""
+        if self.he_run is None:  # a new run, or one checkpointed before runs had an identity
+            self.he_run = np.frombuffer(secrets.token_bytes(16), dtype=np.uint8).copy()
+        named = HESession(session, bytes(self.he_run).hex())
+        return {**Protection("he").to_config(), **named.to_config()}
 
     def _config(self, server_round: int, session: str) -> dict:
-        protected = {**Protection("he").to_config(), **HESession(session).to_config()}
-        return {**self.model_config, "round": server_round, **protected}
+        return {**self.model_config, "round": server_round, **self._protection(session)}
 
     def _holders(self, provinces: list[str]) -> list[str]:
         """The provinces that hold a share: only they can upload (and help decrypt)."""
@@ -88,7 +99,7 @@ class HEFedAvg(Strategy):
     def configure_fit(self, server_round, parameters, provinces):
         self.session = secrets.token_hex(16)
         plan = self.inner.configure_fit(server_round, parameters, self._holders(provinces))
-        extra = {**Protection("he").to_config(), **HESession(self.session).to_config()}
+        extra = self._protection(self.session)
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def configure_evaluate(self, server_round, parameters, provinces):
@@ -96,7 +107,7 @@ class HEFedAvg(Strategy):
         the server decrypts the federation's totals only."""
         self.scoring = secrets.token_hex(16)
         plan = self.inner.configure_evaluate(server_round, parameters, self._holders(provinces))
-        extra = {**Protection("he").to_config(), **HESession(self.scoring).to_config()}
+        extra = self._protection(self.scoring)
         return [replace(i, config={**i.config, **extra}) for i in plan]
 
     def check_evaluation(self, result: ClientResult) -> None:
