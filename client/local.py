@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -62,6 +63,12 @@ class LocalWork:
             return fold_split(self._splits[data], fold.cv_folds, fold.cv_fold, data.seed, by_time)
         return self._splits[data]
 
+    @cached_property
+    def _next_day_dates(self) -> np.ndarray:
+        """The dates of the rows with a tomorrow, asked for years, then for days of some years:
+        computed once, as the rows do not change."""
+        return preprocess.next_day_dates(self.raw)
+
     def statistics(
         self, config: Mapping[str, ConfigScalar], parameters: Arrays | None = None
     ) -> Outcome:
@@ -72,7 +79,7 @@ class LocalWork:
         started = time.perf_counter()
         asked = task.config.get(timesplit.COUNTS)
         if asked:  # before the split: the rows per calendar year, or per day of some years
-            dates = preprocess.next_day_dates(self.raw)
+            dates = self._next_day_dates
             if asked == "years":
                 counts = {"years": timesplit.year_counts(dates)}
             else:

@@ -78,10 +78,14 @@ def clean(raw: pd.DataFrame) -> pd.DataFrame:
 
     Suspended days have no volume, so their price is undefined and they go too.
     """
-    frame = raw.assign(price=raw["money"] / raw["volume"])
-    numbers = frame[[*PAPER_FEATURES, "price"]].to_numpy(dtype=np.float64)
-    keep = np.isfinite(numbers).all(axis=1) & (frame["volume"].to_numpy() > 0)
-    return frame.loc[keep].reset_index(drop=True)
+    price = raw["money"] / raw["volume"]
+    return raw.assign(price=price).loc[_usable(raw, price)].reset_index(drop=True)
+
+
+def _usable(raw: pd.DataFrame, price: pd.Series) -> np.ndarray:
+    """The rows `clean` keeps: every number and the price finite, and some volume traded."""
+    numbers = np.isfinite(raw[PAPER_FEATURES].to_numpy(dtype=np.float64)).all(axis=1)
+    return numbers & np.isfinite(price.to_numpy(dtype=np.float64)) & (raw["volume"].to_numpy() > 0)
 
 
 def next_day_rows(raw: pd.DataFrame, features: str = "paper") -> pd.DataFrame:
@@ -95,9 +99,18 @@ def next_day_rows(raw: pd.DataFrame, features: str = "paper") -> pd.DataFrame:
 
 
 def next_day_dates(raw: pd.DataFrame) -> np.ndarray:
-    """The dates of the province's next-day rows: what its share of the federation's cutoff
-    counts (common/timesplit.py)."""
-    return next_day_rows(raw)["date"].to_numpy()
+    """The dates of the province's next-day rows, in their order: what its share of the
+    federation's cutoff counts (common/timesplit.py).
+
+    Every cleaned row has a price, so each stock's cleaned rows but its last have a tomorrow:
+    the dates follow from the codes and dates alone, without the frame `next_day_rows` builds,
+    which a client asking before its split would build twice.
+    """
+    price = raw["money"] / raw["volume"]
+    rows = raw.loc[_usable(raw, price), ["code", "date"]]
+    rows = rows.sort_values(["code", "date"], kind="stable")
+    has_next = rows["code"].duplicated(keep="last") & rows["code"].notna()
+    return rows.loc[has_next, "date"].to_numpy()
 
 
 def split(

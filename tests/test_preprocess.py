@@ -51,6 +51,21 @@ def test_next_day_target_is_the_next_traded_price_and_split_is_by_time():
     assert len(split.y_test) == 4  # the last 2 of 9 days, per stock
 
 
+def test_next_day_dates_are_those_of_the_next_day_rows():
+    """Read from the codes and dates alone, they are the dates of the rows `next_day_rows`
+    builds, in its order: with missing, infinite and suspended rows, a stock whose last day
+    is suspended, a stock with one usable day, and rows out of order."""
+    raw = raw_frame(days=6, codes=("B", "A", "C"))
+    raw.loc[1, "close"] = np.nan
+    raw.loc[2, "money"] = np.inf
+    raw.loc[11, ["volume", "money"]] = 0.0  # A's last day suspended
+    raw.loc[13:17, "volume"] = 0.0  # C trades on its first day only
+    raw = raw.sample(frac=1.0, random_state=0)
+    expected = preprocess.next_day_rows(raw)["date"].to_numpy()
+    assert len(expected) == 3 + 4  # B: 4 usable days, A: 5; C none with a tomorrow
+    np.testing.assert_array_equal(preprocess.next_day_dates(raw), expected)
+
+
 def test_paper_setting_uses_same_day_price_and_a_seeded_random_split():
     a = preprocess.split(raw_frame(), "paper", test_fraction=0.2, seed=1)
     b = preprocess.split(raw_frame(), "paper", test_fraction=0.2, seed=1)
