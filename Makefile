@@ -114,7 +114,7 @@ bench-trees: $(STAMP)
 # in runs/privacy.
 .PHONY: bench-privacy
 bench-privacy: $(STAMP)
-	$(PY) -u -m tests.bench_privacy --out runs/privacy
+	$(PY) -u -m tests.bench_privacy --out runs/privacy --secagg-members 9 50 100
 
 # Each --strategy's rounds to a target MSE and per-province spread, and each --compression's
 # bytes per round and MSE; strategies.json in runs/strategies. Then async rounds against sync with

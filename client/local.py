@@ -16,13 +16,25 @@ from client import analysis, chain
 from client.chain import Outcome, Task
 from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
-from common import forecast, preprocess, timesplit
+from common import dpbounds, dpstats, forecast, preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.model_settings import ModelTask
-from common.protection import DPScoring, Protection
+from common.protection import DPScoring, DPStatistics, Protection
 from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
 from common.wire import START_METRICS, ConfigScalar
+
+
+def bounds(asked: DPStatistics, data: preprocess.Split) -> tuple[list[float], list[float]]:
+    """The public ranges of the province's columns [features, target] the server sends."""
+    columns = [*data.features, preprocess.TARGET]
+    try:
+        ranges = dpbounds.from_text(asked.dp_bounds)
+    except dpbounds.BoundsError as error:
+        raise PrivacyError(str(error)) from None
+    if list(ranges) != columns:
+        raise PrivacyError(f"the server's dp_bounds name {list(ranges)}, not the columns {columns}")
+    return dpbounds.limits(ranges)
 
 
 class LocalWork:
@@ -88,7 +100,11 @@ class LocalWork:
             seconds = {"seconds": time.perf_counter() - started}
             return Outcome(len(dates), seconds, {"count": np.array(float(len(dates))), **counts})
         data = self.split(task.config)
-        sums = preprocess.statistics(data.x_train, data.y_train)
+        asked = DPStatistics.sent(task.config)
+        if asked is None:
+            sums = preprocess.statistics(data.x_train, data.y_train)
+        else:  # DP: each row's columns clipped into the public ranges, none dropped
+            sums = dpstats.clipped_statistics(data.x_train, data.y_train, *bounds(asked, data))
         return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)
 
     def train(

@@ -21,13 +21,13 @@ from client.chain import DECRYPT, EVALUATE, STATISTICS, TRAIN, Link, Next, Outco
 from client.he import HEClient, HEError
 from client.he_record import DecryptionRecord
 from client.secagg import SecAggClient
-from common import forecast, paillier, secagg, threshold
+from common import dpbounds, dpstats, forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.models import histnoise
 from common.models.histgrow import TreeStep
 from common.noise import SecureRandom
-from common.protection import DPNoise, DPScoring, Protection
+from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.settings import SettingsError
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
@@ -79,6 +79,21 @@ def noised_score(
     rng = rng or SecureRandom()
     noisy = float(metrics["mse"]) + float(rng.normal(0.0, sigma * bound / 2))
     return {**metrics, "mse": min(max(noisy, 0.0), bound)}
+
+
+def noised_statistics(
+    sums: Arrays,
+    config: Mapping[str, ConfigScalar],
+    rng: np.random.Generator | SecureRandom | None = None,
+) -> Arrays:
+    """Local DP on the statistics: n, Σz and Σzzᵀ of rows the work clipped into the public
+    ranges, noised at `dp_statistics_noise` in the ranges' unit space (common/dpstats.py)."""
+    asked = DPStatistics.from_config(config)
+    try:
+        lo, hi = dpbounds.limits(dpbounds.from_text(asked.dp_bounds))
+    except dpbounds.BoundsError as error:
+        raise PrivacyError(str(error)) from None
+    return dpstats.noised(sums, lo, hi, asked.dp_statistics_noise, rng)
 
 
 class Encrypted:
@@ -178,12 +193,15 @@ class Compressed:
 class LocalNoise:
     """`dp-local`: the update leaves clipped and noised (`privatize`), a histogram tree's
     answer, whose rows the province bounded as it summed them, noised
-    (common/models/histnoise.py), the evaluation's clipped MSE noised (`noised_score`), and the
+    (common/models/histnoise.py), the statistics of its clipped rows noised
+    (common/dpstats.py), the evaluation's clipped MSE noised (`noised_score`), and the
     training MSE stays home."""
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         outcome = next_(task)
         dp_local = Protection.from_config(task.config).privacy == "dp-local"
+        if dp_local and task.kind == STATISTICS and DPStatistics.sent(task.config):
+            return replace(outcome, arrays=noised_statistics(outcome.arrays, task.config))
         if not dp_local or task.kind not in (TRAIN, EVALUATE):
             return outcome
         if task.kind == EVALUATE:

@@ -58,3 +58,14 @@ class Compression(TaskSettings):
 
     compression: str
     topk_fraction: float
+
+
+@dataclass(frozen=True)
+class DPStatistics(TaskSettings):
+    """DP on the statistics: the public range of each column, as JSON in the columns' order
+    (common/dpbounds.py), that every row is clipped into before it enters the sums; and the
+    noise multiplier σ of the noise the province adds to them under dp-local
+    (common/dpstats.py); under dp-central the server noises their sum and sends 0."""
+
+    dp_bounds: str
+    dp_statistics_noise: float

@@ -152,7 +152,7 @@ def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScala
         config.run.rounds, selection.cv_folds, candidates, config.privacy.privacy
     )
     # One accountant for every strategy built: cross-validation's releases count too.
-    accountant = privacy.dp_accountant(config.privacy, releases)
+    accountant = privacy.dp_accountant(config.privacy, releases, config.dp_ranges())
 
     def build(params: Mapping[str, ConfigScalar]) -> Strategy:
         model = build_strategy(config.model.model, params)

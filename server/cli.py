@@ -245,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
         "[FEDSTOCK_DP_SCORE_CLIP]",
     )
     add(
+        "--dp-bounds",
+        type=Path,
+        default=env("DP_BOUNDS", None),
+        metavar="FILE",
+        help="with --privacy dp-central or dp-local: a TOML file of each column's public range "
+        "[lo, hi], which every row is clipped into before the statistics sum it, so that "
+        "their noise has a bound to scale to (docs/dp.md); unset: the embedded market's, "
+        "common/data/dp-bounds.toml [FEDSTOCK_DP_BOUNDS]",
+    )
+    add(
         "--dp-accountant",
         choices=DP_ACCOUNTANTS,
         default=env("DP_ACCOUNTANT", "rdp"),

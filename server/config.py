@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import quantity
+from common import dpbounds, quantity
 from common.cli import ConfigError
 from common.compression import METHODS
 from common.members import PAPER, Members
@@ -21,7 +21,7 @@ from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
 from common.settings import DataSettings
 from common.wire import ConfigScalar
-from server.privacy import DP_ACCOUNTANTS, PRIVACY_MODES
+from server.privacy import DP_ACCOUNTANTS, DP_MODES, PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
 
@@ -152,6 +152,9 @@ class PrivacySettings:
     dp_accountant: str = "rdp"
     he_insecure_key_size: bool = False
     dp_score_clip: float = 1.0
+    # Under DP: the public range of every column the statistics sum (common/dpbounds.py);
+    # None: the embedded market's.
+    dp_bounds: Path | None = None
 
     def __post_init__(self) -> None:
         if self.privacy not in PRIVACY_MODES:
@@ -312,9 +315,23 @@ class ServerConfig:
         quorum = self.run.min_clients
         if self.serve.workers < quorum + 4:
             return f"--workers must be at least --min-clients + 4 ({quorum + 4})"
+        try:
+            self.dp_ranges()
+        except dpbounds.BoundsError as error:
+            return str(error)
         return self._strategy_incompatibility() or (
             self._async_incompatibility() if self.mode == "async" else None
         )
+
+    def dp_ranges(self) -> dpbounds.Ranges:
+        """Under DP, the public range of each column the statistics sum, [features, target]
+        in that order, from --dp-bounds; empty without DP."""
+        if self.privacy.privacy not in DP_MODES:
+            return {}
+        run = self.run
+        features = features_for(run.setting, run.features)
+        path = self.privacy.dp_bounds or dpbounds.DEFAULT
+        return dpbounds.for_columns(path, features, run.forecast)
 
     def _strategy_incompatibility(self) -> str | None:
         spec, s = model_spec(self.model.model), self.strategy

@@ -24,6 +24,7 @@ from client.he_keys import write_keys
 from common import secagg
 from common.launch import LocalFederation
 from common.registry import MODELS
+from tests.bench_scale import measure
 
 MODES: dict[str, list[str]] = {
     "plain": [],
@@ -105,6 +106,27 @@ def graph_costs(length: int = 10_000) -> None:
     print(flush=True)
 
 
+def secagg_members(counts: list[int], rounds: int) -> None:
+    """Secure aggregation against no protection over real gRPC with `counts` members each:
+    sessions multiplexed into four processes (tests/bench_scale.py), 300 rows a member, lr-sgd,
+    insecure (no TLS, keys unsigned: the signatures' bytes are not counted)."""
+    modes = {"plain": (), "secagg": ("--privacy", "secagg")}
+    rows = [
+        (mode, measure(n, 4, rounds, 300, 3600, flags))
+        for n in counts
+        for mode, flags in modes.items()
+    ]
+    print("\nover gRPC on localhost, lr-sgd, 300 rows a member, --insecure")
+    header = ("members", "mode", "s/round", "bytes/round", "server peak RSS MiB")
+    print("{:>7} {:<7} {:>9} {:>12} {:>20}".format(*header))
+    for mode, row in rows:
+        print(
+            f"{row['members']:>7} {mode:<7} {row['seconds_per_round']:>9.2f} "
+            f"{row['bytes_per_round']:>12,} {row['server_peak_rss_mib']:>20.0f}"
+        )
+    print(flush=True)
+
+
 def line(row: dict[str, Any]) -> str:
     if "failed" in row:
         return f"{row['model']:<6} {row['mode']:<16} failed: exit codes {row['failed']}"
@@ -124,8 +146,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(CLIPS), choices=list(CLIPS))
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--out", type=Path, help="folder for privacy.json, .csv and the plot")
+    parser.add_argument(
+        "--secagg-members",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also secure aggregation over gRPC with this many members each (e.g. 9 50 100)",
+    )
     args = parser.parse_args()
     graph_costs()
+    if args.secagg_members:
+        secagg_members(args.secagg_members, args.rounds)
     models = [m for m in args.models if m in MODELS]
     clips = ", ".join(f"{m} {args.dp_clip or CLIPS[m]:g}" for m in models)
     print(f"{args.rows:,} rows, 9 client processes, {args.rounds} rounds, DP clip: {clips}")

@@ -22,7 +22,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+from baselines.privacy import summarise
 from common.launch import SINGLE_THREADED, LocalFederation, log_tail
 
 
@@ -79,7 +81,16 @@ def sessions(names: list[str], members_file: Path, address: str, rows: int, seed
     return 1 if failed else 0
 
 
-def measure(count: int, processes: int, rounds: int, rows: int, timeout: float) -> None:
+def measure(
+    count: int,
+    processes: int,
+    rounds: int,
+    rows: int,
+    timeout: float,
+    server_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Run `count` sessions to the end of a federation started with `server_args`, print its
+    figures, and return them with the row `baselines.privacy.summarise` makes of the run."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         names = write_members(out / "members.csv", count)
@@ -91,7 +102,7 @@ def measure(count: int, processes: int, rounds: int, rows: int, timeout: float) 
             members_file=out / "members.csv",
             insecure=True,
             # --workers is left to its default: a handler thread for every member's session.
-            server_args=["--round-timeout", str(timeout)],
+            server_args=["--round-timeout", str(timeout), *server_args],
         )
         federation.start_server()
         server = federation.server
@@ -142,7 +153,7 @@ def measure(count: int, processes: int, rounds: int, rows: int, timeout: float) 
         rss, hwm = status["VmRSS"] / 1024, status["VmHWM"] / 1024
         print(
             f"\n{count} sessions in {processes} processes, {rows} rows each, {rounds} rounds of "
-            f"lr-sgd (load average {os.getloadavg()[0]:.1f})"
+            f"lr-sgd {' '.join(server_args)} (load average {os.getloadavg()[0]:.1f})"
         )
         print(f"  rounds with all {count} members: {len(completed)} of {len(seconds)}")
         print(f"  round seconds: median {statistics.median(seconds):.3f}, max {max(seconds):.3f}")
@@ -160,6 +171,9 @@ def measure(count: int, processes: int, rounds: int, rows: int, timeout: float) 
             f"{(cpu - idle_cpu) / count / rounds * 1000:.2f} ms"
         )
         sys.stdout.flush()
+        mode = " ".join(server_args) or "plain"
+        row = summarise("lr-sgd", mode, record, out)
+        return {**row, "members": count, "server_peak_rss_mib": hwm, "server_end_rss_mib": rss}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,10 +140,11 @@ def test_pld_composes_tighter_than_rdp_and_both_calibrate_to_the_target():
 
 
 def test_cross_validation_grid_points_and_folds_are_releases_too():
-    assert planned_releases(rounds=3, folds=5, candidates=2) == 33
-    assert planned_releases(rounds=3, folds=0, candidates=1) == 3
+    # The statistics once, then every round of every fold and grid point, and the final rounds.
+    assert planned_releases(rounds=3, folds=5, candidates=2) == 1 + 33
+    assert planned_releases(rounds=3, folds=0, candidates=1) == 1 + 3
     # Under local DP each round's noised scores are a release beside its noised updates.
-    assert planned_releases(rounds=3, folds=5, candidates=2, mode="dp-local") == 66
+    assert planned_releases(rounds=3, folds=5, candidates=2, mode="dp-local") == 1 + 66
 
 
 def test_the_default_noise_is_not_numpys_generator():
@@ -212,8 +213,12 @@ def test_under_local_dp_each_province_releases_its_clipped_mse_noised_and_counte
         assert released["mse"] == work.sent[-1].metrics["mse"]
         assert released["mse"] != plain["final"]["per_client"][province]["mse"]
     spent = [r["privacy"] for r in results["rounds"]]
-    assert spent[-1]["noisy_releases"] == {"noised updates": 2, "noised scores": 2}
-    assert spent[-1]["clear_releases"] == {"statistics": 1}  # no metrics among them
+    assert spent[-1]["noisy_releases"] == {
+        "noised statistics": 1,
+        "noised updates": 2,
+        "noised scores": 2,
+    }
+    assert spent[-1]["clear_releases"] == {}  # neither statistics nor metrics
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(3.0, rel=1e-2)
     assert all(r["train_mse"] is None for r in results["rounds"])
     metrics = results["disclosure"]["metrics"]["server"]
@@ -239,10 +244,10 @@ def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
     results = in_memory.run(tmp_path, *flags, over=in_memory.channel(rows=3_000))
     spent = [r["privacy"] for r in results["rounds"]]
     assert [s["noisy_releases"] for s in spent] == [
-        {"noisy sums of updates": 13},
-        {"noisy sums of updates": 14},
+        {"noised statistics": 1, "noisy sums of updates": 13},
+        {"noised statistics": 1, "noisy sums of updates": 14},
     ]
-    # Calibrated for all 14, so the last round spends exactly the target; the first one less.
+    # Calibrated for all 15, so the last round spends exactly the target; the first one less.
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(4.0, rel=1e-2)
-    assert spent[1]["clear_releases"]["statistics"] == 1
+    assert "statistics" not in spent[1]["clear_releases"]
     assert spent[1]["accountant"] == "pld"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from common.dpbounds import Ranges
 from common.paillier import read_public_key
 from server.privacy.dp import ACCOUNTANTS, Accountant, DPFedAvg, DPSettings
 from server.privacy.dp import MODES as DP_MODES
@@ -54,9 +55,12 @@ def wrap(
     return DPFedAvg(strategy, spent.settings, accountant=spent)
 
 
-def dp_accountant(asked: PrivacySettings, releases: int) -> Accountant | None:
+def dp_accountant(
+    asked: PrivacySettings, releases: int, bounds: Ranges | None = None
+) -> Accountant | None:
     """The run's one DP accountant (None without DP); with --dp-epsilon the noise is
-    calibrated so that all `releases` noisy releases together spend it."""
+    calibrated so that all `releases` noisy releases together spend it. `bounds` are the
+    statistics columns' public ranges (`ServerConfig.dp_ranges`)."""
     if asked.privacy not in DP_MODES:
         return None
     if asked.dp_epsilon:
@@ -68,6 +72,7 @@ def dp_accountant(asked: PrivacySettings, releases: int) -> Accountant | None:
             releases,
             asked.dp_accountant,
             asked.dp_score_clip,
+            bounds,
         )
     else:
         dp = DPSettings(
@@ -77,5 +82,6 @@ def dp_accountant(asked: PrivacySettings, releases: int) -> Accountant | None:
             asked.dp_delta,
             asked.dp_accountant,
             asked.dp_score_clip,
+            dict(bounds or {}),
         )
     return Accountant(dp)

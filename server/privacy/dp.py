@@ -15,9 +15,11 @@ composes them all with Google's `dp-accounting` (RDP or PLD, `--dp-accountant`),
 Gaussian mechanism with sampling rate 1: in the central mode a client is added or removed
 (sensitivity C); in the local mode a client's data is replaced (2C). Under local DP each
 evaluation is a release too: each province's MSE, clipped per row to B (sensitivity B), noised
-at the same multiplier. Releases that leave a province without noise (the statistics; under
-central DP the per-province metrics) are counted apart: no finite ε covers them, and the
-report says so.
+at the same multiplier. The statistics (n, Σz, Σzzᵀ) are one release too: every row clipped
+into public bounds, noised by each province (local) or by the server on their sum (central) in
+the bounds' unit space, with one row replaced as the unit (common/dpstats.py). Releases that
+leave a province without noise (under central DP the per-province metrics) are counted apart:
+no finite ε covers them, and the report says so.
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import vectors
+from common import dpbounds, dpstats, timesplit, vectors
+from common.dpbounds import Ranges
+from common.models.checks import UpdateError
 from common.noise import SecureRandom
 from common.preprocess import GlobalStatistics
-from common.protection import DPNoise, DPScoring, Protection
+from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.tensors import Arrays
-from server.disclosure import entry
-from server.strategy import ClientResult, FedAvg, Strategy
+from server.disclosure import SCALER, entry
+from server.strategy import ClientResult, FedAvg, Strategy, checked_sums
 
 if TYPE_CHECKING:
     import dp_accounting
@@ -80,9 +84,10 @@ def noise_for_epsilon(target: float, releases: int, delta: float, kind: str = "r
 
 
 def planned_releases(rounds: int, folds: int, candidates: int, mode: str = "dp-central") -> int:
-    """Noisy releases of a run: every round of every fold of every candidate, then the rounds
-    of the final training; under local DP each round releases its noised scores too."""
-    return rounds * (1 + folds * candidates) * (2 if mode == "dp-local" else 1)
+    """Noisy releases of a run: the statistics, then every round of every fold of every
+    candidate and the rounds of the final training; under local DP each round releases its
+    noised scores too."""
+    return 1 + rounds * (1 + folds * candidates) * (2 if mode == "dp-local" else 1)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class DPSettings:
     accountant: str = "rdp"
     # B: under local DP, the bound on each test row's squared error in the released MSE.
     score_clip: float = 1.0
+    # The public range of each statistics column, in order (common/dpbounds.py).
+    bounds: Ranges = field(default_factory=dict)
 
     @property
     def sensitivity(self) -> float:
@@ -110,16 +117,20 @@ class DPSettings:
         releases: int,
         accountant: str = "rdp",
         score_clip: float = 1.0,
+        bounds: Ranges | None = None,
     ) -> DPSettings:
         """Noise calibrated so that `releases` noisy releases spend `target` ε in all."""
         probe = cls(mode, clip, 1.0, delta, accountant)
         sigma = noise_for_epsilon(target, releases, delta, accountant) * probe.sensitivity
-        return cls(mode, clip, sigma, delta, accountant, score_clip)
+        return cls(mode, clip, sigma, delta, accountant, score_clip, dict(bounds or {}))
+
+    @property
+    def unit_noise(self) -> float:
+        """The noise multiplier in units of a release's sensitivity: the statistics' σ."""
+        return self.noise_multiplier / self.sensitivity
 
     def epsilon(self, releases: int) -> float:
-        return epsilon(
-            self.noise_multiplier / self.sensitivity, releases, self.delta, self.accountant
-        )
+        return epsilon(self.unit_noise, releases, self.delta, self.accountant)
 
 
 class Accountant:
@@ -210,10 +221,34 @@ class DPFedAvg(Strategy):
             self.accountant.restore(state)
 
     def prepare(self, statistics: GlobalStatistics, train_samples) -> None:
-        # The statistics reach the server once per run, however many strategies it prepares.
-        if "statistics" not in self.accountant.clear:
-            self.accountant.disclose("statistics")
         self.inner.prepare(statistics, train_samples)
+
+    def gather_statistics(self, provinces, shapes, check, plausible, config=None):
+        """n, Σz and Σzzᵀ of rows clipped into the public bounds, noised once, counted when
+        asked: by each province (local; the server checks each part's form, then the sum) or
+        by the server on their sum (central). The sum is then made usable (common/dpstats.py).
+        The time split's day counts are gathered as the inner strategy gathers them."""
+        if config and timesplit.COUNTS in config:
+            return super().gather_statistics(provinces, shapes, check, plausible, config)
+        s = self.settings
+        if not s.bounds:
+            raise ValueError("DP on the statistics needs each column's public range")
+        local = s.mode == "dp-local"
+        asked = DPStatistics(dpbounds.to_text(s.bounds), s.unit_noise if local else 0.0)
+        extra = {**asked.to_config(), **(Protection(s.mode).to_config() if local else {})}
+        self.accountant.spend("noised statistics")
+        each = noised_part if local else plausible
+        results, parts = super().gather_statistics(provinces, shapes, check, each, extra)
+        if not parts:
+            return results, []
+        total = {name: sum(part[name] for part in parts) for name in parts[0]}
+        lo, hi = dpbounds.limits(s.bounds)
+        if not local:
+            total = dpstats.noised(total, lo, hi, s.unit_noise, self.rng)
+        bottom = dpstats.floor(
+            s.unit_noise, len(lo), float(total["count"]), len(parts) if local else 1
+        )
+        return checked_sums(results, dpstats.usable(total, lo, hi, bottom), plausible)
 
     def configure_fit(self, server_round, parameters, provinces):
         self._asked = len(provinces)
@@ -280,6 +315,7 @@ class DPFedAvg(Strategy):
             )
         disclosed = {
             **self.inner.disclosure(),
+            "statistics": self.statistics_disclosure(),
             "updates": entry(server, "the noised global model after each round"),
         }
         if s.mode == "dp-local":
@@ -292,5 +328,32 @@ class DPFedAvg(Strategy):
             )
         return disclosed
 
+    def statistics_disclosure(self) -> dict[str, str]:
+        s = self.settings
+        noise = (
+            f"Gaussian noise σ = {s.unit_noise:g} times one row's reach, in the public "
+            "bounds' unit space, counted as a release (ε per row)"
+        )
+        if s.mode == "dp-local":
+            server = (
+                f"each province's row count n in the clear, and its Σz and Σzzᵀ over its rows "
+                f"clipped into the public bounds, noised by the province ({noise})"
+            )
+        else:
+            server = (
+                "each province's row count n, and its Σz and Σzzᵀ over its rows clipped into "
+                f"the public bounds, in the clear; it noises their sum ({noise})"
+            )
+        return entry(server, f"{SCALER}, from the noised sums")
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         return {"privacy": self.accountant.report()}
+
+
+def noised_part(arrays: Arrays, count: int) -> None:
+    """A province's noised statistics under local DP: its n as it declared, Σzzᵀ symmetric.
+    Its other checks wait for the sum, which post-processing makes usable first."""
+    if float(arrays["count"]) != count or count < 2:
+        raise UpdateError(f"statistics count must equal num_examples ({count}) and be at least 2")
+    if not np.array_equal(arrays["cross"], arrays["cross"].T):
+        raise UpdateError("statistics' Σzzᵀ is not symmetric")

@@ -75,6 +75,7 @@ class DPTrees(DPFedAvg):
         s = self.settings
         return {
             **self.trees.disclosure(),
+            "statistics": self.statistics_disclosure(),
             "updates": entry(
                 "each province's sketch and gradient and Hessian histograms, every row's part "
                 f"bounded (gradient to ±{s.clip:g}, weight to 1) and every sum noised by the "
