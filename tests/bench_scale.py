@@ -5,10 +5,11 @@ session cost it in memory and CPU?
 `python -m server` as a person starts it, with --members FILE and a quorum of all N; the
 sessions are fedstock's own client daemons (client/daemon.py, each its own member, its own
 channel and Session stream) multiplexed as threads into a few processes, speaking the real
-protocol over localhost. The synthetic market deals rows to at most 400 members, so member i
-holds the rows of the paper's province i mod 9 in a small market: rows repeat across
-sessions, which costs the server what distinct rows would. The server's resident memory and CPU
-seconds are read from /proc. Prints figures and asserts nothing.
+protocol over localhost (plaintext, or with `--tls` mutual TLS, every member with its own
+certificate from `python -m server.certs --members FILE`). The synthetic market deals rows to
+at most 400 members, so member i holds the rows of the paper's province i mod 9 in a small
+market: rows repeat across sessions, which costs the server what distinct rows would. The
+server's resident memory and CPU seconds are read from /proc. Prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -49,14 +50,18 @@ def write_members(path: Path, count: int) -> list[str]:
     return names
 
 
-def sessions(names: list[str], members_file: Path, address: str, rows: int, seed: int) -> int:
-    """Run one client daemon per name, each in a thread of this process; 0 if all ended well."""
+def sessions(
+    names: list[str], members_file: Path, address: str, rows: int, seed: int, tls: Path | None
+) -> int:
+    """Run one client daemon per name, each in a thread of this process (over mutual TLS with
+    its own certificate when `tls` names the run's certificates); 0 if all ended well."""
     import logging
 
     from client.daemon import ClientDaemon
     from client.local import LocalWork
     from common.data.synthetic import synthesize
     from common.members import load
+    from common.tls import client_credentials
 
     logging.basicConfig(level=logging.WARNING)
     members = load(members_file)
@@ -65,7 +70,8 @@ def sessions(names: list[str], members_file: Path, address: str, rows: int, seed
 
     def serve(name: str) -> None:
         work = LocalWork(market[members.index(name) % len(market)])
-        daemon = ClientDaemon(name, address, None, work, 600, 600, 1 << 30)
+        credentials = None if tls is None else client_credentials(tls, name)
+        daemon = ClientDaemon(name, address, credentials, work, 600, 600, 1 << 30)
         try:
             daemon.run()
         except Exception as error:  # each session's failure is reported, the others go on
@@ -88,9 +94,11 @@ def measure(
     rows: int,
     timeout: float,
     server_args: tuple[str, ...] = (),
+    tls: bool = False,
 ) -> dict[str, Any]:
-    """Run `count` sessions to the end of a federation started with `server_args`, print its
-    figures, and return them with the row `baselines.privacy.summarise` makes of the run."""
+    """Run `count` sessions to the end of a federation started with `server_args` (over mutual
+    TLS if `tls`), print its figures, and return them with the row `baselines.privacy.summarise`
+    makes of the run."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         names = write_members(out / "members.csv", count)
@@ -100,7 +108,7 @@ def measure(
             rounds,
             provinces=tuple(names),
             members_file=out / "members.csv",
-            insecure=True,
+            insecure=not tls,
             # --workers is left to its default: a handler thread for every member's session.
             server_args=["--round-timeout", str(timeout), *server_args],
         )
@@ -120,6 +128,7 @@ def measure(
             command = [sys.executable, "-m", "tests.bench_scale", "sessions", ",".join(share)]
             command += ["--members", str(out / "members.csv"), "--server", federation.address]
             command += ["--rows", str(rows)]
+            command += ["--tls-dir", str(federation.tls_dir)] if tls else []
             log = (out / f"sessions-{part}.log").open("w")
             env = {**os.environ, **SINGLE_THREADED}
             workers.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
@@ -130,6 +139,8 @@ def measure(
                 server.kill()
                 break
             status = proc_status(server.pid)
+            if "VmRSS" not in status:  # the server has exited, and is not yet reaped
+                break
             peak_threads = max(peak_threads, status["Threads"])
             if joined_rss is None and "global statistics from" in (out / "server.log").read_text(
                 errors="replace"
@@ -153,7 +164,8 @@ def measure(
         rss, hwm = status["VmRSS"] / 1024, status["VmHWM"] / 1024
         print(
             f"\n{count} sessions in {processes} processes, {rows} rows each, {rounds} rounds of "
-            f"lr-sgd {' '.join(server_args)} (load average {os.getloadavg()[0]:.1f})"
+            f"lr-sgd {' '.join((*server_args, 'over'))} {'mutual TLS' if tls else 'plaintext'} "
+            f"(load average {os.getloadavg()[0]:.1f})"
         )
         print(f"  rounds with all {count} members: {len(completed)} of {len(seconds)}")
         print(f"  round seconds: median {statistics.median(seconds):.3f}, max {max(seconds):.3f}")
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rounds", type=int, default=3)
     run.add_argument("--rows", type=int, default=300, help="synthetic rows a member holds, about")
     run.add_argument("--timeout", type=float, default=1800)
+    run.add_argument("--tls", action="store_true", help="mutual TLS, a certificate a member")
     worker = commands.add_parser(
         "sessions", help="(internal) run sessions in this process", allow_abbrev=False
     )
@@ -193,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--server", required=True)
     worker.add_argument("--rows", type=int, required=True)
     worker.add_argument("--seed", type=int, default=7)
+    worker.add_argument("--tls-dir", type=Path)
     args = parser.parse_args(argv or sys.argv[1:] or ["run"])
     if args.command == "sessions":
-        return sessions(args.names.split(","), args.members, args.server, args.rows, args.seed)
+        return sessions(
+            args.names.split(","), args.members, args.server, args.rows, args.seed, args.tls_dir
+        )
     for count in args.sessions:
-        measure(count, args.processes, args.rounds, args.rows, args.timeout)
+        measure(count, args.processes, args.rounds, args.rows, args.timeout, tls=args.tls)
     return 0
 
 
