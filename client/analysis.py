@@ -63,7 +63,7 @@ def permuted_mses(
     config: Config,
 ) -> dict[str, float]:
     """The model's MSE with each feature's column shuffled among the rows, `repeats` times."""
-    seed = int(config[analysis.ANALYSIS_SEED])
+    seed = analysis.AnalysisAsk.from_config(config).analysis_seed
     shuffled = x.copy()
     metrics = {}
     for j, feature in enumerate(features):
@@ -80,17 +80,18 @@ def fine_tune(
 ) -> Arrays:
     """The global model fine-tuned on this province's training rows (common.analysis says how)."""
     spec = model_spec(ModelTask.from_config(config).model)
+    ask = analysis.AnalysisAsk.from_config(config)
     if spec.own_epochs is not None:  # trained by local steps: fine-tuned by more of them
-        epochs = int(config[analysis.PERSONALISE_EPOCHS])
-        return trainer.fit(x, y, model, {**config, spec.own_epochs: epochs})
+        passes = spec.own_epochs.from_config(config).with_epochs(ask.personalise_epochs)
+        return trainer.fit(x, y, model, {**config, **passes.to_config()})
     if spec.closed_form:  # a fit that ignores where it starts: pulled towards the global one
-        return pulled_fit(x, y, model, float(config[analysis.PERSONALISE_PULL]))
+        return pulled_fit(x, y, model, ask.personalise_pull)
     if spec.trees is not None:  # grown from histograms: boosting or growing continues here
         change = y - trainers.no_change(x, config, scaled=False)
         return histograms.personalise(model, x, change, config)
     if spec.members is not None:
         codec = spec.members
-        seed = MemberSeed(int(config[analysis.ANALYSIS_SEED])).to_config()
+        seed = MemberSeed(ask.analysis_seed).to_config()
         own = trainer.fit(x, y, None, {**config, **seed})
         return codec.pack([*codec.unpack(model, x.shape[1]), *codec.unpack(own, x.shape[1])])
     raise ValueError(f"this client does not know how to personalise model {spec.name!r}")
@@ -123,13 +124,14 @@ def analyse(
         analysis.MEAN_MSE: mse(np.full(len(y), TaskContext.from_config(config).target_mean), y),
     }
     sums: Arrays = {}
-    if int(config.get(analysis.SCORE_SUMS, 0)):
+    ask = analysis.AnalysisAsk.from_config(config)
+    if ask.analysis_score_sums:
         at, phi = directions(trainer, model, x_test, config)
         sums = analysis.score_sums(phi, y - at)
-    repeats = int(config.get(analysis.IMPORTANCE_REPEATS, 0))
-    if repeats:
+    if ask.importance_repeats:
+        repeats = ask.importance_repeats
         metrics.update(permuted_mses(trainer, model, x_test, y, data.features, repeats, config))
-    if int(config.get(analysis.PERSONALISE_EPOCHS, 0)):
+    if ask.personalise_epochs:
         personal = fine_tune(trainer, model, x_train, data.y_train, config)
         metrics[analysis.PERSONAL_MSE] = mse(trainer.predict(personal, x_test, config), y)
     return metrics, sums

@@ -18,11 +18,11 @@ from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
 from common import dpbounds, dpstats, forecast, preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
-from common.model_settings import ModelTask
+from common.model_settings import ModelTask, StartMetrics
 from common.protection import DPScoring, DPStatistics, Protection
-from common.settings import DataSettings, FoldSettings
+from common.settings import DataSettings, DayCounts, FoldSettings
 from common.tensors import Arrays
-from common.wire import START_METRICS, ConfigScalar
+from common.wire import ConfigScalar
 
 
 def bounds(asked: DPStatistics, data: preprocess.Split) -> tuple[list[float], list[float]]:
@@ -89,14 +89,13 @@ class LocalWork:
 
     def _statistics(self, task: Task) -> Outcome:
         started = time.perf_counter()
-        asked = task.config.get(timesplit.COUNTS)
-        if asked:  # before the split: the rows per calendar year, or per day of some years
+        asked = DayCounts.sent(task.config)
+        if asked is not None:  # before the split: the rows per calendar year, or per day of some
             dates = self._next_day_dates
-            if asked == "years":
+            if asked.day_counts == "years":
                 counts = {"years": timesplit.year_counts(dates)}
             else:
-                years = [int(y) for y in str(task.config[timesplit.YEARS_ASKED]).split(",")]
-                counts = {"days": timesplit.day_counts(dates, years)}
+                counts = {"days": timesplit.day_counts(dates, asked.years())}
             seconds = {"seconds": time.perf_counter() - started}
             return Outcome(len(dates), seconds, {"count": np.array(float(len(dates))), **counts})
         data = self.split(task.config)
@@ -136,7 +135,7 @@ class LocalWork:
         if trainer.local_steps is not None:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), config))
             # q-FedAvg weighs provinces by the global model's loss; nobody else asks for it.
-            if parameters is not None and config.get(START_METRICS):
+            if parameters is not None and StartMetrics.from_config(config).start_metrics:
                 metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
                 if trainer.local_loss is not None:  # ... in the units its steps minimise
                     metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, config)

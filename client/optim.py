@@ -17,6 +17,7 @@ import numpy as np
 from client.steps import sgd
 from common.model_settings import LocalTraining, Shuffle
 from common.scaffold import CONTROL, CONTROL_DELTA
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -35,12 +36,13 @@ class LocalPlan:
     def from_config(cls, config: Mapping[str, ConfigScalar]) -> LocalPlan:
         training = LocalTraining.from_config(config)
         seed = Shuffle.from_config(config).sgd_seed
+        number = RoundNumber.sent(config)  # a task without a round: the first order
         return cls(
             epochs=training.local_epochs,
             learning_rate=training.learning_rate,
             batch_size=training.batch_size,
             mu=training.mu or 0.0,
-            seed=int(config.get("round", 0)) if seed is None else seed,
+            seed=(number.round if number else 0) if seed is None else seed,
         )
 
     def steps(self, n_rows: int) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from common import secagg
 from common.keysign import Identity, KeyAuthenticationError
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
@@ -41,7 +42,8 @@ def announcement(config: Mapping[str, ConfigScalar]) -> bytes:
     cover: a server that announced different members, graphs or thresholds to different
     clients is caught."""
     announced = secagg.Announcement.from_config(config).signed()
-    return json.dumps([str(config.get("round", "")), *announced]).encode()
+    number = RoundNumber.sent(config)
+    return json.dumps([str(number.round) if number else "", *announced]).encode()
 
 
 def survivors_statement(context: bytes, survivors: set[int]) -> bytes:
@@ -62,7 +64,7 @@ class SecAggClient:
         self._survivors: set[int] | None = None
 
     def _current(self, config: Mapping[str, ConfigScalar]) -> secagg.Client:
-        if self._client is None or self._round != int(config["round"]):
+        if self._client is None or self._round != RoundNumber.from_config(config).round:
             raise secagg.SecAggError("a secure-aggregation step arrived out of order")
         if announcement(config) != self._context:
             raise secagg.SecAggError(
@@ -74,14 +76,15 @@ class SecAggClient:
     def keys(self, config: Mapping[str, ConfigScalar]) -> Arrays:
         """A fresh protocol client for this round; its two public keys, signed if it can."""
         announced = secagg.Announcement.from_config(config)
+        number = RoundNumber.from_config(config).round
         session = announced.secagg_session
         if not session or session in self._sessions:
             raise secagg.SecAggError(
-                f"round {config['round']}: the server reuses a secure-aggregation session "
+                f"round {number}: the server reuses a secure-aggregation session "
                 f"({session or 'none'}); refusing a replayed round"
             )
         self._sessions.add(session)
-        self._round = int(config["round"])
+        self._round = number
         index = secagg.Seat.from_config(config).secagg_index
         self._client = secagg.Client(
             index, announced.encoding(), announced.secagg_threshold, announced.graph(index)

@@ -16,11 +16,11 @@ import numpy as np
 
 from client import histograms
 from client.optim import LinearSGD, local_steps
-from common import preprocess, quantity
+from common import quantity
 from common.model_settings import ForestSettings, MemberSeed, SvmSettings
 from common.models import forest, linear, rff, svr
 from common.registry import model_spec
-from common.settings import DataSettings, TaskContext
+from common.settings import DataSettings, RoundNumber, TaskContext
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -48,8 +48,7 @@ class Trainer:
 
 def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
     """Today's close in yuan, from raw or globally scaled rows."""
-    columns = preprocess.features_for(str(config["setting"]), str(config.get("features", "paper")))
-    column = x[:, columns.index("close")]
+    column = x[:, DataSettings.from_config(config).columns().index("close")]
     if not scaled:
         return column
     context = TaskContext.from_config(config)
@@ -153,7 +152,8 @@ def local_preconditioner(features: rff.FourierFeatures, x: np.ndarray) -> np.nda
 
 
 def round_rng(config: Config) -> np.random.Generator:
-    return np.random.default_rng([SvmSettings.from_config(config).svm_seed, int(config["round"])])
+    seed = SvmSettings.from_config(config).svm_seed
+    return np.random.default_rng([seed, RoundNumber.from_config(config).round])
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) -> Arrays:
@@ -169,7 +169,7 @@ def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) 
         epsilon=svm.svm_epsilon,
         rows=TaskContext.from_config(config).train_rows,
         # Decaying steps let the averaged weights settle over the rounds.
-        learning_rate=svm.svm_learning_rate / np.sqrt(int(config["round"])),
+        learning_rate=svm.svm_learning_rate / np.sqrt(RoundNumber.from_config(config).round),
         epochs=svm.svm_epochs,
         rng=round_rng(config),
     )

@@ -15,18 +15,28 @@ the weight of each member in the mean of its members (the global model: 1/M each
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from common.models.checks import UpdateError
+from common.settings import TaskSettings
 from common.tensors import Arrays
 
-# Task-config keys: whether to answer with the test rows' sums, and what else to compute
-# (0: nothing).
-SCORE_SUMS = "analysis_score_sums"
-IMPORTANCE_REPEATS = "importance_repeats"
-PERSONALISE_EPOCHS = "personalise_epochs"
-PERSONALISE_PULL = "personalise_pull"
-ANALYSIS_SEED = "analysis_seed"
+
+@dataclass(frozen=True)
+class AnalysisAsk(TaskSettings):
+    """What the analysis task asks of a province (0: not that): the test rows' sums (1, for
+    contributions), each feature's permuted MSE so many times, the global model fine-tuned by so
+    many passes (or, fitted in closed form, pulled towards it this hard), and the seed of the
+    shuffles and of the members it grows. The integer flag is the form the wire always had."""
+
+    analysis_seed: int
+    personalise_pull: float
+    analysis_score_sums: int = 0
+    importance_repeats: int = 0
+    personalise_epochs: int = 0
+
 
 # The sums a province answers with, when asked.
 GRAM, CROSS, SQUARE = "score_gram", "score_cross", "score_square"

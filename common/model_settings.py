@@ -9,7 +9,7 @@ carried, so clients and servers from before these classes read the same tasks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.settings import TaskSettings
@@ -31,6 +31,10 @@ class LocalTraining(TaskSettings):
     learning_rate: float
     batch_size: int
     mu: float | None = None
+
+    def with_epochs(self, epochs: int) -> LocalTraining:
+        """The same training for `epochs` passes: how a province fine-tunes lr-sgd."""
+        return replace(self, local_epochs=epochs)
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,15 @@ class SvmSettings(TaskSettings):
     svm_learning_rate: float
     svm_epochs: int
     svm_subsample: int
+
+    def with_epochs(self, epochs: int) -> SvmSettings:
+        """The same machine trained for `epochs` passes: how a province fine-tunes the svm."""
+        return replace(self, svm_epochs=epochs)
+
+
+@dataclass(frozen=True)
+class StartMetrics(TaskSettings):
+    """Whether a province scores the global model on its training rows before it trains (two
+    more passes over them, which only q-FedAvg asks for)."""
+
+    start_metrics: bool = False

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from common.model_settings import LocalTraining, SvmSettings
 from common.models.ensemble import MemberCodec
 from common.models.forest import TREES
 from common.models.histgrow import TREE_MODELS, TreeModel
@@ -43,7 +44,8 @@ class ModelSpec:
     fine_tuning: str  # how a province personalises it, formatted with {epochs} and {pull}
     members: MemberCodec | None = None  # an ensemble's members, as they travel
     hyperparameters: str | None = None  # the prefix of its hyperparameters' names
-    own_epochs: str | None = None  # the setting of its local passes, reused to fine-tune
+    # The settings group of its local passes; fine-tuning sets them with its `with_epochs`.
+    own_epochs: type[LocalTraining | SvmSettings] | None = None
     closed_form: bool = False  # fitted in closed form: fine-tuning pulls towards the global
     # Its update is a province's normal equations, summed exactly: --robust-sums checks them.
     normal_equations: bool = False
@@ -109,7 +111,7 @@ MODELS: dict[str, ModelSpec] = {
             gradient=True,
             fine_tuning="{epochs} epoch(s) of lr-sgd's own mini-batch SGD on the province's "
             "training rows, from the global weights",
-            own_epochs="local_epochs",
+            own_epochs=LocalTraining,
         ),
         ModelSpec(
             "rf",
@@ -159,7 +161,7 @@ MODELS: dict[str, ModelSpec] = {
             fine_tuning="{epochs} epoch(s) of the svm's own local training (ε-insensitive loss "
             "on random Fourier features), from the global weights",
             hyperparameters="svm_",
-            own_epochs="svm_epochs",
+            own_epochs=SvmSettings,
         ),
         ModelSpec(
             "svm-local-rbf",

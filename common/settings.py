@@ -69,6 +69,44 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class RoundNumber(TaskSettings):
+    """The round (asynchronously: the version) a task is for; what changes from round to round
+    on the client (a mini-batch order, the svm's step size) is seeded or scaled by it."""
+
+    round: int
+
+
+@dataclass(frozen=True)
+class DayCounts(TaskSettings):
+    """The date phase's question, asked before any split (common/timesplit.py): a province's
+    rows per calendar year (`day_counts` 'years'), or per day of the years listed."""
+
+    day_counts: str
+    day_counts_years: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.day_counts not in ("years", "days"):
+            raise SettingsError(
+                f"task setting 'day_counts' must be 'years' or 'days', got {self.day_counts!r}"
+            )
+        if self.day_counts == "days" and not self.day_counts_years:
+            raise SettingsError("the task's config lacks the setting 'day_counts_years'")
+
+    @classmethod
+    def per_day(cls, years: list[int]) -> DayCounts:
+        return cls("days", ",".join(map(str, years)))
+
+    def years(self) -> list[int]:
+        """The years whose days are asked for."""
+        try:
+            return [int(year) for year in (self.day_counts_years or "").split(",")]
+        except ValueError:
+            raise SettingsError(
+                f"task setting 'day_counts_years' must list years, got {self.day_counts_years!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
 class DataSettings(TaskSettings):
     """How every province splits its rows, the same way: the setting, test share and seed, the
     feature set it computes from them (common/features.py), in the next-day setting the

@@ -25,10 +25,6 @@ import numpy as np
 FIRST_YEAR, YEARS = 1990, 50
 YEAR_DAYS = 366
 DAY = np.timedelta64(1, "D")
-# The statistics task's config: which counts a province sends instead of its sums ("years",
-# or "days" of the years listed under YEARS_ASKED).
-COUNTS = "day_counts"
-YEARS_ASKED = "day_counts_years"
 
 
 def _days(dates: np.ndarray) -> np.ndarray:

@@ -15,10 +15,6 @@ STREAM_PROTOCOL_VERSION = 2
 
 ConfigScalar = float | int | str | bool
 
-# The task config flag that asks a province for the global model's MSE and loss on its rows
-# before it trains: two more passes over them, which only q-FedAvg needs.
-START_METRICS = "start_metrics"
-
 # Chunks are 1 MiB; a message never needs more than a few MiB, whatever the model's size.
 MAX_MESSAGE_BYTES = 16 << 20
 

@@ -65,14 +65,15 @@ class AnalysisSettings:
             seed,
         )
 
-    def task_config(self, score_sums: bool) -> dict[str, int | float]:
-        return {
-            analysis.SCORE_SUMS: int(score_sums),
-            analysis.IMPORTANCE_REPEATS: self.importance_repeats,
-            analysis.PERSONALISE_EPOCHS: self.personalise_epochs,
-            analysis.PERSONALISE_PULL: self.personalise_pull,
-            analysis.ANALYSIS_SEED: self.seed,
-        }
+    def ask(self, score_sums: bool) -> analysis.AnalysisAsk:
+        """What the analysis task asks each province for."""
+        return analysis.AnalysisAsk(
+            analysis_seed=self.seed,
+            personalise_pull=self.personalise_pull,
+            analysis_score_sums=int(score_sums),
+            importance_repeats=self.importance_repeats,
+            personalise_epochs=self.personalise_epochs,
+        )
 
 
 def check_supported(settings: AnalysisSettings, strategy: Strategy) -> None:
@@ -124,7 +125,7 @@ class Analysis:
         started = time.perf_counter()
         s = self.settings
         plan = self._plan(strategy, model, final_fit) if s.contributions else None
-        config = s.task_config(plan is not None)
+        config = s.ask(plan is not None).to_config()
         expected = self._expected(features)
         size = plan.steps.shape[1] if plan else 0
         instructions = [

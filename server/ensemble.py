@@ -18,6 +18,7 @@ from common.model_settings import MemberSeed
 from common.models.ensemble import Member, MemberCodec
 from common.models.forest import shares
 from common.preprocess import GlobalStatistics
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from server.strategy import ClientResult, Instruction, Strategy
@@ -87,7 +88,7 @@ class EnsembleUnion(Strategy):
                 p,
                 {
                     **self.model_config,
-                    "round": server_round,
+                    **RoundNumber(server_round).to_config(),
                     **MemberSeed(1000 * server_round + i).to_config(),
                     **(self._grow_share(self._share[p]) if self._grow_share else {}),
                 },

@@ -21,7 +21,7 @@ import numpy as np
 from common import timesplit
 from common.models.checks import UpdateError
 from common.preprocess import TARGET, GlobalStatistics, features_for
-from common.settings import TaskContext
+from common.settings import DayCounts, TaskContext
 from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -242,12 +242,10 @@ class RoundLoop:
             self.results.update(split=timesplit.record(s.setting, s.test_fraction, s.seed, "", ""))
             return
 
-        years = self._counts(provinces, "years", (timesplit.YEARS,))
+        years = self._counts(provinces, DayCounts("years"), (timesplit.YEARS,))
         asked = timesplit.years_asked(years, s.test_fraction)
         shape = (len(asked), timesplit.YEAR_DAYS)
-        days = self._counts(
-            provinces, "days", shape, {timesplit.YEARS_ASKED: ",".join(map(str, asked))}
-        )
+        days = self._counts(provinces, DayCounts.per_day(asked), shape)
         start, cutoff = timesplit.agree(years, asked, days, s.test_fraction)
         record = timesplit.record(s.setting, s.test_fraction, s.seed, start, cutoff)
         self.results.update(split=record)
@@ -257,12 +255,12 @@ class RoundLoop:
     def _counts(
         self,
         provinces: list[str],
-        kind: str,
+        question: DayCounts,
         shape: tuple[int, ...],
-        config: dict[str, ConfigScalar] | None = None,
     ) -> np.ndarray:
         """The provinces' rows per year, or per day of some years, summed as the privacy mode
         sums statistics."""
+        kind = question.day_counts
 
         def plausible(arrays: Arrays, count: int) -> None:
             if float(arrays["count"]) != count:
@@ -277,7 +275,7 @@ class RoundLoop:
             {"count": (), kind: shape},
             check_outcome,
             plausible,
-            {timesplit.COUNTS: kind, **(config or {})},
+            question.to_config(),
         )
         if len(results) < self.settings.min_clients or not parts:
             raise FederationError(f"only {len(results)} clients sent their rows per {kind[:-1]}")

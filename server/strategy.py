@@ -18,6 +18,7 @@ from common.models import linear
 from common.models.checks import UpdateError, check_arrays
 from common.preprocess import GlobalStatistics
 from common.scores import Evaluation
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from server.disclosure import IN_THE_CLEAR, Disclosure
@@ -132,7 +133,7 @@ class Strategy(ABC):
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
     ) -> list[Instruction]:
-        config = {**self.model_config, "round": server_round}
+        config = {**self.model_config, **RoundNumber(server_round).to_config()}
         return [Instruction(p, config, parameters) for p in provinces]
 
     @abstractmethod
@@ -160,7 +161,7 @@ class Strategy(ABC):
     def configure_evaluate(
         self, server_round: int, parameters: Arrays, provinces: list[str]
     ) -> list[Instruction]:
-        config = {**self.model_config, "round": server_round}
+        config = {**self.model_config, **RoundNumber(server_round).to_config()}
         return [Instruction(p, config, parameters) for p in provinces]
 
     def check_evaluation(self, result: ClientResult) -> None:

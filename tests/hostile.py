@@ -18,8 +18,9 @@ import numpy as np
 
 from common import timesplit
 from common.launch import LocalFederation
+from common.settings import DayCounts
 from common.tensors import Payload
-from common.wire import SESSION_METADATA_KEY
+from common.wire import SESSION_METADATA_KEY, from_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 
@@ -75,7 +76,7 @@ class Liar(threading.Thread):
             task = chunks[0].task
             if task.kind == pb.TASK_KIND_STOP:
                 return
-            dates = timesplit.COUNTS in task.config
+            dates = DayCounts.sent(from_config(task.config)) is not None
             if dates:
                 lie: Lie | None = no_dates(task)
             else:
@@ -105,12 +106,9 @@ def run_beside(liar: Liar, federation: LocalFederation, honest: Sequence[str]) -
 
 def no_dates(task: pb.Task) -> Lie:
     """A date question answered with no rows: counts of zero, of the shape asked."""
-    kind = task.config[timesplit.COUNTS].text
-    shape = (
-        (timesplit.YEARS,)
-        if kind == "years"
-        else (len(task.config[timesplit.YEARS_ASKED].text.split(",")), timesplit.YEAR_DAYS)
-    )
+    asked = DayCounts.from_config(from_config(task.config))
+    kind = asked.day_counts
+    shape = (timesplit.YEARS,) if kind == "years" else (len(asked.years()), timesplit.YEAR_DAYS)
     return Lie(0, {}, {"count": np.array(0.0), kind: np.zeros(shape)})
 
 

@@ -337,10 +337,14 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     works, config, scaler = provinces
     foreign = works["shanghai"].train({**config, "model": "lr"}, scaler, None).arrays
     own = works["hubei"].train({**config, "model": "lr"}, scaler, None).arrays
-    task = {**config, "model": "lr", shared.PERSONALISE_EPOCHS: 1, shared.ANALYSIS_SEED: 0}
+    task = {**config, "model": "lr"}
+
+    def asked(pull):
+        ask = shared.AnalysisAsk(analysis_seed=0, personalise_pull=pull, personalise_epochs=1)
+        return {**task, **ask.to_config()}
 
     def scores(pull):
-        return works["hubei"].analyse({**task, shared.PERSONALISE_PULL: pull}, scaler, foreign)
+        return works["hubei"].analyse(asked(pull), scaler, foreign)
 
     loose, firm, rigid = (scores(pull).metrics for pull in (0.0, 0.01, 1e9))
     own_mse = works["hubei"].evaluate(task, scaler, own).metrics["mse"]
@@ -354,10 +358,7 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     data = works["hubei"].split(config)
     x = preprocess.scale(data.x_train, *scaler)
     lr = trainer_for("lr")
-    fitted = [
-        fine_tune(lr, foreign, x, data.y_train, {**task, shared.PERSONALISE_PULL: pull})
-        for pull in (0.0, 0.01, 1e9)
-    ]
+    fitted = [fine_tune(lr, foreign, x, data.y_train, asked(pull)) for pull in (0.0, 0.01, 1e9)]
     own_fit, firm_fit, global_fit = (
         float(np.mean((lr.predict(model, x, task) - data.y_train) ** 2)) for model in fitted
     )

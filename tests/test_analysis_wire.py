@@ -120,7 +120,7 @@ def test_in_the_analysis_phase_a_province_receives_the_global_model_and_no_coali
         assert sorted(sent) == sorted(global_model), province
         for name, tensor in sent.items():
             np.testing.assert_array_equal(tensor, global_model[name])
-        assert analysed[0][analysis.SCORE_SUMS] == 1
+        assert analysis.AnalysisAsk.from_config(analysed[0]).analysis_score_sums == 1
     disclosure = results.data["disclosure"]["analysis"]
     assert disclosure["provinces"].startswith("the global model only")
     assert "scores every coalition's model itself" in disclosure["server"]

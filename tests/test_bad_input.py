@@ -10,11 +10,11 @@ import grpc
 import numpy as np
 import pytest
 
-from common import timesplit
 from common.launch import LocalFederation
+from common.settings import DayCounts
 from common.tensors import Payload
 from common.tls import client_credentials
-from common.wire import SESSION_METADATA_KEY
+from common.wire import SESSION_METADATA_KEY, from_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from tests.hostile import no_dates, submission
@@ -65,7 +65,7 @@ class RogueClient(threading.Thread):
                 return
             if task.kind == pb.TASK_KIND_WAIT:
                 continue
-            if timesplit.COUNTS in task.config:
+            if DayCounts.sent(from_config(task.config)) is not None:
                 # The split's date questions: an answer of no rows, refused, so the cutoff is
                 # the honest provinces' and the bad updates meet the phases they were made for.
                 with contextlib.suppress(grpc.RpcError):

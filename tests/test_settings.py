@@ -7,6 +7,7 @@ import pytest
 
 from client.secagg import announcement
 from common import preprocess, secagg
+from common.analysis import AnalysisAsk
 from common.data import synthesize_province
 from common.hyperparameters import defaults
 from common.model_settings import (
@@ -15,13 +16,23 @@ from common.model_settings import (
     MemberSeed,
     ModelTask,
     Shuffle,
+    StartMetrics,
     SvmSettings,
 )
 from common.models.histgrow import TreeStep
 from common.protection import Compression, DPNoise, DPScoring, HESession, Protection
-from common.settings import DataSettings, FoldSettings, SettingsError, TaskContext
+from common.registry import model_spec
+from common.settings import (
+    DataSettings,
+    DayCounts,
+    FoldSettings,
+    RoundNumber,
+    SettingsError,
+    TaskContext,
+)
 from common.wire import from_config, to_config
 from server.models import build_strategy
+from tests.test_registry import OWN_EPOCHS
 
 
 def over_the_wire(values: dict) -> dict:
@@ -177,3 +188,66 @@ def test_the_signed_announcement_is_the_text_it_always_was(announced):
     config = over_the_wire({"round": 4, **announced.to_config(), **secagg.Seat(1).to_config()})
     before = json.dumps([str(config.get(key, "")) for key in SIGNED_BEFORE]).encode()
     assert announcement(config) == before
+
+
+def test_the_round_the_date_question_the_analysis_and_start_metrics_come_back_as_sent():
+    sent = [
+        RoundNumber(4),
+        DayCounts("years"),
+        DayCounts.per_day([2019, 2020]),
+        AnalysisAsk(analysis_seed=3, personalise_pull=0.01),
+        AnalysisAsk(7, 0.5, analysis_score_sums=1, importance_repeats=5, personalise_epochs=2),
+        StartMetrics(True),
+    ]
+    for settings in sent:
+        assert type(settings).from_config(over_the_wire(settings.to_config())) == settings
+    assert DayCounts.per_day([2019, 2020]).years() == [2019, 2020]
+    assert StartMetrics.from_config({}).start_metrics is False  # only q-FedAvg asks for them
+
+
+def test_their_tasks_carry_the_keys_they_always_carried():
+    assert RoundNumber(2).to_config() == {"round": 2}
+    assert DayCounts("years").to_config() == {"day_counts": "years"}
+    assert DayCounts.per_day([2019, 2021]).to_config() == {
+        "day_counts": "days",
+        "day_counts_years": "2019,2021",
+    }
+    assert AnalysisAsk(0, 0.01, 1, 5, 1).to_config() == {
+        "analysis_score_sums": 1,
+        "importance_repeats": 5,
+        "personalise_epochs": 1,
+        "personalise_pull": 0.01,
+        "analysis_seed": 0,
+    }
+    assert StartMetrics(True).to_config() == {"start_metrics": True}
+
+
+def test_a_missing_or_mistyped_round_question_or_analysis_setting_is_refused_by_name():
+    with pytest.raises(SettingsError, match="lacks the setting 'round'"):
+        RoundNumber.from_config({"model": "lr"})
+    with pytest.raises(SettingsError, match="'round' must be int, got '2'"):
+        RoundNumber.from_config({"round": "2"})
+    with pytest.raises(SettingsError, match="'day_counts' must be 'years' or 'days'"):
+        DayCounts.from_config({"day_counts": "months"})
+    with pytest.raises(SettingsError, match="lacks the setting 'day_counts_years'"):
+        DayCounts.from_config({"day_counts": "days"})
+    with pytest.raises(SettingsError, match="'day_counts_years' must list years, got '20x9'"):
+        DayCounts.from_config({"day_counts": "days", "day_counts_years": "20x9"}).years()
+    with pytest.raises(SettingsError, match="lacks the setting 'analysis_seed'"):
+        AnalysisAsk.from_config({"personalise_pull": 0.01, "personalise_epochs": 1})
+    with pytest.raises(SettingsError, match=r"'importance_repeats' must be int, got 2\.5"):
+        AnalysisAsk.from_config(
+            {"analysis_seed": 0, "personalise_pull": 0.01, "importance_repeats": 2.5}
+        )
+    with pytest.raises(SettingsError, match="'start_metrics' must be bool, got 1"):
+        StartMetrics.from_config({"start_metrics": 1})
+
+
+@pytest.mark.parametrize("model", ["lr-sgd", "svm"])
+def test_fine_tuning_sets_a_models_own_passes_and_nothing_else(model):
+    spec = model_spec(model)
+    options = {**defaults(), **build_strategy(model).model_config}
+    passes = spec.own_epochs.from_config(options)
+    tuned = passes.with_epochs(9)
+    assert type(tuned) is type(passes) and tuned != passes
+    assert tuned.with_epochs(getattr(passes, OWN_EPOCHS[model])) == passes

@@ -10,12 +10,12 @@ from client.steps import sgd
 from common import preprocess
 from common.compression import SCALE, VALUES
 from common.data import synthesize_province
+from common.model_settings import StartMetrics
 from common.models import linear
 from common.models.checks import UpdateError
 from common.preprocess import GlobalStatistics
 from common.scaffold import CONTROL, CONTROL_DELTA
 from common.settings import TaskContext
-from common.wire import START_METRICS
 from server import strategies
 from server.config import ConfigError, StrategySettings
 from server.models import build_strategy
@@ -194,7 +194,7 @@ def test_qfedavg_with_q_zero_is_the_plain_mean_and_larger_q_favours_the_worse_pr
     with pytest.raises(UpdateError, match="start_loss"):
         QFedAvg(base(), q=1.0).accept_fit(2, result("c", 1, [0.0]))
     (asked,) = QFedAvg(base(), q=1.0).configure_fit(2, current, ["c"])
-    assert asked.config[START_METRICS] is True
+    assert StartMetrics.from_config(asked.config).start_metrics is True
 
 
 def arguments(**overrides) -> StrategySettings:
@@ -248,7 +248,7 @@ def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
     data = work.split(config)
     # One standard deviation of tomorrow's change above the truth, everywhere.
     start = weights(np.zeros(data.x_train.shape[1]), 1.0)
-    outcome = work.train({**config, START_METRICS: True}, scaler, start)
+    outcome = work.train({**config, **StartMetrics(True).to_config()}, scaler, start)
     assert outcome.metrics["local_steps"] == local_steps(len(data.y_train), config)
     assert outcome.metrics["start_mse"] > outcome.metrics["train_mse"]
     # q-FedAvg's F_i is the steps' own loss, ½·MSE of the standardised change, not yuan².

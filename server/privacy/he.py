@@ -26,6 +26,7 @@ from common import forecast, he_relay, paillier, threshold
 from common.models.checks import UpdateError
 from common.paillier import WEIGHT
 from common.protection import HESession, Protection
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
@@ -87,7 +88,7 @@ class HEFedAvg(Strategy):
         return {**Protection("he").to_config(), **named.to_config()}
 
     def _config(self, server_round: int, session: str) -> dict:
-        return {**self.model_config, "round": server_round, **self._protection(session)}
+        return {**self.model_config, **RoundNumber(server_round).to_config(), **self._protection(session)}
 
     def _holders(self, provinces: list[str]) -> list[str]:
         """The provinces that hold a share: only they can upload (and help decrypt)."""

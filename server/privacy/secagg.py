@@ -23,6 +23,7 @@ import numpy as np
 from common import forecast, secagg, vectors
 from common.models.checks import UpdateError
 from common.protection import Protection
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -116,7 +117,7 @@ class SecAggFedAvg(Strategy):
         threshold = self.threshold or (k + 1 if k else n) * 2 // 3 + 1
         base = {
             **self.model_config,
-            "round": server_round,
+            **RoundNumber(server_round).to_config(),
             **Protection("secagg").to_config(),
             **secagg.Announcement(
                 # A fresh protocol instance: clients refuse one they have run, and sign over it.

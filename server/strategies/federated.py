@@ -15,12 +15,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from common.model_settings import LocalTraining, Shuffle
+from common.model_settings import LocalTraining, Shuffle, StartMetrics
 from common.models.checks import UpdateError
 from common.scaffold import CONTROL, CONTROL_DELTA
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
-from common.wire import START_METRICS, ConfigScalar
+from common.wire import ConfigScalar
 from server.strategies.robust import Combiner, mean, median
 from server.strategy import CARRIES_STATE, ClientResult, Failure, FedAvg, Instruction, Strategy
 
@@ -45,7 +46,7 @@ class Federated(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
     ) -> list[Instruction]:
-        config = {**self.model_config, "round": server_round}
+        config = {**self.model_config, **RoundNumber(server_round).to_config()}
         sent = self.downlink(parameters)
         # Each province shuffles its mini-batches differently, and differently every round.
         return [
@@ -236,7 +237,7 @@ class QFedAvg(Federated):
     ) -> list[Instruction]:
         """Each province is asked for its loss under the global model before it trains."""
         asked = super().configure_fit(server_round, parameters, provinces)
-        return [replace(i, config={**i.config, START_METRICS: True}) for i in asked]
+        return [replace(i, config={**i.config, **StartMetrics(True).to_config()}) for i in asked]
 
     def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
         if server_round > 1:

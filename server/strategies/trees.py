@@ -31,6 +31,7 @@ from common.models.histgrow import (
     sketch_query,
 )
 from common.preprocess import GlobalStatistics
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -106,7 +107,7 @@ class HistogramTrees(Strategy):
         return self._instructions(server_round, self._sketch())
 
     def _instructions(self, server_round: int, query: Query) -> list[Instruction]:
-        config = {**self.model_config, "round": server_round, **query.config()}
+        config = {**self.model_config, **RoundNumber(server_round).to_config(), **query.config()}
         return self.exchanges.instructions(config, query.arrays(), self._cohort)
 
     def _shapes(self, query: Query) -> Shapes:
