@@ -30,7 +30,13 @@ from proto.fedstock.v1 import federation_pb2 as pb
 from server.buffer import Contribution, VersionBuffer
 from server.channel import Accept, Phase
 from server.config import Buffering
-from server.schedule import accept_evaluation, nbytes, weighted_metric
+from server.schedule import (
+    accept_evaluation,
+    failure_records,
+    nbytes,
+    scores_record,
+    weighted_metric,
+)
 from server.strategy import ClientResult, Failure, Instruction
 
 log = logging.getLogger("fedstock.server")
@@ -169,7 +175,7 @@ class Buffered:
         for failure in failures:
             log.warning("%s's update dropped: %s", failure.province, failure.reason)
         target = self._unscored[-1].record if self._unscored else self._record
-        target["failures"] += [{"province": f.province, "reason": f.reason} for f in failures]
+        target["failures"] += failure_records(failures)
 
     def _fold(self, result: ClientResult, task: InFlight) -> None:
         began = time.perf_counter()
@@ -243,13 +249,10 @@ class Buffered:
             )
             record = unscored.record
             record.update(
-                mse=evaluation.mse if evaluation else None,
-                per_client=evaluation.per_client if evaluation else {},
+                **scores_record(evaluation),
                 evaluated_by=sorted(r.province for r in unscored.scores),
             )
-            record["failures"] += [
-                {"province": f.province, "reason": f.reason} for f in unscored.failures
-            ]
+            record["failures"] += failure_records(unscored.failures)
             self.loop.recorder.commit(
                 record, unscored.updates, unscored.parameters, evaluation, self.loop.run_state()
             )

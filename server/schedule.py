@@ -21,7 +21,7 @@ from common.models.checks import UpdateError
 from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import FinalFit
-from server.strategy import ClientResult, Evaluation, Strategy
+from server.strategy import ClientResult, Evaluation, Failure, Strategy
 
 log = logging.getLogger("fedstock.server")
 
@@ -84,10 +84,9 @@ class Cohort:
             evaluation = loop.evaluate(strategy, server_round, scores, eval_failures)
             failures += eval_failures
         record.update(
-            mse=evaluation.mse if evaluation else None,
+            **scores_record(evaluation),
             train_mse=weighted_metric(results, "train_mse"),
-            per_client=evaluation.per_client if evaluation else {},
-            failures=[{"province": f.province, "reason": f.reason} for f in failures],
+            failures=failure_records(failures),
             seconds=time.perf_counter() - started,
             overhead_seconds=max(overhead, 0.0),
             # All of the server process's threads: transport, checks, aggregation, bookkeeping.
@@ -122,6 +121,19 @@ def accept_evaluation(strategy: Strategy) -> Callable[[ClientResult], ClientResu
         return result
 
     return accept
+
+
+def scores_record(evaluation: Evaluation | None) -> dict[str, Any]:
+    """A round's (or a version's) record of its scores: none without an evaluation."""
+    return {
+        "mse": evaluation.mse if evaluation else None,
+        "per_client": evaluation.per_client if evaluation else {},
+    }
+
+
+def failure_records(failures: list[Failure]) -> list[dict[str, str]]:
+    """The failures as a round's (or a version's) record lists them."""
+    return [{"province": f.province, "reason": f.reason} for f in failures]
 
 
 def nbytes(arrays: Arrays | None) -> int:
