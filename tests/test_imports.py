@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+# Each probe is a fresh interpreter, a process of its own: these run with the integration tests.
+pytestmark = pytest.mark.integration
+
 HEAVY = ("sklearn", "scipy", "dp_accounting")
 
 
