@@ -42,6 +42,30 @@ def test_a_client_that_fails_locally_reports_it_and_the_round_closes_at_once(tmp
         assert set(record["per_client"]) == set(PROVINCES)  # fujian still evaluates
 
 
+class SendsAMalformedRound(ExactLinear):
+    """Exact least squares whose training tasks to fujian give the round as text."""
+
+    def configure_fit(self, server_round, parameters, provinces):
+        return [
+            Instruction(i.province, {**i.config, "round": str(server_round)}, i.parameters)
+            if i.province == "fujian"
+            else i
+            for i in super().configure_fit(server_round, parameters, provinces)
+        ]
+
+
+def test_a_malformed_task_is_reported_failed_with_its_key_and_the_client_goes_on(tmp_path):
+    run = run_in_process(tmp_path, SendsAMalformedRound({"model": "lr-exact"}), 1, DEADLINE)
+    assert run.status == 0 and run.codes == {p: 0 for p in PROVINCES}, run
+    records = run.results["rounds"]
+    assert [r["clients"] for r in records] == [["hubei"], ["hubei"]]
+    for record in records:
+        [failure] = record["failures"]
+        assert failure["province"] == "fujian"
+        assert "task setting 'round' must be int, got '" in failure["reason"], failure
+        assert set(record["per_client"]) == set(PROVINCES)  # its next task, well formed, is done
+
+
 def test_model_settings_that_cannot_fit_in_memory_are_refused_before_any_round(tmp_path):
     flags = ["--model", "svm", "--svm-features", "1250000", "--insecure"]
     done = run_cli("-m", "server", *flags, "--results", str(tmp_path / "r.json"))

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from client.local import LocalWork
 from client.secagg import announcement
+from client.tasks import TaskGroups, perform
 from common import preprocess, secagg
 from common.analysis import AnalysisAsk
 from common.data import synthesize_province
@@ -31,6 +33,7 @@ from common.settings import (
     TaskContext,
 )
 from common.wire import from_config, to_config
+from proto.fedstock.v1 import federation_pb2 as pb
 from server.models import build_strategy
 from tests.test_registry import OWN_EPOCHS
 
@@ -251,3 +254,32 @@ def test_fine_tuning_sets_a_models_own_passes_and_nothing_else(model):
     tuned = passes.with_epochs(9)
     assert type(tuned) is type(passes) and tuned != passes
     assert tuned.with_epochs(getattr(passes, OWN_EPOCHS[model])) == passes
+
+
+def test_a_task_is_read_once_into_its_groups_and_a_malformed_one_refused_before_any_work():
+    data, training = DataSettings("next-day", 0.2, 0), LocalTraining(1, 0.02, 64)
+    config = {**data.to_config(), **training.to_config(), "model": "lr-sgd", "round": 3}
+    groups = TaskGroups.parse(over_the_wire(config))
+    assert (groups.data, groups.training, groups.model) == (data, training, ModelTask("lr-sgd"))
+    assert groups.number == RoundNumber(3)
+    assert groups.svm is None and groups.announcement is None and groups.analysis is None
+    # Local DP's noise multiplier is its training noise's and its scoring's: one is sent alone.
+    noised = TaskGroups.parse({**config, **DPNoise(1.0, 0.5).to_config()})
+    assert noised.dp_noise == DPNoise(1.0, 0.5) and noised.dp_scoring is None
+    scored = TaskGroups.parse({**config, **DPScoring(4.0, 0.5).to_config()})
+    assert scored.dp_scoring == DPScoring(4.0, 0.5) and scored.dp_noise is None
+
+    class Untouched(LocalWork):
+        def statistics(self, config, parameters=None):
+            raise AssertionError("a malformed task reached the province's work")
+
+    work = Untouched(synthesize_province("hubei", 1000, 1))
+    for bad, message in [
+        ({"round": "3"}, "'round' must be int, got '3'"),
+        ({"test_fraction": "0.2"}, "'test_fraction' must be float"),
+        ({"compression": "int8"}, "lacks the setting 'topk_fraction'"),
+        ({"importance_repeats": 2}, "lacks the setting 'analysis_seed'"),
+    ]:
+        task = pb.Task(round=3, kind=pb.TASK_KIND_STATISTICS, config=to_config({**config, **bad}))
+        with pytest.raises(SettingsError, match=message):
+            perform(work, task, None)
