@@ -21,6 +21,7 @@ from client.he_record import Decryption, DecryptionRecord, RecordError
 from common import he_relay, paillier, threshold
 from common.keysign import Identity
 from common.protection import HESession
+from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -61,10 +62,10 @@ class HEClient:
             raise HEError("the server's task names no HE session (he_session)")
         if not named.he_run:
             raise HEError("the server's task names no HE run (he_run)")
-        number = config.get("round")
-        if type(number) is not int or number < 0:
+        number = RoundNumber.sent(config)
+        if number is None or number.round < 0:
             raise HEError(f"the server's task names no round, or a bad one ({number!r})")
-        return he_relay.Context(named.he_run, number, named.he_session)
+        return he_relay.Context(named.he_run, number.round, named.he_session)
 
     def protect(self, arrays: Arrays, config: Mapping[str, ConfigScalar]) -> Arrays:
         """`arrays` encrypted, with this province's signature over them for the run, round and

@@ -28,7 +28,7 @@ from common.models import histnoise
 from common.models.histgrow import TreeStep
 from common.noise import SecureRandom
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
-from common.settings import SettingsError
+from common.settings import RoundNumber, SettingsError
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 from common.wire import ConfigScalar
@@ -112,7 +112,8 @@ class Encrypted:
             outcome = next_(replace(task, parameters=None))
             relayed = task.parameters or {}
             return replace(outcome, arrays=self.protocol.partial(task.config, relayed))
-        if task.kind == STATISTICS and task.config.get("round") != 0:
+        number = RoundNumber.sent(task.config)
+        if task.kind == STATISTICS and (number is None or number.round != 0):
             # Gathered once per run: a statistics phase named as another round would be a
             # second sum of them, which the record of decryptions keys by round.
             raise HEError("the server asks for statistics outside round 0; refusing")

@@ -27,7 +27,14 @@ from common.model_settings import (
     SvmSettings,
 )
 from common.models.histgrow import TreeStep
-from common.protection import Compression, DPNoise, DPScoring, HESession, Protection
+from common.protection import (
+    Compression,
+    DPNoise,
+    DPScoring,
+    DPStatistics,
+    HESession,
+    Protection,
+)
 from common.secagg import Announcement, Exchange, Seat, Unmasking
 from common.settings import (
     DataSettings,
@@ -77,6 +84,7 @@ class TaskGroups:
     protection: Protection | None
     dp_noise: DPNoise | None
     dp_scoring: DPScoring | None
+    dp_statistics: DPStatistics | None
     he: HESession | None
     compression: Compression | None
     announcement: Announcement | None

@@ -1,6 +1,7 @@
 """Typed task settings survive the trip through the proto config map, and a bad one is named."""
 
 import json
+from typing import get_args, get_type_hints
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from common.settings import (
     RoundNumber,
     SettingsError,
     TaskContext,
+    TaskSettings,
 )
 from common.wire import from_config, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -279,7 +281,19 @@ def test_a_task_is_read_once_into_its_groups_and_a_malformed_one_refused_before_
         ({"test_fraction": "0.2"}, "'test_fraction' must be float"),
         ({"compression": "int8"}, "lacks the setting 'topk_fraction'"),
         ({"importance_repeats": 2}, "lacks the setting 'analysis_seed'"),
+        ({"dp_bounds": "{}"}, "lacks the setting 'dp_statistics_noise'"),
+        ({"he_run": 7}, "'he_run' must be str, got 7"),
     ]:
         task = pb.Task(round=3, kind=pb.TASK_KIND_STATISTICS, config=to_config({**config, **bad}))
         with pytest.raises(SettingsError, match=message):
             perform(work, task, None)
+
+
+def test_every_settings_group_is_read_on_arrival():
+    """A group added to the contract but not to TaskGroups would reach the work unchecked."""
+
+    def subclasses(kind: type) -> set[type]:
+        return {sub for child in kind.__subclasses__() for sub in {child, *subclasses(child)}}
+
+    parsed = {kind for hint in get_type_hints(TaskGroups).values() for kind in get_args(hint)}
+    assert subclasses(TaskSettings) <= parsed

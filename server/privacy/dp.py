@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import dpbounds, dpstats, timesplit, vectors
+from common import dpbounds, dpstats, vectors
 from common.dpbounds import Ranges
 from common.models.checks import UpdateError
 from common.noise import SecureRandom
 from common.preprocess import GlobalStatistics
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
+from common.settings import DayCounts
 from common.tensors import Arrays
 from server.disclosure import SCALER, entry
 from server.strategy import ClientResult, FedAvg, Strategy, checked_sums
@@ -228,7 +229,7 @@ class DPFedAvg(Strategy):
         asked: by each province (local; the server checks each part's form, then the sum) or
         by the server on their sum (central). The sum is then made usable (common/dpstats.py).
         The time split's day counts are gathered as the inner strategy gathers them."""
-        if config and timesplit.COUNTS in config:
+        if config and DayCounts.sent(config) is not None:
             return super().gather_statistics(provinces, shapes, check, plausible, config)
         s = self.settings
         if not s.bounds:

@@ -88,7 +88,11 @@ class HEFedAvg(Strategy):
         return {**Protection("he").to_config(), **named.to_config()}
 
     def _config(self, server_round: int, session: str) -> dict:
-        return {**self.model_config, **RoundNumber(server_round).to_config(), **self._protection(session)}
+        return {
+            **self.model_config,
+            **RoundNumber(server_round).to_config(),
+            **self._protection(session),
+        }
 
     def _holders(self, provinces: list[str]) -> list[str]:
         """The provinces that hold a share: only they can upload (and help decrypt)."""
