@@ -1,9 +1,11 @@
 """A client whose local work raises says so, and the server closes the round without waiting.
 
 The server runs in this process with a long deadline; the clients are real processes. One
-province is sent a task its client cannot do: it must report the failure with the reason, and
-the round must close on that report, not at the deadline.
+province is sent a task its client cannot do, or one it must refuse on arrival: it must report
+the failure with the reason, and the round must close on that report, not at the deadline.
 """
+
+from collections.abc import Callable
 
 import pytest
 
@@ -18,52 +20,43 @@ pytestmark = pytest.mark.integration
 DEADLINE = 3600.0  # far beyond the test's own timeout: the round must close on the report
 
 
-class AsksTheImpossible(ExactLinear):
-    """Exact least squares that sends fujian a model no client knows, in every round."""
+class SpoilsFujiansTraining(ExactLinear):
+    """Exact least squares whose training tasks to fujian, in every round, carry `spoiled`'s
+    settings over the right ones."""
+
+    def __init__(self, spoiled: Callable[[int], dict]) -> None:
+        super().__init__({"model": "lr-exact"})
+        self.spoiled = spoiled
 
     def configure_fit(self, server_round, parameters, provinces):
         return [
-            Instruction(i.province, {**i.config, "model": "no-such-model"}, i.parameters)
+            Instruction(i.province, {**i.config, **self.spoiled(server_round)}, i.parameters)
             if i.province == "fujian"
             else i
             for i in super().configure_fit(server_round, parameters, provinces)
         ]
 
 
-def test_a_client_that_fails_locally_reports_it_and_the_round_closes_at_once(tmp_path):
-    run = run_in_process(tmp_path, AsksTheImpossible({"model": "lr-exact"}), 1, DEADLINE)
+@pytest.mark.parametrize(
+    ("spoiled", "reasons"),
+    [  # a model no client knows: its work raises; the round as text: refused on arrival
+        (lambda _: {"model": "no-such-model"}, ["the client failed", "no-such-model"]),
+        (lambda number: {"round": str(number)}, ["task setting 'round' must be int, got '"]),
+    ],
+    ids=["work-raises", "malformed-task"],
+)
+def test_a_client_that_fails_a_task_reports_why_and_the_round_closes_at_once(
+    tmp_path, spoiled, reasons
+):
+    run = run_in_process(tmp_path, SpoilsFujiansTraining(spoiled), 1, DEADLINE)
     assert run.status == 0 and run.codes == {p: 0 for p in PROVINCES}, run
     records = run.results["rounds"]
     assert [r["clients"] for r in records] == [["hubei"], ["hubei"]]
     for record in records:
         [failure] = record["failures"]
         assert failure["province"] == "fujian"
-        assert "the client failed" in failure["reason"] and "no-such-model" in failure["reason"]
-        assert set(record["per_client"]) == set(PROVINCES)  # fujian still evaluates
-
-
-class SendsAMalformedRound(ExactLinear):
-    """Exact least squares whose training tasks to fujian give the round as text."""
-
-    def configure_fit(self, server_round, parameters, provinces):
-        return [
-            Instruction(i.province, {**i.config, "round": str(server_round)}, i.parameters)
-            if i.province == "fujian"
-            else i
-            for i in super().configure_fit(server_round, parameters, provinces)
-        ]
-
-
-def test_a_malformed_task_is_reported_failed_with_its_key_and_the_client_goes_on(tmp_path):
-    run = run_in_process(tmp_path, SendsAMalformedRound({"model": "lr-exact"}), 1, DEADLINE)
-    assert run.status == 0 and run.codes == {p: 0 for p in PROVINCES}, run
-    records = run.results["rounds"]
-    assert [r["clients"] for r in records] == [["hubei"], ["hubei"]]
-    for record in records:
-        [failure] = record["failures"]
-        assert failure["province"] == "fujian"
-        assert "task setting 'round' must be int, got '" in failure["reason"], failure
-        assert set(record["per_client"]) == set(PROVINCES)  # its next task, well formed, is done
+        assert all(reason in failure["reason"] for reason in reasons), failure
+        assert set(record["per_client"]) == set(PROVINCES)  # fujian goes on, and evaluates
 
 
 def test_model_settings_that_cannot_fit_in_memory_are_refused_before_any_round(tmp_path):
