@@ -26,7 +26,7 @@ from common.model_settings import (
     StartMetrics,
     SvmSettings,
 )
-from common.models.histgrow import TreeStep
+from common.models.histgrow import TreeSettings, TreeStep
 from common.protection import (
     Compression,
     DPNoise,
@@ -35,6 +35,7 @@ from common.protection import (
     HESession,
     Protection,
 )
+from common.registry import MODELS
 from common.secagg import Announcement, Exchange, Seat, Unmasking
 from common.settings import (
     DataSettings,
@@ -66,7 +67,8 @@ class ClientError(RuntimeError):
 class TaskGroups:
     """Every settings group a task carries, read once on its arrival; a group it does not
     carry is None. A group sent in part or with a value of the wrong kind is refused here, by
-    its key, before any work: the province reports the task failed and takes the next one."""
+    its key, before any work: the province reports the task failed and takes the next one.
+    A tree model's settings are keyed by its prefix (`gbdt_`, `rfh_`), not by field name."""
 
     number: RoundNumber | None
     dates: DayCounts | None
@@ -92,6 +94,7 @@ class TaskGroups:
     unmasking: Unmasking | None
     exchange: Exchange | None
     analysis: AnalysisAsk | None
+    trees: TreeSettings | None
 
     @classmethod
     def parse(cls, config: Mapping[str, ConfigScalar]) -> TaskGroups:
@@ -100,16 +103,18 @@ class TaskGroups:
             name: group.from_config(config) if own & config.keys() else None
             for name, (group, own) in _groups().items()
         }
-        return cls(**carried)
+        return cls(**carried, trees=_trees(carried["model"], config))
 
 
 @functools.cache
 def _groups() -> dict[str, tuple[type[TaskSettings], set[str]]]:
     """Each field of TaskGroups, the group it holds (its annotation without the None) and the
     keys only that group has: a group is carried when one of them is (local DP's noise
-    multiplier belongs to its training noise and to its scoring alike)."""
+    multiplier belongs to its training noise and to its scoring alike). The trees' settings,
+    keyed by a prefix, are read by `_trees`."""
     hints = get_type_hints(TaskGroups)
-    groups = {f.name: _group(hints[f.name]) for f in fields(TaskGroups)}
+    held = {f.name: _group(hints[f.name]) for f in fields(TaskGroups)}
+    groups = {name: group for name, group in held.items() if group is not TreeSettings}
     keys = Counter(f.name for group in groups.values() for f in fields(group))
     return {
         name: (group, {f.name for f in fields(group) if keys[f.name] == 1})
@@ -141,8 +146,17 @@ def perform(work: LocalWork, task: pb.Task, parameters: Arrays | None) -> Outcom
     raise ClientError(f"the server sent a task this client does not understand: {kind}")
 
 
-def _group(hint: object) -> type[TaskSettings]:
+def _group(hint: object) -> type:
     return next(kind for kind in get_args(hint) if kind is not type(None))
+
+
+def _trees(model: ModelTask | None, config: Mapping[str, ConfigScalar]) -> TreeSettings | None:
+    """A histogram-tree model's settings, under its prefix; None for any other model (one the
+    registry does not know is refused by the work that needs it, with the models there are)."""
+    spec = MODELS.get(model.model) if model else None
+    if spec is None or spec.trees is None:
+        return None
+    return TreeSettings.from_mapping(config, spec.trees.prefix)
 
 
 def _scaler(task: pb.Task, expected: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -29,8 +29,9 @@ def _kinds(annotation: str) -> tuple[type, ...]:
     return tuple(_KINDS[part.strip()] for part in annotation.split("|") if part.strip() != "None")
 
 
-def _typed(name: str, value: ConfigScalar, kinds: tuple[type, ...]) -> ConfigScalar:
-    """`value` as one of `kinds`: an integer passes for a number, never a flag for an integer."""
+def typed(name: str, value: ConfigScalar, kinds: tuple[type, ...]) -> ConfigScalar:
+    """`value` as one of `kinds`: an integer passes for a number, never a flag for an integer;
+    SettingsError naming the setting `name` otherwise."""
     if type(value) in kinds:
         return value
     if float in kinds and type(value) is int:
@@ -54,7 +55,7 @@ class TaskSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
             if f.name in config:
-                values[f.name] = _typed(f.name, config[f.name], _kinds(str(f.type)))
+                values[f.name] = typed(f.name, config[f.name], _kinds(str(f.type)))
             elif f.default is MISSING:
                 raise SettingsError(f"the task's config lacks the setting {f.name!r}")
         return cls(**values)

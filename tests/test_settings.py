@@ -297,3 +297,14 @@ def test_every_settings_group_is_read_on_arrival():
 
     parsed = {kind for hint in get_type_hints(TaskGroups).values() for kind in get_args(hint)}
     assert subclasses(TaskSettings) <= parsed
+
+
+@pytest.mark.parametrize("model", ["gbdt", "rf-hist"])
+def test_a_tree_models_settings_are_read_on_arrival_under_its_prefix(model):
+    strategy = build_strategy(model)
+    config = over_the_wire(strategy.model_config)
+    assert TaskGroups.parse(config).trees == strategy.settings
+    prefix = model_spec(model).trees.prefix
+    with pytest.raises(SettingsError, match=f"'{prefix}max_depth' must be int, got 6.0"):
+        TaskGroups.parse({**config, f"{prefix}max_depth": 6.0})  # once cut to 6 unasked
+    assert TaskGroups.parse(over_the_wire(build_strategy("lr-sgd").model_config)).trees is None

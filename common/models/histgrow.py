@@ -21,7 +21,7 @@ from common.models.checks import UpdateError, check_arrays
 from common.models.ensemble import Member
 from common.models.forest import TREES
 from common.protection import DPNoise, Protection
-from common.settings import TaskSettings
+from common.settings import TaskSettings, typed
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 
@@ -70,12 +70,13 @@ class TreeSettings:
             raise ValueError("; ".join(problems))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, object], prefix: str) -> TreeSettings:
-        """Settings from `{prefix}{field}` keys (a task config); missing keys keep defaults."""
+    def from_mapping(cls, values: Mapping[str, ConfigScalar], prefix: str) -> TreeSettings:
+        """Settings from `{prefix}{field}` keys (a task config); missing keys keep defaults, a
+        value of the wrong kind is refused by its key, as every task setting is."""
         kinds = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
         return cls(
             **{
-                name: kind(values[prefix + name])
+                name: typed(prefix + name, values[prefix + name], (kind,))
                 for name, kind in kinds.items()
                 if prefix + name in values
             }
