@@ -16,7 +16,7 @@ from client import analysis, chain
 from client.chain import Outcome, Task
 from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
-from common import dpbounds, dpstats, forecast, preprocess, timesplit
+from common import dpbounds, dpstats, forecast, preprocess, quantity, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.model_settings import ModelTask, StartMetrics
 from common.protection import DPScoring, DPStatistics, Protection
@@ -25,16 +25,25 @@ from common.tensors import Arrays
 from common.wire import ConfigScalar
 
 
-def bounds(asked: DPStatistics, data: preprocess.Split) -> tuple[list[float], list[float]]:
-    """The public ranges of the province's columns [features, target] the server sends."""
-    columns = [*data.features, preprocess.TARGET]
+def clipped(asked: DPStatistics, data: preprocess.Split, forecast: str) -> Arrays:
+    """The statistics of the province's rows clipped into the public ranges the server sends,
+    of [features, target], or of [features, target − close] when it asks for a price's move
+    (common/dpbounds.py); no row is dropped."""
     try:
         ranges = dpbounds.from_text(asked.dp_bounds)
     except dpbounds.BoundsError as error:
         raise PrivacyError(str(error)) from None
-    if list(ranges) != columns:
-        raise PrivacyError(f"the server's dp_bounds name {list(ranges)}, not the columns {columns}")
-    return dpbounds.limits(ranges)
+    names, close = list(ranges), dpbounds.move_from(ranges)
+    if names[:-1] != data.features or names[-1] not in (preprocess.TARGET, dpbounds.MOVE):
+        columns = [*data.features, preprocess.TARGET]
+        raise PrivacyError(f"the server's dp_bounds name {names}, not the columns {columns}")
+    if names[-1] == dpbounds.MOVE and (close is None or forecast != quantity.DEFAULT):
+        raise PrivacyError(
+            f"the server asks for the target's move from today's close, of a {forecast} "
+            f"forecast with the features {data.features}; it needs a price and the close"
+        )
+    y = data.y_train if close is None else data.y_train - data.x_train[:, close]
+    return dpstats.clipped_statistics(data.x_train, y, *dpbounds.limits(ranges))
 
 
 class LocalWork:
@@ -102,8 +111,8 @@ class LocalWork:
         asked = DPStatistics.sent(task.config)
         if asked is None:
             sums = preprocess.statistics(data.x_train, data.y_train)
-        else:  # DP: each row's columns clipped into the public ranges, none dropped
-            sums = dpstats.clipped_statistics(data.x_train, data.y_train, *bounds(asked, data))
+        else:  # DP: each row's columns clipped into the public ranges
+            sums = clipped(asked, data, DataSettings.from_config(task.config).forecast)
         return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)
 
     def train(

@@ -11,6 +11,13 @@ its ranges justified in docs/dp.md):
     close = [0.0, 2000.0]
     [target]             # the target, by forecast quantity (common/quantity.py)
     price = [0.0, 2000.0]
+    change = [-10.0, 10.0]
+
+Forecasting tomorrow's price with today's close among the features, the target's statistics
+are released as its move from today's close (`MOVE`), in the change's range: the move's sums
+and the price's are one public linear map apart (common/dpstats.py, `from_move`), and a move's
+range is narrow where a price's is wide, so the same noise costs the fit far less. A file
+without a change's range releases the price in its own range, as before.
 
 A file that is not TOML, lacks a table or a column the run needs, or gives a range that is not
 two finite numbers lo < hi is refused with the reason (BoundsError) before anything runs.
@@ -23,9 +30,12 @@ import math
 import tomllib
 from pathlib import Path
 
+from common import quantity
 from common.preprocess import TARGET
 
 DEFAULT = Path(__file__).parent / "data" / "dp-bounds.toml"
+# The name of the target's column when a price is released as its move from today's close.
+MOVE = f"{TARGET} - close"
 Ranges = dict[str, tuple[float, float]]
 
 
@@ -68,9 +78,12 @@ def _range(path: Path, where: str, value: object) -> tuple[float, float]:
     return lo, hi
 
 
-def for_columns(path: Path, features: list[str], forecast: str) -> Ranges:
-    """The ranges of z = [features, target] in that order, the target's for `forecast`;
-    refused if the file lacks any of them."""
+def for_columns(
+    path: Path, features: list[str], forecast: str, setting: str = "next-day"
+) -> Ranges:
+    """The ranges of z = [features, target] in that order, the target's for `forecast`, or
+    for tomorrow's price, with today's close among the features and a change's range in the
+    file, its move's (`MOVE`); refused if the file lacks any of them."""
     columns, target = load(path)
     missing = [c for c in features if c not in columns]
     if missing:
@@ -78,11 +91,20 @@ def for_columns(path: Path, features: list[str], forecast: str) -> Ranges:
             f"--dp-bounds {path}: [columns] lacks a range for {', '.join(missing)}, which "
             "this run's features read"
         )
+    moves = forecast == quantity.DEFAULT and setting == "next-day" and "close" in features
+    if moves and "change" in target:
+        return {**{c: columns[c] for c in features}, MOVE: target["change"]}
     if forecast not in target:
         raise BoundsError(
             f"--dp-bounds {path}: [target] lacks a range for the {forecast} (--forecast {forecast})"
         )
     return {**{c: columns[c] for c in features}, TARGET: target[forecast]}
+
+
+def move_from(ranges: Ranges) -> int | None:
+    """The column of today's close if the ranges release the target as its move from it."""
+    names = list(ranges)
+    return names.index("close") if names[-1] == MOVE and "close" in names else None
 
 
 def to_text(ranges: Ranges) -> str:

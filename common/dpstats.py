@@ -16,6 +16,12 @@ Post-processing of the federation's noised sum, which costs no ε, keeps it usab
 clamped into the bounds and the covariance's eigenvalues are floored at the noise's own size on
 one covariance entry (σΔ√k/n for k releases summed) and capped at d/4, so Σzzᵀ stays symmetric
 and [n, Σzᵀ; Σz, Σzzᵀ] positive definite.
+
+A price target may be released as its move from today's close (common/dpbounds.py): the
+province sums z' = [x, y − close], and the server maps the usable sums back with
+z = Az', A the identity with a 1 where the target's row meets the close's column, so
+Σz = AΣz' and Σzzᵀ = A(Σz'z'ᵀ)Aᵀ exactly. The map is public and invertible, so it is
+post-processing too, and it keeps [n, Σzᵀ; Σz, Σzzᵀ] positive definite.
 """
 
 from __future__ import annotations
@@ -34,6 +40,20 @@ def clipped_statistics(
 ) -> dict[str, np.ndarray]:
     """n, Σz and Σzzᵀ with each row's columns clipped into [lo, hi]: no row is dropped."""
     return preprocess.statistics(np.clip(x, lo[:-1], hi[:-1]), np.clip(y, lo[-1], hi[-1]))
+
+
+def from_move(sums: Arrays, close: int) -> dict[str, np.ndarray]:
+    """n, Σz and Σzzᵀ of [x, price] from those of [x, price − close], close being column
+    `close` of x: the price is its move plus today's close, row by row."""
+    d = len(sums["sum"])
+    into = np.eye(d)
+    into[d - 1, close] = 1.0
+    cross = into @ sums["cross"] @ into.T
+    return {
+        "count": np.asarray(sums["count"], dtype=np.float64),
+        "sum": into @ sums["sum"],
+        "cross": (cross + cross.T) / 2,
+    }
 
 
 def entry_sensitivity(d: int) -> tuple[np.ndarray, np.ndarray]:

@@ -325,13 +325,14 @@ class ServerConfig:
 
     def dp_ranges(self) -> dpbounds.Ranges:
         """Under DP, the public range of each column the statistics sum, [features, target]
-        in that order, from --dp-bounds; empty without DP."""
+        in that order (a price target's move, common/dpbounds.py), from --dp-bounds; empty
+        without DP."""
         if self.privacy.privacy not in DP_MODES:
             return {}
         run = self.run
         features = features_for(run.setting, run.features)
         path = self.privacy.dp_bounds or dpbounds.DEFAULT
-        return dpbounds.for_columns(path, features, run.forecast)
+        return dpbounds.for_columns(path, features, run.forecast, run.setting)
 
     def _strategy_incompatibility(self) -> str | None:
         spec, s = model_spec(self.model.model), self.strategy

@@ -13,6 +13,7 @@ from server.checks import check_statistics
 from server.cli import parse_args
 from server.memory import MemoryChannel
 from server.privacy.dp import epsilon
+from server.rounds import statistics_from_record
 from tests import in_memory
 
 D = 9  # the next-day setting's eight features and the target
@@ -101,9 +102,9 @@ def test_post_processing_makes_noised_sums_usable_and_keeps_n():
         assert np.all(stats.std > 0)
 
 
-def statistics_task(work: LocalWork, privacy: str | None, sigma: float):
+def statistics_task(work: LocalWork, privacy: str | None, sigma: float, **config):
     ranges = dpbounds.for_columns(dpbounds.DEFAULT, preprocess.NEXT_DAY_FEATURES, "price")
-    config = {"setting": "next-day", "test_fraction": 0.2, "seed": 3}
+    config = {"setting": "next-day", "test_fraction": 0.2, "seed": 3, **config}
     config |= DPStatistics(dpbounds.to_text(ranges), sigma).to_config()
     config |= Protection(privacy).to_config()
     return work.statistics(config).arrays
@@ -116,7 +117,9 @@ def test_a_province_clips_its_rows_and_under_local_dp_noises_its_statistics():
     lo, hi = dpbounds.limits(
         dpbounds.for_columns(dpbounds.DEFAULT, preprocess.NEXT_DAY_FEATURES, "price")
     )
-    clipped = dpstats.clipped_statistics(split.x_train, split.y_train, lo, hi)
+    close = split.features.index("close")
+    move = split.y_train - split.x_train[:, close]  # a price is released as its move
+    clipped = dpstats.clipped_statistics(split.x_train, move, lo, hi)
     central = statistics_task(work, None, 0.0)  # dp-central: the server adds the noise
     for name in clipped:
         np.testing.assert_array_equal(central[name], clipped[name])
@@ -125,9 +128,74 @@ def test_a_province_clips_its_rows_and_under_local_dp_noises_its_statistics():
     assert not np.allclose(local["sum"], clipped["sum"], rtol=1e-6)
     assert np.array_equal(local["cross"], local["cross"].T)
     with pytest.raises(PrivacyError, match="not the columns"):
-        config = {"setting": "next-day", "test_fraction": 0.2, "seed": 3, "features": "technical"}
-        ranges = dpbounds.for_columns(dpbounds.DEFAULT, preprocess.NEXT_DAY_FEATURES, "price")
-        work.statistics({**config, **DPStatistics(dpbounds.to_text(ranges), 0.0).to_config()})
+        statistics_task(work, None, 0.0, features="technical")
+    with pytest.raises(PrivacyError, match="move from today's close, of a change forecast"):
+        statistics_task(work, None, 0.0, forecast="change")
+
+
+def test_a_price_target_is_released_as_its_move_in_the_range_of_the_change():
+    columns, target = dpbounds.load(dpbounds.DEFAULT)
+    next_day = dpbounds.for_columns(dpbounds.DEFAULT, preprocess.NEXT_DAY_FEATURES, "price")
+    assert list(next_day)[-1] == dpbounds.MOVE and next_day[dpbounds.MOVE] == target["change"]
+    assert dpbounds.move_from(next_day) == preprocess.NEXT_DAY_FEATURES.index("close")
+    # The change is a move already; the paper setting's target is today's price, not a move.
+    for forecast, setting in (("change", "next-day"), ("return", "next-day"), ("price", "paper")):
+        ranges = dpbounds.for_columns(
+            dpbounds.DEFAULT, preprocess.PAPER_FEATURES, forecast, setting
+        )
+        assert ranges[preprocess.TARGET] == target[forecast]
+        assert dpbounds.move_from(ranges) is None
+    no_close = dpbounds.for_columns(dpbounds.DEFAULT, ["price", "volume"], "price")
+    assert no_close == {
+        "price": columns["price"],
+        "volume": columns["volume"],
+        preprocess.TARGET: target["price"],
+    }
+
+
+def test_the_moves_sums_map_back_to_the_prices_exactly():
+    province = synthesize_province("hubei", 3_000, 3)
+    split = preprocess.split(province)
+    ranges = dpbounds.for_columns(dpbounds.DEFAULT, split.features, "price")
+    lo, hi = dpbounds.limits(ranges)
+    close = dpbounds.move_from(ranges)
+    x = np.clip(split.x_train, lo[:-1], hi[:-1])
+    move = np.clip(split.y_train - split.x_train[:, close], lo[-1], hi[-1])
+    sums = dpstats.clipped_statistics(
+        split.x_train, split.y_train - split.x_train[:, close], lo, hi
+    )
+    price = dpstats.from_move(sums, close)
+    expected = preprocess.statistics(x, move + x[:, close])
+    for name in expected:
+        np.testing.assert_allclose(price[name], expected[name], rtol=1e-12)
+    # Noised, made usable and mapped back, the sums pass the server's checks as a price's.
+    noised = dpstats.noised(sums, lo, hi, 5.0, np.random.default_rng(5))
+    kept = dpstats.usable(noised, lo, hi, dpstats.floor(5.0, len(lo), float(sums["count"])))
+    check_statistics(dpstats.from_move(kept, close), len(split.y_train), list(ranges))
+
+
+def change_deviation(results: dict) -> float:
+    """The deviation of tomorrow's price from today's close, as the run's statistics give it."""
+    return statistics_from_record(results["statistics"], "price").move_moments()[1]
+
+
+@pytest.mark.parametrize("mode", ["dp-central", "dp-local"])
+def test_the_noise_on_a_price_target_is_the_moves_and_spares_its_deviation(tmp_path, mode):
+    """The same small noise in the unit space of a price's range (2,000 yuan wide) moves the
+    variance of the change by about 10³ times σ = 0.01 yuan² over these 16,000 rows, and in
+    the move's (20 yuan) by 10⁻¹ times σ: the change's deviation stays within 0.05 yuan."""
+    flags = ["--model", "lr-sgd", "--rounds", "1"]
+    clear = change_deviation(in_memory.run(tmp_path / "clear", *flags))
+    private = [*flags, "--privacy", mode, "--dp-noise-multiplier", "0.01"]
+    results = in_memory.run(tmp_path / mode, *private)
+    assert abs(change_deviation(results) - clear) < 0.05
+    assert "its move from today's close" in results["disclosure"]["statistics"]["server"]
+    # A bounds file without a change's range releases the price in its own range.
+    path = tmp_path / "bounds.toml"
+    path.write_text(dpbounds.DEFAULT.read_text().replace("change = [-10.0, 10.0]\n", ""))
+    results = in_memory.run(tmp_path / "price", *private, "--dp-bounds", str(path))
+    assert "move" not in results["disclosure"]["statistics"]["server"]
+    assert np.isfinite(results["final"]["mse"])
 
 
 def test_the_statistics_are_a_counted_release_of_the_run(tmp_path):
@@ -179,7 +247,7 @@ def test_a_bounds_file_that_cannot_be_used_is_refused_before_anything_runs(
 
 def test_bounds_must_cover_the_target_of_the_forecast_and_a_file_must_exist(tmp_path, capsys):
     path = tmp_path / "bounds.toml"
-    text = dpbounds.DEFAULT.read_text().replace("change = [-200.0, 200.0]\n", "")
+    text = dpbounds.DEFAULT.read_text().replace("change = [-10.0, 10.0]\n", "")
     path.write_text(text)
     parse_args(["--privacy", "dp-local", "--dp-bounds", str(path)])  # the price's is there
     for argv, message in (
@@ -190,6 +258,10 @@ def test_bounds_must_cover_the_target_of_the_forecast_and_a_file_must_exist(tmp_
             parse_args(["--privacy", "dp-local", *argv])
         assert message in capsys.readouterr().err
     parse_args(["--dp-bounds", str(tmp_path / "none.toml")])  # without DP no file is read
+    # A file from before a price was released as its move: its change's range is the move's.
+    path.write_text(text.replace("[target]\n", "[target]\nchange = [-200.0, 200.0]\n"))
+    ranges = parse_args(["--privacy", "dp-local", "--dp-bounds", str(path)]).dp_ranges()
+    assert ranges[dpbounds.MOVE] == (-200.0, 200.0)
 
 
 def test_the_default_bounds_cover_every_feature_set_and_forecast():

@@ -227,7 +227,8 @@ class DPFedAvg(Strategy):
     def gather_statistics(self, provinces, shapes, check, plausible, config=None):
         """n, Σz and Σzzᵀ of rows clipped into the public bounds, noised once, counted when
         asked: by each province (local; the server checks each part's form, then the sum) or
-        by the server on their sum (central). The sum is then made usable (common/dpstats.py).
+        by the server on their sum (central). The sum is then made usable, and a price's
+        move mapped back to the price (common/dpstats.py).
         The time split's day counts are gathered as the inner strategy gathers them."""
         if config and DayCounts.sent(config) is not None:
             return super().gather_statistics(provinces, shapes, check, plausible, config)
@@ -249,7 +250,11 @@ class DPFedAvg(Strategy):
         bottom = dpstats.floor(
             s.unit_noise, len(lo), float(total["count"]), len(parts) if local else 1
         )
-        return checked_sums(results, dpstats.usable(total, lo, hi, bottom), plausible)
+        sums = dpstats.usable(total, lo, hi, bottom)
+        close = dpbounds.move_from(s.bounds)
+        if close is not None:  # a price's move from today's close: the price's sums back
+            sums = dpstats.from_move(sums, close)
+        return checked_sums(results, sums, plausible)
 
     def configure_fit(self, server_round, parameters, provinces):
         self._asked = len(provinces)
@@ -344,6 +349,11 @@ class DPFedAvg(Strategy):
             server = (
                 "each province's row count n, and its Σz and Σzzᵀ over its rows clipped into "
                 f"the public bounds, in the clear; it noises their sum ({noise})"
+            )
+        if dpbounds.move_from(s.bounds) is not None:
+            server += (
+                "; the price target's sums as those of its move from today's close, in the "
+                "move's bounds, mapped back to the price's"
             )
         return entry(server, f"{SCALER}, from the noised sums")
 
