@@ -95,16 +95,17 @@ def measure(
     timeout: float,
     server_args: tuple[str, ...] = (),
     tls: bool = False,
+    model: str = "lr-sgd",
 ) -> dict[str, Any]:
-    """Run `count` sessions to the end of a federation started with `server_args` (over mutual
-    TLS if `tls`), print its figures, and return them with the row `baselines.privacy.summarise`
-    makes of the run."""
+    """Run `count` sessions of `model` to the end of a federation started with `server_args`
+    (over mutual TLS if `tls`), print its figures, and return them with the row
+    `baselines.privacy.summarise` makes of the run."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         names = write_members(out / "members.csv", count)
         federation = LocalFederation(
             out,
-            "lr-sgd",
+            model,
             rounds,
             provinces=tuple(names),
             members_file=out / "members.csv",
@@ -164,7 +165,7 @@ def measure(
         rss, hwm = status["VmRSS"] / 1024, status["VmHWM"] / 1024
         print(
             f"\n{count} sessions in {processes} processes, {rows} rows each, {rounds} rounds of "
-            f"lr-sgd {' '.join((*server_args, 'over'))} {'mutual TLS' if tls else 'plaintext'} "
+            f"{model} {' '.join((*server_args, 'over'))} {'mutual TLS' if tls else 'plaintext'} "
             f"(load average {os.getloadavg()[0]:.1f})"
         )
         print(f"  rounds with all {count} members: {len(completed)} of {len(seconds)}")
@@ -184,7 +185,7 @@ def measure(
         )
         sys.stdout.flush()
         mode = " ".join(server_args) or "plain"
-        row = summarise("lr-sgd", mode, record, out)
+        row = summarise(model, mode, record, out)
         return {**row, "members": count, "server_peak_rss_mib": hwm, "server_end_rss_mib": rss}
 
 
