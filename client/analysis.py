@@ -10,11 +10,10 @@ the fine-tuned model never does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from client import histograms, trainers
+from client.groups import TaskGroups
 from client.trainers import Trainer
 from common import analysis
 from common.model_settings import MemberSeed, ModelTask
@@ -24,9 +23,6 @@ from common.registry import model_spec
 from common.settings import TaskContext
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
-from common.wire import ConfigScalar
-
-Config = Mapping[str, ConfigScalar]
 
 
 def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -34,21 +30,21 @@ def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def directions(
-    trainer: Trainer, model: Arrays, x: np.ndarray, config: Config
+    trainer: Trainer, model: Arrays, x: np.ndarray, groups: TaskGroups
 ) -> tuple[np.ndarray, np.ndarray]:
     """The global model's prediction on `x`, and Φ: how the prediction moves per unit of each
     parameter θ (common/analysis.py), for the models whose prediction is affine in θ."""
-    codec = model_spec(ModelTask.from_config(config).model).members
+    codec = model_spec(groups.need(ModelTask).model).members
     if codec is not None:  # θ: each member's weight in the mean of the members
         members = codec.unpack(model, x.shape[1])
-        each = np.column_stack([trainer.predict(codec.pack([m]), x, config) for m in members])
+        each = np.column_stack([trainer.predict(codec.pack([m]), x, groups) for m in members])
         return each.mean(axis=1), each
     weights = flatten(model)
     probes = [model] + [unflatten(weights + unit, model) for unit in np.eye(len(weights))]
     if trainer.predict_candidates is not None:
-        predictions = list(trainer.predict_candidates(probes, x, config))
+        predictions = list(trainer.predict_candidates(probes, x, groups))
     else:
-        predictions = [trainer.predict(probe, x, config) for probe in probes]
+        predictions = [trainer.predict(probe, x, groups) for probe in probes]
     at = predictions[0]
     return at, np.column_stack([p - at for p in predictions[1:]])
 
@@ -60,39 +56,38 @@ def permuted_mses(
     y: np.ndarray,
     features: list[str],
     repeats: int,
-    config: Config,
+    groups: TaskGroups,
 ) -> dict[str, float]:
     """The model's MSE with each feature's column shuffled among the rows, `repeats` times."""
-    seed = analysis.AnalysisAsk.from_config(config).analysis_seed
+    seed = groups.need(analysis.AnalysisAsk).analysis_seed
     shuffled = x.copy()
     metrics = {}
     for j, feature in enumerate(features):
         for repeat in range(repeats):
             shuffled[:, j] = np.random.default_rng([seed, j, repeat]).permutation(x[:, j])
-            prediction = trainer.predict(model, shuffled, config)
+            prediction = trainer.predict(model, shuffled, groups)
             metrics[analysis.permuted_metric(feature, repeat)] = mse(prediction, y)
         shuffled[:, j] = x[:, j]
     return metrics
 
 
 def fine_tune(
-    trainer: Trainer, model: Arrays, x: np.ndarray, y: np.ndarray, config: Config
+    trainer: Trainer, model: Arrays, x: np.ndarray, y: np.ndarray, groups: TaskGroups
 ) -> Arrays:
     """The global model fine-tuned on this province's training rows (common.analysis says how)."""
-    spec = model_spec(ModelTask.from_config(config).model)
-    ask = analysis.AnalysisAsk.from_config(config)
+    spec = model_spec(groups.need(ModelTask).model)
+    ask = groups.need(analysis.AnalysisAsk)
     if spec.own_epochs is not None:  # trained by local steps: fine-tuned by more of them
-        passes = spec.own_epochs.from_config(config).with_epochs(ask.personalise_epochs)
-        return trainer.fit(x, y, model, {**config, **passes.to_config()})
+        passes = groups.need(spec.own_epochs).with_epochs(ask.personalise_epochs)
+        return trainer.fit(x, y, model, groups.with_group(passes))
     if spec.closed_form:  # a fit that ignores where it starts: pulled towards the global one
         return pulled_fit(x, y, model, ask.personalise_pull)
     if spec.trees is not None:  # grown from histograms: boosting or growing continues here
-        change = y - trainers.no_change(x, config, scaled=False)
-        return histograms.personalise(model, x, change, config)
+        change = y - trainers.no_change(x, groups, scaled=False)
+        return histograms.personalise(model, x, change, groups)
     if spec.members is not None:
         codec = spec.members
-        seed = MemberSeed(ask.analysis_seed).to_config()
-        own = trainer.fit(x, y, None, {**config, **seed})
+        own = trainer.fit(x, y, None, groups.with_group(MemberSeed(ask.analysis_seed)))
         return codec.pack([*codec.unpack(model, x.shape[1]), *codec.unpack(own, x.shape[1])])
     raise ValueError(f"this client does not know how to personalise model {spec.name!r}")
 
@@ -113,25 +108,25 @@ def analyse(
     x_train: np.ndarray,
     x_test: np.ndarray,
     model: Arrays,
-    config: Config,
+    groups: TaskGroups,
 ) -> tuple[dict[str, float], Arrays]:
     """Every MSE the task asks for and, for contributions, the test rows' sums, on rows scaled
     (or not) as `trainer` expects them."""
     y = data.y_test
-    prediction = trainer.predict(model, x_test, config)
+    prediction = trainer.predict(model, x_test, groups)
     metrics = {
         analysis.GLOBAL_MSE: mse(prediction, y),
-        analysis.MEAN_MSE: mse(np.full(len(y), TaskContext.from_config(config).target_mean), y),
+        analysis.MEAN_MSE: mse(np.full(len(y), groups.need(TaskContext).target_mean), y),
     }
     sums: Arrays = {}
-    ask = analysis.AnalysisAsk.from_config(config)
+    ask = groups.need(analysis.AnalysisAsk)
     if ask.analysis_score_sums:
-        at, phi = directions(trainer, model, x_test, config)
+        at, phi = directions(trainer, model, x_test, groups)
         sums = analysis.score_sums(phi, y - at)
     if ask.importance_repeats:
         repeats = ask.importance_repeats
-        metrics.update(permuted_mses(trainer, model, x_test, y, data.features, repeats, config))
+        metrics.update(permuted_mses(trainer, model, x_test, y, data.features, repeats, groups))
     if ask.personalise_epochs:
-        personal = fine_tune(trainer, model, x_train, data.y_train, config)
-        metrics[analysis.PERSONAL_MSE] = mse(trainer.predict(personal, x_test, config), y)
+        personal = fine_tune(trainer, model, x_train, data.y_train, groups)
+        metrics[analysis.PERSONAL_MSE] = mse(trainer.predict(personal, x_test, groups), y)
     return metrics, sums

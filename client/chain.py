@@ -10,12 +10,12 @@ place, client/privacy.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from client.groups import TaskGroups
 from common.tensors import Arrays
-from common.wire import ConfigScalar
 
 # The phases whose outcomes leave the province.
 STATISTICS, TRAIN, EVALUATE, ANALYSE = "statistics", "train", "evaluate", "analyse"
@@ -26,7 +26,7 @@ DECRYPT = "decrypt"
 @dataclass(frozen=True)
 class Task:
     kind: str
-    config: Mapping[str, ConfigScalar]
+    groups: TaskGroups  # its settings, as parsed on arrival
     parameters: Arrays | None
 
 

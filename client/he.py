@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
 
+from client.groups import TaskGroups
 from client.he_record import Decryption, DecryptionRecord, RecordError
 from common import he_relay, paillier, threshold
 from common.keysign import Identity
 from common.protection import HESession
-from common.settings import RoundNumber
 from common.tensors import Arrays
-from common.wire import ConfigScalar
 
 log = logging.getLogger("fedstock.client")
 
@@ -55,22 +53,22 @@ class HEClient:
         return self.share
 
     @staticmethod
-    def _context(config: Mapping[str, ConfigScalar]) -> he_relay.Context:
+    def _context(groups: TaskGroups) -> he_relay.Context:
         """The run, round and session the task names, each required."""
-        named = HESession.from_config(config)
+        named = groups.need(HESession)
         if not named.he_session:
             raise HEError("the server's task names no HE session (he_session)")
         if not named.he_run:
             raise HEError("the server's task names no HE run (he_run)")
-        number = RoundNumber.sent(config)
+        number = groups.number
         if number is None or number.round < 0:
             raise HEError(f"the server's task names no round, or a bad one ({number!r})")
         return he_relay.Context(named.he_run, number.round, named.he_session)
 
-    def protect(self, arrays: Arrays, config: Mapping[str, ConfigScalar]) -> Arrays:
+    def protect(self, arrays: Arrays, groups: TaskGroups) -> Arrays:
         """`arrays` encrypted, with this province's signature over them for the run, round and
         session."""
-        n, context = self._share().public.n, self._context(config)
+        n, context = self._share().public.n, self._context(groups)
         sealed = {name: paillier.encrypt(array, n) for name, array in arrays.items()}
         if self.identity is None:
             return {**sealed, **he_relay.proofs(b"", b"")}
@@ -78,9 +76,9 @@ class HEClient:
         signature = self.identity.sign_message(signed)
         return {**sealed, **he_relay.proofs(signature, self.identity.certificate)}
 
-    def partial(self, config: Mapping[str, ConfigScalar], relayed: Arrays) -> Arrays:
+    def partial(self, groups: TaskGroups, relayed: Arrays) -> Arrays:
         """This share's partial decryption of the product of the relayed uploads, once checked."""
-        share, context = self._share(), self._context(config)
+        share, context = self._share(), self._context(groups)
         try:
             uploads = he_relay.unpack(relayed)
         except ValueError as error:

@@ -8,21 +8,21 @@ learns tomorrow's change from today's close, comparable across every province's 
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
-from collections.abc import Mapping
 
 import numpy as np
 
+from client.groups import TaskGroups
 from common.model_settings import ModelTask
 from common.models import histtree
-from common.models.histgrow import Query, TreeSettings, compact
+from common.models.checks import UpdateError
+from common.models.histgrow import Query, TreeSettings, TreeStep, compact
 from common.models.histparty import Party, fit_union
 from common.protection import Protection
 from common.registry import model_spec
 from common.tensors import Arrays
-from common.wire import ConfigScalar
 
-Config = Mapping[str, ConfigScalar]
 # Parties by rows and settings. A province's run needs one; a grid search a few more; a
 # federation in one process (the in-memory channel) one per province.
 _PARTIES: dict[tuple[bytes, TreeSettings], Party] = {}
@@ -31,18 +31,21 @@ KEEP = 16
 _DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}
 
 
-def settings_for(config: Config) -> TreeSettings:
-    model = ModelTask.from_config(config).model
-    trees = model_spec(model).trees
-    if trees is None:
+def settings_for(groups: TaskGroups) -> TreeSettings:
+    """The tree settings parsed on arrival; ValueError for a model not grown from histograms."""
+    model = groups.need(ModelTask).model
+    if model_spec(model).trees is None or groups.trees is None:
         raise ValueError(f"model {model!r} is not grown from histograms")
-    return TreeSettings.from_mapping(config, trees.prefix)
+    return groups.trees
 
 
-def answer(x: np.ndarray, change: np.ndarray, question: Arrays | None, config: Config) -> Arrays:
+def answer(
+    x: np.ndarray, change: np.ndarray, question: Arrays | None, groups: TaskGroups
+) -> Arrays:
     """This province's answer to the question in the task."""
-    settings = settings_for(config)
-    query = Query.from_wire(config, question or {}, x.shape[1], settings.max_bins)
+    settings = settings_for(groups)
+    told = groups.need(TreeStep)
+    query = Query.from_wire(told, dp_clip(groups), question or {}, x.shape[1], settings.max_bins)
     key = (_digest(x), settings)
     if key not in _PARTIES:
         while len(_PARTIES) >= KEEP:
@@ -50,8 +53,18 @@ def answer(x: np.ndarray, change: np.ndarray, question: Arrays | None, config: C
         _PARTIES[key] = Party(x, change, settings)
     answer = _PARTIES[key].answer(query)
     # In the clear only the nonzero entries travel; masks and noise need every entry.
-    in_clear = Protection.from_config(config).privacy in (None, "none")
+    in_clear = groups.need(Protection).privacy in (None, "none")
     return compact(answer) if in_clear else answer
+
+
+def dp_clip(groups: TaskGroups) -> float:
+    """The bound on each row's gradient under local DP, or 0 without it."""
+    if groups.need(Protection).privacy != "dp-local":
+        return 0.0
+    clip = groups.dp_noise.dp_clip if groups.dp_noise is not None else 0.0
+    if not 0 < clip < math.inf:
+        raise UpdateError("local DP on histograms needs a positive, finite 'dp_clip'")
+    return clip
 
 
 def _digest(x: np.ndarray) -> bytes:
@@ -70,9 +83,9 @@ def predict(arrays: Arrays, x: np.ndarray) -> np.ndarray:
     return histtree.predict(base, trees, x)
 
 
-def personalise(model: Arrays, x: np.ndarray, change: np.ndarray, config: Config) -> Arrays:
+def personalise(model: Arrays, x: np.ndarray, change: np.ndarray, groups: TaskGroups) -> Arrays:
     """The global ensemble plus one this province grows, with the run's settings, on what the
     global one leaves unexplained of its own rows: boosting continued locally."""
     base, trees = histtree.unpack_model(model, x.shape[1])
-    own = fit_union(x, change - histtree.predict(base, trees, x), settings_for(config))
+    own = fit_union(x, change - histtree.predict(base, trees, x), settings_for(groups))
     return histtree.pack_model(base + own.base_score, [*trees, *own.trees])

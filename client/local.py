@@ -6,7 +6,6 @@ Rows never leave this module; what it returns are sums, parameters and metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from functools import cached_property
 
 import numpy as np
@@ -14,15 +13,15 @@ import pandas as pd
 
 from client import analysis, chain
 from client.chain import Outcome, Task
+from client.groups import TaskGroups
 from client.privacy import ClientPrivacy, PrivacyError
 from client.trainers import Trainer, trainer_for
 from common import dpbounds, dpstats, forecast, preprocess, quantity, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.model_settings import ModelTask, StartMetrics
-from common.protection import DPScoring, DPStatistics, Protection
-from common.settings import DataSettings, DayCounts, FoldSettings
+from common.protection import DPStatistics, Protection
+from common.settings import DataSettings, FoldSettings
 from common.tensors import Arrays
-from common.wire import ConfigScalar
 
 
 def clipped(asked: DPStatistics, data: preprocess.Split, forecast: str) -> Arrays:
@@ -59,13 +58,13 @@ class LocalWork:
         # way, so they are scaled once for as long as the settings and the scaler stay.
         self._scaled: dict[str, tuple[tuple, np.ndarray]] = {}
 
-    def split(self, config: Mapping[str, ConfigScalar]) -> preprocess.Split:
+    def split(self, groups: TaskGroups) -> preprocess.Split:
         """The province's split for the federation's data settings, computed once per setting.
 
-        With `cv_folds` in the config, the split is a cross-validation fold of the training rows:
+        With `cv_folds` in the task, the split is a cross-validation fold of the training rows:
         random in the paper setting, of days with the federation's cutoff.
         """
-        data = DataSettings.from_config(config)
+        data = groups.need(DataSettings)
         if data not in self._splits:
             self._splits[data] = preprocess.split(
                 self.raw,
@@ -76,7 +75,7 @@ class LocalWork:
                 data.split_cutoff,
                 data.forecast,
             )
-        fold = FoldSettings.from_config(config)
+        fold = groups.need(FoldSettings)
         if fold.cv_folds:
             by_time = None
             if data.split_cutoff:  # forecasting tomorrow: folds of days, one calendar for all
@@ -90,15 +89,13 @@ class LocalWork:
         computed once, as the rows do not change."""
         return preprocess.next_day_dates(self.raw)
 
-    def statistics(
-        self, config: Mapping[str, ConfigScalar], parameters: Arrays | None = None
-    ) -> Outcome:
+    def statistics(self, groups: TaskGroups, parameters: Arrays | None = None) -> Outcome:
         """n, Σz and Σzzᵀ of the training rows; `parameters` carry what a privacy mode relays."""
-        return self.privacy.run(Task(chain.STATISTICS, config, parameters), self._statistics)
+        return self.privacy.run(Task(chain.STATISTICS, groups, parameters), self._statistics)
 
     def _statistics(self, task: Task) -> Outcome:
         started = time.perf_counter()
-        asked = DayCounts.sent(task.config)
+        asked = task.groups.dates
         if asked is not None:  # before the split: the rows per calendar year, or per day of some
             dates = self._next_day_dates
             if asked.day_counts == "years":
@@ -107,23 +104,23 @@ class LocalWork:
                 counts = {"days": timesplit.day_counts(dates, asked.years())}
             seconds = {"seconds": time.perf_counter() - started}
             return Outcome(len(dates), seconds, {"count": np.array(float(len(dates))), **counts})
-        data = self.split(task.config)
-        asked = DPStatistics.sent(task.config)
+        data = self.split(task.groups)
+        asked = task.groups.dp_statistics
         if asked is None:
             sums = preprocess.statistics(data.x_train, data.y_train)
         else:  # DP: each row's columns clipped into the public ranges
-            sums = clipped(asked, data, DataSettings.from_config(task.config).forecast)
+            sums = clipped(asked, data, task.groups.need(DataSettings).forecast)
         return Outcome(len(data.y_train), {"seconds": time.perf_counter() - started}, sums)
 
     def train(
         self,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
         scaler: tuple[np.ndarray, np.ndarray],
         parameters: Arrays | None,
     ) -> Outcome:
         started = time.perf_counter()
         outcome = self.privacy.run(
-            Task(chain.TRAIN, config, parameters), lambda task: self._train(task, scaler)
+            Task(chain.TRAIN, groups, parameters), lambda task: self._train(task, scaler)
         )
         if self.slowdown > 1:  # even sleep(0) yields the CPU: on a loaded machine, for long
             time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
@@ -131,67 +128,65 @@ class LocalWork:
         return outcome
 
     def _train(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
-        config, parameters = task.config, task.parameters
-        data = self.split(config)
+        groups, parameters = task.groups, task.parameters
+        data = self.split(groups)
         if not len(data.y_train):  # a fold of days before this province's first: no part in it
             return Outcome(0, {})
-        trainer = trainer_for(ModelTask.from_config(config).model)
-        x = self._inputs(trainer, config, "train", scaler)
-        update = trainer.fit(x, data.y_train, parameters, config)
+        trainer = trainer_for(groups.need(ModelTask).model)
+        x = self._inputs(trainer, groups, "train", scaler)
+        update = trainer.fit(x, data.y_train, parameters, groups)
         metrics = {}
         if trainer.update_is_model:
-            metrics["train_mse"] = _mse(trainer.predict(update, x, config), data.y_train)
+            metrics["train_mse"] = _mse(trainer.predict(update, x, groups), data.y_train)
         if trainer.local_steps is not None:
-            metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), config))
+            metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), groups))
             # q-FedAvg weighs provinces by the global model's loss; nobody else asks for it.
-            if parameters is not None and StartMetrics.from_config(config).start_metrics:
-                metrics["start_mse"] = _mse(trainer.predict(parameters, x, config), data.y_train)
+            if parameters is not None and groups.need(StartMetrics).start_metrics:
+                metrics["start_mse"] = _mse(trainer.predict(parameters, x, groups), data.y_train)
                 if trainer.local_loss is not None:  # ... in the units its steps minimise
-                    metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, config)
+                    metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, groups)
         return Outcome(len(data.y_train), metrics, update)
 
-    def decrypt(self, config: Mapping[str, ConfigScalar], parameters: Arrays | None) -> Outcome:
+    def decrypt(self, groups: TaskGroups, parameters: Arrays | None) -> Outcome:
         """This province's partial decryption of the encrypted sum in `parameters`."""
-        return self.privacy.run(Task(chain.DECRYPT, config, parameters), self._decrypt)
+        return self.privacy.run(Task(chain.DECRYPT, groups, parameters), self._decrypt)
 
     def _decrypt(self, task: Task) -> Outcome:
-        if Protection.from_config(task.config).privacy != "he":
+        if task.groups.need(Protection).privacy != "he":
             raise PrivacyError("the server asks for a decryption outside --privacy he")
-        return Outcome(len(self.split(task.config).y_train), {})
+        return Outcome(len(self.split(task.groups).y_train), {})
 
-    def secagg(
-        self, step: str, config: Mapping[str, ConfigScalar], parameters: Arrays | None
-    ) -> Outcome:
+    def secagg(self, step: str, groups: TaskGroups, parameters: Arrays | None) -> Outcome:
         """One step of secure aggregation's key exchange or unmasking (client/secagg.py)."""
         started = time.perf_counter()
         protocol = self.privacy.secagg
         if step == "keys":
-            arrays = protocol.keys(config)
+            arrays = protocol.keys(groups)
         elif step == "shares":
-            arrays = protocol.shares(config, parameters or {})
+            arrays = protocol.shares(groups, parameters or {})
         else:
-            arrays = protocol.unmask(config, parameters)
+            arrays = protocol.unmask(groups, parameters)
         seconds = time.perf_counter() - started
-        return Outcome(len(self.split(config).y_train), {"seconds": seconds}, arrays)
+        return Outcome(len(self.split(groups).y_train), {"seconds": seconds}, arrays)
 
     def evaluate(
         self,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
         scaler: tuple[np.ndarray, np.ndarray],
         parameters: Arrays,
     ) -> Outcome:
-        task = Task(chain.EVALUATE, config, parameters)
+        task = Task(chain.EVALUATE, groups, parameters)
         return self.privacy.run(task, lambda task: self._evaluate(task, scaler))
 
     def _evaluate(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         started = time.perf_counter()
-        data = self.split(task.config)
+        data = self.split(task.groups)
         if not len(data.y_test):  # a fold of days this province has no rows on
             return Outcome(0, {"seconds": time.perf_counter() - started})
-        trainer = trainer_for(ModelTask.from_config(task.config).model)
-        x = self._inputs(trainer, task.config, "test", scaler)
-        prediction = trainer.predict(task.parameters, x, task.config)
-        scoring = DPScoring.sent(task.config)  # local DP: the score its noise is for
+        trainer = trainer_for(task.groups.need(ModelTask).model)
+        x = self._inputs(trainer, task.groups, "test", scaler)
+        prediction = trainer.predict(task.parameters, x, task.groups)
+        scoring = task.groups.dp_scoring  # local DP: the score its noise is for
         if scoring is not None and scoring.dp_score_clip:
             metrics = forecast.clipped_mse(prediction, data.y_test, scoring.dp_score_clip)
         else:
@@ -201,21 +196,21 @@ class LocalWork:
 
     def analyse(
         self,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
         scaler: tuple[np.ndarray, np.ndarray],
         parameters: Arrays,
     ) -> Outcome:
         """The end-of-run analysis on this province's rows (client/analysis.py)."""
-        task = Task(chain.ANALYSE, config, parameters)
+        task = Task(chain.ANALYSE, groups, parameters)
         return self.privacy.run(task, lambda task: self._analyse(task, scaler))
 
     def _analyse(self, task: Task, scaler: tuple[np.ndarray, np.ndarray]) -> Outcome:
         started = time.perf_counter()
-        data = self.split(task.config)
-        trainer = trainer_for(ModelTask.from_config(task.config).model)
-        x_train, x_test = (self._inputs(trainer, task.config, p, scaler) for p in ("train", "test"))
+        data = self.split(task.groups)
+        trainer = trainer_for(task.groups.need(ModelTask).model)
+        x_train, x_test = (self._inputs(trainer, task.groups, p, scaler) for p in ("train", "test"))
         metrics, sums = analysis.analyse(
-            trainer, data, x_train, x_test, task.parameters, task.config
+            trainer, data, x_train, x_test, task.parameters, task.groups
         )
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics, sums)
@@ -223,18 +218,18 @@ class LocalWork:
     def _inputs(
         self,
         trainer: Trainer,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
         part: str,
         scaler: tuple[np.ndarray, np.ndarray],
     ) -> np.ndarray:
         """The split's `part` rows as `trainer` takes them: globally scaled (read-only, kept for
         the next task with the same settings and scaler), or raw for the models that want raw."""
-        x = getattr(self.split(config), f"x_{part}")
+        x = getattr(self.split(groups), f"x_{part}")
         if not trainer.scaled:
             return x
         key = (
-            DataSettings.from_config(config),
-            FoldSettings.from_config(config),
+            groups.need(DataSettings),
+            groups.need(FoldSettings),
             scaler[0].tobytes(),
             scaler[1].tobytes(),
         )

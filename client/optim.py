@@ -9,17 +9,15 @@ FedProx (a pull back towards the global weights), SCAFFOLD (a drift correction) 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from client.groups import TaskGroups
 from client.steps import sgd
 from common.model_settings import LocalTraining, Shuffle
 from common.scaffold import CONTROL, CONTROL_DELTA
-from common.settings import RoundNumber
 from common.tensors import Arrays
-from common.wire import ConfigScalar
 
 
 @dataclass(frozen=True)
@@ -33,10 +31,10 @@ class LocalPlan:
     seed: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, ConfigScalar]) -> LocalPlan:
-        training = LocalTraining.from_config(config)
-        seed = Shuffle.from_config(config).sgd_seed
-        number = RoundNumber.sent(config)  # a task without a round: the first order
+    def of(cls, groups: TaskGroups) -> LocalPlan:
+        training = groups.need(LocalTraining)
+        seed = groups.need(Shuffle).sgd_seed
+        number = groups.number  # a task without a round: the first order
         return cls(
             epochs=training.local_epochs,
             learning_rate=training.learning_rate,
@@ -49,9 +47,9 @@ class LocalPlan:
         return self.epochs * math.ceil(n_rows / self.batch_size)
 
 
-def local_steps(n_rows: int, config: Mapping[str, ConfigScalar]) -> int:
+def local_steps(n_rows: int, groups: TaskGroups) -> int:
     """τ_i, the gradient steps a province takes in a round: FedNova weighs updates by it."""
-    return LocalPlan.from_config(config).steps(n_rows)
+    return LocalPlan.of(groups).steps(n_rows)
 
 
 def _vector(weights: Arrays) -> np.ndarray:
@@ -69,9 +67,9 @@ class LinearSGD:
         x: np.ndarray,
         y: np.ndarray,
         global_arrays: Arrays | None,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
     ) -> Arrays:
-        plan = LocalPlan.from_config(config)
+        plan = LocalPlan.of(groups)
         size = x.shape[1] + 1
         # Round one starts where the server steps from: zero, the standardised target's mean.
         start = np.zeros(size) if global_arrays is None else _vector(global_arrays)

@@ -18,6 +18,7 @@ import numpy as np
 
 from client import chain
 from client.chain import DECRYPT, EVALUATE, STATISTICS, TRAIN, Link, Next, Outcome, Task
+from client.groups import TaskGroups
 from client.he import HEClient, HEError
 from client.he_record import DecryptionRecord
 from client.secagg import SecAggClient
@@ -25,13 +26,11 @@ from common import dpbounds, dpstats, forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
 from common.models import histnoise
-from common.models.histgrow import TreeStep
 from common.noise import SecureRandom
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
-from common.settings import RoundNumber, SettingsError
+from common.settings import SettingsError
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
-from common.wire import ConfigScalar
 
 
 class PrivacyError(RuntimeError):
@@ -41,13 +40,13 @@ class PrivacyError(RuntimeError):
 def privatize(
     update: Arrays,
     reference: Arrays | None,
-    config: Mapping[str, ConfigScalar],
+    groups: TaskGroups,
     rng: np.random.Generator | SecureRandom | None = None,
 ) -> Arrays:
     """Local DP: the step from `reference` clipped to `dp_clip`, plus N(0, (σ·clip)²) noise."""
-    if Protection.from_config(config).privacy != "dp-local":
+    if groups.need(Protection).privacy != "dp-local":
         return update
-    noise = DPNoise.from_config(config)
+    noise = groups.need(DPNoise)
     bound, sigma = noise.dp_clip, noise.dp_noise_multiplier
     rng = rng or SecureRandom()  # the OS's secure generator: noise nobody can predict
     step = clip(delta(update, reference), bound)
@@ -58,7 +57,7 @@ def privatize(
 
 def noised_score(
     metrics: Mapping[str, float],
-    config: Mapping[str, ConfigScalar],
+    groups: TaskGroups,
     rng: np.random.Generator | SecureRandom | None = None,
 ) -> dict[str, float]:
     """Local DP on an evaluation: the MSE clipped per row to B (`dp_score_clip`; replacing all
@@ -70,7 +69,7 @@ def noised_score(
     if "mse" not in metrics:  # no test rows in this fold: nothing to release
         return dict(metrics)
     try:
-        scoring = DPScoring.from_config(config)
+        scoring = groups.need(DPScoring)
     except SettingsError as error:
         raise PrivacyError(f"the server asks for scores under dp-local: {error}") from None
     bound, sigma = scoring.dp_score_clip, scoring.dp_noise_multiplier
@@ -83,12 +82,11 @@ def noised_score(
 
 def noised_statistics(
     sums: Arrays,
-    config: Mapping[str, ConfigScalar],
+    asked: DPStatistics,
     rng: np.random.Generator | SecureRandom | None = None,
 ) -> Arrays:
     """Local DP on the statistics: n, Σz and Σzzᵀ of rows the work clipped into the public
     ranges, noised at `dp_statistics_noise` in the ranges' unit space (common/dpstats.py)."""
-    asked = DPStatistics.from_config(config)
     try:
         lo, hi = dpbounds.limits(dpbounds.from_text(asked.dp_bounds))
     except dpbounds.BoundsError as error:
@@ -106,30 +104,30 @@ class Encrypted:
         self.protocol = protocol
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
-        if Protection.from_config(task.config).privacy != "he":
+        if task.groups.need(Protection).privacy != "he":
             return next_(task)
         if task.kind == DECRYPT:
             outcome = next_(replace(task, parameters=None))
             relayed = task.parameters or {}
-            return replace(outcome, arrays=self.protocol.partial(task.config, relayed))
-        number = RoundNumber.sent(task.config)
+            return replace(outcome, arrays=self.protocol.partial(task.groups, relayed))
+        number = task.groups.number
         if task.kind == STATISTICS and (number is None or number.round != 0):
             # Gathered once per run: a statistics phase named as another round would be a
             # second sum of them, which the record of decryptions keys by round.
             raise HEError("the server asks for statistics outside round 0; refusing")
         outcome = next_(task)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
-            return replace(outcome, arrays=self.protocol.protect(outcome.arrays, task.config))
+            return replace(outcome, arrays=self.protocol.protect(outcome.arrays, task.groups))
         if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
             sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
             return Outcome(
-                outcome.num_examples, timing(outcome), self.protocol.protect(sums, task.config)
+                outcome.num_examples, timing(outcome), self.protocol.protect(sums, task.groups)
             )
         if task.kind != TRAIN:
             return outcome
         weighted = {name: array * outcome.num_examples for name, array in outcome.arrays.items()}
         weighted[paillier.WEIGHT] = np.array(float(outcome.num_examples))
-        protected = self.protocol.protect(weighted, task.config)
+        protected = self.protocol.protect(weighted, task.groups)
         return Outcome(outcome.num_examples, untrained(outcome), protected)
 
 
@@ -152,27 +150,27 @@ class Masked:
         self.protocol = protocol
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
-        if Protection.from_config(task.config).privacy != "secagg":
+        if task.groups.need(Protection).privacy != "secagg":
             return next_(task)
         parameters = task.parameters
         if parameters is not None and secagg.SENDERS in parameters:
             parameters = self.protocol.strip(parameters)
         outcome = next_(replace(task, parameters=parameters))
-        if secagg.Exchange.sent(task.config):  # one of many sums under one key agreement
-            masked = self.protocol.exchange(outcome.arrays, task.config, parameters)
+        if task.groups.exchange:  # one of many sums under one key agreement
+            masked = self.protocol.exchange(outcome.arrays, task.groups, parameters)
             return replace(outcome, arrays=masked)
         if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
-            return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.config))
+            return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.groups))
         if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
             sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
             return Outcome(
-                outcome.num_examples, timing(outcome), self.protocol.mask(sums, task.config)
+                outcome.num_examples, timing(outcome), self.protocol.mask(sums, task.groups)
             )
         if task.kind != TRAIN:
             return outcome
         weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
         weighted[secagg.WEIGHT] = np.array(float(outcome.num_examples))
-        masked = self.protocol.mask(weighted, task.config)
+        masked = self.protocol.mask(weighted, task.groups)
         return Outcome(outcome.num_examples, untrained(outcome), masked)
 
 
@@ -187,7 +185,7 @@ class Compressed:
         outcome = next_(task)
         if task.kind != TRAIN:
             return outcome
-        sent = self.feedback.compress(outcome.arrays, task.parameters, task.config)
+        sent = self.feedback.compress(outcome.arrays, task.parameters, task.groups.compression)
         return replace(outcome, arrays=sent)
 
 
@@ -200,19 +198,21 @@ class LocalNoise:
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         outcome = next_(task)
-        dp_local = Protection.from_config(task.config).privacy == "dp-local"
-        if dp_local and task.kind == STATISTICS and DPStatistics.sent(task.config):
-            return replace(outcome, arrays=noised_statistics(outcome.arrays, task.config))
+        groups = task.groups
+        dp_local = groups.need(Protection).privacy == "dp-local"
+        if dp_local and task.kind == STATISTICS and groups.dp_statistics:
+            noised = noised_statistics(outcome.arrays, groups.dp_statistics)
+            return replace(outcome, arrays=noised)
         if not dp_local or task.kind not in (TRAIN, EVALUATE):
             return outcome
         if task.kind == EVALUATE:
-            return replace(outcome, metrics=noised_score(outcome.metrics, task.config))
-        if TreeStep.sent(task.config):
-            noise = DPNoise.from_config(task.config)
+            return replace(outcome, metrics=noised_score(outcome.metrics, groups))
+        if groups.tree_step:
+            noise = groups.need(DPNoise)
             clip, sigma = noise.dp_clip, noise.dp_noise_multiplier
             noised = histnoise.noised(outcome.arrays, clip, sigma, SecureRandom())
         else:
-            noised = privatize(outcome.arrays, task.parameters, task.config)
+            noised = privatize(outcome.arrays, task.parameters, groups)
         return Outcome(outcome.num_examples, untrained(outcome), noised)
 
 

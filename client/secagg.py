@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import fields
 
 import numpy as np
 
+from client.groups import TaskGroups
 from common import secagg
 from common.keysign import Identity, KeyAuthenticationError
 from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
-from common.wire import ConfigScalar
 
 log = logging.getLogger("fedstock.client")
 
 
-# The settings the server sends each client differently; an exchange's masks bind all others.
-PER_CLIENT = {f.name for f in fields(secagg.Seat)}
-
-
-def _indices(text: ConfigScalar) -> set[int]:
+def _indices(text: str) -> set[int]:
     return {int(i) for i in str(text).split(",") if i}
 
 
@@ -37,12 +31,12 @@ def _bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).copy()
 
 
-def announcement(config: Mapping[str, ConfigScalar]) -> bytes:
+def announcement(groups: TaskGroups) -> bytes:
     """The round's announcement (common/secagg.py) as the bytes every client's signatures
     cover: a server that announced different members, graphs or thresholds to different
     clients is caught."""
-    announced = secagg.Announcement.from_config(config).signed()
-    number = RoundNumber.sent(config)
+    announced = groups.need(secagg.Announcement).signed()
+    number = groups.number
     return json.dumps([str(number.round) if number else "", *announced]).encode()
 
 
@@ -63,20 +57,20 @@ class SecAggClient:
         self._certificates: dict[int, bytes] = {}
         self._survivors: set[int] | None = None
 
-    def _current(self, config: Mapping[str, ConfigScalar]) -> secagg.Client:
-        if self._client is None or self._round != RoundNumber.from_config(config).round:
+    def _current(self, groups: TaskGroups) -> secagg.Client:
+        if self._client is None or self._round != groups.need(RoundNumber).round:
             raise secagg.SecAggError("a secure-aggregation step arrived out of order")
-        if announcement(config) != self._context:
+        if announcement(groups) != self._context:
             raise secagg.SecAggError(
                 f"round {self._round}: the server changed the round's announcement between "
                 "steps; refusing to go on"
             )
         return self._client
 
-    def keys(self, config: Mapping[str, ConfigScalar]) -> Arrays:
+    def keys(self, groups: TaskGroups) -> Arrays:
         """A fresh protocol client for this round; its two public keys, signed if it can."""
-        announced = secagg.Announcement.from_config(config)
-        number = RoundNumber.from_config(config).round
+        announced = groups.need(secagg.Announcement)
+        number = groups.need(RoundNumber).round
         session = announced.secagg_session
         if not session or session in self._sessions:
             raise secagg.SecAggError(
@@ -85,12 +79,12 @@ class SecAggClient:
             )
         self._sessions.add(session)
         self._round = number
-        index = secagg.Seat.from_config(config).secagg_index
+        index = groups.need(secagg.Seat).secagg_index
         self._client = secagg.Client(
             index, announced.encoding(), announced.secagg_threshold, announced.graph(index)
         )
         self._relay, self._certificates, self._survivors = {}, {}, None
-        self._context = announcement(config)
+        self._context = announcement(groups)
         keys = b"".join(self._client.advertise())
         if self.identity is None:
             log.warning(
@@ -108,25 +102,25 @@ class SecAggClient:
             "certificate": _bytes(certificate),
         }
 
-    def shares(self, config: Mapping[str, ConfigScalar], adverts: Arrays) -> Arrays:
+    def shares(self, groups: TaskGroups, adverts: Arrays) -> Arrays:
         """One encrypted row for each neighbour in the adverts, in index order, once every
         advert is shown to come from the province announced for it."""
-        protocol = self._current(config)
+        protocol = self._current(groups)
         keys, proofs = secagg.unpack_adverts(adverts)
-        self._authenticate(config, keys, proofs)
+        self._authenticate(groups, keys, proofs)
         sealed = protocol.share(keys)
         rows = b"".join(sealed[v] for v in sorted(sealed))
         return {"shares": _bytes(rows).reshape(len(sealed), secagg.SEALED_BYTES)}
 
     def _authenticate(
         self,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
         adverts: dict[int, tuple[bytes, bytes]],
         proofs: dict[int, tuple[bytes, bytes]],
     ) -> None:
         if self.identity is None:
             return
-        members = self._members(config)
+        members = self._members(groups)
         for index, keys in adverts.items():
             if not 1 <= index <= len(members):
                 raise KeyAuthenticationError(
@@ -144,9 +138,9 @@ class SecAggClient:
             )
             self._certificates[index] = certificate
 
-    def _members(self, config: Mapping[str, ConfigScalar]) -> list[str]:
-        members = (secagg.Announcement.from_config(config).secagg_members or "").split(",")
-        own = secagg.Seat.from_config(config).secagg_index
+    def _members(self, groups: TaskGroups) -> list[str]:
+        members = (groups.need(secagg.Announcement).secagg_members or "").split(",")
+        own = groups.need(secagg.Seat).secagg_index
         if self.identity is not None and (
             len(set(members)) != len(members) or members[own - 1 : own] != [self.identity.province]
         ):
@@ -163,36 +157,31 @@ class SecAggClient:
         rest = {k: v for k, v in parameters.items() if k not in (secagg.SENDERS, secagg.SHARES)}
         return rest or None
 
-    def mask(self, arrays: Arrays, config: Mapping[str, ConfigScalar]) -> Arrays:
+    def mask(self, arrays: Arrays, groups: TaskGroups) -> Arrays:
         """`arrays` masked, as int64 tensors of their shapes, with a last axis of limbs when the
         encoding is wide."""
-        protocol = self._current(config)
+        protocol = self._current(groups)
         masked = protocol.masked_input(flatten(arrays), self._relay).view(np.int64)
         limbs = getattr(protocol.encoding, "limbs", 0)
         shapes = {k: (*np.shape(v), limbs) if limbs else np.shape(v) for k, v in arrays.items()}
         return unflatten(masked, {k: np.empty(shape) for k, shape in shapes.items()})
 
-    def exchange(
-        self, arrays: Arrays, config: Mapping[str, ConfigScalar], question: Arrays | None
-    ) -> Arrays:
+    def exchange(self, arrays: Arrays, groups: TaskGroups, question: Arrays | None) -> Arrays:
         """`arrays` masked for the task's exchange (int64 tensors of their shapes), the masks
         bound to `question` and the task's settings, so they cancel only if the server asked
         every member the same (common/secagg.py)."""
-        protocol = self._current(config)
-        asked = {k: v for k, v in config.items() if k not in PER_CLIENT}
-        number = secagg.Exchange.from_config(config).secagg_exchange
-        context = secagg.digest(question, asked)
+        protocol = self._current(groups)
+        number = groups.need(secagg.Exchange).secagg_exchange
+        context = secagg.digest(question, dict(groups.shared))
         masked = protocol.exchange_input(flatten(arrays), self._relay, number, context)
         return unflatten(masked.view(np.int64), arrays)
 
-    def unmask(
-        self, config: Mapping[str, ConfigScalar], signatures: Arrays | None = None
-    ) -> Arrays:
+    def unmask(self, groups: TaskGroups, signatures: Arrays | None = None) -> Arrays:
         """Step `confirm`: this client's signature on the survivor set the server announces.
         Step `reveal`: once every survivor is shown to have signed that same set, the shares
         that remove the masks (common/secagg.py checks that no client gets both kinds)."""
-        protocol = self._current(config)
-        unmasking = secagg.Unmasking.from_config(config)
+        protocol = self._current(groups)
+        unmasking = groups.need(secagg.Unmasking)
         survivors = _indices(unmasking.secagg_survivors)
         statement = survivors_statement(self._context, survivors)
         if unmasking.secagg_step == "confirm":
@@ -208,7 +197,7 @@ class SecAggClient:
                 f"round {self._round}: the survivors to unmask {sorted(survivors)} are not "
                 f"those this client confirmed {sorted(self._survivors or ())}; refusing"
             )
-        self._check_confirmations(config, statement, survivors, signatures or {})
+        self._check_confirmations(groups, statement, survivors, signatures or {})
         reply = protocol.unmask(survivors, _indices(unmasking.secagg_dropped))
         order = sorted(reply)
         rows = b"".join(reply[u].to_bytes(secagg.SHARE_BYTES) for u in order)
@@ -217,7 +206,7 @@ class SecAggClient:
 
     def _check_confirmations(
         self,
-        config: Mapping[str, ConfigScalar],
+        groups: TaskGroups,
         statement: bytes,
         survivors: set[int],
         relayed: Arrays,
@@ -227,7 +216,7 @@ class SecAggClient:
         same set, and no two helpers reveal different kinds of share for one client."""
         if self.identity is None:
             return
-        members = self._members(config)
+        members = self._members(groups)
         signed = secagg.unpack_signatures(relayed)
         if not set(signed) <= survivors or len(signed) <= len(members) // 2:
             raise KeyAuthenticationError(

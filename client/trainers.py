@@ -1,20 +1,21 @@
 """What a province does with its rows for each model: train from the global parameters, predict.
 
-Trainers know scikit-learn and numpy, never gRPC. Hyperparameters arrive in the task's config
-(common/hyperparameters.py says what they mean), global numbers from the federation's
-statistics with them (common.settings.TaskContext). Whatever a model learns, it answers in the
-forecast quantity's units (common/quantity.py).
+Trainers know scikit-learn and numpy, never gRPC. Hyperparameters arrive in the task's settings
+as parsed on its arrival (client/groups.py; common/hyperparameters.py says what they mean),
+global numbers from the federation's statistics with them (common.settings.TaskContext).
+Whatever a model learns, it answers in the forecast quantity's units (common/quantity.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from client import histograms
+from client.groups import TaskGroups
 from client.optim import LinearSGD, local_steps
 from common import quantity
 from common.model_settings import ForestSettings, MemberSeed, SvmSettings
@@ -22,12 +23,10 @@ from common.models import forest, linear, rff, svr
 from common.registry import model_spec
 from common.settings import DataSettings, RoundNumber, TaskContext
 from common.tensors import Arrays
-from common.wire import ConfigScalar
 
-Config = Mapping[str, ConfigScalar]
-Fit = Callable[[np.ndarray, np.ndarray, Arrays | None, Config], Arrays]
-Predict = Callable[[Arrays, np.ndarray, Config], np.ndarray]
-PredictMany = Callable[[list[Arrays], np.ndarray, Config], Iterator[np.ndarray]]
+Fit = Callable[[np.ndarray, np.ndarray, Arrays | None, TaskGroups], Arrays]
+Predict = Callable[[Arrays, np.ndarray, TaskGroups], np.ndarray]
+PredictMany = Callable[[list[Arrays], np.ndarray, TaskGroups], Iterator[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -39,26 +38,26 @@ class Trainer:
     # False for trees: they split on raw values, and scaling would change nothing.
     scaled: bool = True
     # Gradient trainers say how many local steps a round takes them (FedNova needs τ_i).
-    local_steps: Callable[[int, Mapping[str, ConfigScalar]], int] | None = None
+    local_steps: Callable[[int, TaskGroups], int] | None = None
     # ... and the local objective under given weights (q-FedAvg's F_i).
-    local_loss: Callable[[Arrays, np.ndarray, np.ndarray, Config], float] | None = None
+    local_loss: Callable[[Arrays, np.ndarray, np.ndarray, TaskGroups], float] | None = None
     # Predictions of many candidate models at once, where they share costly work.
     predict_candidates: PredictMany | None = None
 
 
-def close(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
+def close(x: np.ndarray, groups: TaskGroups, scaled: bool) -> np.ndarray:
     """Today's close in yuan, from raw or globally scaled rows."""
-    column = x[:, DataSettings.from_config(config).columns().index("close")]
+    column = x[:, groups.need(DataSettings).columns().index("close")]
     if not scaled:
         return column
-    context = TaskContext.from_config(config)
+    context = groups.need(TaskContext)
     return column * context.close_scale + context.close_mean
 
 
-def no_change(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
+def no_change(x: np.ndarray, groups: TaskGroups, scaled: bool) -> np.ndarray:
     """The forecast quantity's value if tomorrow's price were today's close (today's close for
     the price, zero for a change or a return): what a model that learns a move starts from."""
-    return quantity.no_change(close(x, config, scaled), DataSettings.from_config(config).forecast)
+    return quantity.no_change(close(x, groups, scaled), groups.need(DataSettings).forecast)
 
 
 # A tree or an RBF machine predicts only values near those it was trained on, so a province's
@@ -67,37 +66,39 @@ def no_change(x: np.ndarray, config: Config, scaled: bool) -> np.ndarray:
 # --forecast change or return the target is a move already, and the two are the same.
 
 
-def forest_base(x: np.ndarray, config: Config) -> np.ndarray | float:
-    target = ForestSettings.from_config(config).rf_target
-    return no_change(x, config, scaled=False) if target == "change" else 0.0
+def forest_base(x: np.ndarray, groups: TaskGroups) -> np.ndarray | float:
+    target = groups.need(ForestSettings).rf_target
+    return no_change(x, groups, scaled=False) if target == "change" else 0.0
 
 
-def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
-    seed = MemberSeed.from_config(config).random_state
-    growing = ForestSettings.from_config(config).tree_growing(seed)
-    trees = forest.fit_forest(x, y - forest_base(x, config), **growing)
+def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, groups: TaskGroups) -> Arrays:
+    seed = groups.need(MemberSeed).random_state
+    growing = groups.need(ForestSettings).tree_growing(seed)
+    trees = forest.fit_forest(x, y - forest_base(x, groups), **growing)
     return forest.forest_to_arrays(trees)
 
 
-def predict_forest(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
+def predict_forest(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:
     trees = forest.forest_from_arrays(arrays, x.shape[1])
-    return forest_base(x, config) + forest.predict_forest(trees, x)
+    return forest_base(x, groups) + forest.predict_forest(trees, x)
 
 
 # Histogram trees (gbdt, rf-hist) learn the change from today's close (the target itself when it
 # is a move); their tasks are questions.
 
 
-def tree_answer(x: np.ndarray, y: np.ndarray, question: Arrays | None, config: Config) -> Arrays:
-    return histograms.answer(x, y - no_change(x, config, scaled=False), question, config)
+def tree_answer(
+    x: np.ndarray, y: np.ndarray, question: Arrays | None, groups: TaskGroups
+) -> Arrays:
+    return histograms.answer(x, y - no_change(x, groups, scaled=False), question, groups)
 
 
-def predict_trees(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
-    return no_change(x, config, scaled=False) + histograms.predict(arrays, x)
+def predict_trees(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:
+    return no_change(x, groups, scaled=False) + histograms.predict(arrays, x)
 
 
 def target_frame(
-    x: np.ndarray, config: Config, target: str | None = None
+    x: np.ndarray, groups: TaskGroups, target: str | None = None
 ) -> tuple[np.ndarray | float, float, float]:
     """Base, mean and deviation of a standardised target, (target − base − mean) / std.
 
@@ -105,36 +106,38 @@ def target_frame(
     size for every market, whatever its price level. The target is 'change' (from the no-change
     value) or 'price' (the forecast quantity itself); the SVMs' `svm_target` unless given.
     """
-    context = TaskContext.from_config(config)
-    if (target or SvmSettings.from_config(config).svm_target) == "change":
-        return no_change(x, config, scaled=True), context.change_mean, context.change_std
+    context = groups.need(TaskContext)
+    if (target or groups.need(SvmSettings).svm_target) == "change":
+        return no_change(x, groups, scaled=True), context.change_mean, context.change_std
     return 0.0, context.target_mean, context.target_std
 
 
 def standardise(
-    y: np.ndarray, x: np.ndarray, config: Config, target: str | None = None
+    y: np.ndarray, x: np.ndarray, groups: TaskGroups, target: str | None = None
 ) -> np.ndarray:
-    base, mean, std = target_frame(x, config, target)
+    base, mean, std = target_frame(x, groups, target)
     return (y - base - mean) / std
 
 
-def restore(t: np.ndarray, x: np.ndarray, config: Config, target: str | None = None) -> np.ndarray:
-    base, mean, std = target_frame(x, config, target)
+def restore(
+    t: np.ndarray, x: np.ndarray, groups: TaskGroups, target: str | None = None
+) -> np.ndarray:
+    base, mean, std = target_frame(x, groups, target)
     return base + mean + t * std
 
 
-def gamma(n_features: int, config: Config) -> float:
+def gamma(n_features: int, groups: TaskGroups) -> float:
     """The RBF width: a number, or 'scale' from the federation's feature variance."""
-    width = SvmSettings.from_config(config).svm_gamma
+    width = groups.need(SvmSettings).svm_gamma
     if width == "scale":
-        return rff.scale_gamma(n_features, TaskContext.from_config(config).feature_variance)
+        return rff.scale_gamma(n_features, groups.need(TaskContext).feature_variance)
     return float(width)
 
 
-def fourier_features(n_features: int, config: Config) -> rff.FourierFeatures:
-    svm = SvmSettings.from_config(config)
+def fourier_features(n_features: int, groups: TaskGroups) -> rff.FourierFeatures:
+    svm = groups.need(SvmSettings)
     return rff.FourierFeatures.draw(
-        n_features, svm.svm_features, gamma(n_features, config), svm.svm_seed
+        n_features, svm.svm_features, gamma(n_features, groups), svm.svm_seed
     )
 
 
@@ -151,58 +154,62 @@ def local_preconditioner(features: rff.FourierFeatures, x: np.ndarray) -> np.nda
     return _PRECONDITIONERS[key]
 
 
-def round_rng(config: Config) -> np.random.Generator:
-    seed = SvmSettings.from_config(config).svm_seed
-    return np.random.default_rng([seed, RoundNumber.from_config(config).round])
+def round_rng(groups: TaskGroups) -> np.random.Generator:
+    seed = groups.need(SvmSettings).svm_seed
+    return np.random.default_rng([seed, groups.need(RoundNumber).round])
 
 
-def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) -> Arrays:
-    features = fourier_features(x.shape[1], config)
-    svm = SvmSettings.from_config(config)
+def fit_svm(x: np.ndarray, y: np.ndarray, start: Arrays | None, groups: TaskGroups) -> Arrays:
+    features = fourier_features(x.shape[1], groups)
+    svm = groups.need(SvmSettings)
     return rff.train(
         features,
         x,
-        standardise(y, x, config),
+        standardise(y, x, groups),
         start or rff.zero_weights(features.n_components),
         local_preconditioner(features, x),
         c=svm.svm_c,
         epsilon=svm.svm_epsilon,
-        rows=TaskContext.from_config(config).train_rows,
+        rows=groups.need(TaskContext).train_rows,
         # Decaying steps let the averaged weights settle over the rounds.
-        learning_rate=svm.svm_learning_rate / np.sqrt(RoundNumber.from_config(config).round),
+        learning_rate=svm.svm_learning_rate / np.sqrt(groups.need(RoundNumber).round),
         epochs=svm.svm_epochs,
-        rng=round_rng(config),
+        rng=round_rng(groups),
     )
 
 
-def predict_svm(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
-    return restore(rff.predict(fourier_features(x.shape[1], config), arrays, x), x, config)
+def predict_svm(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:
+    return restore(rff.predict(fourier_features(x.shape[1], groups), arrays, x), x, groups)
 
 
-def svm_candidates(candidates: list[Arrays], x: np.ndarray, config: Config) -> Iterator[np.ndarray]:
+def svm_candidates(
+    candidates: list[Arrays], x: np.ndarray, groups: TaskGroups
+) -> Iterator[np.ndarray]:
     """The svm's candidates share one random feature map: the rows' costly cosines are
     computed once for all of them, not once per candidate as `predict_svm` would."""
-    z = fourier_features(x.shape[1], config).transform(x)
+    z = fourier_features(x.shape[1], groups).transform(x)
     for candidate in candidates:
-        yield restore(z @ candidate["coef"] + candidate["intercept"], x, config)
+        yield restore(z @ candidate["coef"] + candidate["intercept"], x, groups)
 
 
-def fit_local_rbf(x: np.ndarray, y: np.ndarray, _global: Arrays | None, config: Config) -> Arrays:
-    svm = SvmSettings.from_config(config)
+def fit_local_rbf(
+    x: np.ndarray, y: np.ndarray, _global: Arrays | None, groups: TaskGroups
+) -> Arrays:
+    svm = groups.need(SvmSettings)
     member = svr.fit_svr(
         x,
-        standardise(y, x, config),
-        gamma=gamma(x.shape[1], config),
+        standardise(y, x, groups),
+        gamma=gamma(x.shape[1], groups),
         subsample=svm.svm_subsample,
-        rng=round_rng(config),
+        rng=round_rng(groups),
         C=svm.svm_c,
         epsilon=svm.svm_epsilon,
     )
     return svr.SVRS.pack([member])
 
 
-def predict_local_rbf(arrays: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
-    return restore(svr.predict_mean(svr.SVRS.unpack(arrays, x.shape[1]), x), x, config)
+def predict_local_rbf(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:
+    return restore(svr.predict_mean(svr.SVRS.unpack(arrays, x.shape[1]), x), x, groups)
 
 
 # One trainer per process: the process is the province, and SCAFFOLD's c_i lives in it.
@@ -211,32 +218,32 @@ _SGD = LinearSGD()
 
 # lr-sgd learns tomorrow's change from today's close, standardised: the same linear model as
 # one on the price, but zero weights already predict today's close, and the steps are small.
-def fit_sgd(x: np.ndarray, y: np.ndarray, start: Arrays | None, config: Config) -> Arrays:
-    return _SGD.fit(x, standardise(y, x, config, "change"), start, config)
+def fit_sgd(x: np.ndarray, y: np.ndarray, start: Arrays | None, groups: TaskGroups) -> Arrays:
+    return _SGD.fit(x, standardise(y, x, groups, "change"), start, groups)
 
 
-def predict_sgd(weights: Arrays, x: np.ndarray, config: Config) -> np.ndarray:
-    return restore(linear.predict(weights, x), x, config, "change")
+def predict_sgd(weights: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:
+    return restore(linear.predict(weights, x), x, groups, "change")
 
 
-def sgd_loss(weights: Arrays, x: np.ndarray, y: np.ndarray, config: Config) -> float:
+def sgd_loss(weights: Arrays, x: np.ndarray, y: np.ndarray, groups: TaskGroups) -> float:
     """½·MSE of the standardised change, what the local steps minimise.
 
     q-FedAvg weighs F_i against ‖Δw_i‖² with L = 1/η, both in this loss's units; an MSE in
     yuan² is this loss times 2·change_std², which would tilt that balance.
     """
-    residual = linear.predict(weights, x) - standardise(y, x, config, "change")
+    residual = linear.predict(weights, x) - standardise(y, x, groups, "change")
     return 0.5 * float(np.mean(residual**2))
 
 
 # Each model's trainer, named by its registry entry (common/registry.py).
 LR = Trainer(
-    lambda x, y, _global, _config: linear.fit_weights(x, y),
-    lambda weights, x, _config: linear.predict(weights, x),
+    lambda x, y, _global, _groups: linear.fit_weights(x, y),
+    lambda weights, x, _groups: linear.predict(weights, x),
 )
 LR_EXACT = Trainer(
-    lambda x, y, _global, _config: linear.normal_equations(x, y),
-    lambda weights, x, _config: linear.predict(weights, x),
+    lambda x, y, _global, _groups: linear.normal_equations(x, y),
+    lambda weights, x, _groups: linear.predict(weights, x),
     update_is_model=False,
 )
 LR_SGD = Trainer(fit_sgd, predict_sgd, local_steps=local_steps, local_loss=sgd_loss)

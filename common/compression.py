@@ -8,14 +8,12 @@ the client and added to its next step (error feedback), so nothing is lost for g
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
 from common.protection import Compression
 from common.tensors import Arrays
 from common.vectors import flatten
-from common.wire import ConfigScalar
 
 METHODS = ("none", "float16", "int8", "topk")
 VALUES, SCALE, INDICES = "compressed.values", "compressed.scale", "compressed.indices"
@@ -92,10 +90,9 @@ class ErrorFeedback:
         return sent
 
     def compress(
-        self, update: Arrays, reference: Arrays | None, config: Mapping[str, ConfigScalar]
+        self, update: Arrays, reference: Arrays | None, asked: Compression | None
     ) -> Arrays:
-        """The update as the server's `compression` config asks it to travel."""
-        asked = Compression.sent(config)
+        """The update as the server's `compression` setting asks it to travel (None: as it is)."""
         if asked is None or asked.compression == "none" or reference is None:
             return update
         step = flatten(update) - flatten({name: reference[name] for name in update})

@@ -25,6 +25,7 @@ from sklearn.svm import SVR
 from sklearn.tree import DecisionTreeRegressor
 
 from client import trainers
+from client.groups import TaskGroups
 from common import preprocess
 from common.data import synthesize_province
 from common.launch import LocalFederation
@@ -251,11 +252,15 @@ def bench_svm(rows: int, seed: int) -> dict[str, Any] | None:
     def central() -> Any:
         weights = None
         for server_round in range(1, SVM_ROUNDS + 1):
-            weights = trainers.fit_svm(x, y, weights, {**config, "round": server_round})
+            weights = trainers.fit_svm(
+                x, y, weights, TaskGroups.parse({**config, "round": server_round})
+            )
         return weights
 
     weights, seconds = timed(central)
-    central_mse = float(np.mean((trainers.predict_svm(weights, x_test, config) - y_test) ** 2))
+    central_mse = float(
+        np.mean((trainers.predict_svm(weights, x_test, TaskGroups.parse(config)) - y_test) ** 2)
+    )
     report(
         f"SVM (random Fourier features, FedAvg), {rows:,} rows, 9 client processes, "
         f"{SVM_ROUNDS} rounds",
@@ -265,10 +270,13 @@ def bench_svm(rows: int, seed: int) -> dict[str, Any] | None:
         "the same model, the union of the rows as one province",
     )
     budget = run.results["final"]["train_seconds"]
-    fits = exact_svr_in(budget, x, trainers.standardise(y, x, config), x_test)
+    fits = exact_svr_in(budget, x, trainers.standardise(y, x, TaskGroups.parse(config)), x_test)
     for fit in fits:
         mse = float(
-            np.mean((trainers.restore(fit.pop("prediction"), x_test, config) - y_test) ** 2)
+            np.mean(
+                (trainers.restore(fit.pop("prediction"), x_test, TaskGroups.parse(config)) - y_test)
+                ** 2
+            )
         )
         fit["mse"] = mse
         print(f"  exact RBF SVR on {fit['rows']:,} rows: {fit['seconds']:.1f} s, MSE {mse:.5g}")

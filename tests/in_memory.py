@@ -35,8 +35,8 @@ class Scoring(LocalWork):
         super().__init__(raw, privacy)
         self.sent: list = []
 
-    def evaluate(self, config, scaler, parameters):
-        outcome = super().evaluate(config, scaler, parameters)
+    def evaluate(self, groups, scaler, parameters):
+        outcome = super().evaluate(groups, scaler, parameters)
         self.sent.append(outcome)
         return outcome
 

@@ -11,6 +11,7 @@ import pytest
 
 from baselines.report import Comparison, analysis_section
 from client.analysis import directions, fine_tune
+from client.groups import TaskGroups
 from client.local import LocalWork
 from client.trainers import trainer_for
 from common import analysis as shared
@@ -238,7 +239,7 @@ ROWS, SEED = 20_000, 3
 def provinces():
     works = {p: LocalWork(synthesize_province(p, ROWS, SEED)) for p in PROVINCES}
     data = {"setting": "next-day", "test_fraction": 0.2, "seed": 0}
-    splits = [w.split(data) for w in works.values()]
+    splits = [w.split(TaskGroups.parse(data)) for w in works.values()]
     columns = [*preprocess.NEXT_DAY_FEATURES, preprocess.TARGET]
     stats = preprocess.GlobalStatistics.from_sums(
         columns, [preprocess.statistics(s.x_train, s.y_train) for s in splits]
@@ -254,7 +255,7 @@ def in_process(works, config, scaler):
         for i in instructions:
             work = works[i.province]
             do = {pb.TASK_KIND_TRAIN: work.train, pb.TASK_KIND_ANALYSE: work.analyse}[kind]
-            outcome = do({**config, **i.config}, scaler, i.parameters)
+            outcome = do(TaskGroups.parse({**config, **i.config}), scaler, i.parameters)
             answer = ClientResult(i.province, outcome.num_examples, outcome.metrics, outcome.arrays)
             try:
                 results.append(check(answer))
@@ -290,7 +291,7 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
     works, config, scaler = provinces
     run = in_process(works, config, scaler)
     strategy = build_strategy(model, options)
-    samples = {p: len(w.split(config).y_train) for p, w in works.items()}
+    samples = {p: len(w.split(TaskGroups.parse(config)).y_train) for p, w in works.items()}
     strategy.prepare(None, samples)
     parameters = None
     for server_round in range(1, rounds + 1):
@@ -307,7 +308,9 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
     # The global model scored directly, as federated evaluation would.
     scores = []
     for province, work in works.items():
-        outcome = work.evaluate({**config, **strategy.model_config}, scaler, parameters)
+        outcome = work.evaluate(
+            TaskGroups.parse({**config, **strategy.model_config}), scaler, parameters
+        )
         scores.append(ClientResult(province, outcome.num_examples, outcome.metrics))
     evaluation = Evaluation.weighted(scores)
     value = sections["contributions"]
@@ -322,7 +325,7 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
     direct = Evaluation.weighted(
         ClientResult(p, o.num_examples, o.metrics)
         for p, w in works.items()
-        for o in [w.evaluate({**config, **strategy.model_config}, scaler, rest)]
+        for o in [w.evaluate(TaskGroups.parse({**config, **strategy.model_config}), scaler, rest)]
     )
     assert value["mse_all"] + value["leave_one_out"][leaver] == pytest.approx(direct.mse, rel=1e-9)
     ranked = list(sections["importance"]["features"])
@@ -337,8 +340,10 @@ def test_the_analysis_over_nine_provinces_in_process(provinces, model, options, 
 
 def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     works, config, scaler = provinces
-    foreign = works["shanghai"].train({**config, "model": "lr"}, scaler, None).arrays
-    own = works["hubei"].train({**config, "model": "lr"}, scaler, None).arrays
+    foreign = (
+        works["shanghai"].train(TaskGroups.parse({**config, "model": "lr"}), scaler, None).arrays
+    )
+    own = works["hubei"].train(TaskGroups.parse({**config, "model": "lr"}), scaler, None).arrays
     task = {**config, "model": "lr"}
 
     def asked(pull):
@@ -346,10 +351,10 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
         return {**task, **ask.to_config()}
 
     def scores(pull):
-        return works["hubei"].analyse(asked(pull), scaler, foreign)
+        return works["hubei"].analyse(TaskGroups.parse(asked(pull)), scaler, foreign)
 
     loose, firm, rigid = (scores(pull).metrics for pull in (0.0, 0.01, 1e9))
-    own_mse = works["hubei"].evaluate(task, scaler, own).metrics["mse"]
+    own_mse = works["hubei"].evaluate(TaskGroups.parse(task), scaler, own).metrics["mse"]
     assert own_mse < loose[shared.GLOBAL_MSE]
     # No pull: the province's own least squares; an endless pull: the global weights.
     assert loose[shared.PERSONAL_MSE] == pytest.approx(own_mse, rel=1e-6)
@@ -357,37 +362,49 @@ def test_a_province_pulls_a_foreign_model_towards_its_own_rows(provinces):
     assert firm[shared.PERSONAL_MSE] < firm[shared.GLOBAL_MSE]
     # On the rows it is fitted to, a firm pull lands between the two (on test rows it may even
     # beat the province's own fit, which is fitted to the training rows alone).
-    data = works["hubei"].split(config)
+    data = works["hubei"].split(TaskGroups.parse(config))
     x = preprocess.scale(data.x_train, *scaler)
     lr = trainer_for("lr")
-    fitted = [fine_tune(lr, foreign, x, data.y_train, asked(pull)) for pull in (0.0, 0.01, 1e9)]
+    fitted = [
+        fine_tune(lr, foreign, x, data.y_train, TaskGroups.parse(asked(pull)))
+        for pull in (0.0, 0.01, 1e9)
+    ]
     own_fit, firm_fit, global_fit = (
-        float(np.mean((lr.predict(model, x, task) - data.y_train) ** 2)) for model in fitted
+        float(np.mean((lr.predict(model, x, TaskGroups.parse(task)) - data.y_train) ** 2))
+        for model in fitted
     )
     assert own_fit <= firm_fit <= global_fit and own_fit < global_fit
     with pytest.raises(ValueError, match="unknown model 'gbm'"):
-        fine_tune(trainer_for("lr"), {}, data.x_train, data.y_train, {**task, "model": "gbm"})
+        fine_tune(
+            trainer_for("lr"),
+            {},
+            data.x_train,
+            data.y_train,
+            TaskGroups.parse({**task, "model": "gbm"}),
+        )
 
 
 @pytest.mark.parametrize("model", ["lr", "lr-sgd", "svm"])
 def test_a_provinces_sums_score_another_model_as_the_model_itself_scores(provinces, model):
     works, config, scaler = provinces
     task = {**config, **defaults(), **SGD_TRAINING.to_config(), "model": model, "round": 1}
-    first = works["hubei"].train(task, scaler, None).arrays
-    second = works["fujian"].train(task, scaler, None).arrays
-    data = works["hubei"].split(config)
+    first = works["hubei"].train(TaskGroups.parse(task), scaler, None).arrays
+    second = works["fujian"].train(TaskGroups.parse(task), scaler, None).arrays
+    data = works["hubei"].split(TaskGroups.parse(config))
     x = preprocess.scale(data.x_test, *scaler)
     trainer = trainer_for(model)
-    at, phi = directions(trainer, first, x, task)
-    assert at == pytest.approx(trainer.predict(first, x, task), rel=1e-12)
+    at, phi = directions(trainer, first, x, TaskGroups.parse(task))
+    assert at == pytest.approx(trainer.predict(first, x, TaskGroups.parse(task)), rel=1e-12)
     sums = shared.score_sums(phi, data.y_test - at)
     step = flatten(second) - flatten(first)
-    direct = float(np.sum((trainer.predict(second, x, task) - data.y_test) ** 2))
+    direct = float(np.sum((trainer.predict(second, x, TaskGroups.parse(task)) - data.y_test) ** 2))
     assert shared.squared_error(sums, step) == pytest.approx(direct, rel=1e-8)
     if trainer.predict_candidates is not None:  # the fast path predicts as the trainer does
-        fast = list(trainer.predict_candidates([first, second], x, task))
+        fast = list(trainer.predict_candidates([first, second], x, TaskGroups.parse(task)))
         for prediction, weights in zip(fast, [first, second], strict=True):
-            assert prediction == pytest.approx(trainer.predict(weights, x, task), rel=1e-9)
+            assert prediction == pytest.approx(
+                trainer.predict(weights, x, TaskGroups.parse(task)), rel=1e-9
+            )
 
 
 def test_the_report_shows_each_analysed_federated_run():

@@ -8,6 +8,7 @@ from common.compression import INDICES, SCALE, VALUES, ErrorFeedback, decode, en
 from common.launch import LocalFederation
 from common.models import linear
 from common.models.checks import UpdateError
+from common.protection import Compression
 from common.provinces import PROVINCES
 from server.strategies.compressed import Compressed
 from server.strategy import ClientResult, FedAvg
@@ -74,7 +75,7 @@ def test_server_decodes_against_the_weights_it_sent_and_counts_bytes():
     assert plan[0].config["compression"] == "int8"
     client = ErrorFeedback()
     update = {"coef": np.array([1.5, 2.0]), "intercept": np.asarray(2.0)}
-    sent = client.compress(update, current, plan[0].config)
+    sent = client.compress(update, current, Compression.from_config(plan[0].config))
     strategy.check_update(sent, 2)
     accepted = strategy.accept_fit(2, ClientResult("a", 5, {}, sent))
     np.testing.assert_allclose(accepted.arrays["coef"], [1.5, 2.0], atol=0.01)

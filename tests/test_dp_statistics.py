@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from client.groups import TaskGroups
 from client.local import LocalWork
 from client.privacy import PrivacyError
 from common import dpbounds, dpstats, preprocess
@@ -107,7 +108,7 @@ def statistics_task(work: LocalWork, privacy: str | None, sigma: float, **config
     config = {"setting": "next-day", "test_fraction": 0.2, "seed": 3, **config}
     config |= DPStatistics(dpbounds.to_text(ranges), sigma).to_config()
     config |= Protection(privacy).to_config()
-    return work.statistics(config).arrays
+    return work.statistics(TaskGroups.parse(config)).arrays
 
 
 def test_a_province_clips_its_rows_and_under_local_dp_noises_its_statistics():

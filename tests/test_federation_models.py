@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from client import trainers
+from client.groups import TaskGroups
 from common.launch import LocalFederation
 from common.models import forest
 from common.provinces import PROVINCES
@@ -60,7 +61,9 @@ def test_a_global_forest_of_every_provinces_trees(tmp_path):
     assert record["bytes_up"] > 2 * kept_bytes  # ten trees from each, of which about three kept
     config = {**defaults(), **NEXT_DAY}
     arrays = forest.forest_to_arrays(trees)
-    check_clients_scored(results, lambda x: trainers.predict_forest(arrays, x, config))
+    check_clients_scored(
+        results, lambda x: trainers.predict_forest(arrays, x, TaskGroups.parse(config))
+    )
     # Beside a centralised forest of the same settings on the union of the training rows.
     data = splits().values()
     x = np.vstack([d.x_train for d in data])
@@ -94,7 +97,7 @@ def test_fedavg_of_a_random_feature_svm(tmp_path):
     mean, std = np.array(stats["mean"][:-1]), np.array(stats["std"][:-1])
 
     def predict(x):
-        return trainers.predict_svm(weights, (x - mean) / std, config)
+        return trainers.predict_svm(weights, (x - mean) / std, TaskGroups.parse(config))
 
     check_clients_scored(results, predict)
     # Beside the same model fitted centrally: the union of the rows as one province, 3 rounds.
@@ -104,9 +107,11 @@ def test_fedavg_of_a_random_feature_svm(tmp_path):
     central = None
     for server_round in (1, 2, 3):
         central = trainers.fit_svm(
-            x, y, central, {**config, "svm_epochs": 3, "round": server_round}
+            x, y, central, TaskGroups.parse({**config, "svm_epochs": 3, "round": server_round})
         )
     x_test = (np.vstack([d.x_test for d in data]) - mean) / std
     y_test = np.concatenate([d.y_test for d in data])
-    central_mse = np.mean((trainers.predict_svm(central, x_test, config) - y_test) ** 2)
+    central_mse = np.mean(
+        (trainers.predict_svm(central, x_test, TaskGroups.parse(config)) - y_test) ** 2
+    )
     assert results["final"]["mse"] < 1.1 * central_mse

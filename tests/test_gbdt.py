@@ -10,6 +10,7 @@ from common.models.histgrow import (
     Growing,
     Query,
     TreeSettings,
+    TreeStep,
     add_up,
     answer_shapes,
     check_answer,
@@ -173,15 +174,17 @@ def test_malformed_models_and_questions_are_refused():
     grow = histtree.TreeBuilder(histtree.Rule(1, 1, 1)).arrays()
     wire = Query("level", grow=[Growing(0, grow, np.array([3], dtype=np.int32))]).arrays()
     with pytest.raises(UpdateError, match="asked"):
-        Query.from_wire({"tree_step": "level"}, wire, N_FEATURES, 256)
+        Query.from_wire(TreeStep.from_config({"tree_step": "level"}), 0.0, wire, N_FEATURES, 256)
     twice = Query("level", grow=[Growing(0, grow, ROOT), Growing(0, grow, ROOT)]).arrays()
     with pytest.raises(UpdateError, match="grow_index"):
-        Query.from_wire({"tree_step": "level"}, twice, N_FEATURES, 256)
+        Query.from_wire(TreeStep.from_config({"tree_step": "level"}), 0.0, twice, N_FEATURES, 256)
     uneven = {**Query("level", grow=[Growing(0, grow, ROOT)]).arrays(), "asked_counts": ROOT + 2}
     with pytest.raises(UpdateError, match="asked_counts"):
-        Query.from_wire({"tree_step": "level"}, uneven, N_FEATURES, 256)
+        Query.from_wire(TreeStep.from_config({"tree_step": "level"}), 0.0, uneven, N_FEATURES, 256)
     with pytest.raises(UpdateError, match="tree step"):
-        Query.from_wire({"tree_step": "rows, please"}, {}, N_FEATURES, 256)
+        Query.from_wire(
+            TreeStep.from_config({"tree_step": "rows, please"}), 0.0, {}, N_FEATURES, 256
+        )
     question = Query("level", grow=[Growing(0, grow, ROOT)])
     with pytest.raises(UpdateError):
         check_answer({"grad": np.zeros((1, N_FEATURES, 8))}, question, N_FEATURES, 8)

@@ -7,7 +7,7 @@ import pytest
 from client.local import LocalWork
 from common.data import synthesize_province
 from common.models import histnoise
-from common.models.histgrow import ROOT, Growing, Query, TreeSettings, sketch_query
+from common.models.histgrow import ROOT, Growing, Query, TreeSettings, TreeStep, sketch_query
 from common.models.histparty import Party
 from common.models.histtree import TreeBuilder
 from common.provinces import PROVINCES
@@ -28,9 +28,9 @@ class Recorded(LocalWork):
         super().__init__(raw)
         self.questions, self.exact, self.sent = [], [], []
 
-    def train(self, config, scaler, parameters):
-        outcome = super().train(config, scaler, parameters)
-        self.questions.append((config, parameters))
+    def train(self, groups, scaler, parameters):
+        outcome = super().train(groups, scaler, parameters)
+        self.questions.append((groups.need(TreeStep), parameters))
         self.sent.append(outcome.arrays)
         return outcome
 
@@ -50,9 +50,9 @@ def test_every_noised_release_counts_and_each_carries_the_noise_the_accountant_a
     # One release per sketch, and one per tree in each level question (a row sits in a node of
     # every tree): counted from the questions each province was asked.
     questions = works["beijing"].questions
-    trees_asked = sum(len(q["grow_index"]) for c, q in questions if c["tree_step"] == "level")
+    trees_asked = sum(len(q["grow_index"]) for c, q in questions if c.tree_step == "level")
     assert trees_asked >= 4  # every tree's root at least
-    sketches = sum(c["tree_step"] == "sketch" for c, _ in questions)
+    sketches = sum(c.tree_step == "sketch" for c, _ in questions)
     # The evaluation releases each province's clipped MSE, noised, once: one more release.
     # The statistics of clipped rows, noised by each province, one release before all of them.
     counted = {"noised sketches": sketches, "noised tree levels": trees_asked, "noised scores": 1}

@@ -12,6 +12,7 @@ from baselines import centralised
 from baselines.data import DataOptions
 from baselines.models import ModelOptions
 from client import trainers
+from client.groups import TaskGroups
 from client.local import LocalWork
 from common import preprocess, secagg
 from common.data import synthesize_province
@@ -42,8 +43,8 @@ class Recorded(LocalWork):
         super().__init__(raw)
         self.sent = []
 
-    def train(self, config, scaler, parameters):
-        outcome = super().train(config, scaler, parameters)
+    def train(self, groups, scaler, parameters):
+        outcome = super().train(groups, scaler, parameters)
         self.sent.append(outcome.arrays)
         return outcome
 
@@ -82,7 +83,9 @@ def test_no_upload_during_gbdt_training_holds_a_raw_value(tmp_path):
     in_memory.run(tmp_path, *flags, over=MemoryChannel(works))
     n_features = len(preprocess.NEXT_DAY_FEATURES)
     for work in works.values():
-        data = work.split({"setting": "next-day", "test_fraction": 0.2, "seed": 0})
+        data = work.split(
+            TaskGroups.parse({"setting": "next-day", "test_fraction": 0.2, "seed": 0})
+        )
         raw = np.unique(np.concatenate([data.x_train.ravel(), data.y_train, data.x_test.ravel()]))
         assert work.sent
         for arrays in work.sent:
@@ -113,7 +116,9 @@ def test_gbdt_over_real_grpc_predicts_what_the_provinces_scored(tmp_path):
     assert results["final"]["mse"] == pytest.approx(expected, rel=1e-9)
     arrays = dict(np.load(tmp_path / "model.npz"))
     config = DataSettings("next-day", 0.2, 0).to_config()
-    check_clients_scored(results, lambda x: trainers.predict_trees(arrays, x, config))
+    check_clients_scored(
+        results, lambda x: trainers.predict_trees(arrays, x, TaskGroups.parse(config))
+    )
 
 
 # Fixed point rounds each province's gradient sums to 2⁻²⁴; the issue allows 1 % of the MSE.

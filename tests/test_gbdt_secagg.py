@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from client.chain import TRAIN, Outcome, Task
+from client.groups import TaskGroups
 from client.privacy import ClientPrivacy
 from common.models.histgrow import TreeSettings
 from common.provinces import PROVINCES
@@ -40,8 +41,10 @@ class Federation:
 
     def _phase(self, server_round, kind, plan, accept):
         steps = {
-            pb.TASK_KIND_SECAGG_KEYS: lambda c, i: c.secagg.keys(i.config),
-            pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(i.config, i.parameters),
+            pb.TASK_KIND_SECAGG_KEYS: lambda c, i: c.secagg.keys(TaskGroups.parse(i.config)),
+            pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(
+                TaskGroups.parse(i.config), i.parameters
+            ),
         }
         results = [
             accept(ClientResult(i.province, 100, {}, steps[kind](self.clients[i.province], i)))
@@ -53,7 +56,7 @@ class Federation:
         """The province's chain on the task: its answer leaves masked."""
         client = self.clients[instruction.province]
         outcome = Outcome(100, {}, answer_of(instruction.province, exchange))
-        task = Task(TRAIN, instruction.config, instruction.parameters)
+        task = Task(TRAIN, TaskGroups.parse(instruction.config), instruction.parameters)
         return ClientResult(
             instruction.province, 100, {}, client.run(task, lambda _: outcome).arrays
         )
@@ -124,10 +127,12 @@ def test_a_replayed_exchange_and_a_request_to_unmask_are_refused():
         federation.answer(plan[0], 2)
     config = {**plan[0].config, "secagg_survivors": "1,2,3,4,5,6,7,8,9", "secagg_dropped": ""}
     protocol = federation.clients[VICTIM].secagg
-    protocol.unmask({**config, "secagg_step": "confirm"})  # a signature, no secret
+    protocol.unmask(
+        TaskGroups.parse({**config, "secagg_step": "confirm"})
+    )  # a signature, no secret
     # No share of a province that has answered exchanges is ever revealed.
     with pytest.raises(SecAggError, match="refusing to unmask after 'exchange'"):
-        protocol.unmask({**config, "secagg_step": "reveal"})
+        protocol.unmask(TaskGroups.parse({**config, "secagg_step": "reveal"}))
 
 
 def test_a_first_exchange_with_a_short_relay_is_refused():

@@ -53,3 +53,35 @@ def test_the_baselines_import_nothing_from_the_server():
         if path.parts[0] == "baselines"
     }
     assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_work_below_the_dispatch_reads_no_setting_from_the_config_map():
+    """A task is parsed once on arrival (client/groups.py); the province's work and every
+    client module it reaches take that parsed object, so none reads a group back from the map."""
+    found = modules()
+    reached, todo = set(), ["client.local"]
+    while todo:
+        name = todo.pop()
+        if name in reached or name == "client.groups":
+            continue
+        reached.add(name)
+        tree = found[Path(*name.split(".")).with_suffix(".py")]
+        todo.extend(m for m in imported(tree) if m.startswith("client."))
+        todo.extend(  # `from client import analysis`
+            f"client.{alias.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "client"
+            for alias in node.names
+        )
+    assert {"client.privacy", "client.trainers", "client.analysis", "client.secagg"} <= reached
+    for name in sorted(reached):
+        tree = found[Path(*name.split(".")).with_suffix(".py")]
+        reads = [
+            f"{name}:{node.lineno} {node.func.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("from_config", "sent", "from_mapping")
+        ]
+        assert not reads, reads
+        assert "common.wire" not in imported(tree), f"{name} takes the config map"

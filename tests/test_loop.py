@@ -119,8 +119,8 @@ def test_too_few_provinces_to_start_is_a_clear_error(tmp_path):
 class Poisoned(LocalWork):
     """A province whose training update is not finite."""
 
-    def train(self, config, scaler, parameters):
-        outcome = super().train(config, scaler, parameters)
+    def train(self, groups, scaler, parameters):
+        outcome = super().train(groups, scaler, parameters)
         return Outcome(
             outcome.num_examples,
             outcome.metrics,

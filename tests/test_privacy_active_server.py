@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from client.daemon import ClientDaemon
+from client.groups import TaskGroups
 from client.he_keys import read_share, write_keys
 from client.he_record import DecryptionRecord
 from client.local import LocalWork
@@ -187,8 +188,8 @@ def strategy(**options) -> SecAggFedAvg:
 
 def victims_input() -> np.ndarray:
     """What client 1 masks: its sample-weighted LR update and its weight, as the ring's values."""
-    data = LocalWork(synthesize_province(VICTIM, ROWS, 0)).split(DATA)
-    update = trainer_for("lr").fit(data.x_train, data.y_train, None, DATA)
+    data = LocalWork(synthesize_province(VICTIM, ROWS, 0)).split(TaskGroups.parse(DATA))
+    update = trainer_for("lr").fit(data.x_train, data.y_train, None, TaskGroups.parse(DATA))
     n = len(data.y_train)
     return flatten({**{k: v * n for k, v in update.items()}, secagg.WEIGHT: np.array(float(n))})
 
@@ -247,7 +248,7 @@ def plausible(sums, count):
 
 
 def own_statistics(province: str) -> dict[str, np.ndarray]:
-    data = LocalWork(synthesize_province(province, ROWS, 0)).split(DATA)
+    data = LocalWork(synthesize_province(province, ROWS, 0)).split(TaskGroups.parse(DATA))
     return preprocess.statistics(data.x_train, data.y_train)
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from client.groups import TaskGroups
 from client.privacy import PrivacyError, noised_score, privatize
 from common import forecast, vectors
 from common.data import synthesize_province
@@ -48,12 +49,15 @@ def test_local_dp_clips_the_step_from_the_global_model_and_adds_noise_of_sigma_c
     reference = {"coef": np.full(40_000, 1.0)}
     update = {"coef": np.full(40_000, 3.0)}
     config = {"privacy": "dp-local", "dp_clip": 2.0, "dp_noise_multiplier": 0.0}
-    step = privatize(update, reference, config)["coef"] - 1.0
+    step = privatize(update, reference, TaskGroups.parse(config))["coef"] - 1.0
     assert np.linalg.norm(step) == pytest.approx(2.0)
     config["dp_noise_multiplier"] = 0.5
-    noisy = privatize(update, reference, config, np.random.default_rng(0))["coef"] - 1.0
+    noisy = (
+        privatize(update, reference, TaskGroups.parse(config), np.random.default_rng(0))["coef"]
+        - 1.0
+    )
     assert np.std(noisy - step) == pytest.approx(0.5 * 2.0, rel=0.02)
-    assert privatize(update, reference, {"privacy": "none"}) is update
+    assert privatize(update, reference, TaskGroups.parse({"privacy": "none"})) is update
 
 
 def test_local_dp_clips_each_rows_squared_error_and_noises_the_mse_at_the_updates_noise():
@@ -61,16 +65,16 @@ def test_local_dp_clips_each_rows_squared_error_and_noises_the_mse_at_the_update
     assert forecast.clipped_mse(prediction, truth, 4.0) == {"mse": (0.25 + 1 + 4 + 4) / 4}
     config = {"privacy": "dp-local", **DPScoring(4.0, 0.0).to_config()}
     exact = {"mse": 2.3125, "seconds": 0.5}
-    assert noised_score(exact, config) == exact
+    assert noised_score(exact, TaskGroups.parse(config)) == exact
     # Noise N(0, (σ·B/2)²): the updates' multiplier in units of a score's sensitivity B.
     config["dp_noise_multiplier"] = 0.6
     draws = np.random.default_rng(1).normal(0.0, 0.6 * 4.0 / 2, 50)
     rng = np.random.default_rng(1)
-    released = [noised_score(exact, config, rng)["mse"] for _ in draws]
+    released = [noised_score(exact, TaskGroups.parse(config), rng)["mse"] for _ in draws]
     np.testing.assert_allclose(released, np.clip(2.3125 + draws, 0.0, 4.0))
     assert min(released) >= 0.0 and max(released) <= 4.0  # clamped: post-processing
     with pytest.raises(PrivacyError, match="dp_score_clip"):
-        noised_score(exact, {"privacy": "dp-local", "dp_noise_multiplier": 1.0})
+        noised_score(exact, TaskGroups.parse({"privacy": "dp-local", "dp_noise_multiplier": 1.0}))
 
 
 def test_central_dp_averages_clipped_steps_over_the_clients_asked():

@@ -10,6 +10,7 @@ import pytest
 from baselines.data import DataOptions, prepare
 from client.chain import DECRYPT, TRAIN, Outcome, Task
 from client.chain import STATISTICS as STATISTICS_KIND
+from client.groups import TaskGroups
 from client.he import HEError
 from client.he_keys import read_share, write_keys
 from client.he_keys_cli import main as he_keys_main
@@ -145,7 +146,7 @@ def test_a_key_from_before_threshold_decryption_is_refused_with_what_to_do(tmp_p
 
 
 def test_a_client_without_its_share_says_what_to_do():
-    task = Task(TRAIN, CONFIG, None)
+    task = Task(TRAIN, TaskGroups.parse(CONFIG), None)
     with pytest.raises(HEError, match="--he-key"):
         ClientPrivacy().run(task, lambda task: Outcome(1, {}, {"coef": np.zeros(2)}))
 
@@ -210,7 +211,7 @@ def test_under_he_the_server_holds_only_the_sum_of_the_statistics(keys):
     )
     truth = {}
     for p in PROVINCES:
-        data = LocalWork(synthesize_province(p, ROWS, SEED)).split(DATA)
+        data = LocalWork(synthesize_province(p, ROWS, SEED)).split(TaskGroups.parse(DATA))
         truth[p] = preprocess.statistics(data.x_train, data.y_train)
     assert len(results) == len(PROVINCES) and len(parts) == 1  # one sum, no province's own
     for name in SHAPES:
@@ -248,7 +249,7 @@ def test_the_server_sums_encrypted_updates_into_the_weighted_average(keys):
     asked = {i.province: i.config for i in protocol.configure_fit(1, None, sorted(PROVINCES))}
     results = []
     for seed, (p, n) in enumerate(counts.items()):
-        task = Task(TRAIN, {**DATA, **asked[p]}, None)
+        task = Task(TRAIN, TaskGroups.parse({**DATA, **asked[p]}), None)
         sealed = ClientPrivacy(held[p]).run(task, lambda t, s=seed, n=n: Outcome(n, {}, update(s)))
         protocol.check_update(sealed.arrays, 8)
         results.append(ClientResult(p, n, {}, sealed.arrays))
@@ -345,7 +346,7 @@ def signed(keys, tmp_path_factory):
     config = {**DATA, **CONFIG, "he_session": "s1", "he_run": "r1", "round": 0}
     uploads = {
         p: chain.run(
-            Task(STATISTICS_KIND, config, None),
+            Task(STATISTICS_KIND, TaskGroups.parse(config), None),
             lambda task, i=i: Outcome(1, {}, {"sum": np.array([i, 1.0, -2.0])}),
         ).arrays
         for i, (p, chain) in enumerate(chains.items())
@@ -354,7 +355,7 @@ def signed(keys, tmp_path_factory):
 
 
 def decrypt(chain, config, relayed):
-    task = Task(DECRYPT, config, relayed)
+    task = Task(DECRYPT, TaskGroups.parse(config), relayed)
     return chain.run(task, lambda task: Outcome(1, {}, {})).arrays
 
 
@@ -440,7 +441,7 @@ def test_uploads_signed_for_another_run_or_round_are_not_decrypted(keys, signed)
         with pytest.raises(KeyAuthenticationError, match="do not match their signature"):
             decrypt(helper, {**config, **other}, relayed)
     with pytest.raises(HEError, match="statistics outside round 0"):
-        task = Task(STATISTICS_KIND, {**config, "round": 2}, None)
+        task = Task(STATISTICS_KIND, TaskGroups.parse({**config, "round": 2}), None)
         helper.run(task, lambda task: Outcome(1, {}, {"sum": np.zeros(3)}))
 
 

@@ -10,6 +10,7 @@ from baselines import agreement, centralised, centralised_cli, report, spark
 from baselines.data import DataOptions, load_frames, prepare, write_synthetic
 from baselines.models import ModelOptions
 from baselines.report import Comparison
+from client.groups import TaskGroups
 from client.local import LocalWork
 from common import forecast, preprocess, quantity
 from common.data import synthesize, synthesize_province
@@ -83,7 +84,7 @@ def test_a_quantity_that_does_not_exist_or_does_not_fit_is_refused_with_its_reas
     work = LocalWork(synthesize_province("hubei", 2_000, 1))
     config = {**DataSettings("next-day", 0.2, 0).to_config(), "forecast": "level"}
     with pytest.raises(ValueError, match="unknown forecast quantity 'level'"):
-        work.split(config)
+        work.split(TaskGroups.parse(config))
     # a return divides by today's close: adjusted prices at or below zero are named, not divided
     raw = work.raw.assign(close=work.raw["close"].where(work.raw.index != 5, -1.0))
     with pytest.raises(ValueError, match=r"1 row\(s\) have a close of 0 or below"):

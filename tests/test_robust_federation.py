@@ -26,6 +26,7 @@ from client.local import LocalWork, Outcome
 from common.data import synthesize_province
 from common.launch import LocalFederation
 from common.provinces import PROVINCES
+from common.settings import RoundNumber
 from common.tls import client_credentials
 from common.vectors import flatten, unflatten
 from tests.test_federation import FAST, ROWS, SEED
@@ -55,10 +56,10 @@ class PoisonedWork(LocalWork):
         super().__init__(synthesize_province(province, ROWS, SEED))
         self.rng = np.random.default_rng(PROVINCES.index(province))
 
-    def train(self, config, scaler, parameters) -> Outcome:
-        honest = super().train(config, scaler, parameters)
+    def train(self, groups, scaler, parameters) -> Outcome:
+        honest = super().train(groups, scaler, parameters)
         start = flatten(parameters) if parameters else 0.0
-        attack = ATTACKS[(int(config["round"]) - 1) % len(ATTACKS)]
+        attack = ATTACKS[(groups.need(RoundNumber).round - 1) % len(ATTACKS)]
         lie = start + poison(flatten(honest.arrays) - start, attack, self.rng)
         return Outcome(honest.num_examples, honest.metrics, unflatten(lie, honest.arrays))
 

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from client.chain import TRAIN, Outcome, Task
+from client.groups import TaskGroups
 from client.privacy import ClientPrivacy
 from client.secagg import SecAggClient
 from common.keysign import Identity, KeyAuthenticationError
@@ -179,16 +180,20 @@ def in_process_round(
     identities = identities or {}
     clients = {p: ClientPrivacy(identity=identities.get(p)) for p in PROVINCES}
     steps = {
-        pb.TASK_KIND_SECAGG_KEYS: lambda c, i: c.secagg.keys(i.config),
+        pb.TASK_KIND_SECAGG_KEYS: lambda c, i: c.secagg.keys(TaskGroups.parse(i.config)),
         pb.TASK_KIND_SECAGG_SHARES: lambda c, i: c.secagg.shares(
-            i.config, relay(i.province, i.parameters)
+            TaskGroups.parse(i.config), relay(i.province, i.parameters)
         ),
-        pb.TASK_KIND_SECAGG_UNMASK: lambda c, i: c.secagg.unmask(i.config, i.parameters),
+        pb.TASK_KIND_SECAGG_UNMASK: lambda c, i: c.secagg.unmask(
+            TaskGroups.parse(i.config), i.parameters
+        ),
     }
 
     def train(c, i):
         update = Outcome(SAMPLES[i.province], {}, as_update(PROVINCE_UPDATES[i.province]))
-        return c.run(Task(TRAIN, i.config, i.parameters), lambda task: update).arrays
+        return c.run(
+            Task(TRAIN, TaskGroups.parse(i.config), i.parameters), lambda task: update
+        ).arrays
 
     def run(server_round, kind, plan, accept):
         results, failures = [], []
@@ -292,7 +297,7 @@ def test_without_a_certificate_the_client_warns_its_keys_are_unauthenticated(cap
         "secagg_session": "a1",
     }
     with caplog.at_level(logging.WARNING, logger="fedstock.client"):
-        keys = SecAggClient().keys(config)
+        keys = SecAggClient().keys(TaskGroups.parse(config))
     assert keys["signature"].size == 0 and "UNAUTHENTICATED" in caplog.text
 
 
@@ -373,11 +378,11 @@ def test_a_session_is_run_once():
         "secagg_session": "b2",
     }
     client = SecAggClient()
-    client.keys(config)
+    client.keys(TaskGroups.parse(config))
     with pytest.raises(SecAggError, match="replayed round"):
-        client.keys(config)
+        client.keys(TaskGroups.parse(config))
     with pytest.raises(SecAggError, match="replayed round"):
-        client.keys({**config, "secagg_session": ""})
+        client.keys(TaskGroups.parse({**config, "secagg_session": ""}))
 
 
 def test_the_wide_encoding_sums_values_beyond_one_ring_element():

@@ -6,9 +6,10 @@ from typing import get_args, get_type_hints
 import numpy as np
 import pytest
 
+from client.groups import TaskGroups
 from client.local import LocalWork
 from client.secagg import announcement
-from client.tasks import TaskGroups, perform
+from client.tasks import perform
 from common import preprocess, secagg
 from common.analysis import AnalysisAsk
 from common.data import synthesize_province
@@ -192,7 +193,7 @@ SIGNED_BEFORE = (
 def test_the_signed_announcement_is_the_text_it_always_was(announced):
     config = over_the_wire({"round": 4, **announced.to_config(), **secagg.Seat(1).to_config()})
     before = json.dumps([str(config.get(key, "")) for key in SIGNED_BEFORE]).encode()
-    assert announcement(config) == before
+    assert announcement(TaskGroups.parse(config)) == before
 
 
 def test_the_round_the_date_question_the_analysis_and_start_metrics_come_back_as_sent():
@@ -272,7 +273,7 @@ def test_a_task_is_read_once_into_its_groups_and_a_malformed_one_refused_before_
     assert scored.dp_scoring == DPScoring(4.0, 0.5) and scored.dp_noise is None
 
     class Untouched(LocalWork):
-        def statistics(self, config, parameters=None):
+        def statistics(self, groups, parameters=None):
             raise AssertionError("a malformed task reached the province's work")
 
     work = Untouched(synthesize_province("hubei", 1000, 1))

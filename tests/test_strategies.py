@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from client import trainers
+from client.groups import TaskGroups
 from client.local import LocalWork
 from client.optim import LinearSGD, LocalPlan, local_steps
 from client.steps import sgd
@@ -47,19 +48,19 @@ def regression(seed, n=400, shift=0.0):
 def test_sgd_fits_a_linear_model_and_counts_its_steps():
     x, y = regression(0)
     config = {**SGD, "local_epochs": 20}
-    fitted = LinearSGD().fit(x, y, None, config)
+    fitted = LinearSGD().fit(x, y, None, TaskGroups.parse(config))
     np.testing.assert_allclose(fitted["coef"], [1.0, -2.0, 0.5], atol=0.02)
     assert float(fitted["intercept"]) == pytest.approx(3.0, abs=0.02)
-    assert local_steps(len(y), config) == 20 * 50
+    assert local_steps(len(y), TaskGroups.parse(config)) == 20 * 50
 
 
 def test_sgd_is_seeded_and_the_proximal_term_pulls_towards_the_start():
     x, y = regression(1)
-    plan = LocalPlan.from_config({**SGD, "sgd_seed": 7})
+    plan = LocalPlan.of(TaskGroups.parse({**SGD, "sgd_seed": 7}))
     start = np.zeros(4)
     np.testing.assert_array_equal(sgd(x, y, start, plan), sgd(x, y, start, plan))
     free = np.linalg.norm(sgd(x, y, start, plan))
-    held = np.linalg.norm(sgd(x, y, start, LocalPlan.from_config({**SGD, "mu": 5.0})))
+    held = np.linalg.norm(sgd(x, y, start, LocalPlan.of(TaskGroups.parse({**SGD, "mu": 5.0}))))
     assert held < free
 
 
@@ -83,8 +84,10 @@ def looped_sgd(x, y, start, plan, correction):
 def test_compiled_sgd_takes_the_same_steps_as_a_loop_over_batches(rows, batch, epochs, mu):
     """The compiled epoch takes the loop's steps, to 1e-9, a ragged last batch too."""
     x, y = regression(2, n=rows)
-    plan = LocalPlan.from_config(
-        {**SGD, "batch_size": batch, "local_epochs": epochs, "mu": mu, "sgd_seed": 5}
+    plan = LocalPlan.of(
+        TaskGroups.parse(
+            {**SGD, "batch_size": batch, "local_epochs": epochs, "mu": mu, "sgd_seed": 5}
+        )
     )
     start, correction = np.array([0.3, -0.1, 0.2, 1.0]), np.array([0.01, 0.0, -0.02, 0.005])
     np.testing.assert_allclose(
@@ -96,7 +99,7 @@ def test_sgd_takes_read_only_strided_rows_and_leaves_its_inputs_alone():
     """A province's scaled rows are read-only and its targets may be a strided view: the steps
     are the same as on fresh contiguous copies, and neither the rows nor the start move."""
     x, y = regression(3, n=500)
-    plan = LocalPlan.from_config({**SGD, "sgd_seed": 2})
+    plan = LocalPlan.of(TaskGroups.parse({**SGD, "sgd_seed": 2}))
     start = np.array([0.1, 0.2, -0.3, 0.5])
     expected = sgd(x.copy(), y.copy(), start.copy(), plan)
     rows, targets = np.asfortranarray(x), np.repeat(y, 2)[::2]
@@ -172,12 +175,12 @@ def test_scaffold_clients_keep_their_variate_and_correct_their_drift():
     x, y = regression(2)
     client = LinearSGD()
     start = {**weights([0.0, 0.0, 0.0]), CONTROL: np.zeros(4)}
-    first = client.fit(x, y, start, SGD)
+    first = client.fit(x, y, start, TaskGroups.parse(SGD))
     np.testing.assert_allclose(first[CONTROL_DELTA], client.control)
     kept = client.control.copy()
-    second = client.fit(x, y, {**weights([0.0, 0.0, 0.0]), CONTROL: kept}, SGD)
+    second = client.fit(x, y, {**weights([0.0, 0.0, 0.0]), CONTROL: kept}, TaskGroups.parse(SGD))
     # With c = c_i the correction vanishes: the same steps as plain SGD from the same start.
-    plain = LinearSGD().fit(x, y, weights([0.0, 0.0, 0.0]), SGD)
+    plain = LinearSGD().fit(x, y, weights([0.0, 0.0, 0.0]), TaskGroups.parse(SGD))
     np.testing.assert_allclose(second["coef"], plain["coef"])
 
 
@@ -237,7 +240,7 @@ def province_task(province: str, rows: int, seed: int) -> tuple[LocalWork, dict,
     and the scaler."""
     work = LocalWork(synthesize_province(province, rows, seed))
     config = {**SGD, "setting": "next-day", "test_fraction": 0.2, "seed": 0, "round": 2}
-    data = work.split(config)
+    data = work.split(TaskGroups.parse(config))
     sums = preprocess.statistics(data.x_train, data.y_train)
     stats = GlobalStatistics.from_sums([*data.features, preprocess.TARGET], [sums])
     return work, {**config, **TaskContext.from_statistics(stats).to_config()}, stats.scaler()
@@ -245,30 +248,36 @@ def province_task(province: str, rows: int, seed: int) -> tuple[LocalWork, dict,
 
 def test_a_province_reports_its_steps_and_loss_and_compresses_its_step():
     work, config, scaler = province_task("hubei", 5_000, 1)
-    data = work.split(config)
+    data = work.split(TaskGroups.parse(config))
     # One standard deviation of tomorrow's change above the truth, everywhere.
     start = weights(np.zeros(data.x_train.shape[1]), 1.0)
-    outcome = work.train({**config, **StartMetrics(True).to_config()}, scaler, start)
-    assert outcome.metrics["local_steps"] == local_steps(len(data.y_train), config)
+    outcome = work.train(
+        TaskGroups.parse({**config, **StartMetrics(True).to_config()}), scaler, start
+    )
+    assert outcome.metrics["local_steps"] == local_steps(
+        len(data.y_train), TaskGroups.parse(config)
+    )
     assert outcome.metrics["start_mse"] > outcome.metrics["train_mse"]
     # q-FedAvg's F_i is the steps' own loss, ½·MSE of the standardised change, not yuan².
     in_yuan = outcome.metrics["start_mse"] / (2 * float(config["change_std"]) ** 2)
     assert outcome.metrics["start_loss"] == pytest.approx(in_yuan)
     # Unasked, the two extra passes are skipped and the update is the same.
-    plain = work.train(config, scaler, start)
+    plain = work.train(TaskGroups.parse(config), scaler, start)
     assert "start_mse" not in plain.metrics and "start_loss" not in plain.metrics
     for name, array in outcome.arrays.items():
         np.testing.assert_array_equal(plain.arrays[name], array)
-    squeezed = work.train({**config, "compression": "int8", "topk_fraction": 0.1}, scaler, start)
+    squeezed = work.train(
+        TaskGroups.parse({**config, "compression": "int8", "topk_fraction": 0.1}), scaler, start
+    )
     assert set(squeezed.arrays) == {VALUES, SCALE}
 
 
 def test_lr_sgd_learns_the_standardised_change_and_answers_in_yuan():
     work, config, scaler = province_task("zhejiang", 20_000, 3)
     config = {**config, **build_strategy("lr-sgd").model_config}
-    data = work.split(config)
+    data = work.split(TaskGroups.parse(config))
     x = preprocess.scale(data.x_train, *scaler)
-    zero = trainers.predict_sgd(weights(np.zeros(x.shape[1])), x, config)
+    zero = trainers.predict_sgd(weights(np.zeros(x.shape[1])), x, TaskGroups.parse(config))
     today = data.x_train[:, data.features.index("close")]
     np.testing.assert_allclose(zero, today + config["change_mean"])
     exact = linear.predict(linear.fit_weights(x, data.y_train), x)
@@ -276,5 +285,7 @@ def test_lr_sgd_learns_the_standardised_change_and_answers_in_yuan():
     # fit by its own noise: at a quarter of the default step, five passes come within 2 % of it
     # (one pass at the default step does not: 7.8 % above it on these rows).
     slow = {**config, "learning_rate": config["learning_rate"] / 4, "local_epochs": 5}
-    fitted = trainers.predict_sgd(trainers.fit_sgd(x, data.y_train, None, slow), x, slow)
+    fitted = trainers.predict_sgd(
+        trainers.fit_sgd(x, data.y_train, None, TaskGroups.parse(slow)), x, TaskGroups.parse(slow)
+    )
     assert np.mean((fitted - data.y_train) ** 2) < 1.02 * np.mean((exact - data.y_train) ** 2)

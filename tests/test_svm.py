@@ -5,6 +5,7 @@ import pytest
 from sklearn.svm import SVR
 
 from client import trainers
+from client.groups import TaskGroups
 from common.models import rff, svr
 from common.models.checks import UpdateError
 from common.settings import DataSettings, TaskContext
@@ -76,7 +77,10 @@ def test_fedavg_rounds_of_local_training_improve_the_global_model():
     strategy = build_strategy("svm", {"svm_features": 200})
     weights, errors = None, []
     for server_round in (1, 2, 3, 4):
-        updates = [trainers.fit_svm(x, y, weights, config(round=server_round)) for x, y in parts]
+        updates = [
+            trainers.fit_svm(x, y, weights, TaskGroups.parse(config(round=server_round)))
+            for x, y in parts
+        ]
         results = [
             ClientResult(str(i), len(y), {}, u)
             for i, ((_, y), u) in enumerate(zip(parts, updates, strict=True))
@@ -84,7 +88,9 @@ def test_fedavg_rounds_of_local_training_improve_the_global_model():
         for result in results:
             strategy.check_update(result.arrays, 2)
         weights = strategy.aggregate_fit(server_round, results, [], weights)
-        errors.append(np.mean((trainers.predict_svm(weights, x_all, config()) - y_all) ** 2))
+        errors.append(
+            np.mean((trainers.predict_svm(weights, x_all, TaskGroups.parse(config())) - y_all) ** 2)
+        )
     assert errors[-1] < errors[0] < np.var(y_all)
     assert errors[-1] < 0.2 * np.var(y_all)
 
@@ -99,9 +105,9 @@ def test_the_svm_learns_the_change_from_the_close_and_answers_in_yuan():
         change_std=0.5,
     )
     y = np.array([65.6, 115.6])  # closes 65 and 115 (10·5+15, 20·5+15), change 0.6 each
-    t = trainers.standardise(y, x, cfg)
+    t = trainers.standardise(y, x, TaskGroups.parse(cfg))
     np.testing.assert_allclose(t, [1.0, 1.0])
-    np.testing.assert_allclose(trainers.restore(t, x, cfg), y)
+    np.testing.assert_allclose(trainers.restore(t, x, TaskGroups.parse(cfg)), y)
 
 
 def test_an_exact_svr_member_predicts_as_scikit_learn():

@@ -7,6 +7,7 @@ import pytest
 from baselines import centralised
 from baselines.data import DataOptions
 from baselines.models import ModelOptions
+from client.groups import TaskGroups
 from client.local import LocalWork
 from common import preprocess, timesplit
 from common.crossval import TimeFolds, fold_split
@@ -90,7 +91,9 @@ def test_every_province_tests_strictly_after_the_one_cutoff_and_trains_up_to_it(
     settings = DataSettings("next-day", 0.2, 0, "paper", split["start"], split["cutoff"])
     own_cutoffs = set()
     for work in works.values():
-        data = work.split(settings.to_config())  # the split this province trained and tested on
+        data = work.split(
+            TaskGroups.parse(settings.to_config())
+        )  # the split this province trained and tested on
         assert len(data.dates_test) and len(data.dates_train)
         assert (data.dates_test.astype("datetime64[D]") > cutoff).all()
         assert (data.dates_train.astype("datetime64[D]") <= cutoff).all()
@@ -151,7 +154,7 @@ def test_federated_cross_validation_in_the_next_day_setting_is_by_time(tmp_path)
     data = DataSettings("next-day", 0.2, 0, "paper", split["start"], split["cutoff"])
     for fold in range(3):
         config = {**data.to_config(), **FoldSettings(3, fold, 7).to_config()}
-        parts = [work.split(config) for work in works.values()]
+        parts = [work.split(TaskGroups.parse(config)) for work in works.values()]
         validation = np.concatenate([p.dates_test for p in parts])
         training = np.concatenate([p.dates_train for p in parts])
         # across provinces too: no province trains within a week of a day another validates on

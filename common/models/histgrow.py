@@ -20,7 +20,6 @@ from common.models import histtree
 from common.models.checks import UpdateError, check_arrays
 from common.models.ensemble import Member
 from common.models.forest import TREES
-from common.protection import DPNoise, Protection
 from common.settings import TaskSettings, typed
 from common.tensors import Arrays
 from common.wire import ConfigScalar
@@ -214,10 +213,10 @@ class Query:
 
     @classmethod
     def from_wire(
-        cls, config: Mapping[str, ConfigScalar], arrays: Arrays, n_features: int, max_bins: int
+        cls, told: TreeStep, clip: float, arrays: Arrays, n_features: int, max_bins: int
     ) -> Query:
-        """A question from the server, every array checked before use."""
-        told = TreeStep.from_config(config)
+        """A question from the server, every array checked before use; `clip` bounds each
+        row's gradient under local DP (0: unbounded)."""
         step = told.tree_step
         if step == "sketch":
             check_arrays(arrays, {"mean": (n_features,), "std": (n_features,)})
@@ -238,19 +237,8 @@ class Query:
             new_trees=new_trees,
             grow=_growing(arrays, trees),
             score=told.tree_score,
-            clip=_clip(config),
+            clip=clip,
         )
-
-
-def _clip(config: Mapping[str, ConfigScalar]) -> float:
-    """The bound on each row's gradient under local DP, or 0 without it."""
-    if Protection.from_config(config).privacy != "dp-local":
-        return 0.0
-    noise = DPNoise.sent(config)
-    clip = noise.dp_clip if noise is not None else 0.0
-    if not 0 < clip < math.inf:
-        raise UpdateError("local DP on histograms needs a positive, finite 'dp_clip'")
-    return clip
 
 
 def _growing(arrays: Arrays, trees: list[Member]) -> list[Growing]:
