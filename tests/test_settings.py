@@ -309,3 +309,18 @@ def test_a_tree_models_settings_are_read_on_arrival_under_its_prefix(model):
     with pytest.raises(SettingsError, match=f"'{prefix}max_depth' must be int, got 6.0"):
         TaskGroups.parse({**config, f"{prefix}max_depth": 6.0})  # once cut to 6 unasked
     assert TaskGroups.parse(over_the_wire(build_strategy("lr-sgd").model_config)).trees is None
+
+
+def test_the_work_reads_a_group_from_the_parse_as_it_read_it_from_the_map():
+    config = {**DataSettings("next-day", 0.2, 0).to_config(), "model": "lr-sgd", "round": 3}
+    groups = TaskGroups.parse(config)
+    # A required group the task lacks is refused by its first key, as reading the map refused it.
+    with pytest.raises(SettingsError, match="lacks the setting 'local_epochs'"):
+        groups.need(LocalTraining)
+    assert groups.need(FoldSettings) == FoldSettings() == FoldSettings.from_config(config)
+    assert groups.need(RoundNumber) == RoundNumber(3)
+    tuned = groups.with_group(LocalTraining(9, 0.02, 64))
+    assert tuned.training == LocalTraining(9, 0.02, 64) and tuned.data == groups.data
+    # Secure aggregation binds an exchange to every setting as sent but the province's seat.
+    seated = TaskGroups.parse({**config, **secagg.Seat(4).to_config()})
+    assert dict(seated.shared) == config and seated.seat == secagg.Seat(4)
