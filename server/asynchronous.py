@@ -179,7 +179,7 @@ class Buffered:
 
     def _fold(self, result: ClientResult, task: InFlight) -> None:
         began = time.perf_counter()
-        self.buffer.fold(task.version, result)
+        self.buffer.fold(task.version, result, self.loop.keep_update(self.buffer.version + 1))
         self._record_results.append(result)
         self._record_bytes_up += sum(task.received)
         self._record["overhead_seconds"] += time.perf_counter() - began

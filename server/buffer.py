@@ -21,6 +21,7 @@ import numpy as np
 from common.models.checks import UpdateError
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
+from server.channel import Keep, as_it_is
 from server.strategy import ClientResult
 
 
@@ -114,8 +115,9 @@ class VersionBuffer:
             )
         return staleness
 
-    def fold(self, started_from: int, result: ClientResult) -> Contribution:
-        """Rebase the update onto the newest version, keep it, and let its start version go.
+    def fold(self, started_from: int, result: ClientResult, keep: Keep = as_it_is) -> Contribution:
+        """Rebase the update onto the newest version, keep of it what `keep` keeps (the
+        strategy may fold it into its running sum), and let its start version go.
 
         Its staleness is counted now, against the version it is applied to; the maximum was
         checked on arrival, when the client could still be told.
@@ -127,7 +129,8 @@ class VersionBuffer:
         step = update if reference is None else update - flatten(reference)
         weight = staleness_weight(staleness, self.exponent)
         base = np.zeros_like(step) if current is None else flatten(current)
-        self._rebased.append(replace(result, arrays=unflatten(base + weight * step, result.arrays)))
+        rebased = replace(result, arrays=unflatten(base + weight * step, result.arrays))
+        self._rebased.append(keep(rebased))
         self.release(started_from)
         contribution = Contribution(
             result.province,

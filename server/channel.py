@@ -24,6 +24,13 @@ log = logging.getLogger("fedstock.server")
 # Checks an outcome as it arrives and returns what to keep of it (a strategy may fold arrays in
 # at once); raises UpdateError or PayloadError to refuse it.
 Accept = Callable[[ClientResult], ClientResult]
+# What a phase keeps of an accepted outcome once it is sure to count (its task still open),
+# run under the channel's lock: a strategy may fold the update into its running sum there.
+Keep = Callable[[ClientResult], ClientResult]
+
+
+def as_it_is(result: ClientResult) -> ClientResult:
+    return result
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Phase:
     server_round: int
     kind: int
     accept: Accept
+    keep: Keep = as_it_is
     provinces: dict[str, str] = field(default_factory=dict)  # task id -> province
     waiting: set[str] = field(default_factory=set)
     results: list[ClientResult] = field(default_factory=list)
@@ -86,8 +94,10 @@ class TaskChannel(Protocol):
         assignments: dict[str, Assignment],
         accept: Accept,
         deadline_seconds: float,
+        keep: Keep = as_it_is,
     ) -> Phase:
-        """Give each province its task and return at once; `wait_any` tells when it closed."""
+        """Give each province its task and return at once; `wait_any` tells when it closed.
+        Each outcome passes `accept` as it arrives and `keep` once it counts."""
         ...
 
     def wait_any(self, phases: list[Phase], timeout: float) -> list[Phase]:
@@ -111,9 +121,10 @@ def gather(
     assignments: dict[str, Assignment],
     accept: Accept,
     deadline_seconds: float,
+    keep: Keep = as_it_is,
 ) -> tuple[list[ClientResult], list[Failure]]:
     """Send a phase and wait until every province answered or the deadline passed."""
-    phase = channel.send(server_round, kind, assignments, accept, deadline_seconds)
+    phase = channel.send(server_round, kind, assignments, accept, deadline_seconds, keep)
     while phase.waiting:
         channel.wait_any([phase], timeout=deadline_seconds)
     for failure in phase.failures:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from client.receipts import Receipt
 from common.members import PAPER, Members
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.channel import Accept, Assignment, Phase
+from server.channel import Accept, Assignment, Keep, Phase, as_it_is
 from server.strategy import ClientResult, Failure
 
 log = logging.getLogger("fedstock.server")
@@ -225,9 +225,10 @@ class Coordinator:
         assignments: dict[str, Assignment],
         accept: Accept,
         deadline_seconds: float,
+        keep: Keep = as_it_is,
     ) -> Phase:
         """Hand each province its task for its next poll and return at once."""
-        phase = Phase(server_round, kind, accept)
+        phase = Phase(server_round, kind, accept, keep)
         with self._cond:
             self._hand_out(phase, assignments, deadline_seconds)
         return phase
@@ -317,12 +318,13 @@ class Coordinator:
             self._uploading.discard(task_id)
 
     def resolve(self, task_id: str, result: ClientResult) -> bool:
-        """Accept a checked outcome; False if its task closed meanwhile."""
+        """Accept a checked outcome; False if its task closed meanwhile. What the phase keeps
+        of it is taken under the lock, so no deadline can close the task halfway."""
         with self._cond:
             phase = self._open.get(task_id)
             if phase is None:
                 return False
-            phase.results.append(result)
+            phase.results.append(phase.keep(result))
             self._close(phase, task_id)
             return True
 

@@ -21,7 +21,7 @@ from client.tasks import perform
 from common.models.checks import UpdateError
 from common.tensors import Payload, PayloadError, PayloadReceiver, receive
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.channel import Accept, Assignment, Phase
+from server.channel import Accept, Assignment, Keep, Phase, as_it_is
 from server.strategy import ClientResult, Failure
 
 # How long a province takes for a task, on the channel's clock; math.inf: it never answers.
@@ -74,8 +74,9 @@ class MemoryChannel:
         assignments: dict[str, Assignment],
         accept: Accept,
         deadline_seconds: float,
+        keep: Keep = as_it_is,
     ) -> Phase:
-        phase = Phase(server_round, kind, accept)
+        phase = Phase(server_round, kind, accept, keep)
         phase.open(self.now, deadline_seconds)
         for province, assignment in assignments.items():
             self._count += 1
@@ -144,7 +145,7 @@ class MemoryChannel:
             self.updates_rejected += 1
             self._close(task_id, f"update refused: {error}")
             return
-        phase.results.append(kept)
+        phase.results.append(phase.keep(kept))
         self._close(task_id)
 
     def _expire(self, phase: Phase) -> None:

@@ -26,7 +26,7 @@ from common.tensors import Arrays, Payload, from_tensor, to_tensor
 from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import Analysis, FinalFit
-from server.channel import Accept, Assignment, TaskChannel, gather
+from server.channel import Accept, Assignment, Keep, TaskChannel, as_it_is, gather
 from server.checks import check_statistics, check_train_count
 from server.config import RunSettings
 from server.ledger import Ledger
@@ -131,6 +131,15 @@ class RoundLoop:
 
         return accept
 
+    def keep_update(self, server_round: int) -> Keep:
+        """What the round keeps of a training upload once it counts: folded into the
+        strategy's running sum (server/folding.py), or whole where the contributions analysis
+        replays the final round on every coalition's updates."""
+        if self.analysis is not None and self.analysis.settings.contributions:
+            return as_it_is
+        strategy, current = self.strategy, self.parameters
+        return lambda result: strategy.fold(server_round, result, current)
+
     def aggregate(
         self, server_round: int, results: list[ClientResult], failures: list[Failure]
     ) -> Arrays | None:
@@ -171,7 +180,12 @@ class RoundLoop:
         return provinces
 
     def phase(
-        self, server_round: int, kind: int, instructions: list[Instruction], accept: Accept
+        self,
+        server_round: int,
+        kind: int,
+        instructions: list[Instruction],
+        accept: Accept,
+        keep: Keep = as_it_is,
     ) -> tuple[list[ClientResult], list[Failure]]:
         """Send one phase of tasks and wait for it to close."""
         return gather(
@@ -181,6 +195,7 @@ class RoundLoop:
             self.assignments(server_round, kind, instructions),
             accept,
             self.settings.round_timeout,
+            keep,
         )
 
     def assignments(

@@ -52,7 +52,8 @@ class Cohort:
         received: list[int] = []  # bytes of each update as it arrived, before any decoding
         fit = strategy.configure_fit(server_round, loop.parameters, provinces)
         accept = loop.accept_update(server_round, lambda r: received.append(nbytes(r.arrays)))
-        results, failures = loop.phase(server_round, pb.TASK_KIND_TRAIN, fit, accept)
+        keep = loop.keep_update(server_round)
+        results, failures = loop.phase(server_round, pb.TASK_KIND_TRAIN, fit, accept, keep)
         overhead = time.perf_counter() - started - slowest(results)
         record: dict[str, Any] = {"round": server_round}
         record["clients"] = sorted(r.province for r in results)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from server.disclosure import IN_THE_CLEAR, Disclosure
+from server.folding import Folding
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,16 @@ class Strategy(ABC):
         """
         return result
 
+    def fold(self, server_round: int, result: ClientResult, current: Arrays | None) -> ClientResult:
+        """Called once an accepted update is sure to count, `current` being the global model
+        its round aggregates onto: what the round holds of it until `aggregate_fit`.
+
+        A strategy whose aggregate is a weighted mean of the updates folds them into a running
+        sum here (server/folding.py) and returns the result without its arrays; one that needs
+        every update whole at the end (a robust rule, a privacy mode) keeps it, as here.
+        """
+        return result
+
     @abstractmethod
     def aggregate_fit(
         self,
@@ -230,12 +241,20 @@ class FedAvg(Strategy):
     ) -> None:
         super().__init__(model_config)
         self._check = check
+        self._folding = Folding()
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         self._check(arrays, n_features)
 
+    def fold(self, server_round, result, current):
+        self._folding.add(server_round, result.province, result.arrays, result.num_examples, None)
+        return replace(result, arrays={})
+
     def aggregate_fit(self, server_round, results, failures, current):
-        return weighted_average(results) if results else None
+        if not results:
+            return None
+        fold = self._folding.take(server_round, results)
+        return fold.mean() if fold is not None else weighted_average(results)
 
     def replay_refusal(self) -> str | None:
         return None

@@ -280,6 +280,13 @@ class DPFedAvg(Strategy):
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         self.inner.check_update(arrays, n_features)
 
+    def fold(self, server_round, result, current):
+        """Local DP's updates are noised already: averaged as FedAvg's. Central DP clips each
+        step and noises their sum at the end, from the updates kept whole."""
+        if self.settings.mode == "dp-local":
+            return self.inner.fold(server_round, result, current)
+        return result
+
     def aggregate_fit(self, server_round, results, failures, current):
         if self.settings.mode == "dp-local" or not results:
             return self.inner.aggregate_fit(server_round, results, failures, current)

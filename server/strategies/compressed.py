@@ -72,6 +72,9 @@ class Compressed(Strategy):
         decoded = replace(result, arrays=self.decode(result.arrays, reference))
         return self.inner.accept_fit(server_round, decoded)
 
+    def fold(self, server_round, result, current):
+        return self.inner.fold(server_round, result, current)  # the update is decoded by now
+
     def aggregate_fit(self, server_round, results, failures, current):
         return self.inner.aggregate_fit(server_round, results, failures, current)
 

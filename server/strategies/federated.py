@@ -22,6 +22,7 @@ from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.vectors import flatten, unflatten
 from common.wire import ConfigScalar
+from server.folding import Folding
 from server.strategies.robust import Combiner, mean, median
 from server.strategy import CARRIES_STATE, ClientResult, Failure, FedAvg, Instruction, Strategy
 
@@ -33,6 +34,11 @@ def _shuffle(server_round: int, province: str) -> Shuffle:
 class Federated(Strategy):
     """FedAvg over steps from the global weights, combined by `combine` (the mean by default)."""
 
+    # Whether the server's step is `move` of the steps' weighted mean alone, so updates can be
+    # folded into a running sum as they arrive (server/folding.py); a subclass that weighs or
+    # corrects each step by itself says False.
+    mean_of_steps = True
+
     def __init__(
         self,
         base: FedAvg,
@@ -42,6 +48,7 @@ class Federated(Strategy):
         super().__init__({**base.model_config, **(config or {})})
         self.base = base
         self.combine = combine
+        self._folding = Folding()
 
     def configure_fit(
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
@@ -72,6 +79,15 @@ class Federated(Strategy):
             )
         return None
 
+    def fold(self, server_round, result, current):
+        """Under the mean, each step is added into the round's running sum as it counts."""
+        if not self.mean_of_steps or self.combine is not mean:
+            return result
+        self._folding.add(
+            server_round, result.province, result.arrays, result.num_examples, current
+        )
+        return replace(result, arrays={})
+
     def aggregate_fit(
         self,
         server_round: int,
@@ -81,6 +97,10 @@ class Federated(Strategy):
     ) -> Arrays | None:
         if not results:
             return None
+        fold = self._folding.take(server_round, results)
+        if fold is not None:
+            step = self.move(fold.mean_step())
+            return unflatten(step if fold.reference is None else fold.reference + step, fold.like)
         like = self.model_part(results[0].arrays)
         reference = np.zeros(len(flatten(like))) if current is None else flatten(current)
         steps = np.stack([flatten(self.model_part(r.arrays)) - reference for r in results])
@@ -98,7 +118,11 @@ class Federated(Strategy):
         results: list[ClientResult],
         failures: list[Failure],
     ) -> np.ndarray:
-        return self.combine(steps, weights)
+        return self.move(self.combine(steps, weights))
+
+    def move(self, step: np.ndarray) -> np.ndarray:
+        """The server's move from the combined step: the step itself, or an optimiser's."""
+        return step
 
 
 def _metric(result: ClientResult, name: str) -> float:
@@ -114,6 +138,8 @@ class FedNova(Federated):
     Provinces with more rows take more local steps and would otherwise pull the average
     towards their own optimum; normalising removes that objective inconsistency.
     """
+
+    mean_of_steps = False  # each step divided by its own τ_i: not folded yet
 
     def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
         if _metric(result, "local_steps") < 1:
@@ -136,8 +162,7 @@ class FedAvgM(Federated):
         self.lr, self.momentum = lr, momentum
         self.velocity: np.ndarray | None = None
 
-    def server_step(self, steps, weights, results, failures):
-        step = self.combine(steps, weights)
+    def move(self, step):
         if self.velocity is None or self.velocity.shape != step.shape:
             self.velocity = np.zeros_like(step)
         self.velocity = self.momentum * self.velocity + step
@@ -164,8 +189,7 @@ class FedAdam(Federated):
         self.first: np.ndarray | None = None
         self.second: np.ndarray | None = None
 
-    def server_step(self, steps, weights, results, failures):
-        step = self.combine(steps, weights)
+    def move(self, step):
         if self.first is None or self.first.shape != step.shape:
             self.first, self.second = np.zeros_like(step), np.zeros_like(step)
         b1, b2 = self.betas
@@ -182,6 +206,7 @@ class Scaffold(Federated):
     """
 
     persistent = ("control",)
+    mean_of_steps = False  # the control variates travel beside the weights: not folded yet
 
     def __init__(self, base, config=None, combine=mean, *, lr: float = 1.0) -> None:
         super().__init__(base, {**(config or {}), "scaffold": True}, combine)
@@ -226,6 +251,8 @@ class QFedAvg(Federated):
     its steps minimise, not the MSE in yuan); L = 1/η, the inverse of the local learning rate.
     q = 0 is the unweighted mean of the steps.
     """
+
+    mean_of_steps = False  # each step weighed by its own loss
 
     def __init__(self, base, config=None, combine=mean, *, q: float) -> None:
         super().__init__(base, config, combine)

@@ -1,0 +1,134 @@
+"""Updates folded into a running sum as each is accepted, so no round holds every update.
+
+A mean-like aggregate (FedAvg's weighted mean, the mean step a server optimiser moves by) needs
+only Σ wᵢ·(xᵢ − r) and Σ wᵢ. Folding each accepted update into that sum at once lets its bytes
+go as soon as it is counted. The sum is kept as two vectors, the rounded sum and the rounding
+error of every addition (Neumaier's compensated summation, each error found exactly by
+TwoSum), so the result is the exactly rounded sum up to about 2⁻¹⁰⁰ of its size: the order in
+which the updates arrive does not change its bits, as the province-ordered sums of the held
+path never did either.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from common.tensors import Arrays
+from common.vectors import flatten, unflatten
+
+if TYPE_CHECKING:
+    from server.strategy import ClientResult
+
+# Elements added at a time: the temporaries of one addition stay this small, however large
+# the update.
+BLOCK = 1 << 16
+
+
+class CompensatedSum:
+    """A float64 vector sum whose rounding errors are carried beside it, not lost."""
+
+    def __init__(self, size: int) -> None:
+        self.high = np.zeros(size)
+        self.low = np.zeros(size)
+
+    def add(
+        self, values: np.ndarray, weight: float, offset: int = 0, minus: np.ndarray | None = None
+    ) -> None:
+        """Add `weight`·(`values` − `minus`) into the elements from `offset` on."""
+        for start in range(0, len(values), BLOCK):
+            at = slice(offset + start, offset + min(start + BLOCK, len(values)))
+            part = np.asarray(values[start : start + BLOCK], dtype=np.float64)
+            if minus is not None:
+                part = part - minus[at]
+            part = weight * part
+            high = self.high[at]
+            total = high + part
+            back = total - high
+            self.low[at] += (high - (total - back)) + (part - back)
+            self.high[at] = total
+
+    def value(self) -> np.ndarray:
+        return self.high + self.low
+
+
+@dataclass
+class Fold:
+    """One round's updates as a weighted sum of their steps from `reference` (zero: none)."""
+
+    server_round: int
+    like: Arrays  # names and shapes of the update, with its first values (never read)
+    reference: np.ndarray | None
+    total: CompensatedSum
+    weight: float = 0.0
+    provinces: list[str] = field(default_factory=list)  # a province may count twice (async)
+
+    @classmethod
+    def start(cls, server_round: int, like: Arrays, reference: Arrays | None) -> Fold:
+        flat = None if reference is None else flatten(reference)
+        size = sum(int(np.size(like[name])) for name in like)
+        shapes = {name: np.empty(np.shape(like[name])) for name in like}
+        return cls(server_round, shapes, flat, CompensatedSum(size))
+
+    def add(self, province: str, arrays: Arrays, weight: float) -> None:
+        """Fold one update in, array by array in the flattened order, block by block."""
+        offset = 0
+        for name in sorted(self.like):
+            values = np.ravel(arrays[name])
+            self.total.add(values, weight, offset, self.reference)
+            offset += len(values)
+        self.weight += weight
+        self.provinces.append(province)
+
+    def mean_step(self) -> np.ndarray:
+        """Σ wᵢ·(xᵢ − r) / Σ wᵢ."""
+        if self.weight <= 0:
+            raise ValueError("cannot average updates that report no training samples")
+        return self.total.value() / self.weight
+
+    def mean(self) -> Arrays:
+        """The weighted mean of the updates themselves, shaped as they were."""
+        step = self.mean_step()
+        return unflatten(step if self.reference is None else self.reference + step, self.like)
+
+
+class Folding:
+    """The fold a strategy keeps for the round it is in, started afresh each round."""
+
+    def __init__(self) -> None:
+        self._fold: Fold | None = None
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        server_round: int,
+        province: str,
+        arrays: Arrays,
+        weight: float,
+        reference: Arrays | None,
+    ) -> None:
+        with self._lock:
+            if self._fold is None or self._fold.server_round != server_round:
+                self._fold = Fold.start(server_round, arrays, reference)
+            self._fold.add(province, arrays, weight)
+
+    def take(self, server_round: int, results: Sequence[ClientResult]) -> Fold | None:
+        """The round's fold of exactly `results`' updates, or None where they were kept
+        whole. Any mix of the two is a bug, refused rather than averaged."""
+        with self._lock:
+            fold, self._fold = self._fold, None
+        provinces = sorted(r.province for r in results)
+        if fold is not None and fold.server_round == server_round:
+            if sorted(fold.provinces) != provinces or any(r.arrays for r in results):
+                raise RuntimeError(
+                    f"round {server_round}'s fold holds {sorted(fold.provinces)}, "
+                    f"the results are {provinces}"
+                )
+            return fold
+        if not all(r.arrays for r in results):
+            raise RuntimeError(f"round {server_round}'s updates were folded into no sum")
+        return None
