@@ -1,0 +1,115 @@
+"""The compose file written from a members file: one client per member, each holding only its
+own identity, and for the paper's nine exactly the committed docker-compose.yml."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.members import Members, MembersError
+from common.provinces import PROVINCES
+from server.compose import render
+
+ROOT = Path(__file__).resolve().parent.parent
+TWELVE = tuple(f"member{i}" for i in range(1, 13))
+
+
+def _members_file(folder: Path) -> Path:
+    path = folder / "members.csv"
+    rows = [f"{name},Member {name[6:]},{name}.example.org" for name in TWELVE]
+    path.write_text("name,display_name,identity\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _generate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server.compose", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_without_a_members_file_it_writes_the_committed_compose_file():
+    made = _generate()
+    assert made.returncode == 0, made.stderr
+    committed = (ROOT / "docker-compose.yml").read_text()
+    assert made.stdout == committed
+    assert list(yaml.safe_load(made.stdout)["services"]) == [
+        "certs",
+        "server",
+        *PROVINCES,
+    ]
+
+
+def test_twelve_members_get_a_client_each_holding_only_its_own_identity(tmp_path):
+    made = _generate("--members", _members_file(tmp_path).name, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    compose = yaml.safe_load(made.stdout)
+    services = compose["services"]
+    assert list(services) == ["certs", "server", *TWELVE]
+    mount = "members.csv:/etc/fedstock/members.csv:ro"
+    for name in TWELVE:
+        client = services[name]
+        assert client["command"] == ["python", "-m", "client"]
+        assert client["environment"]["FEDSTOCK_PROVINCE"] == name
+        assert client["environment"]["FEDSTOCK_MEMBERS"] == "/etc/fedstock/members.csv"
+        # Its own certificate volume, its own receipts, the public members file: nothing else.
+        assert client["volumes"] == [f"certs-{name}:/certs:ro", f"receipts-{name}:/receipts", mount]
+    server = services["server"]
+    assert server["environment"]["FEDSTOCK_MEMBERS"] == "/etc/fedstock/members.csv"
+    assert server["environment"]["FEDSTOCK_MIN_CLIENTS"] == "${FEDSTOCK_MIN_CLIENTS:-12}"
+    assert server["volumes"] == ["results:/results", "certs-server:/certs:ro", mount]
+    certs = services["certs"]
+    assert certs["environment"]["PROVINCES"].split() == list(TWELVE)
+    assert (
+        "python -m server.certs --out /tmp/ca --members /etc/fedstock/members.csv"
+        in (certs["command"][-1])
+    )
+    assert certs["volumes"] == [
+        "certs-server:/out/server",
+        *(f"certs-{name}:/out/{name}" for name in TWELVE),
+        mount,
+    ]
+    named = {
+        volume.split(":")[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+        if not volume.startswith("members.csv:")
+    }
+    assert named == set(compose["volumes"])
+
+
+def test_the_engine_reads_the_generated_file(tmp_path):
+    docker = shutil.which("docker")
+    version = [docker, "compose", "version"] if docker else None
+    if version is None or subprocess.run(version, capture_output=True, check=False).returncode:
+        pytest.skip("no Docker Compose here: tests/compose/run.sh checks the file on an engine")
+    made = _generate("--members", _members_file(tmp_path).name, cwd=tmp_path)
+    (tmp_path / "compose.yml").write_text(made.stdout)
+    checked = subprocess.run(
+        [docker, "compose", "-f", "compose.yml", "config", "--services"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert sorted(checked.stdout.split()) == sorted(["certs", "server", *TWELVE])
+
+
+def test_members_named_as_the_compose_files_own_services_are_refused():
+    with pytest.raises(MembersError, match="server"):
+        render(Members.of(["hubei", "server"]), "members.csv")
+
+
+def test_a_members_file_that_cannot_be_read_is_a_clear_error(tmp_path):
+    made = _generate("--members", str(tmp_path / "absent.csv"))
+    assert made.returncode == 2
+    assert "cannot read the members file" in made.stderr
+    assert made.stdout == ""
