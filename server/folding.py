@@ -35,22 +35,33 @@ class CompensatedSum:
     def __init__(self, size: int) -> None:
         self.high = np.zeros(size)
         self.low = np.zeros(size)
+        # Every addition's temporaries, allocated once: fresh ones for each block cost more
+        # than the arithmetic (the allocator maps and faults in their pages every time).
+        self._part, self._total, self._back, self._error = np.empty((4, BLOCK))
 
     def add(
         self, values: np.ndarray, weight: float, offset: int = 0, minus: np.ndarray | None = None
     ) -> None:
         """Add `weight`·(`values` − `minus`) into the elements from `offset` on."""
         for start in range(0, len(values), BLOCK):
-            at = slice(offset + start, offset + min(start + BLOCK, len(values)))
-            part = np.asarray(values[start : start + BLOCK], dtype=np.float64)
-            if minus is not None:
-                part = part - minus[at]
-            part = weight * part
+            count = min(BLOCK, len(values) - start)
+            at = slice(offset + start, offset + start + count)
+            part, total = self._part[:count], self._total[:count]
+            back, error = self._back[:count], self._error[:count]
             high = self.high[at]
-            total = high + part
-            back = total - high
-            self.low[at] += (high - (total - back)) + (part - back)
-            self.high[at] = total
+            part[:] = values[start : start + count]
+            if minus is not None:
+                np.subtract(part, minus[at], out=part)
+            np.multiply(part, weight, out=part)
+            # TwoSum: total + error == high + part exactly.
+            np.add(high, part, out=total)
+            np.subtract(total, high, out=back)
+            np.subtract(total, back, out=error)
+            np.subtract(high, error, out=error)
+            np.subtract(part, back, out=part)
+            np.add(error, part, out=error)
+            self.low[at] += error
+            high[:] = total
 
     def value(self) -> np.ndarray:
         return self.high + self.low
