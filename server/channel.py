@@ -51,6 +51,9 @@ class Phase:
     keep: Keep = as_it_is
     provinces: dict[str, str] = field(default_factory=dict)  # task id -> province
     waiting: set[str] = field(default_factory=set)
+    # Answered tasks whose outcomes are being kept (folded) now: sure to count, so no deadline
+    # closes them; they leave `waiting` once kept.
+    keeping: set[str] = field(default_factory=set)
     results: list[ClientResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     deadline_seconds: float = math.inf

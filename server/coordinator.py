@@ -238,7 +238,9 @@ class Coordinator:
         answer, a join) unless one already has; tasks past their deadline close as failed."""
         with self._cond:
             if all(phase.waiting for phase in phases):
-                end = min([time.monotonic() + timeout, *(phase.expires for phase in phases)])
+                now = time.monotonic()
+                # Past its deadline a phase waits only on outcomes being kept, which notify.
+                end = min([now + timeout, *(p.expires for p in phases if p.expires > now)])
                 self._cond.wait(timeout=max(0.0, end - time.monotonic()))
             for phase in phases:
                 self._expire(phase)
@@ -261,7 +263,7 @@ class Coordinator:
     def _expire(self, phase: Phase) -> None:
         if time.monotonic() < phase.expires:
             return
-        for task_id in list(phase.waiting):
+        for task_id in list(phase.waiting - phase.keeping):
             self._close(phase, task_id, phase.overdue())
 
     def next_assignment(self, client: ClientSession, is_active: Callable[[], bool]) -> Assignment:
@@ -318,15 +320,26 @@ class Coordinator:
             self._uploading.discard(task_id)
 
     def resolve(self, task_id: str, result: ClientResult) -> bool:
-        """Accept a checked outcome; False if its task closed meanwhile. What the phase keeps
-        of it is taken under the lock, so no deadline can close the task halfway."""
+        """Accept a checked outcome; False if its task closed meanwhile. The task leaves the
+        open ones under the lock, so from then on the outcome counts and no deadline, stop or
+        call-off can close it halfway; what the phase keeps of it (a fold of the update into
+        the round's sum) is made outside the lock, which every other call needs meanwhile."""
         with self._cond:
-            phase = self._open.get(task_id)
+            phase = self._open.pop(task_id, None)
             if phase is None:
                 return False
-            phase.results.append(phase.keep(result))
-            self._close(phase, task_id)
-            return True
+            phase.keeping.add(task_id)
+        kept, failure = None, "the server could not keep the update (its log says why)"
+        try:
+            kept = phase.keep(result)
+            failure = None
+        finally:
+            with self._cond:
+                phase.keeping.discard(task_id)
+                if kept is not None:
+                    phase.results.append(kept)
+                self._close(phase, task_id, failure)
+        return True
 
     def refuse(self, task_id: str, reason: str) -> None:
         """An outcome that failed its checks: counted, and its client dropped from the task."""
@@ -339,6 +352,16 @@ class Coordinator:
             phase = self._open.get(task_id)
             if phase is not None:
                 self._close(phase, task_id, reason)
+
+    def fail_session(self, client: ClientSession, reason: str) -> bool:
+        """Fail the task `client` holds, if it holds one and is still its province's session
+        (a newer Join's task is not the old stream's to fail); whether one failed."""
+        with self._cond:
+            task_id = client.open_task
+            if self._sessions.get(client.session) is not client or task_id not in self._open:
+                return False
+            self.fail(task_id, reason)
+            return True
 
     def _close(self, phase: Phase, task_id: str, failure: str | None = None) -> None:
         province = phase.provinces[task_id]
