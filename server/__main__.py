@@ -64,10 +64,11 @@ def build_server(
     streams hold at most SIDE_CALLS threads, which the pool has beside the `workers` threads of
     the federation, so no stranger can hold a thread the federation needs.
     """
+    activity = Activity(idle_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers + SIDE_CALLS),
         options=SERVER_OPTIONS,
-        interceptors=[CallLimits(Activity(idle_seconds), SIDE_CALLS)],
+        interceptors=[CallLimits(activity, SIDE_CALLS)],
     )
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(
@@ -75,8 +76,9 @@ def build_server(
             max_update_bytes,
             mutual_tls=credentials is not None,
             budget=ByteBudget(inflight_bytes or max_update_bytes),
-            # A working client's heartbeats keep its session stream well inside the idle timeout.
-            heartbeat_seconds=idle_seconds / 3,
+            # A working client's heartbeats keep its session stream well inside the idle timeout;
+            # a session stream silent for all of it is a hung client, whose task fails then.
+            activity=activity,
         ),
         server,
     )

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=env("IDLE_TIMEOUT", "60"),
         help="seconds a call may wait on its peer (for its next message, or to take ours) "
-        "before the server cancels it [FEDSTOCK_IDLE_TIMEOUT]",
+        "before the server cancels it; a session stream silent so long (no heartbeat) also "
+        "fails its client's task then [FEDSTOCK_IDLE_TIMEOUT]",
     )
     add(
         "--reflection",

@@ -40,6 +40,13 @@ class Activity:
         self._clock = clock
         self._lock = threading.Lock()
         self._waiting: dict[grpc.ServicerContext, float] = {}
+        # What to do first when a call is found silent (a session stream's open task fails).
+        self._on_silence: dict[grpc.ServicerContext, Callable[[], None]] = {}
+
+    def on_silence(self, context: grpc.ServicerContext, callback: Callable[[], None]) -> None:
+        """Run `callback` (once) if this call is ever cancelled for waiting too long."""
+        with self._lock:
+            self._on_silence[context] = callback
 
     def waiting(self, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -49,13 +56,23 @@ class Activity:
         with self._lock:
             self._waiting.pop(context, None)
 
+    def done(self, context: grpc.ServicerContext) -> None:
+        """The call ended: nothing of it is kept."""
+        with self._lock:
+            self._waiting.pop(context, None)
+            self._on_silence.pop(context, None)
+
     def cancel_idle(self) -> int:
-        """Cancel every call that has waited on its peer longer than `idle_seconds`."""
+        """Cancel every call that has waited on its peer longer than `idle_seconds`, after
+        running what it asked to have run on silence."""
         now = self._clock()
         with self._lock:
             idle = [c for c, since in self._waiting.items() if now - since > self.idle_seconds]
             for context in idle:
                 del self._waiting[context]
+            callbacks = [self._on_silence.pop(c) for c in idle if c in self._on_silence]
+        for callback in callbacks:
+            callback()
         for context in idle:
             context.cancel()
         return len(idle)
@@ -203,6 +220,6 @@ class CallLimits(grpc.ServerInterceptor):
         return guarded
 
     def _done(self, context: grpc.ServicerContext, peer: str | None) -> None:
-        self.activity.working(context)
+        self.activity.done(context)
         if peer is not None:
             self._side.release(peer)

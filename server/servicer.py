@@ -31,6 +31,7 @@ from server.coordinator import (
     Coordinator,
     JoinRefused,
 )
+from server.limits import Activity
 from server.strategy import ClientResult
 
 log = logging.getLogger("fedstock.server")
@@ -43,10 +44,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         max_update_bytes: int,
         mutual_tls: bool,
         budget: ByteBudget | None = None,
-        heartbeat_seconds: float = 20.0,
+        activity: Activity | None = None,
     ) -> None:
         self._coordinator = coordinator
-        self._heartbeat_seconds = heartbeat_seconds
+        # Heartbeats thrice per idle timeout; without one (a servicer outside build_server) no
+        # stream is cancelled for silence, and a heartbeat every 20 s is asked for.
+        self._activity = activity
+        self._heartbeat_seconds = activity.idle_seconds / 3 if activity else 20.0
         self._max_update_bytes = max_update_bytes
         self._mutual_tls = mutual_tls
         # Every upload in flight together; by default as much as one update of the largest size.
@@ -119,6 +123,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                 f"the session stream is contract version {STREAM_PROTOCOL_VERSION}; the client "
                 f"says it speaks {first.open.protocol_version}: use GetTask and Submit instead",
             )
+        if self._activity is not None:
+            self._activity.on_silence(context, lambda: self._silent(client))
         yield pb.SessionDown(
             opened=pb.SessionOpened(
                 protocol_version=PROTOCOL_VERSION, heartbeat_seconds=self._heartbeat_seconds
@@ -141,6 +147,17 @@ class FederationServicer(pb_grpc.FederationServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"a session stream takes next, an outcome or a heartbeat here, not {part}",
                 )
+
+    def _silent(self, client: ClientSession) -> None:
+        """A session stream that sent nothing, not even a heartbeat, for the idle timeout: its
+        client is hung (stopped, frozen, cut off), so its task fails now, not at the deadline."""
+        seconds = self._activity.idle_seconds if self._activity else 0.0
+        why = (
+            f"no heartbeat from {client.province} for {seconds:g} s (--idle-timeout): "
+            "taken for hung, its task failed without waiting for the round's deadline"
+        )
+        if self._coordinator.fail_session(client, why):
+            log.warning("%s", why)
 
     def _deliver(
         self,

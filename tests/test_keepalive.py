@@ -1,0 +1,85 @@
+"""A session stream that goes silent (its client process stopped, so not even a heartbeat comes)
+fails the client's task once the idle timeout passes, with the reason recorded, rather than
+holding the round until its deadline."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from common.launch import free_port
+from proto.fedstock.v1 import federation_pb2 as pb
+from server.__main__ import build_server
+from server.channel import Assignment, gather
+from server.coordinator import Coordinator
+from server.limits import Activity
+
+pytestmark = pytest.mark.integration
+
+# The round would wait this long for the stopped client; the test's own timeout is far shorter.
+DEADLINE = 3_600
+
+
+def test_a_stopped_client_fails_its_task_at_the_idle_timeout_with_the_reason():
+    coordinator = Coordinator(poll_seconds=1)
+    port = free_port()
+    server, _ = build_server(coordinator, f"127.0.0.1:{port}", 8, 1 << 20, idle_seconds=3)
+    server.start()
+    command = ["-m", "client", "--province", "hubei", "--server", f"127.0.0.1:{port}"]
+    client = subprocess.Popen(
+        [sys.executable, *command, "--insecure", "--rows", "2000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert coordinator.wait_for_clients(1, timeout=120) == ["hubei"]
+        os.kill(client.pid, signal.SIGSTOP)
+        task = pb.Task(round=1, kind=pb.TASK_KIND_EVALUATE)
+        results, failures = gather(
+            coordinator,
+            1,
+            pb.TASK_KIND_EVALUATE,
+            {"hubei": Assignment(task, None)},
+            lambda result: result,
+            DEADLINE,
+        )
+    finally:
+        os.kill(client.pid, signal.SIGKILL)
+        os.kill(client.pid, signal.SIGCONT)
+        client.wait(timeout=60)
+        server.stop(grace=0)
+    assert results == []
+    assert [f.province for f in failures] == ["hubei"]
+    assert "no heartbeat from hubei for 3 s" in failures[0].reason
+
+
+class Context:
+    """Stands for a call's context in Activity, which only cancels it."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_silence_runs_the_calls_callback_before_cancelling_it_and_only_when_idle():
+    now = [0.0]
+    activity = Activity(10, clock=lambda: now[0])
+    quiet, busy, ended = Context(), Context(), Context()
+    heard: list[str] = []
+    for name, context in (("quiet", quiet), ("busy", busy), ("ended", ended)):
+        activity.on_silence(context, lambda name=name: heard.append(name))
+        activity.waiting(context)
+    activity.working(busy)
+    activity.done(ended)
+    now[0] = 10.5
+    assert activity.cancel_idle() == 1
+    assert heard == ["quiet"] and quiet.cancelled.is_set()
+    assert not busy.cancelled.is_set() and not ended.cancelled.is_set()
+    activity.waiting(quiet)  # its callback ran once: a second silence only cancels
+    now[0] = 100.0
+    assert activity.cancel_idle() == 1 and heard == ["quiet"]
