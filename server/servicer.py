@@ -246,6 +246,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                     receiver.digest(),
                 )
             )
+            # Received and checked, the upload is no longer in flight: a retry elsewhere may
+            # use its share of the budget while this one is folded (or held, as before).
+            receiver.close()
             if not self._coordinator.resolve(outcome.task_id, result):
                 context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
