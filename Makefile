@@ -128,6 +128,12 @@ bench-strategies: $(STAMP)
 # What hostile callers cost a server process: RSS before/after 100,000 fuzzed messages, with
 # 1,000 idle connections and 100 idle streams; honest round seconds during each attack; the
 # outcome checks' cost per round (docs/hardening.md).
+# A round of 10 MB updates from nine client processes, each kept whole until the round ends or
+# folded into the running sum as it counts: the server's peak RSS and median round of each.
+.PHONY: bench-fold
+bench-fold: $(STAMP)
+	$(PY) -u -m tests.bench_fold --out runs/fold
+
 # A 1,000-round run with nine clients on tiny data: server RSS every 50 rounds, and round time.
 .PHONY: bench-soak
 bench-soak: $(STAMP)
