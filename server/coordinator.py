@@ -353,12 +353,15 @@ class Coordinator:
             if phase is not None:
                 self._close(phase, task_id, reason)
 
-    def fail_session(self, client: ClientSession, reason: str) -> bool:
-        """Fail the task `client` holds, if it holds one and is still its province's session
-        (a newer Join's task is not the old stream's to fail); whether one failed."""
+    def fail_silent(self, client: ClientSession, seconds: float, reason: str) -> bool:
+        """Fail the task `client` holds, as one silent for `seconds`: unless it is no longer its
+        province's session (a newer Join's task is not the old stream's to fail) or was heard
+        from on another call meanwhile; whether one failed."""
         with self._cond:
             task_id = client.open_task
             if self._sessions.get(client.session) is not client or task_id not in self._open:
+                return False
+            if time.monotonic() - client.last_seen < seconds:
                 return False
             self.fail(task_id, reason)
             return True

@@ -156,7 +156,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             f"no heartbeat from {client.province} for {seconds:g} s (--idle-timeout): "
             "taken for hung, its task failed without waiting for the round's deadline"
         )
-        if self._coordinator.fail_session(client, why):
+        if self._coordinator.fail_silent(client, seconds, why):
             log.warning("%s", why)
 
     def _deliver(

@@ -83,3 +83,24 @@ def test_silence_runs_the_calls_callback_before_cancelling_it_and_only_when_idle
     activity.waiting(quiet)  # its callback ran once: a second silence only cancels
     now[0] = 100.0
     assert activity.cancel_idle() == 1 and heard == ["quiet"]
+
+
+def test_a_silent_stream_fails_only_a_task_its_session_was_not_heard_from_on_since():
+    coordinator = Coordinator(poll_seconds=1)
+    client = coordinator.join("hubei", 300, "test")
+    phase = coordinator.send(
+        1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=1), None)}, lambda r: r, 600
+    )
+    client.last_seen -= 5  # heard from 5 s ago, on another call
+    assert not coordinator.fail_silent(client, 10, "silent")
+    assert phase.waiting and phase.failures == []
+    client.last_seen -= 10
+    assert coordinator.fail_silent(client, 10, "silent")
+    assert not phase.waiting and [f.reason for f in phase.failures] == ["silent"]
+    newer = coordinator.join("hubei", 300, "test")  # a rejoin: the old stream's fails nothing
+    coordinator.send(
+        2, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=2), None)}, lambda r: r, 600
+    )
+    newer.last_seen -= 100
+    assert not coordinator.fail_silent(client, 10, "silent")
+    assert coordinator.fail_silent(newer, 10, "silent")
