@@ -11,11 +11,10 @@ paper's nine provinces (tests/test_compose_file.py holds the two equal).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
-from common.members import PAPER, Members, MembersError, load
+from common.members import PAPER, Members, MembersError
 
 # The services and volumes beside the members': a member named so would collide with them.
 RESERVED = ("certs", "server", "results")
@@ -222,30 +221,7 @@ def render(members: Members = PAPER, members_file: str | None = None) -> str:
     return text + "\nvolumes:\n" + "".join(f"  {name}:\n" for name in names)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m server.compose",
-        description="Write a compose file with one client service per member of the federation "
-        "to standard output.",
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--members",
-        type=Path,
-        help="the federation's members file, as the server's --members FILE (CSV or TOML), "
-        "relative to the folder the compose file will be in (the project's); default: the "
-        "paper's nine provinces, which is the committed docker-compose.yml",
-    )
-    args = parser.parse_args(argv)
-    try:
-        members = load(args.members)
-        text = render(members, None if args.members is None else args.members.as_posix())
-    except MembersError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    sys.stdout.write(text)
-    return 0
+if __name__ == "__main__":  # the command line is server/compose_cli.py
+    from server.compose_cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ PROGRAMS = (
     ("server.localrun", "server.localrun_cli", ()),
     ("server.certs", "server.certs_cli", ()),
     ("client.he_keys", "client.he_keys_cli", ()),
-    ("server.compose", "server.compose", ()),
+    ("server.compose", "server.compose_cli", ()),
     ("server.healthcheck", "server.healthcheck_cli", ()),
     ("server.ledger", "server.ledger_cli", ("verify",)),
     ("common.data", "common.data.__main__", ("synth",)),
