@@ -30,7 +30,8 @@ BLOCK = 1 << 16
 
 
 class CompensatedSum:
-    """A float64 vector sum whose rounding errors are carried beside it, not lost."""
+    """A float64 vector sum whose rounding errors are carried beside it, not lost. One add at a
+    time (they share the temporaries): `Folding` holds its lock around each."""
 
     def __init__(self, size: int) -> None:
         self.high = np.zeros(size)
