@@ -289,3 +289,21 @@ def test_compact_and_dense_answers_add_up_to_their_dense_sum_in_order_to_the_las
     total = add_up(mixed, shapes)
     assert all(np.array_equal(total[k], expected[k]) for k in shapes)
     assert total["grad"].shape == shape
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_compiled_histograms_are_the_per_feature_bincounts_to_the_last_bit(weighted):
+    rng = np.random.default_rng(4)
+    features, rows, slots, width = 3, 5000, 4, 32
+    bins = rng.integers(0, width, size=(features, rows)).astype(np.uint16)
+    # Rows listed out of order, some twice (a row of several trees), some not at all.
+    listed = rng.choice(rows, size=6000)
+    slot = rng.integers(0, slots, size=len(listed))
+    grad = rng.normal(size=len(listed)) * 10.0 ** rng.integers(-6, 6, len(listed))
+    hess = rng.poisson(1.0, size=len(listed)).astype(float) if weighted else None
+    sums = histtree.histograms(bins, listed, slot, grad, hess, slots, width)
+    for f in range(features):
+        at = slot * width + bins[f, listed]
+        for name, weights in (("grad", grad), ("hess", hess)):
+            expected = np.bincount(at, weights=weights, minlength=slots * width)
+            assert np.array_equal(sums[name][:, f, :].ravel(), expected)

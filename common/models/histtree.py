@@ -14,7 +14,9 @@ learning rate, or 1/trees for a forest).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -113,21 +115,55 @@ def histograms(
 ) -> Arrays:
     """Σ gradient and Σ Hessian per (open node, feature, bin) from `bins` (features, rows):
     each listed row adds its `grad` and `hess` to the histograms of its `slot` (a row listed
-    for several trees adds to each); `hess` None: every row's is 1, its sums are row counts,
-    counted unweighted (the same numbers, faster). One pass per feature over the listed rows
-    (a feature's histograms stay in cache; one pass over a flat node × feature × bin index
-    measured 2.4 times slower)."""
-    base = slot * width
-    size = slots * width
-    sums = {"grad": np.empty((len(bins), size)), "hess": np.empty((len(bins), size))}
-    for f, column in enumerate(bins):
-        at = base + column[rows]
-        sums["grad"][f] = np.bincount(at, weights=grad, minlength=size)
-        sums["hess"][f] = np.bincount(at, weights=hess, minlength=size)
-    return {
-        name: s.reshape(len(bins), slots, width).transpose(1, 0, 2).copy()
-        for name, s in sums.items()
+    for several trees adds to each); `hess` None: every row's is 1, its sums are row counts.
+
+    Compiled: per feature one pass over the listed rows adds both sums, in the rows' order, so
+    each entry is the sum `np.bincount` gives, to the last bit. Two `bincount`s per feature,
+    each after gathering and offsetting the feature's bins, took 2.3 to 2.6 times as long
+    (300,000 rows); one `bincount` over a flat node × feature × bin index 2.4 times longer
+    than those (a feature's histograms stay in cache)."""
+    sums = {
+        "grad": np.zeros((slots, len(bins), width)),
+        "hess": np.zeros((slots, len(bins), width)),
     }
+    unit = hess is None
+    _fill()(
+        bins,
+        np.ascontiguousarray(rows, dtype=np.intp),
+        np.ascontiguousarray(slot, dtype=np.intp),
+        np.ascontiguousarray(grad, dtype=np.float64),
+        np.zeros(0) if unit else np.ascontiguousarray(hess, dtype=np.float64),
+        unit,
+        sums["grad"],
+        sums["hess"],
+    )
+    return sums
+
+
+@cache
+def _fill() -> Callable[..., None]:
+    """The histogram pass, compiled once a process (or read from numba's cache beside this
+    file); numba is imported by the first question only."""
+    import numba
+
+    return numba.njit(cache=True)(_add_rows)
+
+
+def _add_rows(
+    bins: np.ndarray,
+    rows: np.ndarray,
+    slot: np.ndarray,
+    grad: np.ndarray,
+    hess: np.ndarray,
+    unit: bool,
+    out_grad: np.ndarray,
+    out_hess: np.ndarray,
+) -> None:
+    for f in range(bins.shape[0]):
+        for i in range(rows.shape[0]):
+            b = bins[f, rows[i]]
+            out_grad[slot[i], f, b] += grad[i]
+            out_hess[slot[i], f, b] += 1.0 if unit else hess[i]
 
 
 @dataclass(frozen=True)
