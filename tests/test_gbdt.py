@@ -307,3 +307,46 @@ def test_compiled_histograms_are_the_per_feature_bincounts_to_the_last_bit(weigh
         for name, weights in (("grad", grad), ("hess", hess)):
             expected = np.bincount(at, weights=weights, minlength=slots * width)
             assert np.array_equal(sums[name][:, f, :].ravel(), expected)
+
+
+def vectorised_splits(grad, hess, rule, allowed, edge_counts):
+    """The split choice written as whole-array numpy: the compiled scoring's oracle."""
+    nodes, _, width = grad.shape
+    g_total, h_total = grad[:, 0, :].sum(axis=1), hess[:, 0, :].sum(axis=1)
+    gl, hl = np.cumsum(grad[..., :-1], axis=2), np.cumsum(hess[..., :-1], axis=2)
+    gr, hr = g_total[:, None, None] - gl, h_total[:, None, None] - hl
+    valid = (hl >= rule.min_child_weight) & (hr >= rule.min_child_weight) & allowed[..., None]
+    valid &= np.arange(width - 1) < np.asarray(edge_counts)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty children: not valid
+        gain = np.square(gl) / (hl + rule.reg_lambda) + np.square(gr) / (hr + rule.reg_lambda)
+    gain = np.where(valid, gain - rule.score(g_total, h_total)[:, None, None], -np.inf)
+    gain = gain.reshape(nodes, -1)
+    top = gain.max(axis=1, keepdims=True)
+    best = (gain >= top - histtree.TIE * np.abs(top)).argmax(axis=1)
+    at = np.arange(nodes)
+    feature, b = np.divmod(best, width - 1)
+    left = (gl.reshape(nodes, -1)[at, best], hl.reshape(nodes, -1)[at, best])
+    return feature, b, gain[at, best], *left
+
+
+@pytest.mark.parametrize("reg_lambda,min_child_weight", [(1.0, 1.0), (0.0, 40.0)])
+def test_compiled_split_choice_is_the_vectorised_one_to_the_last_bit(reg_lambda, min_child_weight):
+    rng = np.random.default_rng(11)
+    nodes, features, width = 40, N_FEATURES, 32
+    hess = rng.poisson(3.0, size=(nodes, features, width)).astype(float)
+    grad = rng.normal(size=hess.shape) * hess * 10.0 ** rng.integers(-3, 3, (nodes, 1, 1))
+    # One feature a copy of another (equal gains: the first wins); one node too small to split.
+    grad[:, 3], hess[:, 3] = grad[:, 2], hess[:, 2]
+    hess[-1], grad[-1] = 0.0, 0.0
+    hess[-1, :, 0] = 1.0
+    allowed = rng.random((nodes, features)) < 0.8
+    edge_counts = np.array([31, 20, 5, 5])
+    rule = histtree.Rule(reg_lambda, min_child_weight, 0.3)
+    splits = histtree.best_splits(grad, hess, rule, allowed, edge_counts)
+    expected = vectorised_splits(grad, hess, rule, allowed, edge_counts)
+    got = (splits.feature, splits.bin, splits.gain, splits.left_grad, splits.left_hess)
+    for a, b in zip(got, expected, strict=True):
+        assert np.array_equal(a, b)
+    assert np.isneginf(splits.gain[-1])
+    assert not ((splits.feature == 3) & allowed[:, 2]).any()
+    assert (splits.gain[:-1] > 0).any()
