@@ -39,6 +39,13 @@ def settings_for(groups: TaskGroups) -> TreeSettings:
     return groups.trees
 
 
+def warm_up(groups: TaskGroups) -> None:
+    """In a run of histogram trees, load their compiled kernels in the background while the
+    phases before the round go, so the first question need not wait for them."""
+    if groups.trees is not None:
+        histtree.warm_up()
+
+
 def answer(
     x: np.ndarray, change: np.ndarray, question: Arrays | None, groups: TaskGroups
 ) -> Arrays:

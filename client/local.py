@@ -11,7 +11,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from client import analysis, chain
+from client import analysis, chain, histograms
 from client.chain import Outcome, Task
 from client.groups import TaskGroups
 from client.privacy import ClientPrivacy, PrivacyError
@@ -91,6 +91,7 @@ class LocalWork:
 
     def statistics(self, groups: TaskGroups, parameters: Arrays | None = None) -> Outcome:
         """n, Σz and Σzzᵀ of the training rows; `parameters` carry what a privacy mode relays."""
+        histograms.warm_up(groups)
         return self.privacy.run(Task(chain.STATISTICS, groups, parameters), self._statistics)
 
     def _statistics(self, task: Task) -> Outcome:

@@ -217,6 +217,7 @@ class RoundLoop:
                 config=to_config(
                     {
                         **self.settings.data_config(),
+                        **self._model_name(),
                         **self.split_config,
                         **self.task_config,
                         **instruction.config,
@@ -227,6 +228,12 @@ class RoundLoop:
             )
             assignments[instruction.province] = Assignment(task, payload)
         return assignments
+
+    def _model_name(self) -> dict[str, ConfigScalar]:
+        """The run's model, named in every task from the first on, so a province can get
+        ready for it (histogram trees load their compiled kernels) while the statistics go."""
+        model = self.strategy.model_config.get("model")
+        return {} if model is None else {"model": model}
 
     # -- before the rounds --------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from common.models import histgrow, histtree
+from client import histograms
+from client.groups import TaskGroups
+from common.models import forest, histgrow, histtree
 from common.models.checks import UpdateError
 from common.models.histgrow import (
     ROOT,
@@ -350,3 +352,14 @@ def test_compiled_split_choice_is_the_vectorised_one_to_the_last_bit(reg_lambda,
     assert np.isneginf(splits.gain[-1])
     assert not ((splits.feature == 3) & allowed[:, 2]).any()
     assert (splits.gain[:-1] > 0).any()
+
+
+def test_the_compiled_kernels_load_in_the_background_for_a_run_of_trees_only():
+    if histtree._warming is None:  # no earlier test of this process started the load
+        histograms.warm_up(TaskGroups.parse({"model": "lr"}))
+        histograms.warm_up(TaskGroups.parse({}))
+        assert histtree._warming is None
+    histograms.warm_up(TaskGroups.parse({"model": "gbdt"}))
+    histtree._warming.join()
+    # The types the questions use are loaded: no compilation waits for the first question.
+    assert all(k().signatures for k in (histtree._fill, histtree._score, forest._walk))

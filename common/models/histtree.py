@@ -14,6 +14,7 @@ learning rate, or 1/trees for a forest).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -298,6 +299,31 @@ def _score_nodes(
                 break
         feature[n], bin_[n] = best // candidates, best % candidates
         best_gain[n], left_grad[n], left_hess[n] = gains[best], gls[best], hls[best]
+
+
+def warm_up() -> None:
+    """Load the compiled kernels (numba's import and its cache) in the background, once a
+    process. A run's first level question waits for the slowest province's load, about 0.4 s
+    of CPU each and several seconds on a busy machine, unless it started before the round."""
+    global _warming
+    with _warm_lock:
+        if _warming is None:
+            _warming = threading.Thread(target=_load_kernels, name="kernels", daemon=True)
+            _warming.start()
+
+
+_warm_lock = threading.Lock()
+_warming: threading.Thread | None = None
+
+
+def _load_kernels() -> None:
+    """Each kernel once, on tiny inputs of the types the questions give it."""
+    rule = Rule(0.0, 1.0, 1.0)
+    one = np.zeros(1, dtype=np.intp)
+    histograms(np.zeros((1, 1), dtype=np.uint16), one, one, np.zeros(1), None, 1, 2)
+    sums = np.zeros((1, 1, 2))
+    best_splits(sums, sums, rule, np.ones((1, 1), dtype=bool), one)
+    leaves(TreeBuilder(rule).arrays(), np.zeros((1, 1), dtype=np.float32))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.models import histtree
 from common.models.checks import check_arrays
 from common.models.histgrow import (
     AT,
@@ -93,7 +94,9 @@ class HistogramTrees(Strategy):
     def prepare(self, statistics: GlobalStatistics, train_samples: Mapping[str, int]) -> None:
         """Bins are placed from the federation's mean and deviation of each (unscaled) feature;
         the ensemble starts from the mean change of the price from today's close (of a change
-        or a return, its mean: the trees learn the move)."""
+        or a return, its mean: the trees learn the move). The split scoring's compiled kernel
+        loads meanwhile, in the background."""
+        histtree.warm_up()
         self._mean, self._std = statistics.mean[:-1], statistics.std[:-1]
         self._base_score = statistics.move_moments()[0]
 
