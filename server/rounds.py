@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from common import timesplit
+from common.model_settings import ModelTask
 from common.models.checks import UpdateError
 from common.preprocess import TARGET, GlobalStatistics, features_for
 from common.settings import DayCounts, TaskContext
@@ -232,8 +233,8 @@ class RoundLoop:
     def _model_name(self) -> dict[str, ConfigScalar]:
         """The run's model, named in every task from the first on, so a province can get
         ready for it (histogram trees load their compiled kernels) while the statistics go."""
-        model = self.strategy.model_config.get("model")
-        return {} if model is None else {"model": model}
+        named = ModelTask.sent(self.strategy.model_config)
+        return {} if named is None else named.to_config()
 
     # -- before the rounds --------------------------------------------------------------------
 
