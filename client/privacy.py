@@ -25,7 +25,8 @@ from client.secagg import SecAggClient
 from common import dpbounds, dpstats, forecast, paillier, secagg, threshold
 from common.compression import ErrorFeedback
 from common.keysign import Identity
-from common.models import histnoise
+from common.model_settings import ForestSettings
+from common.models import forest, histnoise, leafnoise
 from common.noise import SecureRandom
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.settings import SettingsError
@@ -193,8 +194,9 @@ class LocalNoise:
     """`dp-local`: the update leaves clipped and noised (`privatize`), a histogram tree's
     answer, whose rows the province bounded as it summed them, noised
     (common/models/histnoise.py), the statistics of its clipped rows noised
-    (common/dpstats.py), the evaluation's clipped MSE noised (`noised_score`), and the
-    training MSE stays home."""
+    (common/dpstats.py), a forest's leaves, refitted on clipped targets, noised
+    (`noised_forest`), the evaluation's clipped MSE noised (`noised_score`), and the training
+    MSE stays home."""
 
     def __call__(self, task: Task, next_: Next) -> Outcome:
         outcome = next_(task)
@@ -211,9 +213,26 @@ class LocalNoise:
             noise = groups.need(DPNoise)
             clip, sigma = noise.dp_clip, noise.dp_noise_multiplier
             noised = histnoise.noised(outcome.arrays, clip, sigma, SecureRandom())
+        elif groups.forest:
+            noised = noised_forest(outcome.arrays, groups)
         else:
             noised = privatize(outcome.arrays, task.parameters, groups)
         return Outcome(outcome.num_examples, untrained(outcome), noised)
+
+
+def noised_forest(
+    arrays: Arrays,
+    groups: TaskGroups,
+    rng: np.random.Generator | SecureRandom | None = None,
+) -> Arrays:
+    """Local DP on a forest whose leaves the province refitted on clipped targets: every leaf
+    value noised at σ/2 times one tree's sensitivity (common/models/leafnoise.py)."""
+    noise = groups.need(DPNoise)
+    least = groups.need(ForestSettings).rf_min_samples_leaf
+    scale = leafnoise.leaf_noise(noise.dp_clip, least, noise.dp_noise_multiplier)
+    rng = rng or SecureRandom()
+    trees = forest.TREES.take(arrays, len(arrays) // len(forest.TREES.fields))
+    return forest.forest_to_arrays(leafnoise.noised(tree, scale, rng) for tree in trees)
 
 
 class ClientPrivacy:

@@ -19,7 +19,8 @@ from client.groups import TaskGroups
 from client.optim import LinearSGD, local_steps
 from common import quantity
 from common.model_settings import ForestSettings, MemberSeed, SvmSettings
-from common.models import forest, linear, rff, svr
+from common.models import forest, leafnoise, linear, rff, svr
+from common.protection import DPNoise, Protection
 from common.registry import model_spec
 from common.settings import DataSettings, RoundNumber, TaskContext
 from common.tensors import Arrays
@@ -72,10 +73,17 @@ def forest_base(x: np.ndarray, groups: TaskGroups) -> np.ndarray | float:
 
 
 def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, groups: TaskGroups) -> Arrays:
+    """Table 1's forest; under dp-local grown on targets clipped to ±C, each leaf's value the
+    mean of all its rows' clipped targets (common/models/leafnoise.py; the protection chain
+    adds the noise)."""
     seed = groups.need(MemberSeed).random_state
     growing = groups.need(ForestSettings).tree_growing(seed)
-    trees = forest.fit_forest(x, y - forest_base(x, groups), **growing)
-    return forest.forest_to_arrays(trees)
+    target = y - forest_base(x, groups)
+    if groups.need(Protection).privacy != "dp-local":
+        return forest.forest_to_arrays(forest.fit_forest(x, target, **growing))
+    target = leafnoise.clipped(target, groups.need(DPNoise).dp_clip)
+    trees = forest.fit_forest(x, target, **growing)
+    return forest.forest_to_arrays(leafnoise.refit(tree, x, target) for tree in trees)
 
 
 def predict_forest(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:

@@ -50,6 +50,9 @@ class ModelSpec:
     # Its update is a province's normal equations, summed exactly: --robust-sums checks them.
     normal_equations: bool = False
     trees: TreeModel | None = None  # grown from histograms the provinces answer, as these trees
+    # A union of local trees whose leaves each province noises under dp-local, the one privacy
+    # mode that can protect a tree that is not a sum (common/models/leafnoise.py).
+    noised_leaves: bool = False
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -124,6 +127,7 @@ MODELS: dict[str, ModelSpec] = {
             "training rows (as in a round), every tree weighing the same",
             members=TREES,
             hyperparameters="rf_",
+            noised_leaves=True,
         ),
         ModelSpec(
             "gbdt",

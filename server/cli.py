@@ -208,14 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
         "sum; dp-local: each client clips and adds the noise before sending; he: clients send "
         "Paillier ciphertexts that the server adds without a key; secagg: clients mask their "
         "updates so the server can unmask only their sum. Each applies to models whose "
-        "updates are weight vectors (lr, lr-sgd, svm), not to forests [FEDSTOCK_PRIVACY]",
+        "updates are weight vectors (lr, lr-sgd, svm); rf takes dp-local only, each province "
+        "noising its trees' leaves (--rf-min-samples-leaf 20 or more) [FEDSTOCK_PRIVACY]",
     )
     add(
         "--dp-clip",
         type=float,
         default=env("DP_CLIP", "10"),
         help="L2 bound C on a client's step from the global parameters; for gbdt and rf-hist, "
-        "the bound on each row's gradient [FEDSTOCK_DP_CLIP]",
+        "the bound on each row's gradient; for rf, the bound each row's target is clipped to "
+        "[FEDSTOCK_DP_CLIP]",
     )
     add(
         "--dp-noise-multiplier",

@@ -16,6 +16,7 @@ from common import dpbounds, quantity
 from common.cli import ConfigError
 from common.compression import METHODS
 from common.members import PAPER, Members
+from common.models import leafnoise
 from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
@@ -346,7 +347,11 @@ class ServerConfig:
             problem = _local_dp_trees(self.privacy, self.model.options)
             if problem:
                 return problem
-        if self.privacy.privacy != "none" and not spec.vector and not trees:
+        if spec.noised_leaves and self.privacy.privacy != "none":
+            problem = _private_forest(self.privacy, self.model)
+            if problem:
+                return problem
+        elif self.privacy.privacy != "none" and not spec.vector and not trees:
             return (
                 f"--privacy {self.privacy.privacy} needs a model whose updates are weight "
                 f"vectors averaged by FedAvg ({', '.join(vector_models())}); forests and "
@@ -444,6 +449,44 @@ class ServerConfig:
             results=self.results,
         )
         return {k: str(v) for k, v in flat.items()}
+
+
+def _private_forest(privacy: PrivacySettings, model: ModelSettings) -> str | None:
+    """What a union of local trees cannot do under a privacy mode: only each province noising
+    its own leaves protects a tree (a tree is not a sum), on the grid's thresholds, with leaves
+    of at least the floor's rows (in every grid point too), and a count of releases
+    --dp-epsilon cannot plan for."""
+
+    def tried(name: str) -> list[int]:
+        return [int(v) for v in [model.options[name], *model.grid.get(name, [])]]
+
+    if privacy.privacy != "dp-local":
+        return (
+            f"--privacy {privacy.privacy} cannot protect rf's trees: a forest is the union of "
+            "the provinces' own trees, which the server receives whole (secure aggregation and "
+            "HE hide sums, and a tree is not one; dp-central noises a sum of updates): "
+            "--model rf-hist grows its trees from summed histograms and takes --privacy "
+            "secagg or dp-local; rf takes --privacy dp-local, each province noising its own "
+            "leaves"
+        )
+    least = min(tried("rf_min_samples_leaf"))
+    if least < leafnoise.FLOOR:
+        return (
+            f"--privacy dp-local needs --rf-min-samples-leaf of at least {leafnoise.FLOOR} "
+            f"(got {least}): a leaf of fewer rows says too much about each (Table 1's 1 is one "
+            "row's target), and a leaf's noise is scaled to 1/rows"
+        )
+    if min(tried("rf_bins_per_decade")) == 0:
+        return (
+            "--privacy dp-local needs --rf-bins-per-decade above 0: without the grid fixed in "
+            "advance, a tree's thresholds are midpoints of its training values"
+        )
+    if privacy.dp_epsilon:
+        return (
+            "--dp-epsilon cannot calibrate rf's leaf noise (each tree is a release); give "
+            "--dp-noise-multiplier, and read ε in the results"
+        )
+    return None
 
 
 def _local_dp_trees(privacy: PrivacySettings, options: Mapping[str, ConfigScalar]) -> str | None:

@@ -43,6 +43,10 @@ def test_each_setting_checks_itself():
     assert isinstance(replace(run, rounds=1), RunSettings)
 
 
+LEAVES = ["--rf-min-samples-leaf", "20"]
+GRID = ["--cv-folds", "2", "--grid", "rf-min-samples-leaf=5,30"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -60,6 +64,18 @@ def test_each_setting_checks_itself():
         (["--privacy", "secagg", "--importance"], "neither sums nor noises"),
         (["--privacy", "he", "--personalise"], "--privacy he neither sums nor noises"),
         (["--privacy", "he", "--cv-folds", "3"], "decrypts one sum per round and phase"),
+        (["--model", "rf", "--privacy", "he"], "a tree is not one"),
+        (["--model", "rf", "--privacy", "dp-central"], "--model rf-hist grows its trees"),
+        (["--model", "rf", "--privacy", "dp-local"], "--rf-min-samples-leaf of at least 20"),
+        (
+            ["--model", "rf", "--privacy", "dp-local", *LEAVES, "--rf-bins-per-decade", "0"],
+            "--rf-bins-per-decade above 0",
+        ),
+        (["--model", "rf", "--privacy", "dp-local", *LEAVES, "--dp-epsilon", "1"], "leaf noise"),
+        (
+            ["--model", "rf", "--privacy", "dp-local", *LEAVES, *GRID],
+            "at least 20 (got 5)",
+        ),
         (["--privacy", "he", "--grid", "svm-c=1,10"], "decrypts one sum per round and phase"),
         (["--privacy", "dp-local", "--contributions"], "answered by each province in the clear"),
     ],

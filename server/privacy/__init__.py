@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from common.dpbounds import Ranges
 from common.paillier import read_public_key
+from server.ensemble import EnsembleUnion
 from server.privacy.dp import ACCOUNTANTS, Accountant, DPFedAvg, DPSettings
 from server.privacy.dp import MODES as DP_MODES
+from server.privacy.dp_forest import DPForest
 from server.privacy.dp_trees import DPTrees
 from server.privacy.he import HEFedAvg
 from server.privacy.secagg import SecAggFedAvg
@@ -35,7 +37,8 @@ def wrap(
     """`strategy` with the privacy mechanism `asked.privacy` around it, for `rounds` rounds.
 
     The configuration has checked that the model's updates are weight vectors FedAvg averages,
-    or, under secure aggregation and local DP, histogram trees' sums.
+    or, under secure aggregation and local DP, histogram trees' sums, or, under local DP, a
+    forest's trees.
     Under DP, `accountant` is the run's own, shared by every strategy the run builds (model
     selection's too), so that every release counts; without it, a new one for `rounds`.
     """
@@ -52,6 +55,8 @@ def wrap(
         raise ValueError(f"unknown privacy mode {asked.privacy!r}")
     if isinstance(strategy, HistogramTrees):  # the configuration allows dp-local only
         return DPTrees(strategy, spent.settings, accountant=spent)
+    if isinstance(strategy, EnsembleUnion):  # rf: the configuration allows dp-local only
+        return DPForest(strategy, spent.settings, spent)
     return DPFedAvg(strategy, spent.settings, accountant=spent)
 
 
