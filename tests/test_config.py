@@ -64,8 +64,6 @@ GRID = ["--cv-folds", "2", "--grid", "rf-min-samples-leaf=5,30"]
         (["--privacy", "secagg", "--importance"], "neither sums nor noises"),
         (["--privacy", "he", "--personalise"], "--privacy he neither sums nor noises"),
         (["--privacy", "he", "--cv-folds", "3"], "decrypts one sum per round and phase"),
-        (["--model", "rf", "--privacy", "he"], "a tree is not one"),
-        (["--model", "rf", "--privacy", "dp-central"], "--model rf-hist grows its trees"),
         (["--model", "rf", "--privacy", "dp-local"], "--rf-min-samples-leaf of at least 20"),
         (
             ["--model", "rf", "--privacy", "dp-local", *LEAVES, "--rf-bins-per-decade", "0"],

@@ -1,6 +1,7 @@
 """Forests (`rf`) under local DP, the floor for a union of local trees: every leaf holds at least
 the floor's rows, its value is the mean of its rows' clipped targets plus noise of the stated
-spread, every tree counts in ε, and the modes that cannot protect a tree are refused."""
+spread, every tree counts in ε, and the modes that cannot protect a tree (secagg, he,
+dp-central) are refused with rf-hist named as the alternative."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from client.trainers import forest_base
 from common.data import synthesize_province
 from common.models import forest, leafnoise
 from common.provinces import PROVINCES
+from server.cli import parse_args
 from server.memory import MemoryChannel
 from server.privacy.dp import epsilon
 from tests import in_memory
@@ -98,3 +100,19 @@ def test_every_tree_is_a_release_and_the_shapes_are_listed_as_clear(grown):
     assert epsilon(SIGMA / 2, 1, spent["delta"]) < spent["epsilon"]  # the trees count
     updates = results["disclosure"]["updates"]["server"]
     assert f"at least {LEAST} rows a leaf" in updates and "not the shapes" in updates
+
+
+@pytest.mark.parametrize("floor", [[], ["--rf-min-samples-leaf", str(LEAST)]])
+@pytest.mark.parametrize("mode", ["secagg", "he", "dp-central"])
+def test_a_mode_that_cannot_protect_a_tree_refuses_rf_and_names_rf_hist(mode, floor, capsys):
+    """The server receives a province's trees whole under these modes, floor or not: the run is
+    refused before anything starts, and the alternative it names takes the mode asked for or
+    dp-local."""
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--model", "rf", "--privacy", mode, *floor])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err
+    assert f"--privacy {mode} cannot protect rf's trees" in said
+    assert "--model rf-hist grows its trees from summed histograms" in said
+    for named in ("secagg", "dp-local"):
+        assert parse_args(["--model", "rf-hist", "--privacy", named]).privacy.privacy == named

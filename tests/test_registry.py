@@ -73,7 +73,6 @@ def test_an_unknown_model_is_named_with_the_ones_there_are():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "rf", "--privacy", "secagg"], "cannot protect rf's trees"),
         (["--model", "lr-exact", "--strategy", "fedadam"], "weight vectors"),
         (["--model", "svm", "--compression", "int8", "--privacy", "dp-local"], "without --privacy"),
         (["--model", "lr", "--strategy", "fednova"], "gradient steps"),
