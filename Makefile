@@ -113,9 +113,11 @@ bench-trees: $(STAMP)
 # Each --privacy mode's MSE, seconds and bytes per round; privacy.json and the MSE/ε plot
 # in runs/privacy. First, secure aggregation against plain for lr at 9, 50 and 100 members,
 # their sessions multiplexed into four processes (docs/privacy.md, Figures).
+# Then rf under dp-local's floor beside the clear forest: MSE and ε.
 .PHONY: bench-privacy
 bench-privacy: $(STAMP)
 	$(PY) -u -m tests.bench_privacy --out runs/privacy --secagg-members 9 50 100
+	$(PY) -u -m tests.bench_forest_dp
 
 # Each --strategy's rounds to a target MSE and per-province spread, and each --compression's
 # bytes per round and MSE; strategies.json in runs/strategies. Then async rounds against sync with
