@@ -200,7 +200,8 @@ def test_the_noise_on_a_price_target_is_the_moves_and_spares_its_deviation(tmp_p
 
 
 def test_the_statistics_are_a_counted_release_of_the_run(tmp_path):
-    """The server's own run in memory: ε with the statistics is more than without them."""
+    """The server's own run in memory: ε with the statistics is more than without them; the
+    time split's rows per day, which leave in the clear, are counted apart and reported so."""
     flags = ["--model", "lr-sgd", "--rounds", "2", "--dp-noise-multiplier", "1"]
     plain = in_memory.run(tmp_path / "plain", "--model", "lr-sgd", "--rounds", "2")
     for mode in ("dp-central", "dp-local"):
@@ -211,6 +212,8 @@ def test_the_statistics_are_a_counted_release_of_the_run(tmp_path):
         spent = results["rounds"][-1]["privacy"]
         assert spent["noisy_releases"]["noised statistics"] == 1
         assert "statistics" not in spent["clear_releases"]
+        assert spent["clear_releases"]["date counts"] == 2
+        assert "no finite ε covers" in results["disclosure"]["dates"]["server"]
         releases = sum(spent["noisy_releases"].values())
         unit = 1.0 if mode == "dp-central" else 0.5  # local: σ in units of 2C
         assert spent["epsilon"] == pytest.approx(epsilon(unit, releases, 1e-5))

@@ -94,7 +94,7 @@ def test_every_tree_is_a_release_and_the_shapes_are_listed_as_clear(grown):
     spent = results["rounds"][-1]["privacy"]
     noisy = {"noised trees": TREES, "noised scores": 1, "noised statistics": 1}
     assert spent["noisy_releases"] == noisy
-    assert spent["clear_releases"] == {"tree shapes": 1}
+    assert spent["clear_releases"] == {"date counts": 2, "tree shapes": 1}
     expected = epsilon(SIGMA / 2, TREES + 2, spent["delta"])
     assert spent["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert epsilon(SIGMA / 2, 1, spent["delta"]) < spent["epsilon"]  # the trees count

@@ -221,7 +221,8 @@ def test_under_local_dp_each_province_releases_its_clipped_mse_noised_and_counte
         "noised updates": 2,
         "noised scores": 2,
     }
-    assert spent[-1]["clear_releases"] == {}  # neither statistics nor metrics
+    # The time split's rows per year, then per day, neither statistics nor metrics
+    assert spent[-1]["clear_releases"] == {"date counts": 2}
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(3.0, rel=1e-2)
     assert all(r["train_mse"] is None for r in results["rounds"])
     metrics = results["disclosure"]["metrics"]["server"]

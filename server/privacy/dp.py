@@ -18,8 +18,9 @@ evaluation is a release too: each province's MSE, clipped per row to B (sensitiv
 at the same multiplier. The statistics (n, Σz, Σzzᵀ) are one release too: every row clipped
 into public bounds, noised by each province (local) or by the server on their sum (central) in
 the bounds' unit space, with one row replaced as the unit (common/dpstats.py). Releases that
-leave a province without noise (under central DP the per-province metrics) are counted apart:
-no finite ε covers them, and the report says so.
+leave a province without noise (under central DP the per-province metrics; in the next-day
+setting, under both, each province's rows per day that agree the date cutoff) are counted
+apart: no finite ε covers them, and the report says so.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     import dp_accounting
 
 MODES = ("dp-central", "dp-local")
+# What the disclosure report adds to a release the accountant counts apart.
+CLEAR_RELEASE = "counted among the DP releases no finite ε covers"
 # dp-accounting (and the SciPy under it) costs a process a tenth of a second to import, so it
 # is imported by the runs that account, when they first do.
 ACCOUNTANTS = ("rdp", "pld")
@@ -229,8 +232,10 @@ class DPFedAvg(Strategy):
         asked: by each province (local; the server checks each part's form, then the sum) or
         by the server on their sum (central). The sum is then made usable, and a price's
         move mapped back to the price (common/dpstats.py).
-        The time split's day counts are gathered as the inner strategy gathers them."""
+        The time split's day counts are gathered as the inner strategy gathers them, in the
+        clear, and counted apart: no finite ε covers them."""
         if config and DayCounts.sent(config) is not None:
+            self.accountant.disclose("date counts")
             return super().gather_statistics(provinces, shapes, check, plausible, config)
         s = self.settings
         if not s.bounds:
@@ -331,6 +336,9 @@ class DPFedAvg(Strategy):
             "statistics": self.statistics_disclosure(),
             "updates": entry(server, "the noised global model after each round"),
         }
+        if "dates" in disclosed:  # the time split's day counts, in the clear
+            dates = disclosed["dates"]
+            disclosed["dates"] = entry(f"{dates['server']}, {CLEAR_RELEASE}", dates["provinces"])
         if s.mode == "dp-local":
             disclosed["metrics"] = entry(
                 f"each province's test MSE with each row's squared error clipped to "
