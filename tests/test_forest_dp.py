@@ -9,12 +9,14 @@ import pytest
 from client.local import LocalWork
 from client.trainers import forest_base
 from common.data import synthesize_province
+from common.launch import LocalFederation
 from common.models import forest, leafnoise
 from common.provinces import PROVINCES
 from server.cli import parse_args
 from server.memory import MemoryChannel
 from server.privacy.dp import epsilon
 from tests import in_memory
+from tests.test_federation import FAST
 
 ROWS, TREES, LEAST, CLIP, SIGMA = 20_000, 4, 25, 0.5, 1.0
 
@@ -116,3 +118,26 @@ def test_a_mode_that_cannot_protect_a_tree_refuses_rf_and_names_rf_hist(mode, fl
     assert "--model rf-hist grows its trees from summed histograms" in said
     for named in ("secagg", "dp-local"):
         assert parse_args(["--model", "rf-hist", "--privacy", named]).privacy.privacy == named
+
+
+@pytest.mark.integration
+def test_a_federation_of_processes_grows_rf_under_the_floor(tmp_path):
+    """Real server and client processes over localhost: the run ends, every leaf of the global
+    forest it wrote holds at least the floor's rows, and every tree is counted in ε."""
+    flags = ["--privacy", "dp-local", "--rf-n-estimators", "2", "--rf-global-trees", "18"]
+    flags += ["--rf-min-samples-leaf", str(LEAST), "--dp-clip", str(CLIP)]
+    flags += ["--dp-noise-multiplier", str(SIGMA)]
+    federation = LocalFederation(tmp_path, "rf", 1, 20_000, 3, server_args=[*FAST, *flags])
+    federation.start()
+    codes = federation.wait(timeout=600)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    results = federation.results()
+    with np.load(tmp_path / results["final"]["model_file"]) as stored:
+        arrays = dict(stored)
+    trees = forest.TREES.take(arrays, len(arrays) // len(forest.TREES.fields))
+    assert len(trees) >= len(PROVINCES)  # a province's share of the 18, at least one each
+    for tree in trees:
+        assert tree["n_node_samples"][tree["children_left"] == forest.LEAF].min() >= LEAST
+    spent = results["rounds"][-1]["privacy"]
+    assert spent["noisy_releases"]["noised trees"] == 2
+    assert "tree shapes" in spent["clear_releases"] and np.isfinite(spent["epsilon"])
