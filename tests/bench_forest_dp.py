@@ -66,7 +66,7 @@ def clean_scores(works: dict[str, Kept], raws) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=270_000, help="rows of the market")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--trees", type=int, default=10, help="trees each province grows")
