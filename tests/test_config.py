@@ -76,6 +76,7 @@ GRID = ["--cv-folds", "2", "--grid", "rf-min-samples-leaf=5,30"]
         ),
         (["--privacy", "he", "--grid", "svm-c=1,10"], "decrypts one sum per round and phase"),
         (["--privacy", "dp-local", "--contributions"], "answered by each province in the clear"),
+        (["--privacy", "dp-central", "--contributions"], "dp-central neither sums nor noises"),
     ],
 )
 def test_a_setting_that_cannot_work_ends_the_program_with_its_reason(argv, message, capsys):
