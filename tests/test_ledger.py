@@ -251,9 +251,12 @@ def test_receipts_are_what_the_entries_say(tmp_path):
 
 
 @pytest.mark.integration
-def test_every_province_keeps_receipts_that_hold_the_server_to_its_ledger(tmp_path):
-    """Real processes under mutual TLS: each province's receipts cover every entry, and any one
-    province's file catches a ledger the server rewrote with its own key."""
+@pytest.mark.parametrize("insecure", [False, True], ids=["mtls", "insecure"])
+def test_every_province_keeps_receipts_that_hold_the_server_to_its_ledger(tmp_path, insecure):
+    """Real processes: each province's receipts cover every entry, and any one province's file
+    catches a ledger the server rewrote with its own key. Under mutual TLS the server's
+    certificate signs; with --insecure a key the run made does, which no CA vouches for, and
+    the receipts hold the server to its ledger all the same."""
     provinces = PROVINCES[:3]
     federation = LocalFederation(
         tmp_path,
@@ -263,26 +266,28 @@ def test_every_province_keeps_receipts_that_hold_the_server_to_its_ledger(tmp_pa
         3,
         provinces=provinces,
         server_args=["--poll-seconds", "2", "--round-timeout", "60", "--join-timeout", "120"],
+        insecure=insecure,
     )
     federation.start()
     codes = federation.wait(timeout=240)
     assert codes == {name: 0 for name in ["server", *provinces]}, codes
     ledger, receipts = tmp_path / "ledger.jsonl", tmp_path / "receipts"
-    ca = str(federation.tls_dir / "ca.pem")
+    ca = [] if insecure else ["--ca", str(federation.tls_dir / "ca.pem")]
     head = federation.results()["final"]["ledger_head"]
-    done = verify(ledger, "--head", head, "--ca", ca, "--receipts", str(receipts))
+    done = verify(ledger, "--head", head, *ca, "--receipts", str(receipts))
     assert done.returncode == 0, done.stderr
     assert "9 receipts agree" in done.stdout and "model.npz is the last entry's" in done.stdout
+    assert ("signer not checked (no --ca)" in done.stdout) == insecure
     entries = read_verified(ledger)
     for province in provinces:
         held = ReceiptBook(receipts / f"{province}.jsonl").held
         assert held == {e["index"]: receipt(e) for e in entries}
     entries[0]["metrics"]["mse"] /= 2
-    rewrite(ledger, entries, Signer.load(federation.tls_dir))
+    rewrite(ledger, entries, Signer.ephemeral() if insecure else Signer.load(federation.tls_dir))
     one = tmp_path / "one-province"
     one.mkdir()
     shutil.copy(receipts / f"{provinces[1]}.jsonl", one)
-    done = verify(ledger, "--ca", ca, "--receipts", str(one))
+    done = verify(ledger, *ca, "--receipts", str(one))
     assert done.returncode == 1 and "entry 1 (line 1) disagrees with the receipt" in done.stderr
 
 
