@@ -2,9 +2,10 @@
 each of the server's threads spends on a round, read from /proc between two rounds of a run.
 
 `make bench-overhead`: nine client processes with 300 rows each (bench_flower's job), lr-sgd,
-train + federated evaluation, plaintext on loopback. CPU is counted from the log line of round
-`--rounds // 4` to that of round `3 * --rounds // 4`, so start-up and the final analysis are
-left out. Prints figures and asserts nothing.
+train + federated evaluation, plaintext on loopback; `--rows-per-province 300000` counts the
+same for `make bench-flower`'s full job, where the clients' local work dominates. CPU is
+counted from the log line of round `--rounds // 4` to that of round `3 * --rounds // 4`, so
+start-up and the final analysis are left out. Prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def wait_for(log: Path, line: str, federation: LocalFederation) -> None:
         time.sleep(0.02)
 
 
-def run(parquet: Path, out: Path, rounds: int) -> None:
+def run(parquet: Path, out: Path, rounds: int, rows: int) -> None:
     federation = LocalFederation(
         out, "lr-sgd", rounds, data=parquet, insecure=True, server_args=["--poll-seconds", "5"]
     )
@@ -77,7 +78,7 @@ def run(parquet: Path, out: Path, rounds: int) -> None:
     per_round = {k: (after[k] - before.get(k, 0.0)) / counted * 1000 for k in after}
     clients = [(clients_after[p] - clients_before[p]) / counted * 1000 for p in clients_after]
     print(
-        f"\n{rounds} rounds, 9 clients x 300 rows, rounds {first + 1}..{last} counted "
+        f"\n{rounds} rounds, 9 clients x {rows:,} rows, rounds {first + 1}..{last} counted "
         f"(load average {os.getloadavg()[0]:.1f})"
     )
     print(
@@ -103,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rows-per-province", type=int, default=300)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        parquet, _ = write_data(province_frames(300, 7), out)
+        parquet, _ = write_data(province_frames(args.rows_per_province, 7), out)
         for repeat in range(args.repeats):
-            run(parquet, out / f"run-{repeat}", args.rounds)
+            run(parquet, out / f"run-{repeat}", args.rounds, args.rows_per_province)
     return 0
 
 
