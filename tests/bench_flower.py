@@ -104,11 +104,15 @@ def flower_rounds(python: Path, arrays: Path, out: Path, rounds: int) -> list[fl
     port, times = free_port(), out / "flower-times.json"
     logs = out / "flower-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # numba's cache beside client/steps.py was written for the module `client.steps`; loaded by
+    # its path under another name, its entries name a module Flower's clients cannot import, and
+    # every fit failed. Flower's processes compile into a cache of their own.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(out / "flower-numba-cache")}
 
     def spawn(name: str, *args: str) -> subprocess.Popen:
         log = (logs / f"{name}.log").open("w")
         return subprocess.Popen(
-            [str(python), str(JOB), *args, "--port", str(port)], stdout=log, stderr=log
+            [str(python), str(JOB), *args, "--port", str(port)], stdout=log, stderr=log, env=env
         )
 
     server = spawn("server", "server", "--rounds", str(rounds), "--times", str(times))

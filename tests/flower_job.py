@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,9 @@ STEPS_FILE = Path(__file__).resolve().parent.parent / "client" / "steps.py"
 def load_steps():  # a module loaded by its path: it needs numpy and numba alone
     spec = importlib.util.spec_from_file_location("fedstock_steps", STEPS_FILE)
     module = importlib.util.module_from_spec(spec)
+    # Registered under its name: numba's cached code names the module it was compiled in, and
+    # a process reading another's entry imports it by that name.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
