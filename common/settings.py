@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
+from functools import cache
 from typing import Any, Self
 
 import numpy as np
@@ -40,6 +41,17 @@ def typed(name: str, value: ConfigScalar, kinds: tuple[type, ...]) -> ConfigScal
     raise SettingsError(f"task setting {name!r} must be {wanted}, got {value!r}")
 
 
+@cache
+def _fields(group: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
+    """Each field of a settings group: its name, the kinds it allows and whether it must be
+    set. Read once a group: every task reads a dozen groups, and parsing their annotations
+    anew was most of a small task's CPU on the client."""
+    return tuple(
+        (f.name, _kinds(str(f.type)), f.default is MISSING)
+        for f in fields(group)  # type: ignore[arg-type]
+    )
+
+
 class TaskSettings:
     """A dataclass of settings whose fields are config keys; mixed into each group below.
 
@@ -53,18 +65,18 @@ class TaskSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, ConfigScalar]) -> Self:
         values: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
-            if f.name in config:
-                values[f.name] = typed(f.name, config[f.name], _kinds(str(f.type)))
-            elif f.default is MISSING:
-                raise SettingsError(f"the task's config lacks the setting {f.name!r}")
+        for name, kinds, required in _fields(cls):
+            if name in config:
+                values[name] = typed(name, config[name], kinds)
+            elif required:
+                raise SettingsError(f"the task's config lacks the setting {name!r}")
         return cls(**values)
 
     @classmethod
     def sent(cls, config: Mapping[str, ConfigScalar]) -> Self | None:
         """The group if the task carries it (None if it carries none of its settings); a group
         sent in part is refused as `from_config` refuses it."""
-        if not any(f.name in config for f in fields(cls)):  # type: ignore[arg-type]
+        if not any(name in config for name, _, _ in _fields(cls)):
             return None
         return cls.from_config(config)
 
