@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -30,6 +31,24 @@ from common.settings import SettingsError
 from common.tls import TLSSetupError, client_credentials
 
 log = logging.getLogger("fedstock.client")
+
+# Set by whoever wants a province's linear algebra on more threads (or fewer) than one.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_blas_thread() -> None:
+    """Keep the province's linear algebra on one thread unless the environment says otherwise.
+
+    OpenBLAS starts a thread per core in every process and spins them while it waits; a
+    province is one of many processes sharing the cores (nine of them on one machine in
+    `make demo`), where a 240,000 × 8 matrix-vector product cost 20 times the CPU on two
+    threads that it costs on one (docs/performance.md). One thread also makes the sums of a
+    product the same on every machine, whatever its number of cores."""
+    if any(name in os.environ for name in BLAS_THREAD_VARIABLES):
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> ClientConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging()
+    one_blas_thread()
     try:
         if config.data is not None:
             raw = load_province(config.data, config.province, config.members)
