@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -72,8 +73,11 @@ def write_data(frames: dict, out: Path) -> tuple[Path, Path]:
 
 
 def fedstock_rounds(parquet: Path, out: Path, rounds: int, transport: str) -> list[float]:
+    folder = out / f"fedstock-{transport}"
+    # A fresh run: the provinces' receipts of an earlier run would refuse this run's ledger.
+    shutil.rmtree(folder, ignore_errors=True)
     federation = LocalFederation(
-        out / f"fedstock-{transport}",
+        folder,
         "lr-sgd",
         rounds,
         data=parquet,
