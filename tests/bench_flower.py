@@ -25,7 +25,7 @@ import numpy as np
 
 from client.links import TRANSPORTS
 from common.data.synthetic import province_rows, synthesize_province
-from common.launch import LocalFederation, free_port
+from common.launch import SINGLE_THREADED, LocalFederation, free_port
 from common.preprocess import split
 from common.provinces import PROVINCES
 
@@ -110,8 +110,10 @@ def flower_rounds(python: Path, arrays: Path, out: Path, rounds: int) -> list[fl
     logs.mkdir(parents=True, exist_ok=True)
     # numba's cache beside client/steps.py was written for the module `client.steps`; loaded by
     # its path under another name, its entries name a module Flower's clients cannot import, and
-    # every fit failed. Flower's processes compile into a cache of their own.
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(out / "flower-numba-cache")}
+    # every fit failed. Flower's processes compile into a cache of their own, and get one BLAS
+    # thread each as fedstock's processes do (LocalFederation), so neither system's clients
+    # spin BLAS threads against the other's.
+    env = {**os.environ, **SINGLE_THREADED, "NUMBA_CACHE_DIR": str(out / "flower-numba-cache")}
 
     def spawn(name: str, *args: str) -> subprocess.Popen:
         log = (logs / f"{name}.log").open("w")
