@@ -100,7 +100,11 @@ class UnaryLink:
 class StreamLink:
     """Contract version 2: one Session stream, opened on first use and again after it broke.
 
-    At most one task is in flight: the client asks for the next only after answering the last.
+    At most one task is in flight: the client asks for the next only after answering the last,
+    but at once, behind the outcome's last chunk, not after the server's reply. The server
+    reads its stream in order, so it replies first; asking then would put a round trip (and
+    the receipts' flush after a training task) between the last province's outcome and its
+    next task, which the whole federation waits for.
     """
 
     def __init__(
@@ -111,9 +115,11 @@ class StreamLink:
         self._heartbeat_seconds = FIRST_HEARTBEAT_SECONDS
         self._outbox: queue.SimpleQueue[pb.SessionUp | None] | None = None
         self._replies: Iterator[pb.SessionDown] | None = None
+        self._asked = False  # the open stream already carries a `next` behind an outcome
 
     def next_task(self) -> tuple[pb.Task, Arrays | None]:
-        replies = self._send(pb.SessionUp(next=pb.TaskRequest()))
+        asked, self._asked = self._asked, False
+        replies = self._replies if asked else self._send(pb.SessionUp(next=pb.TaskRequest()))
         return self._guard(
             lambda: receive_task(next(replies), replies, self._max_model_bytes, to_the_end=False)
         )
@@ -122,6 +128,8 @@ class StreamLink:
         replies = self._send(pb.SessionUp(outcome=header))
         for data in payload.chunks() if payload is not None else ():
             self._outbox.put(pb.SessionUp(data=data))
+        self._outbox.put(pb.SessionUp(next=pb.TaskRequest()))
+        self._asked = True
         reply = self._guard(lambda: next(replies))
         if reply.WhichOneof("part") != "reply":
             self.close()
@@ -134,6 +142,7 @@ class StreamLink:
         if isinstance(self._replies, grpc.Call):
             self._replies.cancel()
         self._outbox = self._replies = None
+        self._asked = False
 
     def _send(self, message: pb.SessionUp) -> Iterator[pb.SessionDown]:
         if self._replies is None:
