@@ -44,8 +44,8 @@ def typed(name: str, value: ConfigScalar, kinds: tuple[type, ...]) -> ConfigScal
 @cache
 def _fields(group: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
     """Each field of a settings group: its name, the kinds it allows and whether it must be
-    set. Read once a group: every task reads a dozen groups, and parsing their annotations
-    anew was most of a small task's CPU on the client."""
+    set. Read once a group rather than from the annotations at every task, which read a
+    dozen groups (docs/performance.md: about a tenth of a small task's work on the client)."""
     return tuple(
         (f.name, _kinds(str(f.type)), f.default is MISSING)
         for f in fields(group)  # type: ignore[arg-type]
