@@ -191,7 +191,9 @@ def render(members: Members = PAPER, members_file: str | None = None) -> str:
         if ":" in members_file or not members_file.strip():
             raise MembersError(f"the members file's path {members_file!r} cannot be mounted")
         inside = MOUNTED / f"members{PurePosixPath(members_file).suffix.lower() or '.csv'}"
-        mount = f"      - {members_file}:{inside}:ro\n"
+        # Compose reads a bare name as a named volume: a relative path must start with a dot.
+        source = members_file if members_file.startswith(("/", ".", "~")) else f"./{members_file}"
+        mount = f"      - {source}:{inside}:ro\n"
     title = (
         "# The nine-province federation: one aggregation server and nine province clients.\n"
         "# Written by `python -m server.compose`, which writes one for any --members FILE."

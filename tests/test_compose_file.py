@@ -53,7 +53,7 @@ def test_twelve_members_get_a_client_each_holding_only_its_own_identity(tmp_path
     compose = yaml.safe_load(made.stdout)
     services = compose["services"]
     assert list(services) == ["certs", "server", *TWELVE]
-    mount = "members.csv:/etc/fedstock/members.csv:ro"
+    mount = "./members.csv:/etc/fedstock/members.csv:ro"
     for name in TWELVE:
         client = services[name]
         assert client["command"] == ["python", "-m", "client"]
@@ -80,7 +80,7 @@ def test_twelve_members_get_a_client_each_holding_only_its_own_identity(tmp_path
         volume.split(":")[0]
         for service in services.values()
         for volume in service.get("volumes", [])
-        if not volume.startswith("members.csv:")
+        if not volume.startswith("./members.csv:")
     }
     assert named == set(compose["volumes"])
 
