@@ -40,7 +40,7 @@ FRAMEWORKS = ("federated", "centralised", "spark")
 def run_all(
     scale_name: str,
     out: Path,
-    with_spark: bool,
+    frameworks: tuple[str, ...],
     master: str,
     forecast_quantity: str = quantity.DEFAULT,
     models: tuple[str, ...] = MODELS,
@@ -58,12 +58,12 @@ def run_all(
     facts = stylised_facts(pd.concat(frames.values(), ignore_index=True))
     print("the market's daily returns: " + ", ".join(f"{k} {v:.4g}" for k, v in facts.items()))
     print(naive_directions(prepare(frames, data).splits.values()))
-    progress = Progress(len(models) * (2 + with_spark))
+    progress = Progress(len(models) * len(frameworks))
     runs: dict[str, Any] = {}
-    session = spark.start_session(master, scale.driver_memory) if with_spark else None
+    session = spark.start_session(master, scale.driver_memory) if "spark" in frameworks else None
     try:
         for model in models:
-            for framework in FRAMEWORKS[: 2 + with_spark]:
+            for framework in frameworks:
                 with progress.step(f"{framework} {model}") as shown:
                     try:
                         run = _job(framework, model, data, scale, out, progress, session)
@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=("small", "paper"), default="small")
     parser.add_argument("--out", type=Path, default=Path("runs/forecast"))
     parser.add_argument("--no-spark", action="store_true", help="leave out the Spark jobs")
+    parser.add_argument(
+        "--frameworks",
+        type=lambda text: tuple(text.split(",")),
+        default=FRAMEWORKS,
+        help=f"comma-separated subset of {','.join(FRAMEWORKS)} (a long bench measured in parts)",
+    )
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--forecast", choices=quantity.QUANTITIES, default=quantity.DEFAULT)
     parser.add_argument(
@@ -166,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.models) - set(MODELS)
     if unknown:
         parser.error(f"--models takes {','.join(MODELS)}; unknown: {','.join(sorted(unknown))}")
+    unknown = set(args.frameworks) - set(FRAMEWORKS)
+    if unknown:
+        parser.error(f"--frameworks takes {','.join(FRAMEWORKS)}; unknown: {','.join(unknown)}")
+    frameworks = tuple(f for f in args.frameworks if not (args.no_spark and f == "spark"))
     started = time.perf_counter()
-    runs = run_all(args.scale, args.out, not args.no_spark, args.master, args.forecast, args.models)
+    runs = run_all(args.scale, args.out, frameworks, args.master, args.forecast, args.models)
     (args.out / "forecast.json").write_text(json.dumps(runs, indent=1))
     print(f"\nbench-forecast, scale {args.scale} ({SCALES[args.scale].rows:,} rows):")
     print(quantity.label(args.forecast))
