@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common import quantity
+from common.allocator import give_back_large_buffers
 from common.logs import setup_logging
 from common.tensors import ByteBudget
 from common.tls import server_credentials
@@ -268,6 +269,7 @@ def tls_hint(insecure: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging()
+    give_back_large_buffers()  # before gRPC's threads: updates' buffers leave when freed
     serve = config.serve
     try:
         check_plan(config)
