@@ -64,8 +64,13 @@ class CompensatedSum:
             self.low[at] += error
             high[:] = total
 
-    def value(self) -> np.ndarray:
-        return self.high + self.low
+    def result(self) -> np.ndarray:
+        """The sum, rounded once, made in place of the rounded sum's own vector: no copy of
+        the update's size, and the sum is used up (its vectors are let go)."""
+        total, low = self.high, self.low
+        total += low
+        self.high = self.low = np.empty(0)
+        return total
 
 
 @dataclass
@@ -73,7 +78,7 @@ class Fold:
     """One round's updates as a weighted sum of their steps from `reference` (zero: none)."""
 
     server_round: int
-    like: Arrays  # names and shapes of the update, with its first values (never read)
+    like: Arrays  # names and shapes of the update, as arrays of no memory of their own
     reference: np.ndarray | None
     total: CompensatedSum
     weight: float = 0.0
@@ -83,7 +88,7 @@ class Fold:
     def start(cls, server_round: int, like: Arrays, reference: Arrays | None) -> Fold:
         flat = None if reference is None else flatten(reference)
         size = sum(int(np.size(like[name])) for name in like)
-        shapes = {name: np.empty(np.shape(like[name])) for name in like}
+        shapes = {name: np.broadcast_to(0.0, np.shape(like[name])) for name in like}
         return cls(server_round, shapes, flat, CompensatedSum(size))
 
     def add(self, province: str, arrays: Arrays, weight: float) -> None:
@@ -97,15 +102,23 @@ class Fold:
         self.provinces.append(province)
 
     def mean_step(self) -> np.ndarray:
-        """Σ wᵢ·(xᵢ − r) / Σ wᵢ."""
+        """Σ wᵢ·(xᵢ − r) / Σ wᵢ, divided in place of the sum: a fold is averaged once."""
         if self.weight <= 0:
             raise ValueError("cannot average updates that report no training samples")
-        return self.total.value() / self.weight
+        step = self.total.result()
+        step /= self.weight
+        return step
+
+    def applied(self, step: np.ndarray) -> Arrays:
+        """`step` (this fold's, or a server optimiser's move from it, used up) added onto the
+        reference in place and shaped as the updates were."""
+        if self.reference is not None:
+            step += self.reference
+        return unflatten(step, self.like)
 
     def mean(self) -> Arrays:
         """The weighted mean of the updates themselves, shaped as they were."""
-        step = self.mean_step()
-        return unflatten(step if self.reference is None else self.reference + step, self.like)
+        return self.applied(self.mean_step())
 
 
 class Folding:

@@ -37,7 +37,7 @@ def test_the_sum_does_not_depend_on_the_order_the_updates_arrive_in():
         for i in rng.permutation(len(results)):
             r = results[i]
             total.add(r.arrays["coef"], r.num_examples)
-        sums.append(total.value())
+        sums.append(total.result())
     assert all(np.array_equal(sums[0], s) for s in sums[1:])
     # ... and it is the exactly rounded sum of the weighted values, coordinate by coordinate.
     for i in range(0, 3 * BLOCK + 17, 997):

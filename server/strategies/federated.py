@@ -99,8 +99,7 @@ class Federated(Strategy):
             return None
         fold = self._folding.take(server_round, results)
         if fold is not None:
-            step = self.move(fold.mean_step())
-            return unflatten(step if fold.reference is None else fold.reference + step, fold.like)
+            return fold.applied(self.move(fold.mean_step()))
         like = self.model_part(results[0].arrays)
         reference = np.zeros(len(flatten(like))) if current is None else flatten(current)
         steps = np.stack([flatten(self.model_part(r.arrays)) - reference for r in results])
