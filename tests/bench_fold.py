@@ -3,14 +3,17 @@
 A server process (the coordinator, its gRPC service and FedAvg, as `python -m server` runs
 them, without the evaluation phase and the recording between rounds) sends a model of
 `--floats` float64 weights to `--clients` client processes every round; each answers with an
-update of that size over the Session stream, in 1 MiB chunks. Run twice: once keeping every
-update until the round ends (the held path), once folding each into the running sum as it
-counts. Prints each run's server peak RSS (VmHWM) and median round. Measures; asserts nothing.
+update of that size over the Session stream, in 1 MiB chunks. Run four times: keeping every
+update until the round ends (the held path) or folding each into the running sum as it
+counts; each both with glibc's allocator as it comes and with large freed buffers given back
+to the system, as `python -m server` sets it (common/allocator.py). Prints each run's server
+peak RSS (VmHWM) and median round. Measures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -37,7 +40,10 @@ def high_water_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def serve(port: int, clients: int, rounds: int, floats: int, held: bool) -> None:
+def serve(
+    port: int, clients: int, rounds: int, floats: int, held: bool, plain_allocator: bool
+) -> None:
+    from common.allocator import give_back_large_buffers
     from common.models.linear import check_weights
     from common.tensors import Payload
     from proto.fedstock.v1 import federation_pb2 as pb
@@ -46,6 +52,8 @@ def serve(port: int, clients: int, rounds: int, floats: int, held: bool) -> None
     from server.coordinator import Assignment, Coordinator
     from server.strategy import FedAvg
 
+    if not plain_allocator:
+        give_back_large_buffers()  # as `python -m server` does
     coordinator = Coordinator(poll_seconds=5)
     server, _ = build_server(coordinator, f"127.0.0.1:{port}", 32, LIMIT, None, INFLIGHT)
     server.start()
@@ -118,26 +126,29 @@ def client(port: int, province: str) -> None:
             daemon._submit(task, Outcome(ROWS, {}, update))
 
 
-def run(clients: int, rounds: int, floats: int, held: bool, logs: Path) -> dict:
+def run(
+    clients: int, rounds: int, floats: int, held: bool, plain_allocator: bool, logs: Path
+) -> dict:
     port = free_port()
     me = [sys.executable, "-m", "tests.bench_fold"]
     logs.mkdir(parents=True, exist_ok=True)
-    name = "held" if held else "folded"
+    name = f"{'held' if held else 'folded'}-{'glibc' if plain_allocator else 'given-back'}"
     server = subprocess.Popen(
         [
             *me,
             *("serve", "--port", str(port), "--clients", str(clients), "--rounds", str(rounds)),
             *("--floats", str(floats), *(["--held"] if held else [])),
+            *(["--plain-allocator"] if plain_allocator else []),
         ],
         stdout=subprocess.PIPE,
         stderr=(logs / f"{name}-server.log").open("w"),
         text=True,
     )
     time.sleep(1.0)  # the server's port first; a client that is early retries its join anyway
-    client_logs = [logs / f"{name}-{p}.log" for p in PROVINCES[:clients]]
+    client_logs = [logs / f"{name}-client-{p}.log" for p in PROVINCES[:clients]]
     workers = [
         subprocess.Popen(
-            [*me, "client", "--port", str(port), "--province", log.stem.split("-", 1)[1]],
+            [*me, "client", "--port", str(port), "--province", log.stem.split("-client-")[1]],
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
         )
@@ -165,30 +176,39 @@ def main() -> None:
     serve_p.add_argument("--rounds", type=int, required=True)
     serve_p.add_argument("--floats", type=int, required=True)
     serve_p.add_argument("--held", action="store_true")
+    serve_p.add_argument("--plain-allocator", action="store_true")
     client_p = sub.add_parser("client", allow_abbrev=False)
     client_p.add_argument("--port", type=int, required=True)
     client_p.add_argument("--province", required=True)
     parser.add_argument("--clients", type=int, default=9, choices=range(1, len(PROVINCES) + 1))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--floats", type=int, default=1_250_000, help="weights in each update")
+    parser.add_argument(
+        "--allocator",
+        choices=("both", "given-back", "glibc"),
+        default="both",
+        help="the server's allocator as `python -m server` sets it (given-back), glibc's "
+        "default, or both side by side",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/fold"))
     args = parser.parse_args()
     if args.role == "serve":
-        serve(args.port, args.clients, args.rounds, args.floats, args.held)
+        serve(args.port, args.clients, args.rounds, args.floats, args.held, args.plain_allocator)
         return
     if args.role == "client":
         client(args.port, args.province)
         return
     print(f"{args.clients} clients, {args.rounds} rounds, {args.floats * 8 / 1e6:.1f} MB an update")
     print(
-        f"{'server':<10} {'idle MiB':>9} {'peak RSS MiB':>13} {'median round s':>15} "
+        f"{'server':<22} {'idle MiB':>9} {'peak RSS MiB':>13} {'median round s':>15} "
         f"{'uploads resent':>15}"
     )
-    for held in (True, False):
-        figures = run(args.clients, args.rounds, args.floats, held, args.out)
-        name = "held" if held else "folded"
+    plain = {"both": (True, False), "given-back": (False,), "glibc": (True,)}[args.allocator]
+    for plain_allocator, held in itertools.product(plain, (True, False)):
+        figures = run(args.clients, args.rounds, args.floats, held, plain_allocator, args.out)
+        name = f"{'held' if held else 'folded'}, {'glibc' if plain_allocator else 'given back'}"
         print(
-            f"{name:<10} {figures['idle_mib']:>9.0f} {figures['peak_mib']:>13.0f} "
+            f"{name:<22} {figures['idle_mib']:>9.0f} {figures['peak_mib']:>13.0f} "
             f"{figures['median_round']:>15.3f} {figures['resent']:>15}"
         )
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
