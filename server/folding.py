@@ -39,6 +39,7 @@ class CompensatedSum:
         # Every addition's temporaries, allocated once: fresh ones for each block cost more
         # than the arithmetic (the allocator maps and faults in their pages every time).
         self._part, self._total, self._back, self._error = np.empty((4, BLOCK))
+        self._used = False
 
     def add(
         self, values: np.ndarray, weight: float, offset: int = 0, minus: np.ndarray | None = None
@@ -67,9 +68,12 @@ class CompensatedSum:
     def result(self) -> np.ndarray:
         """The sum, rounded once, made in place of the rounded sum's own vector: no copy of
         the update's size, and the sum is used up (its vectors are let go)."""
+        if self._used:
+            raise ValueError("this sum was rounded once already and its vectors are let go")
         total, low = self.high, self.low
         total += low
         self.high = self.low = np.empty(0)
+        self._used = True
         return total
 
 

@@ -1,11 +1,13 @@
 """Updates folded into a running sum as they count give the model holding every update gave."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from common.models.linear import check_weights
+from common.vectors import flatten
 from server.channel import as_it_is
 from server.folding import BLOCK, CompensatedSum, Folding
 from server.rounds import RoundLoop
@@ -66,6 +68,20 @@ def test_a_server_optimiser_moves_by_the_folded_mean_step_as_by_the_held_one():
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(folding.second, held.second, rtol=1e-12, atol=1e-300)
+
+
+def test_the_mean_made_in_place_of_the_sum_has_the_bits_of_one_made_beside_it():
+    results, current = updates(9, 3 * BLOCK + 17), updates(1, 3 * BLOCK + 17, seed=5)[0].arrays
+    folding = Folding()
+    for r in results:
+        folding.add(1, r.province, r.arrays, r.num_examples, current)
+    fold = folding.take(1, [replace(r, arrays={}) for r in results])
+    beside = flatten(current) + (fold.total.high + fold.total.low) / fold.weight
+    mean = fold.mean()
+    assert np.array_equal(flatten(mean), beside)
+    assert {n: a.shape for n, a in mean.items()} == {n: a.shape for n, a in current.items()}
+    with pytest.raises(ValueError, match="rounded once already"):  # a fold is averaged once
+        fold.mean()
 
 
 def test_robust_rules_keep_every_update_whole():
