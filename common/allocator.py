@@ -13,8 +13,8 @@ each keeping freed chunks in a heap of its own. `make bench-fold` measures what 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+import os
 
 from common.tensors import CHUNK_BYTES
 
@@ -27,20 +27,19 @@ M_ARENA_MAX = -8
 # Blocks above this are mapped on their own and given back when freed: a wire chunk (1 MiB and
 # its message's few bytes) is reused from the heap, anything of an update's size is not.
 MAP_ABOVE = 2 * CHUNK_BYTES
-HEAPS = 2  # the build machine's cores: threads beyond share them
 
 
-def give_back_large_buffers(map_above: int = MAP_ABOVE, heaps: int = HEAPS) -> bool:
-    """Set glibc's allocator so large freed buffers leave the process; False where the C
-    library is not glibc (musl, macOS), which is left as it is. Call before threads start."""
+def give_back_large_buffers(map_above: int = MAP_ABOVE, heaps: int | None = None) -> bool:
+    """Set glibc's allocator so large freed buffers leave the process, with `heaps` heaps (one
+    per core by default); False where the C library is not glibc (musl, macOS), which is left
+    as it is. Call before threads start."""
+    heaps = heaps if heaps is not None else os.cpu_count() or 1
     if map_above < 1 or heaps < 1:
         raise ValueError(f"map_above and heaps must be positive, not {map_above} and {heaps}")
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError, TypeError):
-        log.debug("no mallopt in the C library (%s): its allocator is left as it is", name)
+        log.debug("no mallopt in the C library: its allocator is left as it is")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, map_above)) and bool(mallopt(M_ARENA_MAX, heaps))
