@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.models.linear import check_weights
-from common.vectors import flatten
+from common.vectors import delta, flatten
 from server.channel import as_it_is
 from server.folding import BLOCK, CompensatedSum, Folding
 from server.rounds import RoundLoop
@@ -132,7 +132,7 @@ def test_a_folded_run_ends_with_the_model_of_a_run_that_holds_every_update(
     assert folded["final"]["mse"] == pytest.approx(held["final"]["mse"], rel=1e-9)
 
 
-def test_local_dp_folds_its_noised_updates_and_central_dp_keeps_them_whole():
+def test_local_dp_folds_its_noised_updates():
     from server.privacy.dp import DPFedAvg, DPSettings
 
     results = updates(9, 100)
@@ -141,5 +141,23 @@ def test_local_dp_folds_its_noised_updates_and_central_dp_keeps_them_whole():
     mean, held = local.aggregate_fit(1, folded, [], None), weighted_average(results)
     for name in held:
         np.testing.assert_allclose(mean[name], held[name], rtol=1e-12, atol=1e-15)
-    central = DPFedAvg(FedAvg({}, check_weights), DPSettings("dp-central", 1.0, 1.0, 1e-5))
-    assert central.fold(1, results[0], None) is results[0]
+
+
+def test_central_dp_folds_each_step_clipped_as_the_held_path_clips_it():
+    from server.privacy.dp import DPFedAvg, DPSettings
+
+    results, current = updates(9, 1000), updates(1, 1000, seed=5)[0].arrays
+    # Every step is far longer than the bound of 1, so every one is clipped.
+    assert all(np.linalg.norm(delta(r.arrays, current)) > 10 for r in results)
+
+    def central() -> DPFedAvg:
+        settings = DPSettings("dp-central", 1.0, 1.0, 1e-5)
+        return DPFedAvg(FedAvg({}, check_weights), settings, rng=np.random.default_rng(3))
+
+    folding, holding = central(), central()
+    folded = [folding.fold(1, r, current) for r in results]
+    assert all(r.arrays == {} for r in folded)
+    mean = folding.aggregate_fit(1, folded, [], current)
+    held = holding.aggregate_fit(1, results, [], current)
+    for name in held:
+        np.testing.assert_allclose(mean[name], held[name], rtol=1e-12, atol=1e-15)

@@ -42,6 +42,7 @@ from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.settings import DayCounts
 from common.tensors import Arrays
 from server.disclosure import SCALER, entry
+from server.folding import Folding
 from server.strategy import ClientResult, FedAvg, Strategy, checked_sums
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class DPFedAvg(Strategy):
         self.rng = rng or SecureRandom()
         self.accountant = accountant or Accountant(settings)
         self._asked = 0
+        self._folding = Folding()  # central DP's sum of clipped steps
 
     def state(self) -> Arrays:
         return {**self.inner.state(), **self.accountant.state()}
@@ -287,23 +289,42 @@ class DPFedAvg(Strategy):
 
     def fold(self, server_round, result, current):
         """Local DP's updates are noised already: averaged as FedAvg's. Central DP clips each
-        step and noises their sum at the end, from the updates kept whole."""
+        step to the bound as it counts (the update is whole then) and adds it, unweighted, into
+        the round's sum, which is noised at the end."""
         if self.settings.mode == "dp-local":
             return self.inner.fold(server_round, result, current)
-        return result
+        self._folding.add(
+            server_round, result.province, result.arrays, self._clip_scale(result, current), current
+        )
+        return replace(result, arrays={})
+
+    def _clip_scale(self, result: ClientResult, current: Arrays | None) -> float:
+        """What the update's step is multiplied by to be clipped (`vectors.clip`'s factor)."""
+        bound = self.settings.clip
+        norm = float(np.linalg.norm(vectors.delta(result.arrays, current)))
+        return 1.0 if norm <= bound else bound / norm
 
     def aggregate_fit(self, server_round, results, failures, current):
         if self.settings.mode == "dp-local" or not results:
             return self.inner.aggregate_fit(server_round, results, failures, current)
         self.accountant.spend("noisy sums of updates")
-        return self.central_average(results, current)
+        return self.central_average(server_round, results, current)
 
-    def central_average(self, results: list[ClientResult], current: Arrays | None) -> Arrays:
+    def central_average(
+        self, server_round: int, results: list[ClientResult], current: Arrays | None
+    ) -> Arrays:
+        """The sum of the clipped steps (folded as they counted, or from the updates kept
+        whole), noised, over the provinces asked, added onto the current model."""
         bound = self.settings.clip
-        total = sum(vectors.clip(vectors.delta(r.arrays, current), bound) for r in results)
+        fold = self._folding.take(server_round, results)
+        if fold is not None:
+            total, like = fold.total.result(), fold.like
+        else:
+            total = sum(vectors.clip(vectors.delta(r.arrays, current), bound) for r in results)
+            like = results[0].arrays
         total = total + self.rng.normal(0.0, self.settings.noise_multiplier * bound, total.shape)
         base = 0.0 if current is None else vectors.flatten(current)
-        return vectors.unflatten(base + total / max(self._asked, len(results)), results[0].arrays)
+        return vectors.unflatten(base + total / max(self._asked, len(results)), like)
 
     def configure_evaluate(self, server_round, parameters, provinces):
         """Under local DP each province answers with its clipped MSE, noised (client/privacy.py),
