@@ -317,14 +317,14 @@ class DPFedAvg(Strategy):
         whole), noised, over the provinces asked, added onto the current model."""
         bound = self.settings.clip
         fold = self._folding.take(server_round, results)
-        if fold is not None:
-            total, like = fold.total.result(), fold.like
+        if fold is not None:  # its steps were taken from the model it folded them onto
+            total, like, base = fold.total.result(), fold.like, fold.reference
         else:
             total = sum(vectors.clip(vectors.delta(r.arrays, current), bound) for r in results)
-            like = results[0].arrays
+            like, base = results[0].arrays, None if current is None else vectors.flatten(current)
         total = total + self.rng.normal(0.0, self.settings.noise_multiplier * bound, total.shape)
-        base = 0.0 if current is None else vectors.flatten(current)
-        return vectors.unflatten(base + total / max(self._asked, len(results)), like)
+        step = total / max(self._asked, len(results))
+        return vectors.unflatten(step if base is None else base + step, like)
 
     def configure_evaluate(self, server_round, parameters, provinces):
         """Under local DP each province answers with its clipped MSE, noised (client/privacy.py),
