@@ -44,9 +44,16 @@ RUN pip install --no-cache-dir --no-deps . \
 # volume mounted on either starts out writable.
 RUN groupadd --gid 10001 fedstock \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin fedstock \
- && mkdir -p /results /data /receipts \
- && chown fedstock:fedstock /results /receipts
+ && mkdir -p /results /data /receipts /var/cache/fedstock/numba \
+ && chown fedstock:fedstock /results /receipts /var/cache/fedstock/numba
 USER fedstock
 WORKDIR /app
+
+# numba's machine code for every kernel a fit runs, compiled here once, as the containers' user,
+# into a cache folder it owns: without it every container compiled them at its first fit (the
+# build context has no __pycache__, and site-packages is not the user's to write). A machine
+# whose CPU differs from the build's recompiles, writing into the same folder.
+ENV NUMBA_CACHE_DIR=/var/cache/fedstock/numba
+RUN python -m client.kernels
 
 CMD ["sh", "-c", "echo 'fedstock image: run one of'; echo '  python -m server --help'; echo '  python -m client --help'; echo '  python -m server.healthcheck --help'"]

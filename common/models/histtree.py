@@ -308,7 +308,7 @@ def warm_up() -> None:
     global _warming
     with _warm_lock:
         if _warming is None:
-            _warming = threading.Thread(target=_load_kernels, name="kernels", daemon=True)
+            _warming = threading.Thread(target=load_kernels, name="kernels", daemon=True)
             _warming.start()
 
 
@@ -316,7 +316,7 @@ _warm_lock = threading.Lock()
 _warming: threading.Thread | None = None
 
 
-def _load_kernels() -> None:
+def load_kernels() -> None:
     """Each kernel once, on tiny inputs of the types the questions give it."""
     rule = Rule(0.0, 1.0, 1.0)
     one = np.zeros(1, dtype=np.intp)
