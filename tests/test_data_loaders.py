@@ -18,6 +18,8 @@ from common.data import (
     write_provinces,
 )
 from common.data.ashare import joinquant_code, round_price
+from common.data.synthetic import synthesize_province
+from common.members import Members
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -253,7 +255,7 @@ def test_unknown_provinces(tmp_path: Path) -> None:
         DataError, match="unknown member 'tibet'; expected one of the 9 members: hubei"
     ):
         load_province(tmp_path, "tibet")
-    with pytest.raises(DataError, match="unknown province 'mars'"):
+    with pytest.raises(DataError, match="unknown member 'mars'"):
         write_provinces({"mars": synthesize(5_000, seed=0)["hubei"]}, tmp_path)
     prices = write(tmp_path / "600000.XSHG.csv", JOINQUANT_PRICES)
     table = write(tmp_path / "table.csv", "code,province\n600000.XSHG,guangzhou\n")
@@ -299,6 +301,24 @@ def test_cli_synth_writes_provinces(tmp_path: Path) -> None:
     )
 
 
+def test_cli_synth_deals_the_rows_a_members_files_clients_would_make(tmp_path: Path) -> None:
+    """The files the data override mounts hold what each member's client would synthesize."""
+    members_file = tmp_path / "members.csv"
+    members_file.write_text("name\nhubei\nchongqing\ntibet\n")
+    out = tmp_path / "out"
+    done = cli("synth", "--rows", "6000", "--members", str(members_file), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.stem for path in out.glob("*.parquet")) == ["chongqing", "hubei", "tibet"]
+    members = Members.of(["hubei", "chongqing", "tibet"])
+    for name in members.names:
+        pd.testing.assert_frame_equal(
+            load_province(out, name, members), synthesize_province(name, 6000, 7, members)
+        )
+    refused = cli("synth", "--members", str(members_file), "--split", "non-iid", "--out", str(out))
+    assert refused.returncode == 2
+    assert "nine provinces only" in refused.stderr
+
+
 def test_cli_imports_tushare(tmp_path: Path, daily: Path, basic: Path) -> None:
     done = cli(
         "import-tushare", "--daily", str(daily), "--basic", str(basic), "--out", str(tmp_path)
@@ -314,7 +334,8 @@ def test_cli_imports_tushare(tmp_path: Path, daily: Path, basic: Path) -> None:
         (["synth", "--rows", "10", "--out", "OUT"], "total rows must be between"),
         (["synth", "--rows", "many", "--out", "OUT"], "not a whole number"),
         (["synth", "--seed", "-1", "--out", "OUT"], "non-negative"),
-        (["synth", "--province", "tibet", "--out", "OUT"], "invalid choice: 'tibet'"),
+        (["synth", "--province", "tibet", "--out", "OUT"], "unknown member 'tibet'"),
+        (["synth", "--members", "OUT", "--out", "OUT"], "cannot read the members file"),
         (["synth", "--rows", "5000"], "--out"),
         (
             ["import-tushare", "--daily", "missing.csv", "--basic", "BASIC", "--out", "OUT"],

@@ -16,6 +16,8 @@ from common.data.loaders import Imported, load_joinquant, load_tushare, write_pr
 from common.data.schema import DataError
 from common.data.skew import non_iid_split
 from common.data.synthetic import DEFAULT_SEED, PAPER_ROWS, province_rows, synthesize_province
+from common.members import PAPER
+from common.members import load as load_members
 from common.provinces import PROVINCES
 
 OUT_ENV = "FEDSTOCK_DATA_DIR"
@@ -50,10 +52,16 @@ def _footer(rows: int, started: float) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    """One province at a time, so memory stays at one province and progress shows."""
+    """One member at a time, so memory stays at one member's rows and progress shows."""
     started = time.perf_counter()
-    provinces = args.province or PROVINCES
-    province_rows(args.rows)  # a bad --rows fails before any file is written
+    try:
+        members = load_members(args.members)
+        provinces = [members.check(p) for p in args.province or members.names]
+    except ValueError as error:  # MembersError among them
+        raise DataError(str(error)) from None
+    if args.split == "non-iid" and members != PAPER:
+        raise DataError("--split non-iid deals the paper's nine provinces only: drop --members")
+    province_rows(args.rows, members)  # a bad --rows fails before any file is written
     # The non-IID split deals the whole market's stocks out at once.
     skewed = non_iid_split(args.rows, args.seed) if args.split == "non-iid" else {}
     _header()
@@ -61,8 +69,8 @@ def _synth(args: argparse.Namespace) -> None:
     for province in provinces:
         frame = skewed.get(province)
         if frame is None:
-            frame = synthesize_province(province, args.rows, args.seed)
-        path = write_provinces({province: frame}, args.out)[province]
+            frame = synthesize_province(province, args.rows, args.seed, members)
+        path = write_provinces({province: frame}, args.out, members)[province]
         _line(province, frame, path)
         rows += len(frame)
     _footer(rows, started)
@@ -122,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rows",
         type=_count,
         default=PAPER_ROWS,
-        help=f"total rows over all nine provinces, split by fixed unequal shares "
+        help=f"total rows over all the members, split by fixed unequal shares "
         f"(default: {PAPER_ROWS:,}, the paper's data set)",
     )
     synth.add_argument(
@@ -135,10 +143,16 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--province",
         action="append",
-        choices=PROVINCES,
         metavar="PROVINCE",
-        help=f"write only this province (repeatable; one of {', '.join(PROVINCES)}; "
-        "default: all nine)",
+        help=f"write only this member (repeatable; one of the members, by default "
+        f"{', '.join(PROVINCES)}; default: all of them)",
+    )
+    synth.add_argument(
+        "--members",
+        type=Path,
+        metavar="FILE",
+        help="deal the market's rows to these members, as the clients' --members FILE does "
+        "(docs/members.md), one file each; default: the paper's nine provinces",
     )
     synth.add_argument(
         "--split",

@@ -15,7 +15,7 @@ import pyarrow as pa
 from common.data.ashare import joinquant_code, limit_rate, round_price
 from common.data.schema import RAW_COLUMNS, DataError, to_dates, to_float, validate_raw
 from common.members import PAPER, Members
-from common.provinces import AREA_TO_PROVINCE, PROVINCES, check_province
+from common.provinces import AREA_TO_PROVINCE, PROVINCES
 
 log = logging.getLogger(__name__)
 
@@ -290,15 +290,18 @@ def load_province(data_dir: str | Path, province: str, members: Members = PAPER)
     return validate_raw(frame, str(path))
 
 
-def write_provinces(frames: Mapping[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
-    """Write each frame to OUT_DIR/<province>.parquet, checked and byte-for-byte reproducible.
+def write_provinces(
+    frames: Mapping[str, pd.DataFrame], out_dir: str | Path, members: Members = PAPER
+) -> dict[str, Path]:
+    """Write each of `members`' frames to OUT_DIR/<member>.parquet, checked and byte-for-byte
+    reproducible.
 
     Each file is written beside its target and renamed, so a reader never sees half a file.
     """
     written = {}
     for name, frame in frames.items():
         try:
-            province = check_province(name)
+            province = members.check(name)
         except ValueError as error:
             raise DataError(str(error)) from None
         path = province_path(out_dir, province)
