@@ -19,13 +19,9 @@ from pathlib import Path
 from phe import paillier as phe
 
 from common import threshold
+from common.members import majority
 from common.paillier import MIN_KEY_BITS, check_key_size, public_fields
 from common.provinces import PROVINCES
-
-
-def majority(members: int) -> int:
-    """The default threshold: more than half of the share holders."""
-    return members // 2 + 1
 
 
 def write_keys(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from client import he_keys
 from common import threshold
+from common.members import majority
 from common.paillier import INSECURE_KEY_FLAG, MIN_KEY_BITS
 from common.provinces import PROVINCES
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--bits must be at least {MIN_KEY_BITS} (or pass {INSECURE_KEY_FLAG})")
     provinces = [p.strip() for p in args.provinces.split(",") if p.strip()]
     try:
-        threshold.PublicKey(1, args.threshold or he_keys.majority(len(provinces)), tuple(provinces))
+        threshold.PublicKey(1, args.threshold or majority(len(provinces)), tuple(provinces))
     except ValueError as error:
         parser.error(str(error))
     shares, shared = he_keys.write_keys(args.folder, args.bits, provinces, args.threshold)

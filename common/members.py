@@ -101,6 +101,12 @@ class Members:
 PAPER = Members.of(PROVINCES)
 
 
+def majority(members: int) -> int:
+    """The default HE threshold: more than half of the share holders (client.he_keys deals
+    so; the compose HE override says so)."""
+    return members // 2 + 1
+
+
 def load(path: Path | None) -> Members:
     """The members `path` names (.toml: `[[member]]` tables; otherwise CSV with a header of
     name, display_name, identity; the last two may be left out), or the paper's nine."""
