@@ -16,8 +16,9 @@ from pathlib import PurePosixPath
 
 from common.members import PAPER, Members, MembersError
 
-# The services and volumes beside the members': a member named so would collide with them.
-RESERVED = ("certs", "server", "results")
+# The services and volumes beside the members' (here and in the overrides of
+# server/compose_overlays.py): a member named so would collide with them.
+RESERVED = ("certs", "server", "results", "he-keys")
 # Where the members file is mounted in every container (its suffix says CSV or TOML).
 MOUNTED = PurePosixPath("/etc/fedstock")
 
@@ -51,9 +52,11 @@ HEADER = """\
 #   BASE_IMAGE [python:3.11-slim]  base of the image; FEDSTOCK_IMAGE [fedstock:latest] its tag
 #
 # By default each client synthesizes its own member's share of one synthetic market. To train
-# on real per-province files (DIR/<province>.parquet), add the data override, which mounts each
-# province's file read-only into its own container only (the paper's nine provinces):
-#   FEDSTOCK_DATA_DIR=./data docker compose -f docker-compose.yml -f docker/compose.data.yml up
+# on real per-member files (DIR/<member>.parquet), add the data override, which mounts each
+# member's file read-only into its own container only:
+#   FEDSTOCK_DATA_DIR=./data docker compose -f {main} -f {data} up
+# For --privacy he, the HE override ({he}) gives each member only its own key
+# share. {overlays}
 #
 # Mutual TLS by default: the one-shot `certs` service makes a CA for this project (once; kept
 # in named volumes until `down -v`) and hands each container only its own identity: the
@@ -177,15 +180,29 @@ CLIENT = """
 {members_mount}"""
 
 
-def render(members: Members = PAPER, members_file: str | None = None) -> str:
-    """The compose file for `members`; `members_file` is the path (as the compose file will
-    resolve it, relative to its own folder) that every container mounts, None for the paper's
-    nine, which need none."""
+def check_names(members: Members) -> None:
+    """Refuse members whose services or volumes would be the compose files' own."""
     if clash := sorted(set(RESERVED) & set(members.names)):
         raise MembersError(
             f"member names {', '.join(clash)} are taken by the compose file's own services "
             "and volumes; rename those members"
         )
+
+
+def file_names(members_file: str | None) -> tuple[str, str, str]:
+    """The compose file and its data and HE overrides, as their headers' commands name them:
+    the committed files for the paper's nine; otherwise compose.yml (the name compose reads
+    without -f) and compose.data.yml, compose.he.yml beside it."""
+    if members_file is None:
+        return "docker-compose.yml", "docker/compose.data.yml", "docker/compose.he.yml"
+    return "compose.yml", "compose.data.yml", "compose.he.yml"
+
+
+def render(members: Members = PAPER, members_file: str | None = None) -> str:
+    """The compose file for `members`; `members_file` is the path (as the compose file will
+    resolve it, relative to its own folder) that every container mounts, None for the paper's
+    nine, which need none."""
+    check_names(members)
     mount = ""
     if members_file is not None:
         if ":" in members_file or not members_file.strip():
@@ -202,8 +219,14 @@ def render(members: Members = PAPER, members_file: str | None = None) -> str:
         f"each, from\n# {members_file}; written by `python -m server.compose --members "
         f"{members_file}`:\n# write it again rather than edit it."
     )
+    main, data, he = file_names(members_file)
+    given = "" if members_file is None else f"--members {members_file} "
     text = HEADER.format(
         title=title,
+        main=main,
+        data=data,
+        he=he,
+        overlays=f"`python -m server.compose {given}--overlay data|he` writes them.",
         quorum=len(members),
         skip_without_tls=SKIP_WITHOUT_TLS,
         members_env=f"  FEDSTOCK_MEMBERS: {inside}\n" if mount else "",
