@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the containers on a real Docker engine, from a fresh machine:
 #   1. engine      docker/engine.sh (installs and starts the engine and Compose v2 if needed),
-#                  then `docker compose config` of a file generated for twelve members
+#                  then `docker compose config` of the files generated for twelve members, the
+#                  compose file alone and with its data and HE overrides (tests/compose/
+#                  check_config.py: each member's container mounts only what is its own)
 #   2. base image  docker/base-image.sh, unless BASE_IMAGE names one to use instead
 #   3. image       `docker compose build` of the project image on that base
 #   4. up          the nine-province federation on the embedded synthetic market, over mutual
@@ -165,16 +167,31 @@ bash docker/engine.sh || fail "docker/engine.sh failed"
 source docker/env.sh
 "$DOCKER" version --format 'client {{.Client.Version}}, engine {{.Server.Version}}'
 "$DOCKER" compose version
-# The engine reads a compose file generated for twelve members (python -m server.compose;
-# tests/test_compose_file.py checks its structure without an engine).
+# The engine reads the files generated for twelve members (python -m server.compose
+# [--overlay data|he]; tests/test_compose_file.py checks their structure without an engine).
 printf 'name\n' >"$work/members.csv"
 for i in $(seq 1 12); do printf 'member%d\n' "$i" >>"$work/members.csv"; done
-(cd "$work" && PYTHONPATH="$repo" python3 -m server.compose --members members.csv >compose.yml) ||
-    fail "python -m server.compose failed"
-generated="$(cd "$work" && "$DOCKER" compose -f compose.yml config --services | sort | tr '\n' ' ')" ||
-    fail "the engine refused the generated twelve-member compose file"
-[ "$generated" = "$(printf '%s\n' certs server member{1..12} | sort | tr '\n' ' ')" ] ||
-    fail "the generated compose file has services: $generated"
+(
+    cd "$work" &&
+        PYTHONPATH="$repo" python3 -m server.compose --members members.csv >compose.yml &&
+        for overlay in data he; do
+            PYTHONPATH="$repo" python3 -m server.compose --members members.csv \
+                --overlay "$overlay" >"compose.$overlay.yml"
+        done
+) || fail "python -m server.compose failed"
+# The compose file alone and with its overrides: the services, and each member's mounts.
+for files in "compose.yml" "compose.yml compose.data.yml" "compose.yml compose.he.yml" \
+    "compose.yml compose.data.yml compose.he.yml"; do
+    given=()
+    for file in $files; do given+=(-f "$file"); done
+    (cd "$work" && "$DOCKER" compose "${given[@]}" config --format json >config.json) ||
+        fail "the engine refused the generated twelve-member files: $files"
+    extra=()
+    [[ "$files" != *compose.he.yml* ]] || extra=(he-keys)
+    echo "$files:"
+    python3 tests/compose/check_config.py "$work/config.json" --members "$work/members.csv" \
+        --services "${extra[@]}" || fail "the engine's reading of $files is wrong"
+done
 done_step
 
 # --- 2. base image ---------------------------------------------------------------------------
