@@ -29,7 +29,7 @@ from common.model_settings import ForestSettings
 from common.models import forest, histnoise, leafnoise
 from common.noise import SecureRandom
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
-from common.settings import SettingsError
+from common.settings import DayCounts, SettingsError
 from common.tensors import Arrays
 from common.vectors import clip, delta, flatten, unflatten
 
@@ -93,6 +93,17 @@ def noised_statistics(
     except dpbounds.BoundsError as error:
         raise PrivacyError(str(error)) from None
     return dpstats.noised(sums, lo, hi, asked.dp_statistics_noise, rng)
+
+
+def noised_dates(
+    counts: Arrays, asked: DayCounts, rng: np.random.Generator | SecureRandom | None = None
+) -> Arrays:
+    """Local DP on the time split's rows per year or per day: each count noised at
+    `day_counts_noise` (common/dpstats.py); the row count n, public, as it was."""
+    if asked.day_counts_noise is None:
+        raise PrivacyError("the server asks for day counts under dp-local without their noise")
+    kind = asked.day_counts
+    return {**counts, kind: dpstats.noised_counts(counts[kind], asked.day_counts_noise, rng)}
 
 
 class Encrypted:
@@ -193,8 +204,8 @@ class Compressed:
 class LocalNoise:
     """`dp-local`: the update leaves clipped and noised (`privatize`), a histogram tree's
     answer, whose rows the province bounded as it summed them, noised
-    (common/models/histnoise.py), the statistics of its clipped rows noised
-    (common/dpstats.py), a forest's leaves, refitted on clipped targets, noised
+    (common/models/histnoise.py), the statistics of its clipped rows and the time split's day
+    counts noised (common/dpstats.py), a forest's leaves, refitted on clipped targets, noised
     (`noised_forest`), the evaluation's clipped MSE noised (`noised_score`), and the training
     MSE stays home."""
 
@@ -205,6 +216,8 @@ class LocalNoise:
         if dp_local and task.kind == STATISTICS and groups.dp_statistics:
             noised = noised_statistics(outcome.arrays, groups.dp_statistics)
             return replace(outcome, arrays=noised)
+        if dp_local and task.kind == STATISTICS and groups.dates:
+            return replace(outcome, arrays=noised_dates(outcome.arrays, groups.dates))
         if not dp_local or task.kind not in (TRAIN, EVALUATE):
             return outcome
         if task.kind == EVALUATE:

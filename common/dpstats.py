@@ -22,6 +22,16 @@ province sums z' = [x, y − close], and the server maps the usable sums back wi
 z = Az', A the identity with a 1 where the target's row meets the close's column, so
 Σz = AΣz' and Σzzᵀ = A(Σz'z'ᵀ)Aᵀ exactly. The map is public and invertible, so it is
 post-processing too, and it keeps [n, Σzᵀ; Σz, Σzzᵀ] positive definite.
+
+The time split's day counts (common/timesplit.py: rows per year, or per day of some years)
+are released the same way: replacing one row takes one from one count and adds one to another,
+an L2 sensitivity of √2, so each count gets N(0, (σ√2)²). Post-processing rounds the noised
+sums. The years' (hundreds of rows each) are zeroed below `COUNT_FLOOR` times the sum's noise
+deviation, which noise alone reaches on an empty year about once in 30 000, so the first year
+is one with rows. The days' (a few rows each, fewer than the noise on small federations) are
+left unclamped, negative ones too: their running sums, which the cutoff is read from
+(common/timesplit.py), stay unbiased, where clamping each day at zero would add rows to
+every empty day.
 """
 
 from __future__ import annotations
@@ -140,3 +150,26 @@ def noised(
     n, total, cross = to_unit(sums, lo, hi)
     total, cross = release(total, cross, sigma, rng or SecureRandom())
     return from_unit(n, total, cross, lo, hi)
+
+
+# Replacing one row moves two of a histogram's counts by one each.
+COUNT_SENSITIVITY = math.sqrt(2.0)
+# Counts below this many deviations of the sum's noise are taken for noise on an empty bin.
+COUNT_FLOOR = 4.0
+
+
+def noised_counts(
+    counts: np.ndarray, sigma: float, rng: np.random.Generator | SecureRandom | None = None
+) -> np.ndarray:
+    """Day counts released at noise multiplier σ: N(0, (σ√2)²) on every count."""
+    noise = np.asarray((rng or SecureRandom()).normal(0.0, sigma * COUNT_SENSITIVITY, counts.shape))
+    return np.asarray(counts, dtype=np.float64) + noise
+
+
+def usable_years(total: np.ndarray, sigma: float, releases: int = 1) -> np.ndarray:
+    """A noised sum of rows per year that `releases` independent releases at σ each noised,
+    made whole and non-negative at no cost in ε: rounded, and zero below `COUNT_FLOOR`
+    deviations."""
+    spread = sigma * COUNT_SENSITIVITY * math.sqrt(releases)
+    counts = np.round(np.asarray(total, dtype=np.float64))
+    return np.where(counts < max(COUNT_FLOOR * spread, 1.0), 0.0, counts)

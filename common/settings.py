@@ -92,10 +92,13 @@ class RoundNumber(TaskSettings):
 @dataclass(frozen=True)
 class DayCounts(TaskSettings):
     """The date phase's question, asked before any split (common/timesplit.py): a province's
-    rows per calendar year (`day_counts` 'years'), or per day of the years listed."""
+    rows per calendar year (`day_counts` 'years'), or per day of the years listed. Under
+    dp-local, `day_counts_noise` is the noise multiplier σ the province noises its counts at
+    (common/dpstats.py); it is left out otherwise."""
 
     day_counts: str
     day_counts_years: str | None = None
+    day_counts_noise: float | None = None
 
     def __post_init__(self) -> None:
         if self.day_counts not in ("years", "days"):

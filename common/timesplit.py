@@ -39,6 +39,10 @@ def _new_year(year: int) -> np.datetime64:
     return np.datetime64(f"{year:04d}-01-01", "D")
 
 
+def _year_days(year: int) -> int:
+    return int((_new_year(year + 1) - _new_year(year)) / DAY)
+
+
 def year_counts(dates: np.ndarray) -> np.ndarray:
     """How many of `dates` fall in each year of the calendar; ValueError for a date off it."""
     index = _years(dates) - FIRST_YEAR
@@ -104,11 +108,11 @@ def agree(
 
     def day_of(k: int) -> np.datetime64:
         year = FIRST_YEAR + int(np.searchsorted(before[1:], k, side="right"))
-        within = np.cumsum(rows[year])
-        return (
-            _new_year(year)
-            + int(np.searchsorted(within, k - before[year - FIRST_YEAR], "right")) * DAY
-        )
+        # Noised days (common/dpstats.py) may be negative: their running sum's running maximum.
+        within = np.maximum.accumulate(np.cumsum(rows[year]))
+        day = int(np.searchsorted(within, k - before[year - FIRST_YEAR], "right"))
+        # ... and need not add up to their year's count: its last day then.
+        return _new_year(year) + min(day, _year_days(year) - 1) * DAY
 
     position, low, high = _quantile_rows(years, test_fraction)
     first, second = day_of(low), day_of(high)
@@ -119,7 +123,8 @@ def agree(
     if through >= years.sum():
         raise ValueError("no rows are dated after the time split's cutoff: too few days")
     start_year = FIRST_YEAR + int(np.flatnonzero(years)[0])
-    start = _new_year(start_year) + int(np.flatnonzero(rows[start_year])[0]) * DAY
+    first_days = np.flatnonzero(rows[start_year] > 0)  # noised: maybe none
+    start = _new_year(start_year) + (int(first_days[0]) if len(first_days) else 0) * DAY
     return iso(start), iso(cutoff)
 
 

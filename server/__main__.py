@@ -152,7 +152,11 @@ def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScala
     selection = config.model
     candidates = math.prod(len(values) for values in selection.grid.values())
     releases = planned_releases(
-        config.run.rounds, selection.cv_folds, candidates, config.privacy.privacy
+        config.run.rounds,
+        selection.cv_folds,
+        candidates,
+        config.privacy.privacy,
+        time_split=config.run.setting == "next-day",
     )
     # One accountant for every strategy built: cross-validation's releases count too.
     accountant = privacy.dp_accountant(config.privacy, releases, config.dp_ranges())

@@ -200,8 +200,8 @@ def test_the_noise_on_a_price_target_is_the_moves_and_spares_its_deviation(tmp_p
 
 
 def test_the_statistics_are_a_counted_release_of_the_run(tmp_path):
-    """The server's own run in memory: ε with the statistics is more than without them; the
-    time split's rows per day, which leave in the clear, are counted apart and reported so."""
+    """The server's own run in memory: ε with the statistics is more than without them, and
+    nothing is left for no finite ε to cover (the time split's counts: tests/test_dp_dates.py)."""
     flags = ["--model", "lr-sgd", "--rounds", "2", "--dp-noise-multiplier", "1"]
     plain = in_memory.run(tmp_path / "plain", "--model", "lr-sgd", "--rounds", "2")
     for mode in ("dp-central", "dp-local"):
@@ -212,14 +212,14 @@ def test_the_statistics_are_a_counted_release_of_the_run(tmp_path):
         spent = results["rounds"][-1]["privacy"]
         assert spent["noisy_releases"]["noised statistics"] == 1
         assert "statistics" not in spent["clear_releases"]
-        assert spent["clear_releases"]["date counts"] == 2
-        assert "no finite ε covers" in results["disclosure"]["dates"]["server"]
         releases = sum(spent["noisy_releases"].values())
         unit = 1.0 if mode == "dp-central" else 0.5  # local: σ in units of 2C
         assert spent["epsilon"] == pytest.approx(epsilon(unit, releases, 1e-5))
         assert spent["epsilon"] > epsilon(unit, releases - 1, 1e-5)
         stats, clear = results["statistics"], plain["statistics"]
-        assert stats["rows"] == clear["rows"] and stats["mean"] != clear["mean"]
+        # The cutoff comes from noised day counts: a few days off, its training rows with it.
+        assert abs(stats["rows"] - clear["rows"]) < 0.03 * clear["rows"]
+        assert stats["mean"] != clear["mean"]
         assert np.isfinite(results["final"]["mse"])
         disclosed = results["disclosure"]["statistics"]["server"]
         assert "clipped into the public bounds" in disclosed

@@ -91,13 +91,14 @@ def test_leaf_values_are_clipped_means_plus_the_stated_noise(grown):
 
 
 def test_every_tree_is_a_release_and_the_shapes_are_listed_as_clear(grown):
-    """4 trees, the noised scores and the noised statistics: 6 releases at σ/2 per unit."""
+    """4 trees, the noised scores, the noised statistics and the time split's two noised day
+    counts: 8 releases at σ/2 per unit."""
     _, results = grown
     spent = results["rounds"][-1]["privacy"]
     noisy = {"noised trees": TREES, "noised scores": 1, "noised statistics": 1}
-    assert spent["noisy_releases"] == noisy
-    assert spent["clear_releases"] == {"date counts": 2, "tree shapes": 1}
-    expected = epsilon(SIGMA / 2, TREES + 2, spent["delta"])
+    assert spent["noisy_releases"] == {**noisy, "noised date counts": 2}
+    assert spent["clear_releases"] == {"tree shapes": 1}
+    expected = epsilon(SIGMA / 2, TREES + 4, spent["delta"])
     assert spent["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert epsilon(SIGMA / 2, 1, spent["delta"]) < spent["epsilon"]  # the trees count
     updates = results["disclosure"]["updates"]["server"]

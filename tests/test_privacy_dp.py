@@ -148,6 +148,8 @@ def test_cross_validation_grid_points_and_folds_are_releases_too():
     assert planned_releases(rounds=3, folds=0, candidates=1) == 1 + 3
     # Under local DP each round's noised scores are a release beside its noised updates.
     assert planned_releases(rounds=3, folds=5, candidates=2, mode="dp-local") == 1 + 66
+    # The next-day setting's time split: its rows per year, then per day, two more.
+    assert planned_releases(rounds=3, folds=0, candidates=1, time_split=True) == 2 + 1 + 3
 
 
 def test_the_default_noise_is_not_numpys_generator():
@@ -217,12 +219,12 @@ def test_under_local_dp_each_province_releases_its_clipped_mse_noised_and_counte
         assert released["mse"] != plain["final"]["per_client"][province]["mse"]
     spent = [r["privacy"] for r in results["rounds"]]
     assert spent[-1]["noisy_releases"] == {
+        "noised date counts": 2,  # the time split's rows per year, then per day
         "noised statistics": 1,
         "noised updates": 2,
         "noised scores": 2,
     }
-    # The time split's rows per year, then per day, neither statistics nor metrics
-    assert spent[-1]["clear_releases"] == {"date counts": 2}
+    assert spent[-1]["clear_releases"] == {}
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(3.0, rel=1e-2)
     assert all(r["train_mse"] is None for r in results["rounds"])
     metrics = results["disclosure"]["metrics"]["server"]
@@ -251,10 +253,10 @@ def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
     results = in_memory.run(tmp_path, *flags, over=in_memory.channel(rows=3_000))
     spent = [r["privacy"] for r in results["rounds"]]
     assert [s["noisy_releases"] for s in spent] == [
-        {"noised statistics": 1, "noisy sums of updates": 13},
-        {"noised statistics": 1, "noisy sums of updates": 14},
+        {"noised date counts": 2, "noised statistics": 1, "noisy sums of updates": 13},
+        {"noised date counts": 2, "noised statistics": 1, "noisy sums of updates": 14},
     ]
-    # Calibrated for all 15, so the last round spends exactly the target; the first one less.
+    # Calibrated for all 17, so the last round spends exactly the target; the first one less.
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(4.0, rel=1e-2)
     assert "statistics" not in spent[1]["clear_releases"]
     assert spent[1]["accountant"] == "pld"

@@ -17,9 +17,10 @@ Gaussian mechanism with sampling rate 1: in the central mode a client is added o
 evaluation is a release too: each province's MSE, clipped per row to B (sensitivity B), noised
 at the same multiplier. The statistics (n, Σz, Σzzᵀ) are one release too: every row clipped
 into public bounds, noised by each province (local) or by the server on their sum (central) in
-the bounds' unit space, with one row replaced as the unit (common/dpstats.py). Releases that
-leave a province without noise (under central DP the per-province metrics; in the next-day
-setting, under both, each province's rows per day that agree the date cutoff) are counted
+the bounds' unit space, with one row replaced as the unit (common/dpstats.py). In the next-day
+setting the time split's rows per year, then per day, are two more such releases, noised and
+counted alike (common/dpstats.py), and the cutoff is agreed from their noised sums. Releases
+that leave a province without noise (under central DP the per-province metrics) are counted
 apart: no finite ε covers them, and the report says so.
 """
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from common.preprocess import GlobalStatistics
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.settings import DayCounts
 from common.tensors import Arrays
-from server.disclosure import SCALER, entry
+from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
 from server.folding import Folding
 from server.strategy import ClientResult, FedAvg, Strategy, checked_sums
 
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
     import dp_accounting
 
 MODES = ("dp-central", "dp-local")
-# What the disclosure report adds to a release the accountant counts apart.
-CLEAR_RELEASE = "counted among the DP releases no finite ε covers"
 # dp-accounting (and the SciPy under it) costs a process a tenth of a second to import, so it
 # is imported by the runs that account, when they first do.
 ACCOUNTANTS = ("rdp", "pld")
@@ -88,11 +87,14 @@ def noise_for_epsilon(target: float, releases: int, delta: float, kind: str = "r
     )
 
 
-def planned_releases(rounds: int, folds: int, candidates: int, mode: str = "dp-central") -> int:
-    """Noisy releases of a run: the statistics, then every round of every fold of every
-    candidate and the rounds of the final training; under local DP each round releases its
-    noised scores too."""
-    return 1 + rounds * (1 + folds * candidates) * (2 if mode == "dp-local" else 1)
+def planned_releases(
+    rounds: int, folds: int, candidates: int, mode: str = "dp-central", time_split: bool = False
+) -> int:
+    """Noisy releases of a run: the time split's rows per year and per day (next-day setting),
+    the statistics, then every round of every fold of every candidate and the rounds of the
+    final training; under local DP each round releases its noised scores too."""
+    dates = 2 if time_split else 0
+    return dates + 1 + rounds * (1 + folds * candidates) * (2 if mode == "dp-local" else 1)
 
 
 @dataclass(frozen=True)
@@ -233,12 +235,11 @@ class DPFedAvg(Strategy):
         """n, Σz and Σzzᵀ of rows clipped into the public bounds, noised once, counted when
         asked: by each province (local; the server checks each part's form, then the sum) or
         by the server on their sum (central). The sum is then made usable, and a price's
-        move mapped back to the price (common/dpstats.py).
-        The time split's day counts are gathered as the inner strategy gathers them, in the
-        clear, and counted apart: no finite ε covers them."""
-        if config and DayCounts.sent(config) is not None:
-            self.accountant.disclose("date counts")
-            return super().gather_statistics(provinces, shapes, check, plausible, config)
+        move mapped back to the price (common/dpstats.py). The time split's day counts are
+        one release each too (`gather_counts`)."""
+        asked = DayCounts.sent(config) if config else None
+        if asked is not None:
+            return self.gather_counts(provinces, shapes, check, plausible, asked)
         s = self.settings
         if not s.bounds:
             raise ValueError("DP on the statistics needs each column's public range")
@@ -262,6 +263,39 @@ class DPFedAvg(Strategy):
         if close is not None:  # a price's move from today's close: the price's sums back
             sums = dpstats.from_move(sums, close)
         return checked_sums(results, sums, plausible)
+
+    def gather_counts(
+        self,
+        provinces: list[str],
+        shapes: Mapping[str, tuple[int, ...]],
+        check: Callable[[ClientResult], None],
+        plausible: Callable[[Arrays, int], None],
+        asked: DayCounts,
+    ) -> tuple[list[ClientResult], list[Arrays]]:
+        """The time split's rows per year or per day, noised once and counted when asked: by
+        each province (local) or by the server on their sum (central), the sum rounded, the
+        years' floored (common/dpstats.py); a province's own counts pass `plausible` when the server
+        sees them in the clear (central). The row counts n, public, pass as they were."""
+        s = self.settings
+        local = s.mode == "dp-local"
+        kind = asked.day_counts
+        if local:
+            asked = replace(asked, day_counts_noise=s.unit_noise)
+        extra = {**asked.to_config(), **(Protection(s.mode).to_config() if local else {})}
+        self.accountant.spend("noised date counts")
+        each = counted_part if local else plausible
+        results, parts = super().gather_statistics(provinces, shapes, check, each, extra)
+        if not parts:
+            return results, []
+        total = sum(part[kind] for part in parts)
+        if not local:
+            total = dpstats.noised_counts(total, s.unit_noise, self.rng)
+        if kind == "years":
+            counts = dpstats.usable_years(total, s.unit_noise, len(parts) if local else 1)
+        else:  # unclamped, so that their running sums stay unbiased
+            counts = np.round(total)
+        rows = float(sum(r.num_examples for r in results))
+        return results, [{"count": np.array(rows), kind: counts}]
 
     def configure_fit(self, server_round, parameters, provinces):
         self._asked = len(provinces)
@@ -357,9 +391,8 @@ class DPFedAvg(Strategy):
             "statistics": self.statistics_disclosure(),
             "updates": entry(server, "the noised global model after each round"),
         }
-        if "dates" in disclosed:  # the time split's day counts, in the clear
-            dates = disclosed["dates"]
-            disclosed["dates"] = entry(f"{dates['server']}, {CLEAR_RELEASE}", dates["provinces"])
+        if "dates" in disclosed:  # the time split's day counts
+            disclosed["dates"] = self.dates_disclosure()
         if s.mode == "dp-local":
             disclosed["metrics"] = entry(
                 f"each province's test MSE with each row's squared error clipped to "
@@ -393,8 +426,27 @@ class DPFedAvg(Strategy):
             )
         return entry(server, f"{SCALER}, from the noised sums")
 
+    def dates_disclosure(self) -> dict[str, str]:
+        s = self.settings
+        noise = (
+            f"Gaussian noise σ = {s.unit_noise:g}·√2 on each count, counted as two releases "
+            "(ε per row)"
+        )
+        if s.mode == "dp-local":
+            server = f"{DATE_COUNTS} of each province, noised by the province ({noise})"
+        else:
+            server = f"{DATE_COUNTS} of each province, in the clear; it noises their sum ({noise})"
+        return entry(server, f"{CUTOFF}, from the noised sums rounded and floored (docs/dp.md)")
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         return {"privacy": self.accountant.report()}
+
+
+def counted_part(arrays: Arrays, count: int) -> None:
+    """A province's day counts under DP: its n as it declared; their form is checked on
+    arrival and their values, noised, on the sum only."""
+    if float(arrays["count"]) != count:
+        raise UpdateError(f"day counts' count must equal num_examples ({count})")
 
 
 def noised_part(arrays: Arrays, count: int) -> None:

@@ -1,0 +1,126 @@
+"""DP on the time split's day counts: each count's reach, the noise on what a province sends,
+the accounting, and a cutoff agreed from noised sums."""
+
+import datetime
+
+import numpy as np
+import pytest
+
+from client.chain import STATISTICS, Task
+from client.groups import TaskGroups
+from client.local import LocalWork
+from client.privacy import ClientPrivacy, PrivacyError
+from common import dpstats, preprocess, timesplit
+from common.data import synthesize_province
+from common.provinces import PROVINCES
+from server.memory import MemoryChannel
+from server.privacy.dp import epsilon
+from tests import in_memory
+
+
+class Counting(LocalWork):
+    """A province that keeps what its privacy chain let out of each date question."""
+
+    def __init__(self, raw) -> None:
+        super().__init__(raw)
+        self.sent: list = []
+
+    def statistics(self, groups, parameters=None):
+        outcome = super().statistics(groups, parameters)
+        if groups.dates is not None:
+            self.sent.append((groups.dates, outcome))
+        return outcome
+
+
+def test_one_row_replaced_moves_the_counts_by_at_most_root_two():
+    dates = synthesize_province("hubei", 3_000, 3)["date"].to_numpy()
+    years = timesplit.year_counts(dates)
+    asked = timesplit.years_asked(years, 0.2)
+    before = timesplit.day_counts(dates, asked)
+    for moved in (np.datetime64("1995-03-01"), np.datetime64(f"{asked[-1]}-12-30")):
+        other = dates.copy()
+        other[0] = moved
+        reach = np.linalg.norm(timesplit.year_counts(other) - years)
+        assert reach <= dpstats.COUNT_SENSITIVITY + 1e-12
+        if moved.astype(object).year == 1995:  # a year none of its rows is in: the bound met
+            assert reach == pytest.approx(dpstats.COUNT_SENSITIVITY)
+        assert np.linalg.norm(timesplit.day_counts(other, asked) - before) <= np.sqrt(2) + 1e-12
+
+
+def test_the_noise_on_each_count_has_the_stated_spread_and_the_sum_is_made_whole():
+    counts = np.zeros((3, timesplit.YEAR_DAYS))
+    noised = dpstats.noised_counts(counts, 2.0, np.random.default_rng(4))
+    assert abs(noised.std() / (2.0 * np.sqrt(2)) - 1) < 0.05
+    full = 40.0 * (np.arange(noised.size) % 2).reshape(noised.shape)
+    usable = dpstats.usable_years(noised + full, 2.0)
+    assert (usable >= 0).all() and np.array_equal(usable, np.round(usable))
+    # No count under four deviations survives: empty years stay empty, full ones keep their rows.
+    assert (usable[:, ::2] == 0).all() and (usable[:, 1::2] > 20).all()
+
+
+def test_a_cutoff_agreed_from_noised_counts_is_a_valid_date_near_the_clear_one():
+    dates = np.concatenate(
+        [synthesize_province(p, 20_000, 3)["date"].to_numpy() for p in PROVINCES]
+    )
+    start, cutoff = timesplit.agree_dates(dates, 0.2)
+    rng = np.random.default_rng(5)
+    years = dpstats.usable_years(dpstats.noised_counts(timesplit.year_counts(dates), 1.0, rng), 1)
+    asked = timesplit.years_asked(years, 0.2)
+    noised = dpstats.noised_counts(timesplit.day_counts(dates, asked), 1.0, rng)
+    noisy_start, noisy_cutoff = timesplit.agree(years, asked, np.round(noised), 0.2)
+    first, last = (
+        datetime.date.fromisoformat(noisy_start),
+        datetime.date.fromisoformat(noisy_cutoff),
+    )
+    # The first day is the first year's first day that the noise left positive.
+    assert first.year == datetime.date.fromisoformat(start).year and first < last
+    assert abs((last - datetime.date.fromisoformat(cutoff)).days) <= 10
+
+
+def test_under_local_dp_a_province_refuses_day_counts_asked_without_their_noise():
+    work = LocalWork(synthesize_province("fujian", 3_000, 3))
+    groups = TaskGroups.parse({"privacy": "dp-local", "day_counts": "years"})
+    with pytest.raises(PrivacyError, match="without their noise"):
+        ClientPrivacy().run(Task(STATISTICS, groups, None), work._statistics)
+
+
+@pytest.mark.parametrize("mode", ["dp-local", "dp-central"])
+def test_the_day_counts_leave_noised_and_count_in_the_one_epsilon(tmp_path, mode):
+    """The server's own run in memory: what each province sent of its day counts, the
+    accountant's count, the ε and the split agreed."""
+    works = {p: Counting(synthesize_province(p, in_memory.ROWS, 3)) for p in PROVINCES}
+    flags = ["--model", "lr-sgd", "--rounds", "2", "--dp-noise-multiplier", "1"]
+    results = in_memory.run(tmp_path, *flags, "--privacy", mode, over=MemoryChannel(works))
+    for work in works.values():
+        assert [asked.day_counts for asked, _ in work.sent] == ["years", "days"]
+        dates = preprocess.next_day_dates(work.raw)
+        for asked, outcome in work.sent:
+            if asked.day_counts == "years":
+                clear = timesplit.year_counts(dates)
+            else:
+                clear = timesplit.day_counts(dates, asked.years())
+            assert float(outcome.arrays["count"]) == len(dates)  # n is public
+            sent = outcome.arrays[asked.day_counts]
+            if mode == "dp-local":  # no count leaves the province as it is
+                assert asked.day_counts_noise == 0.5  # σ in units of one row's reach
+                assert (sent != clear).all()
+            else:  # the server holds them, and noises their sum
+                assert asked.day_counts_noise is None
+                assert np.array_equal(sent, clear)
+    spent = results["rounds"][-1]["privacy"]
+    assert spent["noisy_releases"]["noised date counts"] == 2
+    # Only central DP's per-province metrics leave without noise: no day count among them.
+    metrics = {} if mode == "dp-local" else {"training metrics": 2, "evaluation metrics": 2}
+    assert spent["clear_releases"] == metrics
+    releases = sum(spent["noisy_releases"].values())
+    unit = 1.0 if mode == "dp-central" else 0.5
+    assert spent["epsilon"] == pytest.approx(epsilon(unit, releases, 1e-5))
+    assert spent["epsilon"] > epsilon(unit, releases - 2, 1e-5)
+    split = results["split"]
+    start = datetime.date.fromisoformat(split["start"])
+    assert start < datetime.date.fromisoformat(split["cutoff"])
+    disclosed = results["disclosure"]["dates"]
+    assert ("σ = 0.5·√2" if mode == "dp-local" else "σ = 1·√2") in disclosed["server"]
+    assert "counted as two releases" in disclosed["server"]
+    assert "noised sums" in disclosed["provinces"]
+    assert np.isfinite(results["final"]["mse"])
