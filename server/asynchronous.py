@@ -208,6 +208,8 @@ class Buffered:
             bytes_down=self._record_bytes_down,
             bytes_up=self._record_bytes_up,
         )
+        asked = loop.channel.roster()
+        record["disclosure"] = loop.strategy.round_disclosure(version, asked, record["clients"])
         record.update(loop.strategy.round_report(version))
         updates = [{**_update_record(c), "digest": c.digest} for c in contributions]
         record["overhead_seconds"] += time.perf_counter() - began

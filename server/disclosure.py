@@ -2,12 +2,17 @@
 
 Each strategy, and each privacy mode wrapped around one, says what the phases it runs let out
 (`Strategy.disclosure`), beside the code that sends them, so that the report follows what the
-run does. results.json keeps it under `disclosure`; the summary prints it as a table.
+run does. Each round says the same of its own updates (`Strategy.round_disclosure`: who sent
+them, who dropped, the noise and ε to that round), written into the round's record by the
+schedule that gathered them; `by_rounds` groups identical consecutive rounds. results.json
+keeps it under `disclosure` (the rounds' under `disclosure.rounds`); the summary prints it as a
+table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 PHASES = ("dates", "statistics", "updates", "metrics", "analysis")
 
@@ -34,9 +39,7 @@ IN_THE_CLEAR: Disclosure = {
         "each province's row count n, column sums Σz and cross products Σzzᵀ, in the clear",
         SCALER,
     ),
-    "updates": entry(
-        "each province's update, in the clear, every round", "the global model after each round"
-    ),
+    "updates": entry("each province's update, in the clear", "the global model after each round"),
     "metrics": entry(
         "each province's training and test MSE and row counts, in the clear",
         "nothing of any other province",
@@ -45,11 +48,57 @@ IN_THE_CLEAR: Disclosure = {
 }
 
 
-def table(disclosure: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """The report as lines of text: each phase, then what the server and a province learn."""
-    width = max(len(phase) for phase in [*disclosure, "phase"])
+def contributors(asked: Sequence[str], sent: Sequence[str]) -> str:
+    """Who sent a round's updates, of those asked: the ones missing named."""
+    missing = sorted(set(asked) - set(sent))
+    among = f"{len(sent)} of {len(asked)} provinces asked"
+    return f"{among} ({', '.join(missing)} sent none)" if missing else among
+
+
+def by_rounds(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rounds' disclosure entries, identical consecutive ones as one: each with its first
+    and last round, and under DP the ε spent to each of the two."""
+    groups: list[dict[str, Any]] = []
+    for record in records:
+        said = record.get("disclosure")
+        if said is None:
+            continue
+        last = groups[-1] if groups else None
+        same = last is not None and all(last[k] == said[k] for k in ("server", "provinces"))
+        if same and last["last_round"] == record["round"] - 1:
+            last["last_round"] = record["round"]
+            if "epsilon" in said:
+                last["epsilon"][1] = said["epsilon"]
+            continue
+        group = {"first_round": record["round"], "last_round": record["round"], **said}
+        if "epsilon" in said:
+            group["epsilon"] = [said["epsilon"], said["epsilon"]]
+        groups.append(group)
+    return groups
+
+
+def table(disclosure: Mapping[str, Any]) -> list[str]:
+    """The report as lines of text: each phase, then what the server and a province learn;
+    the rounds' updates, grouped, beneath the run's."""
+    phases = {k: v for k, v in disclosure.items() if k != "rounds"}
+    width = max(len(phase) for phase in [*phases, "phase"])
     lines = [f"{'phase':<{width}}  who learns what"]
-    for phase, learned in disclosure.items():
+    for phase, learned in phases.items():
         lines.append(f"{phase:<{width}}  server: {learned['server']}")
         lines.append(f"{'':<{width}}  each province: {learned['provinces']}")
+        if phase == "updates":
+            lines += [f"{'':<{width}}  {line}" for line in _rounds(disclosure.get("rounds", []))]
+    return lines
+
+
+def _rounds(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for group in groups:
+        first, last = group["first_round"], group["last_round"]
+        named = f"round {first}" if first == last else f"rounds {first}–{last}"
+        spent = group.get("epsilon")
+        if spent is not None:
+            low, high = (f"{e:.3g}" if e is not None else "∞" for e in spent)
+            named += f" (ε {low})" if first == last else f" (ε {low} to {high})"
+        lines.append(f"{named}: server: {group['server']}; each province: {group['provinces']}")
     return lines

@@ -30,6 +30,7 @@ from server.analysis import Analysis, FinalFit
 from server.channel import Accept, Assignment, Keep, TaskChannel, as_it_is, gather
 from server.checks import check_statistics, check_train_count
 from server.config import RunSettings
+from server.disclosure import by_rounds
 from server.ledger import Ledger
 from server.recorder import Recorder, Resumed, RunState, round_line
 from server.results import ResultsFile
@@ -101,6 +102,7 @@ class RoundLoop:
             disclosure["analysis"] = self.analysis.disclosure()
         if s.setting != "next-day":  # a random split: no dates were asked for
             disclosure.pop("dates", None)
+        disclosure["rounds"] = by_rounds(self.results.snapshot()["rounds"])
         self.results.update(disclosure=disclosure)
         if self.analysis is not None:
             sections = self.analysis.run(

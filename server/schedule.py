@@ -96,6 +96,7 @@ class Cohort:
             bytes_down=sent,
             bytes_up=sum(received),
         )
+        record["disclosure"] = strategy.round_disclosure(server_round, provinces, record["clients"])
         record.update(strategy.round_report(server_round))
         if recorded:
             updates = {r.province: r.digest for r in sorted(results, key=lambda r: r.province)}

@@ -21,7 +21,7 @@ from common.scores import Evaluation
 from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
-from server.disclosure import IN_THE_CLEAR, Disclosure
+from server.disclosure import IN_THE_CLEAR, Disclosure, contributors, entry
 from server.folding import Folding
 
 
@@ -191,6 +191,15 @@ class Strategy(ABC):
     def disclosure(self) -> Disclosure:
         """What each phase, as this strategy runs it, lets the server and the provinces learn."""
         return dict(IN_THE_CLEAR)
+
+    def round_disclosure(self, server_round: int, asked: list[str], sent: list[str]) -> dict:
+        """What the server and the provinces learned of round `server_round`'s updates, said by
+        the schedule that gathered them: `asked` the provinces given the task, `sent` those
+        whose update arrived. Here the run's `updates` entry, with who sent; a mode whose
+        rounds differ (a province dropped, ε spent) says so in its own."""
+        updates = self.disclosure()["updates"]
+        server = f"{updates['server']}; from {contributors(asked, sent)}"
+        return entry(server, updates["provinces"])
 
     def replay_refusal(self) -> str | None:
         """Why the analysis cannot replay this aggregation on any coalition's final-round

@@ -331,6 +331,13 @@ def test_a_secagg_federation_survives_two_clients_dying_mid_round(tmp_path, grap
     assert set(results["statistics"]["train_samples"]) == set(PROVINCES)
     assert math.isfinite(record["mse"]) and set(record["per_client"]) == set(survivors) - {"server"}
     assert "unsigned" not in (tmp_path / "server.log").read_text()  # keys were signed
+    # The round's own disclosure: the sum over whoever's masked update came, the rest named as
+    # dropped with their masks recovered (a victim may die just after sending its update).
+    (said,) = results["disclosure"]["rounds"]
+    sent = record["clients"]
+    assert said["server"].startswith(f"the sample-weighted sum over {len(sent)} of 9 provinces")
+    dropped = ", ".join(sorted(set(PROVINCES) - set(sent)))
+    assert f"{dropped} dropped after sharing" in said["server"]
 
 
 # Against a deviating server (real gRPC attacks: tests/test_privacy_active_server.py).

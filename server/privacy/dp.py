@@ -441,6 +441,12 @@ class DPFedAvg(Strategy):
     def round_report(self, server_round: int) -> dict[str, Any]:
         return {"privacy": self.accountant.report()}
 
+    def round_disclosure(self, server_round, asked, sent):
+        """The run's entry, with who sent, and the ε spent to this round (None: unbounded)."""
+        spent = self.accountant.epsilon()
+        said = super().round_disclosure(server_round, asked, sent)
+        return {**said, "epsilon": spent if math.isfinite(spent) else None}
+
 
 def counted_part(arrays: Arrays, count: int) -> None:
     """A province's day counts under DP: its n as it declared; their form is checked on

@@ -27,7 +27,7 @@ from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
-from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
+from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, contributors, entry
 from server.strategy import (
     ClientResult,
     Evaluation,
@@ -87,6 +87,10 @@ class SecAggFedAvg(Strategy):
         self.bound = bound
         self.neighbours = neighbours
         self._round: _Round | None = None
+        # Whose masked inputs the last sum was unmasked over, and whose masks it removed
+        # though their input never came: what a round's disclosure reports.
+        self._unmasked: tuple[list[str], list[str]] | None = None
+        self._fit_unmasked: tuple[list[str], list[str]] | None = None
 
     def _ask(
         self,
@@ -102,6 +106,7 @@ class SecAggFedAvg(Strategy):
         return results
 
     def configure_fit(self, server_round, parameters, provinces):
+        self._fit_unmasked = None
         return self._open(server_round, provinces, parameters, "bounded")
 
     def _open(
@@ -206,6 +211,7 @@ class SecAggFedAvg(Strategy):
 
     def aggregate_fit(self, server_round, results, failures, current):
         total = self._total(server_round, results)
+        self._fit_unmasked = self._unmasked
         if total is None:
             return None
         sums = vectors.unflatten(total, results[0].arrays)
@@ -251,6 +257,27 @@ class SecAggFedAvg(Strategy):
             ),
         }
 
+    def round_disclosure(self, server_round, asked, sent):
+        """The sum over the survivors, who dropped after sharing its keys (its masks removed
+        from the survivors' shares), or that no sum was unmasked."""
+        graph = f"SecAgg+, {self.neighbours} neighbours each" if self.neighbours else "SecAgg"
+        unmasked = self._fit_unmasked
+        if unmasked is None:
+            server = (
+                f"masked updates from {contributors(asked, sent)} under secure aggregation "
+                f"({graph}); no sum was unmasked, the global model is unchanged"
+            )
+            return entry(server, "the global model, unchanged")
+        survivors, dropped = unmasked
+        server = (
+            f"the sample-weighted sum over {len(survivors)} of {len(asked)} provinces asked "
+            f"under secure aggregation ({graph}), no single update"
+        )
+        if dropped:
+            their = "its" if len(dropped) == 1 else "their"
+            server += f"; {', '.join(dropped)} dropped after sharing keys, {their} masks recovered"
+        return entry(server, "the global model after the round")
+
     def gather_statistics(self, provinces, shapes, check, plausible, config=None):
         """The statistics (n, Σz and Σzzᵀ, or the day counts) summed under the protocol: the
         server never holds one province's, and checks the sum only."""
@@ -276,6 +303,7 @@ class SecAggFedAvg(Strategy):
         """The sum of the masked inputs in `results`, once the survivors confirmed them and
         revealed the shares that remove the masks; None when the protocol cannot finish."""
         state = self._round
+        self._unmasked = None
         if state is None or len(results) < state.threshold:
             return None
         masked = {state.index[r.province]: secagg.join_input(r.arrays) for r in results}
@@ -325,9 +353,13 @@ class SecAggFedAvg(Strategy):
         }
         encoding = secagg.encoding_for(state.config)
         try:
-            return secagg.aggregate(
+            total = secagg.aggregate(
                 encoding, state.threshold, state.adverts, masked, shares, state.graph
             )
         except (secagg.SecAggError, KeyError) as error:
             log.warning("round %d: cannot unmask the sum: %s", server_round, error)
             return None
+        name = {i: p for p, i in state.index.items()}
+        lost = sorted(set(state.adverts) - set(masked))
+        self._unmasked = ([name[i] for i in sorted(masked)], [name[i] for i in lost])
+        return total

@@ -29,7 +29,7 @@ from common.wire import ConfigScalar
 from server.disclosure import entry
 from server.privacy.secagg import SecAggFedAvg
 from server.strategies.trees import HistogramTrees, Shapes
-from server.strategy import ClientResult, Instruction
+from server.strategy import ClientResult, Instruction, Strategy
 
 log = logging.getLogger("fedstock.server")
 
@@ -102,6 +102,11 @@ class SecAggTrees(SecAggFedAvg):
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         return self.trees.round_report(server_round)
+
+    def round_disclosure(self, server_round, asked, sent):
+        """A round's questions are each a sum over every province that answers: the run's
+        entry, with who sent."""
+        return Strategy.round_disclosure(self, server_round, asked, sent)
 
     def disclosure(self):
         return {
