@@ -137,7 +137,7 @@ class LocalWork:
         x = self._inputs(trainer, groups, "train", scaler)
         update = trainer.fit(x, data.y_train, parameters, groups)
         metrics = {}
-        if trainer.update_is_model:
+        if trainer.update_is_model and groups.tree_step is None:  # not a question's answer
             metrics["train_mse"] = _mse(trainer.predict(update, x, groups), data.y_train)
         if trainer.local_steps is not None:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), groups))

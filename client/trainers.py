@@ -19,7 +19,9 @@ from client.groups import TaskGroups
 from client.optim import LinearSGD, local_steps
 from common import quantity
 from common.model_settings import ForestSettings, MemberSeed, SvmSettings
-from common.models import forest, leafnoise, linear, rff, svr
+from common.models import forest, histtree, leafnoise, linear, rff, svr
+from common.models.checks import UpdateError
+from common.models.histgrow import TreeSettings
 from common.protection import DPNoise, Protection
 from common.registry import model_spec
 from common.settings import DataSettings, RoundNumber, TaskContext
@@ -72,17 +74,26 @@ def forest_base(x: np.ndarray, groups: TaskGroups) -> np.ndarray | float:
     return no_change(x, groups, scaled=False) if target == "change" else 0.0
 
 
-def fit_forest(x: np.ndarray, y: np.ndarray, _global: Arrays | None, groups: TaskGroups) -> Arrays:
-    """Table 1's forest; under dp-local grown on targets clipped to ±C, each leaf's value the
-    mean of all its rows' clipped targets (common/models/leafnoise.py; the protection chain
-    adds the noise)."""
+def fit_forest(x: np.ndarray, y: np.ndarray, shared: Arrays | None, groups: TaskGroups) -> Arrays:
+    """Table 1's forest; under dp-local first this province's sketch of its rows, which the
+    federation sums into bin edges as gbdt's (the protection chain noises it), then trees grown
+    on targets clipped to ±C and split at those edges only (`shared`), each leaf's value the
+    mean of all its rows' clipped targets (common/models/leafnoise.py; the chain adds the
+    noise)."""
+    dp_local = groups.need(Protection).privacy == "dp-local"
+    if dp_local and groups.tree_step is not None and groups.tree_step.tree_step == "sketch":
+        query = shared or {}
+        if "mean" not in query or "std" not in query:
+            raise UpdateError("a sketch question must carry the federation's 'mean' and 'std'")
+        return {"sketch": histtree.sketch(x, query["mean"], query["std"])}
     seed = groups.need(MemberSeed).random_state
     growing = groups.need(ForestSettings).tree_growing(seed)
     target = y - forest_base(x, groups)
-    if groups.need(Protection).privacy != "dp-local":
+    if not dp_local:
         return forest.forest_to_arrays(forest.fit_forest(x, target, **growing))
+    edges = histtree.unpack_edges(shared or {}, x.shape[1], TreeSettings().max_bins)
     target = leafnoise.clipped(target, groups.need(DPNoise).dp_clip)
-    trees = forest.fit_forest(x, target, **growing)
+    trees = forest.fit_forest(x, target, **{**growing, "edges": edges})
     return forest.forest_to_arrays(leafnoise.refit(tree, x, target) for tree in trees)
 
 

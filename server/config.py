@@ -476,11 +476,6 @@ def _private_forest(privacy: PrivacySettings, model: ModelSettings) -> str | Non
             f"(got {least}): a leaf of fewer rows says too much about each (Table 1's 1 is one "
             "row's target), and a leaf's noise is scaled to 1/rows"
         )
-    if min(tried("rf_bins_per_decade")) == 0:
-        return (
-            "--privacy dp-local needs --rf-bins-per-decade above 0: without the grid fixed in "
-            "advance, a tree's thresholds are midpoints of its training values"
-        )
     if privacy.dp_epsilon:
         return (
             "--dp-epsilon cannot calibrate rf's leaf noise (each tree is a release); give "

@@ -65,10 +65,6 @@ GRID = ["--cv-folds", "2", "--grid", "rf-min-samples-leaf=5,30"]
         (["--privacy", "he", "--personalise"], "--privacy he neither sums nor noises"),
         (["--privacy", "he", "--cv-folds", "3"], "decrypts one sum per round and phase"),
         (["--model", "rf", "--privacy", "dp-local"], "--rf-min-samples-leaf of at least 20"),
-        (
-            ["--model", "rf", "--privacy", "dp-local", *LEAVES, "--rf-bins-per-decade", "0"],
-            "--rf-bins-per-decade above 0",
-        ),
         (["--model", "rf", "--privacy", "dp-local", *LEAVES, "--dp-epsilon", "1"], "leaf noise"),
         (
             ["--model", "rf", "--privacy", "dp-local", *LEAVES, *GRID],

@@ -10,27 +10,41 @@ from client.local import LocalWork
 from client.trainers import forest_base
 from common.data import synthesize_province
 from common.launch import LocalFederation
-from common.models import forest, leafnoise
+from common.models import forest, histnoise, histtree, leafnoise
+from common.models.checks import UpdateError
 from common.provinces import PROVINCES
+from server import privacy
 from server.cli import parse_args
 from server.memory import MemoryChannel
+from server.models import build_strategy
 from server.privacy.dp import epsilon
+from server.privacy.dp_forest import DPForest
+from server.strategy import ClientResult
 from tests import in_memory
 from tests.test_federation import FAST
 
 ROWS, TREES, LEAST, CLIP, SIGMA = 20_000, 4, 25, 0.5, 1.0
+FLAGS = ["--privacy", "dp-local", "--rf-min-samples-leaf", str(LEAST), "--dp-noise-multiplier", "1"]
 
 
 class Growing(LocalWork):
-    """A province's real work, keeping every training task's settings and the outcome that left."""
+    """A province's real work, keeping every training task's settings and the outcome that left
+    (the sketch that places the bins apart, with the question it answered), and the edges its
+    trees were to split at."""
 
     def __init__(self, raw) -> None:
         super().__init__(raw)
         self.sent: list = []
+        self.sketches: list = []
+        self.edges: list = []
 
     def train(self, groups, scaler, parameters):
         outcome = super().train(groups, scaler, parameters)
-        self.sent.append((groups, outcome))
+        if groups.tree_step is not None:
+            self.sketches.append((groups, parameters, outcome))
+        else:
+            self.sent.append((groups, outcome))
+            self.edges.append(parameters)
         return outcome
 
 
@@ -91,18 +105,71 @@ def test_leaf_values_are_clipped_means_plus_the_stated_noise(grown):
 
 
 def test_every_tree_is_a_release_and_the_shapes_are_listed_as_clear(grown):
-    """4 trees, the noised scores, the noised statistics and the time split's two noised day
-    counts: 8 releases at σ/2 per unit."""
+    """4 trees, the sketch that places the bins, the noised scores, the noised statistics and
+    the time split's two noised day counts: 9 releases at σ/2 per unit."""
     _, results = grown
     spent = results["rounds"][-1]["privacy"]
     noisy = {"noised trees": TREES, "noised scores": 1, "noised statistics": 1}
-    assert spent["noisy_releases"] == {**noisy, "noised date counts": 2}
+    noisy |= {"noised sketches": 1, "noised date counts": 2}
+    assert spent["noisy_releases"] == noisy
     assert spent["clear_releases"] == {"tree shapes": 1}
-    expected = epsilon(SIGMA / 2, TREES + 4, spent["delta"])
+    expected = epsilon(SIGMA / 2, TREES + 5, spent["delta"])
     assert spent["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert epsilon(SIGMA / 2, 1, spent["delta"]) < spent["epsilon"]  # the trees count
     updates = results["disclosure"]["updates"]["server"]
     assert f"at least {LEAST} rows a leaf" in updates and "not the shapes" in updates
+
+
+def test_every_threshold_of_a_federated_rf_is_one_of_the_runs_shared_edges(grown):
+    """The edges every province split at are one set for the run, placed from the noised
+    sketches the provinces sent around the noised statistics' mean and deviation: a function
+    of protected releases alone, and every threshold of every tree sent is one of them."""
+    works, results = grown
+    packed = [edges for work in works.values() for edges in work.edges]
+    assert all(set(p) == {"edges", "edge_counts"} for p in packed)
+    assert all(np.array_equal(p["edges"], packed[0]["edges"]) for p in packed)
+    n_features = len(packed[0]["edge_counts"])
+    edges = histtree.unpack_edges(packed[0], n_features, 256)
+    # The sketch's question is the federation's noised statistics; each answer left noised.
+    mean, std = results["statistics"]["mean"][:-1], results["statistics"]["std"][:-1]
+    answers = []
+    for work in works.values():
+        ((groups, question, outcome),) = work.sketches
+        np.testing.assert_allclose(question["mean"], mean, rtol=1e-12)
+        np.testing.assert_allclose(question["std"], std, rtol=1e-12)
+        clear = histtree.sketch(work.split(groups).x_train, question["mean"], question["std"])
+        assert (outcome.arrays["sketch"] != clear).mean() > 0.99  # noise on (nearly) every cell
+        answers.append(outcome.arrays["sketch"])
+    counts = histnoise.denoised_sketch(sum(answers), SIGMA, len(answers))
+    placed = histtree.edges_from_sketch(counts, np.array(mean), np.array(std), 256)
+    assert all(np.array_equal(a, b) for a, b in zip(placed, edges, strict=True))
+    thresholds = 0
+    for work in works.values():
+        trees, _, _ = sent_trees(work)
+        for tree in trees:
+            split = tree["children_left"] != forest.LEAF
+            for f, t in zip(tree["feature"][split], tree["threshold"][split], strict=True):
+                assert t in edges[f]
+                thresholds += 1
+    assert thresholds > 100
+
+
+def test_the_server_refuses_a_tree_split_off_the_shared_edges():
+    """A province's trees grown on its own values (thresholds that are midpoints of two rows)
+    are refused; the same rows grown on the shared edges pass."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(400, 3)), rng.normal(size=400)
+    strategy = privacy.wrap(
+        build_strategy("rf", {}), parse_args(["--model", "rf", *FLAGS]).privacy, 1
+    )
+    assert isinstance(strategy, DPForest)
+    strategy.edges = [np.linspace(-2, 2, 9) for _ in range(3)]
+    params = {"n_estimators": 2, "random_state": 0, "min_samples_leaf": LEAST}
+    on_edges = forest.fit_forest(x, y, edges=strategy.edges, **params)
+    strategy.accept_fit(1, ClientResult("hubei", 400, {}, forest.forest_to_arrays(on_edges)))
+    own = forest.forest_to_arrays(forest.fit_forest(x, y, **params))
+    with pytest.raises(UpdateError, match="off the shared bins"):
+        strategy.accept_fit(1, ClientResult("hubei", 400, {}, own))
 
 
 @pytest.mark.parametrize("floor", [[], ["--rf-min-samples-leaf", str(LEAST)]])

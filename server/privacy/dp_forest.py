@@ -1,13 +1,19 @@
 """Local differential privacy for a union-of-local-trees forest (`--model rf --privacy dp-local`).
 
-Each province grows its trees on targets clipped to ±C, with at least the floor's rows in every
-leaf and thresholds on the grid fixed in advance, refits every leaf's value on all its rows and
-noises it before the trees leave (client/privacy.py, common/models/leafnoise.py). The server
-keeps the union as it does in the clear. Every tree a province sends is one Gaussian release
-at the run's noise, counted when the trees are asked for; the trees' shapes leave without noise
-and are counted among the releases no finite ε covers. Only dp-local can protect a tree this
-way: secure aggregation and HE hide sums, and a tree is not one (rf-hist grows its trees from
-summed histograms instead).
+Before the first round the federation places its bins as gbdt's are placed: each province sends
+the sketch of its rows (counts in a fine grid around the federation's mean, from the noised
+statistics), noised by the province (common/models/histnoise.py, one counted release); the
+server sums them, empties the cells the noise alone could fill and takes the edges at the sum's
+quantiles (common/models/histtree.py's `edges_from_sketch`, gbdt's and rf-hist's own). Each
+province then grows its trees on targets clipped to ±C, with at least the floor's rows in every
+leaf, on those bins, so that every threshold is one of the federation's edges, never a row's
+value; it refits every leaf's value on all its rows and noises it before the trees leave
+(client/privacy.py, common/models/leafnoise.py). The server refuses a tree with any other
+threshold and keeps the union as it does in the clear. Every tree a province sends is one
+Gaussian release at the run's noise, counted when the trees are asked for; the trees' shapes
+leave without noise and are counted among the releases no finite ε covers. Only dp-local can
+protect a tree this way: secure aggregation and HE hide sums, and a tree is not one (rf-hist
+grows its trees from summed histograms instead).
 """
 
 from __future__ import annotations
@@ -15,36 +21,96 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from common.model_settings import ForestSettings
+from common.models import forest, histnoise, histtree
+from common.models.checks import UpdateError, check_arrays
+from common.models.histgrow import TreeSettings, TreeStep
 from common.models.leafnoise import leaf_noise
 from common.protection import DPNoise, Protection
+from common.settings import RoundNumber
+from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import entry
 from server.ensemble import EnsembleUnion
 from server.privacy.dp import Accountant, DPFedAvg, DPSettings
-from server.strategy import ClientResult
+from server.strategy import ClientResult, Instruction
 
 
 class DPForest(DPFedAvg):
-    """`inner`'s union of trees, each tree's leaves noised by the province that grew it."""
+    """`inner`'s union of trees, split at the federation's bin edges, each tree's leaves
+    noised by the province that grew it."""
 
     def __init__(self, inner: EnsembleUnion, settings: DPSettings, accountant: Accountant) -> None:
         super().__init__(inner, settings, accountant=accountant)  # type: ignore[arg-type]
+        self._mean = self._std = np.empty(0)
+        # The federation's bin edges, one rising array per feature, once its sketch is summed.
+        self.edges: list[np.ndarray] | None = None
+
+    def prepare(self, statistics, train_samples) -> None:
+        """The sketch's grid is placed from the federation's (noised) mean and deviation of
+        each unscaled feature, as gbdt's is."""
+        super().prepare(statistics, train_samples)
+        self._mean, self._std = statistics.mean[:-1], statistics.std[:-1]
+
+    def _noise(self) -> dict[str, Any]:
+        s = self.settings
+        return {**DPNoise(s.clip, s.noise_multiplier).to_config(), **Protection(s.mode).to_config()}
+
+    def _sketch_edges(self, server_round: int, provinces: list[str]) -> list[np.ndarray]:
+        """Every province's noised sketch, summed and emptied of what noise alone could fill,
+        and the edges at its quantiles; counted when asked."""
+        # Imported here: server.schedule's imports lead back to the configuration, and to this.
+        from server.schedule import check_outcome
+
+        shape = (len(self._mean), histtree.CELLS)
+
+        def accept(result: ClientResult) -> ClientResult:
+            check_outcome(result)
+            check_arrays(result.arrays, {"sketch": shape})
+            return result
+
+        config = {
+            **self.inner.model_config,
+            **RoundNumber(server_round).to_config(),
+            **TreeStep("sketch").to_config(),
+            **self._noise(),
+        }
+        question = {"mean": self._mean, "std": self._std}
+        self.accountant.spend("noised sketches")
+        plan = [Instruction(p, config, question) for p in provinces]
+        answers, _ = self.run_phase(server_round, pb.TASK_KIND_TRAIN, plan, accept)
+        if not answers:
+            raise UpdateError("no province answered the sketch that places rf's bins")
+        total = sum(a.arrays["sketch"] for a in answers)
+        sigma = self.settings.noise_multiplier
+        counts = histnoise.denoised_sketch(total, sigma, len(answers))
+        return histtree.edges_from_sketch(counts, self._mean, self._std, TreeSettings().max_bins)
 
     def configure_fit(self, server_round, parameters, provinces):
         """Each province's trees, counted now (a refused or late answer spends as much): as
-        many releases as the most trees one province is asked to grow."""
+        many releases as the most trees one province is asked to grow; the federation's edges
+        go with the task, placed first if they are not yet."""
+        if self.edges is None:
+            self.edges = self._sketch_edges(server_round, provinces)
         plan = self.inner.configure_fit(server_round, parameters, provinces)
-        s = self.settings
-        noise = DPNoise(s.clip, s.noise_multiplier).to_config()
-        noise.update(Protection(s.mode).to_config())
         trees = max((ForestSettings.from_config(i.config).rf_n_estimators for i in plan), default=0)
         if trees:
             self.accountant.spend("noised trees", trees)
             self.accountant.disclose("tree shapes")
-        return [replace(i, config={**i.config, **noise}) for i in plan]
+        shared = histtree.pack_edges(self.edges)
+        noise = self._noise()
+        return [replace(i, config={**i.config, **noise}, parameters=shared) for i in plan]
 
     def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
-        return self.inner.accept_fit(server_round, result)  # the union keeps its share
+        """Trees split at the federation's edges only, kept as the union keeps its share."""
+        edges = self.edges or []
+        for tree in forest.forest_from_arrays(result.arrays, len(edges)):
+            split = tree["children_left"] != forest.LEAF
+            for f, t in zip(tree["feature"][split], tree["threshold"][split], strict=True):
+                if t not in edges[f]:
+                    raise UpdateError(f"a tree splits feature {f} at {t:g}, off the shared bins")
+        return self.inner.accept_fit(server_round, result)
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         return {**self.inner.round_report(server_round), **super().round_report(server_round)}
@@ -56,11 +122,14 @@ class DPForest(DPFedAvg):
         return {
             **super().disclosure(),
             "updates": entry(
-                f"each province's trees: their shapes in the clear (features, grid edges and "
-                f"each node's row count, at least {least} rows a leaf), each leaf's value the "
-                f"mean of its rows' targets clipped to ±{s.clip:g}, noised by the province "
-                f"(Gaussian, standard deviation {scale:.3g}); ε covers the leaf values, not "
-                f"the shapes",
-                "the global forest: the union of the provinces' noised trees",
+                f"each province's sketch of its rows once, noised by the province and counted "
+                f"as a release, summed into the federation's bin edges; then each province's "
+                f"trees: their shapes in the clear (features, thresholds on those edges only "
+                f"and each node's row count, at least {least} rows a leaf), each leaf's value "
+                f"the mean of its rows' targets clipped to ±{s.clip:g}, noised by the province "
+                f"(Gaussian, standard deviation {scale:.3g}); ε covers the sketch and the leaf "
+                f"values, not the shapes",
+                "the federation's bin edges, and the global forest: the union of the "
+                "provinces' noised trees",
             ),
         }
