@@ -110,22 +110,29 @@ def secagg_members(counts: list[int], rounds: int, model: str) -> None:
     """Secure aggregation against no protection over real gRPC with `counts` members each:
     sessions multiplexed into four processes (tests/bench_scale.py), 300 rows a member,
     insecure (no TLS, keys unsigned: the signatures' bytes are not counted). Each secagg row
-    also gives its cost over the plain run of as many members, measured one after the other."""
-    modes = {"plain": (), "secagg": ("--privacy", "secagg")}
+    also gives its cost over the plain run of as many members, measured one after the other:
+    every pair masked, and SecAgg+'s sparse graph of four neighbours each."""
+    modes = {
+        "plain": (),
+        "secagg": ("--privacy", "secagg"),
+        "secagg k=4": tuple(MODES["secagg k=4"]),
+    }
     rows = {
         (n, mode): measure(n, 4, rounds, 300, 3600, flags, model=model)
         for n in counts
         for mode, flags in modes.items()
     }
     print(f"\nover gRPC on localhost, {model}, 300 rows a member, --insecure")
-    header = ("members", "mode", "s/round", "bytes/round", "x plain s", "x plain B", "peak MiB")
-    print("{:>7} {:<7} {:>9} {:>12} {:>9} {:>9} {:>9}".format(*header))
+    header = ("members", "mode", "s/round", "bytes/round", "x plain s", "x plain B")
+    header += ("server CPU s/round", "clients CPU s/round", "peak MiB")
+    print("{:>7} {:<10} {:>9} {:>12} {:>9} {:>9} {:>18} {:>19} {:>9}".format(*header))
     for (n, mode), row in rows.items():
         plain = rows[n, "plain"]
         print(
-            f"{n:>7} {mode:<7} {row['seconds_per_round']:>9.2f} {row['bytes_per_round']:>12,} "
+            f"{n:>7} {mode:<10} {row['seconds_per_round']:>9.2f} {row['bytes_per_round']:>12,} "
             f"{row['seconds_per_round'] / plain['seconds_per_round']:>9.2f} "
             f"{row['bytes_per_round'] / plain['bytes_per_round']:>9.2f} "
+            f"{row['server_cpu_per_round']:>18.3f} {row['clients_cpu_per_round']:>19.3f} "
             f"{row['server_peak_rss_mib']:>9.0f}"
         )
     print(flush=True)

@@ -44,6 +44,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_or(last: float, pid: int) -> float:
+    """The process's CPU seconds now, or `last` if it exited between the poll and the read."""
+    try:
+        return cpu_seconds(pid)
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return last
+
+
 def write_members(path: Path, count: int) -> list[str]:
     names = [f"member{i:04d}" for i in range(count)]
     path.write_text("name\n" + "".join(f"{name}\n" for name in names))
@@ -134,6 +142,8 @@ def measure(
             env = {**os.environ, **SINGLE_THREADED}
             workers.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
         peak_threads, joined_rss = 0, None
+        # Each session process's CPU as last read while it ran (it is gone once reaped).
+        sessions_cpu = {worker.pid: 0.0 for worker in workers}
         end = started + timeout
         while server.poll() is None and time.perf_counter() < end:
             if any(worker.poll() not in (None, 0) for worker in workers):
@@ -148,6 +158,9 @@ def measure(
             ):
                 joined_rss = status["VmRSS"]
             last = status, cpu_seconds(server.pid)
+            for worker in workers:
+                if worker.poll() is None:
+                    sessions_cpu[worker.pid] = _cpu_or(sessions_cpu[worker.pid], worker.pid)
             time.sleep(0.2)
         took = time.perf_counter() - started
         server.wait()
@@ -183,10 +196,22 @@ def measure(
             f"phases included), per session and round: "
             f"{(cpu - idle_cpu) / count / rounds * 1000:.2f} ms"
         )
+        clients_cpu = sum(sessions_cpu.values())
+        print(
+            "  session processes' CPU (all members, sampled every 0.2 s while they ran), per "
+            f"session and round: {clients_cpu / count / rounds * 1000:.2f} ms"
+        )
         sys.stdout.flush()
         mode = " ".join(server_args) or "plain"
         row = summarise(model, mode, record, out)
-        return {**row, "members": count, "server_peak_rss_mib": hwm, "server_end_rss_mib": rss}
+        return {
+            **row,
+            "members": count,
+            "server_peak_rss_mib": hwm,
+            "server_end_rss_mib": rss,
+            "server_cpu_per_round": (cpu - idle_cpu) / rounds,
+            "clients_cpu_per_round": clients_cpu / rounds,
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
