@@ -4,6 +4,13 @@ The protocol itself is common/secagg.py; this keeps one protocol client per roun
 its messages into the tensors the server relays. With the province's certificate it signs its
 keys and checks everyone else's before deriving a mask (common/keysign.py); without one (a
 federation run --insecure) it warns that the keys are unauthenticated.
+
+Across rounds it remembers, for every input it has had unmasked, the provinces of the survivor
+set it revealed its shares for, and reveals for the same input again only over that same set: a
+server that asks the same phase twice (the round renumbered, a fresh session) over two survivor
+sets would otherwise hold two sums of the same inputs, whose difference is the inputs of the
+provinces between them. A server resumed from its checkpoint re-asks the round it lost with
+the same inputs, and is answered if the same provinces survive.
 """
 
 from __future__ import annotations
@@ -56,6 +63,10 @@ class SecAggClient:
         self._sessions: set[str] = set()
         self._certificates: dict[int, bytes] = {}
         self._survivors: set[int] | None = None
+        # The digest of this round's masked input; and of every input unmasked so far, the
+        # provinces it was unmasked over (kept for the daemon's life).
+        self._input: bytes | None = None
+        self._unmasked: dict[bytes, frozenset[str]] = {}
 
     def _current(self, groups: TaskGroups) -> secagg.Client:
         if self._client is None or self._round != groups.need(RoundNumber).round:
@@ -83,7 +94,7 @@ class SecAggClient:
         self._client = secagg.Client(
             index, announced.encoding(), announced.secagg_threshold, announced.graph(index)
         )
-        self._relay, self._certificates, self._survivors = {}, {}, None
+        self._relay, self._certificates, self._survivors, self._input = {}, {}, None, None
         self._context = announcement(groups)
         keys = b"".join(self._client.advertise())
         if self.identity is None:
@@ -161,6 +172,7 @@ class SecAggClient:
         """`arrays` masked, as int64 tensors of their shapes, with a last axis of limbs when the
         encoding is wide."""
         protocol = self._current(groups)
+        self._input = secagg.digest(arrays, {})
         masked = protocol.masked_input(flatten(arrays), self._relay).view(np.int64)
         limbs = getattr(protocol.encoding, "limbs", 0)
         shapes = {k: (*np.shape(v), limbs) if limbs else np.shape(v) for k, v in arrays.items()}
@@ -198,11 +210,26 @@ class SecAggClient:
                 f"those this client confirmed {sorted(self._survivors or ())}; refusing"
             )
         self._check_confirmations(groups, statement, survivors, signatures or {})
+        self._check_not_differenced(groups, survivors)
         reply = protocol.unmask(survivors, _indices(unmasking.secagg_dropped))
         order = sorted(reply)
         rows = b"".join(reply[u].to_bytes(secagg.SHARE_BYTES) for u in order)
         shares = np.frombuffer(rows, dtype=np.uint8).reshape(len(order), secagg.SHARE_BYTES)
         return {"for": np.array(order, dtype=np.int64), "shares": shares.copy()}
+
+    def _check_not_differenced(self, groups: TaskGroups, survivors: set[int]) -> None:
+        """This round's input unmasked over no other provinces than before, if it was before."""
+        if self._input is None:
+            return
+        members = self._members(groups)
+        named = frozenset(members[u - 1] for u in survivors if 0 < u <= len(members))
+        before = self._unmasked.setdefault(self._input, named)
+        if before != named:
+            raise secagg.SecAggError(
+                f"round {self._round}: asked to unmask an input this client had unmasked "
+                f"before over {sorted(before)}, now over {sorted(named)}: the two sums' "
+                "difference would give away the provinces between them; refusing"
+            )
 
     def _check_confirmations(
         self,

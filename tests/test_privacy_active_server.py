@@ -150,17 +150,19 @@ class DeviatingServer:
         self.refusals.update({f.province: f.reason for f in failures})
         return results, failures
 
-    def secagg_round(self, strategy: Strategy, provinces: list[str] = PROVINCES):
-        """Round 1 of `strategy` through this server; the new model, if any came out."""
+    def secagg_round(
+        self, strategy: Strategy, provinces: list[str] = PROVINCES, server_round: int = 1
+    ):
+        """A round of `strategy` from no model through this server; the new model, if any."""
         strategy.bind_phases(self.phase)
-        plan = strategy.configure_fit(1, None, list(provinces))
+        plan = strategy.configure_fit(server_round, None, list(provinces))
 
         def accept(result):
             strategy.check_update(result.arrays, len(self.scaler.features))
             return result
 
-        results, failures = self.phase(1, pb.TASK_KIND_TRAIN, plan, accept)
-        return strategy.aggregate_fit(1, results, failures, None)
+        results, failures = self.phase(server_round, pb.TASK_KIND_TRAIN, plan, accept)
+        return strategy.aggregate_fit(server_round, results, failures, None)
 
     def close(self) -> None:
         self.coordinator.stop("the test is over", failed=False, grace_seconds=30)
@@ -377,6 +379,31 @@ def test_a_replayed_unmask_step_is_refused(deviating):
     assert all(
         "not those this client confirmed" in server.refusals.get(i.province, "") for i in replay
     )
+
+
+def test_the_same_inputs_are_unmasked_again_only_over_the_same_survivors(deviating):
+    """Round 1 over all nine; asked again in a fresh session with the same nine, as a server
+    resumed from its checkpoint asks, it is answered with the same sum; asked once more, the
+    round renumbered 2 and the same model (so the same inputs), over the eight others, every
+    one refuses to reveal: the difference of the two sums would be client 1's input."""
+    server = deviating()
+    first = server.secagg_round(strategy())
+    assert first is not None
+    resumed = server.secagg_round(strategy())
+    assert resumed is not None
+    for name in first:
+        np.testing.assert_allclose(resumed[name], first[name], rtol=1e-9)
+    others = [p for p in sorted(PROVINCES) if p != VICTIM]
+    assert server.secagg_round(strategy(), others, server_round=2) is None
+    refusal = "had unmasked before over"
+    assert {p for p, why in server.refusals.items() if refusal in why} == set(others)
+    # Shares were revealed in the two sessions over all nine, and in no other.
+    sessions = [
+        str(told.config["secagg_session"])
+        for kind, told, _ in server.exchanges
+        if kind == pb.TASK_KIND_SECAGG_UNMASK and told.config.get("secagg_step") == "reveal"
+    ]
+    assert len(sessions) == 2 * len(PROVINCES) and len(set(sessions)) == 2
 
 
 # Threshold HE: one sum per round and phase of a run, so that no two can be differenced.
