@@ -183,9 +183,11 @@ class SecAggClient:
         bound to `question` and the task's settings, so they cancel only if the server asked
         every member the same (common/secagg.py)."""
         protocol = self._current(groups)
-        number = groups.need(secagg.Exchange).secagg_exchange
+        exchange = groups.need(secagg.Exchange)
         context = secagg.digest(question, dict(groups.shared))
-        masked = protocol.exchange_input(flatten(arrays), self._relay, number, context)
+        masked = protocol.exchange_input(
+            flatten(arrays), self._relay, exchange.secagg_exchange, context, exchange.left()
+        )
         return unflatten(masked.view(np.int64), arrays)
 
     def unmask(self, groups: TaskGroups, signatures: Arrays | None = None) -> Arrays:

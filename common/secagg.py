@@ -199,9 +199,15 @@ class Unmasking(TaskSettings):
 
 @dataclass(frozen=True)
 class Exchange(TaskSettings):
-    """One of many sums under one key agreement (the trees' histograms), by its number."""
+    """One of many sums under one key agreement (the trees' histograms), by its number, and
+    the members who have left since the keys were agreed (indices, comma-separated; None: no
+    one), whose masks the survivors no longer add."""
 
     secagg_exchange: int
+    secagg_left: str | None = None
+
+    def left(self) -> frozenset[int]:
+        return frozenset(int(i) for i in (self.secagg_left or "").split(",") if i)
 
 
 def encoding_for(config: Mapping[str, ConfigScalar]) -> Encoding | WideEncoding:
@@ -291,7 +297,8 @@ class Client:
     _self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     _held: dict[int, tuple[int, int]] = field(default_factory=dict)
     _exchange: int = 0  # the last exchange number masked
-    _peers: frozenset[int] = frozenset()  # whom every exchange masks with
+    _peers: frozenset[int] = frozenset()  # whom the exchanges mask with, as agreed
+    _left: frozenset[int] = frozenset()  # peers who have left since: masked with no more
     _seeds: dict[int, bytes] = field(default_factory=dict)
 
     def advertise(self) -> tuple[bytes, bytes]:
@@ -363,13 +370,23 @@ class Client:
         return self._pairwise(total, {v: self._seed(v) for v in shares})
 
     def exchange_input(
-        self, values: np.ndarray, shares: dict[int, bytes], exchange: int, context: bytes
+        self,
+        values: np.ndarray,
+        shares: dict[int, bytes],
+        exchange: int,
+        context: bytes,
+        left: frozenset[int] = frozenset(),
     ) -> np.ndarray:
         """The encoded input plus pairwise masks for exchange number `exchange` on the question
         whose digest is `context`: many exchanges under one key agreement, each number once and
         rising, so a server that asks twice under one number (two inputs, one mask) is refused.
         No self mask and no unmasking: only the sum over every peer in `shares` and this
-        client is clear (`exchange_sum`), and after exchanges this client reveals no share."""
+        client is clear (`exchange_sum`), and after exchanges this client reveals no share.
+
+        `left` are the peers the server says have left (a province whose session ended
+        mid-round): their masks are no longer added, so the survivors' inputs sum. The set
+        only grows, and the survivors with this client must still meet the threshold; it is
+        in the question's digest, so a server that told members different sets gets noise."""
         self._check_peers(shares)
         if exchange <= self._exchange:
             raise SecAggError(
@@ -384,8 +401,15 @@ class Client:
                 f"refusing an exchange after {self._step!r} or with other peers: exchanges "
                 "follow the key agreement and mask with the same peers throughout"
             )
-        self._step, self._exchange = "exchange", exchange
-        seeds = {v: exchange_seed(self._seed(v), exchange, context) for v in shares}
+        staying = self._peers - left
+        if self.index in left or not self._left <= left or len(staying) + 1 < self.threshold:
+            raise SecAggError(
+                f"refusing an exchange whose members who left, {sorted(left)}, name this "
+                f"client, forget the earlier ones {sorted(self._left)}, or leave fewer peers "
+                f"than the threshold of {self.threshold} needs"
+            )
+        self._step, self._exchange, self._left = "exchange", exchange, left
+        seeds = {v: exchange_seed(self._seed(v), exchange, context) for v in staying}
         return self._pairwise(self.encoding.encode(values), seeds)
 
     def _check_peers(self, shares: dict[int, bytes]) -> None:

@@ -429,6 +429,38 @@ def test_many_exchanges_under_one_key_agreement_each_sum_exactly(graph):
         assert not np.allclose(part, sum(inputs[i] for i in range(2, N + 1)), atol=1.0)
 
 
+@pytest.mark.parametrize("graph", [None, neighbours(N, 4, 7)])
+def test_after_a_member_leaves_the_survivors_exchanges_sum_exactly(graph):
+    clients, relayed, encoding = agreed(graph, threshold=3 if graph else THRESHOLD)
+    inputs = updates(1)
+    masked = {i: c.exchange_input(inputs[i], relayed[i], 1, b"q") for i, c in clients.items()}
+    # Member 1 never answers exchange 1: the survivors' inputs alone are noise ...
+    survivors = sorted(set(clients) - {1})
+    part = exchange_sum(encoding, [masked[i] for i in survivors])
+    assert not np.allclose(part, sum(inputs[i] for i in survivors), atol=1.0)
+    # ... and from the next exchange, told that 1 left, they mask among themselves.
+    left = frozenset({1})
+    for exchange in (2, 3):
+        inputs = updates(exchange)
+        masked_now = [
+            clients[i].exchange_input(inputs[i], relayed[i], exchange, b"q", left)
+            for i in survivors
+        ]
+        total = exchange_sum(encoding, masked_now)
+        assert np.allclose(total, sum(inputs[i] for i in survivors), atol=N * 2.0**-24)
+    with pytest.raises(SecAggError, match="forget the earlier ones"):
+        clients[2].exchange_input(inputs[2], relayed[2], 4, b"q")
+    with pytest.raises(SecAggError, match="name this client"):
+        clients[3].exchange_input(inputs[3], relayed[3], 4, b"q", frozenset({1, 3}))
+
+
+def test_members_leaving_below_the_threshold_are_refused():
+    clients, relayed, _ = agreed()
+    gone = frozenset(range(THRESHOLD, N + 1))  # leaves THRESHOLD - 1 members
+    with pytest.raises(SecAggError, match="fewer peers than the threshold"):
+        clients[1].exchange_input(np.ones(SIZE), relayed[1], 1, b"q", gone)
+
+
 def test_each_exchange_masks_afresh_and_only_one_question_unmasks():
     clients, relayed, encoding = agreed()
     zeros = np.zeros(SIZE)
