@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         poll_seconds=serve.poll_seconds,
         report_hint=tls_hint(serve.insecure),
         members=serve.members,
+        # A client gets as long to call again after its stream ends as it may stay silent.
+        return_seconds=serve.idle_timeout,
     )
     address = f"{serve.host}:{serve.port}"
     if serve.insecure:

@@ -56,6 +56,8 @@ class ClientSession:
     # not make a member, so it cannot count toward the quorum or be handed a task.
     member: bool = False
     receipts_sent: int = 0  # ledger receipts this session was given, oldest first
+    # Whether its open task went out over a session stream, which stays open while it works.
+    streamed: bool = False
 
     def alive(self, now: float) -> bool:
         return bool(self.polling or self.open_task or now - self.last_seen < RECENTLY_SEEN_SECONDS)
@@ -97,8 +99,12 @@ class Coordinator:
         report_seconds: float = QUORUM_REPORT_SECONDS,
         report_hint: str = "",
         members: Members = PAPER,
+        return_seconds: float = 0.0,
     ) -> None:
         self.poll_seconds = poll_seconds
+        # How long a client whose session stream ended mid-task has to call again before the
+        # task fails (0: until its deadline).
+        self.return_seconds = return_seconds
         self.members = members  # who may join
         self.report_seconds = report_seconds
         self.report_hint = report_hint  # what a client must do to be let in, said with each report
@@ -161,8 +167,33 @@ class Coordinator:
             return True
 
     def close_stream(self, client: ClientSession) -> None:
+        """One call of `client`'s ended. If it was the last, while the client works on a task
+        it was handed over a session stream (which a working client keeps open), the client
+        may be gone (killed, crashed) or only retrying: it has `return_seconds` to call again."""
         with self._cond:
             client.streams -= 1
+            task_id = client.open_task
+            if client.streams or not client.streamed or task_id is None or not self.return_seconds:
+                return
+        timer = threading.Timer(self.return_seconds, self._unreturned, (client, task_id))
+        timer.daemon = True
+        timer.start()
+
+    def _unreturned(self, client: ClientSession, task_id: str) -> None:
+        """Fail `task_id` if its client's session has held no call since its stream ended: it
+        did not come back, so the round goes on without it instead of waiting for the deadline.
+        A newer Join of the province, or any call of this session, leaves the task open."""
+        with self._cond:
+            if client.streams or client.open_task != task_id or task_id not in self._open:
+                return
+            if self._sessions.get(client.session) is not client:
+                return
+            why = (
+                f"the session stream of {client.province} ended mid-task and it did not call "
+                f"again within {self.return_seconds:g} s (--idle-timeout): taken for gone"
+            )
+            log.warning("%s", why)
+            self.fail(task_id, why)
 
     def roster(self) -> list[str]:
         return sorted(self.members.names)
@@ -266,8 +297,11 @@ class Coordinator:
         for task_id in list(phase.waiting - phase.keeping):
             self._close(phase, task_id, phase.overdue())
 
-    def next_assignment(self, client: ClientSession, is_active: Callable[[], bool]) -> Assignment:
-        """The client's next task, waiting up to the poll interval; WAIT or STOP otherwise."""
+    def next_assignment(
+        self, client: ClientSession, is_active: Callable[[], bool], streamed: bool = False
+    ) -> Assignment:
+        """The client's next task, waiting up to the poll interval; WAIT or STOP otherwise.
+        `streamed`: asked over a session stream (see `close_stream`)."""
         end = time.monotonic() + self.poll_seconds
         with self._cond:
             client.polling += 1
@@ -278,6 +312,7 @@ class Coordinator:
                 while True:
                     if client.pending is not None:
                         assignment, client.pending = client.pending, None
+                        client.streamed = streamed
                         return self._with_receipts(client, assignment)
                     if self._stop_reason:
                         client.told_to_stop = True

@@ -167,7 +167,9 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> Iterator[pb.TaskChunk | pb.SessionDown]:
         """The client's next task (or WAIT, or STOP), then its parameters; a task that did not
         reach the client whole fails at once rather than at its deadline."""
-        assignment = self._coordinator.next_assignment(client, context.is_active)
+        assignment = self._coordinator.next_assignment(
+            client, context.is_active, streamed=message is pb.SessionDown
+        )
         delivered = False
         try:
             yield message(task=assignment.task)

@@ -104,3 +104,22 @@ def test_a_silent_stream_fails_only_a_task_its_session_was_not_heard_from_on_sin
     newer.last_seen -= 100
     assert not coordinator.fail_silent(client, 10, "silent")
     assert coordinator.fail_silent(newer, 10, "silent")
+
+
+def test_a_task_whose_stream_ended_fails_unless_its_client_calls_again_in_time():
+    coordinator = Coordinator(poll_seconds=1, return_seconds=0.5)
+    client = coordinator.join("hubei", 300, "test")
+    phase = coordinator.send(
+        1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=1), None)}, lambda r: r, DEADLINE
+    )
+    assert coordinator.open_stream(client)
+    task_id = coordinator.next_assignment(client, lambda: True, streamed=True).task.task_id
+    assert coordinator.open_stream(client)  # a retry's call, open before the first ends
+    coordinator.close_stream(client)
+    coordinator._unreturned(client, task_id)  # a call of the session is open: not gone
+    assert phase.waiting and phase.failures == []
+    coordinator.close_stream(client)  # the last call ends: the client has the grace to return
+    while phase.waiting:  # the grace's timer fails it; a stall fails by the test's timeout
+        coordinator.wait_any([phase], timeout=1)
+    [failure] = phase.failures
+    assert failure.province == "hubei" and "did not call again within 0.5 s" in failure.reason
