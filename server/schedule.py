@@ -56,7 +56,6 @@ class Cohort:
         results, failures = loop.phase(server_round, pb.TASK_KIND_TRAIN, fit, accept, keep)
         overhead = time.perf_counter() - started - slowest(results)
         record: dict[str, Any] = {"round": server_round}
-        record["clients"] = sorted(r.province for r in results)
         # Members not asked, as not connected when the round began: the record says who sat
         # the round out, beside those whose task failed.
         record["absent"] = sorted(set(loop.channel.roster()) - set(provinces))
@@ -71,6 +70,10 @@ class Cohort:
                 len(results),
                 s.min_clients,
             )
+        trained = {r.province for r in results}
+        left = [f for f in strategy.departures(server_round) if f.province in trained]
+        record["clients"] = sorted(trained - {f.province for f in left})
+        failures = [*failures, *left]
         evaluation = None
         sent = sum(nbytes(i.parameters) for i in fit)
         if loop.parameters is not None:

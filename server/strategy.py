@@ -210,6 +210,12 @@ class Strategy(ABC):
         """Extra fields for the round's record in the results file (a privacy budget, say)."""
         return {}
 
+    def departures(self, server_round: int) -> list[Failure]:
+        """Provinces that left during the round's own later phases (a tree ensemble's
+        questions) and were left out of what it aggregated: the round's record counts them
+        failed, not trained."""
+        return []
+
 
 def checked_sums(
     results: list[ClientResult], sums: Arrays | None, plausible: Callable[[Arrays, int], None]

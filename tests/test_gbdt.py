@@ -10,6 +10,7 @@ from common.models.checks import UpdateError
 from common.models.histgrow import (
     ROOT,
     Growing,
+    Lost,
     Query,
     TreeSettings,
     TreeStep,
@@ -363,3 +364,54 @@ def test_the_compiled_kernels_load_in_the_background_for_a_run_of_trees_only():
     histtree._warming.join()
     # The types the questions use are loaded: no compilation waits for the first question.
     assert all(k().signatures for k in (histtree._fill, histtree._score, forest._walk))
+
+
+def depth_of(tree):
+    """The depth of a tree in the forest's arrays (a lone root: 0)."""
+    depth = {0: 0}
+    children = zip(tree["children_left"], tree["children_right"], strict=True)
+    for node, (left, right) in enumerate(children):
+        for child in (left, right):
+            if child >= 0:
+                depth[int(child)] = depth[node] + 1
+    return max(depth.values())
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_party_leaving_mid_tree_leaves_the_rest_to_grow_on_without_asking_a_sum_again(depth):
+    """The question out when the last party left is lost: a tree's root is asked again of the
+    rest (nothing of it was summed), a deeper level ends its tree there, its last children
+    leaves from the sums already held, and the rest grow the trees after it."""
+    x, y = data()
+    settings = TreeSettings(trees=4, max_depth=4)
+    parties = [Party(px, py, settings) for px, py in partitions(x, y)]
+    asked: list[tuple[int, int, int]] = []  # (tree, depth, parties) of each sum taken
+    still_in = list(parties)
+
+    def ask(query):
+        if query.step == "level" and (query.tree, query.depth) == (1, depth) and len(still_in) == 4:
+            for party in still_in:  # everyone gets the question; the last never answers
+                party.answer(query)
+            still_in.pop()
+            raise Lost("the last party left")
+        answers = [p.answer(query) for p in still_in]
+        asked.append((query.tree, query.depth, len(still_in)))
+        return {name: sum(a[name] for a in answers) for name in answers[0]}
+
+    sketch = ask(sketch_query(x.mean(axis=0), x.std(axis=0)))["sketch"]
+    grown = grow(ask, sketch, x.mean(axis=0), x.std(axis=0), float(np.mean(y)), settings)
+    assert len(grown.trees) == settings.trees
+    assert grown.cut == ([] if depth == 0 else [(1, depth)])
+    assert depth_of(grown.trees[1]) == (depth if depth else settings.max_depth)
+    # No question summed over all four was asked again of the three.
+    by_question = {}
+    for tree, level, count in asked:
+        by_question.setdefault((tree, level), set()).add(count)
+    assert all(len(counts) == 1 for counts in by_question.values()), by_question
+    assert all(c == 3 for (tree, _), counts in by_question.items() if tree > 1 for c in counts)
+    # Each remaining party counted every finished tree, the shortened one included, as the
+    # model predicts them.
+    base = float(np.mean(y))
+    for party in still_in:
+        expected = histtree.predict(base, grown.trees[:-1], party.x)
+        assert np.array_equal(party.margin, expected)

@@ -186,6 +186,8 @@ class Query:
     grow: list[Growing] = field(default_factory=list)
     score: bool = False
     clip: float = 0.0
+    # The depth of the nodes asked: the server's bookkeeping of where growing is, not sent.
+    depth: int = 0
 
     @property
     def asked(self) -> int:
@@ -337,6 +339,22 @@ def add_up(answers: list[Arrays], shapes: Mapping[str, tuple[int, ...]]) -> Arra
 Ask = Callable[[Query], Arrays]
 
 
+class Lost(RuntimeError):
+    """A party left while a question was out: that question's sums are lost, and the parties
+    still in are asked on (the asker has stopped asking the one that left)."""
+
+
+def ask_again(ask: Ask, query: Query) -> Arrays:
+    """`query`'s summed answers; when they are lost, the same question asked of the parties
+    still in, who have already counted the finished trees it brought. Only for a question that
+    starts something (the sketch, a tree's root, the last score), so no sum of it exists."""
+    while True:
+        try:
+            return ask(query)
+        except Lost:
+            query = replace(query, new_trees=[])
+
+
 @dataclass
 class Grown:
     """An ensemble and how it was grown."""
@@ -346,6 +364,8 @@ class Grown:
     edges: list[np.ndarray]
     validation_mse: list[float] = field(default_factory=list)
     exchanges: int = 0
+    # Trees finished short of their depth when a party left mid-tree: (tree, depth).
+    cut: list[tuple[int, int]] = field(default_factory=list)
 
     def arrays(self) -> Arrays:
         return histtree.pack_model(self.base_score, self.trees)
@@ -385,7 +405,7 @@ def grow(
             grow=[Growing(t.index, t.builder.arrays(), ROOT) for t in trees],
             score=early and first > 0,
         )
-        answer = ask(query)
+        answer = ask_again(ask, query)
         grown.exchanges += 1
         if query.score and _scored(grown, answer, settings):
             break
@@ -394,7 +414,7 @@ def grow(
     else:
         if early:
             last = Query("level", settings.trees, new_trees=grown.trees[-1:], score=True)
-            _scored(grown, ask(last), settings)
+            _scored(grown, ask_again(ask, last), settings)
             grown.exchanges += 1
     if early:
         grown.trees = grown.trees[: 1 + int(np.argmin(grown.validation_mse))]
@@ -427,13 +447,15 @@ def _scored(grown: Grown, answer: Arrays, settings: TreeSettings) -> bool:
 @dataclass
 class _Tree:
     """One tree being grown: its builder, its open nodes and their summed histograms, and
-    the splits of its last level as (parent, left, right, the child asked for)."""
+    the splits of its last level as (parent, left, right, the child asked for) with the
+    children's sums as the split found them (left G, H; right G, H)."""
 
     index: int
     builder: histtree.TreeBuilder
     open_nodes: list[int] = field(default_factory=lambda: [0])
     hist: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     pairs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    sums: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def split(self, settings: TreeSettings, edges: list[np.ndarray], last: bool) -> np.ndarray:
         """Settle the open nodes, split those with a positive gain, and return the smaller
@@ -448,21 +470,28 @@ class _Tree:
         allowed = _allowed(settings, self.index, self.open_nodes, len(edges))
         counts = np.array([len(e) for e in edges])
         splits = histtree.best_splits(grads, hesses, builder.rule, allowed, counts)
-        self.pairs = []
+        self.pairs, self.sums = [], []
         for i, node in enumerate(self.open_nodes):
             # A node of one row cannot split; only noised sums (local DP) make one look splittable.
             if not splits.gain[i] > 0 or builder.count[node] < 2:
                 continue
             f, b = int(splits.feature[i]), int(splits.bin[i])
             left, right = builder.split(node, f, float(edges[f][b]), splits.left_hess[i])
-            if last:  # the deepest leaves need only their sums, which the split holds
-                g_left, h_left = splits.left_grad[i], splits.left_hess[i]
-                builder.settle(left, g_left, h_left)
-                builder.settle(right, totals_g[i] - g_left, totals_h[i] - h_left)
-                continue
-            small_is_left = splits.left_hess[i] <= totals_h[i] - splits.left_hess[i]
-            self.pairs.append((node, left, right, left if small_is_left else right))
+            g_left, h_left = splits.left_grad[i], splits.left_hess[i]
+            small = left if h_left <= totals_h[i] - h_left else right
+            self.pairs.append((node, left, right, small))
+            self.sums.append((g_left, h_left, totals_g[i] - g_left, totals_h[i] - h_left))
+        if last:  # the deepest leaves need only their sums, which the splits hold
+            self.finish()
         return np.array([p[3] for p in self.pairs], dtype=np.int32)
+
+    def finish(self) -> None:
+        """Settle the children of the last splits as leaves, from their parents' split sums,
+        and ask for nothing more: the tree ends at this depth."""
+        for (_, left, right, _), (g_l, h_l, g_r, h_r) in zip(self.pairs, self.sums, strict=True):
+            self.builder.settle(left, g_l, h_l)
+            self.builder.settle(right, g_r, h_r)
+        self.pairs, self.sums = [], []
 
     def take(self, grad: np.ndarray, hess: np.ndarray) -> None:
         """The asked children's histograms; each sibling's is its parent's minus the child's."""
@@ -498,8 +527,18 @@ def _grow_trees(
             "level",
             first,
             grow=[Growing(t.index, t.builder.arrays(), a) for t, a in asked if len(a)],
+            depth=depth + 1,
         )
-        answer = ask(query)
+        try:
+            answer = ask(query)
+        except Lost:
+            # The level's sums are lost with the party that left; asking the survivors again
+            # would let their sum be taken from the ones before, which had it: so the trees
+            # end here, their last children leaves from the sums the server already holds.
+            for tree in trees:
+                tree.finish()
+                grown.cut.append((tree.index, depth + 1))
+            return
         grown.exchanges += 1
         at = 0
         for tree in trees:

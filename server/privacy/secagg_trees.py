@@ -6,9 +6,10 @@ agreed once, before the round's first question (the KEYS and SHARES phases of
 server/privacy/secagg.py, signed as there); then every question is one exchange of
 common/secagg.py: each province masks its answer with pairwise masks from its pair seeds, the
 exchange's number and a digest of the question, and the server adds the masked answers of every
-province, which leaves the plain sum. Nothing is unmasked, so no share is ever revealed; the
-price is that the sum needs every province: one that drops out mid-round stops the growing, as
-it does in the clear (partial sums would be wrong anyway).
+province, which leaves the plain sum. Nothing is unmasked, so no share is ever revealed. A
+province that leaves mid-round takes its masks' other halves with it, so the question out then
+is lost; every later exchange names the members who have left, the survivors stop masking with
+them, and their sums come out (server/strategies/trees.py decides what is asked next).
 
 Answers are fixed point (common/secagg.py's `Encoding`, 24 fraction bits): row counts are exact,
 gradient sums are rounded to 2⁻²⁴ per province, and a value above `--secagg-bound` is refused by
@@ -66,13 +67,17 @@ class SecAggTrees(SecAggFedAvg):
     def instructions(
         self, config: dict[str, ConfigScalar], arrays: Arrays, cohort: list[str]
     ) -> list[Instruction]:
-        """One exchange: a fresh number; the shares relayed with the first."""
+        """One exchange: a fresh number and the members no longer in `cohort`; the shares
+        relayed with the first."""
         self._exchange += 1
         first = self._exchange == 1
+        seats = {p: secagg.Seat.from_config(c).secagg_index for p, (c, _) in self._relay.items()}
+        left = sorted(seat for p, seat in seats.items() if p not in cohort)
+        exchange = secagg.Exchange(self._exchange, ",".join(map(str, left)) or None)
         return [
             Instruction(
                 p,
-                {**config, **self._relay[p][0], **secagg.Exchange(self._exchange).to_config()},
+                {**config, **self._relay[p][0], **exchange.to_config()},
                 {**arrays, **self._relay[p][1]} if first else arrays,
             )
             for p in cohort
@@ -93,6 +98,16 @@ class SecAggTrees(SecAggFedAvg):
         masked = [secagg.join_input(r.arrays) for r in answers]
         sums = secagg.exchange_sum(secagg.encoding_for(state.config), masked)
         return vectors.unflatten(sums, {name: np.empty(shape) for name, shape in shapes.items()})
+
+    def least(self) -> int:
+        """The threshold: fewer survivors would leave one's answer with too few masks."""
+        state = self._round
+        if state is None:
+            raise secagg.SecAggError("an exchange without a key agreement")
+        return secagg.Announcement.from_config(state.config).secagg_threshold
+
+    def departures(self, server_round: int):
+        return self.trees.departures(server_round)
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         self.trees.check_update(arrays, n_features)

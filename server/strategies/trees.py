@@ -8,6 +8,11 @@ later round grows a fresh one. Sums are added in province order, so a run repeat
 
 How a question goes out and its answers are summed is an `Exchanges`: in the clear here, under
 secure aggregation in server/privacy/secagg_trees.py, where the server holds only the sums.
+
+A province that leaves mid-round (its session ended, its task failed) is asked nothing more:
+the question out when it left is lost (`histgrow.Lost`), the grower goes on with the rest, and
+the round's record names who left and where; with fewer than `Exchanges.least` left, growing
+stops and the round keeps the model it had.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from common.models.checks import check_arrays
 from common.models.histgrow import (
     AT,
     Grown,
+    Lost,
     Query,
     TreeSettings,
     add_up,
     answer_shapes,
+    ask_again,
     check_compact,
     grow,
     sketch_query,
@@ -60,6 +67,9 @@ class Exchanges(Protocol):
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
         """The sum of every province's answer, given in province order."""
 
+    def least(self) -> int:
+        """How many provinces must still be in for their sums to be taken."""
+
 
 class InTheClear:
     """Each province's answer reaches the server as it is (histograms as their nonzero entries,
@@ -79,6 +89,9 @@ class InTheClear:
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
         return add_up([r.arrays for r in answers], shapes)
 
+    def least(self) -> int:
+        return 1
+
 
 class HistogramTrees(Strategy):
     def __init__(self, model_config: Mapping[str, ConfigScalar], settings: TreeSettings) -> None:
@@ -88,6 +101,8 @@ class HistogramTrees(Strategy):
         self._mean = self._std = np.zeros(0)
         self._base_score = 0.0
         self._cohort: list[str] = []
+        self._left: list[Failure] = []
+        self._where: list[dict[str, Any]] = []
         self._report: dict[str, Any] = {}
         self._bytes = {"bytes_down": 0, "bytes_up": 0}
 
@@ -107,6 +122,7 @@ class HistogramTrees(Strategy):
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
     ) -> list[Instruction]:
         self._cohort = sorted(provinces)
+        self._left, self._where = [], []
         return self._instructions(server_round, self._sketch())
 
     def _instructions(self, server_round: int, query: Query) -> list[Instruction]:
@@ -129,8 +145,12 @@ class HistogramTrees(Strategy):
         current: Arrays | None,
     ) -> Arrays | None:
         self._bytes = dict.fromkeys(self._bytes, 0)
+        sketch_shapes = self._shapes(self._sketch())
         try:
-            sketch = self._sum(results, failures, self._shapes(self._sketch()))["sketch"]
+            try:
+                sketch = self._sum(results, failures, sketch_shapes, self._sketch())["sketch"]
+            except Lost:
+                sketch = ask_again(lambda q: self._ask(server_round, q), self._sketch())["sketch"]
             grown = grow(
                 lambda query: self._ask(server_round, query),
                 sketch,
@@ -143,12 +163,16 @@ class HistogramTrees(Strategy):
             log.warning(
                 "round %d: growing stopped, the model is unchanged: %s", server_round, error
             )
-            self._report = {"trees": {"stopped": str(error), **self._bytes}}
+            self._report = {"trees": {"stopped": str(error), **self._departed(), **self._bytes}}
             return None
-        self._report = {"trees": {**_describe(grown), **self._bytes}}
+        self._report = {"trees": {**_describe(grown), **self._departed(), **self._bytes}}
         return grown.arrays()
 
     def _ask(self, server_round: int, query: Query) -> Arrays:
+        if query.step == "level" and query.depth == 0 and query.tree < self.settings.trees:
+            log.info(
+                "round %d: growing tree %d of %d", server_round, query.tree + 1, self.settings.trees
+            )
         shapes = self._shapes(query)
 
         def accept(result: ClientResult) -> ClientResult:
@@ -160,15 +184,45 @@ class HistogramTrees(Strategy):
         # The questions and answers after the sketch: the round's own counts hold the sketch.
         self._bytes["bytes_down"] += sum(_nbytes(i.parameters) for i in instructions)
         self._bytes["bytes_up"] += sum(_nbytes(r.arrays) for r in results)
-        return self._sum(results, failures, shapes)
+        return self._sum(results, failures, shapes, query)
 
-    def _sum(self, results: list[ClientResult], failures: list[Failure], shapes: Shapes) -> Arrays:
+    def _sum(
+        self, results: list[ClientResult], failures: list[Failure], shapes: Shapes, query: Query
+    ) -> Arrays:
+        """The answers' sum; Lost (the cohort shrunk to the rest) when a province left, or
+        Incomplete when too few are left to go on with."""
         answered = sorted(results, key=lambda r: r.province)
-        if failures or [r.province for r in answered] != self._cohort:
-            missing = sorted(set(self._cohort) - {r.province for r in answered})
-            reasons = "; ".join(f"{f.province}: {f.reason}" for f in failures)
-            raise Incomplete(f"no answer from {', '.join(missing) or 'none'} ({reasons})")
+        missing = sorted(set(self._cohort) - {r.province for r in answered})
+        if missing:
+            why = {f.province: f.reason for f in failures}
+            self._cohort = [p for p in self._cohort if p not in missing]
+            for province in missing:
+                reason = why.get(province, "no answer")
+                self._left.append(Failure(province, reason))
+                self._where.append(
+                    {"province": province, "reason": reason, "step": query.step}
+                    | ({"tree": query.tree, "depth": query.depth} if query.step == "level" else {})
+                )
+            reasons = "; ".join(f"{p}: {why.get(p, 'no answer')}" for p in missing)
+            if len(self._cohort) < self.exchanges.least():
+                raise Incomplete(f"no answer from {', '.join(missing)} ({reasons})")
+            log.warning(
+                "%s left at the %s question of tree %d (%s); going on with the %d still in",
+                ", ".join(missing),
+                f"depth-{query.depth}" if query.step == "level" else query.step,
+                query.tree,
+                reasons,
+                len(self._cohort),
+            )
+            raise Lost(reasons)
         return self.exchanges.total(answered, shapes)
+
+    def _departed(self) -> dict[str, Any]:
+        """Who left during the round and at which question (absent when nobody did)."""
+        return {"left": self._where} if self._where else {}
+
+    def departures(self, server_round: int) -> list[Failure]:
+        return list(self._left)
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         return self._report
@@ -182,7 +236,7 @@ def _describe(grown: Grown) -> dict[str, Any]:
         "exchanges": grown.exchanges,
         "bins": [len(e) + 1 for e in grown.edges],
         "validation_mse": grown.validation_mse,
-    }
+    } | ({"cut": [{"tree": t, "depth": d} for t, d in grown.cut]} if grown.cut else {})
 
 
 def _nbytes(arrays: Arrays | None) -> int:
