@@ -70,14 +70,34 @@ class Federation:
             self.strategy.check(r.arrays, SHAPES)
         return self.strategy.total(results, SHAPES), plan
 
-    def question(self, arrays=None):
+    def question(self, arrays=None, cohort=PROVINCES):
         config = {"model": "gbdt", "round": 1, "tree_step": "level"}
         asked = {"asked": np.array([0], dtype=np.int32)} if arrays is None else arrays
-        return self.strategy.instructions(config, asked, sorted(PROVINCES))
+        return self.strategy.instructions(config, asked, sorted(cohort))
 
 
-def true_sum(exchange):
-    return sum(answer_of(p, exchange)["grad"] for p in PROVINCES)
+def true_sum(exchange, provinces=PROVINCES):
+    return sum(answer_of(p, exchange)["grad"] for p in provinces)
+
+
+def test_after_a_province_leaves_the_next_exchanges_sum_the_rest_exactly():
+    federation = Federation()
+    federation.exchange(1, federation.first)
+    rest = sorted(set(PROVINCES) - {VICTIM})
+    # Exchange 2 goes out to all; the victim never answers: the rest's sum is noise.
+    plan = federation.question()
+    lost = [federation.answer(i, 2) for i in plan if i.province != VICTIM]
+    assert not np.allclose(federation.strategy.total(lost, SHAPES)["grad"], true_sum(2, rest), 1)
+    # Later exchanges name the victim as left: the rest mask among themselves.
+    for number in (3, 4):
+        plan = federation.question(cohort=rest)
+        assert {i.config["secagg_left"] for i in plan} == {"1"}  # the victim's seat
+        total, _ = federation.exchange(number, plan)
+        np.testing.assert_allclose(total["grad"], true_sum(number, rest), atol=9 * 2.0**-24)
+    # A question that forgets the victim left is refused by the rest.
+    plan = federation.question()
+    with pytest.raises(SecAggError, match="forget the earlier ones"):
+        federation.answer(plan[1], 5)
 
 
 def test_every_question_of_a_round_sums_exactly_under_one_key_agreement():
