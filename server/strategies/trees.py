@@ -95,7 +95,11 @@ class InTheClear:
 
 class HistogramTrees(Strategy):
     def __init__(self, model_config: Mapping[str, ConfigScalar], settings: TreeSettings) -> None:
+        """The split scoring's compiled kernel starts loading now, in the background, while the
+        provinces join: loaded at the first split instead, it held the round's first question
+        (numba's import and cache, seconds of a busy machine's CPU)."""
         super().__init__(model_config)
+        histtree.warm_up()
         self.settings = settings
         self.exchanges: Exchanges = InTheClear()
         self._mean = self._std = np.zeros(0)
@@ -109,9 +113,7 @@ class HistogramTrees(Strategy):
     def prepare(self, statistics: GlobalStatistics, train_samples: Mapping[str, int]) -> None:
         """Bins are placed from the federation's mean and deviation of each (unscaled) feature;
         the ensemble starts from the mean change of the price from today's close (of a change
-        or a return, its mean: the trees learn the move). The split scoring's compiled kernel
-        loads meanwhile, in the background."""
-        histtree.warm_up()
+        or a return, its mean: the trees learn the move)."""
         self._mean, self._std = statistics.mean[:-1], statistics.std[:-1]
         self._base_score = statistics.move_moments()[0]
 
