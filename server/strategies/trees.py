@@ -212,7 +212,7 @@ class HistogramTrees(Strategy):
                 "%s left at the %s question of tree %d (%s); going on with the %d still in",
                 ", ".join(missing),
                 f"depth-{query.depth}" if query.step == "level" else query.step,
-                query.tree,
+                query.tree + 1,  # counted from 1, as "growing tree N" is; records count from 0
                 reasons,
                 len(self._cohort),
             )
