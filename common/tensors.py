@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -105,48 +104,15 @@ class Payload:
             yield bytes(view[start : start + chunk_bytes])
 
 
-class BudgetExhausted(PayloadError):
-    """Every upload in flight together holds as many bytes as the server allows: try later."""
-
-
-class ByteBudget:
-    """Bytes all uploads in flight may hold together, taken as they arrive and given back when
-    each ends, so many streams that announce much and send little cannot add up."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> None:
-        with self._lock:
-            if self._used + nbytes > self.limit:
-                raise BudgetExhausted(
-                    f"the server is receiving {self._used} bytes already, its limit is "
-                    f"{self.limit}; send again later"
-                )
-            self._used += nbytes
-
-    def give(self, nbytes: int) -> None:
-        with self._lock:
-            self._used -= nbytes
-
-    @property
-    def used(self) -> int:
-        with self._lock:
-            return self._used
-
-
 class PayloadReceiver:
     """Rebuilds arrays from a header and its chunks, refusing anything over `max_bytes`.
 
     Memory grows with the bytes that arrive, never with the bytes announced: a header that
-    promises gigabytes costs nothing until they are sent (and `budget` has room for them).
+    promises gigabytes costs nothing until they are sent (the server admits them first, see
+    server/admission.py).
     """
 
-    def __init__(
-        self, header: pb.ParametersHeader, max_bytes: int, budget: ByteBudget | None = None
-    ) -> None:
+    def __init__(self, header: pb.ParametersHeader, max_bytes: int) -> None:
         sizes = [spec_nbytes(spec) for spec in header.tensors]
         names = [spec.name for spec in header.tensors]
         if len(set(names)) != len(names):
@@ -163,7 +129,6 @@ class PayloadReceiver:
         self._sizes = sizes
         self._total = header.total_bytes
         self._buffer = bytearray()
-        self._budget = budget
 
     @property
     def received(self) -> int:
@@ -180,15 +145,7 @@ class PayloadReceiver:
     def add(self, chunk: bytes) -> None:
         if len(self._buffer) + len(chunk) > self._total:
             raise PayloadError(f"chunks overrun the announced {self._total} bytes")
-        if self._budget is not None:
-            self._budget.take(len(chunk))
         self._buffer += chunk
-
-    def close(self) -> None:
-        """Give the bytes back to the budget; the arrays already taken stay valid."""
-        if self._budget is not None:
-            self._budget.give(len(self._buffer))
-            self._budget = None
 
     def digest(self) -> str:
         return payload_digest(self._header, self._buffer)

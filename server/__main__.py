@@ -18,11 +18,11 @@ from grpc_reflection.v1alpha import reflection
 from common import quantity
 from common.allocator import give_back_large_buffers
 from common.logs import setup_logging
-from common.tensors import ByteBudget
 from common.tls import server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
 from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server import analysis, asynchronous, privacy, strategies
+from server.admission import Admission
 from server.channel import TaskChannel
 from server.cli import parse_args
 from server.config import ServerConfig
@@ -53,7 +53,7 @@ def build_server(
     workers: int,
     max_update_bytes: int,
     credentials: grpc.ServerCredentials | None = None,
-    inflight_bytes: int | None = None,
+    admission: Admission | None = None,
     reflection_on: bool = False,
     idle_seconds: float = 60.0,
 ) -> tuple[grpc.Server, health.HealthServicer]:
@@ -61,6 +61,7 @@ def build_server(
     bound to `address`.
 
     With `credentials` (mutual TLS) every Federation call must carry a province certificate.
+    Uploads are admitted by `admission` (by default as many bytes as one largest update).
     Every call is cancelled after `idle_seconds` waiting on its peer, and health and reflection
     streams hold at most SIDE_CALLS threads, which the pool has beside the `workers` threads of
     the federation, so no stranger can hold a thread the federation needs.
@@ -76,7 +77,7 @@ def build_server(
             coordinator,
             max_update_bytes,
             mutual_tls=credentials is not None,
-            budget=ByteBudget(inflight_bytes or max_update_bytes),
+            admission=admission,
             # A working client's heartbeats keep its session stream well inside the idle timeout;
             # a session stream silent for all of it is a hung client, whose task fails then.
             activity=activity,
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             serve.workers,
             serve.max_update_bytes,
             credentials,
-            serve.max_inflight_bytes,
+            Admission(serve.max_inflight_bytes),
             serve.reflection,
             serve.idle_timeout,
         )

@@ -13,7 +13,7 @@ import grpc
 
 from common.bounded import bounded
 from common.models.checks import UpdateError
-from common.tensors import BudgetExhausted, ByteBudget, PayloadError, PayloadReceiver
+from common.tensors import PayloadError, PayloadReceiver
 from common.tls import peer_common_name
 from common.wire import (
     PROTOCOL_VERSION,
@@ -23,7 +23,9 @@ from common.wire import (
 )
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
+from server.admission import Admission
 from server.buffer import StaleUpdate
+from server.channel import Phase
 from server.checks import check_outcome, check_rows
 from server.coordinator import (
     MAX_STREAMS_PER_SESSION,
@@ -43,7 +45,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         coordinator: Coordinator,
         max_update_bytes: int,
         mutual_tls: bool,
-        budget: ByteBudget | None = None,
+        admission: Admission | None = None,
         activity: Activity | None = None,
     ) -> None:
         self._coordinator = coordinator
@@ -54,7 +56,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._max_update_bytes = max_update_bytes
         self._mutual_tls = mutual_tls
         # Every upload in flight together; by default as much as one update of the largest size.
-        self._budget = budget or ByteBudget(max_update_bytes)
+        self._admission = admission or Admission(max_update_bytes)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         try:
@@ -221,10 +223,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 grpc.StatusCode.ABORTED,
                 "another upload is answering this task; it is still open if that one breaks",
             )
-        receiver = None
+        reserved = 0
         try:
             check_outcome(outcome.num_examples, outcome.metrics, client.rows)
-            receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes, self._budget)
+            receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes)
+            reserved = self._admit(receiver.announced, phase, outcome.task_id, context)
             while to_the_end or not receiver.complete:
                 chunk = next(chunks, None)
                 if chunk is None:
@@ -248,16 +251,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                     receiver.digest(),
                 )
             )
-            # Received and checked, the upload is no longer in flight: a retry elsewhere may
-            # use its share of the budget while this one is folded (or held, as before).
-            receiver.close()
             if not self._coordinator.resolve(outcome.task_id, result):
                 context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "the round closed before your update arrived",
                 )
-        except BudgetExhausted as error:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except (grpc.RpcError, ConnectionError) as error:
             # A dropped upload answers nothing: the task stays open for a retry until its
             # deadline, and nothing of it was accepted.
@@ -286,10 +284,35 @@ class FederationServicer(pb_grpc.FederationServicer):
                 "update refused: the server could not check it (its log says why)",
             )
         finally:
-            if receiver is not None:
-                receiver.close()
+            # Folded, refused or dropped: its room goes to the next upload in line.
+            self._admission.give(reserved)
             self._coordinator.release(outcome.task_id)
         return pb.SubmitReply(accepted=True, message="accepted")
+
+    def _admit(self, nbytes: int, phase: Phase, task_id: str, context: grpc.ServicerContext) -> int:
+        """Reserve the upload's announced `nbytes` of the in-flight budget before reading any of
+        its chunks (so flow control holds the sender back meanwhile), waiting its turn up to its
+        task's deadline; the bytes reserved. The wait is the server's doing, not the client's
+        silence: the idle timeout counts only time spent waiting on the peer."""
+        if nbytes == 0:
+            return 0
+
+        def abandoned() -> bool:
+            return not context.is_active() or self._coordinator.task_phase(task_id) is None
+
+        if not self._admission.reserve(nbytes, phase.expires, abandoned):
+            if not context.is_active():
+                raise ConnectionError("the stream ended while its upload waited for room")
+            room = f"room in the server's in-flight budget ({self._admission.limit} bytes)"
+            if self._coordinator.task_phase(task_id) is None:
+                why = f"the task closed while its upload waited for {room}"
+            else:
+                deadline = f"{phase.deadline_seconds:g} s deadline"
+                why = f"the {deadline} passed while the upload waited for {room}"
+                self._coordinator.fail(task_id, why)
+            log.warning("task %s: %s", task_id, why)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        return nbytes
 
     def _refuse(
         self, context: grpc.ServicerContext, task_id: str, code: grpc.StatusCode, why: str
@@ -333,6 +356,12 @@ class FederationServicer(pb_grpc.FederationServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this session has {MAX_STREAMS_PER_SESSION} calls open already",
             )
-        if not context.add_callback(lambda: self._coordinator.close_stream(client)):
-            self._coordinator.close_stream(client)
+        if not context.add_callback(lambda: self._closed(client)):
+            self._closed(client)
         return client
+
+    def _closed(self, client: ClientSession) -> None:
+        """A call ended: its session has one call fewer, and an upload of it that waits for
+        room learns at once that it is gone."""
+        self._coordinator.close_stream(client)
+        self._admission.wake()
