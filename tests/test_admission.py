@@ -100,12 +100,17 @@ class Federation:
     """A server over localhost gRPC with the in-flight budget `budget`, and a session of each
     of `provinces`; `admission` is the server's own."""
 
-    def __init__(self, budget: int, provinces: tuple[str, ...]) -> None:
+    def __init__(self, budget: int, provinces: tuple[str, ...], idle_seconds: float) -> None:
         self.admission = Admission(budget)
         self.coordinator = Coordinator(poll_seconds=1)
         address = f"127.0.0.1:{free_port()}"
         self.server, _ = build_server(
-            self.coordinator, address, 16, 1 << 26, admission=self.admission
+            self.coordinator,
+            address,
+            16,
+            1 << 26,
+            admission=self.admission,
+            idle_seconds=idle_seconds,
         )
         self.server.start()
         self.channel = grpc.insecure_channel(address)
@@ -117,13 +122,15 @@ class Federation:
             self.metadata[province] = ((SESSION_METADATA_KEY, session),)
         self.streams: list[RawStream] = []
 
-    def send(self, provinces: tuple[str, ...], deadline: float = 600) -> Phase:
-        """A TRAIN task for each of `provinces`, without a round loop: nothing closes them at
-        their deadline but the uploads that wait past it."""
+    def send(
+        self, provinces: tuple[str, ...], deadline: float = 600, accept=lambda result: result
+    ) -> Phase:
+        """A TRAIN task for each of `provinces`, checked by `accept`, without a round loop:
+        nothing closes them at their deadline but the uploads that wait past it."""
         assignments = {
             p: Assignment(pb.Task(round=1, kind=pb.TASK_KIND_TRAIN), None) for p in provinces
         }
-        return self.coordinator.send(1, pb.TASK_KIND_TRAIN, assignments, lambda r: r, deadline)
+        return self.coordinator.send(1, pb.TASK_KIND_TRAIN, assignments, accept, deadline)
 
     def task_stream(self, province: str) -> tuple[RawStream, pb.Task]:
         """A Session stream of `province`'s, and the task it was given."""
@@ -161,8 +168,8 @@ def federation():
     """Makes a Federation; closes each after the test."""
     made: list[Federation] = []
 
-    def make(budget: int, provinces: tuple[str, ...]) -> Federation:
-        made.append(Federation(budget, provinces))
+    def make(budget: int, provinces: tuple[str, ...], idle_seconds: float = 60) -> Federation:
+        made.append(Federation(budget, provinces, idle_seconds))
         return made[-1]
 
     yield make
@@ -248,3 +255,29 @@ def test_streams_dropped_waiting_or_mid_upload_free_their_place_and_the_next_pro
     # Both broken uploads answered nothing: their tasks stay open for a retry.
     assert fed.coordinator.task_phase(holder_task.task_id) is phase
     assert fed.coordinator.task_phase(dropped_task.task_id) is phase
+
+
+def test_waiting_for_room_is_not_silence_the_idle_timeout_leaves_the_waiting_stream_alone(
+    federation,
+):
+    """The first upload's check is held (the server working, not waiting on its client) for
+    several idle timeouts while the second waits behind it; neither stream is cancelled."""
+    checking, go_on = threading.Event(), threading.Event()
+
+    def slow_check(result):
+        checking.set()
+        go_on.wait(120)
+        return result
+
+    fed = federation(BUDGET, ("hubei", "beijing"), idle_seconds=1)
+    phase = fed.send(("hubei", "beijing"), accept=slow_check)
+    first, first_task = fed.task_stream("hubei")
+    second, second_task = fed.task_stream("beijing")
+    first.send(outcome(first_task), *data())
+    assert checking.wait(60)
+    second.send(outcome(second_task), *data())
+    until(lambda: fed.admission.waiting == 1, "the second upload waits for room")
+    threading.Event().wait(3)  # three idle timeouts: the watchdog looks once a second
+    go_on.set()
+    assert first.read().reply.accepted and second.read().reply.accepted
+    assert sorted(r.province for r in phase.results) == ["beijing", "hubei"]
