@@ -18,8 +18,11 @@ from collections.abc import Callable
 
 from common.tensors import PayloadError
 
-# The server's default --max-inflight-mb (docs/performance.md: what it was chosen from).
-DEFAULT_INFLIGHT_MIB = 32.0
+# The server's default --max-inflight-mb, and so its default largest update: room for the
+# largest updates fedstock's models send (a forest of full-depth trees is 300 MB and more).
+# A job of many mid-sized updates peaks lower under a budget of about one of them
+# (docs/performance.md, admission).
+DEFAULT_INFLIGHT_MIB = 4096.0
 # How often a waiter looks again at whether it was abandoned (its task closed) when nothing
 # woke it: a call that ends wakes every waiter at once (see Admission.wake).
 RECHECK_SECONDS = 1.0

@@ -22,6 +22,7 @@ from common.quantity import DEFAULT as DEFAULT_QUANTITY
 from common.quantity import QUANTITIES
 from common.registry import MODELS
 from common.wire import ConfigScalar
+from server.admission import DEFAULT_INFLIGHT_MIB
 from server.config import (
     MODES,
     AnalysisRequest,
@@ -142,15 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--max-update-mb",
         type=float,
-        default=env("MAX_UPDATE_MB", "4096"),
-        help="largest update a client may send, in MiB [FEDSTOCK_MAX_UPDATE_MB]",
+        default=env("MAX_UPDATE_MB"),
+        help="largest update a client may send, in MiB; at most --max-inflight-mb, and by "
+        "default as much [FEDSTOCK_MAX_UPDATE_MB]",
     )
     add(
         "--max-inflight-mb",
         type=float,
-        default=env("MAX_INFLIGHT_MB", "4096"),
-        help="bytes all uploads being received may hold together, in MiB; an upload that would "
-        "exceed it is told to retry (its task stays open) [FEDSTOCK_MAX_INFLIGHT_MB]",
+        default=env("MAX_INFLIGHT_MB", f"{DEFAULT_INFLIGHT_MIB:g}"),
+        help="bytes all uploads being received may hold together, in MiB; an upload reserves "
+        "its announced size before it is read and waits, first come first served, until that "
+        "much is free (at most until its task's deadline) [FEDSTOCK_MAX_INFLIGHT_MB]",
     )
     add(
         "--idle-timeout",

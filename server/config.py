@@ -101,7 +101,7 @@ class ServeSettings:
     host: str
     port: int
     poll_seconds: float
-    max_update_mb: float
+    max_update_mb: float | None  # None: as large as the in-flight budget
     max_inflight_mb: float
     idle_timeout: float
     reflection: bool
@@ -125,12 +125,20 @@ class ServeSettings:
             raise ConfigError("--linger cannot be negative")
         if not self.idle_timeout > 0:
             raise ConfigError("--idle-timeout must be positive")
-        if not (self.max_update_mb > 0 and self.max_inflight_mb > 0):
+        if not (
+            self.max_inflight_mb > 0 and (self.max_update_mb is None or self.max_update_mb > 0)
+        ):
             raise ConfigError("--max-update-mb and --max-inflight-mb must be positive")
+        if self.max_update_mb is not None and self.max_update_mb > self.max_inflight_mb:
+            # Such an update could never be admitted: it would wait for room that never comes.
+            raise ConfigError(
+                f"--max-update-mb {self.max_update_mb:g} is more than --max-inflight-mb "
+                f"{self.max_inflight_mb:g}; no update that large could be received"
+            )
 
     @property
     def max_update_bytes(self) -> int:
-        return int(self.max_update_mb * (1 << 20))
+        return int((self.max_update_mb or self.max_inflight_mb) * (1 << 20))
 
     @property
     def max_inflight_bytes(self) -> int:

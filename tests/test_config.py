@@ -43,6 +43,13 @@ def test_each_setting_checks_itself():
     assert isinstance(replace(run, rounds=1), RunSettings)
 
 
+def test_the_largest_update_is_the_in_flight_budget_unless_asked_for_and_never_above_it():
+    assert parse_args([]).serve.max_update_bytes == 4096 << 20
+    assert parse_args(["--max-inflight-mb", "32"]).serve.max_update_bytes == 32 << 20
+    serve = parse_args(["--max-inflight-mb", "32", "--max-update-mb", "10"]).serve
+    assert (serve.max_update_bytes, serve.max_inflight_bytes) == (10 << 20, 32 << 20)
+
+
 LEAVES = ["--rf-min-samples-leaf", "20"]
 GRID = ["--cv-folds", "2", "--grid", "rf-min-samples-leaf=5,30"]
 
@@ -51,6 +58,11 @@ GRID = ["--cv-folds", "2", "--grid", "rf-min-samples-leaf=5,30"]
     "argv, message",
     [
         (["--port", "0"], "--port must be between 1 and 65535"),
+        (
+            ["--max-update-mb", "64", "--max-inflight-mb", "32"],
+            "--max-update-mb 64 is more than --max-inflight-mb 32",
+        ),
+        (["--max-update-mb", "0"], "--max-update-mb and --max-inflight-mb must be positive"),
         (["--secagg-neighbours", "3"], "--secagg-neighbours must be an even number"),
         (["--strategy", "scaffold", "--compression", "int8"], "SCAFFOLD"),
         (["--shapley-permutations", "0"], "--shapley-permutations must be at least 1"),
