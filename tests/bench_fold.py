@@ -6,8 +6,9 @@ them, without the evaluation phase and the recording between rounds) sends a mod
 update of that size over the Session stream, in 1 MiB chunks. Run four times: keeping every
 update until the round ends (the held path) or folding each into the running sum as it
 counts; each both with glibc's allocator as it comes and with large freed buffers given back
-to the system, as `python -m server` sets it (common/allocator.py). Prints each run's server
-peak RSS (VmHWM) and median round. Measures; asserts nothing.
+to the system, as `python -m server` sets it (common/allocator.py); each under every in-flight
+budget asked for (`--max-inflight-mb`, uploads beyond it wait their turn). Prints each run's
+server peak RSS (VmHWM) and median round. Measures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import numpy as np
 
 from common.launch import free_port
 from common.provinces import PROVINCES
+from server.admission import DEFAULT_INFLIGHT_MIB
 
 ROWS = 1_000
 LIMIT = 64 << 20  # the largest update the server takes
-INFLIGHT = 4096 << 20  # the server's default --max-inflight-mb
 
 
 def high_water_mib() -> float:
@@ -41,13 +42,20 @@ def high_water_mib() -> float:
 
 
 def serve(
-    port: int, clients: int, rounds: int, floats: int, held: bool, plain_allocator: bool
+    port: int,
+    clients: int,
+    rounds: int,
+    floats: int,
+    held: bool,
+    plain_allocator: bool,
+    inflight_mib: float,
 ) -> None:
     from common.allocator import give_back_large_buffers
     from common.models.linear import check_weights
     from common.tensors import Payload
     from proto.fedstock.v1 import federation_pb2 as pb
     from server.__main__ import build_server
+    from server.admission import Admission
     from server.channel import as_it_is, gather
     from server.coordinator import Assignment, Coordinator
     from server.strategy import FedAvg
@@ -55,7 +63,8 @@ def serve(
     if not plain_allocator:
         give_back_large_buffers()  # as `python -m server` does
     coordinator = Coordinator(poll_seconds=5)
-    server, _ = build_server(coordinator, f"127.0.0.1:{port}", 32, LIMIT, None, INFLIGHT)
+    admission = Admission(int(inflight_mib * (1 << 20)))
+    server, _ = build_server(coordinator, f"127.0.0.1:{port}", 32, LIMIT, None, admission)
     server.start()
     idle = high_water_mib()
     provinces = coordinator.wait_for_clients(clients, timeout=300)
@@ -127,18 +136,28 @@ def client(port: int, province: str) -> None:
 
 
 def run(
-    clients: int, rounds: int, floats: int, held: bool, plain_allocator: bool, logs: Path
+    clients: int,
+    rounds: int,
+    floats: int,
+    held: bool,
+    plain_allocator: bool,
+    inflight_mib: float,
+    logs: Path,
 ) -> dict:
     port = free_port()
     me = [sys.executable, "-m", "tests.bench_fold"]
     logs.mkdir(parents=True, exist_ok=True)
-    name = f"{'held' if held else 'folded'}-{'glibc' if plain_allocator else 'given-back'}"
+    name = (
+        f"{'held' if held else 'folded'}-{'glibc' if plain_allocator else 'given-back'}"
+        f"-{inflight_mib:g}"
+    )
     server = subprocess.Popen(
         [
             *me,
             *("serve", "--port", str(port), "--clients", str(clients), "--rounds", str(rounds)),
             *("--floats", str(floats), *(["--held"] if held else [])),
             *(["--plain-allocator"] if plain_allocator else []),
+            *("--max-inflight-mb", str(inflight_mib)),
         ],
         stdout=subprocess.PIPE,
         stderr=(logs / f"{name}-server.log").open("w"),
@@ -160,7 +179,7 @@ def run(
     if server.returncode != 0:
         raise SystemExit(f"the {name} server exited with {server.returncode} (logs in {logs})")
     figures = json.loads(out.strip().splitlines()[-1])
-    # Uploads the server told to come again (its in-flight budget was full), each a pause.
+    # Uploads the server told to come again, each a pause.
     figures["resent"] = sum(
         log.read_text().count("did not accept the outcome") for log in client_logs
     )
@@ -177,6 +196,7 @@ def main() -> None:
     serve_p.add_argument("--floats", type=int, required=True)
     serve_p.add_argument("--held", action="store_true")
     serve_p.add_argument("--plain-allocator", action="store_true")
+    serve_p.add_argument("--max-inflight-mb", type=float, required=True)
     client_p = sub.add_parser("client", allow_abbrev=False)
     client_p.add_argument("--port", type=int, required=True)
     client_p.add_argument("--province", required=True)
@@ -190,25 +210,50 @@ def main() -> None:
         help="the server's allocator as `python -m server` sets it (given-back), glibc's "
         "default, or both side by side",
     )
+    parser.add_argument(
+        "--keep",
+        choices=("both", "held", "folded"),
+        default="both",
+        help="keep every update to the round's end (held), fold each as it counts, or both",
+    )
+    parser.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        nargs="+",
+        default=[DEFAULT_INFLIGHT_MIB],
+        help="the server's in-flight budgets to run side by side, in MiB (default: the "
+        "server's own)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/fold"))
     args = parser.parse_args()
     if args.role == "serve":
-        serve(args.port, args.clients, args.rounds, args.floats, args.held, args.plain_allocator)
+        serve(
+            args.port,
+            args.clients,
+            args.rounds,
+            args.floats,
+            args.held,
+            args.plain_allocator,
+            args.max_inflight_mb,
+        )
         return
     if args.role == "client":
         client(args.port, args.province)
         return
     print(f"{args.clients} clients, {args.rounds} rounds, {args.floats * 8 / 1e6:.1f} MB an update")
     print(
-        f"{'server':<22} {'idle MiB':>9} {'peak RSS MiB':>13} {'median round s':>15} "
-        f"{'uploads resent':>15}"
+        f"{'server':<22} {'budget MiB':>10} {'idle MiB':>9} {'peak RSS MiB':>13} "
+        f"{'median round s':>15} {'uploads resent':>15}"
     )
     plain = {"both": (True, False), "given-back": (False,), "glibc": (True,)}[args.allocator]
-    for plain_allocator, held in itertools.product(plain, (True, False)):
-        figures = run(args.clients, args.rounds, args.floats, held, plain_allocator, args.out)
+    keep = {"both": (True, False), "held": (True,), "folded": (False,)}[args.keep]
+    for plain_allocator, held, budget in itertools.product(plain, keep, args.max_inflight_mb):
+        figures = run(
+            args.clients, args.rounds, args.floats, held, plain_allocator, budget, args.out
+        )
         name = f"{'held' if held else 'folded'}, {'glibc' if plain_allocator else 'given back'}"
         print(
-            f"{name:<22} {figures['idle_mib']:>9.0f} {figures['peak_mib']:>13.0f} "
+            f"{name:<22} {budget:>10g} {figures['idle_mib']:>9.0f} {figures['peak_mib']:>13.0f} "
             f"{figures['median_round']:>15.3f} {figures['resent']:>15}"
         )
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
