@@ -132,9 +132,11 @@ bench-strategies: $(STAMP)
 # outcome checks' cost per round (docs/hardening.md).
 # A round of 10 MB updates from nine client processes, each kept whole until the round ends or
 # folded into the running sum as it counts: the server's peak RSS and median round of each.
+# FOLD_FLAGS picks runs, e.g. "--keep folded --allocator given-back --max-inflight-mb 4096 10".
+FOLD_FLAGS ?=
 .PHONY: bench-fold
 bench-fold: $(STAMP)
-	$(PY) -u -m tests.bench_fold --out runs/fold
+	$(PY) -u -m tests.bench_fold --out runs/fold $(FOLD_FLAGS)
 
 # A 1,000-round run with nine clients on tiny data: server RSS every 50 rounds, and round time.
 .PHONY: bench-soak
