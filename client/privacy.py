@@ -76,9 +76,8 @@ def noised_score(
     bound, sigma = scoring.dp_score_clip, scoring.dp_noise_multiplier
     if not bound:
         raise PrivacyError("the server asks for scores under dp-local with dp_score_clip 0")
-    rng = rng or SecureRandom()
-    noisy = float(metrics["mse"]) + float(rng.normal(0.0, sigma * bound / 2))
-    return {**metrics, "mse": min(max(noisy, 0.0), bound)}
+    mse = forecast.noised_mse(metrics["mse"], bound, sigma * bound / 2, rng or SecureRandom())
+    return {**metrics, "mse": mse}
 
 
 def noised_statistics(
@@ -150,7 +149,7 @@ def timing(outcome: Outcome) -> dict[str, float]:
 
 def untrained(outcome: Outcome) -> dict[str, float]:
     """A training outcome's metrics without the training MSE, a score of the province's own."""
-    return {k: v for k, v in outcome.metrics.items() if k != "train_mse"}
+    return {k: v for k, v in outcome.metrics.items() if k != forecast.TRAIN_MSE}
 
 
 class Masked:

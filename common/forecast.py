@@ -23,6 +23,8 @@ ORACLE = "oracle"
 PERSISTENCE = "persistence"  # the target's own quantity today
 LAST_CLOSE = "last_close"  # today's close
 NAIVE = (PERSISTENCE, LAST_CLOSE)  # beside ORACLE, a synthetic market's expectation of it
+# A training outcome's MSE on the province's own training rows, a score of its own.
+TRAIN_MSE = "train_mse"
 # Means over a province's test rows, which the server pools weighted by its test rows.
 MEANS = ("mse", "mae", "direction", *(f"{name}_mse" for name in (*NAIVE, ORACLE)))
 
@@ -51,6 +53,14 @@ def clipped_mse(prediction: np.ndarray, truth: np.ndarray, bound: float) -> dict
     (the evaluation task carries the bound, common.protection.DPScoring), so that replacing all
     of a province's rows moves it by `bound` at most."""
     return {"mse": float(np.mean(np.minimum((prediction - truth) ** 2, bound)))}
+
+
+def noised_mse(mse: float, bound: float, scale: float, rng: Any) -> float:
+    """A clipped MSE as DP releases it: taken into [0, `bound`] (so that its sensitivity is
+    `bound` whoever clipped it), plus N(0, `scale`²), clamped into [0, `bound`] again (free:
+    post-processing). `rng` draws the noise (`normal(loc, scale)`)."""
+    noisy = min(max(float(mse), 0.0), bound) + float(rng.normal(0.0, scale))
+    return min(max(noisy, 0.0), bound)
 
 
 # Under an aggregating privacy mode a province's scores leave as sums over its test rows, which

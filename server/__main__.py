@@ -156,7 +156,6 @@ def strategy_builder(config: ServerConfig) -> Callable[[Mapping[str, ConfigScala
         config.run.rounds,
         selection.cv_folds,
         candidates,
-        config.privacy.privacy,
         time_split=config.run.setting == "next-day",
     )
     # One accountant for every strategy built: cross-validation's releases count too.

@@ -109,9 +109,7 @@ def test_the_day_counts_leave_noised_and_count_in_the_one_epsilon(tmp_path, mode
                 assert np.array_equal(sent, clear)
     spent = results["rounds"][-1]["privacy"]
     assert spent["noisy_releases"]["noised date counts"] == 2
-    # Only central DP's per-province metrics leave without noise: no day count among them.
-    metrics = {} if mode == "dp-local" else {"training metrics": 2, "evaluation metrics": 2}
-    assert spent["clear_releases"] == metrics
+    assert spent["clear_releases"] == {} and np.isfinite(spent["epsilon"])
     releases = sum(spent["noisy_releases"].values())
     unit = 1.0 if mode == "dp-central" else 0.5
     assert spent["epsilon"] == pytest.approx(epsilon(unit, releases, 1e-5))

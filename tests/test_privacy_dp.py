@@ -143,13 +143,12 @@ def test_pld_composes_tighter_than_rdp_and_both_calibrate_to_the_target():
 
 
 def test_cross_validation_grid_points_and_folds_are_releases_too():
-    # The statistics once, then every round of every fold and grid point, and the final rounds.
-    assert planned_releases(rounds=3, folds=5, candidates=2) == 1 + 33
-    assert planned_releases(rounds=3, folds=0, candidates=1) == 1 + 3
-    # Under local DP each round's noised scores are a release beside its noised updates.
-    assert planned_releases(rounds=3, folds=5, candidates=2, mode="dp-local") == 1 + 66
+    # The statistics once, then every round of every fold and grid point, and the final
+    # rounds, each round's noised scores a release beside its noised updates.
+    assert planned_releases(rounds=3, folds=5, candidates=2) == 1 + 66
+    assert planned_releases(rounds=3, folds=0, candidates=1) == 1 + 6
     # The next-day setting's time split: its rows per year, then per day, two more.
-    assert planned_releases(rounds=3, folds=0, candidates=1, time_split=True) == 2 + 1 + 3
+    assert planned_releases(rounds=3, folds=0, candidates=1, time_split=True) == 2 + 1 + 6
 
 
 def test_the_default_noise_is_not_numpys_generator():
@@ -175,16 +174,16 @@ def run_rounds(strategy, rounds):
     return strategy.round_report(rounds)["privacy"]
 
 
-def test_strategies_sharing_an_accountant_count_every_release_and_the_clear_ones_apart():
+def test_strategies_sharing_an_accountant_count_every_release_and_no_clear_one():
     settings = DPSettings("dp-central", 1.0, 1.0, 1e-5)
     shared = Accountant(settings)
     for _ in range(2):  # two candidates of model selection, say
         run_rounds(DPFedAvg(fedavg(), settings, accountant=shared), 3)
     report = run_rounds(DPFedAvg(fedavg(), settings, accountant=shared), 3)
-    assert report["noisy_releases"] == {"noisy sums of updates": 9}
-    assert report["epsilon"] == pytest.approx(epsilon(1.0, 9, 1e-5))
-    assert report["clear_releases"] == {"evaluation metrics": 9, "training metrics": 9}
-    assert "no finite epsilon covers" in report["note"] and report["accountant"] == "rdp"
+    assert report["noisy_releases"] == {"noisy sums of updates": 9, "noised scores": 9}
+    assert report["epsilon"] == pytest.approx(epsilon(1.0, 18, 1e-5))
+    assert report["clear_releases"] == {} and "note" not in report
+    assert report["accountant"] == "rdp"
 
 
 def test_local_dp_counts_a_release_per_round_asked_even_without_answers():
@@ -239,7 +238,8 @@ def test_a_resumed_run_goes_on_counting_where_it_stopped(tmp_path):
     after = DPFedAvg(fedavg(), settings)
     after.restore(Checkpoint.load(tmp_path / "c.npz").strategy_state)
     assert after.round_report(4)["privacy"] == spent
-    assert run_rounds(after, 1)["noisy_releases"] == {"noisy sums of updates": 5}
+    resumed = run_rounds(after, 1)["noisy_releases"]
+    assert resumed == {"noisy sums of updates": 5, "noised scores": 5}
 
 
 def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
@@ -253,10 +253,12 @@ def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
     results = in_memory.run(tmp_path, *flags, over=in_memory.channel(rows=3_000))
     spent = [r["privacy"] for r in results["rounds"]]
     assert [s["noisy_releases"] for s in spent] == [
-        {"noised date counts": 2, "noised statistics": 1, "noisy sums of updates": 13},
-        {"noised date counts": 2, "noised statistics": 1, "noisy sums of updates": 14},
+        {"noised date counts": 2, "noised statistics": 1, "noisy sums of updates": 13}
+        | {"noised scores": 13},
+        {"noised date counts": 2, "noised statistics": 1, "noisy sums of updates": 14}
+        | {"noised scores": 14},
     ]
-    # Calibrated for all 17, so the last round spends exactly the target; the first one less.
+    # Calibrated for all 31, so the last round spends exactly the target; the first one less.
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(4.0, rel=1e-2)
-    assert "statistics" not in spent[1]["clear_releases"]
+    assert spent[1]["clear_releases"] == {}
     assert spent[1]["accountant"] == "pld"

@@ -13,15 +13,17 @@ once per grid point and fold, and each of those rounds releases a noisy sum too 
 `svm-c=1,10` and 5 folds, 3 rounds make 2·5·3 + 3 = 33 releases). One `Accountant` per run
 composes them all with Google's `dp-accounting` (RDP or PLD, `--dp-accountant`), each a
 Gaussian mechanism with sampling rate 1: in the central mode a client is added or removed
-(sensitivity C); in the local mode a client's data is replaced (2C). Under local DP each
-evaluation is a release too: each province's MSE, clipped per row to B (sensitivity B), noised
-at the same multiplier. The statistics (n, Σz, Σzzᵀ) are one release too: every row clipped
+(sensitivity C); in the local mode a client's data is replaced (2C). Each evaluation is a
+release too: each province's MSE, clipped per row to B (sensitivity B), noised at the same
+multiplier, by the province (local) or by the server before anything holds it (central, where
+the server is trusted with the clear score but releases only the noised one; the training MSE
+it drops unreleased). The statistics (n, Σz, Σzzᵀ) are one release too: every row clipped
 into public bounds, noised by each province (local) or by the server on their sum (central) in
 the bounds' unit space, with one row replaced as the unit (common/dpstats.py). In the next-day
 setting the time split's rows per year, then per day, are two more such releases, noised and
-counted alike (common/dpstats.py), and the cutoff is agreed from their noised sums. Releases
-that leave a province without noise (under central DP the per-province metrics) are counted
-apart: no finite ε covers them, and the report says so.
+counted alike (common/dpstats.py), and the cutoff is agreed from their noised sums. A release
+that left without noise would be counted apart, as one no finite ε covers, and the report
+would say so; none does now.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import dpbounds, dpstats, vectors
+from common import dpbounds, dpstats, forecast, vectors
 from common.dpbounds import Ranges
+from common.forecast import noised_mse as noised
 from common.models.checks import UpdateError
 from common.noise import SecureRandom
 from common.preprocess import GlobalStatistics
@@ -87,14 +90,12 @@ def noise_for_epsilon(target: float, releases: int, delta: float, kind: str = "r
     )
 
 
-def planned_releases(
-    rounds: int, folds: int, candidates: int, mode: str = "dp-central", time_split: bool = False
-) -> int:
+def planned_releases(rounds: int, folds: int, candidates: int, time_split: bool = False) -> int:
     """Noisy releases of a run: the time split's rows per year and per day (next-day setting),
     the statistics, then every round of every fold of every candidate and the rounds of the
-    final training; under local DP each round releases its noised scores too."""
+    final training, each releasing its noised updates and its noised scores."""
     dates = 2 if time_split else 0
-    return dates + 1 + rounds * (1 + folds * candidates) * (2 if mode == "dp-local" else 1)
+    return dates + 1 + rounds * (1 + folds * candidates) * 2
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class DPSettings:
     noise_multiplier: float
     delta: float
     accountant: str = "rdp"
-    # B: under local DP, the bound on each test row's squared error in the released MSE.
+    # B: the bound on each test row's squared error in the released MSE.
     score_clip: float = 1.0
     # The public range of each statistics column, in order (common/dpbounds.py).
     bounds: Ranges = field(default_factory=dict)
@@ -309,14 +310,22 @@ class DPFedAvg(Strategy):
             else {}
         )
         plan = self.inner.configure_fit(server_round, parameters, provinces)
-        # Each province answers with its training metrics in clear (central DP) or its noised
-        # update and no training MSE (local DP): counted when asked for, so a refused or late
-        # answer counts too.
+        # Under local DP each province answers with its noised update and no training MSE:
+        # counted when asked for, so a refused or late answer counts too. (Central DP's noisy
+        # sum is counted as it is made.)
         if s.mode == "dp-local":
             self.accountant.spend("noised updates")
-        else:
-            self.accountant.disclose("training metrics")
         return [replace(i, config={**i.config, **extra}) for i in plan]
+
+    def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
+        """Under central DP a province's training MSE reaches the server in the clear; no noise
+        covers it, so it is dropped on arrival and no record, summary or view releases it."""
+        kept = super().accept_fit(server_round, result)
+        if self.settings.mode == "dp-local" or forecast.TRAIN_MSE not in kept.metrics:
+            return kept
+        return replace(
+            kept, metrics={k: v for k, v in kept.metrics.items() if k != forecast.TRAIN_MSE}
+        )
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         self.inner.check_update(arrays, n_features)
@@ -361,19 +370,32 @@ class DPFedAvg(Strategy):
         return vectors.unflatten(step if base is None else base + step, like)
 
     def configure_evaluate(self, server_round, parameters, provinces):
-        """Under local DP each province answers with its clipped MSE, noised (client/privacy.py),
-        one more release at the updates' noise; under central DP its scores, in the clear."""
+        """Each province answers with its MSE clipped per row to B and nothing else: noised by
+        the province (local, client/privacy.py) or, in the clear to the trusted server, noised
+        by it in `aggregate_evaluate` before anything holds it (central). One more release at
+        the updates' noise, counted when asked."""
         plan = self.inner.configure_evaluate(server_round, parameters, provinces)
         s = self.settings
-        if s.mode != "dp-local":
-            self.accountant.disclose("evaluation metrics")
-            return plan
         self.accountant.spend("noised scores")
-        extra = {
-            **Protection(s.mode).to_config(),
-            **DPScoring(s.score_clip, s.noise_multiplier).to_config(),
-        }
+        extra = DPScoring(s.score_clip, s.noise_multiplier).to_config()
+        if s.mode == "dp-local":
+            extra = {**Protection(s.mode).to_config(), **extra}
         return [replace(i, config={**i.config, **extra}) for i in plan]
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        """The federation's MSE from each province's released one: under central DP the server
+        releases each province's clipped MSE with N(0, (σ·B)²) (σ in units of the score's
+        sensitivity B, as a province adds under local DP), and only that: the clear score and
+        any other metric a province sent stay out of the evaluation and so of every record."""
+        s = self.settings
+        if s.mode != "dp-local":
+            scale = s.unit_noise * s.score_clip
+            results = [
+                replace(r, metrics={"mse": noised(r.metrics["mse"], s.score_clip, scale, self.rng)})
+                for r in results
+                if "mse" in r.metrics
+            ]
+        return super().aggregate_evaluate(server_round, results, failures)
 
     def disclosure(self):
         s = self.settings
@@ -393,14 +415,24 @@ class DPFedAvg(Strategy):
         }
         if "dates" in disclosed:  # the time split's day counts
             disclosed["dates"] = self.dates_disclosure()
+        clipped = (
+            f"each province's test MSE with each row's squared error clipped to B = "
+            f"{s.score_clip:g}"
+        )
+        noise = f"Gaussian noise σ/2·B, σ = {s.noise_multiplier:g}, clamped to [0, B]"
         if s.mode == "dp-local":
-            disclosed["metrics"] = entry(
-                f"each province's test MSE with each row's squared error clipped to "
-                f"B = {s.score_clip:g}, noised by the province (Gaussian noise σ/2·B, σ = "
-                f"{s.noise_multiplier:g}, clamped to [0, B]) and counted as a release; its row "
-                f"count in the clear; no other score, no training MSE",
-                "nothing of any other province",
+            server = (
+                f"{clipped}, noised by the province ({noise}) and counted as a release; its row "
+                f"count in the clear; no other score, no training MSE"
             )
+        else:
+            noise = f"Gaussian noise σ·B, σ = {s.unit_noise:g}, clamped to [0, B]"
+            server = (
+                f"{clipped}, its row count and its training MSE in the clear (the central model "
+                f"trusts the server); it drops the training MSE and releases each test MSE only "
+                f"noised ({noise}), counted as a release"
+            )
+        disclosed["metrics"] = entry(server, "nothing of any other province")
         return disclosed
 
     def statistics_disclosure(self) -> dict[str, str]:
