@@ -20,6 +20,7 @@ from server.cli import parse_args
 from server.memory import MemoryChannel
 from server.privacy.dp import Accountant, DPFedAvg, DPSettings, epsilon, planned_releases
 from server.strategy import ClientResult, FedAvg
+from server.summary import format_summary
 from tests import in_memory
 from tests.test_federation import FAST
 
@@ -262,3 +263,99 @@ def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(4.0, rel=1e-2)
     assert spent[1]["clear_releases"] == {}
     assert spent[1]["accountant"] == "pld"
+
+
+def clear_values_in(folder, values: set[float]) -> list[str]:
+    """Each file under `folder` (and each array of each .npz) holding any of `values`: as a
+    number in its text, or as an element of an array."""
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                for name in arrays.files:
+                    array = arrays[name]
+                    if array.dtype.kind in "US":
+                        text = " ".join(map(str, array.ravel().tolist()))
+                        found += [f"{path.name}:{name}" for v in values if repr(v) in text]
+                    elif array.dtype.kind == "f" and np.isin(array, list(values)).any():
+                        found.append(f"{path.name}:{name}")
+        else:
+            text = path.read_text(errors="replace")
+            found += [path.name for v in values if repr(v) in text]
+    return found
+
+
+def test_under_central_dp_the_server_releases_only_noised_scores_and_writes_no_clear_one(
+    tmp_path,
+):
+    """The server's own run in memory: each province's clipped MSE as the province computed it
+    from its rows (clear to the trusted server), against everything the run wrote."""
+    works = {p: in_memory.Scoring(synthesize_province(p, in_memory.ROWS, SEED)) for p in PROVINCES}
+    flags = ["--model", "lr", "--rounds", "2", "--privacy", "dp-central", "--dp-epsilon", "3"]
+    flags += ["--dp-score-clip", "1000"]  # above every row's squared error here
+    results = in_memory.run(tmp_path / "dp", *flags, over=MemoryChannel(works))
+    clear: set[float] = set()
+    for province, work in works.items():
+        assert len(work.sent) == 2  # one evaluation a round
+        for outcome in work.sent:
+            assert set(outcome.metrics) == {"mse", "seconds"}  # clipped per row, no other score
+            assert 0.0 < outcome.metrics["mse"] < 1000.0  # inside, where no clamp could meet it
+            clear.add(float(outcome.metrics["mse"]))
+        for record in (*results["rounds"], results["final"]):
+            released = record["per_client"][province]
+            assert set(released) == {"mse", "n_test"}
+            assert 0.0 <= released["mse"] <= 1000.0 and released["mse"] not in clear
+    assert all(r["train_mse"] is None for r in results["rounds"])
+    assert clear_values_in(tmp_path, clear) == []
+    summary = format_summary(results)
+    assert not [v for v in clear if repr(v) in summary or f"{v:.6g}" in summary]
+    spent = results["rounds"][-1]["privacy"]
+    assert spent["noisy_releases"]["noised scores"] == 2
+    assert spent["clear_releases"] == {}
+    assert spent["epsilon"] == pytest.approx(3.0, rel=1e-2)
+    metrics = results["disclosure"]["metrics"]["server"]
+    assert "in the clear" in metrics and "releases each test MSE only noised" in metrics
+
+
+def test_central_dp_noises_each_clipped_score_at_sigma_b_and_keeps_no_other_metric():
+    settings = DPSettings("dp-central", 1.0, 0.5, 1e-5, score_clip=4.0)
+    rng = np.random.default_rng(2)
+    strategy = DPFedAvg(fedavg(), settings, np.random.default_rng(2))
+    scores = [
+        ClientResult(p, 10, {"mse": mse, "mae": 0.3, "seconds": 1.0})
+        for p, mse in (("a", 1.0), ("b", 9.0), ("c", 2.0))
+    ]
+    evaluation = strategy.aggregate_evaluate(1, scores, [])
+    # Taken into [0, B] first (b's 9 counts as 4), then N(0, (σ·B)²), clamped into [0, B].
+    expected = np.clip(np.array([1.0, 4.0, 2.0]) + rng.normal(0.0, 0.5 * 4.0, 3), 0.0, 4.0)
+    released = [evaluation.per_client[p]["mse"] for p in "abc"]
+    np.testing.assert_allclose(released, expected)
+    assert all(set(evaluation.per_client[p]) == {"mse", "n_test"} for p in "abc")
+    assert evaluation.mse == pytest.approx(float(np.mean(expected)))
+    trained = ClientResult("a", 10, {"train_mse": 0.25, "seconds": 1.0})
+    assert strategy.accept_fit(1, trained).metrics == {"seconds": 1.0}
+
+
+SMALL = ["--rounds", "1", "--dp-noise-multiplier", "1", "--min-clients", "9"]
+MODELS = [
+    *((mode, model) for mode in ("dp-central", "dp-local") for model in ("lr", "lr-sgd", "svm")),
+    ("dp-local", "gbdt"),
+    ("dp-local", "rf-hist"),
+]
+QUICK = {
+    "svm": ["--svm-features", "50"],
+    "gbdt": ["--gbdt-trees", "2", "--gbdt-max-depth", "3"],
+    "rf-hist": ["--rfh-trees", "2", "--rfh-max-depth", "3"],
+}
+
+
+@pytest.mark.parametrize(("mode", "model"), MODELS)
+def test_every_dp_run_reports_one_finite_epsilon_and_no_clear_release(tmp_path, mode, model):
+    flags = ["--model", model, "--privacy", mode, *SMALL, *QUICK.get(model, [])]
+    results = in_memory.run(tmp_path, *flags, over=in_memory.channel(rows=3_000))
+    for record in results["rounds"]:
+        spent = record["privacy"]
+        assert spent["clear_releases"] == {} and "note" not in spent
+        assert spent["epsilon"] is not None and 0 < spent["epsilon"] < math.inf
+        assert spent["noisy_releases"]["noised scores"] == record["round"]
+        assert record["disclosure"]["epsilon"] == spent["epsilon"]
