@@ -4,9 +4,11 @@ Each strategy, and each privacy mode wrapped around one, says what the phases it
 (`Strategy.disclosure`), beside the code that sends them, so that the report follows what the
 run does. Each round says the same of its own updates (`Strategy.round_disclosure`: who sent
 them, who dropped, the noise and ε to that round), written into the round's record by the
-schedule that gathered them; `by_rounds` groups identical consecutive rounds. results.json
-keeps it under `disclosure` (the rounds' under `disclosure.rounds`); the summary prints it as a
-table.
+schedule that gathered them; `by_rounds` groups identical consecutive rounds. Model
+selection's rounds say it as well, each fold's kept with its candidate and gathered by
+`cross_validation`. results.json keeps it under `disclosure` (the rounds' under
+`disclosure.rounds`, cross-validation's under `disclosure.cross_validation`); the summary prints
+it as a table.
 """
 
 from __future__ import annotations
@@ -77,10 +79,20 @@ def by_rounds(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return groups
 
 
+def cross_validation(selection: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Model selection's rounds, as its report keeps them: each candidate's folds (counted from
+    1), each with its rounds' entries grouped (`by_rounds`)."""
+    return [
+        {"params": candidate["params"], "fold": fold, "rounds": said}
+        for candidate in selection["candidates"]
+        for fold, said in enumerate(candidate.get("disclosure", []), start=1)
+    ]
+
+
 def table(disclosure: Mapping[str, Any]) -> list[str]:
     """The report as lines of text: each phase, then what the server and a province learn;
-    the rounds' updates, grouped, beneath the run's."""
-    phases = {k: v for k, v in disclosure.items() if k != "rounds"}
+    the rounds' updates, grouped, beneath the run's, and cross-validation's beneath them."""
+    phases = {k: v for k, v in disclosure.items() if k not in ("rounds", "cross_validation")}
     width = max(len(phase) for phase in [*phases, "phase"])
     lines = [f"{'phase':<{width}}  who learns what"]
     for phase, learned in phases.items():
@@ -88,6 +100,10 @@ def table(disclosure: Mapping[str, Any]) -> list[str]:
         lines.append(f"{'':<{width}}  each province: {learned['provinces']}")
         if phase == "updates":
             lines += [f"{'':<{width}}  {line}" for line in _rounds(disclosure.get("rounds", []))]
+            for fold in disclosure.get("cross_validation", []):
+                params = fold["params"] or "(the flags' setting)"
+                named = f"cross-validation {params}, fold {fold['fold']}"
+                lines += [f"{'':<{width}}  {named}, {line}" for line in _rounds(fold["rounds"])]
     return lines
 
 

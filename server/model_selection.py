@@ -22,6 +22,7 @@ from typing import Any
 from common.hyperparameters import ALL_OPTIONS
 from common.settings import FoldSettings
 from common.wire import ConfigScalar
+from server.disclosure import by_rounds
 from server.rounds import FederationError, RoundLoop
 from server.strategy import Strategy
 
@@ -78,11 +79,18 @@ class ModelSelection:
             report.update(kind="random")
         for number, params in enumerate(self.candidates(), start=1):
             scores = [self._fold(loop, params, fold) for fold in range(self.folds)]
-            rows = sum(n for _, n in scores)
+            rows = sum(n for _, n, _ in scores)
             # Every fold must have produced a model for the candidate to count.
-            cv_mse = sum(mse * n for mse, n in scores) / rows if all(n for _, n in scores) else None
+            counted = all(n for _, n, _ in scores)
+            cv_mse = sum(mse * n for mse, n, _ in scores) / rows if counted else None
             report["candidates"].append(
-                {"params": params, "cv_mse": cv_mse, "fold_mse": [mse for mse, _ in scores]}
+                {
+                    "params": params,
+                    "cv_mse": cv_mse,
+                    "fold_mse": [mse for mse, _, _ in scores],
+                    # What each fold's rounds let out, as the final training's rounds say it.
+                    "disclosure": [said for _, _, said in scores],
+                }
             )
             log.info(
                 "model selection %d/%d %s: cross-validated MSE %s",
@@ -103,11 +111,15 @@ class ModelSelection:
 
     def _fold(
         self, loop: RoundLoop, params: dict[str, ConfigScalar], fold: int
-    ) -> tuple[float | None, int]:
-        """The fold's MSE over its held-out rows and their count; (None, 0) without a model."""
+    ) -> tuple[float | None, int, list[dict[str, Any]]]:
+        """The fold's MSE over its held-out rows and their count ((None, 0) without a model),
+        and its rounds' disclosure entries, identical consecutive ones grouped."""
         strategy = self.build({**self.base, **params})
         settings = FoldSettings(self.folds, fold, self.embargo)
-        evaluation = loop.fit(strategy, settings.to_config())
+        records: list[dict[str, Any]] = []
+        evaluation = loop.fit(strategy, settings.to_config(), records)
+        said = by_rounds(records)
         if evaluation is None:
-            return None, 0
-        return evaluation.mse, sum(int(s["n_test"]) for s in evaluation.per_client.values())
+            return None, 0, said
+        rows = sum(int(s["n_test"]) for s in evaluation.per_client.values())
+        return evaluation.mse, rows, said

@@ -30,7 +30,7 @@ from server.analysis import Analysis, FinalFit
 from server.channel import Accept, Assignment, Keep, TaskChannel, as_it_is, gather
 from server.checks import check_statistics, check_train_count
 from server.config import RunSettings
-from server.disclosure import by_rounds
+from server.disclosure import by_rounds, cross_validation
 from server.ledger import Ledger
 from server.recorder import Recorder, Resumed, RunState, round_line
 from server.results import ResultsFile
@@ -102,7 +102,10 @@ class RoundLoop:
             disclosure["analysis"] = self.analysis.disclosure()
         if s.setting != "next-day":  # a random split: no dates were asked for
             disclosure.pop("dates", None)
-        disclosure["rounds"] = by_rounds(self.results.snapshot()["rounds"])
+        recorded = self.results.snapshot()
+        disclosure["rounds"] = by_rounds(recorded["rounds"])
+        if recorded.get("model_selection"):
+            disclosure["cross_validation"] = cross_validation(recorded["model_selection"])
         self.results.update(disclosure=disclosure)
         if self.analysis is not None:
             sections = self.analysis.run(
@@ -360,13 +363,16 @@ class RoundLoop:
         strategy.prepare(self.statistics, self.train_samples)
         self.strategy = strategy
 
-    def fit(self, strategy: Strategy, config: dict[str, ConfigScalar]) -> Evaluation | None:
+    def fit(
+        self, strategy: Strategy, config: dict[str, ConfigScalar], records: list[dict[str, Any]]
+    ) -> Evaluation | None:
         """Train `strategy` from scratch with `config` added to every task, and its last
-        evaluation. Model selection's inner runs: synchronous rounds, of which nothing enters
-        the results' rounds, the checkpoint or the ledger, and the run's own strategy and
-        model are left as they were. With folds of days, a province with no rows on a fold's
-        training days (one whose rows begin later) sits the fold out: the quorum still asks
-        every province, and a fold's rounds aggregate whoever had rows."""
+        evaluation; each round's record appended to `records`. Model selection's inner runs:
+        synchronous rounds, of which nothing enters the results' rounds, the checkpoint or the
+        ledger, and the run's own strategy and model are left as they were. With folds of
+        days, a province with no rows on a fold's training days (one whose rows begin later)
+        sits the fold out: the quorum still asks every province, and a fold's rounds aggregate
+        whoever had rows."""
         saved = self.strategy, self.parameters, self.task_config, self.settings
         needed = self.settings.min_clients
         self._adopt(strategy)
@@ -377,7 +383,7 @@ class RoundLoop:
             evaluation = None
             for server_round in range(1, self.settings.rounds + 1):
                 provinces = self.quorum(needed)
-                scored = Cohort.round(self, server_round, provinces, recorded=False)
+                scored = Cohort.round(self, server_round, provinces, records)
                 evaluation = scored or evaluation
             return evaluation
         finally:

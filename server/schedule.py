@@ -44,9 +44,14 @@ class Cohort:
 
     @staticmethod
     def round(
-        loop: RoundLoop, server_round: int, provinces: list[str], recorded: bool = True
+        loop: RoundLoop,
+        server_round: int,
+        provinces: list[str],
+        unrecorded: list[dict[str, Any]] | None = None,
     ) -> Evaluation | None:
-        """Train, aggregate if the quorum answered, evaluate; recorded unless cross-validating."""
+        """Train, aggregate if the quorum answered, evaluate; recorded through the recorder, or
+        (cross-validating) its record appended to `unrecorded` instead."""
+        recorded = unrecorded is None
         s, strategy = loop.settings, loop.strategy
         started, cpu_started = time.perf_counter(), time.process_time()
         received: list[int] = []  # bytes of each update as it arrived, before any decoding
@@ -106,6 +111,7 @@ class Cohort:
             loop.recorder.commit(record, updates, loop.parameters, evaluation, loop.run_state())
         else:
             log.info("cross-validation %s", loop.round_line(record))
+            unrecorded.append(record)
         return evaluation
 
 

@@ -61,7 +61,7 @@ class FakeLoop:
         self.fits = []
         self.split_config = {}  # the paper setting's random folds
 
-    def fit(self, strategy, config):
+    def fit(self, strategy, config, records):
         self.fits.append((strategy.model_config["svm_c"], config["cv_fold"]))
         mse = self.scores[strategy.model_config["svm_c"]] + config["cv_fold"]
         return Evaluation(mse, {"hubei": {"mse": mse, "n_test": 10 + config["cv_fold"]}})

@@ -263,6 +263,18 @@ def test_model_selection_releases_are_counted_in_a_whole_run(tmp_path):
     assert spent[0]["epsilon"] < spent[1]["epsilon"] == pytest.approx(4.0, rel=1e-2)
     assert spent[1]["clear_releases"] == {}
     assert spent[1]["accountant"] == "pld"
+    # Each fold's rounds say what they let out, as the final training's do, with the ε spent
+    # to each: the 12 rounds before the final training's, in the order they ran.
+    folds = results["disclosure"]["cross_validation"]
+    assert [(f["params"], f["fold"]) for f in folds] == [
+        ({"svm_c": c}, fold) for c in (1.0, 10.0) for fold in (1, 2, 3)
+    ]
+    ran = [e for f in folds for group in f["rounds"] for e in group["epsilon"]]
+    assert all(g["first_round"] == 1 and g["last_round"] == 2 for f in folds for g in f["rounds"])
+    assert ran == sorted(ran) and ran[0] > 0 and ran[-1] < spent[0]["epsilon"]
+    assert all("noises the sum" in g["server"] for f in folds for g in f["rounds"])
+    summary = format_summary(results)
+    assert "cross-validation {'svm_c': 10.0}, fold 3, rounds 1–2 (ε" in summary
 
 
 def clear_values_in(folder, values: set[float]) -> list[str]:
