@@ -137,8 +137,11 @@ class LocalWork:
         x = self._inputs(trainer, groups, "train", scaler)
         update = trainer.fit(x, data.y_train, parameters, groups)
         metrics = {}
-        if trainer.update_is_model and groups.tree_step is None:  # not a question's answer
-            metrics["train_mse"] = _mse(trainer.predict(update, x, groups), data.y_train)
+        # Not a question's answer, nor under dp-local, whose chain keeps the training MSE home
+        # (and whose drawn trees are whole only once their leaves are noised).
+        kept_home = groups.need(Protection).privacy == "dp-local"
+        if trainer.update_is_model and groups.tree_step is None and not kept_home:
+            metrics[forecast.TRAIN_MSE] = _mse(trainer.predict(update, x, groups), data.y_train)
         if trainer.local_steps is not None:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), groups))
             # q-FedAvg weighs provinces by the global model's loss; nobody else asks for it.

@@ -204,7 +204,7 @@ class LocalNoise:
     """`dp-local`: the update leaves clipped and noised (`privatize`), a histogram tree's
     answer, whose rows the province bounded as it summed them, noised
     (common/models/histnoise.py), the statistics of its clipped rows and the time split's day
-    counts noised (common/dpstats.py), a forest's leaves, refitted on clipped targets, noised
+    counts noised (common/dpstats.py), a forest's drawn trees' leaf counts and sums noised
     (`noised_forest`), the evaluation's clipped MSE noised (`noised_score`), and the training
     MSE stays home."""
 
@@ -237,14 +237,17 @@ def noised_forest(
     groups: TaskGroups,
     rng: np.random.Generator | SecureRandom | None = None,
 ) -> Arrays:
-    """Local DP on a forest whose leaves the province refitted on clipped targets: every leaf
-    value noised at σ/2 times one tree's sensitivity (common/models/leafnoise.py)."""
+    """Local DP on a forest of drawn trees whose leaves the province filled from its clipped
+    targets: every leaf's count and sum noised, its value and row count taken from them
+    (common/models/leafnoise.py), each tree one release at σ/2 per unit of sensitivity."""
     noise = groups.need(DPNoise)
     least = groups.need(ForestSettings).rf_min_samples_leaf
-    scale = leafnoise.leaf_noise(noise.dp_clip, least, noise.dp_noise_multiplier)
+    clip, sigma = noise.dp_clip, noise.dp_noise_multiplier
     rng = rng or SecureRandom()
     trees = forest.TREES.take(arrays, len(arrays) // len(forest.TREES.fields))
-    return forest.forest_to_arrays(leafnoise.noised(tree, scale, rng) for tree in trees)
+    return forest.forest_to_arrays(
+        leafnoise.noised(tree, clip, sigma, least, rng) for tree in trees
+    )
 
 
 class ClientPrivacy:

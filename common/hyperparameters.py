@@ -155,7 +155,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
             _count,
             "1",
             "fewest rows in a leaf; at 1 (Table 1) a full-depth tree's leaf holds one training "
-            "row's target; --privacy dp-local needs 20 or more",
+            "row's target; under --privacy dp-local the floor of a leaf's noised row count",
         ),
         Option(
             "rf_bins_per_decade",

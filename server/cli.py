@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Paillier ciphertexts that the server adds without a key; secagg: clients mask their "
         "updates so the server can unmask only their sum. Each applies to models whose "
         "updates are weight vectors (lr, lr-sgd, svm); rf takes dp-local only, each province "
-        "noising its trees' leaves (--rf-min-samples-leaf 20 or more) [FEDSTOCK_PRIVACY]",
+        "drawing its trees' shapes at random and noising their leaves [FEDSTOCK_PRIVACY]",
     )
     add(
         "--dp-clip",

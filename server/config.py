@@ -16,7 +16,6 @@ from common import dpbounds, quantity
 from common.cli import ConfigError
 from common.compression import METHODS
 from common.members import PAPER, Members
-from common.models import leafnoise
 from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
@@ -460,14 +459,9 @@ class ServerConfig:
 
 
 def _private_forest(privacy: PrivacySettings, model: ModelSettings) -> str | None:
-    """What a union of local trees cannot do under a privacy mode: only each province noising
-    its own leaves protects a tree (a tree is not a sum), on the grid's thresholds, with leaves
-    of at least the floor's rows (in every grid point too), and a count of releases
-    --dp-epsilon cannot plan for."""
-
-    def tried(name: str) -> list[int]:
-        return [int(v) for v in [model.options[name], *model.grid.get(name, [])]]
-
+    """What a union of local trees cannot do under a privacy mode: only each province drawing
+    its trees' shapes and noising their leaves protects a tree (a tree is not a sum), and a
+    count of releases --dp-epsilon cannot plan for."""
     if privacy.privacy != "dp-local":
         return (
             f"--privacy {privacy.privacy} cannot protect rf's trees: a forest is the union of "
@@ -476,13 +470,6 @@ def _private_forest(privacy: PrivacySettings, model: ModelSettings) -> str | Non
             "--model rf-hist grows its trees from summed histograms and takes --privacy "
             "secagg or dp-local; rf takes --privacy dp-local, each province noising its own "
             "leaves"
-        )
-    least = min(tried("rf_min_samples_leaf"))
-    if least < leafnoise.FLOOR:
-        return (
-            f"--privacy dp-local needs --rf-min-samples-leaf of at least {leafnoise.FLOOR} "
-            f"(got {least}): a leaf of fewer rows says too much about each (Table 1's 1 is one "
-            "row's target), and a leaf's noise is scaled to 1/rows"
         )
     if privacy.dp_epsilon:
         return (

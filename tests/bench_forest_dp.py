@@ -1,8 +1,9 @@
 """`python -m tests.bench_forest_dp`: what a forest of local trees costs under dp-local.
 
 The server's own run over the in-memory channel (one process), one round of `rf` in the clear
-(Table 1's leaves of one row, then leaves of at least 20) and under dp-local at a few leaf
-floors and noise multipliers. Each run's global forest is scored on every province's test rows
+(Table 1's grown trees with leaves of one row, then of at least 20) and under dp-local (trees
+whose shapes are drawn, leaves' counts and sums noised) at a few count floors and noise
+multipliers. Each run's global forest is scored on every province's test rows
 without noise (the MSE a dp-local run reports is the provinces' noised MSEs), beside the naive
 forecast and the spent ε. Benchmarks measure and print; they assert nothing.
 """
@@ -37,7 +38,7 @@ def cases(clip: float) -> dict[str, list[str]]:
         "clear, leaves >= 1 (Table 1)": [],
         "clear, leaves >= 20": ["--rf-min-samples-leaf", "20"],
         **{
-            f"dp-local, leaves >= {m}, sigma {s}": [
+            f"dp-local, drawn, count floor {m}, sigma {s}": [
                 "--rf-min-samples-leaf",
                 str(m),
                 *dp,

@@ -155,6 +155,53 @@ def fit_forest(
     return [snapped(tree_arrays(estimator), edges) for estimator in model.estimators_]
 
 
+# scikit-learn's mark of a leaf's feature and threshold, which prediction never reads.
+UNDEFINED = -2
+# A drawn tree's depth when --rf-max-depth leaves it unlimited (0): 256 leaves at most, some
+# hundreds of rows each for a province of tens of thousands.
+DRAWN_DEPTH = 8
+
+
+def drawn_tree(edges: Sequence[np.ndarray], depth: int, rng: np.random.Generator) -> Member:
+    """A tree whose shape is drawn, never grown: at each node above `depth`, a feature with an
+    edge inside the node's range on it and one such edge, both drawn from `rng`; a node with
+    none, or at `depth`, is a leaf. No row is read, so the shape says nothing of any row (the
+    same `rng` state draws the same tree for any rows). Children come after their parent;
+    every count and value is 0 until the leaves are filled (common/models/leafnoise.py)."""
+    low = np.full(len(edges), -np.inf)
+    ranges = [(low, -low, 0)]  # each node's open range on every feature, and its level
+    split: list[tuple[int, float] | None] = []  # each node's feature and edge, or None: a leaf
+    for lo, hi, level in ranges:  # grows as it goes: breadth first
+        inside = [(e > lo[f]) & (e < hi[f]) for f, e in enumerate(edges)] if level < depth else []
+        open_ = [f for f, within in enumerate(inside) if within.any()]
+        if not open_:
+            split.append(None)
+            continue
+        f = open_[int(rng.integers(len(open_)))]
+        candidates = edges[f][inside[f]]
+        t = float(candidates[int(rng.integers(len(candidates)))])
+        below, above = hi.copy(), lo.copy()
+        below[f] = above[f] = t
+        split.append((f, t))
+        ranges += [(lo, below, level + 1), (above, hi, level + 1)]
+    children = np.cumsum([0, *(2 for s in split if s is not None)])
+    inner = np.array([s is not None for s in split])
+    left = np.full(len(split), LEAF)
+    left[inner] = children[:-1] + 1
+    right = np.where(inner, left + 1, LEAF)
+    feature = [UNDEFINED if s is None else s[0] for s in split]
+    threshold = [float(UNDEFINED) if s is None else s[1] for s in split]
+    nodes = len(split)
+    return {
+        "children_left": left.astype(INDEX),
+        "children_right": right.astype(INDEX),
+        "feature": np.array(feature, dtype=INDEX),
+        "n_node_samples": np.zeros(nodes, dtype=INDEX),
+        "threshold": np.array(threshold, dtype=FLOAT),
+        "value": np.zeros(nodes, dtype=FLOAT),
+    }
+
+
 def forest_to_arrays(trees: Iterable[Member]) -> Arrays:
     return TREES.pack(trees)
 

@@ -1,43 +1,30 @@
-"""Local DP on a random forest's leaves (`--model rf --privacy dp-local`): the floor for `rf`.
+"""Local DP on a random forest (`--model rf --privacy dp-local`): the floor for `rf`.
 
 A tree of a union-of-local-trees forest is not a sum, so no secure aggregation or encryption
-can hide it; what a province can do is bound what each leaf says about any one row, and noise it.
-Its split thresholds are edges of a grid fixed in advance (common/models/forest.py), never a
-row's value. Under dp-local the province also clips every target to [−C, C] before the trees
-grow, makes each leaf's value the mean of the clipped targets of *all* its training rows that
-land in it (each row counts once, whatever the bootstrap drew), with at least `FLOOR` rows in
-every leaf, sets the inner nodes' values (which prediction never reads) to 0, and adds Gaussian
-noise to every leaf value before the trees leave.
+can hide it; what a province can do is make the whole tree one noised release. Its shape is
+drawn, not grown (common/models/forest.py's `drawn_tree`: at each node a feature and one of the
+federation's bin edges from a seeded generator, to a fixed depth): it reads no row, so it
+releases nothing. The province clips every target to [−C, C], counts the rows of *all* its
+training rows in each leaf (each once: no bootstrap) and sums their clipped targets, and noises
+every leaf's count and sum before the tree leaves; each leaf's value is then its noised sum over
+its noised count (at least the floor m, `--rf-min-samples-leaf`), clamped to [−C, C], and its
+row count the noised count rounded (at least 1), the inner nodes' the sums of their leaves'.
 
-Sensitivity: with the tree's shape fixed, replacing one row changes at most two leaves' means
-(the leaf it leaves and the leaf it enters), each by at most 2C/m for leaves of at least m rows,
-so one tree's leaf values move by at most 2√2·C/m in L2. Noise of σ/2 times that on each leaf
-makes each tree one Gaussian release at the run's noise multiplier σ/2 per unit of sensitivity,
-as every other dp-local release is counted (server/privacy/dp.py). The shapes themselves (which
-feature, which grid edge, and every node's row count) are grown from the rows and leave without
-noise: ε covers the leaf values, not the shapes, and the accountant lists the shapes among the
-releases no finite ε covers.
+Sensitivity: replacing one row moves at most two leaves (the one it leaves, the one it enters),
+each leaf's sum by at most C and its count by 1, so the vector of sums/C and counts moves by at
+most 2 in L2. Noise of σ on each (σ·C on a sum) makes each tree one Gaussian release at σ/2 per
+unit of sensitivity, as every other dp-local release is counted (server/privacy/dp.py): ε covers
+the whole tree. The floor m no longer protects anything (the noise does); it shrinks a leaf of
+few rows toward no change, as though it held m.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from common.models.ensemble import Member
 from common.models.forest import LEAF, leaves
 from common.noise import SecureRandom
-
-# The fewest rows a leaf may hold under a privacy mode (Table 1 has 1: a leaf is then one
-# row's target). A deviation from the paper, stated in docs/privacy.md.
-FLOOR = 20
-
-
-def leaf_noise(clip: float, min_leaf: int, sigma: float) -> float:
-    """The standard deviation of the noise on each leaf value: σ/2 times one tree's L2
-    sensitivity 2√2·C/m."""
-    return sigma * math.sqrt(2.0) * clip / min_leaf
 
 
 def clipped(y: np.ndarray, clip: float) -> np.ndarray:
@@ -66,9 +53,27 @@ def refit(tree: Member, x: np.ndarray, y: np.ndarray) -> Member:
     }
 
 
-def noised(tree: Member, scale: float, rng: np.random.Generator | SecureRandom) -> Member:
-    """`tree` with N(0, scale²) added to each leaf value."""
-    leaf = tree["children_left"] == LEAF
-    value = tree["value"].copy()
-    value[leaf] += rng.normal(0.0, scale, size=int(leaf.sum()))
-    return {**tree, "value": value}
+def noised(
+    tree: Member, clip: float, sigma: float, floor: int, rng: np.random.Generator | SecureRandom
+) -> Member:
+    """`tree`, filled by `refit`, with each leaf's count plus N(0, σ²) and its sum of clipped
+    targets plus N(0, (σ·C)²): each value the noised sum over the noised count (at least
+    `floor`), clamped to [−C, C]; each leaf's row count the noised one rounded, at least 1, and
+    each inner node's the sum of its children's, so the tree stays well formed."""
+    left, right = tree["children_left"], tree["children_right"]
+    leaf = left == LEAF
+    size = int(leaf.sum())
+    counts = tree["n_node_samples"][leaf].astype(np.float64)
+    sums = tree["value"][leaf] * counts + rng.normal(0.0, sigma * clip, size=size)
+    counts = counts + rng.normal(0.0, sigma, size=size)
+    value = np.zeros(len(left))
+    value[leaf] = np.clip(sums / np.maximum(counts, max(floor, 1)), -clip, clip)
+    rows = np.zeros(len(left), dtype=np.int64)
+    rows[leaf] = np.maximum(np.rint(counts), 1)
+    for parent in np.flatnonzero(~leaf)[::-1]:  # children come after their parent
+        rows[parent] = rows[left[parent]] + rows[right[parent]]
+    return {
+        **tree,
+        "n_node_samples": rows.astype(tree["n_node_samples"].dtype),
+        "value": value.astype(tree["value"].dtype),
+    }

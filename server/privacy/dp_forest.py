@@ -5,13 +5,15 @@ the sketch of its rows (counts in a fine grid around the federation's mean, from
 statistics), noised by the province (common/models/histnoise.py, one counted release); the
 server sums them, empties the cells the noise alone could fill and takes the edges at the sum's
 quantiles (common/models/histtree.py's `edges_from_sketch`, gbdt's and rf-hist's own). Each
-province then grows its trees on targets clipped to ±C, with at least the floor's rows in every
-leaf, on those bins, so that every threshold is one of the federation's edges, never a row's
-value; it refits every leaf's value on all its rows and noises it before the trees leave
+province then draws its trees' shapes from its seed alone (a feature and one of those edges at
+each node, to a fixed depth: common/models/forest.py's `drawn_tree`), so that the shape reads
+no row and every threshold is one of the federation's edges; it fills each leaf with the count
+and sum of all its rows' targets clipped to ±C and noises both before the trees leave
 (client/privacy.py, common/models/leafnoise.py). The server refuses a tree with any other
-threshold and keeps the union as it does in the clear. Every tree a province sends is one
-Gaussian release at the run's noise, counted when the trees are asked for; the trees' shapes
-leave without noise and are counted among the releases no finite ε covers. Only dp-local can
+threshold and keeps the union as it does in the clear. Every tree a province sends, shape,
+counts and values, is one Gaussian release at the run's noise, counted when the trees are
+asked for. This replaces Table 1's grown trees (best split, leaves of one row) under dp-local:
+a grown shape depends on the rows and no noise covers it. Only dp-local can
 protect a tree this way: secure aggregation and HE hide sums, and a tree is not one (rf-hist
 grows its trees from summed histograms instead).
 """
@@ -27,7 +29,6 @@ from common.model_settings import ForestSettings
 from common.models import forest, histnoise, histtree
 from common.models.checks import UpdateError, check_arrays
 from common.models.histgrow import TreeSettings, TreeStep
-from common.models.leafnoise import leaf_noise
 from common.protection import DPNoise, Protection
 from common.settings import RoundNumber
 from proto.fedstock.v1 import federation_pb2 as pb
@@ -97,7 +98,6 @@ class DPForest(DPFedAvg):
         trees = max((ForestSettings.from_config(i.config).rf_n_estimators for i in plan), default=0)
         if trees:
             self.accountant.spend("noised trees", trees)
-            self.accountant.disclose("tree shapes")
         shared = histtree.pack_edges(self.edges)
         noise = self._noise()
         return [replace(i, config={**i.config, **noise}, parameters=shared) for i in plan]
@@ -117,18 +117,19 @@ class DPForest(DPFedAvg):
 
     def disclosure(self):
         s = self.settings
-        least = ForestSettings.from_config(self.inner.model_config).rf_min_samples_leaf
-        scale = leaf_noise(s.clip, least, s.noise_multiplier)
+        growing = ForestSettings.from_config(self.inner.model_config)
+        depth = growing.rf_max_depth or forest.DRAWN_DEPTH
         return {
             **super().disclosure(),
             "updates": entry(
                 f"each province's sketch of its rows once, noised by the province and counted "
                 f"as a release, summed into the federation's bin edges; then each province's "
-                f"trees: their shapes in the clear (features, thresholds on those edges only "
-                f"and each node's row count, at least {least} rows a leaf), each leaf's value "
-                f"the mean of its rows' targets clipped to ±{s.clip:g}, noised by the province "
-                f"(Gaussian, standard deviation {scale:.3g}); ε covers the sketch and the leaf "
-                f"values, not the shapes",
+                f"trees, each one counted release: shapes drawn from the province's seed alone "
+                f"(features and thresholds on those edges, depth {depth}), each leaf's row "
+                f"count and sum of targets clipped to ±{s.clip:g} noised by the province "
+                f"(Gaussian, σ = {s.noise_multiplier:g} on a count, σ·C on a sum), its value "
+                f"their ratio (count at least {growing.rf_min_samples_leaf}), clamped to "
+                f"±{s.clip:g}; ε covers the whole tree",
                 "the federation's bin edges, and the global forest: the union of the "
                 "provinces' noised trees",
             ),
