@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from client.groups import TaskGroups
+from client.local import LocalWork
 from client.privacy import PrivacyError, noised_score, privatize
 from common import forecast, vectors
 from common.data import synthesize_province
@@ -14,10 +15,12 @@ from common.models import linear
 from common.noise import SecureRandom
 from common.protection import DPScoring
 from common.provinces import PROVINCES
+from common.settings import DataSettings
 from server import privacy
 from server.checkpoint import Checkpoint
 from server.cli import parse_args
 from server.memory import MemoryChannel
+from server.models import defaults
 from server.privacy.dp import Accountant, DPFedAvg, DPSettings, epsilon, planned_releases
 from server.strategy import ClientResult, FedAvg
 from server.summary import format_summary
@@ -371,3 +374,36 @@ def test_every_dp_run_reports_one_finite_epsilon_and_no_clear_release(tmp_path, 
         assert spent["epsilon"] is not None and 0 < spent["epsilon"] < math.inf
         assert spent["noisy_releases"]["noised scores"] == record["round"]
         assert record["disclosure"]["epsilon"] == spent["epsilon"]
+
+
+@pytest.mark.integration
+def test_a_dp_central_federation_of_processes_writes_no_provinces_clear_score(tmp_path):
+    """Real server and client processes over localhost; each province's clipped MSE of the
+    final model computed here from its own rows, with the run's scaler and split: none of them
+    is what the results release, nor anywhere in the files the run wrote."""
+    args = [*FAST, "--privacy", "dp-central", "--dp-epsilon", "3", "--dp-score-clip", "1000"]
+    federation = LocalFederation(tmp_path, "lr", 2, ROWS, SEED, server_args=args)
+    federation.start()
+    codes = federation.wait(timeout=240)
+    assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
+    results = federation.results()
+    split, stats = results["split"], results["statistics"]
+    data = DataSettings(
+        "next-day", 0.2, 0, split_start=split["start"], split_cutoff=split["cutoff"]
+    )
+    config = {**defaults(), "model": "lr", **results["task_context"], **data.to_config()}
+    groups = TaskGroups.parse({**config, **DPScoring(1000.0, 0.0).to_config()})
+    scaler = (np.array(stats["mean"][:-1]), np.array(stats["std"][:-1]))
+    with np.load(tmp_path / results["final"]["model_file"]) as stored:
+        model = dict(stored)
+    clear = {}
+    for province in PROVINCES:
+        work = LocalWork(synthesize_province(province, ROWS, SEED))
+        scored = work.evaluate(groups, scaler, model)
+        released = results["final"]["per_client"][province]
+        assert released["n_test"] == scored.num_examples  # the same rows, scored here
+        clear[province] = scored.metrics["mse"]
+        assert 0 < clear[province] < 1000 and released["mse"] != clear[province]
+    assert clear_values_in(tmp_path, set(clear.values())) == []
+    spent = results["rounds"][-1]["privacy"]
+    assert spent["clear_releases"] == {} and spent["epsilon"] == pytest.approx(3.0, rel=1e-2)
