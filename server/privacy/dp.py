@@ -142,10 +142,12 @@ class DPSettings:
 
 
 class Accountant:
-    """Every release of one run: noisy ones composed into ε, the others counted apart.
+    """Every release of one run, each noised and composed into ε.
 
     Shared by every strategy the run builds (model selection's candidates too), and kept in
-    the checkpoint, so a resumed run goes on counting where it stopped.
+    the checkpoint, so a resumed run goes on counting where it stopped. `clear` holds what a
+    checkpoint from before every release was noised counted as leaving in the clear (central
+    DP's metrics, rf's tree shapes): a run resumed from one still reports it.
     """
 
     def __init__(self, settings: DPSettings) -> None:
@@ -157,10 +159,6 @@ class Accountant:
         """Releases noised by the run's mechanism (a sum of updates, each update, each tree's
         histograms)."""
         self.noisy[what] += releases
-
-    def disclose(self, what: str) -> None:
-        """One release that leaves the provinces without noise."""
-        self.clear[what] += 1
 
     def epsilon(self) -> float:
         return self.settings.epsilon(sum(self.noisy.values())) if self.noisy else 0.0
