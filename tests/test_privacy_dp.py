@@ -356,11 +356,13 @@ MODELS = [
     *((mode, model) for mode in ("dp-central", "dp-local") for model in ("lr", "lr-sgd", "svm")),
     ("dp-local", "gbdt"),
     ("dp-local", "rf-hist"),
+    ("dp-local", "rf"),
 ]
 QUICK = {
     "svm": ["--svm-features", "50"],
     "gbdt": ["--gbdt-trees", "2", "--gbdt-max-depth", "3"],
     "rf-hist": ["--rfh-trees", "2", "--rfh-max-depth", "3"],
+    "rf": ["--rf-n-estimators", "2", "--rf-global-trees", "18"],
 }
 
 
