@@ -2,8 +2,9 @@
 
 A checkpoint is a NumPy .npz of plain arrays (global parameters, scaler and the strategy's own
 state, such as optimiser moments) plus the run's state as JSON bytes; it is loaded with pickling
-disabled. The run's results travel as the JSON bytes the results file last wrote, so a long run
-does not encode its whole history twice a round. It is written after a round has been
+disabled. Of the run's results it carries every field but the rounds, as JSON bytes the results
+file encoded once (the rounds are in the rounds log beside it, server/results.py), so its size
+does not grow with the run. It is written after a round has been
 aggregated, evaluated and recorded, so on restart the next round is exactly the first one that
 did not complete: none is lost, none applied twice.
 """
@@ -33,8 +34,8 @@ class Checkpoint:
     scaler_scale: np.ndarray
     state: dict[str, Any]
     strategy_state: Arrays = field(default_factory=dict)
-    # The results file's content at this round (checkpoints written before it was kept apart
-    # carry the results inside `state` instead).
+    # The results' fields but the rounds, at this round. Checkpoints written before the rounds
+    # log carry the whole results here, rounds included, or inside `state`.
     results: bytes = b""
 
     def save(self, path: Path) -> None:

@@ -18,9 +18,12 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from common.tensors import Payload
 from common.tls import TLSSetupError, read_pem
 from server.certs import Authority
 
+log = logging.getLogger("fedstock.server")
 GENESIS = "0" * 64
 SIGNATURE = ec.ECDSA(hashes.SHA256())
 UNSIGNED_FIELDS = ("hash", "signature")
@@ -172,7 +176,13 @@ def receipt(entry: dict[str, Any]) -> Receipt:
 
 class Ledger:
     """Appends signed entries to the ledger file, continuing the chain of what is there, and
-    hands each entry's receipt to whoever subscribed (the coordinator, for the provinces)."""
+    hands each entry's receipt to whoever subscribed (the coordinator, for the provinces).
+
+    An entry is either flushed to disk before its receipt goes out (`append`), or written and
+    flushed by a thread of its own while the run goes on (`write(entry, flushed=False)`): then
+    the caller has made the entry durable elsewhere first (the round's checkpoint carries every
+    entry in `unflushed`, and a resume writes them back with `restore`), so no receipt ever
+    names an entry a crash could take from the ledger."""
 
     # What `append` adds to a record to chain and sign it.
     CHAIN_FIELDS = ("index", "previous", "certificate", "hash", "signature")
@@ -186,10 +196,21 @@ class Ledger:
         self.receipts = [receipt(entry) for entry in entries]
         self.last_round: int = entries[-1]["round"] if entries else 0
         self._subscribers: list[Callable[[Receipt], None]] = []
+        # Entries written but not yet known to be on disk, oldest first; guarded by the lock,
+        # as the flushing thread trims it.
+        self._unflushed: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flusher: ThreadPoolExecutor | None = None
 
     @property
     def head(self) -> str:
         return self.receipts[-1].hash if self.receipts else GENESIS
+
+    @property
+    def unflushed(self) -> list[dict[str, Any]]:
+        """The entries a crash of the machine could still take from the file."""
+        with self._lock:
+            return list(self._unflushed)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry, as the file holds them (checked)."""
@@ -201,7 +222,8 @@ class Ledger:
         for held in self.receipts:
             deliver(held)
 
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+    def sign(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` chained after the last entry written and signed; not written yet."""
         entry = {
             **record,
             "index": len(self.receipts) + 1,
@@ -210,15 +232,59 @@ class Ledger:
         }
         entry["hash"] = entry_hash(entry)
         entry["signature"] = self.signer.sign(entry["hash"])
+        return entry
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Sign `record`, write it and flush it to disk, then hand out its receipt."""
+        entry = self.sign(record)
+        self.write(entry)
+        return entry
+
+    def write(self, entry: dict[str, Any], flushed: bool = True) -> None:
+        """Write a signed entry that continues the chain, flushed to disk before its receipt
+        goes out, or (`flushed=False`) by the flushing thread after it."""
+        if entry.get("index") != len(self.receipts) + 1 or entry.get("previous") != self.head:
+            raise LedgerError(f"entry {entry.get('index')} does not continue the ledger's chain")
         with self.path.open("a") as out:
             out.write(json.dumps(entry, sort_keys=True, allow_nan=False) + "\n")
             out.flush()
-            os.fsync(out.fileno())
+            if flushed:
+                os.fsync(out.fileno())
+        if not flushed:
+            with self._lock:
+                self._unflushed.append(entry)
+            if self._flusher is None:
+                self._flusher = ThreadPoolExecutor(1, thread_name_prefix="ledger-flush")
+            self._flusher.submit(self._flush, entry["index"])
         self.receipts.append(receipt(entry))
         self.last_round = entry["round"]
         for deliver in self._subscribers:
             deliver(self.receipts[-1])
-        return entry
+
+    def restore(self, entries: list[dict[str, Any]]) -> None:
+        """Write back, flushed and verbatim, those of a checkpoint's `entries` the file lost
+        (it ends before them): their receipts may already be with the provinces."""
+        for entry in entries:
+            if entry["index"] > len(self.receipts):
+                line = json.dumps(entry, sort_keys=True, allow_nan=False)
+                _check_entry(line, len(self.receipts) + 1, self.head, None)
+                self.write(entry)
+
+    def close(self) -> None:
+        """Wait until every entry written is on disk."""
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
+
+    def _flush(self, index: int) -> None:
+        try:
+            with self.path.open("rb") as file:
+                os.fsync(file.fileno())
+        except OSError as error:  # the entries stay in `unflushed`, so checkpoints keep them
+            log.error("could not flush %s to disk: %s", self.path, error)
+            return
+        with self._lock:
+            self._unflushed = [e for e in self._unflushed if e["index"] > index]
 
 
 def check_receipts(entries: list[dict[str, Any]], folder: Path) -> int:

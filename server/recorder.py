@@ -1,8 +1,21 @@
 """What makes a round durable and visible, written once for every schedule: its record in the
 results, its ledger entry, the checkpoint a restarted server resumes from, and its log line.
 
-The checkpoint is written before the ledger and carries the ledger entry, so a server killed
-between the two appends the entry when it resumes: the ledger never misses a recorded round.
+A round costs one flush to disk, the checkpoint's, whatever the run's length. In order:
+
+1. the round's record is appended to the rounds log (server/results.py), not flushed;
+2. its ledger entry is signed, and the checkpoint is written and flushed carrying it and every
+   earlier entry the ledger file has not yet flushed, with the results' fields but not their
+   rounds (so it does not grow with the run);
+3. the entry is written to the ledger, flushed by a thread of its own, and its receipt goes
+   out to the provinces.
+
+A server killed before 2 has its checkpoint at the round before: the resume takes the rounds
+log up to that round and does this one again. Killed after 2, it resumes after this round and
+writes back whatever entries its checkpoint carries that the ledger lacks, so the ledger never
+misses a recorded round and no receipt names an entry a crash can take from it. After a crash
+of the machine the rounds log may lack its last rounds (it is not flushed): the resume says
+which, and the results go on without them; the checkpoint and ledger lose nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +35,7 @@ from common import forecast, quantity
 from common.tensors import Arrays, Payload
 from server.checkpoint import Checkpoint
 from server.ledger import Ledger
-from server.results import ResultsFile
+from server.results import ResultsFile, read_rounds, rounds_log
 from server.strategy import Evaluation
 
 log = logging.getLogger("fedstock.server")
@@ -51,7 +65,10 @@ class Resumed:
     train_seconds: float
     results: dict[str, Any]  # the results as recorded at that round
     evaluation: Evaluation | None
-    ledger_entry: dict[str, Any]
+    # Signed entries the ledger may have lost (checkpoints written before the rounds log carry
+    # one unsigned `ledger_entry` instead, appended as a new entry).
+    ledger_entries: list[dict[str, Any]]
+    ledger_entry: dict[str, Any] | None
 
 
 def read_checkpoint(
@@ -72,6 +89,17 @@ def read_checkpoint(
                 f"forecast {recorded_run[2]}); remove it or choose another --results folder"
             )
         recorded = json.loads(checkpoint.results) if checkpoint.results else state["results"]
+        if "rounds" not in recorded:
+            recorded["rounds"] = read_rounds(rounds_log(path), checkpoint.server_round)
+            last = recorded["rounds"][-1]["round"] if recorded["rounds"] else 0
+            if last < checkpoint.server_round:
+                log.warning(
+                    "%s ends at round %d, the checkpoint at round %d: the results lack the "
+                    "rounds between (lost with the log's unflushed end)",
+                    rounds_log(path),
+                    last,
+                    checkpoint.server_round,
+                )
         evaluation = state["evaluation"]
         resumed = Resumed(
             checkpoint.server_round,
@@ -81,7 +109,8 @@ def read_checkpoint(
             state["train_seconds"],
             recorded,
             Evaluation(**evaluation) if evaluation else None,
-            state["ledger_entry"],
+            state.get("ledger_entries", []),
+            state.get("ledger_entry"),
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise ResumeError(
@@ -106,13 +135,16 @@ class Recorder:
         self.forecasting = forecasting
         # The newest evaluation recorded: what the final result reports.
         self.last_evaluation: Evaluation | None = None
+        # When the last round's recording began: a round's `interval_seconds` runs from there.
+        self._last_commit: float | None = None
 
     def resume(self, resumed: Resumed) -> None:
-        """Go on from `resumed`: its results recorded again, its round's ledger entry appended
-        if the server stopped between checkpoint and ledger."""
+        """Go on from `resumed`: its results recorded again, the ledger entries its checkpoint
+        carries written back if the ledger lost them."""
         self.results.update(**{k: v for k, v in resumed.results.items() if k != "config"})
         self.last_evaluation = resumed.evaluation
-        if self.ledger.last_round < resumed.server_round:
+        self.ledger.restore(resumed.ledger_entries)
+        if resumed.ledger_entry is not None and self.ledger.last_round < resumed.server_round:
             self.ledger.append(resumed.ledger_entry)
         log.warning("resuming after round %d from %s", resumed.server_round, self.checkpoint_path)
 
@@ -128,6 +160,11 @@ class Recorder:
 
         `updates` names what the model was made of, as the schedule knows it: each province's
         update digest (synchronous), or each update with its staleness (asynchronous)."""
+        now = time.perf_counter()
+        # From the end of the last round to the end of this one, its recording included: the
+        # span another framework's round-end-to-round-end time covers.
+        record["interval_seconds"] = None if self._last_commit is None else now - self._last_commit
+        self._last_commit = now
         self.last_evaluation = evaluation or self.last_evaluation
         self.results.add_round(record)
         log.info(round_line(record, self.rounds))
@@ -148,18 +185,19 @@ class Recorder:
             "forecast": self.forecasting,
             "train_seconds": run.train_seconds,
             "evaluation": {"mse": last.mse, "per_client": last.per_client} if last else None,
-            "ledger_entry": entry,
         }
+        signed = self.ledger.sign(entry)
+        state["ledger_entries"] = [*self.ledger.unflushed, signed]
         checkpoint = Checkpoint(
             record["round"],
             parameters or {},
             *run.scaler,
             state,
             run.strategy_state,
-            self.results.text,
+            self.results.head,
         )
         checkpoint.save(self.checkpoint_path)
-        self.ledger.append(entry)
+        self.ledger.write(signed, flushed=False)
 
     def finish(self, parameters: Arrays | None, train_seconds: float) -> bool:
         """Save the final model and its evaluation (False if there is none to save); the run
@@ -180,7 +218,10 @@ class Recorder:
                 "ledger_head": self.ledger.head,
             }
         )
+        # The checkpoint carries the entries the ledger has not flushed: flushed first.
+        self.ledger.close()
         self.checkpoint_path.unlink(missing_ok=True)
+        self.results.rounds_path.unlink(missing_ok=True)
         log.info(
             "done: final MSE %.6g over %d provinces, %.2f s of training",
             evaluation.mse,

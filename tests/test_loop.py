@@ -170,6 +170,38 @@ def test_a_run_stopped_after_a_round_resumes_to_the_uninterrupted_model(tmp_path
     assert results["final"]["mse"] == pytest.approx(whole_results["final"]["mse"], rel=1e-9)
 
 
+def test_a_resume_leaves_out_a_rounds_log_line_cut_off_mid_write_with_a_warning(tmp_path, caplog):
+    """A server killed while appending a round's record leaves the line cut short: the resume
+    says so and goes on from its checkpoint's round, no traceback."""
+    flags = ["--model", "lr-sgd", *QUICK]
+    with pytest.raises(Interrupted):
+        run(tmp_path, *flags, over=channel(stop_in_round_3))
+    with (tmp_path / "rounds.jsonl").open("ab") as log:
+        log.write(b'{"round": 3, "mse": 0.')
+    results = run(tmp_path, *flags)
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    assert "its last line was cut off mid-write; it is left out" in caplog.text
+    assert [e["round"] for e in read_verified(tmp_path / "ledger.jsonl")] == [1, 2, 3]
+    assert not (tmp_path / "rounds.jsonl").exists()  # the finished run's results hold them
+
+
+def test_a_ledger_entry_lost_before_its_flush_is_written_back_from_the_checkpoint(tmp_path):
+    """The ledger is flushed behind the round, so a crash of the machine can take its last
+    entry; the checkpoint, flushed first, carries it, and the resume writes it back as it was:
+    the receipts the provinces were given for it still hold."""
+    flags = ["--model", "lr-sgd", *QUICK]
+    with pytest.raises(Interrupted):
+        run(tmp_path, *flags, over=channel(stop_in_round_3))
+    ledger = tmp_path / "ledger.jsonl"
+    lines = ledger.read_text().splitlines(keepends=True)
+    assert len(lines) == 2
+    ledger.write_text(lines[0])
+    run(tmp_path, *flags)
+    entries = read_verified(ledger)
+    assert [e["round"] for e in entries] == [1, 2, 3]
+    assert json.dumps(entries[1], sort_keys=True) + "\n" == lines[1]
+
+
 def reorder_first_entries(folder):
     lines = (folder / "ledger.jsonl").read_text().splitlines(keepends=True)
     (folder / "ledger.jsonl").write_text("".join([lines[1], lines[0], *lines[2:]]))
@@ -194,7 +226,7 @@ def test_a_refused_resume_writes_nothing(tmp_path, change, flags, refused, why):
     with pytest.raises(Interrupted):
         run(tmp_path, *resume, over=channel(stop_in_round_3))
     change(tmp_path)
-    files = ("results.json", "checkpoint.npz", "ledger.jsonl")
+    files = ("results.json", "rounds.jsonl", "checkpoint.npz", "ledger.jsonl")
     kept = {name: (tmp_path / name).read_bytes() for name in files}
     with pytest.raises(refused, match=why):
         run(tmp_path, *resume, *flags)

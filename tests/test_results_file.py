@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from server.results import SCHEMA_VERSION, ResultsFile
+from server.results import SCHEMA_VERSION, ResultsFile, read_rounds
 
 
 def record(number):
@@ -14,7 +14,9 @@ def record(number):
 
 
 def test_the_file_holds_every_round_in_order_beside_the_header_and_final(tmp_path):
-    results = ResultsFile(tmp_path / "results.json", {"model": "lr", "config": {"rounds": 3}})
+    results = ResultsFile(
+        tmp_path / "results.json", {"model": "lr", "config": {"rounds": 3}}, rewrite_seconds=0
+    )
     for number in range(1, 4):
         results.add_round(record(number))
     results.update(final={"mse": 0.25})
@@ -30,7 +32,7 @@ def test_the_file_holds_every_round_in_order_beside_the_header_and_final(tmp_pat
 
 
 def test_a_record_that_cannot_be_written_leaves_the_file_and_later_rounds_intact(tmp_path):
-    results = ResultsFile(tmp_path / "results.json", {"model": "lr"})
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, rewrite_seconds=0)
     results.add_round(record(1))
     with pytest.raises(ValueError):
         results.add_round({"round": 2, "mse": math.inf})
@@ -39,7 +41,7 @@ def test_a_record_that_cannot_be_written_leaves_the_file_and_later_rounds_intact
 
 
 def test_a_resumed_run_replaces_the_rounds_and_goes_on_appending(tmp_path):
-    results = ResultsFile(tmp_path / "results.json", {"model": "lr"})
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, rewrite_seconds=0)
     results.add_round(record(9))
     results.update(rounds=[record(1), record(2)], statistics={"train_samples": 4})
     results.add_round(record(3))
@@ -49,7 +51,7 @@ def test_a_resumed_run_replaces_the_rounds_and_goes_on_appending(tmp_path):
 
 
 def test_a_failure_is_recorded_over_the_last_good_file(tmp_path):
-    results = ResultsFile(tmp_path / "results.json", {"model": "lr"})
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, rewrite_seconds=0)
     results.add_round(record(1))
     results.data["final"] = {"mse": math.nan}  # a fault in memory, not yet written
     results.fail("the round loop failed")
@@ -58,3 +60,40 @@ def test_a_failure_is_recorded_over_the_last_good_file(tmp_path):
     assert written["rounds"] == [record(1)] and written["final"] is None
     results.add_round(record(2))
     assert len(json.loads((tmp_path / "results.json").read_text())["rounds"]) == 2
+
+
+def test_the_file_is_rewritten_at_most_once_a_period_and_the_log_holds_every_round(tmp_path):
+    """The results file, which grows with the run, lags the rounds log by at most
+    `rewrite_seconds` of the run's clock; any other field written brings it up to date."""
+    now = [0.0]
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, 1.0, lambda: now[0])
+    for number in range(1, 5):
+        now[0] += 0.4
+        results.add_round(record(number))
+
+    def on_disk():
+        return [r["round"] for r in json.loads((tmp_path / "results.json").read_text())["rounds"]]
+
+    assert on_disk() == [1, 2, 3]  # rewritten at 1.2 s, not at 0.4 and 0.8, nor yet at 1.6
+    assert read_rounds(tmp_path / "rounds.jsonl", through=4) == [record(n) for n in range(1, 5)]
+    assert [r["round"] for r in results.snapshot()["rounds"]] == [1, 2, 3, 4]
+    results.update(final={"mse": 0.25})
+    assert on_disk() == [1, 2, 3, 4]
+
+
+def test_reading_the_log_stops_at_the_checkpoints_round_and_leaves_out_a_cut_off_line(
+    tmp_path, caplog
+):
+    log = tmp_path / "rounds.jsonl"
+    whole = b"".join(json.dumps(record(n)).encode() + b"\n" for n in (1, 2, 3))
+    log.write_bytes(whole + b'{"round": 4, "ms')
+    assert read_rounds(log, through=2) == [record(1), record(2)]
+    assert read_rounds(log, through=9) == [record(1), record(2), record(3)]
+    assert "its last line was cut off mid-write; it is left out" in caplog.text
+
+
+def test_a_log_damaged_before_its_last_line_is_refused_with_the_line(tmp_path):
+    log = tmp_path / "rounds.jsonl"
+    log.write_bytes(b'{"round": 1}\nnot json\n{"round": 3}\n')
+    with pytest.raises(ValueError, match=r"rounds.jsonl line 2 is not a JSON record"):
+        read_rounds(log, through=3)
