@@ -85,6 +85,12 @@ def run(parquet: Path, out: Path, rounds: int, rows: int) -> None:
         f"  median round {statistics.median(r['seconds'] for r in records) * 1000:.1f} ms, "
         f"server overhead {statistics.median(r['overhead_seconds'] for r in records) * 1000:.1f} ms"
     )
+    ends = [r["interval_seconds"] for r in records if r.get("interval_seconds") is not None]
+    if ends:  # recorded since the recording was cut: the span bench-flower compares
+        print(
+            f"  median round end to round end (interval_seconds, the recording included): "
+            f"{statistics.median(ends) * 1000:.1f} ms"
+        )
     print(
         f"  wall time a round, log line to log line (the recording between rounds included): "
         f"{wall / counted * 1000:.1f} ms"
