@@ -98,6 +98,8 @@ class ClientDaemon:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         self.transport = transport
         self._link: Link | None = None  # made by every join, for its session
+        # The receipts the task in hand brought, kept to disk once its outcome is on its way.
+        self._unkept: list[Receipt] = []
 
     def run(self) -> None:
         """Serve the federation until the server says stop."""
@@ -120,14 +122,12 @@ class ClientDaemon:
                 self._recover(stub, error, backoff)
                 continue
             backoff.reset()
-            fresh = self._check_receipts(task)
+            self._unkept = self._check_receipts(task)
             try:
                 if not self._handle(task, parameters):
                     return
             finally:
-                # Kept once the outcome has left: the disk's flush is off the round's path.
-                if fresh:
-                    self.receipts.keep(fresh)
+                self._keep_receipts()
 
     def _handle(self, task: pb.Task, parameters: Arrays | None) -> bool:
         """Do one task and send its outcome; False when the server says stop."""
@@ -191,7 +191,7 @@ class ClientDaemon:
         metadata = ((SESSION_METADATA_KEY, reply.session),)
         poll_seconds = reply.poll_seconds or 20.0
         self._link = (
-            StreamLink(stub, metadata, self.max_model_bytes)
+            StreamLink(stub, metadata, self.max_model_bytes, min(speaks, PROTOCOL_VERSION))
             if self.transport == "stream"
             else UnaryLink(
                 stub, metadata, poll_seconds, self.transfer_timeout, self.max_model_bytes
@@ -222,6 +222,13 @@ class ClientDaemon:
     def _next_task(self) -> tuple[pb.Task, Arrays | None]:
         return self._link.next_task()
 
+    def _keep_receipts(self) -> None:
+        """Flush the task's new receipts to disk: called once its outcome has left, while the
+        server is busy with it, so the disk's flush is off the round's path."""
+        if self._unkept:
+            self.receipts.keep(self._unkept)
+            self._unkept = []
+
     def _check_receipts(self, task: pb.Task) -> list[Receipt]:
         """The ledger receipts the task brings that are new; stop if the server contradicts
         one."""
@@ -251,7 +258,7 @@ class ClientDaemon:
         # A broken or deferred upload leaves the task open on the server: send it again.
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             try:
-                self._link.submit(header, payload)
+                self._link.submit(header, payload, self._keep_receipts)
                 return
             except grpc.RpcError as error:
                 log.warning(

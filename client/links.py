@@ -1,11 +1,14 @@
 """How a province daemon exchanges tasks and outcomes with the server once it has joined.
 
-Two links carry the same messages. The session stream (contract version 2) keeps one call open
-for the whole session: a task comes down for each `next`, a reply for each outcome, and a
-heartbeat goes up whenever the client has been quiet, so the server's idle timeout only ends
-streams whose client is gone. The unary link makes a long-poll GetTask and a Submit call per
-task (version 1), for servers older than the stream. Either raises grpc.RpcError when the
-server refuses or the connection breaks; the daemon decides what to do about it.
+Two links carry the same messages. The session stream keeps one call open for the whole
+session, and a heartbeat goes up whenever the client has been quiet, so the server's idle
+timeout only ends streams whose client is gone. On a version 3 stream the server answers each
+outcome with the next task, and a payload that fits one chunk travels inside its task or
+outcome: two messages a task where version 2 takes six (`next`, task, parameters, outcome,
+update, reply), which the stream still speaks to a version 2 server. The unary link makes a
+long-poll GetTask and a Submit call per task (version 1), for servers older than the stream.
+Either raises grpc.RpcError when the server refuses or the connection breaks; the daemon
+decides what to do about it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Protocol, TypeVar
 import grpc
 
 from client.tasks import ClientError
-from common.tensors import Arrays, Payload, PayloadReceiver
-from common.wire import PROTOCOL_VERSION
+from common.tensors import CHUNK_BYTES, Arrays, Payload, PayloadReceiver
+from common.wire import ANSWERED_BY_TASK_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 
@@ -34,8 +37,9 @@ class Link(Protocol):
         """The next task (WAIT and STOP included) and the parameters that came with it."""
         ...
 
-    def submit(self, header: pb.Outcome, payload: Payload | None) -> None:
-        """Send an outcome and its arrays; returns once the server has answered."""
+    def submit(self, header: pb.Outcome, payload: Payload | None, sent: Callable[[], None]) -> None:
+        """Send an outcome and its arrays, call `sent` while the server is busy with them, and
+        return once it has answered."""
         ...
 
     def close(self) -> None: ...
@@ -46,11 +50,16 @@ def receive_task(
 ) -> tuple[pb.Task, Arrays | None]:
     """A task and its parameters from the messages that carry them. A GetTask call is read to
     its end (leaving early would cancel it, and the server would take the task as undelivered);
-    a stream only as far as the parameters the task announced."""
+    a stream only as far as the parameters the task announced (none after parameters the
+    task carries inline)."""
     if first.WhichOneof("part") != "task":
         raise ClientError("the server sent parameters before their task")
     task = first.task
     receiver = PayloadReceiver(task.parameters, max_bytes) if task.HasField("parameters") else None
+    if task.inline_data:
+        if receiver is None:
+            raise ClientError("the server sent inline parameters without their header")
+        receiver.add(task.inline_data)
     while to_the_end or (receiver is not None and not receiver.complete):
         chunk = next(rest, None)
         if chunk is None:
@@ -84,12 +93,13 @@ class UnaryLink:
         )
         return receive_task(next(call), call, self._max_model_bytes, to_the_end=True)
 
-    def submit(self, header: pb.Outcome, payload: Payload | None) -> None:
+    def submit(self, header: pb.Outcome, payload: Payload | None, sent: Callable[[], None]) -> None:
         def chunks() -> Iterator[pb.SubmitChunk]:
             yield pb.SubmitChunk(outcome=header)
             if payload is not None:
                 for data in payload.chunks():
                     yield pb.SubmitChunk(data=data)
+            sent()
 
         self._stub.Submit(chunks(), timeout=self._transfer_timeout, metadata=self._metadata)
 
@@ -98,38 +108,53 @@ class UnaryLink:
 
 
 class StreamLink:
-    """Contract version 2: one Session stream, opened on first use and again after it broke.
+    """The Session stream, opened on first use and again after it broke, in `version` (2 or 3:
+    the older of this client's and the server's, as Join told).
 
-    At most one task is in flight: the client asks for the next only after answering the last,
-    but at once, behind the outcome's last chunk, not after the server's reply. The server
-    reads its stream in order, so it replies first; asking then would put a round trip (and
-    the receipts' flush after a training task) between the last province's outcome and its
-    next task, which the whole federation waits for.
+    At most one task is in flight: the client asks for the next only after answering the last.
+    On version 3 the server's answer to an outcome is the next task, read by `submit` and kept
+    for `next_task`. On version 2 the client asks at once, behind the outcome's last chunk,
+    not after the server's reply: the server reads its stream in order, so it replies first;
+    asking then would put a round trip between the last province's outcome and its next task,
+    which the whole federation waits for.
     """
 
     def __init__(
-        self, stub: pb_grpc.FederationStub, metadata: Metadata, max_model_bytes: int
+        self, stub: pb_grpc.FederationStub, metadata: Metadata, max_model_bytes: int, version: int
     ) -> None:
         self._stub, self._metadata = stub, metadata
         self._max_model_bytes = max_model_bytes
+        self._version = version
+        self._answered_by_task = version >= ANSWERED_BY_TASK_VERSION
         self._heartbeat_seconds = FIRST_HEARTBEAT_SECONDS
         self._outbox: queue.SimpleQueue[pb.SessionUp | None] | None = None
         self._replies: Iterator[pb.SessionDown] | None = None
-        self._asked = False  # the open stream already carries a `next` behind an outcome
+        self._asked = False  # version 2: the open stream already carries a `next`
+        self._answer: tuple[pb.Task, Arrays | None] | None = None  # version 3: the next task
 
     def next_task(self) -> tuple[pb.Task, Arrays | None]:
+        if self._answer is not None:
+            answer, self._answer = self._answer, None
+            return answer
         asked, self._asked = self._asked, False
         replies = self._replies if asked else self._send(pb.SessionUp(next=pb.TaskRequest()))
-        return self._guard(
-            lambda: receive_task(next(replies), replies, self._max_model_bytes, to_the_end=False)
-        )
+        return self._guard(lambda: self._receive(replies))
 
-    def submit(self, header: pb.Outcome, payload: Payload | None) -> None:
-        replies = self._send(pb.SessionUp(outcome=header))
-        for data in payload.chunks() if payload is not None else ():
+    def submit(self, header: pb.Outcome, payload: Payload | None, sent: Callable[[], None]) -> None:
+        message = pb.SessionUp(outcome=header)
+        inline = self._answered_by_task and payload is not None and len(payload.blob) <= CHUNK_BYTES
+        if inline:
+            message.outcome.inline_data = payload.blob
+        replies = self._send(message)
+        for data in payload.chunks() if payload is not None and not inline else ():
             self._outbox.put(pb.SessionUp(data=data))
+        if self._answered_by_task:
+            sent()
+            self._answer = self._guard(lambda: self._receive(replies))
+            return
         self._outbox.put(pb.SessionUp(next=pb.TaskRequest()))
         self._asked = True
+        sent()
         reply = self._guard(lambda: next(replies))
         if reply.WhichOneof("part") != "reply":
             self.close()
@@ -143,6 +168,10 @@ class StreamLink:
             self._replies.cancel()
         self._outbox = self._replies = None
         self._asked = False
+        self._answer = None
+
+    def _receive(self, replies: Iterator[pb.SessionDown]) -> tuple[pb.Task, Arrays | None]:
+        return receive_task(next(replies), replies, self._max_model_bytes, to_the_end=False)
 
     def _send(self, message: pb.SessionUp) -> Iterator[pb.SessionDown]:
         if self._replies is None:
@@ -165,7 +194,7 @@ class StreamLink:
         outbox: queue.SimpleQueue[pb.SessionUp | None] = queue.SimpleQueue()
 
         def requests() -> Iterator[pb.SessionUp]:
-            yield pb.SessionUp(open=pb.SessionOpen(protocol_version=PROTOCOL_VERSION))
+            yield pb.SessionUp(open=pb.SessionOpen(protocol_version=self._version))
             while True:
                 try:
                     message = outbox.get(timeout=self._heartbeat_seconds)

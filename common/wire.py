@@ -9,9 +9,14 @@ from proto.fedstock.v1 import federation_pb2 as pb
 SOFTWARE_VERSION = "0.1.0"
 SESSION_METADATA_KEY = "x-fedstock-session"
 # The contract's version, announced by both sides in Join: 1 is Join/GetTask/Submit, 2 adds the
-# Session stream. A peer that leaves the field unset speaks 1.
-PROTOCOL_VERSION = 2
+# Session stream, 3 the stream on which an outcome's answer is the next task and small payloads
+# travel inline (docs/transport.md). A peer that leaves the field unset speaks 1. A stream
+# speaks the older of the two sides' versions, from STREAM_PROTOCOL_VERSION on.
+PROTOCOL_VERSION = 3
 STREAM_PROTOCOL_VERSION = 2
+# From this version on, a stream answers an outcome with the next task and carries payloads
+# that fit one chunk inside their task or outcome.
+ANSWERED_BY_TASK_VERSION = 3
 
 ConfigScalar = float | int | str | bool
 

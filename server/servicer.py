@@ -13,9 +13,10 @@ import grpc
 
 from common.bounded import bounded
 from common.models.checks import UpdateError
-from common.tensors import PayloadError, PayloadReceiver
+from common.tensors import CHUNK_BYTES, PayloadError, PayloadReceiver
 from common.tls import peer_common_name
 from common.wire import (
+    ANSWERED_BY_TASK_VERSION,
     PROTOCOL_VERSION,
     SESSION_METADATA_KEY,
     SOFTWARE_VERSION,
@@ -112,24 +113,33 @@ class FederationServicer(pb_grpc.FederationServicer):
     def Session(
         self, request_iterator: Iterator[pb.SessionUp], context: grpc.ServicerContext
     ) -> Iterator[pb.SessionDown]:
-        """GetTask and Submit as messages of one stream: a task for each `next`, a reply for
-        each outcome. The session is checked when the stream opens and again for every
-        message, so a session replaced by a newer Join loses its stream at once."""
+        """GetTask and Submit as messages of one stream: a task for each `next`, and for each
+        outcome a reply (version 2) or the next task itself (version 3). The session is
+        checked when the stream opens and again for every message, so a session replaced by a
+        newer Join loses its stream at once."""
         client = self._authenticate(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "open":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session stream must start with open")
-        if first.open.protocol_version < STREAM_PROTOCOL_VERSION:
+        version = first.open.protocol_version
+        if not STREAM_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"the session stream is contract version {STREAM_PROTOCOL_VERSION}; the client "
-                f"says it speaks {first.open.protocol_version}: use GetTask and Submit instead",
+                f"this server's session stream speaks contract versions "
+                f"{STREAM_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; the client says it speaks "
+                f"{version}: "
+                + (
+                    "use GetTask and Submit instead"
+                    if version < STREAM_PROTOCOL_VERSION
+                    else f"open the stream with version {PROTOCOL_VERSION}, as Join said"
+                ),
             )
+        answered_by_task = version >= ANSWERED_BY_TASK_VERSION
         if self._activity is not None:
             self._activity.on_silence(context, lambda: self._silent(client))
         yield pb.SessionDown(
             opened=pb.SessionOpened(
-                protocol_version=PROTOCOL_VERSION, heartbeat_seconds=self._heartbeat_seconds
+                protocol_version=version, heartbeat_seconds=self._heartbeat_seconds
             )
         )
         for message in request_iterator:
@@ -140,10 +150,13 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
             part = message.WhichOneof("part")
             if part == "next":
-                yield from self._deliver(client, context, pb.SessionDown)
+                yield from self._deliver(client, context, pb.SessionDown, answered_by_task)
             elif part == "outcome":
                 reply = self._answer(client, message.outcome, request_iterator, context)
-                yield pb.SessionDown(reply=reply)
+                if answered_by_task:
+                    yield from self._deliver(client, context, pb.SessionDown, inline=True)
+                else:
+                    yield pb.SessionDown(reply=reply)
             elif part != "heartbeat":
                 context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -166,17 +179,24 @@ class FederationServicer(pb_grpc.FederationServicer):
         client: ClientSession,
         context: grpc.ServicerContext,
         message: type[pb.TaskChunk] | type[pb.SessionDown],
+        inline: bool = False,
     ) -> Iterator[pb.TaskChunk | pb.SessionDown]:
-        """The client's next task (or WAIT, or STOP), then its parameters; a task that did not
-        reach the client whole fails at once rather than at its deadline."""
+        """The client's next task (or WAIT, or STOP), then its parameters, or (`inline`, a
+        version 3 stream) parameters that fit one chunk inside the task's message; a task that
+        did not reach the client whole fails at once rather than at its deadline."""
         assignment = self._coordinator.next_assignment(
             client, context.is_active, streamed=message is pb.SessionDown
         )
+        payload = assignment.payload
         delivered = False
         try:
-            yield message(task=assignment.task)
-            if assignment.payload is not None:
-                for chunk in assignment.payload.chunks():
+            header = message(task=assignment.task)
+            if inline and payload is not None and len(payload.blob) <= CHUNK_BYTES:
+                header.task.inline_data = payload.blob
+                payload = None
+            yield header
+            if payload is not None:
+                for chunk in payload.chunks():
                     yield message(data=chunk)
             delivered = True
         finally:
@@ -228,6 +248,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             check_outcome(outcome.num_examples, outcome.metrics, client.rows)
             receiver = PayloadReceiver(outcome.parameters, self._max_update_bytes)
             reserved = self._admit(receiver.announced, phase, outcome.task_id, context)
+            if outcome.inline_data:
+                receiver.add(outcome.inline_data)
             while to_the_end or not receiver.complete:
                 chunk = next(chunks, None)
                 if chunk is None:

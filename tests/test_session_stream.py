@@ -1,6 +1,6 @@
-"""The Session stream (contract version 2) over real localhost gRPC: its order, its identity
-checks, the version errors between old and new peers, resuming after a dropped stream, and
-heartbeats that keep a working client's stream inside the server's idle timeout."""
+"""The Session stream (contract versions 2 and 3) over real localhost gRPC: its order, its
+identity checks, the version errors between old and new peers, resuming after a dropped
+stream, and heartbeats that keep a working client's stream inside the server's idle timeout."""
 
 import queue
 import threading
@@ -28,7 +28,9 @@ from tests.test_fuzz import VALID, LiveServer, honest_update
 
 pytestmark = pytest.mark.integration
 
-OPEN = pb.SessionUp(open=pb.SessionOpen(protocol_version=PROTOCOL_VERSION))
+# A version 2 client's stream, as fedstock's clients before version 3 open it: the raw tests
+# below speak it, so it stays served.
+OPEN = pb.SessionUp(open=pb.SessionOpen(protocol_version=2))
 NEXT = pb.SessionUp(next=pb.TaskRequest())
 
 
@@ -103,7 +105,7 @@ def test_a_stream_dropped_mid_upload_leaves_the_task_open_and_its_retry_is_accep
         first = RawStream(live.stub, live.metadata)
         streams.append(first)
         first.send(OPEN, NEXT)
-        assert first.read().opened.protocol_version == PROTOCOL_VERSION
+        assert first.read().opened.protocol_version == 2
         task = first.read().task
         while task.kind == pb.TASK_KIND_WAIT:  # the stream asked before the phase was sent
             first.send(NEXT)
@@ -148,11 +150,104 @@ def test_a_stream_dropped_mid_upload_leaves_the_task_open_and_its_retry_is_accep
         np.testing.assert_array_equal(results[0].arrays[name], array)
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_task_and_its_outcome_take_two_messages_on_version_3_and_six_on_version_2(version):
+    """Version 3 carries small parameters and updates inside the task and outcome, and answers
+    the outcome with the next task (here WAIT, after the poll interval: no other task is
+    open); version 2, which older clients speak, still gets its chunks, reply and `next`."""
+    live = LiveServer()
+    stream = RawStream(live.stub, live.metadata)
+    try:
+        model = Payload.encode({"coef": np.arange(4.0)})
+        results: list = []
+        task = pb.Task(round=1, kind=pb.TASK_KIND_TRAIN, parameters=model.header)
+        thread = threading.Thread(
+            target=lambda: results.append(
+                gather(
+                    live.coordinator,
+                    1,
+                    pb.TASK_KIND_TRAIN,
+                    {"hubei": Assignment(task, model)},
+                    _keep,
+                    60,
+                )
+            )
+        )
+        thread.start()
+        stream.send(pb.SessionUp(open=pb.SessionOpen(protocol_version=version)), NEXT)
+        assert stream.read().opened.protocol_version == version
+        down = [stream.read()]
+        while down[0].task.kind == pb.TASK_KIND_WAIT:  # asked before the phase was sent
+            stream.send(NEXT)
+            down = [stream.read()]
+        if version == 2:
+            down.append(stream.read())
+            assert down[1].data == model.blob and not down[0].task.inline_data
+        else:
+            assert down[0].task.inline_data == model.blob
+        given = down[0].task
+        outcome = pb.Outcome(task_id=given.task_id, round=1, kind=given.kind, num_examples=50)
+        outcome.parameters.CopyFrom(VALID.header)
+        if version == 3:
+            outcome.inline_data = VALID.blob
+            stream.send(pb.SessionUp(outcome=outcome))
+            answer = stream.read()
+            assert answer.task.kind == pb.TASK_KIND_WAIT  # the next task, no reply
+        else:
+            stream.send(*outcome_messages(given, list(VALID.chunks())), NEXT)
+            assert stream.read().reply.accepted
+            assert stream.read().task.kind == pb.TASK_KIND_WAIT
+        thread.join(timeout=60)
+    finally:
+        stream.close()
+        live.close()
+    accepted, failures = results[0]
+    assert failures == [] and len(accepted) == 1
+    for name, array in honest_update().items():
+        np.testing.assert_array_equal(accepted[0].arrays[name], array)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_the_clients_link_speaks_the_version_join_agreed(version):
+    """fedstock's own link at version 3, and at 2 as it speaks to a version 2 server: the task's
+    parameters arrive whole, the outcome is accepted, and its receipts' hook runs once."""
+    live = LiveServer()
+    link = StreamLink(live.stub, live.metadata, 1 << 20, version)
+    try:
+        model = Payload.encode({"coef": np.arange(4.0)})
+        results: list = []
+        task = pb.Task(round=1, kind=pb.TASK_KIND_TRAIN, parameters=model.header)
+        assignment = {"hubei": Assignment(task, model)}
+        thread = threading.Thread(
+            target=lambda: results.append(
+                gather(live.coordinator, 1, pb.TASK_KIND_TRAIN, assignment, _keep, 60)
+            )
+        )
+        thread.start()
+        given, parameters = link.next_task()
+        while given.kind == pb.TASK_KIND_WAIT:
+            given, parameters = link.next_task()
+        np.testing.assert_array_equal(parameters["coef"], np.arange(4.0))
+        header = pb.Outcome(task_id=given.task_id, round=1, kind=given.kind, num_examples=50)
+        header.parameters.CopyFrom(VALID.header)
+        hooked: list = []
+        link.submit(header, VALID, lambda: hooked.append(True))
+        thread.join(timeout=60)
+        assert hooked == [True]
+        assert link.next_task()[0].kind == pb.TASK_KIND_WAIT
+    finally:
+        link.close()
+        live.close()
+    accepted, failures = results[0]
+    assert failures == [] and len(accepted) == 1
+
+
 def test_the_stream_opens_in_order_with_a_session_and_a_version_it_speaks():
     live = LiveServer()
     streams = []
     try:
-        assert live.stub.Join(pb.JoinRequest(province="fujian"), timeout=10).protocol_version == 2
+        joined = live.stub.Join(pb.JoinRequest(province="fujian"), timeout=10)
+        assert joined.protocol_version == PROTOCOL_VERSION == 3
 
         def ending(metadata, *messages) -> grpc.RpcError:
             stream = RawStream(live.stub, metadata)
@@ -171,6 +266,10 @@ def test_the_stream_opens_in_order_with_a_session_and_a_version_it_speaks():
         old = ending(live.metadata, pb.SessionUp(open=pb.SessionOpen(protocol_version=1)))
         assert old.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "use GetTask and Submit" in old.details()
+        newer = ending(live.metadata, pb.SessionUp(open=pb.SessionOpen(protocol_version=4)))
+        assert newer.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "speaks contract versions 2 to 3; the client says it speaks 4" in newer.details()
+        assert "open the stream with version 3, as Join said" in newer.details()
 
         # A stream belongs to its session: once a newer Join replaces it, the next message
         # ends the stream.
@@ -246,7 +345,7 @@ def test_heartbeats_keep_a_working_clients_stream_past_the_idle_timeout():
     stub = pb_grpc.FederationStub(channel)
     try:
         session = stub.Join(pb.JoinRequest(province="hubei", rows=1000), timeout=10).session
-        link = StreamLink(stub, ((SESSION_METADATA_KEY, session),), 1 << 20)
+        link = StreamLink(stub, ((SESSION_METADATA_KEY, session),), 1 << 20, PROTOCOL_VERSION)
         results: list = []
         sent = threading.Event()
 
@@ -265,7 +364,7 @@ def test_heartbeats_keep_a_working_clients_stream_past_the_idle_timeout():
         header = pb.Outcome(task_id=task.task_id, round=1, kind=task.kind, num_examples=50)
         payload = Payload.encode(honest_update())
         header.parameters.CopyFrom(payload.header)
-        link.submit(header, payload)
+        link.submit(header, payload, lambda: None)
         thread.join(timeout=60)
         link.close()
     finally:

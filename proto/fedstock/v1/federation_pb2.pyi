@@ -84,7 +84,7 @@ class Scaler(_message.Message):
     def __init__(self, features: _Optional[_Iterable[str]] = ..., mean: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scale: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "round", "kind", "config", "scaler", "parameters", "deadline_seconds", "reason", "failed", "receipts")
+    __slots__ = ("task_id", "round", "kind", "config", "scaler", "parameters", "deadline_seconds", "reason", "failed", "receipts", "inline_data")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class Task(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     kind: TaskKind
@@ -112,7 +113,8 @@ class Task(_message.Message):
     reason: str
     failed: bool
     receipts: _containers.RepeatedCompositeFieldContainer[LedgerReceipt]
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., scaler: _Optional[_Union[Scaler, _Mapping]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ..., receipts: _Optional[_Iterable[_Union[LedgerReceipt, _Mapping]]] = ...) -> None: ...
+    inline_data: bytes
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., scaler: _Optional[_Union[Scaler, _Mapping]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ..., receipts: _Optional[_Iterable[_Union[LedgerReceipt, _Mapping]]] = ..., inline_data: _Optional[bytes] = ...) -> None: ...
 
 class LedgerReceipt(_message.Message):
     __slots__ = ("index", "hash", "signature")
@@ -133,7 +135,7 @@ class TaskChunk(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("task_id", "round", "kind", "num_examples", "metrics", "parameters", "error")
+    __slots__ = ("task_id", "round", "kind", "num_examples", "metrics", "parameters", "error", "inline_data")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class Outcome(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     kind: TaskKind
@@ -155,7 +158,8 @@ class Outcome(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     parameters: _tensor_pb2.ParametersHeader
     error: str
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    inline_data: bytes
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parameters: _Optional[_Union[_tensor_pb2.ParametersHeader, _Mapping]] = ..., error: _Optional[str] = ..., inline_data: _Optional[bytes] = ...) -> None: ...
 
 class SubmitChunk(_message.Message):
     __slots__ = ("outcome", "data")

@@ -85,6 +85,9 @@ class FederationServicer:
         metadata, carries GetTask's and Submit's messages both ways. It starts with `open`;
         then each `next` is answered by one task (and its parameters), each outcome (and its
         chunks) by one reply. A refusal ends the stream with the status Submit would return.
+        Version 3 (`open` says 3): the client sends `next` once, after `opened`; from then on
+        the server answers each outcome with the next task itself (no reply, no further
+        `next`), and small parameters travel inline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
