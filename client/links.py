@@ -99,9 +99,9 @@ class UnaryLink:
             if payload is not None:
                 for data in payload.chunks():
                     yield pb.SubmitChunk(data=data)
-            sent()
 
         self._stub.Submit(chunks(), timeout=self._transfer_timeout, metadata=self._metadata)
+        sent()  # after the answer: gRPC reads `chunks` on a thread of its own
 
     def close(self) -> None:
         """Nothing stays open between calls."""
