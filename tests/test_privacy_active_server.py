@@ -363,6 +363,26 @@ def test_different_survivor_lists_to_different_clients_are_refused(
     assert set(GROUP_B) <= refused
 
 
+def named_both_survivor_and_dropped(kind, instruction: Instruction) -> Instruction:
+    """The reveal step names client 1 a survivor, as every client confirmed, and dropped too:
+    one answer would then carry both client 1's self seed share and its mask key share."""
+    if kind != pb.TASK_KIND_SECAGG_UNMASK or instruction.config.get("secagg_step") != "reveal":
+        return instruction
+    dropped = ",".join(filter(None, [str(instruction.config["secagg_dropped"]), "1"]))
+    return replace(instruction, config={**instruction.config, "secagg_dropped": dropped})
+
+
+def test_a_request_for_both_shares_of_one_client_is_refused(deviating):
+    """Every province is asked, in one reveal step, for both shares it holds of client 1:
+    every one refuses, and the server never rebuilds client 1's input."""
+    server = deviating(named_both_survivor_and_dropped)
+    assert server.secagg_round(strategy()) is None
+    assert_not_recovered(server, threshold=7)
+    refused = {p for p, why in server.refusals.items() if "sets are unsafe" in why}
+    assert refused == set(PROVINCES)
+    assert not [r for kind, _, r in server.exchanges if "for" in r.arrays]
+
+
 def test_a_replayed_unmask_step_is_refused(deviating):
     """After an honest round, the server asks the survivors again, now saying client 1 dropped:
     with both answers it would hold client 1's self seed and its mask key."""
