@@ -4,6 +4,7 @@ at once, with the server's own message, when the server cannot start."""
 from __future__ import annotations
 
 import ast
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,21 @@ def test_localrun_stops_at_once_with_the_servers_message_when_the_server_cannot_
     assert "the server exited with code 2" in done.stderr
     assert "unrecognized arguments: --no-such-flag" in done.stderr
     # The clients were stopped by localrun, not left to retry until their own patience ran out.
+    for log in out.glob("*.log"):
+        assert "gave up" not in log.read_text(), log.name
+
+
+@pytest.mark.integration
+def test_localrun_stops_at_once_with_the_servers_message_when_its_port_is_busy(tmp_path):
+    """The server's flags pass through localrun, so `--port` moves it onto a port this test
+    holds with a listening socket (the clients still dial the free one localrun picked)."""
+    out = tmp_path / "run"
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = str(held.getsockname()[1])
+        done = run("-m", "server.localrun", "--rows", "3000", "--out", str(out), "--port", port)
+    assert done.returncode == 1
+    assert "the server exited with code 2" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: is the port already in use?" in done.stderr
     for log in out.glob("*.log"):
         assert "gave up" not in log.read_text(), log.name
 
