@@ -10,7 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from common.data.loaders import load_province
+from common.data.synthetic import synthesize_province
 from common.launch import LocalFederation
+from common.preprocess import clean
 from common.settings import DayCounts
 from common.tensors import Payload
 from common.tls import client_credentials
@@ -254,6 +257,64 @@ def test_missing_data_file_stops_the_client_with_a_clear_error(tmp_path):
     done = run_cli("-m", "client", "--province", "hubei", "--data", str(tmp_path))
     assert done.returncode == 2
     assert "hubei" in done.stderr and "Traceback" not in done.stderr
+
+
+def hubei_file(folder, change) -> str:
+    """hubei's synthetic rows, changed by `change`, as the province's Parquet file."""
+    frame = change(synthesize_province("hubei", 3000, SEED))
+    path = folder / "hubei.parquet"
+    frame.to_parquet(path, index=False)
+    return str(path)
+
+
+def with_cell(column: str, value):
+    """Data row 6's `column` set to `value`; text makes the column a text column, as a
+    spreadsheet export writes it."""
+
+    def change(frame):
+        if isinstance(value, str):
+            frame[column] = frame[column].astype(str)
+        frame.loc[5, column] = value
+        return frame
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda frame: frame.drop(columns="volume"), "missing column(s) volume"),
+        (with_cell("close", "n/a"), "column 'close' needs numbers, found 'n/a' in data row 6"),
+    ],
+    ids=["missing column", "text in a number column"],
+)
+def test_a_malformed_data_file_stops_the_client_naming_file_column_and_value(
+    tmp_path, change, says
+):
+    """It fails while loading, before it dials any server."""
+    path = hubei_file(tmp_path, change)
+    done = run_cli("-m", "client", "--province", "hubei", "--data", str(tmp_path), "--insecure")
+    assert done.returncode == 2
+    assert f"{path}: {says}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_data_file_that_is_no_parquet_stops_the_client_naming_it(tmp_path):
+    (tmp_path / "hubei.parquet").write_text("date,code,close\n")
+    done = run_cli("-m", "client", "--province", "hubei", "--data", str(tmp_path), "--insecure")
+    assert done.returncode == 2
+    path = tmp_path / "hubei.parquet"
+    assert f"{path}: not a readable Parquet file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_row_with_an_infinite_number_is_loaded_then_dropped_by_cleaning(tmp_path):
+    """Non-finite numbers are not bad input: `clean` drops their rows, as it drops suspended
+    days, and keeps every other row."""
+    hubei_file(tmp_path, with_cell("high", np.inf))
+    raw = load_province(tmp_path, "hubei")
+    assert np.isinf(raw.loc[5, "high"])
+    whole = synthesize_province("hubei", 3000, SEED)
+    assert len(clean(raw)) == len(clean(whole)) - 1
+    assert not np.isinf(clean(raw)["high"]).any()
 
 
 def test_when_the_federation_fails_its_clients_say_so(tmp_path):
