@@ -6,11 +6,17 @@ from sklearn.svm import SVR
 
 from client import trainers
 from client.groups import TaskGroups
+from client.local import LocalWork
+from common import preprocess
+from common.data import synthesize_province
 from common.models import rff, svr
 from common.models.checks import UpdateError
+from common.provinces import PROVINCES
 from common.settings import DataSettings, TaskContext
+from server.memory import MemoryChannel
 from server.models import build_strategy, defaults
 from server.strategy import ClientResult
+from tests import in_memory
 
 
 def test_random_features_approximate_the_rbf_kernel_and_depend_on_the_seed_alone():
@@ -150,3 +156,28 @@ def test_svm_updates_must_be_weights_of_the_configured_size():
     strategy.check_update({"coef": np.zeros(10), "intercept": np.zeros(())}, 8)
     with pytest.raises(UpdateError, match="shape"):
         strategy.check_update({"coef": np.zeros(11), "intercept": np.zeros(())}, 8)
+
+
+class Receiving(LocalWork):
+    """A province's real work, keeping each global model it is sent to score."""
+
+    def __init__(self, raw) -> None:
+        super().__init__(raw)
+        self.received: list = []
+
+    def evaluate(self, groups, scaler, parameters):
+        self.received.append((groups, scaler, parameters))
+        return super().evaluate(groups, scaler, parameters)
+
+
+def test_svm_local_rbf_ships_other_provinces_training_rows_to_every_province(tmp_path):
+    """Not private, as its module says: each province's RBF SVR is its support vectors, rows of
+    its scaled training data, and the global model every province receives holds them all."""
+    works = {p: Receiving(synthesize_province(p, 9_000, 3)) for p in PROVINCES}
+    in_memory.run(tmp_path, "--model", "svm-local-rbf", "--rounds", "1", over=MemoryChannel(works))
+    groups, scaler, model = works["hubei"].received[-1]
+    beijing = preprocess.scale(works["beijing"].split(groups).x_train, *scaler)
+    rows = {row.tobytes() for row in beijing}
+    members = svr.SVRS.unpack(model, beijing.shape[1])
+    shipped = [v for m in members for v in m["support_vectors"] if v.tobytes() in rows]
+    assert len(shipped) >= 10  # beijing's training rows, exactly, in hubei's hands
