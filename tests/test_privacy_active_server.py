@@ -383,22 +383,26 @@ def test_a_request_for_both_shares_of_one_client_is_refused(deviating):
     assert not [r for kind, _, r in server.exchanges if "for" in r.arrays]
 
 
-def test_a_replayed_unmask_step_is_refused(deviating):
-    """After an honest round, the server asks the survivors again, now saying client 1 dropped:
-    with both answers it would hold client 1's self seed and its mask key."""
+@pytest.mark.parametrize(
+    ("steps", "refusal"),
+    [(("reveal",), "not those this client confirmed"), (("confirm",), "second survivor set")],
+)
+def test_a_replayed_unmask_step_is_refused(deviating, steps, refusal):
+    """After an honest round, which revealed client 1's self seed, the server asks the survivors
+    again for the same round, now saying client 1 dropped, to be sent its mask key: by the
+    reveal step alone, or first asking them to confirm the new survivor set."""
     server = deviating()
     assert server.secagg_round(strategy()) is not None
     replay = []
     for kind, told, _ in server.exchanges:
-        if kind == pb.TASK_KIND_SECAGG_UNMASK and told.config.get("secagg_step") != "confirm":
+        if kind == pb.TASK_KIND_SECAGG_UNMASK and told.config.get("secagg_step") in steps:
             survivors = [u for u in str(told.config["secagg_survivors"]).split(",") if u != "1"]
             config = {**told.config, "secagg_survivors": ",".join(survivors), "secagg_dropped": "1"}
             replay.append(replace(told, config=config))
     server.phase(1, pb.TASK_KIND_SECAGG_UNMASK, replay, lambda result: result)
     assert_not_recovered(server, threshold=7)
-    assert all(
-        "not those this client confirmed" in server.refusals.get(i.province, "") for i in replay
-    )
+    assert len(replay) == len(PROVINCES)
+    assert all(refusal in server.refusals.get(i.province, "") for i in replay)
 
 
 def test_the_same_inputs_are_unmasked_again_only_over_the_same_survivors(deviating):
