@@ -252,8 +252,11 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
     absent = record.get("absent", [])
     named = [*absent[:12], *([f"{len(absent) - 12} more"] if absent[12:] else [])]
     away = f", absent: {', '.join(named)}" if absent else ""
+    unchanged = "" if record.get("aggregated", True) else " (not aggregated: model unchanged)"
+    unscored = "" if record.get("evaluated", True) else " (scores not aggregated)"
     return (
-        f"round {record['round']}/{rounds}: {len(record['clients'])} clients trained{staleness}, "
-        f"global MSE {mse}{scored}, {record['seconds']:.3f} s "
+        f"round {record['round']}/{rounds}: {len(record['clients'])} clients trained{staleness}"
+        f"{unchanged}, "
+        f"global MSE {mse}{unscored}{scored}, {record['seconds']:.3f} s "
         f"(server overhead {record['overhead_seconds'] * 1000:.1f} ms){dropped}{away}"
     )

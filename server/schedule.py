@@ -67,7 +67,14 @@ class Cohort:
         if len(results) >= s.min_clients:
             if recorded and loop.analysis is not None and loop.analysis.settings.contributions:
                 loop.final_fit = FinalFit(server_round, results, loop.parameters)
-            loop.aggregate(server_round, results, failures)
+            if loop.aggregate(server_round, results, failures) is None:
+                # The quorum answered but its updates made no model (under secure aggregation:
+                # the sum could not be unmasked, the reason logged above): said in the record.
+                record["aggregated"] = False
+                log.warning(
+                    "round %d: the updates could not be aggregated; the global model is unchanged",
+                    server_round,
+                )
         else:
             log.warning(
                 "round %d: quorum not met (%d of %d); the global model is unchanged",
@@ -91,6 +98,8 @@ class Cohort:
             )
             overhead += time.perf_counter() - phase_start - slowest(scores)
             evaluation = loop.evaluate(strategy, server_round, scores, eval_failures)
+            if evaluation is None and scores:
+                record["evaluated"] = False  # scores came, but no total of them (as above)
             failures += eval_failures
         record.update(
             **scores_record(evaluation),
