@@ -20,6 +20,19 @@ from tests.test_gbdt_federation import centralised_mse
 pytestmark = pytest.mark.integration
 TREES, DEPTH = 10, 4
 KILLED = "beijing"
+# A dead province's round waits far beyond the test's own limit, so a run that waits for its
+# deadline fails by the test's timeout; one whose stream ended has 20 s to come back, and never
+# does.
+KILL_TEST_WAITS = [
+    "--poll-seconds",
+    "2",
+    "--round-timeout",
+    "3600",
+    "--join-timeout",
+    "900",
+    "--idle-timeout",
+    "20",
+]
 
 
 def wait_for_line(log: Path, text: str, federation: LocalFederation) -> None:
@@ -40,18 +53,7 @@ def test_a_province_killed_mid_tree_leaves_the_rest_to_finish_the_ensemble(tmp_p
         1,
         ROWS,
         SEED,
-        server_args=[
-            *flags,
-            "--poll-seconds",
-            "2",
-            "--round-timeout",
-            "3600",
-            "--join-timeout",
-            "900",
-            # How long a client whose stream ended has to come back: the dead one never does.
-            "--idle-timeout",
-            "20",
-        ],
+        server_args=[*flags, *KILL_TEST_WAITS],
         insecure=True,
     )
     federation.start()

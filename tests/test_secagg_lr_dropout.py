@@ -14,7 +14,7 @@ import pytest
 from common.launch import LocalFederation
 from common.provinces import PROVINCES
 from tests.test_federation import ROWS, SEED
-from tests.test_gbdt_dropout import wait_for_line
+from tests.test_gbdt_dropout import KILL_TEST_WAITS, wait_for_line
 
 pytestmark = pytest.mark.integration
 KILLED = "hubei"
@@ -31,14 +31,7 @@ def test_lr_under_secagg_that_loses_a_province_after_round_one_is_not_difference
         server_args=[
             "--privacy",
             "secagg",
-            "--poll-seconds",
-            "2",
-            "--round-timeout",
-            "3600",
-            "--join-timeout",
-            "900",
-            "--idle-timeout",
-            "20",
+            *KILL_TEST_WAITS,
             # All nine start the run and round 1; round 2 goes on with the eight left.
             "--min-available",
             "9",
