@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from client.tasks import ClientError
-from common.tensors import CHUNK_BYTES, Arrays, Payload, PayloadReceiver
+from common.tensors import Arrays, Payload, PayloadReceiver
 from common.wire import ANSWERED_BY_TASK_VERSION
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
@@ -142,7 +142,7 @@ class StreamLink:
 
     def submit(self, header: pb.Outcome, payload: Payload | None, sent: Callable[[], None]) -> None:
         message = pb.SessionUp(outcome=header)
-        inline = self._answered_by_task and payload is not None and len(payload.blob) <= CHUNK_BYTES
+        inline = self._answered_by_task and payload is not None and payload.fits_one_chunk
         if inline:
             message.outcome.inline_data = payload.blob
         replies = self._send(message)

@@ -98,6 +98,11 @@ class Payload:
     def digest(self) -> str:
         return payload_digest(self.header, self.blob)
 
+    @property
+    def fits_one_chunk(self) -> bool:
+        """Small enough to travel inside its task or outcome message (contract version 3)."""
+        return len(self.blob) <= CHUNK_BYTES
+
     def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         view = memoryview(self.blob)
         for start in range(0, len(view), chunk_bytes):

@@ -13,7 +13,7 @@ import grpc
 
 from common.bounded import bounded
 from common.models.checks import UpdateError
-from common.tensors import CHUNK_BYTES, PayloadError, PayloadReceiver
+from common.tensors import PayloadError, PayloadReceiver
 from common.tls import peer_common_name
 from common.wire import (
     ANSWERED_BY_TASK_VERSION,
@@ -191,7 +191,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         delivered = False
         try:
             header = message(task=assignment.task)
-            if inline and payload is not None and len(payload.blob) <= CHUNK_BYTES:
+            if inline and payload is not None and payload.fits_one_chunk:
                 header.task.inline_data = payload.blob
                 payload = None
             yield header
