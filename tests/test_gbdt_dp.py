@@ -145,3 +145,35 @@ def test_local_dp_on_trees_refuses_what_it_cannot_account_for(flags, reason, cap
     with pytest.raises(SystemExit):
         parse_args(["--model", "gbdt", "--privacy", "dp-local", *flags])
     assert reason in capsys.readouterr().err
+
+
+class Leaving(LocalWork):
+    """A province that answers three tree questions and is gone before the fourth."""
+
+    def __init__(self, raw, province, absent):
+        super().__init__(raw)
+        self.province, self.absent, self.answered = province, absent, 0
+
+    def train(self, groups, scaler, parameters):
+        outcome = super().train(groups, scaler, parameters)
+        if groups.tree_step is not None:
+            self.answered += 1
+            if self.answered == 3:
+                self.absent.add(self.province)  # its next task is never answered
+        return outcome
+
+
+def test_under_local_dp_a_province_leaving_mid_ensemble_is_recorded_and_the_rest_grow_on(tmp_path):
+    works = {p: LocalWork(synthesize_province(p, ROWS, SEED)) for p in PROVINCES}
+    channel = MemoryChannel(works)
+    channel.works["beijing"] = Leaving(
+        synthesize_province("beijing", ROWS, SEED), "beijing", channel.absent
+    )
+    flags = ["--model", "gbdt", "--rounds", "1", "--gbdt-trees", "4", "--gbdt-max-depth", "3"]
+    results = in_memory.run(tmp_path, *flags, *DP, over=channel)
+    record = results["rounds"][0]
+    assert [f["province"] for f in record["failures"]] == ["beijing"]
+    assert "beijing" not in record["clients"]
+    assert [left["province"] for left in record["trees"]["left"]] == ["beijing"]
+    assert record["trees"]["count"] == 4
+    assert np.isfinite(results["final"]["mse"])

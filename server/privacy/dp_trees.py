@@ -60,6 +60,12 @@ class DPTrees(DPFedAvg):
     def check(self, arrays: Arrays, shapes: Shapes) -> None:
         self._clear.check(arrays, shapes)
 
+    def least(self) -> int:
+        return self._clear.least()
+
+    def departures(self, server_round: int):
+        return self.trees.departures(server_round)
+
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
         """The noised sums; the sketch's cells that its noise alone could fill are emptied."""
         sums = self._clear.total(answers, shapes)
