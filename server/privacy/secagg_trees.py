@@ -71,8 +71,8 @@ class SecAggTrees(SecAggFedAvg):
         relayed with the first."""
         self._exchange += 1
         first = self._exchange == 1
-        seats = {p: secagg.Seat.from_config(c).secagg_index for p, (c, _) in self._relay.items()}
-        left = sorted(seat for p, seat in seats.items() if p not in cohort)
+        seat = self._round.index if self._round is not None else {}
+        left = sorted(seat[p] for p in self._relay if p not in cohort)
         exchange = secagg.Exchange(self._exchange, ",".join(map(str, left)) or None)
         return [
             Instruction(
@@ -104,7 +104,7 @@ class SecAggTrees(SecAggFedAvg):
         state = self._round
         if state is None:
             raise secagg.SecAggError("an exchange without a key agreement")
-        return secagg.Announcement.from_config(state.config).secagg_threshold
+        return state.threshold
 
     def departures(self, server_round: int):
         return self.trees.departures(server_round)
