@@ -105,8 +105,7 @@ class HistogramTrees(Strategy):
         self._mean = self._std = np.zeros(0)
         self._base_score = 0.0
         self._cohort: list[str] = []
-        self._left: list[Failure] = []
-        self._where: list[dict[str, Any]] = []
+        self._where: list[dict[str, Any]] = []  # who left, why and at which question
         self._report: dict[str, Any] = {}
         self._bytes = {"bytes_down": 0, "bytes_up": 0}
 
@@ -124,7 +123,7 @@ class HistogramTrees(Strategy):
         self, server_round: int, parameters: Arrays | None, provinces: list[str]
     ) -> list[Instruction]:
         self._cohort = sorted(provinces)
-        self._left, self._where = [], []
+        self._where = []
         return self._instructions(server_round, self._sketch())
 
     def _instructions(self, server_round: int, query: Query) -> list[Instruction]:
@@ -200,7 +199,6 @@ class HistogramTrees(Strategy):
             self._cohort = [p for p in self._cohort if p not in missing]
             for province in missing:
                 reason = why.get(province, "no answer")
-                self._left.append(Failure(province, reason))
                 self._where.append(
                     {"province": province, "reason": reason, "step": query.step}
                     | ({"tree": query.tree, "depth": query.depth} if query.step == "level" else {})
@@ -224,7 +222,7 @@ class HistogramTrees(Strategy):
         return {"left": self._where} if self._where else {}
 
     def departures(self, server_round: int) -> list[Failure]:
-        return list(self._left)
+        return [Failure(w["province"], w["reason"]) for w in self._where]
 
     def round_report(self, server_round: int) -> dict[str, Any]:
         return self._report
