@@ -296,22 +296,19 @@ class DPFedAvg(Strategy):
         rows = float(sum(r.num_examples for r in results))
         return results, [{"count": np.array(rows), kind: counts}]
 
+    def _noise(self) -> dict[str, Any]:
+        """What a province is told to clip and noise its answer by under local DP."""
+        s = self.settings
+        return {**Protection(s.mode).to_config(), **DPNoise(s.clip, s.noise_multiplier).to_config()}
+
     def configure_fit(self, server_round, parameters, provinces):
         self._asked = len(provinces)
-        s = self.settings
-        extra = (
-            {
-                **Protection(s.mode).to_config(),
-                **DPNoise(s.clip, s.noise_multiplier).to_config(),
-            }
-            if s.mode == "dp-local"
-            else {}
-        )
+        extra = self._noise() if self.settings.mode == "dp-local" else {}
         plan = self.inner.configure_fit(server_round, parameters, provinces)
         # Under local DP each province answers with its noised update and no training MSE:
         # counted when asked for, so a refused or late answer counts too. (Central DP's noisy
         # sum is counted as it is made.)
-        if s.mode == "dp-local":
+        if self.settings.mode == "dp-local":
             self.accountant.spend("noised updates")
         return [replace(i, config={**i.config, **extra}) for i in plan]
 

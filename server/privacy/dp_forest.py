@@ -29,7 +29,6 @@ from common.model_settings import ForestSettings
 from common.models import forest, histnoise, histtree
 from common.models.checks import UpdateError, check_arrays
 from common.models.histgrow import TreeSettings, TreeStep
-from common.protection import DPNoise, Protection
 from common.settings import RoundNumber
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import entry
@@ -53,10 +52,6 @@ class DPForest(DPFedAvg):
         each unscaled feature, as gbdt's is."""
         super().prepare(statistics, train_samples)
         self._mean, self._std = statistics.mean[:-1], statistics.std[:-1]
-
-    def _noise(self) -> dict[str, Any]:
-        s = self.settings
-        return {**DPNoise(s.clip, s.noise_multiplier).to_config(), **Protection(s.mode).to_config()}
 
     def _sketch_edges(self, server_round: int, provinces: list[str]) -> list[np.ndarray]:
         """Every province's noised sketch, summed and emptied of what noise alone could fill,

@@ -16,7 +16,6 @@ from typing import Any
 
 from common.models import histnoise
 from common.models.histgrow import TreeStep
-from common.protection import DPNoise, Protection
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from server.disclosure import entry
@@ -50,12 +49,7 @@ class DPTrees(DPFedAvg):
             self.accountant.spend("noised sketches")
         else:
             self.accountant.spend("noised tree levels", len(arrays["grow_index"]))
-        s = self.settings
-        noise = {
-            **Protection(s.mode).to_config(),
-            **DPNoise(s.clip, s.noise_multiplier).to_config(),
-        }
-        return self._clear.instructions({**config, **noise}, arrays, cohort)
+        return self._clear.instructions({**config, **self._noise()}, arrays, cohort)
 
     def check(self, arrays: Arrays, shapes: Shapes) -> None:
         self._clear.check(arrays, shapes)
