@@ -10,9 +10,10 @@ tree's thresholds are its rows' values. With `bins_per_decade` the trees are gro
 a grid fixed in advance (`grid`: the same for every province and every run, derived from no
 one's rows), and every threshold is an edge of that grid: a tree then says which grid cells
 its rows fall in, never a row's value. The partition of the training rows, and so every leaf's
-value and row count, is the one the tree found on the bins. Under a privacy mode the edges are
-instead the federation's, one set per feature, from its summed sketch as gbdt's are
-(server/privacy/dp_forest.py, common/models/histtree.py).
+value and row count, is the one the tree found on the bins. Under `dp-local` no tree is grown
+on rows at all: `drawn_tree` draws each tree's shape from a seed on the federation's edges (one
+set per feature, from its summed sketch as gbdt's are; server/privacy/dp_forest.py) and only
+its leaves' noised counts and sums carry the rows.
 """
 
 from __future__ import annotations
