@@ -21,7 +21,7 @@ from client.privacy import PrivacyError
 from client.receipts import Receipt, ReceiptBook
 from client.tasks import ClientError, perform
 from common.bounded import bounded
-from common.secagg import SecAggError
+from common.secagg import DifferencingRefused, SecAggError
 from common.tensors import Arrays, Payload
 from common.wire import (
     CHANNEL_OPTIONS,
@@ -44,7 +44,8 @@ RESUBMITTABLE = RETRYABLE | {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SUBMIT_ATTEMPTS = 3
-# Failures that mean this client cannot take part at all: reported, then the client exits.
+# Failures that mean this client cannot take part at all: reported, then the client exits
+# (but for a refused sum, which only this task's: see DifferencingRefused).
 FATAL = (ClientError, PrivacyError, HEError, SecAggError)
 
 
@@ -144,7 +145,7 @@ class ClientDaemon:
             # The server hears why at once, instead of waiting out the deadline.
             log.exception("round %d: the task failed", task.round)
             self._send(task, _failed(task, error), None)
-            if isinstance(error, FATAL):
+            if isinstance(error, FATAL) and not isinstance(error, DifferencingRefused):
                 raise
             return True
         self._submit(task, outcome)

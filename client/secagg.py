@@ -227,7 +227,7 @@ class SecAggClient:
         named = frozenset(members[u - 1] for u in survivors if 0 < u <= len(members))
         before = self._unmasked.setdefault(self._input, named)
         if before != named:
-            raise secagg.SecAggError(
+            raise secagg.DifferencingRefused(
                 f"round {self._round}: asked to unmask an input this client had unmasked "
                 f"before over {sorted(before)}, now over {sorted(named)}: the two sums' "
                 "difference would give away the provinces between them; refusing"

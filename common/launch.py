@@ -108,7 +108,8 @@ class LocalFederation:
         ]
         self.server = self._spawn("server", ["-m", "server", *args])
 
-    def start_client(self, province: str, *extra: str) -> subprocess.Popen:
+    def start_client(self, province: str, *extra: str, module: str = "client") -> subprocess.Popen:
+        """`module`: the client program (a test's variant of it, say)."""
         args = ["--province", province, "--server", self.address, *self._security()]
         args += self._members()
         args += ["--receipts", str(self.out / "receipts")]
@@ -117,7 +118,7 @@ class LocalFederation:
             if self.data
             else ["--rows", str(self.rows), "--seed", str(self.seed)]
         )
-        process = self._spawn(province, ["-m", "client", *args, *self.client_args, *extra])
+        process = self._spawn(province, ["-m", module, *args, *self.client_args, *extra])
         self.clients[province] = process
         return process
 

@@ -48,6 +48,12 @@ class SecAggError(RuntimeError):
     """The protocol cannot go on safely: too few survivors, or a request that would leak."""
 
 
+class DifferencingRefused(SecAggError):
+    """A sum whose difference with one this client helped unmask before would give away the
+    provinces between them. An honest server asks for one after a province drops out, so the
+    client refuses this sum and goes on with the federation."""
+
+
 @dataclass(frozen=True)
 class Encoding:
     """Fixed point in Z_2^k: |value| ≤ bound in steps of 2^-fraction_bits, for `clients` inputs."""

@@ -102,8 +102,8 @@ class Coordinator:
         return_seconds: float = 0.0,
     ) -> None:
         self.poll_seconds = poll_seconds
-        # How long a client whose session stream ended mid-task has to call again before the
-        # task fails (0: until its deadline).
+        # How long a client whose session stream ended has to call again before the task it
+        # holds, or is handed, fails (0: until its deadline).
         self.return_seconds = return_seconds
         self.members = members  # who may join
         self.report_seconds = report_seconds
@@ -173,8 +173,15 @@ class Coordinator:
         with self._cond:
             client.streams -= 1
             task_id = client.open_task
-            if client.streams or not client.streamed or task_id is None or not self.return_seconds:
-                return
+            if not client.streams and task_id is not None:
+                self._await_return(client, task_id)
+
+    def _await_return(self, client: ClientSession, task_id: str) -> None:
+        """Give `client`, a session-stream client that holds no call now, `return_seconds` to
+        call again before `task_id` fails: whether its stream ended while it worked on the
+        task, or before the task was handed to it."""
+        if not client.streamed or not self.return_seconds:
+            return
         timer = threading.Timer(self.return_seconds, self._unreturned, (client, task_id))
         timer.daemon = True
         timer.start()
@@ -189,7 +196,7 @@ class Coordinator:
             if self._sessions.get(client.session) is not client:
                 return
             why = (
-                f"the session stream of {client.province} ended mid-task and it did not call "
+                f"the session stream of {client.province} ended and it did not call "
                 f"again within {self.return_seconds:g} s (--idle-timeout): taken for gone"
             )
             log.warning("%s", why)
@@ -290,6 +297,8 @@ class Coordinator:
             client.tasks += 1
             self._open[task_id] = phase
             client.wakeup.notify()
+            if not client.streams:  # no call to hear it on: gone unless it calls again
+                self._await_return(client, task_id)
 
     def _expire(self, phase: Phase) -> None:
         if time.monotonic() < phase.expires:

@@ -123,3 +123,51 @@ def test_a_task_whose_stream_ended_fails_unless_its_client_calls_again_in_time()
         coordinator.wait_any([phase], timeout=1)
     [failure] = phase.failures
     assert failure.province == "hubei" and "did not call again within 0.5 s" in failure.reason
+
+
+def test_a_task_handed_out_after_the_stream_ended_fails_unless_its_client_calls_again():
+    """The next phase's task for a province killed between two phases: no stream is left to
+    end, so handing it out starts the grace."""
+    coordinator = Coordinator(poll_seconds=1, return_seconds=0.5)
+    client = coordinator.join("hubei", 300, "test")
+    first = coordinator.send(
+        1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=1), None)}, lambda r: r, DEADLINE
+    )
+    assert coordinator.open_stream(client)
+    task_id = coordinator.next_assignment(client, lambda: True, streamed=True).task.task_id
+    coordinator.resolve(task_id, "trained")
+    coordinator.close_stream(client)  # killed after answering: no task open, nothing to fail
+    assert first.results == ["trained"] and first.failures == []
+    second = coordinator.send(
+        1,
+        pb.TASK_KIND_EVALUATE,
+        {"hubei": Assignment(pb.Task(round=1), None)},
+        lambda r: r,
+        DEADLINE,
+    )
+    while second.waiting:  # the grace's timer fails it; a stall fails by the test's timeout
+        coordinator.wait_any([second], timeout=1)
+    [failure] = second.failures
+    assert failure.province == "hubei" and "did not call again within 0.5 s" in failure.reason
+
+
+def test_a_task_handed_to_a_client_that_calls_again_in_time_stays_open():
+    coordinator = Coordinator(poll_seconds=1, return_seconds=0.5)
+    client = coordinator.join("hubei", 300, "test")
+    coordinator.send(
+        1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=1), None)}, lambda r: r, DEADLINE
+    )
+    assert coordinator.open_stream(client)
+    task_id = coordinator.next_assignment(client, lambda: True, streamed=True).task.task_id
+    coordinator.resolve(task_id, "trained")
+    coordinator.close_stream(client)
+    phase = coordinator.send(
+        1,
+        pb.TASK_KIND_EVALUATE,
+        {"hubei": Assignment(pb.Task(round=1), None)},
+        lambda r: r,
+        DEADLINE,
+    )
+    assert coordinator.open_stream(client)  # it reconnects before the grace ends
+    coordinator._unreturned(client, client.open_task)  # the grace's check, run by hand
+    assert phase.waiting and phase.failures == []

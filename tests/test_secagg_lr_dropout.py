@@ -1,10 +1,12 @@
-"""`lr` under secure aggregation loses a province after round 1, over real processes.
+"""`lr` under secure aggregation loses a province in round 2, over real processes.
 
 `lr`'s update is the same in every round, so a second sum over fewer provinces would give the
-lost one's update by differencing: the survivors refuse to unmask it, and the round's record
-and log line say that sum was not aggregated, rather than that the round made a model and
-scored it. The kill waits for the server's log line of round 1, so it lands between the rounds
-however slow the machine; the round timeout is far beyond the test's own limit.
+lost one's update by differencing: the survivors refuse to unmask it and go on, and the
+round's record and log line say that sum was not aggregated, rather than that the round made
+a model and scored it. The province dies (SIGKILL) on receiving a chosen task of round 2, so
+the loss lands at the same step of the protocol however the machine schedules the processes;
+the round timeout is far beyond the test's own limit, so a phase that waited for the dead
+province until its deadline would fail the test by its timeout.
 """
 
 import signal
@@ -14,20 +16,25 @@ import pytest
 from common.launch import LocalFederation
 from common.provinces import PROVINCES
 from tests.test_federation import ROWS, SEED
-from tests.test_gbdt_dropout import KILL_TEST_WAITS, wait_for_line
+from tests.test_gbdt_dropout import KILL_TEST_WAITS
 
 pytestmark = pytest.mark.integration
 KILLED = "hubei"
+# Round 2's tasks for a province, in order: the training sum's keys, shares, the training, the
+# survivors' confirmation, the reveal; then the same five for the scores.
+KEYS, CONFIRM = "secagg_keys:1", "secagg_unmask:1"
 
 
 @pytest.mark.timeout(900)
-def test_lr_under_secagg_that_loses_a_province_after_round_one_is_not_differenced(tmp_path):
+@pytest.mark.parametrize("vanish_at", [KEYS, CONFIRM], ids=["before-training", "after-training"])
+def test_lr_under_secagg_that_loses_a_province_in_round_two_is_not_differenced(tmp_path, vanish_at):
     federation = LocalFederation(
         tmp_path,
         "lr",
         2,
         ROWS,
         SEED,
+        provinces=tuple(p for p in PROVINCES if p != KILLED),
         server_args=[
             "--privacy",
             "secagg",
@@ -41,27 +48,25 @@ def test_lr_under_secagg_that_loses_a_province_after_round_one_is_not_difference
         insecure=True,
     )
     federation.start()
-    wait_for_line(tmp_path / "server.log", "round 1/2:", federation)
-    federation.clients[KILLED].send_signal(signal.SIGKILL)
+    federation.start_client(
+        KILLED, "--vanish-at", f"2:{vanish_at}", module="tests.vanishing_client"
+    )
     codes = federation.wait(timeout=840)
-    assert codes["server"] == 0, codes
-    assert codes[KILLED] == -signal.SIGKILL, codes
+    # The survivors refuse the sum and go on: they hear the server's stop and exit 0.
+    assert codes == {p: -signal.SIGKILL if p == KILLED else 0 for p in codes}, codes
 
     survivors = sorted(set(PROVINCES) - {KILLED})
-    refused = [
-        p for p in survivors if "had unmasked before over" in (tmp_path / f"{p}.log").read_text()
-    ]
-    assert refused, "no survivor refused to unmask the second sum"
+    refusal = "had unmasked before over"
+    assert all(refusal in (tmp_path / f"{p}.log").read_text() for p in survivors)
 
     first, second = federation.results()["rounds"]
     assert first.get("aggregated", True) and first["mse"] is not None
-    # Which sum the survivors refuse depends on whether the killed province had sent round 2's
-    # update before the signal landed (the training sum over the nine is then unmasked, and
-    # the scores, the same as round 1's for the same model, are refused over the eight); the
-    # record and the log line say which.
+    assert first["clients"] == sorted(PROVINCES)
     log = (tmp_path / "server.log").read_text()
-    if second.get("aggregated", True):
+    if vanish_at == KEYS:  # the training sum over the eight is refused: the model stays
+        assert second["aggregated"] is False
+        assert "(not aggregated: model unchanged)" in log
+    else:  # the training sum over the nine is unmasked; the scores over the eight are refused
+        assert second.get("aggregated", True)
         assert second["evaluated"] is False and second["mse"] is None
         assert "(scores not aggregated)" in log
-    else:
-        assert "(not aggregated: model unchanged)" in log

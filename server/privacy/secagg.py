@@ -333,10 +333,11 @@ class SecAggFedAvg(Strategy):
         signatures = secagg.pack_signatures(
             {state.index[r.province]: r.arrays["signature"].tobytes() for r in confirmations}
         )
-        replies = self._ask(
+        confirmed = {r.province: helpers[r.province] for r in confirmations}
+        replies = self._ask(  # only those who confirmed: one who did not is gone or deviating
             server_round,
             pb.TASK_KIND_SECAGG_UNMASK,
-            {p: (unmasking("reveal", i), signatures) for p, i in helpers.items()},
+            {p: (unmasking("reveal", i), signatures) for p, i in confirmed.items()},
             _checked(
                 {
                     "for": (np.dtype(np.int64), (-1,)),
