@@ -13,7 +13,7 @@ it as a table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 PHASES = ("dates", "statistics", "updates", "metrics", "analysis")
@@ -57,7 +57,7 @@ def contributors(asked: Sequence[str], sent: Sequence[str]) -> str:
     return f"{among} ({', '.join(missing)} sent none)" if missing else among
 
 
-def by_rounds(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def by_rounds(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rounds' disclosure entries, identical consecutive ones as one: each with its first
     and last round, and under DP the ε spent to each of the two."""
     groups: list[dict[str, Any]] = []

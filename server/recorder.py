@@ -221,7 +221,6 @@ class Recorder:
         # The checkpoint carries the entries the ledger has not flushed: flushed first.
         self.ledger.close()
         self.checkpoint_path.unlink(missing_ok=True)
-        self.results.rounds_path.unlink(missing_ok=True)
         log.info(
             "done: final MSE %.6g over %d provinces, %.2f s of training",
             evaluation.mse,

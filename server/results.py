@@ -1,19 +1,21 @@
 """The run's record: a JSON file a script can read, and beside it the rounds log it is made from.
 
-A long run keeps thousands of round records, so each is encoded once, when it is added, and kept
-only as those bytes. Every round is appended to the rounds log (`rounds.jsonl` beside the
-results, one record a line), which costs the same at round 1,000 as at round 1; the results
-file itself, which grows with the run, is rewritten whole at most once every `rewrite_seconds`
-(a second by default) and whenever a field other than the rounds changes (the statistics, the
-final result), so it is never more than that behind. A restarted run resumes its rounds from
-the log (`read_rounds`), up to the round its checkpoint records."""
+A long run has thousands of round records, so each is encoded once, when it is added, and
+appended to the rounds log (`rounds.jsonl` beside the results, one record a line), which costs
+the same at round 1,000 as at round 1; the server keeps no copy of them, so its memory does not
+grow with the run. The results file, which does, is copied from the log in chunks, rewritten
+whole at most once every `rewrite_seconds` (a second by default) and whenever a field other than
+the rounds changes (the statistics, the final result), so it is never more than that behind. A
+restarted run resumes its rounds from the log (`read_rounds`), up to the round its checkpoint
+records."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ SCHEMA_VERSION = 1
 ROUNDS_LOG = "rounds.jsonl"
 # How far the results file may lag the rounds log, in seconds of the run.
 REWRITE_SECONDS = 1.0
+# How much of the rounds log is read at a time when the results are put together.
+COPY_BYTES = 1 << 20
 
 
 def _encode(value: Any) -> bytes:
@@ -77,8 +81,10 @@ class ResultsFile:
         self.data: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **header, "final": None}
         # `data` as last encoded whole: what a reader and a failure record start from.
         self._head = _encode(self.data)
-        # The round records as a JSON list without its brackets: grows by one record a round.
-        self._rounds = bytearray()
+        # How much of the rounds log holds whole records: a reader reads that far, so a round
+        # being appended meanwhile is not half read.
+        self._logged = 0
+        self._count = 0  # the records in those bytes
         self._written_at = -float("inf")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rounds_path.write_bytes(b"")
@@ -89,10 +95,31 @@ class ResultsFile:
         """Every field but the rounds, as JSON: what a checkpoint carries of the results."""
         return self._head
 
+    def _chunks(self) -> Iterator[bytes]:
+        """The results as they stand, in pieces: the fields, then the logged rounds as a JSON
+        list. Safe to read while the round loop adds to them."""
+        yield self._head[:-1] + b', "rounds": ['
+        remaining = self._logged
+        with self.rounds_path.open("rb") as log:
+            while remaining:
+                chunk = log.read(min(COPY_BYTES, remaining))
+                if not chunk:
+                    raise OSError(f"{self.rounds_path} is shorter than the rounds written to it")
+                remaining -= len(chunk)
+                # Records are one a line: each newline becomes the list's comma, but the last.
+                yield chunk.replace(b"\n", b",")[: -1 if not remaining else None]
+        yield b"]}\n"
+
+    def rounds(self) -> Iterator[dict[str, Any]]:
+        """The round records logged so far, one at a time, oldest first."""
+        with self.rounds_path.open("rb") as log:
+            for line in islice(log, self._count):
+                yield json.loads(line)
+
     @property
     def text(self) -> bytes:
-        """The results as they stand, whole: safe to read while the round loop adds to them."""
-        return b"".join((self._head[:-1], b', "rounds": [', bytes(self._rounds), b"]}\n"))
+        """The results as they stand, whole."""
+        return b"".join(self._chunks())
 
     def update(self, **fields: Any) -> None:
         """Set top-level fields; `rounds` replaces the round records (a resumed run's), in the
@@ -101,9 +128,9 @@ class ResultsFile:
         self.data.update(fields)
         self._head = _encode(self.data)
         if rounds is not None:
-            encoded = [_encode(r) for r in rounds]
-            self._rounds = bytearray(b",".join(encoded))
-            write_atomically(self.rounds_path, b"".join(e + b"\n" for e in encoded))
+            log = b"".join(_encode(r) + b"\n" for r in rounds)
+            write_atomically(self.rounds_path, log)
+            self._logged, self._count = len(log), len(rounds)
         self._write()
 
     def add_round(self, record: dict[str, Any]) -> None:
@@ -112,7 +139,8 @@ class ResultsFile:
         # end. Not flushed to disk: the checkpoint's flush is the round's (server/recorder.py).
         with self.rounds_path.open("ab", buffering=0) as out:
             out.write(encoded + b"\n")
-        self._rounds += b"," + encoded if self._rounds else encoded
+        self._logged += len(encoded) + 1
+        self._count += 1
         if self._clock() - self._written_at >= self._rewrite_seconds:
             self._write()
 
@@ -130,5 +158,5 @@ class ResultsFile:
         return json.loads(self.text)
 
     def _write(self) -> None:
-        write_atomically(self.path, self.text)
+        write_atomically(self.path, self._chunks())
         self._written_at = self._clock()

@@ -102,10 +102,9 @@ class RoundLoop:
             disclosure["analysis"] = self.analysis.disclosure()
         if s.setting != "next-day":  # a random split: no dates were asked for
             disclosure.pop("dates", None)
-        recorded = self.results.snapshot()
-        disclosure["rounds"] = by_rounds(recorded["rounds"])
-        if recorded.get("model_selection"):
-            disclosure["cross_validation"] = cross_validation(recorded["model_selection"])
+        disclosure["rounds"] = by_rounds(self.results.rounds())
+        if selection := self.results.data.get("model_selection"):
+            disclosure["cross_validation"] = cross_validation(selection)
         self.results.update(disclosure=disclosure)
         if self.analysis is not None:
             sections = self.analysis.run(

@@ -97,3 +97,40 @@ def test_a_log_damaged_before_its_last_line_is_refused_with_the_line(tmp_path):
     log.write_bytes(b'{"round": 1}\nnot json\n{"round": 3}\n')
     with pytest.raises(ValueError, match=r"rounds.jsonl line 2 is not a JSON record"):
         read_rounds(log, through=3)
+
+
+def test_the_rounds_are_copied_from_the_log_whatever_the_piece_size_and_only_whole_ones(
+    tmp_path, monkeypatch
+):
+    """The server keeps no copy of the rounds: the file is put together from the log, piece by
+    piece, and only as far as its whole records go (a round being appended is left for later)."""
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, rewrite_seconds=0)
+    for number in range(1, 6):
+        results.add_round(record(number))
+    for piece in (1, 2, 7, 1 << 20):
+        monkeypatch.setattr("server.results.COPY_BYTES", piece)
+        results.update(final={"mse": piece})
+        written = json.loads((tmp_path / "results.json").read_text())
+        assert written["rounds"] == [record(n) for n in range(1, 6)]
+        assert written["final"] == {"mse": piece}
+    with (tmp_path / "rounds.jsonl").open("ab") as log:
+        log.write(b'{"round": 6, "ms')  # an append under way
+    assert [r["round"] for r in results.snapshot()["rounds"]] == [1, 2, 3, 4, 5]
+
+
+def test_a_run_without_rounds_has_an_empty_list(tmp_path):
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, rewrite_seconds=0)
+    assert json.loads((tmp_path / "results.json").read_text())["rounds"] == []
+    results.update(rounds=[])
+    assert results.snapshot()["rounds"] == []
+
+
+def test_the_rounds_are_read_back_one_at_a_time_as_far_as_they_were_logged(tmp_path):
+    results = ResultsFile(tmp_path / "results.json", {"model": "lr"}, rewrite_seconds=0)
+    for number in range(1, 4):
+        results.add_round(record(number))
+    with (tmp_path / "rounds.jsonl").open("ab") as log:
+        log.write(b'{"round": 4, "ms')  # an append under way
+    assert list(results.rounds()) == [record(1), record(2), record(3)]
+    results.update(rounds=[record(1)])
+    assert list(results.rounds()) == [record(1)]
