@@ -8,7 +8,10 @@ update until the round ends (the held path) or folding each into the running sum
 counts; each both with glibc's allocator as it comes and with large freed buffers given back
 to the system, as `python -m server` sets it (common/allocator.py); each under every in-flight
 budget asked for (`--max-inflight-mb`, uploads beyond it wait their turn). Prints each run's
-server peak RSS (VmHWM) and median round. Measures; asserts nothing.
+server peak RSS (VmHWM, read from /proc/<pid>/status by this bench once the server has
+done its rounds, before it exits) and median round (from one round's end, the model
+aggregated, to the next one's: rounds 2..R). `make bench-flower` runs the folded, given-back
+server beside Flower on the same job (tests/bench_flower.py). Measures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common.launch import free_port
+from common.launch import SINGLE_THREADED, free_port
 from common.provinces import PROVINCES
 from server.admission import DEFAULT_INFLIGHT_MIB
 
@@ -33,12 +37,53 @@ ROWS = 1_000
 LIMIT = 64 << 20  # the largest update the server takes
 
 
-def high_water_mib() -> float:
-    """This process's peak resident set so far, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def vmhwm_mib(status: str) -> float:
+    """The peak resident set (VmHWM) a /proc/<pid>/status text gives, in MiB."""
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+            fields = line.split()
+            if len(fields) != 3 or fields[2] != "kB" or not fields[1].isdigit():
+                raise ValueError(f"VmHWM line not in kB: {line!r}")
+            return int(fields[1]) / 1024
+    raise ValueError("no VmHWM line: not the status of a live process")
+
+
+def high_water_mib(pid: int | str = "self") -> float:
+    """A process's peak resident set so far (this one's by default), from /proc."""
+    return vmhwm_mib(Path(f"/proc/{pid}/status").read_text())
+
+
+def median_interval(ends: list[float]) -> float:
+    """The median time from one round's end to the next one's: rounds 2..R, as the first has
+    no end before it (start-up is left out)."""
+    if len(ends) < 2:
+        raise ValueError(f"{len(ends)} round ends: a median interval needs at least two")
+    return statistics.median(np.diff(ends))
+
+
+def report_then_wait(figures: dict) -> None:
+    """Print a server's figures, then stay alive until the bench has read its peak RSS from
+    /proc/<pid>/status (it closes our stdin): a process that has exited has no VmHWM."""
+    print(json.dumps(figures), flush=True)
+    sys.stdin.read()
+
+
+def read_report(server: subprocess.Popen, name: str, limit: float = 3600.0) -> dict:
+    """The figures line of a server started with stdin and stdout piped (`report_then_wait`),
+    and its peak RSS (`peak_mib`) read from /proc while it waits; then lets it exit."""
+    watchdog = threading.Timer(limit, server.kill)  # a server that never reports is ended
+    watchdog.start()
+    try:
+        line = server.stdout.readline()
+        if not line:
+            raise SystemExit(f"{name} exited with {server.wait()} before reporting")
+        figures = {**json.loads(line), "peak_mib": high_water_mib(server.pid)}
+    finally:
+        watchdog.cancel()
+    server.stdin.close()
+    if server.wait(timeout=120) != 0:
+        raise SystemExit(f"{name} exited with {server.returncode}")
+    return figures
 
 
 def serve(
@@ -75,9 +120,8 @@ def serve(
         strategy.check_update(result.arrays, floats)
         return result
 
-    seconds = []
+    ends = []
     for server_round in range(1, rounds + 1):
-        began = time.perf_counter()
         payload = Payload.encode(model)
         assignments = {
             p: Assignment(
@@ -94,19 +138,10 @@ def serve(
             raise SystemExit(f"round {server_round}: {failures}")
         model = strategy.aggregate_fit(server_round, results, failures, model)
         del results, payload, assignments
-        seconds.append(time.perf_counter() - began)
+        ends.append(time.perf_counter())
     coordinator.stop("the benchmark is done", False, 30)
     server.stop(grace=5)
-    print(
-        json.dumps(
-            {
-                "idle_mib": idle,
-                "peak_mib": high_water_mib(),
-                "median_round": statistics.median(seconds[1:] or seconds),
-            }
-        ),
-        flush=True,
-    )
+    report_then_wait({"idle_mib": idle, "median_round": median_interval(ends)})
 
 
 def client(port: int, province: str) -> None:
@@ -151,6 +186,8 @@ def run(
         f"{'held' if held else 'folded'}-{'glibc' if plain_allocator else 'given-back'}"
         f"-{inflight_mib:g}"
     )
+    # One BLAS thread a process, as LocalFederation and the Flower side of bench_flower run.
+    env = {**os.environ, **SINGLE_THREADED}
     server = subprocess.Popen(
         [
             *me,
@@ -159,9 +196,11 @@ def run(
             *(["--plain-allocator"] if plain_allocator else []),
             *("--max-inflight-mb", str(inflight_mib)),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=(logs / f"{name}-server.log").open("w"),
         text=True,
+        env=env,
     )
     time.sleep(1.0)  # the server's port first; a client that is early retries its join anyway
     client_logs = [logs / f"{name}-client-{p}.log" for p in PROVINCES[:clients]]
@@ -170,15 +209,13 @@ def run(
             [*me, "client", "--port", str(port), "--province", log.stem.split("-client-")[1]],
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
+            env=env,
         )
         for log in client_logs
     ]
-    out, _ = server.communicate(timeout=3600)
+    figures = read_report(server, f"the {name} server (logs in {logs})")
     for worker in workers:
         worker.wait(timeout=120)
-    if server.returncode != 0:
-        raise SystemExit(f"the {name} server exited with {server.returncode} (logs in {logs})")
-    figures = json.loads(out.strip().splitlines()[-1])
     # Uploads the server told to come again, each a pause.
     figures["resent"] = sum(
         log.read_text().count("did not accept the outcome") for log in client_logs
@@ -201,7 +238,7 @@ def main() -> None:
     client_p.add_argument("--port", type=int, required=True)
     client_p.add_argument("--province", required=True)
     parser.add_argument("--clients", type=int, default=9, choices=range(1, len(PROVINCES) + 1))
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10, help="at least 2: rounds 2..R are timed")
     parser.add_argument("--floats", type=int, default=1_250_000, help="weights in each update")
     parser.add_argument(
         "--allocator",
@@ -240,6 +277,8 @@ def main() -> None:
     if args.role == "client":
         client(args.port, args.province)
         return
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the median round is over rounds 2..R")
     print(f"{args.clients} clients, {args.rounds} rounds, {args.floats * 8 / 1e6:.1f} MB an update")
     print(
         f"{'server':<22} {'budget MiB':>10} {'idle MiB':>9} {'peak RSS MiB':>13} "
