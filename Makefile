@@ -91,8 +91,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -u -m tests.bench
 
-# fedstock beside Flower 1.42's legacy gRPC runtime on the same job, in one run. Flower lives in
-# its own virtual environment (.venv-flower), never in the project's.
+# fedstock beside Flower 1.42's legacy gRPC runtime on the same job, in one run, then on the
+# 10 MB-per-message variant (train-free FedAvg of 1.25M float64): median rounds, the servers'
+# peak RSS and the ratios. Flower lives in its own virtual environment (.venv-flower), never in
+# the project's. `tests.bench_flower --only 10mb` runs the variant alone.
 FLOWER_VENV ?= .venv-flower
 .PHONY: bench-flower
 bench-flower: $(STAMP)

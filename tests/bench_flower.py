@@ -7,13 +7,24 @@ on each province's test rows, R rounds, plaintext on loopback. Prints each syste
 round and the ratio. Both systems' rounds are timed the same way: from one round's end (its
 evaluation aggregated) to the next one's, so each includes what its system does between rounds
 (fedstock's recording: `interval_seconds` in results.json; Flower's own bookkeeping).
+
+The 10 MB variant: the same train-free FedAvg of a 10 MB message on both systems, nine client
+processes, R rounds (10 by default), plaintext on loopback. The model is 1,250,000 float64
+weights and an intercept, starting at zero; every round each client answers with the model
+plus Gaussian noise, nothing is evaluated. fedstock's side is tests/bench_fold.py's server
+(its coordinator, gRPC service and FedAvg, folded as each update counts, the allocator given
+back and the in-flight budget as `python -m server` sets them) and clients; Flower's is its
+legacy `start_server`/`start_client` with its FedAvg (tests/flower_job.py). Both rounds are
+timed from one round's end (the model aggregated) to the next one's, rounds 2..R; each
+server's peak RSS is its VmHWM, read from /proc/<pid>/status once its rounds are done.
+`--only 10mb` runs the variant alone, `--only job` the job alone; `make bench-flower` runs both.
+
 Benchmarks measure and print; they assert nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -31,8 +42,12 @@ from common.data.synthetic import province_rows, synthesize_province
 from common.launch import SINGLE_THREADED, LocalFederation, free_port
 from common.preprocess import split
 from common.provinces import PROVINCES
+from server.admission import DEFAULT_INFLIGHT_MIB
+from tests import bench_fold
 
 JOB = Path(__file__).with_name("flower_job.py")
+FLOWER = "Flower 1.42 legacy gRPC"
+FEDSTOCK_10MB = "fedstock (bench_fold's server, folded)"
 
 
 def province_frames(rows: int, seed: int) -> dict:
@@ -108,9 +123,11 @@ def wait_for_port(port: int, process: subprocess.Popen, limit: float = 120.0) ->
     raise SystemExit(f"Flower's server did not listen on {port} within {limit:g} s")
 
 
-def flower_rounds(python: Path, arrays: Path, out: Path, rounds: int) -> list[float]:
-    port, times = free_port(), out / "flower-times.json"
-    logs = out / "flower-logs"
+def flower_run(python: Path, out: Path, name: str, server: list[str], clients: dict) -> dict:
+    """One Flower run: its server with `server` arguments, a client process for each entry of
+    `clients` (province: its arguments). Returns the server's round ends and peak RSS."""
+    port = free_port()
+    logs = out / f"{name}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     # numba's cache beside client/steps.py was written for the module `client.steps`; loaded by
     # its path under another name, its entries name a module Flower's clients cannot import, and
@@ -119,27 +136,101 @@ def flower_rounds(python: Path, arrays: Path, out: Path, rounds: int) -> list[fl
     # spin BLAS threads against the other's.
     env = {**os.environ, **SINGLE_THREADED, "NUMBA_CACHE_DIR": str(out / "flower-numba-cache")}
 
-    def spawn(name: str, *args: str) -> subprocess.Popen:
-        log = (logs / f"{name}.log").open("w")
+    def spawn(who: str, args: list[str], reports: bool = False) -> subprocess.Popen:
+        log = (logs / f"{who}.log").open("w")
         return subprocess.Popen(
-            [str(python), str(JOB), *args, "--port", str(port)], stdout=log, stderr=log, env=env
+            [str(python), str(JOB), *args, "--port", str(port)],
+            stdin=subprocess.PIPE if reports else None,
+            stdout=subprocess.PIPE if reports else log,
+            stderr=log,
+            env=env,
+            text=True,
         )
 
-    server = spawn("server", "server", "--rounds", str(rounds), "--times", str(times))
-    wait_for_port(port, server)
-    clients = [spawn(p, "client", "--data", str(arrays / f"{p}.npz")) for p in PROVINCES]
+    flower = spawn("server", ["server", *server], reports=True)
+    wait_for_port(port, flower)
+    workers = [spawn(p, args) for p, args in clients.items()]
     try:
-        code = server.wait(timeout=3600)
+        return bench_fold.read_report(flower, f"Flower's server (logs in {logs})")
     finally:
-        for client in clients:
+        for worker in workers:
             try:
-                client.wait(timeout=60)
+                worker.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                client.kill()
-    if code != 0:
-        raise SystemExit(f"Flower's server exited with {code} (logs in {logs})")
-    ends = json.loads(times.read_text())["round_ends"]
-    return list(np.diff(ends))  # the first round's start (clients connecting) is not a round
+                worker.kill()
+
+
+def flower_median(python: Path, arrays: Path, out: Path, rounds: int) -> float:
+    """The job's median round on Flower, round end to round end (rounds 2..R: the first
+    round's start, clients connecting, is not a round)."""
+    clients = {p: ["client", "--data", str(arrays / f"{p}.npz")] for p in PROVINCES}
+    ends = flower_run(python, out, "flower", ["--rounds", str(rounds)], clients)["round_ends"]
+    return bench_fold.median_interval(ends)
+
+
+def ten_mb(python: Path | None, out: Path, rounds: int, floats: int) -> dict[str, dict]:
+    """The 10 MB variant on each system (Flower's left out when `python` is None): median
+    round and server peak RSS in MiB."""
+    fedstock = bench_fold.run(
+        len(PROVINCES), rounds, floats, False, False, DEFAULT_INFLIGHT_MIB, out / "fold-logs"
+    )
+    figures = {FEDSTOCK_10MB: fedstock}
+    if python is not None:
+        seeds = {p: ["echo", "--seed", str(sum(map(ord, p)))] for p in PROVINCES}
+        args = ["--rounds", str(rounds), "--floats", str(floats)]
+        run = flower_run(python, out, "flower-10mb", args, seeds)
+        figures[FLOWER] = {
+            "median_round": bench_fold.median_interval(run["round_ends"]),
+            "peak_mib": run["peak_mib"],
+        }
+    return figures
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def print_ten_mb(figures: dict[str, dict], rounds: int, floats: int, began: str) -> None:
+    print(
+        f"\n10 MB variant: 9 clients, {rounds} rounds, FedAvg of {floats:,} float64 "
+        f"({floats * 8 / 1e6:.1f} MB) + an intercept, no training, no evaluation"
+    )
+    print(f"load average at the start: {began}, at the end: {load()}")
+    print(f"{'system':<40} {'median round s (end to end)':>28} {'server peak RSS MiB':>20}")
+    for name, f in figures.items():
+        print(f"{name:<40} {f['median_round']:>28.4f} {f['peak_mib']:>20.0f}")
+    flower = figures.get(FLOWER)
+    if flower:
+        ours = figures[FEDSTOCK_10MB]
+        print(
+            f"ratio fedstock / Flower: round {ours['median_round'] / flower['median_round']:.2f}, "
+            f"peak RSS {ours['peak_mib'] / flower['peak_mib']:.2f}"
+        )
+
+
+def job(args: argparse.Namespace) -> None:
+    """The lr-sgd job on each of fedstock's transports asked for, then on Flower."""
+    started = time.perf_counter()
+    parquet, arrays = write_data(province_frames(args.rows_per_province, args.seed), args.out)
+    print(f"data: 9 x {args.rows_per_province:,} rows in {time.perf_counter() - started:.1f} s")
+    # Rounds 2..R on both: from the end of round 1 on, so start-up is left out.
+    medians = {
+        f"fedstock (lr-sgd, --transport {t})": statistics.median(
+            fedstock_rounds(parquet, args.out, args.rounds, t)
+        )
+        for t in args.transports
+    }
+    if not args.skip_flower:
+        medians[FLOWER] = flower_median(args.flower_python, arrays, args.out, args.rounds)
+    print(f"\n{args.rounds} rounds, 9 clients x {args.rows_per_province:,} rows, train + evaluate")
+    print(f"load average at the end: {load()}")
+    print(f"{'system':<40} {'median round s (end to end)':>28}")
+    for name, median in medians.items():
+        print(f"{name:<40} {median:>28.4f}")
+    flower = medians.get(FLOWER)
+    for name, median in medians.items():
+        if flower and name.startswith("fedstock"):
+            print(f"ratio {name} / Flower: {median / flower:.2f}")
 
 
 def main() -> None:
@@ -157,29 +248,27 @@ def main() -> None:
         help="fedstock's client transports to run, each a run of its own",
     )
     parser.add_argument("--skip-flower", action="store_true", help="run fedstock only")
+    parser.add_argument(
+        "--only",
+        choices=("job", "10mb"),
+        help="run only the lr-sgd job or only the 10 MB variant (default: both, the job first)",
+    )
+    parser.add_argument("--rounds-10mb", type=int, default=10, help="the variant's rounds (≥ 2)")
+    parser.add_argument(
+        "--floats", type=int, default=1_250_000, help="the variant's weights in every message"
+    )
     args = parser.parse_args()
-    started = time.perf_counter()
-    parquet, arrays = write_data(province_frames(args.rows_per_province, args.seed), args.out)
-    print(f"data: 9 x {args.rows_per_province:,} rows in {time.perf_counter() - started:.1f} s")
-    # Rounds 2..R on both: from the end of round 1 on, so start-up is left out.
-    medians = {
-        f"fedstock (lr-sgd, --transport {t})": statistics.median(
-            fedstock_rounds(parquet, args.out, args.rounds, t)
-        )
-        for t in args.transports
-    }
-    if not args.skip_flower:
-        theirs = flower_rounds(args.flower_python, arrays, args.out, args.rounds)
-        medians["Flower 1.42 legacy gRPC"] = statistics.median(theirs)
-    print(f"\n{args.rounds} rounds, 9 clients x {args.rows_per_province:,} rows, train + evaluate")
-    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"{'system':<40} {'median round s (end to end)':>28}")
-    for name, median in medians.items():
-        print(f"{name:<40} {median:>28.4f}")
-    flower = medians.get("Flower 1.42 legacy gRPC")
-    for name, median in medians.items():
-        if flower and name.startswith("fedstock"):
-            print(f"ratio {name} / Flower: {median / flower:.2f}")
+    if args.rounds_10mb < 2:
+        parser.error("--rounds-10mb must be at least 2: the median is over rounds 2..R")
+    if args.floats < 1:
+        parser.error("--floats must be at least 1")
+    if args.only != "10mb":
+        job(args)
+    if args.only != "job":
+        began = load()
+        python = None if args.skip_flower else args.flower_python
+        figures = ten_mb(python, args.out, args.rounds_10mb, args.floats)
+        print_ten_mb(figures, args.rounds_10mb, args.floats, began)
     sys.stdout.flush()
 
 
