@@ -125,7 +125,8 @@ def wait_for_port(port: int, process: subprocess.Popen, limit: float = 120.0) ->
 
 def flower_run(python: Path, out: Path, name: str, server: list[str], clients: dict) -> dict:
     """One Flower run: its server with `server` arguments, a client process for each entry of
-    `clients` (province: its arguments). Returns the server's round ends and peak RSS."""
+    `clients` (province: its arguments). Returns the server's round ends, its peak RSS while
+    it listens before any client (`idle_mib`, as bench_fold's) and its peak RSS at the end."""
     port = free_port()
     logs = out / f"{name}-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -149,9 +150,13 @@ def flower_run(python: Path, out: Path, name: str, server: list[str], clients: d
 
     flower = spawn("server", ["server", *server], reports=True)
     wait_for_port(port, flower)
+    idle = bench_fold.high_water_mib(flower.pid)
     workers = [spawn(p, args) for p, args in clients.items()]
     try:
-        return bench_fold.read_report(flower, f"Flower's server (logs in {logs})")
+        return {
+            **bench_fold.read_report(flower, f"Flower's server (logs in {logs})"),
+            "idle_mib": idle,
+        }
     finally:
         for worker in workers:
             try:
@@ -170,7 +175,7 @@ def flower_median(python: Path, arrays: Path, out: Path, rounds: int) -> float:
 
 def ten_mb(python: Path | None, out: Path, rounds: int, floats: int) -> dict[str, dict]:
     """The 10 MB variant on each system (Flower's left out when `python` is None): median
-    round and server peak RSS in MiB."""
+    round, and the server's peak RSS idle and at the end in MiB."""
     fedstock = bench_fold.run(
         len(PROVINCES), rounds, floats, False, False, DEFAULT_INFLIGHT_MIB, out / "fold-logs"
     )
@@ -181,6 +186,7 @@ def ten_mb(python: Path | None, out: Path, rounds: int, floats: int) -> dict[str
         run = flower_run(python, out, "flower-10mb", args, seeds)
         figures[FLOWER] = {
             "median_round": bench_fold.median_interval(run["round_ends"]),
+            "idle_mib": run["idle_mib"],
             "peak_mib": run["peak_mib"],
         }
     return figures
@@ -196,9 +202,14 @@ def print_ten_mb(figures: dict[str, dict], rounds: int, floats: int, began: str)
         f"({floats * 8 / 1e6:.1f} MB) + an intercept, no training, no evaluation"
     )
     print(f"load average at the start: {began}, at the end: {load()}")
-    print(f"{'system':<40} {'median round s (end to end)':>28} {'server peak RSS MiB':>20}")
+    print(
+        f"{'system':<40} {'median round s (end to end)':>28} {'server idle MiB':>16} "
+        f"{'server peak RSS MiB':>20}"
+    )
     for name, f in figures.items():
-        print(f"{name:<40} {f['median_round']:>28.4f} {f['peak_mib']:>20.0f}")
+        print(
+            f"{name:<40} {f['median_round']:>28.4f} {f['idle_mib']:>16.0f} {f['peak_mib']:>20.0f}"
+        )
     flower = figures.get(FLOWER)
     if flower:
         ours = figures[FEDSTOCK_10MB]
