@@ -174,21 +174,20 @@ def test_malformed_models_and_questions_are_refused():
     bad = {**arrays, "tree.0.feature": np.full_like(arrays["tree.0.feature"], 7)}
     with pytest.raises(UpdateError):
         histtree.unpack_model(bad, N_FEATURES)
-    grow = histtree.TreeBuilder(histtree.Rule(1, 1, 1)).arrays()
-    wire = Query("level", grow=[Growing(0, grow, np.array([3], dtype=np.int32))]).arrays()
+    wire = Query("level", grow=[Growing(0, np.array([3], dtype=np.int32))]).arrays()
     with pytest.raises(UpdateError, match="asked"):
         Query.from_wire(TreeStep.from_config({"tree_step": "level"}), 0.0, wire, N_FEATURES, 256)
-    twice = Query("level", grow=[Growing(0, grow, ROOT), Growing(0, grow, ROOT)]).arrays()
+    twice = Query("level", grow=[Growing(0, ROOT), Growing(0, ROOT)]).arrays()
     with pytest.raises(UpdateError, match="grow_index"):
         Query.from_wire(TreeStep.from_config({"tree_step": "level"}), 0.0, twice, N_FEATURES, 256)
-    uneven = {**Query("level", grow=[Growing(0, grow, ROOT)]).arrays(), "asked_counts": ROOT + 2}
+    uneven = {**Query("level", grow=[Growing(0, ROOT)]).arrays(), "asked_counts": ROOT + 2}
     with pytest.raises(UpdateError, match="asked_counts"):
         Query.from_wire(TreeStep.from_config({"tree_step": "level"}), 0.0, uneven, N_FEATURES, 256)
     with pytest.raises(UpdateError, match="tree step"):
         Query.from_wire(
             TreeStep.from_config({"tree_step": "rows, please"}), 0.0, {}, N_FEATURES, 256
         )
-    question = Query("level", grow=[Growing(0, grow, ROOT)])
+    question = Query("level", grow=[Growing(0, ROOT)])
     with pytest.raises(UpdateError):
         check_answer({"grad": np.zeros((1, N_FEATURES, 8))}, question, N_FEATURES, 8)
 
@@ -219,9 +218,9 @@ def test_rows_descend_level_by_level_to_the_leaves_a_whole_descent_finds():
     def ask(query):
         answer = party.answer(query)
         for asked in query.grow:
-            node = party.growing[asked.index].node
-            assert np.array_equal(node, histtree.leaves(asked.tree, party.x32))
-            checked.append(len(asked.tree["value"]))
+            held = party.growing[asked.index]
+            assert np.array_equal(held.node, histtree.leaves(held.tree, party.x32))
+            checked.append(held.nodes)
         return answer
 
     sketch = ask(sketch_query(x.mean(axis=0), x.std(axis=0)))["sketch"]
@@ -252,8 +251,7 @@ def test_a_compact_answer_is_the_dense_one_and_a_malformed_one_is_refused():
     party = Party(x, y, TreeSettings(trees=1, max_depth=4, max_bins=32))
     party.answer(sketch_query(x.mean(axis=0), x.std(axis=0)))
     edges = [np.quantile(x[:, f], np.linspace(0.1, 0.9, 9)) for f in range(N_FEATURES)]
-    root = histtree.TreeBuilder(party.settings.rule()).arrays()
-    question = Query("level", edges=edges, base_score=0.0, grow=[Growing(0, root, ROOT)])
+    question = Query("level", edges=edges, base_score=0.0, grow=[Growing(0, ROOT)])
     dense = party.answer(question)
     small = compact(dense)
     shapes = answer_shapes(question, N_FEATURES, 32)

@@ -9,7 +9,6 @@ from common.data import synthesize_province
 from common.models import histnoise
 from common.models.histgrow import ROOT, Growing, Query, TreeSettings, TreeStep, sketch_query
 from common.models.histparty import Party
-from common.models.histtree import TreeBuilder
 from common.provinces import PROVINCES
 from server.cli import parse_args
 from server.memory import MemoryChannel
@@ -99,7 +98,6 @@ def test_one_row_moves_a_trees_histograms_by_at_most_its_reach():
     y[7] = 1e6  # a residual far beyond the clip
     settings = TreeSettings(trees=3, max_depth=2, max_bins=16, forest=True, reg_lambda=0.0)
     mean, std = x.mean(axis=0), x.std(axis=0)
-    root = TreeBuilder(settings.rule()).arrays()
 
     def answers(rows):
         party = Party(x[rows], y[rows], settings)
@@ -109,7 +107,7 @@ def test_one_row_moves_a_trees_histograms_by_at_most_its_reach():
             "level",
             edges=edges,
             base_score=0.0,
-            grow=[Growing(t, root, ROOT) for t in range(3)],
+            grow=[Growing(t, ROOT) for t in range(3)],
             clip=CLIP,
         )
         return sketch, party.answer(level)

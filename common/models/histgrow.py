@@ -141,17 +141,32 @@ TREE_MODELS = {
     )
 }
 
-GROW = "grow."
 ROOT = np.array([0], dtype=np.int32)
+_NONE = np.zeros(0, dtype=np.int32)
 
 
 @dataclass(frozen=True)
 class Growing:
-    """One tree of a level question: its number, the tree as it stands, the nodes asked."""
+    """One tree of a level question: its number, the nodes asked, and what the tree gained
+    since the question before, which the party holds (so no question carries a tree whole).
+
+    `base` is how many nodes the tree had when last asked about; 0 for a tree not asked about
+    before, which starts from its root. `node`, `feature` and `threshold` are the leaves split
+    since, in the order split; their children are numbered on from `base` (left, right), as
+    `histtree.TreeBuilder` numbers them. A node not split stays a leaf: nothing says so.
+    """
 
     index: int
-    tree: Member
     asked: np.ndarray
+    base: int = 0
+    node: np.ndarray = field(default_factory=lambda: _NONE)
+    feature: np.ndarray = field(default_factory=lambda: _NONE)
+    threshold: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes the tree has with these splits."""
+        return max(self.base, 1) + 2 * len(self.node)
 
 
 @dataclass(frozen=True)
@@ -168,12 +183,13 @@ class TreeStep(TaskSettings):
 class Query:
     """One question to every party; `step` is 'sketch' or 'level'.
 
-    A level question names the trees being grown (`grow`: as they stand, and the nodes whose
-    histograms are wanted in each), one tree for boosting, many at once for a forest, whose
-    trees are independent. With a tree's first level it also carries the bin edges, the base
-    score and the finished trees a party has not yet added to its predictions (`tree` counts
-    the trees before). With `score` a party also returns its validation rows' squared error.
-    Under local DP `clip` bounds each row's gradient (common/models/histnoise.py); 0 without.
+    A level question names the trees being grown (`grow`: each one's splits since the
+    question before, and the nodes whose histograms are wanted in it), one tree for boosting,
+    many at once for a forest, whose trees are independent. With a tree's first level it also
+    carries the bin edges, the base score and the finished trees a party has not yet added to
+    its predictions (`tree` counts the trees before). With `score` a party also returns its
+    validation rows' squared error. Under local DP `clip` bounds each row's gradient
+    (common/models/histnoise.py); 0 without.
     """
 
     step: str
@@ -200,12 +216,17 @@ class Query:
     def arrays(self) -> Arrays:
         if self.step == "sketch":
             return {"mean": self.mean, "std": self.std}
+        trees = self.grow
         out: Arrays = {
-            "grow_index": np.array([g.index for g in self.grow], dtype=np.int32),
-            "asked": np.array([n for g in self.grow for n in g.asked], dtype=np.int32),
-            "asked_counts": np.array([len(g.asked) for g in self.grow], dtype=np.int32),
+            "grow_index": np.array([g.index for g in trees], dtype=np.int32),
+            "grow_base": np.array([g.base for g in trees], dtype=np.int32),
+            "asked": np.concatenate([_NONE, *(g.asked for g in trees)]),
+            "asked_counts": np.array([len(g.asked) for g in trees], dtype=np.int32),
+            "split_node": np.concatenate([_NONE, *(g.node for g in trees)]),
+            "split_feature": np.concatenate([_NONE, *(g.feature for g in trees)]),
+            "split_threshold": np.concatenate([np.zeros(0), *(g.threshold for g in trees)]),
+            "split_counts": np.array([len(g.node) for g in trees], dtype=np.int32),
         }
-        out.update({GROW + k: v for k, v in TREES.pack(g.tree for g in self.grow).items()})
         out.update(TREES.pack(self.new_trees))
         if self.edges is not None:
             out.update(histtree.pack_edges(self.edges))
@@ -225,10 +246,8 @@ class Query:
             return cls(step, mean=arrays["mean"], std=arrays["std"])
         if step != "level":
             raise UpdateError(f"unknown tree step {step!r}; expected 'sketch' or 'level'")
-        grown = {k.removeprefix(GROW): v for k, v in arrays.items() if k.startswith(GROW)}
         tree_fields = {k: v for k, v in arrays.items() if k.startswith(TREES.kind + ".")}
         new_trees = TREES.unpack(tree_fields, n_features) if tree_fields else []
-        trees = TREES.unpack(grown, n_features) if grown else []
         edges = histtree.unpack_edges(arrays, n_features, max_bins) if "edges" in arrays else None
         base = arrays.get("base_score")
         return cls(
@@ -237,31 +256,54 @@ class Query:
             edges=edges,
             base_score=float(base[0]) if base is not None else None,
             new_trees=new_trees,
-            grow=_growing(arrays, trees),
+            grow=_growing(arrays, n_features),
             score=told.tree_score,
             clip=clip,
         )
 
 
-def _growing(arrays: Arrays, trees: list[Member]) -> list[Growing]:
-    """The trees of a level question with their asked nodes; UpdateError unless every tree
-    has a distinct number and asks only for its own nodes."""
-    index, asked, counts = (arrays.get(k) for k in ("grow_index", "asked", "asked_counts"))
-    if any(a is None or a.ndim != 1 for a in (index, asked, counts)):
-        raise UpdateError("a level question needs 'grow_index', 'asked' and 'asked_counts'")
-    if (
-        len(index) != len(trees)
-        or len(counts) != len(trees)
-        or len(set(index.tolist())) < len(index)
+# A level question's arrays: one entry per tree, per asked node, per split.
+PER_TREE = ("grow_index", "grow_base", "asked_counts", "split_counts")
+SPLITS = {"split_node": np.int32, "split_feature": np.int32, "split_threshold": np.float64}
+
+
+def _growing(arrays: Arrays, n_features: int) -> list[Growing]:
+    """The trees of a level question with their asked nodes and new splits; UpdateError
+    unless every tree has a distinct number, and its splits and asked nodes are nodes it
+    can have. Whether the splits follow on the tree a party holds is the party's to check."""
+    kinds = {**dict.fromkeys((*PER_TREE, "asked"), np.int32), **SPLITS}
+    if any(arrays.get(k) is None or arrays[k].ndim != 1 for k in kinds) or any(
+        arrays[k].dtype != kind for k, kind in kinds.items()
     ):
+        raise UpdateError(f"a level question needs the 1-d arrays {sorted(kinds)}")
+    index, base, counts, splits = (arrays[k] for k in PER_TREE)
+    if any(len(a) != len(index) for a in (base, counts, splits)):
+        raise UpdateError(f"{list(PER_TREE)} must have one entry per tree being grown")
+    if len(set(index.tolist())) < len(index):
         raise UpdateError("'grow_index' must number each tree being grown once")
-    if (counts < 0).any() or counts.sum() != len(asked):
+    if (counts < 0).any() or counts.sum() != len(arrays["asked"]):
         raise UpdateError("'asked_counts' must add up to the asked nodes")
-    parts = np.split(asked, np.cumsum(counts)[:-1]) if len(trees) else []
-    for tree, nodes in zip(trees, parts, strict=True):
-        if ((nodes < 0) | (nodes >= len(tree["children_left"]))).any():
+    if (base < 0).any() or (splits < 0).any():
+        raise UpdateError("'grow_base' and 'split_counts' must be non-negative")
+    if any(splits.sum() != len(arrays[k]) for k in SPLITS):
+        raise UpdateError(f"'split_counts' must add up to the entries of {sorted(SPLITS)}")
+    feature, threshold = arrays["split_feature"], arrays["split_threshold"]
+    if ((feature < 0) | (feature >= n_features)).any() or not np.isfinite(threshold).all():
+        raise UpdateError(f"a split needs a feature in [0, {n_features}) and a finite threshold")
+    parts = {
+        k: np.split(arrays[k], np.cumsum(c)[:-1]) if len(index) else []
+        for k, c in (("asked", counts), *((k, splits) for k in SPLITS))
+    }
+    grow = [
+        Growing(int(i), a, int(b), n, f, t)
+        for i, b, a, n, f, t in zip(index, base, *parts.values(), strict=True)
+    ]
+    for g in grow:
+        if ((g.node < 0) | (g.node >= max(g.base, 1))).any():
+            raise UpdateError("'split_node' must list nodes the tree had before its splits")
+        if ((g.asked < 0) | (g.asked >= g.nodes)).any():
             raise UpdateError("'asked' must list nodes of the tree being grown")
-    return [Growing(int(i), t, a) for i, t, a in zip(index, trees, parts, strict=True)]
+    return grow
 
 
 def answer_shapes(query: Query, n_features: int, max_bins: int) -> dict[str, tuple[int, ...]]:
@@ -402,7 +444,7 @@ def grow(
             edges=edges,
             base_score=base_score,
             new_trees=pending,
-            grow=[Growing(t.index, t.builder.arrays(), ROOT) for t in trees],
+            grow=[t.question(ROOT) for t in trees],
             score=early and first > 0,
         )
         answer = ask_again(ask, query)
@@ -448,14 +490,27 @@ def _scored(grown: Grown, answer: Arrays, settings: TreeSettings) -> bool:
 class _Tree:
     """One tree being grown: its builder, its open nodes and their summed histograms, and
     the splits of its last level as (parent, left, right, the child asked for) with the
-    children's sums as the split found them (left G, H; right G, H)."""
+    children's sums as the split found them (left G, H; right G, H); `held`, how many nodes
+    the parties hold of it (as the last question left it)."""
 
     index: int
     builder: histtree.TreeBuilder
+    held: int = 0
     open_nodes: list[int] = field(default_factory=lambda: [0])
     hist: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     pairs: list[tuple[int, int, int, int]] = field(default_factory=list)
     sums: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    def question(self, asked: np.ndarray) -> Growing:
+        """The tree's part of the next question: the nodes `asked` and the splits of the last
+        level, which follow on what the parties hold (at the root, nothing)."""
+        node = np.array([p[0] for p in self.pairs], dtype=np.int32)
+        b = self.builder
+        feature = np.array([b.feature[n] for n in node], dtype=np.int32)
+        threshold = np.array([b.threshold[n] for n in node], dtype=np.float64)
+        growing = Growing(self.index, asked, self.held, node, feature, threshold)
+        self.held = len(b.left)
+        return growing
 
     def split(self, settings: TreeSettings, edges: list[np.ndarray], last: bool) -> np.ndarray:
         """Settle the open nodes, split those with a positive gain, and return the smaller
@@ -526,7 +581,7 @@ def _grow_trees(
         query = Query(
             "level",
             first,
-            grow=[Growing(t.index, t.builder.arrays(), a) for t, a in asked if len(a)],
+            grow=[t.question(a) for t, a in asked if len(a)],
             depth=depth + 1,
         )
         try:

@@ -57,17 +57,33 @@ class Party:
             raise ValueError("a level question came before the bin edges")
         self._add_trees(query)
         self.started = True
-        # Trees not asked about are finished (or abandoned): their state goes.
-        self.growing = {
-            g.index: self.growing.get(g.index) or self._start_tree(g.index, query.clip)
-            for g in query.grow
-        }
+        # Trees not asked about are finished (or abandoned): their state goes. Every tree's
+        # splits are checked before any row moves: a refused question leaves the trees held.
+        follow = [(self._follow(g, query.clip), g) for g in query.grow]
+        self.growing = {g.index: tree.grow(extended, self.x32) for (tree, extended), g in follow}
         out = self._histograms(query.grow)
         if query.score:
             residual = self.y_val - self.margin_val
             out["val_sse"] = np.asarray(float(residual @ residual))
             out["val_rows"] = np.asarray(float(len(residual)))
         return out
+
+    def _follow(self, asked: Growing, clip: float) -> tuple[_Growing, Member]:
+        """The tree asked about (a new one from its root) and its structure with the
+        question's splits added; ValueError, refusing the question, unless the splits follow
+        on a tree held: none held for that number, one of another size, a split of a node
+        that is not a leaf of it."""
+        if asked.base == 0:
+            tree = self._start_tree(asked.index, clip)
+        else:
+            tree = self.growing.get(asked.index)
+            held = "no such tree" if tree is None else f"{tree.nodes}"
+            if tree is None or tree.nodes != asked.base:
+                raise ValueError(
+                    f"tree {asked.index}'s splits follow on {asked.base} nodes, but this "
+                    f"party holds {held}"
+                )
+        return tree, histtree.extend(tree.tree, asked.node, asked.feature, asked.threshold)
 
     def _histograms(self, asked: list[Growing]) -> Arrays:
         """The asked nodes of every tree in one pass per feature, in the question's order: a
@@ -77,7 +93,7 @@ class Party:
         offset = 0
         for g in asked:
             tree = self.growing[g.index]
-            at, slot = tree.move(g, self.x32)
+            at, slot = tree.rows_asked(g.asked)
             rows.append(at)
             slots.append(slot + offset)
             grad.append(tree.grad[at])
@@ -138,9 +154,9 @@ class Party:
 
 
 class _Growing:
-    """A tree being grown here: its rows' gradients and Hessians, the tree as last asked and
-    the node each row sits in within it (kept between questions, so a level costs the rows
-    that move, not the depth)."""
+    """A tree being grown here: its rows' gradients and Hessians, the tree's structure as the
+    questions so far built it and the node each row sits in within it (kept between questions,
+    so a level costs the rows that move, not the depth)."""
 
     def __init__(self, grad: np.ndarray, hess: np.ndarray) -> None:
         self.grad, self.hess = grad, hess
@@ -149,11 +165,20 @@ class _Growing:
         self.tree: Member | None = None
         self.node = np.zeros(len(grad), dtype=np.intp)
 
-    def move(self, asked: Growing, x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Move the rows into the tree as it stands; the rows in asked nodes and their slots."""
-        self.node = histtree.descend(self.tree, asked.tree, self.node, x32)
-        self.tree = asked.tree
-        slot = histtree.slots(asked.tree, asked.asked, self.node)
+    @property
+    def nodes(self) -> int:
+        return len(self.tree["children_left"]) if self.tree is not None else 0
+
+    def grow(self, tree: Member, x32: np.ndarray) -> _Growing:
+        """Take `tree`, the one held with new splits under its leaves (`histtree.extend`), and
+        move the rows of the nodes split into their children; the rest stay where they sat."""
+        self.tree = tree
+        self.node = histtree.leaves(tree, x32, self.node)
+        return self
+
+    def rows_asked(self, asked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows in the `asked` nodes and their positions in it."""
+        slot = histtree.slots(self.tree, asked, self.node)
         rows = np.flatnonzero(slot >= 0)
         return rows, slot[rows]
 

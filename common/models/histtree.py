@@ -371,6 +371,37 @@ class TreeBuilder:
         return children
 
 
+def extend(
+    tree: Member | None, node: np.ndarray, feature: np.ndarray, threshold: np.ndarray
+) -> Member:
+    """The structure of `tree` (None: a lone root) with its leaves `node` split on `feature`
+    at `threshold`, each one's children appended (left, right) in that order, as
+    `TreeBuilder.split` numbers them: the tree a party holds, grown by one question's splits
+    (it needs the splits only, not the leaves' values). UpdateError unless every node split
+    is a distinct leaf of `tree`."""
+    start = tree if tree is not None else _LONE_ROOT
+    n = len(start["children_left"])
+    if ((node < 0) | (node >= n)).any() or len(np.unique(node)) < len(node):
+        raise UpdateError(f"the nodes split must be distinct nodes of the {n} held")
+    if (start["children_left"][node] != LEAF).any():
+        raise UpdateError("only a leaf of the tree held can be split")
+    grown = {
+        k: np.concatenate([start[k], np.full(2 * len(node), fill, start[k].dtype)])
+        for k, fill in _NEW_NODE.items()
+    }
+    first = n + 2 * np.arange(len(node), dtype=INDEX)
+    grown["children_left"][node], grown["children_right"][node] = first, first + 1
+    grown["feature"][node], grown["threshold"][node] = feature, threshold
+    return grown
+
+
+# A new node in the arrays a party moves its rows by: a leaf, no feature, no threshold.
+_NEW_NODE = {"children_left": LEAF, "children_right": LEAF, "feature": LEAF, "threshold": 0.0}
+_LONE_ROOT = {
+    k: np.array([fill], dtype=FLOAT if k == "threshold" else INDEX) for k, fill in _NEW_NODE.items()
+}
+
+
 def descend(before: Member | None, tree: Member, node: np.ndarray, x32: np.ndarray) -> np.ndarray:
     """Each row's leaf in `tree`, from its node in `before` when `tree` only adds splits under
     leaves of `before` (a level grown), so a level costs the rows that move, not the depth."""
