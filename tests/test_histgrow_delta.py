@@ -110,3 +110,27 @@ def wire(**change):
 def test_a_malformed_question_is_refused_with_its_reason(arrays, reason):
     with pytest.raises(UpdateError, match=reason):
         Query.from_wire(LEVEL, 0.0, arrays, N_FEATURES, 256)
+
+
+def test_only_the_ensembles_first_question_brings_the_edges_and_a_party_without_them_refuses():
+    x, y = data(2000)
+    settings = TreeSettings(trees=3, max_depth=2)
+    party = Party(x, y, settings)
+    questions = []
+
+    def ask(query):
+        questions.append(query)
+        return party.answer(query)
+
+    sketch = ask(histgrow.sketch_query(x.mean(axis=0), x.std(axis=0)))["sketch"]
+    histgrow.grow(ask, sketch, x.mean(axis=0), x.std(axis=0), float(np.mean(y)), settings)
+    roots = [q for q in questions if q.step == "level" and q.grow and q.grow[0].base == 0]
+    assert [q.edges is not None for q in roots] == [True, False, False]
+    # A party that has not seen this ensemble's first question holds no edges for it.
+    fresh = Party(x, y, settings)
+    with pytest.raises(ValueError, match="must bring the bin edges"):
+        fresh.answer(roots[1])
+    # Nor may one that held an ensemble before use that one's edges for the next.
+    party.answer(questions[0])
+    with pytest.raises(ValueError, match="must bring the bin edges"):
+        party.answer(roots[1])

@@ -186,10 +186,10 @@ class Query:
     A level question names the trees being grown (`grow`: each one's splits since the
     question before, and the nodes whose histograms are wanted in it), one tree for boosting,
     many at once for a forest, whose trees are independent. With a tree's first level it also
-    carries the bin edges, the base score and the finished trees a party has not yet added to
-    its predictions (`tree` counts the trees before). With `score` a party also returns its
-    validation rows' squared error. Under local DP `clip` bounds each row's gradient
-    (common/models/histnoise.py); 0 without.
+    carries the finished trees a party has not yet added to its predictions (`tree` counts the
+    trees before), and with the ensemble's first the bin edges and the base score. With
+    `score` a party also returns its validation rows' squared error. Under local DP `clip`
+    bounds each row's gradient (common/models/histnoise.py); 0 without.
     """
 
     step: str
@@ -438,11 +438,12 @@ def grow(
             for t in range(first, min(first + size, settings.trees))
         ]
         pending = [] if settings.forest or not grown.trees else [grown.trees[-1]]
+        # The parties keep the edges and the base score from the ensemble's first question.
         query = Query(
             "level",
             first,
-            edges=edges,
-            base_score=base_score,
+            edges=edges if first == 0 else None,
+            base_score=base_score if first == 0 else None,
             new_trees=pending,
             grow=[t.question(ROOT) for t in trees],
             score=early and first > 0,

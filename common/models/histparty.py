@@ -53,8 +53,8 @@ class Party:
             return {"sketch": histtree.sketch(self.x, query.mean, query.std)}
         if query.edges is not None:
             self._use_edges(query)
-        if self.edges is None:
-            raise ValueError("a level question came before the bin edges")
+        elif not self.started:  # edges from an ensemble before this one would be stale
+            raise ValueError("the ensemble's first level question must bring the bin edges")
         self._add_trees(query)
         self.started = True
         # Trees not asked about are finished (or abandoned): their state goes. Every tree's
@@ -104,7 +104,7 @@ class Party:
         return histtree.histograms(self.bins, *listed, weights, offset, self.settings.max_bins)
 
     def _use_edges(self, query: Query) -> None:
-        """Bin the rows on new edges; a tree's first level also brings the base score."""
+        """Bin the rows on new edges; the ensemble's first question also brings the base score."""
         same = self.edges is not None and all(
             np.array_equal(a, b) for a, b in zip(self.edges, query.edges, strict=True)
         )
