@@ -44,24 +44,42 @@ def test_the_splits_a_party_adds_up_to_the_tree_the_server_grew():
     assert len(held["children_left"]) > 10  # five levels of splits checked
 
 
+def splits(held, index, asked, node, feature, threshold, base=None):
+    """A tree's part of a level question: the splits added to the tree `held` (None: a new
+    tree), naming the tree they make; `base` the size they claim to follow on."""
+    node, feature = np.asarray(node, np.int32), np.asarray(feature, np.int32)
+    threshold = np.asarray(threshold, np.float64)
+    digest = histtree.digest(histtree.extend(held, node, feature, threshold))
+    size = 0 if held is None else len(held["children_left"])
+    asked = np.asarray(asked, np.int32)
+    return Growing(index, asked, size if base is None else base, node, feature, threshold, digest)
+
+
+# The tree a party holds after its root and the root's split, and that tree with node 1 split.
+DEPTH_ONE = histtree.extend(None, ROOT, ROOT, np.array([0.5]))
+OTHER_ONE = histtree.extend(None, ROOT, ROOT, np.array([-0.5]))
+DEPTH_TWO = histtree.extend(DEPTH_ONE, np.array([1], np.int32), ROOT, np.array([0.0]))
+
+
 def a_party_at_depth_one():
-    """A party that answered a tree's root and its first split, and the splits it holds."""
+    """A party that answered a tree's root and its first split (DEPTH_ONE)."""
     x, y = data(2000)
     party = Party(x, y, TreeSettings(trees=2, max_depth=4, max_bins=16))
     edges = [np.quantile(x[:, f], np.linspace(0.1, 0.9, 9)) for f in range(N_FEATURES)]
     party.answer(Query("level", edges=edges, base_score=0.0, grow=[Growing(0, ROOT)]))
-    split = Growing(0, np.array([1], np.int32), 1, ROOT, ROOT, np.array([0.5]))
-    party.answer(Query("level", grow=[split]))
+    party.answer(Query("level", grow=[splits(None, 0, [1], [0], [0], [0.5], base=1)]))
+    assert histtree.digest(party.growing[0].tree) == histtree.digest(DEPTH_ONE)
     return party
 
 
 @pytest.mark.parametrize(
     ("growing", "reason"),
     [
-        (Growing(1, ROOT, 3, ROOT, ROOT, np.array([0.0])), "holds no such tree"),
-        (Growing(0, ROOT, 5, ROOT, ROOT, np.array([0.0])), "on 5 nodes, but this party holds 3"),
-        (Growing(0, ROOT, 3, ROOT, ROOT, np.array([0.0])), "only a leaf"),
-        (Growing(0, ROOT, 3, np.array([1, 1], np.int32), ROOT[[0, 0]], np.zeros(2)), "distinct"),
+        (splits(DEPTH_ONE, 1, [3], [1], [0], [0.0]), "holds no such tree"),
+        (splits(DEPTH_TWO, 0, [5], [3], [0], [0.0]), "on 5 nodes, but this party holds 3"),
+        (Growing(0, ROOT + 3, 3, ROOT, ROOT, np.array([0.0])), "only a leaf"),
+        # The same splits on another tree of the same size: the tree named is not this one.
+        (splits(OTHER_ONE, 0, [3], [1], [0], [0.0]), "digest differs"),
     ],
 )
 def test_splits_on_the_wrong_base_or_an_unknown_tree_are_refused_and_change_nothing(
@@ -76,9 +94,13 @@ def test_splits_on_the_wrong_base_or_an_unknown_tree_are_refused_and_change_noth
     assert all(np.array_equal(held.tree[k], before[k]) for k in before)
     assert np.array_equal(held.node, node)
     # The question that does follow on it is still answered.
-    both = np.array([1, 2], np.int32)
-    party.answer(Query("level", grow=[Growing(0, ROOT + 3, 3, both, ROOT[[0, 0]], np.ones(2))]))
+    party.answer(Query("level", grow=[splits(DEPTH_ONE, 0, [3], [1, 2], [0, 0], [1.0, 1.0])]))
     assert party.growing[0].nodes == 7
+
+
+def test_splitting_one_node_twice_is_refused():
+    with pytest.raises(UpdateError, match="distinct"):
+        histtree.extend(DEPTH_ONE, np.array([1, 1], np.int32), ROOT[[0, 0]], np.zeros(2))
 
 
 def test_a_new_tree_starts_from_its_root_whatever_was_held():
@@ -89,7 +111,7 @@ def test_a_new_tree_starts_from_its_root_whatever_was_held():
 
 
 def wire(**change):
-    grown = Growing(0, np.array([2], np.int32), 1, ROOT, ROOT, np.array([0.5]))
+    grown = splits(None, 0, [2], [0], [0], [0.5], base=1)
     return {**Query("level", grow=[grown]).arrays(), **change}
 
 
@@ -105,6 +127,7 @@ def wire(**change):
         (wire(asked=np.array([3], np.int32)), "nodes of the tree being grown"),
         (wire(grow_base=np.array([-1], np.int32)), "non-negative"),
         ({k: v for k, v in wire().items() if k != "split_threshold"}, "1-d arrays"),
+        (wire(grow_digest=np.zeros((1, 16), np.uint8)), "'grow_digest' must be uint8"),
     ],
 )
 def test_a_malformed_question_is_refused_with_its_reason(arrays, reason):

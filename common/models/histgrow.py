@@ -154,6 +154,8 @@ class Growing:
     before, which starts from its root. `node`, `feature` and `threshold` are the leaves split
     since, in the order split; their children are numbered on from `base` (left, right), as
     `histtree.TreeBuilder` numbers them. A node not split stays a leaf: nothing says so.
+    `digest` is the tree's with them (`histtree.digest`), which the party checks its own
+    against.
     """
 
     index: int
@@ -162,6 +164,7 @@ class Growing:
     node: np.ndarray = field(default_factory=lambda: _NONE)
     feature: np.ndarray = field(default_factory=lambda: _NONE)
     threshold: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    digest: bytes = histtree.ROOT_DIGEST
 
     @property
     def nodes(self) -> int:
@@ -226,6 +229,9 @@ class Query:
             "split_feature": np.concatenate([_NONE, *(g.feature for g in trees)]),
             "split_threshold": np.concatenate([np.zeros(0), *(g.threshold for g in trees)]),
             "split_counts": np.array([len(g.node) for g in trees], dtype=np.int32),
+            "grow_digest": np.frombuffer(b"".join(g.digest for g in trees), np.uint8).reshape(
+                len(trees), DIGEST
+            ),
         }
         out.update(TREES.pack(self.new_trees))
         if self.edges is not None:
@@ -262,8 +268,9 @@ class Query:
         )
 
 
-# A level question's arrays: one entry per tree, per asked node, per split.
+# A level question's arrays: one entry per tree, per asked node, per split; a tree's digest.
 PER_TREE = ("grow_index", "grow_base", "asked_counts", "split_counts")
+DIGEST = 32
 SPLITS = {"split_node": np.int32, "split_feature": np.int32, "split_threshold": np.float64}
 
 
@@ -279,6 +286,9 @@ def _growing(arrays: Arrays, n_features: int) -> list[Growing]:
     index, base, counts, splits = (arrays[k] for k in PER_TREE)
     if any(len(a) != len(index) for a in (base, counts, splits)):
         raise UpdateError(f"{list(PER_TREE)} must have one entry per tree being grown")
+    digests = arrays.get("grow_digest")
+    if digests is None or digests.dtype != np.uint8 or digests.shape != (len(index), DIGEST):
+        raise UpdateError(f"'grow_digest' must be uint8 of shape ({len(index)}, {DIGEST})")
     if len(set(index.tolist())) < len(index):
         raise UpdateError("'grow_index' must number each tree being grown once")
     if (counts < 0).any() or counts.sum() != len(arrays["asked"]):
@@ -295,8 +305,8 @@ def _growing(arrays: Arrays, n_features: int) -> list[Growing]:
         for k, c in (("asked", counts), *((k, splits) for k in SPLITS))
     }
     grow = [
-        Growing(int(i), a, int(b), n, f, t)
-        for i, b, a, n, f, t in zip(index, base, *parts.values(), strict=True)
+        Growing(int(i), a, int(b), n, f, t, d.tobytes())
+        for i, b, d, a, n, f, t in zip(index, base, digests, *parts.values(), strict=True)
     ]
     for g in grow:
         if ((g.node < 0) | (g.node >= max(g.base, 1))).any():
@@ -509,7 +519,8 @@ class _Tree:
         b = self.builder
         feature = np.array([b.feature[n] for n in node], dtype=np.int32)
         threshold = np.array([b.threshold[n] for n in node], dtype=np.float64)
-        growing = Growing(self.index, asked, self.held, node, feature, threshold)
+        digest = histtree.digest(b.arrays())
+        growing = Growing(self.index, asked, self.held, node, feature, threshold, digest)
         self.held = len(b.left)
         return growing
 

@@ -72,7 +72,7 @@ class Party:
         """The tree asked about (a new one from its root) and its structure with the
         question's splits added; ValueError, refusing the question, unless the splits follow
         on a tree held: none held for that number, one of another size, a split of a node
-        that is not a leaf of it."""
+        that is not a leaf of it, or a tree that comes out other than the question names."""
         if asked.base == 0:
             tree = self._start_tree(asked.index, clip)
         else:
@@ -83,7 +83,13 @@ class Party:
                     f"tree {asked.index}'s splits follow on {asked.base} nodes, but this "
                     f"party holds {held}"
                 )
-        return tree, histtree.extend(tree.tree, asked.node, asked.feature, asked.threshold)
+        grown = histtree.extend(tree.tree, asked.node, asked.feature, asked.threshold)
+        if histtree.digest(grown) != asked.digest:
+            raise ValueError(
+                f"tree {asked.index} with the question's splits is not the tree it names "
+                "(its digest differs): they do not follow on the tree this party holds"
+            )
+        return tree, grown
 
     def _histograms(self, asked: list[Growing]) -> Arrays:
         """The asked nodes of every tree in one pass per feature, in the question's order: a

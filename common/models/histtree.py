@@ -14,6 +14,7 @@ learning rate, or 1/trees for a forest).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -395,11 +396,23 @@ def extend(
     return grown
 
 
+def digest(tree: Member) -> bytes:
+    """SHA-256 of a tree's structure (its splits, as `extend` builds them). A level question
+    names the digest of each tree it asks about, so a party whose tree came out otherwise
+    refuses it, and the question's bytes, which secure aggregation's masks are bound to, pin
+    the whole tree, not only the splits they add."""
+    h = hashlib.sha256()
+    for k in _NEW_NODE:
+        h.update(np.ascontiguousarray(tree[k], dtype=_LONE_ROOT[k].dtype).tobytes())
+    return h.digest()
+
+
 # A new node in the arrays a party moves its rows by: a leaf, no feature, no threshold.
 _NEW_NODE = {"children_left": LEAF, "children_right": LEAF, "feature": LEAF, "threshold": 0.0}
 _LONE_ROOT = {
     k: np.array([fill], dtype=FLOAT if k == "threshold" else INDEX) for k, fill in _NEW_NODE.items()
 }
+ROOT_DIGEST = digest(_LONE_ROOT)
 
 
 def descend(before: Member | None, tree: Member, node: np.ndarray, x32: np.ndarray) -> np.ndarray:
