@@ -2,8 +2,8 @@
 
 The round's training phase is the sketch (rows per grid cell, for the shared bin edges); the
 strategy then grows the whole ensemble in further phases of the same round — per depth level
-one phase, the open nodes' histograms up, the trees as they stand down — and the
-server sums what comes back (common/models/histgrow.py). One round builds the ensemble; a
+one phase, the open nodes' histograms up, the splits chosen since the phase before down — and
+the server sums what comes back (common/models/histgrow.py). One round builds the ensemble; a
 later round grows a fresh one. Sums are added in province order, so a run repeats exactly.
 
 How a question goes out and its answers are summed is an `Exchanges`: in the clear here, under
