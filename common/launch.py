@@ -87,7 +87,8 @@ class LocalFederation:
     def _members(self) -> list[str]:
         return ["--members", str(self.members_file)] if self.members_file else []
 
-    def start_server(self) -> None:
+    def start_server(self, *extra: str, module: str = "server") -> None:
+        """`module`: the server program (a test's variant of it, say), given `extra` flags."""
         self.out.mkdir(parents=True, exist_ok=True)
         args = [
             "--host",
@@ -105,11 +106,12 @@ class LocalFederation:
             *self._security(),
             *self._members(),
             *self.server_args,
+            *extra,
         ]
-        self.server = self._spawn("server", ["-m", "server", *args])
+        self.server = self._spawn("server", ["-m", module, *args])
 
     def start_client(self, province: str, *extra: str, module: str = "client") -> subprocess.Popen:
-        """`module`: the client program (a test's variant of it, say)."""
+        """`module`: the client program (a test's variant of it, say), given `extra` flags."""
         args = ["--province", province, "--server", self.address, *self._security()]
         args += self._members()
         args += ["--receipts", str(self.out / "receipts")]
