@@ -1,8 +1,6 @@
 """Clients and the server killed mid-run (SIGKILL), with real processes over localhost."""
 
-import json
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -12,49 +10,36 @@ from common.provinces import PROVINCES
 from server.checkpoint import Checkpoint
 from server.ledger import read_verified
 from tests.test_federation import ROWS, SEED
+from tests.vanishing import start_with_vanishing_server
 
 pytestmark = pytest.mark.integration
 # What a finished run leaves beside its results.
 KEPT = ("results.json", "ledger.jsonl", "model.npz")
 
 
-def recorded_rounds(federation: LocalFederation) -> int:
-    """Rounds recorded so far, from the rounds log, which grows every round (results.json lags
-    it by up to a second, longer than a run of small rounds takes); once the run has ended and
-    the log is gone, from results.json."""
-    try:
-        return federation.results_path.with_name("rounds.jsonl").read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return len(json.loads(federation.results_path.read_text())["rounds"])
+KILLED = "hubei"
 
 
-def wait_for_rounds(federation: LocalFederation, count: int, timeout: float = 600) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if recorded_rounds(federation) >= count:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"the federation did not reach round {count} in {timeout} s")
-
-
-def test_a_killed_client_is_dropped_at_the_deadline_and_rejoins_when_restarted(tmp_path):
-    rounds = 30  # enough that the kill lands mid-run even on a slow, busy machine
+def test_a_killed_client_is_dropped_when_it_rejoins_and_takes_part_again(tmp_path):
+    """hubei dies (SIGKILL) on receiving round 3's training task and is restarted once it is
+    dead: its task waits for it (the deadlines are far longer than the test's own limit) until
+    the restarted hubei's Join closes it, so round 3 and no other records it as dropped."""
+    rounds = 30  # the rounds after round 3 are the restarted hubei's to poll again in
     federation = LocalFederation(
         tmp_path,
         "lr",
         rounds,
         ROWS,
         SEED,
+        provinces=tuple(p for p in PROVINCES if p != KILLED),
         server_args=[
             "--poll-seconds",
             "2",
-            # Long: the dead client's task then closes when its restarted self rejoins, so it is
-            # back before the rounds run out however slow the machine (a restarted process may
-            # take minutes to import and rejoin on a loaded one).
+            # Long: the dead client's task then closes when its restarted self rejoins, however
+            # long a loaded machine takes to restart it, not when a deadline runs out first.
             "--round-timeout",
+            "600",
+            "--idle-timeout",
             "600",
             "--min-clients",
             "8",
@@ -63,44 +48,41 @@ def test_a_killed_client_is_dropped_at_the_deadline_and_rejoins_when_restarted(t
         ],
     )
     federation.start()
-    wait_for_rounds(federation, 2)
-    federation.clients["hubei"].send_signal(signal.SIGKILL)
-    federation.clients["hubei"].wait()
-    dropped_round = recorded_rounds(federation) + 1
-    time.sleep(1)
-    federation.start_client("hubei")
+    vanishing = federation.start_client(
+        KILLED, "--vanish-at", "3:train:1", module="tests.vanishing_client"
+    )
+    assert vanishing.wait(timeout=900) == -signal.SIGKILL
+    federation.start_client(KILLED)
     codes = federation.wait(timeout=1200)
     assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
     records = federation.results()["rounds"]
     assert [r["round"] for r in records] == list(range(1, rounds + 1))
-    # The kill may land in a training phase (hubei misses that round's training) or between
-    # training and evaluation (it misses the evaluation only): either way a failure is recorded.
-    dropped = [r for r in records if any(f["province"] == "hubei" for f in r["failures"])]
-    assert dropped, "hubei's death should be recorded as a failure"
-    assert all(r["round"] >= dropped_round - 1 for r in dropped)
-    # A round hubei sat out is recorded either way: as its task's failure, or as its absence
-    # (between the restart's Join and its first poll it is not connected yet).
-    missed = [r for r in records if "hubei" not in r["clients"]]
-    assert all(r in dropped or "hubei" in r["absent"] for r in missed), (
-        "hubei missed a round with neither a failure nor its absence recorded"
-    )
-    assert all(r["absent"] == [] for r in records if r["round"] < dropped_round - 1)
+    dropped = {r["round"]: r["failures"] for r in records if r["failures"]}
+    assert dropped == {
+        3: [{"province": KILLED, "reason": "the client restarted during the task"}]
+    }, dropped
+    assert all(KILLED in r["clients"] and r["absent"] == [] for r in records[:2])
+    assert KILLED not in records[2]["clients"]
+    # Between the restarted hubei's Join and its first poll it is not connected yet: a round
+    # it sat out then records its absence.
+    missed = [r for r in records[3:] if KILLED not in r["clients"]]
+    assert all(KILLED in r["absent"] for r in missed), missed
     assert all(len(r["clients"]) >= 8 and r["mse"] is not None for r in records)
-    assert "hubei" in records[-1]["clients"], "hubei should be back by the last round"
+    assert KILLED in records[-1]["clients"], "hubei should be back by the last round"
 
 
-def test_a_killed_server_resumes_from_its_checkpoint_and_clients_come_back(tmp_path):
-    rounds = 40
+def test_a_server_killed_mid_round_resumes_from_its_checkpoint_and_clients_come_back(tmp_path):
+    """The server dies (SIGKILL) when round 4's fifth training update arrives, the other
+    provinces still training: restarted, it resumes after round 3, the last one recorded, and
+    does round 4 again with the same clients."""
+    rounds = 6
     federation = LocalFederation(
         tmp_path, "lr-exact", rounds, ROWS, SEED, server_args=["--poll-seconds", "2"]
     )
-    federation.start()
-    wait_for_rounds(federation, 3)
-    federation.server.send_signal(signal.SIGKILL)
-    federation.server.wait()
-    # The rounds log shows a round before its checkpoint and ledger entry are written.
+    start_with_vanishing_server(federation, "4:train:5")
+    assert federation.server.wait(timeout=900) == -signal.SIGKILL
     before = read_verified(tmp_path / "ledger.jsonl")
-    assert len(before) >= 2
+    assert [e["round"] for e in before] == [1, 2, 3]
     federation.start_server()
     codes = federation.wait(timeout=1200)
     assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
@@ -108,9 +90,9 @@ def test_a_killed_server_resumes_from_its_checkpoint_and_clients_come_back(tmp_p
     assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
     ledger = read_verified(tmp_path / "ledger.jsonl")
     assert [e["round"] for e in ledger] == list(range(1, rounds + 1))
-    assert ledger[: len(before)] == before
+    assert ledger[:3] == before
     assert results["final"]["ledger_head"] == ledger[-1]["hash"]
-    assert "resuming after round" in (tmp_path / "server.log").read_text()
+    assert "resuming after round 3 from" in (tmp_path / "server.log").read_text()
     assert not (tmp_path / "checkpoint.npz").exists()
 
 
