@@ -26,7 +26,7 @@ from server.coordinator import Assignment, Coordinator
 from server.ledger import read_verified
 from server.strategy import ClientResult, weighted_average
 from tests import in_memory
-from tests.test_failures import wait_for_rounds
+from tests.vanishing import start_with_vanishing_server
 
 
 def weights(coef, intercept=0.0):
@@ -374,21 +374,25 @@ def test_async_strategies_federate_nine_client_processes(tmp_path, flags):
 
 @pytest.mark.integration
 def test_a_killed_server_resumes_after_the_last_recorded_version(tmp_path):
-    versions = 60
+    """The server dies (SIGKILL) right after version 10 is recorded, updates for the next ones
+    in flight: restarted, it resumes after version 10 and the run ends as an uninterrupted one
+    would be checked."""
+    versions = 20
     federation = LocalFederation(
         tmp_path, "lr-sgd", versions, ROWS, SEED, server_args=[*FAST, *ASYNC]
     )
-    federation.start()
-    wait_for_rounds(federation, 10)
-    federation.server.send_signal(signal.SIGKILL)
-    federation.server.wait()
+    start_with_vanishing_server(federation, "10:recorded:1")
+    assert federation.server.wait(timeout=600) == -signal.SIGKILL
+    before = read_verified(tmp_path / "ledger.jsonl")
+    assert [e["round"] for e in before] == list(range(1, 11))
     federation.start_server()
     codes = federation.wait(timeout=240)
     assert codes == {name: 0 for name in ["server", *PROVINCES]}, codes
-    assert "resuming after round" in (tmp_path / "server.log").read_text()
+    assert "resuming after round 10 from" in (tmp_path / "server.log").read_text()
     results = federation.results()
     assert [r["round"] for r in results["rounds"]] == list(range(1, versions + 1))
     ledger = read_verified(tmp_path / "ledger.jsonl")
     assert [e["round"] for e in ledger] == list(range(1, versions + 1))
+    assert ledger[:10] == before
     assert ledger[-1]["hash"] == results["final"]["ledger_head"]
     assert results["final"]["mse"] < REAL_PROCESSES_WITHIN * central_mse()

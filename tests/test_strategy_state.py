@@ -17,8 +17,8 @@ from server.checkpoint import Checkpoint
 from server.strategies.compressed import Compressed
 from server.strategies.federated import FedAdam, FedAvgM, Federated, Scaffold
 from server.strategy import ClientResult, FedAvg
-from tests.test_failures import wait_for_rounds
 from tests.test_federation import FAST, ROWS, SEED
+from tests.vanishing import start_with_vanishing_server
 
 SGD = {"model": "lr-sgd", "local_epochs": 1, "learning_rate": 0.1, "batch_size": 8}
 
@@ -97,22 +97,23 @@ def test_a_stateless_strategy_keeps_nothing_and_refuses_another_strategys_state(
 
 @pytest.mark.integration
 def test_a_killed_server_resumes_fedavgm_with_its_momentum(tmp_path):
-    """Real processes: a run whose server is killed after round three ends on the very model
-    of a run never interrupted; had the momentum been reset, the rounds after would differ."""
+    """Real processes: a run whose server is killed (SIGKILL) right after round three is
+    recorded, so that it resumes from round three's checkpoint, ends on the very model of a run
+    never interrupted; had the momentum been reset, the rounds after would differ."""
     flags = [*FAST, "--min-clients", "9", "--strategy", "fedavgm"]
     models = []
     for name in ("whole", "killed"):
         federation = LocalFederation(tmp_path / name, "lr-sgd", 6, ROWS, SEED, server_args=flags)
-        federation.start()
         if name == "killed":
-            wait_for_rounds(federation, 3)
-            federation.server.send_signal(signal.SIGKILL)
-            federation.server.wait()
+            start_with_vanishing_server(federation, "3:recorded:1")
+            assert federation.server.wait(timeout=600) == -signal.SIGKILL
             federation.start_server()
+        else:
+            federation.start()
         codes = federation.wait(timeout=300)
         assert set(codes.values()) == {0}, codes
         models.append(np.load(tmp_path / name / federation.results()["final"]["model_file"]))
-    assert "resuming after round" in (tmp_path / "killed" / "server.log").read_text()
+    assert "resuming after round 3 from" in (tmp_path / "killed" / "server.log").read_text()
     whole, killed = models
     for tensor in ("coef", "intercept"):
         np.testing.assert_allclose(killed[tensor], whole[tensor], rtol=1e-9, atol=1e-12)
