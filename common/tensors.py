@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +32,12 @@ _DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_UINT8: np.dtype("u1"),
 }
 _CODES: dict[str, int] = {dtype.str.lstrip("<|"): code for code, dtype in _DTYPES.items()}
+
+
+class Serializable(Protocol):
+    """A protobuf message, as far as `Payload.frames` needs one."""
+
+    def SerializeToString(self) -> bytes: ...
 
 
 class PayloadError(ValueError):
@@ -85,6 +93,13 @@ class Payload:
 
     header: pb.ParametersHeader
     blob: bytes
+    # Serialized chunk messages shared by the streams sending them now (`frames`).
+    _frames: dict[type, _Frames] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _framing: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def encode(cls, arrays: Mapping[str, np.ndarray]) -> Payload:
@@ -107,6 +122,72 @@ class Payload:
         view = memoryview(self.blob)
         for start in range(0, len(view), chunk_bytes):
             yield bytes(view[start : start + chunk_bytes])
+
+    def frames(self, message: Callable[..., Serializable]) -> Iterator[bytes]:
+        """Each chunk as the serialized `message(data=chunk)`, the very bytes protobuf writes
+        for it, shared by every stream sending this payload at the same time: nine streams
+        cost one serialization of each chunk, not nine. A frame is let go once every stream
+        that asked before it was made has taken it (or was closed), so the payload holds only
+        the frames between its slowest and fastest sender, and none once they are done; a
+        stream that asks later makes again what it needs."""
+        count = math.ceil(len(self.blob) / CHUNK_BYTES)
+        with self._framing:
+            shared = self._frames.setdefault(message, _Frames([None] * count, [0] * count))
+            shared.wanted[:] = [w + 1 for w in shared.wanted]
+        return _Sending(self, message, shared)
+
+    @property
+    def frames_held(self) -> int:
+        """Serialized chunks this payload holds now, of every message type (see `frames`)."""
+        with self._framing:
+            return sum(f is not None for shared in self._frames.values() for f in shared.made)
+
+
+@dataclass
+class _Frames:
+    """One message type's frames of a payload: each made once (`made`) and kept while a stream
+    sending the payload has yet to take it (`wanted` counts them)."""
+
+    made: list[bytes | None]
+    wanted: list[int]
+
+    def give(self, index: int) -> None:
+        """One stream is done with frame `index`; the last lets it go."""
+        self.wanted[index] -= 1
+        if self.wanted[index] == 0:
+            self.made[index] = None
+
+
+class _Sending(Iterator[bytes]):
+    """One stream's pass over a payload's shared frames (`Payload.frames`). Closed early, or
+    dropped unfinished (a stream that broke off), it gives back the frames it had yet to take."""
+
+    def __init__(self, payload: Payload, message: Callable[..., Serializable], shared: _Frames):
+        self._payload, self._message, self._shared = payload, message, shared
+        self._next = 0
+
+    def __next__(self) -> bytes:
+        shared, index = self._shared, self._next
+        if index >= len(shared.made):
+            raise StopIteration
+        with self._payload._framing:
+            frame = shared.made[index]
+            if frame is None:
+                start = index * CHUNK_BYTES
+                chunk = self._payload.blob[start : start + CHUNK_BYTES]
+                frame = shared.made[index] = self._message(data=chunk).SerializeToString()
+            shared.give(index)
+            self._next += 1
+        return frame
+
+    def close(self) -> None:
+        with self._payload._framing:
+            for index in range(self._next, len(self._shared.made)):
+                self._shared.give(index)
+            self._next = len(self._shared.made)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class PayloadReceiver:

@@ -20,7 +20,6 @@ from common.allocator import give_back_large_buffers
 from common.logs import setup_logging
 from common.tls import server_credentials
 from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
-from proto.fedstock.v1 import federation_pb2, federation_pb2_grpc
 from server import analysis, asynchronous, privacy, strategies
 from server.admission import Admission
 from server.channel import TaskChannel
@@ -40,11 +39,11 @@ from server.results import ResultsFile
 from server.robust_sums import robust_sums
 from server.rounds import RoundLoop
 from server.schedule import Cohort
-from server.servicer import FederationServicer
+from server.servicer import SERVICE as FEDERATION
+from server.servicer import FederationServicer, add_to_server
 from server.strategy import Strategy
 
 log = logging.getLogger("fedstock.server")
-FEDERATION = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
 def build_server(
@@ -72,7 +71,7 @@ def build_server(
         options=SERVER_OPTIONS,
         interceptors=[CallLimits(activity, SIDE_CALLS)],
     )
-    federation_pb2_grpc.add_FederationServicer_to_server(
+    add_to_server(
         FederationServicer(
             coordinator,
             max_update_bytes,

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf.message import Message
 
 from common.bounded import bounded
 from common.models.checks import UpdateError
@@ -38,6 +39,45 @@ from server.limits import Activity
 from server.strategy import ClientResult
 
 log = logging.getLogger("fedstock.server")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
+
+
+def _serialized(message: Message | bytes) -> bytes:
+    """A response message's wire bytes; bytes are a message serialized already
+    (`Payload.frames`), sent as they are."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
+    """Serve `servicer` as the published Federation service, as the generated
+    `add_FederationServicer_to_server` does, except that GetTask and Session may also answer
+    with messages serialized already: a payload's chunks go to every stream of a phase from
+    one set of bytes, the same bytes the message would serialize to."""
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinReply.SerializeToString,
+        ),
+        "GetTask": grpc.unary_stream_rpc_method_handler(
+            servicer.GetTask,
+            request_deserializer=pb.TaskRequest.FromString,
+            response_serializer=_serialized,
+        ),
+        "Submit": grpc.stream_unary_rpc_method_handler(
+            servicer.Submit,
+            request_deserializer=pb.SubmitChunk.FromString,
+            response_serializer=pb.SubmitReply.SerializeToString,
+        ),
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session,
+            request_deserializer=pb.SessionUp.FromString,
+            response_serializer=_serialized,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 class FederationServicer(pb_grpc.FederationServicer):
@@ -95,7 +135,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def GetTask(
         self, request: pb.TaskRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TaskChunk]:
+    ) -> Iterator[pb.TaskChunk | bytes]:
         client = self._authenticate(context)
         yield from self._deliver(client, context, pb.TaskChunk)
 
@@ -112,7 +152,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def Session(
         self, request_iterator: Iterator[pb.SessionUp], context: grpc.ServicerContext
-    ) -> Iterator[pb.SessionDown]:
+    ) -> Iterator[pb.SessionDown | bytes]:
         """GetTask and Submit as messages of one stream: a task for each `next`, and for each
         outcome a reply (version 2) or the next task itself (version 3). The session is
         checked when the stream opens and again for every message, so a session replaced by a
@@ -180,7 +220,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         context: grpc.ServicerContext,
         message: type[pb.TaskChunk] | type[pb.SessionDown],
         inline: bool = False,
-    ) -> Iterator[pb.TaskChunk | pb.SessionDown]:
+    ) -> Iterator[pb.TaskChunk | pb.SessionDown | bytes]:
         """The client's next task (or WAIT, or STOP), then its parameters, or (`inline`, a
         version 3 stream) parameters that fit one chunk inside the task's message; a task that
         did not reach the client whole fails at once rather than at its deadline."""
@@ -196,8 +236,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 payload = None
             yield header
             if payload is not None:
-                for chunk in payload.chunks():
-                    yield message(data=chunk)
+                # Serialized once for every stream of the phase; `add_to_server`'s serializer
+                # sends them as they are.
+                yield from payload.frames(message)
             delivered = True
         finally:
             if not delivered and assignment.task.task_id:

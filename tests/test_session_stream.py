@@ -2,8 +2,11 @@
 identity checks, the version errors between old and new peers, resuming after a dropped
 stream, and heartbeats that keep a working client's stream inside the server's idle timeout."""
 
+import gc
 import queue
 import threading
+import weakref
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -23,8 +26,8 @@ from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
 from server.channel import Assignment, gather
 from server.coordinator import Coordinator
-from server.servicer import FederationServicer
-from tests.test_fuzz import VALID, LiveServer, honest_update
+from server.servicer import FederationServicer, add_to_server
+from tests.test_fuzz import SERVICE, VALID, LiveServer, honest_update
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +40,11 @@ NEXT = pb.SessionUp(next=pb.TaskRequest())
 class RawStream:
     """A Session call whose messages the test sends one by one, past every client check."""
 
-    def __init__(self, stub: pb_grpc.FederationStub, metadata: tuple) -> None:
+    def __init__(
+        self, stub: pb_grpc.FederationStub, metadata: tuple, session: Callable | None = None
+    ) -> None:
+        """`session`: the Session method to call, the stub's unless given (say, one that
+        reads the server's messages as raw bytes)."""
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         outbox = self._outbox
 
@@ -45,7 +52,7 @@ class RawStream:
             while (message := outbox.get()) is not None:
                 yield message
 
-        self.call = stub.Session(requests(), timeout=60, metadata=metadata)
+        self.call = (session or stub.Session)(requests(), timeout=60, metadata=metadata)
 
     def send(self, *messages: pb.SessionUp) -> None:
         for message in messages:
@@ -207,6 +214,77 @@ def test_a_task_and_its_outcome_take_two_messages_on_version_3_and_six_on_versio
         np.testing.assert_array_equal(accepted[0].arrays[name], array)
 
 
+def test_every_stream_gets_the_parameters_as_the_same_published_bytes_let_go_after_the_phase():
+    """Three provinces (a version 3 and a version 2 session stream, a version 1 GetTask) take one
+    model of three chunks: each chunk arrives as the bytes protobuf writes for its message, the
+    two streams' the very same, and once sent the server keeps none of them; the model's payload
+    is freed with its phase."""
+    live = LiveServer()
+    calls: list = []
+    try:
+        sessions = {"hubei": live.metadata}
+        for province in ("fujian", "sichuan"):
+            joined = live.stub.Join(pb.JoinRequest(province=province, rows=1000), timeout=10)
+            sessions[province] = ((SESSION_METADATA_KEY, joined.session),)
+        model = Payload.encode({"coef": np.arange(300_000.0)})  # 2.4 MB: three chunks
+        released = weakref.ref(model)
+        ended: list = []
+
+        def phase(model: Payload) -> None:
+            assignments = {
+                p: Assignment(
+                    pb.Task(round=1, kind=pb.TASK_KIND_TRAIN, parameters=model.header), model
+                )
+                for p in sessions
+            }
+            ended.append(gather(live.coordinator, 1, pb.TASK_KIND_TRAIN, assignments, _keep, 60))
+
+        thread = threading.Thread(target=phase, args=(model,))
+        thread.start()
+        raw_session = live.channel.stream_stream(
+            SERVICE + "Session",
+            request_serializer=pb.SessionUp.SerializeToString,
+            response_deserializer=None,
+        )
+        down: dict[str, list[bytes]] = {}
+        for province, version in (("hubei", 3), ("fujian", 2)):
+            stream = RawStream(live.stub, sessions[province], raw_session)
+            calls.append(stream)
+            stream.send(pb.SessionUp(open=pb.SessionOpen(protocol_version=version)), NEXT)
+            assert pb.SessionDown.FromString(stream.read()).opened.protocol_version == version
+            task = pb.SessionDown.FromString(stream.read()).task
+            while task.kind == pb.TASK_KIND_WAIT:  # asked before the phase was sent
+                stream.send(NEXT)
+                task = pb.SessionDown.FromString(stream.read()).task
+            assert not task.inline_data
+            down[province] = [stream.read() for _ in range(3)]
+            live.coordinator.fail(task.task_id, "the test has what it came for")
+        raw_get = live.channel.unary_stream(
+            SERVICE + "GetTask",
+            request_serializer=pb.TaskRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        task = pb.Task(kind=pb.TASK_KIND_WAIT)
+        while task.kind == pb.TASK_KIND_WAIT:
+            got = list(raw_get(pb.TaskRequest(), timeout=30, metadata=sessions["sichuan"]))
+            task = pb.TaskChunk.FromString(got[0]).task
+        live.coordinator.fail(task.task_id, "the test has what it came for")
+        thread.join(timeout=60)
+        assert down["hubei"] == down["fujian"]
+        assert down["hubei"] == [pb.SessionDown(data=c).SerializeToString() for c in model.chunks()]
+        assert got[1:] == [pb.TaskChunk(data=c).SerializeToString() for c in model.chunks()]
+        assert model.frames_held == 0
+        del model
+        gc.collect()
+        assert released() is None
+    finally:
+        for stream in calls:
+            stream.close()
+        live.close()
+    [(results, failures)] = ended
+    assert results == [] and len(failures) == 3
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_the_clients_link_speaks_the_version_join_agreed(version):
     """fedstock's own link at version 3, and at 2 as it speaks to a version 2 server: the task's
@@ -303,7 +381,7 @@ class VersionOneServicer(FederationServicer):
 def test_a_stream_client_meeting_a_version_one_server_is_told_what_to_do():
     port = free_port()
     server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_FederationServicer_to_server(
+    add_to_server(
         VersionOneServicer(Coordinator(poll_seconds=1), 1 << 20, mutual_tls=False), server
     )
     server.add_insecure_port(f"127.0.0.1:{port}")

@@ -1,3 +1,4 @@
+import threading
 import tracemalloc
 
 import numpy as np
@@ -11,6 +12,7 @@ from common.tensors import (
     receive,
     to_tensor,
 )
+from proto.fedstock.v1 import federation_pb2
 from proto.fedstock.v1 import tensor_pb2 as pb
 
 
@@ -109,3 +111,53 @@ def test_memory_grows_with_the_bytes_that_arrive_not_with_those_announced():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak  # 64 MiB announced, 4 KiB sent
+
+
+def test_frames_are_each_chunk_as_its_message_serializes():
+    """The bytes a stream sends for a payload's chunks are protobuf's own for
+    `message(data=chunk)`, so a client reading the published .proto parses them."""
+    payload = Payload.encode({"coef": np.arange(300_000.0)})  # 2.4 MB: three chunks
+    for message in (federation_pb2.SessionDown, federation_pb2.TaskChunk):
+        frames = list(payload.frames(message))
+        assert frames == [message(data=c).SerializeToString() for c in payload.chunks()]
+        assert b"".join(message.FromString(f).data for f in frames) == payload.blob
+    assert payload.frames_held == 0
+
+
+def test_streams_sending_at_once_share_each_frame_and_let_it_go_once_all_took_it():
+    payload = Payload.encode({"coef": np.arange(300_000.0)})
+    fast, slow = (
+        payload.frames(federation_pb2.SessionDown),
+        payload.frames(federation_pb2.SessionDown),
+    )
+    first = next(fast)
+    assert next(slow) is first  # made once, for both
+    assert payload.frames_held == 0  # both took it: let go
+    second = next(fast)
+    assert payload.frames_held == 1  # kept for the slow stream
+    assert next(slow) is second and payload.frames_held == 0
+    slow.close()  # a stream that breaks off wants no more
+    last = next(fast)
+    assert payload.frames_held == 0 and next(fast, None) is None
+    # A stream that starts after the others are done makes the same bytes again.
+    assert list(payload.frames(federation_pb2.SessionDown)) == [first, second, last]
+    assert payload.frames_held == 0
+
+
+def test_many_streams_starting_together_get_the_same_frame_objects():
+    payload = Payload.encode({"coef": np.arange(300_000.0)})
+    ready = threading.Barrier(8)
+    went: list[list[bytes]] = []
+    senders = [payload.frames(federation_pb2.SessionDown) for _ in range(8)]
+
+    def send(frames) -> None:
+        ready.wait()
+        went.append(list(frames))
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(a is b for sent in went for a, b in zip(sent, went[0], strict=True))
+    assert payload.frames_held == 0
