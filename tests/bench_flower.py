@@ -177,7 +177,7 @@ def ten_mb(python: Path | None, out: Path, rounds: int, floats: int) -> dict[str
     """The 10 MB variant on each system (Flower's left out when `python` is None): median
     round, and the server's peak RSS idle and at the end in MiB."""
     fedstock = bench_fold.run(
-        len(PROVINCES), rounds, floats, False, False, DEFAULT_INFLIGHT_MIB, out / "fold-logs"
+        len(PROVINCES), rounds, floats, False, False, DEFAULT_INFLIGHT_MIB, 0.0, out / "fold-logs"
     )
     figures = {FEDSTOCK_10MB: fedstock}
     if python is not None:

@@ -10,8 +10,11 @@ to the system, as `python -m server` sets it (common/allocator.py); each under e
 budget asked for (`--max-inflight-mb`, uploads beyond it wait their turn). Prints each run's
 server peak RSS (VmHWM, read from /proc/<pid>/status by this bench once the server has
 done its rounds, before it exits) and median round (from one round's end, the model
-aggregated, to the next one's: rounds 2..R). `make bench-flower` runs the folded, given-back
-server beside Flower on the same job (tests/bench_flower.py). Measures; asserts nothing.
+aggregated, to the next one's: rounds 2..R). With `--pause` each client waits that long
+between taking the model and sending its update, and the server also prints, round by round,
+its highest RSS in that wait: what the download side holds. `make bench-flower` runs the
+folded, given-back server beside Flower on the same job (tests/bench_flower.py). Measures;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -46,6 +50,37 @@ def vmhwm_mib(status: str) -> float:
                 raise ValueError(f"VmHWM line not in kB: {line!r}")
             return int(fields[1]) / 1024
     raise ValueError("no VmHWM line: not the status of a live process")
+
+
+def resident_mib() -> float:
+    """This process's resident set now (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError("no VmRSS line in /proc/self/status")
+
+
+class Sampler:
+    """This process's VmRSS every 2 ms on a thread of its own: what the server holds once the
+    model has gone down and before any update comes up (`--pause`), which VmHWM cannot tell."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.002):
+            self.samples.append((time.perf_counter(), resident_mib()))
+
+    def highest(self, start: float, end: float) -> float:
+        """The highest VmRSS sampled from `start` to `end` (perf_counter seconds)."""
+        return max((mib for at, mib in self.samples if start <= at < end), default=math.nan)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def high_water_mib(pid: int | str = "self") -> float:
@@ -94,6 +129,7 @@ def serve(
     held: bool,
     plain_allocator: bool,
     inflight_mib: float,
+    pause: float,
 ) -> None:
     from common.allocator import give_back_large_buffers
     from common.models.linear import check_weights
@@ -113,6 +149,7 @@ def serve(
     server.start()
     idle = high_water_mib()
     provinces = coordinator.wait_for_clients(clients, timeout=300)
+    sampler = Sampler() if pause else None
     strategy = FedAvg({}, check_weights)
     model = {"coef": np.zeros(floats), "intercept": np.array(0.0)}
 
@@ -120,8 +157,9 @@ def serve(
         strategy.check_update(result.arrays, floats)
         return result
 
-    ends = []
+    starts, ends = [], []
     for server_round in range(1, rounds + 1):
+        starts.append(time.perf_counter())
         payload = Payload.encode(model)
         assignments = {
             p: Assignment(
@@ -141,10 +179,17 @@ def serve(
         ends.append(time.perf_counter())
     coordinator.stop("the benchmark is done", False, 30)
     server.stop(grace=5)
-    report_then_wait({"idle_mib": idle, "median_round": median_interval(ends)})
+    figures = {"idle_mib": idle, "median_round": median_interval(ends)}
+    if sampler is not None:
+        sampler.stop()
+        # Each round's first 80 % of the clients' pause: the model sent, no update yet.
+        figures["downloaded_mib"] = [
+            sampler.highest(start, start + 0.8 * pause) for start in starts
+        ]
+    report_then_wait(figures)
 
 
-def client(port: int, province: str) -> None:
+def client(port: int, province: str, pause: float) -> None:
     import grpc
     import pandas as pd
 
@@ -166,6 +211,7 @@ def client(port: int, province: str) -> None:
                 return
             if task.kind != pb.TASK_KIND_TRAIN:
                 continue
+            time.sleep(pause)
             update = {k: a + rng.normal(scale=1e-3, size=a.shape) for k, a in parameters.items()}
             daemon._submit(task, Outcome(ROWS, {}, update))
 
@@ -177,6 +223,7 @@ def run(
     held: bool,
     plain_allocator: bool,
     inflight_mib: float,
+    pause: float,
     logs: Path,
 ) -> dict:
     port = free_port()
@@ -194,7 +241,7 @@ def run(
             *("serve", "--port", str(port), "--clients", str(clients), "--rounds", str(rounds)),
             *("--floats", str(floats), *(["--held"] if held else [])),
             *(["--plain-allocator"] if plain_allocator else []),
-            *("--max-inflight-mb", str(inflight_mib)),
+            *("--max-inflight-mb", str(inflight_mib), "--pause", str(pause)),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -206,7 +253,11 @@ def run(
     client_logs = [logs / f"{name}-client-{p}.log" for p in PROVINCES[:clients]]
     workers = [
         subprocess.Popen(
-            [*me, "client", "--port", str(port), "--province", log.stem.split("-client-")[1]],
+            [
+                *me,
+                *("client", "--port", str(port), "--province", log.stem.split("-client-")[1]),
+                *("--pause", str(pause)),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
             env=env,
@@ -234,9 +285,11 @@ def main() -> None:
     serve_p.add_argument("--held", action="store_true")
     serve_p.add_argument("--plain-allocator", action="store_true")
     serve_p.add_argument("--max-inflight-mb", type=float, required=True)
+    serve_p.add_argument("--pause", type=float, required=True)
     client_p = sub.add_parser("client", allow_abbrev=False)
     client_p.add_argument("--port", type=int, required=True)
     client_p.add_argument("--province", required=True)
+    client_p.add_argument("--pause", type=float, required=True)
     parser.add_argument("--clients", type=int, default=9, choices=range(1, len(PROVINCES) + 1))
     parser.add_argument("--rounds", type=int, default=10, help="at least 2: rounds 2..R are timed")
     parser.add_argument("--floats", type=int, default=1_250_000, help="weights in each update")
@@ -261,6 +314,13 @@ def main() -> None:
         help="the server's in-flight budgets to run side by side, in MiB (default: the "
         "server's own)",
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds each client waits between taking the model and sending its update; "
+        "with it the server also prints what it holds once the model has gone down",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/fold"))
     args = parser.parse_args()
     if args.role == "serve":
@@ -272,11 +332,14 @@ def main() -> None:
             args.held,
             args.plain_allocator,
             args.max_inflight_mb,
+            args.pause,
         )
         return
     if args.role == "client":
-        client(args.port, args.province)
+        client(args.port, args.province, args.pause)
         return
+    if args.pause < 0:
+        parser.error("--pause must not be negative")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the median round is over rounds 2..R")
     print(f"{args.clients} clients, {args.rounds} rounds, {args.floats * 8 / 1e6:.1f} MB an update")
@@ -288,13 +351,25 @@ def main() -> None:
     keep = {"both": (True, False), "held": (True,), "folded": (False,)}[args.keep]
     for plain_allocator, held, budget in itertools.product(plain, keep, args.max_inflight_mb):
         figures = run(
-            args.clients, args.rounds, args.floats, held, plain_allocator, budget, args.out
+            args.clients,
+            args.rounds,
+            args.floats,
+            held,
+            plain_allocator,
+            budget,
+            args.pause,
+            args.out,
         )
         name = f"{'held' if held else 'folded'}, {'glibc' if plain_allocator else 'given back'}"
         print(
             f"{name:<22} {budget:>10g} {figures['idle_mib']:>9.0f} {figures['peak_mib']:>13.0f} "
             f"{figures['median_round']:>15.3f} {figures['resent']:>15}"
         )
+        if "downloaded_mib" in figures:
+            rows = " ".join(f"{mib:.0f}" for mib in figures["downloaded_mib"])
+            print(f"{'':<22} downloaded MiB, round by round: {rows}")
+    if args.pause:
+        print("(downloaded: the server's highest RSS once the model has gone down, each round)")
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

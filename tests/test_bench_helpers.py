@@ -3,11 +3,12 @@ median round; a wrong parse would print a wrong figure without failing the bench
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from tests.bench_fold import high_water_mib, median_interval, vmhwm_mib
+from tests.bench_fold import Sampler, high_water_mib, median_interval, vmhwm_mib
 
 STATUS = "Name:\tpython\nVmPeak:\t  900000 kB\nVmHWM:\t  262144 kB\nVmRSS:\t  131072 kB\n"
 
@@ -41,3 +42,12 @@ def test_median_interval_spans_round_end_to_round_end() -> None:
 def test_one_round_end_has_no_interval() -> None:
     with pytest.raises(ValueError, match="at least two"):
         median_interval([3.0])
+
+
+def test_the_sampler_reads_the_highest_resident_set_within_a_window_and_none_outside_it():
+    sampler = Sampler()
+    sampler.stop()
+    sampler.samples[:] = [(1.0, 100.0), (2.0, 250.0), (3.0, 180.0), (4.0, 300.0)]
+    assert sampler.highest(1.0, 4.0) == 250.0  # the end is left out
+    assert sampler.highest(2.5, 3.5) == 180.0
+    assert math.isnan(sampler.highest(5.0, 6.0))
