@@ -54,27 +54,19 @@ def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
     `add_FederationServicer_to_server` does, except that GetTask and Session may also answer
     with messages serialized already: a payload's chunks go to every stream of a phase from
     one set of bytes, the same bytes the message would serialize to."""
+    kinds = {
+        "Join": (grpc.unary_unary_rpc_method_handler, pb.JoinRequest, pb.JoinReply),
+        "GetTask": (grpc.unary_stream_rpc_method_handler, pb.TaskRequest, None),
+        "Submit": (grpc.stream_unary_rpc_method_handler, pb.SubmitChunk, pb.SubmitReply),
+        "Session": (grpc.stream_stream_rpc_method_handler, pb.SessionUp, None),
+    }
     handlers = {
-        "Join": grpc.unary_unary_rpc_method_handler(
-            servicer.Join,
-            request_deserializer=pb.JoinRequest.FromString,
-            response_serializer=pb.JoinReply.SerializeToString,
-        ),
-        "GetTask": grpc.unary_stream_rpc_method_handler(
-            servicer.GetTask,
-            request_deserializer=pb.TaskRequest.FromString,
-            response_serializer=_serialized,
-        ),
-        "Submit": grpc.stream_unary_rpc_method_handler(
-            servicer.Submit,
-            request_deserializer=pb.SubmitChunk.FromString,
-            response_serializer=pb.SubmitReply.SerializeToString,
-        ),
-        "Session": grpc.stream_stream_rpc_method_handler(
-            servicer.Session,
-            request_deserializer=pb.SessionUp.FromString,
-            response_serializer=_serialized,
-        ),
+        name: handler(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=reply.SerializeToString if reply else _serialized,
+        )
+        for name, (handler, request, reply) in kinds.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

@@ -13,8 +13,8 @@ import pytest
 from common.launch import free_port
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.__main__ import build_server
-from server.channel import Assignment, gather
-from server.coordinator import Coordinator
+from server.channel import Assignment, Phase, gather
+from server.coordinator import ClientSession, Coordinator
 from server.limits import Activity
 
 pytestmark = pytest.mark.integration
@@ -125,10 +125,9 @@ def test_a_task_whose_stream_ended_fails_unless_its_client_calls_again_in_time()
     assert failure.province == "hubei" and "did not call again within 0.5 s" in failure.reason
 
 
-def test_a_task_handed_out_after_the_stream_ended_fails_unless_its_client_calls_again():
-    """The next phase's task for a province killed between two phases: no stream is left to
-    end, so handing it out starts the grace."""
-    coordinator = Coordinator(poll_seconds=1, return_seconds=0.5)
+def answered_then_gone(coordinator: Coordinator) -> tuple[ClientSession, Phase]:
+    """hubei answers round 1's training over its stream, then the stream ends (its process
+    killed between two phases), and round 1's evaluation is handed to it."""
     client = coordinator.join("hubei", 300, "test")
     first = coordinator.send(
         1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=1), None)}, lambda r: r, DEADLINE
@@ -136,15 +135,17 @@ def test_a_task_handed_out_after_the_stream_ended_fails_unless_its_client_calls_
     assert coordinator.open_stream(client)
     task_id = coordinator.next_assignment(client, lambda: True, streamed=True).task.task_id
     coordinator.resolve(task_id, "trained")
-    coordinator.close_stream(client)  # killed after answering: no task open, nothing to fail
+    coordinator.close_stream(client)  # no task open: nothing to fail
     assert first.results == ["trained"] and first.failures == []
-    second = coordinator.send(
-        1,
-        pb.TASK_KIND_EVALUATE,
-        {"hubei": Assignment(pb.Task(round=1), None)},
-        lambda r: r,
-        DEADLINE,
-    )
+    task = {"hubei": Assignment(pb.Task(round=1), None)}
+    return client, coordinator.send(1, pb.TASK_KIND_EVALUATE, task, lambda r: r, DEADLINE)
+
+
+def test_a_task_handed_out_after_the_stream_ended_fails_unless_its_client_calls_again():
+    """The next phase's task for a province killed between two phases: no stream is left to
+    end, so handing it out starts the grace."""
+    coordinator = Coordinator(poll_seconds=1, return_seconds=0.5)
+    _, second = answered_then_gone(coordinator)
     while second.waiting:  # the grace's timer fails it; a stall fails by the test's timeout
         coordinator.wait_any([second], timeout=1)
     [failure] = second.failures
@@ -153,21 +154,7 @@ def test_a_task_handed_out_after_the_stream_ended_fails_unless_its_client_calls_
 
 def test_a_task_handed_to_a_client_that_calls_again_in_time_stays_open():
     coordinator = Coordinator(poll_seconds=1, return_seconds=0.5)
-    client = coordinator.join("hubei", 300, "test")
-    coordinator.send(
-        1, pb.TASK_KIND_TRAIN, {"hubei": Assignment(pb.Task(round=1), None)}, lambda r: r, DEADLINE
-    )
-    assert coordinator.open_stream(client)
-    task_id = coordinator.next_assignment(client, lambda: True, streamed=True).task.task_id
-    coordinator.resolve(task_id, "trained")
-    coordinator.close_stream(client)
-    phase = coordinator.send(
-        1,
-        pb.TASK_KIND_EVALUATE,
-        {"hubei": Assignment(pb.Task(round=1), None)},
-        lambda r: r,
-        DEADLINE,
-    )
+    client, phase = answered_then_gone(coordinator)
     assert coordinator.open_stream(client)  # it reconnects before the grace ends
     coordinator._unreturned(client, client.open_task)  # the grace's check, run by hand
     assert phase.waiting and phase.failures == []
