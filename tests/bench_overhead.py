@@ -45,6 +45,21 @@ def server_threads(pid: int) -> Counter[str]:
     return kinds
 
 
+def switches(pid: int) -> Counter[str]:
+    """Times the server's threads gave up a core, by kind as `server_threads` counts them: a
+    wake-up each (voluntary) or a preemption (involuntary), whatever the machine's clock."""
+    kinds: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            status = (task / "status").read_text().splitlines()
+        except OSError:  # the thread ended
+            continue
+        kind = "main thread" if task.name == str(pid) else f"{name} threads"
+        kinds[kind] += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+    return kinds
+
+
 def wait_for(log: Path, line: str, federation: LocalFederation) -> None:
     assert federation.server is not None
     while line not in log.read_text(errors="replace"):
@@ -62,11 +77,13 @@ def run(parquet: Path, out: Path, rounds: int, rows: int) -> None:
     log, first, last = out / "server.log", rounds // 4, 3 * rounds // 4
     wait_for(log, f"round {first}/{rounds}:", federation)
     began, before = time.perf_counter(), server_threads(federation.server.pid)
+    switched = switches(federation.server.pid)
     clients_before = {
         p: cpu_seconds(Path(f"/proc/{c.pid}/stat")) for p, c in federation.clients.items()
     }
     wait_for(log, f"round {last}/{rounds}:", federation)
     after, wall = server_threads(federation.server.pid), time.perf_counter() - began
+    switched = switches(federation.server.pid) - switched
     clients_after = {
         p: cpu_seconds(Path(f"/proc/{c.pid}/stat")) for p, c in federation.clients.items()
     }
@@ -99,6 +116,10 @@ def run(parquet: Path, out: Path, rounds: int, rows: int) -> None:
     for kind, ms in sorted(per_round.items(), key=lambda item: -item[1]):
         if ms >= 0.05:
             print(f"    {kind:24} {ms:6.2f} ms")
+    print(
+        "  server context switches a round: "
+        + ", ".join(f"{kind} {n / counted:.1f}" for kind, n in sorted(switched.items()) if n)
+    )
     print(
         f"  client CPU a round: median {statistics.median(clients):.1f} ms, "
         f"{sum(clients):.1f} ms over the nine"
