@@ -420,7 +420,10 @@ class Coordinator:
         if client is not None and client.open_task == task_id:
             client.open_task = None
             client.pending = None
-        self._cond.notify_all()
+        if not phase.waiting:
+            # Only a closed phase is news to `wait_any`: waking the round loop at each of its
+            # tasks cost a context switch and a pass over the phases per outcome.
+            self._cond.notify_all()
 
     # -- shutdown -----------------------------------------------------------------------------
 
