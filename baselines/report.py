@@ -350,7 +350,11 @@ def _privacy_section(comparison: Comparison, out: Path) -> list[str]:
         "province's step from the global model to a norm C and adds Gaussian noise to the sum, "
         "calibrated to spend ε over all rounds (δ = 1e-5); ε = ∞ is the run without DP. LR is "
         "swept as lr-sgd, learnt by gradient steps from zero weights as DP-FedAvg expects (the "
-        "exact fit's MSE in one round), beside its own run without DP.",
+        "exact fit's MSE in one round), beside its own run without DP. Under DP the MSE shown is "
+        "the one DP releases, not the model's clear score: each province's MSE clipped to "
+        "[0, B] (`--dp-score-clip`, 1 by default) plus Gaussian noise, clamped into [0, B] "
+        "again, pooled; at small ε that noise can outweigh the score (a release of 0 is "
+        "possible), so read these points as what a DP run may publish.",
         "",
         *privacy.table(comparison.privacy),
         "",
