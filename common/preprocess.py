@@ -7,8 +7,9 @@ variance and Pearson correlation, and every client then scales with the same num
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -222,6 +223,20 @@ class GlobalStatistics:
             correlation = covariance / np.outer(std, std)
         correlation[~np.isfinite(correlation)] = 0.0
         return cls(list(columns), int(count), mean, std, correlation, forecast)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], forecast: str) -> GlobalStatistics:
+        """The statistics as a results file keeps them (correlations to 6 decimals), of a
+        target in the quantity `forecast`: what a resumed server and a scorer of the saved
+        model rebuild the run's scaler from."""
+        return cls(
+            list(record["columns"]),
+            int(record["rows"]),
+            np.asarray(record["mean"]),
+            np.asarray(record["std"]),
+            np.asarray(record["pearson"]),
+            forecast,
+        )
 
     def move_moments(self) -> tuple[float, float]:
         """Mean and deviation of the target's move from no move: from today's close for a

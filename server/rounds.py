@@ -261,7 +261,7 @@ class RoundLoop:
         )
         self._use_split(self.results.data.get("split", {}))
         record = self.results.data["statistics"]
-        stats = statistics_from_record(record, self.settings.forecast)
+        stats = GlobalStatistics.from_record(record, self.settings.forecast)
         self._use_statistics(stats, record["train_samples"])
         return resumed.server_round + 1, resumed.train_seconds
 
@@ -387,16 +387,3 @@ class RoundLoop:
             return evaluation
         finally:
             self.strategy, self.parameters, self.task_config, self.settings = saved
-
-
-def statistics_from_record(record: dict[str, Any], forecast: str) -> GlobalStatistics:
-    """The global statistics as the results file keeps them (correlations to 6 decimals), of a
-    target in the quantity `forecast`."""
-    return GlobalStatistics(
-        record["columns"],
-        record["rows"],
-        np.asarray(record["mean"]),
-        np.asarray(record["std"]),
-        np.asarray(record["pearson"]),
-        forecast,
-    )

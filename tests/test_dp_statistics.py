@@ -8,13 +8,13 @@ from client.local import LocalWork
 from client.privacy import PrivacyError
 from common import dpbounds, dpstats, preprocess
 from common.data import synthesize_province
+from common.preprocess import GlobalStatistics
 from common.protection import DPStatistics, Protection
 from common.provinces import PROVINCES
 from server.checks import check_statistics
 from server.cli import parse_args
 from server.memory import MemoryChannel
 from server.privacy.dp import epsilon
-from server.rounds import statistics_from_record
 from tests import in_memory
 
 D = 9  # the next-day setting's eight features and the target
@@ -177,7 +177,7 @@ def test_the_moves_sums_map_back_to_the_prices_exactly():
 
 def change_deviation(results: dict) -> float:
     """The deviation of tomorrow's price from today's close, as the run's statistics give it."""
-    return statistics_from_record(results["statistics"], "price").move_moments()[1]
+    return GlobalStatistics.from_record(results["statistics"], "price").move_moments()[1]
 
 
 @pytest.mark.parametrize("mode", ["dp-central", "dp-local"])
