@@ -43,11 +43,7 @@ def fit_union(
 def score(spec: Model, fitted: Any, scaling: Scaling, splits: Mapping[str, Split]) -> Evaluation:
     """Each split's test rows scored, pooled as the server pools them."""
     inputs = scaling.apply if spec.scaled else np.asarray
-    return results.evaluation(
-        (name, results.scores(spec.predict(fitted, inputs(s.x_test)), s), len(s.y_test))
-        for name, s in splits.items()
-        if len(s.y_test)
-    )
+    return results.score_splits(lambda x: spec.predict(fitted, inputs(x)), splits)
 
 
 def cross_validate(

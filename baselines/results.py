@@ -8,7 +8,7 @@ same naive baselines beside it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,18 @@ from common.scores import Evaluation
 def scores(prediction: np.ndarray, split: Split) -> dict[str, float]:
     """A province's test scores as a federation's client computes them, naive forecasts beside."""
     return forecast.scores(prediction, split.y_test, split.reference_test)
+
+
+def score_splits(
+    predict: Callable[[np.ndarray], np.ndarray], splits: Mapping[str, Split]
+) -> Evaluation:
+    """Each split's test rows forecast by `predict` (the split's raw feature rows in) and
+    scored as its province would score them, pooled as the server pools them."""
+    return evaluation(
+        (name, scores(predict(s.x_test), s), len(s.y_test))
+        for name, s in splits.items()
+        if len(s.y_test)
+    )
 
 
 def cross_validated(folds: list[Evaluation], by_time: TimeFolds | None) -> dict[str, Any]:
