@@ -2,8 +2,11 @@
 
 Shared by `make reproduce` (LR, as lr-sgd, and SVM at a few ε beside their runs without DP)
 and `make bench-privacy` (what every --privacy mode costs). Every point is a real federation,
-so the clipping, noise and accounting are the server's own; this module only turns results
-documents into rows, a CSV and the MSE/ε plot.
+so the clipping, noise and accounting are the server's own. Each row carries two MSEs: the
+final model's clear score on the union of the provinces' test rows (`baselines.clear`, by
+whoever holds the rows), with the naive forecast's MSE and the skill on the same rows, and the
+MSE the run recorded, which under DP is the noisy score DP releases, not the model's. This
+module turns results documents into rows, a CSV, a table and the clear MSE/ε plot.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
+from baselines import clear
 from common import paillier, secagg
 
 # The models swept, each with a clip norm a little above its update norm. DP-FedAvg clips and
@@ -36,7 +41,26 @@ CLIPS = {"lr-sgd": 0.2, "svm": 1.0}
 PAPER_MODEL = {"lr-sgd": "lr", "svm": "svm"}
 EPSILONS = (1.0, 3.0, 10.0)
 PLAIN = "plain"
-COLUMNS = ("model", "mode", "epsilon", "mse", "seconds_per_round", "bytes_per_round")
+COLUMNS = (
+    "model",
+    "mode",
+    "epsilon",
+    "clear_mse",
+    "naive_mse",
+    "clear_skill",
+    "test_rows",
+    "recorded_mse",
+    "recorded_as",
+    "seconds_per_round",
+    "bytes_per_round",
+)
+# What the MSE a run records is, by its --privacy mode: under DP each province's MSE, each
+# row's squared error clipped to --dp-score-clip B, noised, clamped into [0, B], pooled.
+RECORDED_AS = {
+    "dp-central": "DP release, noised by the server",
+    "dp-local": "DP release, noised by each province",
+}
+CLEAR = "clear"
 
 
 def dp_flags(model: str, epsilon: float, mode: str = "dp-central") -> list[str]:
@@ -48,8 +72,15 @@ def dp_label(epsilon: float, mode: str = "dp-central") -> str:
     return f"{mode} ε={epsilon:g}"
 
 
-def summarise(model: str, mode: str, results: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """One row from a finished federation's results document and the model file beside it.
+def summarise(
+    model: str,
+    mode: str,
+    results: dict[str, Any],
+    folder: Path,
+    frames: Mapping[str, pd.DataFrame],
+) -> dict[str, Any]:
+    """One row from a finished federation's results document and the model file beside it,
+    that model scored in the clear on the test rows of `frames` (every province's raw rows).
 
     Bytes per round are the tensors only: each client receives the global parameters for
     training and again for evaluation and sends one update (3 × clients × payload), plus secure
@@ -71,10 +102,17 @@ def summarise(model: str, mode: str, results: dict[str, Any], folder: Path) -> d
         public = paillier.read_public_key(Path(config["he_public_key"]), allow_small=True)
         width = paillier.width(public.n)
         total = he_bytes(clients, payload, values, width, _proof_bytes(results, folder))
+    scored = clear.score(results, folder, frames)
+    pooled = scored.pooled()
     return {
         "model": model,
         "mode": mode,
-        "mse": results["final"]["mse"],
+        "clear_mse": scored.mse,
+        "naive_mse": pooled["naive_mse"],
+        "clear_skill": pooled["skill"],
+        "test_rows": sum(int(s["n_test"]) for s in scored.per_client.values()),
+        "recorded_mse": results["final"]["mse"],
+        "recorded_as": RECORDED_AS.get(str(config.get("privacy")), CLEAR),
         "seconds_per_round": statistics.median(r["seconds"] for r in records),
         "bytes_per_round": total,
         "epsilon": records[-1].get("privacy", {}).get("epsilon"),
@@ -121,27 +159,38 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for row in rows:
-            if "mse" in row:
+            if "failed" not in row:
                 epsilon = math.inf if row["epsilon"] is None else row["epsilon"]
                 writer.writerow([row[c] if c != "epsilon" else epsilon for c in COLUMNS])
     return path
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, clients: int = 9) -> Path:
-    """MSE against ε for each model and DP mode, with the run without DP as a line to beat."""
+    """The final models' clear MSE against ε for each model and DP mode, with each model's run
+    without DP (ε = ∞) as the line the curve starts from, and the naive forecast's MSE on that
+    run's test rows as the line to beat. The MSEs DP released are in the table, not here."""
     figure, axis = plt.subplots(figsize=(6, 4))
+    naive = None
     for k, model in enumerate(sorted({r["model"] for r in rows})):
-        done = [r for r in rows if r["model"] == model and "mse" in r]
+        done = [r for r in rows if r["model"] == model and "failed" not in r]
         for mode, marker in (("dp-central", "o-"), ("dp-local", "s:")):
-            points = sorted((r["epsilon"], r["mse"]) for r in done if r["mode"].startswith(mode))
+            points = sorted(
+                (r["epsilon"], r["clear_mse"]) for r in done if r["mode"].startswith(mode)
+            )
             if points:
                 axis.plot(
                     *zip(*points, strict=True), marker, color=f"C{k}", label=f"{model} {mode}"
                 )
         for r in done:
             if r["mode"] == PLAIN:
-                axis.axhline(r["mse"], linestyle="--", color=f"C{k}", label=f"{model} no DP (ε=∞)")
-    axis.set(xscale="log", yscale="log", xlabel="ε (δ = 1e-5)", ylabel="test MSE")
+                axis.axhline(
+                    r["clear_mse"], linestyle="--", color=f"C{k}", label=f"{model} no DP (ε=∞)"
+                )
+                naive = r["naive_mse"] if naive is None else naive
+    if naive is not None:
+        axis.axhline(naive, linestyle=":", color="grey", label="naive forecast")
+    axis.set(xscale="log", yscale="log", xlabel="ε (δ = 1e-5)")
+    axis.set_ylabel("clear test MSE of the final model")
     axis.set_title(f"Client-level DP: accuracy against privacy, {clients} provinces")
     axis.legend(fontsize="small")
     figure.tight_layout()
@@ -151,15 +200,21 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, clients: int = 9) -> Path:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The rows as a Markdown table, for reports."""
-    lines = ["| model | mode | ε spent | MSE | s/round |", "|---|---|---:|---:|---:|"]
+    """The rows as a Markdown table, for reports: the clear score first, the recorded one after."""
+    lines = [
+        "| model | mode | ε spent | clear MSE | naive MSE | skill | test rows | recorded MSE "
+        "| recorded as | s/round |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in rows:
-        if "mse" in r:
-            spent = "∞" if r["epsilon"] is None else f"{r['epsilon']:.3g}"
-            lines.append(
-                f"| {r['model']} | {r['mode']} | {spent} | {r['mse']:.4g} | "
-                f"{r['seconds_per_round']:.3g} |"
-            )
-        else:
-            lines.append(f"| {r['model']} | {r['mode']} | | {r['failed']} | |")
+        if "failed" in r:
+            lines.append(f"| {r['model']} | {r['mode']} | | {r['failed']} | | | | | | |")
+            continue
+        spent = "∞" if r["epsilon"] is None else f"{r['epsilon']:.3g}"
+        skill = "" if r["clear_skill"] is None else f"{r['clear_skill']:+.2%}"
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {spent} | {r['clear_mse']:.4g} | "
+            f"{r['naive_mse']:.4g} | {skill} | {r['test_rows']:,} | {r['recorded_mse']:.4g} | "
+            f"{r['recorded_as']} | {r['seconds_per_round']:.3g} |"
+        )
     return lines

@@ -350,11 +350,16 @@ def _privacy_section(comparison: Comparison, out: Path) -> list[str]:
         "province's step from the global model to a norm C and adds Gaussian noise to the sum, "
         "calibrated to spend ε over all rounds (δ = 1e-5); ε = ∞ is the run without DP. LR is "
         "swept as lr-sgd, learnt by gradient steps from zero weights as DP-FedAvg expects (the "
-        "exact fit's MSE in one round), beside its own run without DP. Under DP the MSE shown is "
-        "the one DP releases, not the model's clear score: each province's MSE clipped to "
-        "[0, B] (`--dp-score-clip`, 1 by default) plus Gaussian noise, clamped into [0, B] "
-        "again, pooled; at small ε that noise can outweigh the score (a release of 0 is "
-        "possible), so read these points as what a DP run may publish.",
+        "exact fit's MSE in one round), beside its own run without DP. The clear MSE is each "
+        "run's final model scored here, in the clear, on the union of the provinces' test rows "
+        "(this machine made them), with the run's own split, features, target and scaler: "
+        "under DP the split's cutoff and the scaler come from noised counts and sums, so the "
+        "test rows can differ by a few days between runs, and the naive forecast's MSE and the "
+        "skill are on each run's own rows. The recorded MSE is the one the run's results hold: "
+        "under DP the one DP releases, each province's MSE clipped per row to B "
+        "(`--dp-score-clip`, 1 by default), noised, clamped into [0, B], pooled, which says "
+        "little of the model at small ε (a release of 0 is possible); without DP the clear "
+        "score the provinces sent. The plot shows the clear MSE.",
         "",
         *privacy.table(comparison.privacy),
         "",
@@ -479,7 +484,8 @@ def write_report(comparison: Comparison, out: Path, agreement: Sequence[str] = (
         *(f"- {note}" for note in comparison.notes),
         "",
         "Files: `table2_mse.csv`, `table3_seconds.csv`, `runs.csv` (every run with all its "
-        "timings), `privacy.csv` (the DP sweep) and `results/*.json` (each run's results file).",
+        "timings), `privacy.csv` (the DP sweep: clear and recorded MSE per point) and "
+        "`results/*.json` (each run's results file).",
         "",
     ]
     path = out / "report.md"

@@ -389,14 +389,20 @@ def privacy_sweep(
     plan: Plan, comparison: report.Comparison, progress: Progress
 ) -> list[dict[str, Any]]:
     """Each point of the plan's DP sweep as a row, after the model's run without DP (ε=∞):
-    the comparison's own federated run, or the sweep's first point."""
-    rows = []
+    the comparison's own federated run, or the sweep's first point. Each run's final model is
+    scored in the clear on the provinces' rows, which this machine holds (it made them)."""
+    rows: list[dict[str, Any]] = []
+    if not plan.privacy_points():
+        return rows
+    frames = load_frames(plan.data)
     for model in dict.fromkeys(m for m, _ in plan.privacy_points()):
         plain = comparison.runs.get(("federated", model))
         if plain is not None:
-            rows.append(
-                privacy.summarise(model, privacy.PLAIN, plain, plan.out / "federated" / model)
-            )
+            folder = plan.out / "federated" / model
+            try:
+                rows.append(privacy.summarise(model, privacy.PLAIN, plain, folder, frames))
+            except ValueError as error:  # not the rows the run scored
+                rows.append({"model": model, "mode": privacy.PLAIN, "failed": str(error)})
         for epsilon in (e for m, e in plan.privacy_points() if m == model):
             dp = math.isfinite(epsilon)
             label = privacy.dp_label(epsilon) if dp else privacy.PLAIN
@@ -407,12 +413,17 @@ def privacy_sweep(
                     outcome = run_federation(
                         model, plan.data, plan.scale, plan.out, progress, flags, name
                     )
-                except RuntimeError as error:
+                    folder = plan.out / "federated" / name
+                    row = privacy.summarise(model, label, outcome, folder, frames)
+                except (RuntimeError, ValueError) as error:
                     rows.append({"model": model, "mode": label, "failed": str(error)})
                     shown["status"] = str(error)
                     continue
-                rows.append(privacy.summarise(model, label, outcome, plan.out / "federated" / name))
-                shown["mse"] = outcome["final"]["mse"]
+                rows.append(row)
+                shown["status"] = (
+                    f"clear MSE {row['clear_mse']:.6g} (recorded {row['recorded_mse']:.6g}: "
+                    f"{row['recorded_as']})"
+                )
     return rows
 
 
@@ -456,7 +467,7 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
         epsilons = ", ".join(f"{e:g}" for e in plan.scale.epsilons)
         facts["DP sweep"] = (
             f"central client-level DP at ε = {epsilons} over all rounds (δ = 1e-5), "
-            f"clip norm {clips}"
+            f"clip norm {clips}; each final model scored in the clear on its run's test rows"
         )
     facts.update(machine.machine())
     facts.update(machine.versions())

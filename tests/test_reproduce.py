@@ -7,12 +7,13 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
-from baselines import agreement, paper, reproduce, reproduce_cli
-from baselines.data import DataOptions
+from baselines import agreement, clear, paper, privacy, reproduce, reproduce_cli
+from baselines.data import DataOptions, load_frames, write_synthetic
 from baselines.report import Comparison, naive_findings, write_table
-from common import forecast
+from common import forecast, preprocess
 from common.registry import MODELS
 from server.config import PrivacySettings
 
@@ -76,16 +77,71 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
     assert "beat the naive forecast" in text and "| naive MSE | skill |" in text
     assert federated["final"]["naive_mse"] > 0 and "skill" in federated["final"]
 
-    # Each model without DP (ε = ∞) and at each ε. Under DP the MSE is the released one: each
-    # province's clipped to [0, B], noised and clamped into [0, B] again, so at small ε it is
-    # mostly noise (it may read 0) and no order against the run without DP holds.
+    # Each model without DP (ε = ∞) and at each ε, its final model scored in the clear. The
+    # recorded MSE under DP is the released one, clipped to [0, B], noised and clamped, so no
+    # order holds of it; without DP it is the provinces' own clear score, which the harness's
+    # must equal, and each model's ε = ∞ point is its plain run.
     points = table(out / "privacy.csv")
     for model in ("lr-sgd", "svm"):
-        mse = {float(r["epsilon"]): float(r["mse"]) for r in points if r["model"] == model}
-        assert len(mse) == 1 + len(reproduce.SCALES["tiny"].epsilons), points
-        assert all(math.isfinite(m) for m in mse.values())
-        assert all(0.0 <= m <= SCORE_CLIP for e, m in mse.items() if math.isfinite(e)), mse
-    assert "the one DP releases, not the model's clear score" in text
+        rows = {float(r["epsilon"]): r for r in points if r["model"] == model}
+        assert len(rows) == 1 + len(reproduce.SCALES["tiny"].epsilons), points
+        for epsilon, row in rows.items():
+            clear, naive = float(row["clear_mse"]), float(row["naive_mse"])
+            assert math.isfinite(clear) and clear >= 0 and naive > 0, row
+            assert float(row["clear_skill"]) == pytest.approx(1 - clear / naive, rel=1e-9)
+            assert int(row["test_rows"]) > 0
+            if math.isfinite(epsilon):
+                assert row["recorded_as"] == "DP release, noised by the server", row
+                assert 0.0 <= float(row["recorded_mse"]) <= SCORE_CLIP, row
+        plain = rows[math.inf]
+        assert plain["mode"] == "plain" and plain["recorded_as"] == "clear"
+        assert float(plain["clear_mse"]) == pytest.approx(float(plain["recorded_mse"]), rel=1e-9)
+    # svm's ε = ∞ point is the comparison's own federated run.
+    federated_svm = json.loads((out / "results" / "federated-svm.json").read_text())["final"]
+    svm_plain = next(r for r in points if r["model"] == "svm" and r["mode"] == "plain")
+    assert float(svm_plain["clear_mse"]) == pytest.approx(federated_svm["mse"], rel=1e-9)
+    assert int(svm_plain["test_rows"]) == sum(
+        s["n_test"] for s in federated_svm["per_client"].values()
+    )
+    assert "| clear MSE | naive MSE | skill |" in text and "the one DP releases" in text
+
+
+@pytest.mark.timeout(900)  # a guard against a hang only
+def test_the_clear_score_of_a_dp_model_is_its_mse_on_the_union_of_the_test_rows(tmp_path):
+    """A real dp-central federation of lr-sgd; its saved model scored by the harness equals
+    the model's MSE computed here by hand on the union of the provinces' test rows, split at
+    the run's (noised) cutoff and scaled by its (noised) scaler; rows of another market or a
+    missing province are refused."""
+    data = write_synthetic(tmp_path / "data", 4_000, 7)
+    options = DataOptions(data=str(data), rows=4_000, seed=7)
+    scale = reproduce.SCALES["tiny"]
+    flags = privacy.dp_flags("lr-sgd", 1.0)
+    outcome = reproduce.run_federation(
+        "lr-sgd", options, scale, tmp_path, reproduce.Progress(1), flags, "dp"
+    )
+    folder = tmp_path / "federated" / "dp"
+    frames = load_frames(options)
+    scored = clear.score(outcome, folder, frames)
+
+    split, stats, context = outcome["split"], outcome["statistics"], outcome["task_context"]
+    parts = [preprocess.split(raw, cutoff=split["cutoff"]) for raw in frames.values()]
+    x = np.vstack([p.x_test for p in parts])
+    y = np.concatenate([p.y_test for p in parts])
+    std = np.array(stats["std"][:-1])
+    scaled = (x - np.array(stats["mean"][:-1])) / np.where(std == 0, 1.0, std)
+    with np.load(folder / "model.npz") as model:
+        move = scaled @ model["coef"] + model["intercept"]
+    close = x[:, preprocess.NEXT_DAY_FEATURES.index("close")]
+    prediction = close + context["change_mean"] + move * context["change_std"]
+    assert scored.mse == pytest.approx(float(np.mean((prediction - y) ** 2)), rel=1e-9)
+    assert scored.pooled()["last_close_mse"] == pytest.approx(float(np.mean((close - y) ** 2)))
+    assert sum(s["n_test"] for s in scored.per_client.values()) == len(y)
+
+    other = load_frames(DataOptions(rows=3_000, seed=8))
+    with pytest.raises(ValueError, match="test rows"):
+        clear.score(outcome, folder, other)
+    with pytest.raises(ValueError, match="provinces"):
+        clear.score(outcome, folder, dict(list(frames.items())[1:]))
 
 
 def test_a_table_says_why_a_cell_is_empty(tmp_path):
