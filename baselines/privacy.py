@@ -79,8 +79,23 @@ def summarise(
     folder: Path,
     frames: Mapping[str, pd.DataFrame],
 ) -> dict[str, Any]:
-    """One row from a finished federation's results document and the model file beside it,
-    that model scored in the clear on the test rows of `frames` (every province's raw rows).
+    """One row from a finished federation (`recorded`), its final model scored in the clear on
+    the test rows of `frames` (every province's raw rows), with the naive forecast's MSE and
+    the skill on the same rows."""
+    scored = clear.score(results, folder, frames)
+    pooled = scored.pooled()
+    return {
+        **recorded(model, mode, results, folder),
+        "clear_mse": scored.mse,
+        "naive_mse": pooled["naive_mse"],
+        "clear_skill": pooled["skill"],
+        "test_rows": sum(int(s["n_test"]) for s in scored.per_client.values()),
+    }
+
+
+def recorded(model: str, mode: str, results: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """What a finished federation's results document and the model file beside it say: the
+    MSE it recorded and what that is, the ε spent, seconds and bytes per round.
 
     Bytes per round are the tensors only: each client receives the global parameters for
     training and again for evaluation and sends one update (3 × clients × payload), plus secure
@@ -102,15 +117,9 @@ def summarise(
         public = paillier.read_public_key(Path(config["he_public_key"]), allow_small=True)
         width = paillier.width(public.n)
         total = he_bytes(clients, payload, values, width, _proof_bytes(results, folder))
-    scored = clear.score(results, folder, frames)
-    pooled = scored.pooled()
     return {
         "model": model,
         "mode": mode,
-        "clear_mse": scored.mse,
-        "naive_mse": pooled["naive_mse"],
-        "clear_skill": pooled["skill"],
-        "test_rows": sum(int(s["n_test"]) for s in scored.per_client.values()),
         "recorded_mse": results["final"]["mse"],
         "recorded_as": RECORDED_AS.get(str(config.get("privacy")), CLEAR),
         "seconds_per_round": statistics.median(r["seconds"] for r in records),

@@ -1,7 +1,7 @@
 """`make bench-privacy`: what each privacy mode costs, on real processes over localhost.
 
 For each model whose updates are weight vectors, one federation per mode: the final MSE, the
-median seconds per round, and the tensor bytes per round (`baselines.privacy.summarise` says
+median seconds per round, and the tensor bytes per round (`baselines.privacy.recorded` says
 what is counted). The MSE is given twice: the final model's, scored in the clear on the union
 of the provinces' test rows (this process makes the same synthetic market the clients make),
 and the one the run recorded, which under DP is the noisy score DP releases. With --out, also

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from baselines.privacy import summarise
+from baselines.privacy import recorded
 from common.launch import SINGLE_THREADED, LocalFederation, log_tail
 
 
@@ -107,7 +107,7 @@ def measure(
 ) -> dict[str, Any]:
     """Run `count` sessions of `model` to the end of a federation started with `server_args`
     (over mutual TLS if `tls`), print its figures, and return them with the row
-    `baselines.privacy.summarise` makes of the run."""
+    `baselines.privacy.recorded` makes of the run."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         names = write_members(out / "members.csv", count)
@@ -203,7 +203,7 @@ def measure(
         )
         sys.stdout.flush()
         mode = " ".join(server_args) or "plain"
-        row = summarise(model, mode, record, out)
+        row = recorded(model, mode, record, out)
         return {
             **row,
             "members": count,
