@@ -191,16 +191,14 @@ class Coordinator:
         did not come back, so the round goes on without it instead of waiting for the deadline.
         A newer Join of the province, or any call of this session, leaves the task open."""
         with self._cond:
-            if client.streams or client.open_task != task_id or task_id not in self._open:
-                return
-            if self._sessions.get(client.session) is not client:
+            if client.streams or client.open_task != task_id:
                 return
             why = (
                 f"the session stream of {client.province} ended and it did not call "
                 f"again within {self.return_seconds:g} s (--idle-timeout): taken for gone"
             )
-            log.warning("%s", why)
-            self.fail(task_id, why)
+            if self.fail_silent(client, self.return_seconds, why):
+                log.warning("%s", why)
 
     def roster(self) -> list[str]:
         return sorted(self.members.names)
