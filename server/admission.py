@@ -16,8 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from common.tensors import PayloadError
-
 # The server's default --max-inflight-mb, and so its default largest update: room for the
 # largest updates fedstock's models send (a forest of full-depth trees is 300 MB and more).
 # A job of many mid-sized updates peaks lower under a budget of about one of them
@@ -26,11 +24,6 @@ DEFAULT_INFLIGHT_MIB = 4096.0
 # How often a waiter looks again at whether it was abandoned (its task closed) when nothing
 # woke it: a call that ends wakes every waiter at once (see Admission.wake).
 RECHECK_SECONDS = 1.0
-
-
-class BudgetExhausted(PayloadError):
-    """An upload announced more than every upload in flight may hold together: it could never
-    be admitted, however long it waited."""
 
 
 class Admission:
@@ -50,12 +43,13 @@ class Admission:
     ) -> bool:
         """Wait until `nbytes` are free and every earlier waiter is admitted, then take them:
         True. False, holding nothing, once `until` (time.monotonic) has passed or
-        `abandoned()` says the upload is no longer wanted. BudgetExhausted if `nbytes` is more
-        than the whole budget."""
+        `abandoned()` says the upload is no longer wanted. ValueError if `nbytes` is more than
+        the whole budget: such a reservation could never be taken, and the server refuses any
+        upload above its largest update, which is never more than the budget."""
         if nbytes > self.limit:
-            raise BudgetExhausted(
-                f"the upload announces {nbytes} bytes, more than the {self.limit} bytes all "
-                "uploads in flight may hold together (the server's --max-inflight-mb)"
+            raise ValueError(
+                f"reserving {nbytes} bytes, more than the {self.limit} bytes all uploads in "
+                "flight may hold together"
             )
         ticket = object()
         with self._cond:

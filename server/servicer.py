@@ -90,6 +90,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._mutual_tls = mutual_tls
         # Every upload in flight together; by default as much as one update of the largest size.
         self._admission = admission or Admission(max_update_bytes)
+        if self._admission.limit < max_update_bytes:
+            # An update of the largest size would wait for room that never comes.
+            raise ValueError(
+                f"an in-flight budget of {self._admission.limit} bytes (--max-inflight-mb) "
+                f"cannot admit an update of {max_update_bytes} bytes (--max-update-mb)"
+            )
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         try:

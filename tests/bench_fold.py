@@ -145,7 +145,8 @@ def serve(
         give_back_large_buffers()  # as `python -m server` does
     coordinator = Coordinator(poll_seconds=5)
     admission = Admission(int(inflight_mib * (1 << 20)))
-    server, _ = build_server(coordinator, f"127.0.0.1:{port}", 32, LIMIT, None, admission)
+    largest = min(LIMIT, admission.limit)  # as `python -m server` caps it by the budget
+    server, _ = build_server(coordinator, f"127.0.0.1:{port}", 32, largest, None, admission)
     server.start()
     idle = high_water_mib()
     provinces = coordinator.wait_for_clients(clients, timeout=300)

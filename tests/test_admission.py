@@ -1,6 +1,7 @@
 """Admission by reservation (server/admission.py): uploads beyond the in-flight budget wait
 their turn, first come first served, instead of being refused; one above the whole budget is
-refused at once; a wait ends at its task's deadline or when its stream goes, holding nothing.
+refused at once (a server whose budget cannot hold its largest update is refused when built);
+a wait ends at its task's deadline or when its stream goes, holding nothing.
 
 The first tests drive Admission itself from threads; the rest run the real service over
 localhost gRPC, with Session streams whose messages the test sends one by one, and watch the
@@ -19,7 +20,7 @@ from common.wire import SESSION_METADATA_KEY
 from proto.fedstock.v1 import federation_pb2 as pb
 from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
 from server.__main__ import build_server
-from server.admission import Admission, BudgetExhausted
+from server.admission import Admission
 from server.channel import Assignment, Phase
 from server.coordinator import Coordinator
 from tests.test_session_stream import NEXT, OPEN, RawStream
@@ -84,7 +85,7 @@ def test_a_wait_ends_at_its_deadline_or_when_abandoned_holding_nothing():
 
 def test_more_than_the_whole_budget_is_refused_at_once_and_bad_counts_are_errors():
     admission = Admission(100)
-    with pytest.raises(BudgetExhausted, match="more than the 100 bytes"):
+    with pytest.raises(ValueError, match="more than the 100 bytes"):
         admission.reserve(101, FOREVER)
     assert admission.used == 0 and admission.waiting == 0
     with pytest.raises(ValueError, match="only 0 are reserved"):
@@ -108,7 +109,7 @@ class Federation:
             self.coordinator,
             address,
             16,
-            1 << 26,
+            budget,  # the largest update is the budget, as `python -m server` has it by default
             admission=self.admission,
             idle_seconds=idle_seconds,
         )
@@ -196,7 +197,7 @@ def test_two_uploads_above_half_the_budget_are_taken_one_after_the_other_both_ac
     assert phase.failures == [] and fed.admission.used == 0
 
 
-def test_an_upload_above_the_whole_budget_is_refused_at_once_with_the_reason(federation):
+def test_an_upload_above_the_whole_budget_is_refused_at_once_as_too_large(federation):
     fed = federation(SIZE - 1, ("hubei",))
     phase = fed.send(("hubei",))
     stream, task = fed.task_stream("hubei")
@@ -204,9 +205,16 @@ def test_an_upload_above_the_whole_budget_is_refused_at_once_with_the_reason(fed
     with pytest.raises(grpc.RpcError) as refused:
         stream.read()
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "--max-inflight-mb" in refused.value.details()
+    assert f"exceeds the limit of {SIZE - 1} bytes" in refused.value.details()
     assert [f.province for f in phase.failures] == ["hubei"]
     assert fed.admission.used == 0 and fed.admission.waiting == 0
+
+
+def test_a_server_whose_budget_cannot_hold_its_largest_update_is_refused_when_built():
+    coordinator = Coordinator(poll_seconds=1)
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError, match="cannot admit an update of 101 bytes"):
+        build_server(coordinator, address, 4, 101, admission=Admission(100))
 
 
 def test_an_upload_still_waiting_at_its_deadline_fails_with_why_and_takes_nothing(federation):
