@@ -34,12 +34,12 @@ class CompensatedSum:
     time (they share the temporaries): `Folding` holds its lock around each."""
 
     def __init__(self, size: int) -> None:
-        self.high = np.zeros(size)
-        self.low = np.zeros(size)
+        # None once `result` has let them go.
+        self.high: np.ndarray | None = np.zeros(size)
+        self.low: np.ndarray | None = np.zeros(size)
         # Every addition's temporaries, allocated once: fresh ones for each block cost more
         # than the arithmetic (the allocator maps and faults in their pages every time).
         self._part, self._total, self._back, self._error = np.empty((4, BLOCK))
-        self._used = False
 
     def add(
         self, values: np.ndarray, weight: float, offset: int = 0, minus: np.ndarray | None = None
@@ -68,12 +68,11 @@ class CompensatedSum:
     def result(self) -> np.ndarray:
         """The sum, rounded once, made in place of the rounded sum's own vector: no copy of
         the update's size, and the sum is used up (its vectors are let go)."""
-        if self._used:
-            raise ValueError("this sum was rounded once already and its vectors are let go")
         total, low = self.high, self.low
+        if total is None:
+            raise ValueError("this sum was rounded once already and its vectors are let go")
         total += low
-        self.high = self.low = np.empty(0)
-        self._used = True
+        self.high = self.low = None
         return total
 
 
