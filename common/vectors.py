@@ -33,7 +33,13 @@ def delta(update: Arrays, reference: Arrays | None) -> np.ndarray:
     return step if reference is None else step - flatten(reference)
 
 
+def clip_factor(norm: float, bound: float) -> float:
+    """What a vector of L2 norm `norm` is multiplied by to be clipped to `bound`: never more
+    than 1, so nothing is scaled up."""
+    return 1.0 if norm <= bound else bound / norm
+
+
 def clip(vector: np.ndarray, bound: float) -> np.ndarray:
     """`vector` scaled down, never up, to an L2 norm of at most `bound`."""
-    norm = float(np.linalg.norm(vector))
-    return vector if norm <= bound else vector * (bound / norm)
+    factor = clip_factor(float(np.linalg.norm(vector)), bound)
+    return vector if factor == 1.0 else vector * factor

@@ -338,9 +338,8 @@ class DPFedAvg(Strategy):
 
     def _clip_scale(self, result: ClientResult, current: Arrays | None) -> float:
         """What the update's step is multiplied by to be clipped (`vectors.clip`'s factor)."""
-        bound = self.settings.clip
         norm = float(np.linalg.norm(vectors.delta(result.arrays, current)))
-        return 1.0 if norm <= bound else bound / norm
+        return vectors.clip_factor(norm, self.settings.clip)
 
     def aggregate_fit(self, server_round, results, failures, current):
         if self.settings.mode == "dp-local" or not results:
