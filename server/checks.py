@@ -70,15 +70,23 @@ def check_train_count(num_examples: int, train_rows: int | None) -> None:
         )
 
 
+def check_declared_count(
+    arrays: Arrays, num_examples: int, what: str, least: int | None = None
+) -> None:
+    """The row count `n` among `what`'s sums is the num_examples the province declared beside
+    them (and at least `least`): sums of other rows than those it counts are a lie."""
+    count = float(arrays["count"])
+    if count != num_examples or (least is not None and count < least):
+        floor = f" and be at least {least}" if least is not None else ""
+        raise UpdateError(f"{what} count {count:g} must equal num_examples ({num_examples}){floor}")
+
+
 def check_statistics(arrays: Arrays, num_examples: int, columns: list[str]) -> None:
     """Sums that some real rows could have produced: n = num_examples ≥ 2, means and second
     moments within each column's plausible range, and [[n, Σzᵀ], [Σz, Σzzᵀ]] (a sum of
     [1, z][1, z]ᵀ) symmetric and positive semi-definite."""
+    check_declared_count(arrays, num_examples, "statistics", least=2)
     count = float(arrays["count"])
-    if count != num_examples or count < 2:
-        raise UpdateError(
-            f"statistics count {count:g} must equal num_examples ({num_examples}) and be at least 2"
-        )
     total, cross = arrays["sum"], arrays["cross"]
     bounds = np.array([PLAUSIBLE.get(c, (-MAX_METRIC, MAX_METRIC)) for c in columns])
     mean = total / count

@@ -28,7 +28,7 @@ from common.wire import ConfigScalar, to_config
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.analysis import Analysis, FinalFit
 from server.channel import Accept, Assignment, Keep, TaskChannel, as_it_is, gather
-from server.checks import check_statistics, check_train_count
+from server.checks import check_declared_count, check_statistics, check_train_count
 from server.config import RunSettings
 from server.disclosure import by_rounds, cross_validation
 from server.ledger import Ledger
@@ -295,8 +295,7 @@ class RoundLoop:
         kind = question.day_counts
 
         def plausible(arrays: Arrays, count: int) -> None:
-            if float(arrays["count"]) != count:
-                raise UpdateError(f"day counts' count must equal num_examples ({count})")
+            check_declared_count(arrays, count, "day counts'")
             try:
                 timesplit.check_counts(arrays[kind], shape, count)
             except ValueError as error:

@@ -9,11 +9,13 @@ from common.data import synthesize_province
 from common.models.checks import UpdateError
 from server.checks import (
     MAX_ROWS,
+    check_declared_count,
     check_outcome,
     check_rows,
     check_statistics,
     check_train_count,
 )
+from server.privacy.dp import counted_part, noised_part
 
 COLUMNS = [*preprocess.NEXT_DAY_FEATURES, preprocess.TARGET]
 
@@ -49,6 +51,19 @@ def test_statistics_no_rows_could_have_produced_are_refused(honest, change, why)
     sums, n = honest
     with pytest.raises(UpdateError, match=why):
         check_statistics(change(sums, n), n if why != "at least 2" else 1, COLUMNS)
+
+
+def test_a_part_whose_count_is_not_its_declared_rows_is_refused_naming_both(honest):
+    """Every part that carries a row count (statistics, day counts, in the clear or noised
+    under local DP) is held to the rows declared beside it by one check."""
+    sums, n = honest
+    check_declared_count(sums, n, "day counts'")
+    for part in (counted_part, noised_part):
+        part(sums, n)
+        with pytest.raises(UpdateError, match=rf" count {n + 1} must equal num_examples \({n}\)"):
+            part(lie(sums, count=np.array(n + 1.0)), n)
+    with pytest.raises(UpdateError, match=r"statistics count 1 .* be at least 2"):
+        noised_part(lie(sums, count=np.array(1.0)), 1)
 
 
 def test_counts_and_metrics_are_bounded_by_what_the_province_declared():

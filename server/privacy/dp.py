@@ -45,6 +45,7 @@ from common.preprocess import GlobalStatistics
 from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.settings import DayCounts
 from common.tensors import Arrays
+from server.checks import check_declared_count
 from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
 from server.folding import Folding
 from server.strategy import ClientResult, FedAvg, Strategy, checked_sums
@@ -477,14 +478,12 @@ class DPFedAvg(Strategy):
 def counted_part(arrays: Arrays, count: int) -> None:
     """A province's day counts under DP: its n as it declared; their form is checked on
     arrival and their values, noised, on the sum only."""
-    if float(arrays["count"]) != count:
-        raise UpdateError(f"day counts' count must equal num_examples ({count})")
+    check_declared_count(arrays, count, "day counts'")
 
 
 def noised_part(arrays: Arrays, count: int) -> None:
     """A province's noised statistics under local DP: its n as it declared, Σzzᵀ symmetric.
     Its other checks wait for the sum, which post-processing makes usable first."""
-    if float(arrays["count"]) != count or count < 2:
-        raise UpdateError(f"statistics count must equal num_examples ({count}) and be at least 2")
+    check_declared_count(arrays, count, "statistics", least=2)
     if not np.array_equal(arrays["cross"], arrays["cross"].T):
         raise UpdateError("statistics' Σzzᵀ is not symmetric")
