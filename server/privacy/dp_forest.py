@@ -27,8 +27,8 @@ import numpy as np
 
 from common.model_settings import ForestSettings
 from common.models import forest, histnoise, histtree
-from common.models.checks import UpdateError, check_arrays
-from common.models.histgrow import TreeSettings, TreeStep
+from common.models.checks import UpdateError
+from common.models.histgrow import TreeSettings, check_answer, sketch_query
 from common.settings import RoundNumber
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import entry
@@ -59,29 +59,29 @@ class DPForest(DPFedAvg):
         # Imported here: server.schedule's imports lead back to the configuration, and to this.
         from server.schedule import check_outcome
 
-        shape = (len(self._mean), histtree.CELLS)
+        query = sketch_query(self._mean, self._std)
+        max_bins = TreeSettings().max_bins
 
         def accept(result: ClientResult) -> ClientResult:
             check_outcome(result)
-            check_arrays(result.arrays, {"sketch": shape})
+            check_answer(result.arrays, query, len(self._mean), max_bins)
             return result
 
         config = {
             **self.inner.model_config,
             **RoundNumber(server_round).to_config(),
-            **TreeStep("sketch").to_config(),
+            **query.config(),
             **self._noise(),
         }
-        question = {"mean": self._mean, "std": self._std}
         self.accountant.spend("noised sketches")
-        plan = [Instruction(p, config, question) for p in provinces]
+        plan = [Instruction(p, config, query.arrays()) for p in provinces]
         answers, _ = self.run_phase(server_round, pb.TASK_KIND_TRAIN, plan, accept)
         if not answers:
             raise UpdateError("no province answered the sketch that places rf's bins")
         total = sum(a.arrays["sketch"] for a in answers)
         sigma = self.settings.noise_multiplier
         counts = histnoise.denoised_sketch(total, sigma, len(answers))
-        return histtree.edges_from_sketch(counts, self._mean, self._std, TreeSettings().max_bins)
+        return histtree.edges_from_sketch(counts, self._mean, self._std, max_bins)
 
     def configure_fit(self, server_round, parameters, provinces):
         """Each province's trees, counted now (a refused or late answer spends as much): as
