@@ -20,8 +20,7 @@ from client.optim import LinearSGD, local_steps
 from common import quantity
 from common.model_settings import ForestSettings, MemberSeed, SvmSettings
 from common.models import forest, histtree, leafnoise, linear, rff, svr
-from common.models.checks import UpdateError
-from common.models.histgrow import TreeSettings
+from common.models.histgrow import Query, TreeSettings
 from common.protection import DPNoise, Protection
 from common.registry import model_spec
 from common.settings import DataSettings, RoundNumber, TaskContext
@@ -82,10 +81,9 @@ def fit_forest(x: np.ndarray, y: np.ndarray, shared: Arrays | None, groups: Task
     clipped to ±C (common/models/leafnoise.py; the chain noises them)."""
     dp_local = groups.need(Protection).privacy == "dp-local"
     if dp_local and groups.tree_step is not None and groups.tree_step.tree_step == "sketch":
-        query = shared or {}
-        if "mean" not in query or "std" not in query:
-            raise UpdateError("a sketch question must carry the federation's 'mean' and 'std'")
-        return {"sketch": histtree.sketch(x, query["mean"], query["std"])}
+        told, max_bins = groups.tree_step, TreeSettings().max_bins
+        query = Query.from_wire(told, 0.0, shared or {}, x.shape[1], max_bins)
+        return {"sketch": histtree.sketch(x, query.mean, query.std)}
     seed = groups.need(MemberSeed).random_state
     growing = groups.need(ForestSettings).tree_growing(seed)
     target = y - forest_base(x, groups)

@@ -140,6 +140,23 @@ def test_each_leafs_count_and_sum_are_noised_at_sigma_and_sigma_c():
     forest.check_tree(noised, 2, "a noised tree")  # counts positive and adding up
 
 
+def test_a_sketch_question_of_the_wrong_shape_is_refused_before_any_row_is_read(grown):
+    """The province answers the sketch question it was sent, and refuses one whose mean or
+    deviation is not one value per feature, or is missing, as a bad question."""
+    works, _ = grown
+    hubei = works["hubei"]
+    ((groups, question, outcome),) = hubei.sketches
+    x = hubei.split(groups).x_train
+    y = np.zeros(len(x))
+    answer = fit_forest(x, y, question, groups)
+    assert answer["sketch"].shape == outcome.arrays["sketch"].shape
+    short = {"mean": question["mean"][:-1], "std": question["std"]}
+    with pytest.raises(UpdateError, match="'mean' has shape"):
+        fit_forest(x, y, short, groups)
+    with pytest.raises(UpdateError, match=r"missing \['std'\]"):
+        fit_forest(x, y, {"mean": question["mean"]}, groups)
+
+
 def test_every_tree_is_a_release_and_nothing_leaves_unnoised(grown):
     """4 trees, the sketch that places the bins, the noised scores, the noised statistics and
     the time split's two noised day counts: 9 releases at σ/2 per unit."""
