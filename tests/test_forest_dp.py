@@ -210,7 +210,7 @@ def test_every_threshold_of_a_federated_rf_is_one_of_the_runs_shared_edges(grown
 
 def test_the_server_refuses_a_tree_split_off_the_shared_edges():
     """A province's trees grown on its own values (thresholds that are midpoints of two rows)
-    are refused; the same rows grown on the shared edges pass."""
+    are refused; trees drawn on the shared edges and filled from the same rows pass."""
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(400, 3)), rng.normal(size=400)
     strategy = privacy.wrap(
@@ -219,7 +219,10 @@ def test_the_server_refuses_a_tree_split_off_the_shared_edges():
     assert isinstance(strategy, DPForest)
     strategy.edges = [np.linspace(-2, 2, 9) for _ in range(3)]
     params = {"n_estimators": 2, "random_state": 0, "min_samples_leaf": LEAST}
-    on_edges = forest.fit_forest(x, y, edges=strategy.edges, **params)
+    drawn = np.random.default_rng(0)
+    # As a province sends them: drawn on the edges, filled from the rows, noised.
+    filled = [leafnoise.refit(forest.drawn_tree(strategy.edges, 4, drawn), x, y) for _ in range(2)]
+    on_edges = [leafnoise.noised(tree, CLIP, SIGMA, 1, drawn) for tree in filled]
     strategy.accept_fit(1, ClientResult("hubei", 400, {}, forest.forest_to_arrays(on_edges)))
     own = forest.forest_to_arrays(forest.fit_forest(x, y, **params))
     with pytest.raises(UpdateError, match="off the shared bins"):

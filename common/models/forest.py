@@ -118,41 +118,29 @@ def bin_of(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, np.asarray(x, dtype=np.float32).astype(np.float64))
 
 
-def snapped(tree: Member, edges: Sequence[np.ndarray]) -> Member:
-    """A tree grown on bins, its thresholds moved onto each feature's `edges`. A threshold t
-    lies between two bins a < b that rows hold, so edges[⌊t⌋] sends every row where the bins
-    sent it."""
+def snapped(tree: Member, edges: np.ndarray) -> Member:
+    """A tree grown on bins, its thresholds moved onto the grid. A threshold t lies between
+    two bins a < b that rows hold, so edges[⌊t⌋] sends every row where the bins sent it."""
     split = tree["children_left"] != LEAF
     threshold = tree["threshold"].copy()
-    for f in np.unique(tree["feature"][split]):
-        on = split & (tree["feature"] == f)
-        threshold[on] = edges[f][np.floor(threshold[on]).astype(np.intp)]
+    threshold[split] = edges[np.floor(threshold[split]).astype(np.intp)]
     return {**tree, "threshold": threshold}
 
 
 def fit_forest(
-    x: np.ndarray,
-    y: np.ndarray,
-    bins_per_decade: int = 0,
-    edges: Sequence[np.ndarray] | None = None,
-    **params: object,
+    x: np.ndarray, y: np.ndarray, bins_per_decade: int = 0, **params: object
 ) -> list[Member]:
     """Table 1's RandomForestRegressor, with `params` overriding it, as trees that travel; with
-    `edges` (rising, one array per feature) or else `bins_per_decade` (the grid, for every
-    feature), grown on the bins and split at those edges only."""
+    `bins_per_decade`, grown on the grid's bins and split at its edges only."""
     # Imported by the fit alone: scikit-learn costs a process most of a second to import, and
     # decoding, checking and predicting trees need none of it.
     from sklearn.ensemble import RandomForestRegressor
 
     model = RandomForestRegressor(**{**TABLE_1, **params, "n_jobs": 1})
-    if edges is None and not bins_per_decade:
+    if not bins_per_decade:
         return [tree_arrays(estimator) for estimator in model.fit(x, y).estimators_]
-    if edges is None:
-        edges = [grid(bins_per_decade)] * x.shape[1]
-    if len(edges) != x.shape[1]:
-        raise ValueError(f"{len(edges)} features' bin edges for {x.shape[1]} features")
-    bins = np.stack([bin_of(x[:, f], e) for f, e in enumerate(edges)], axis=1)
-    model.fit(bins.astype(np.float32), y)
+    edges = grid(bins_per_decade)
+    model.fit(bin_of(x, edges).astype(np.float32), y)
     return [snapped(tree_arrays(estimator), edges) for estimator in model.estimators_]
 
 
