@@ -223,10 +223,17 @@ def test_the_server_refuses_a_tree_split_off_the_shared_edges():
     # As a province sends them: drawn on the edges, filled from the rows, noised.
     filled = [leafnoise.refit(forest.drawn_tree(strategy.edges, 4, drawn), x, y) for _ in range(2)]
     on_edges = [leafnoise.noised(tree, CLIP, SIGMA, 1, drawn) for tree in filled]
-    strategy.accept_fit(1, ClientResult("hubei", 400, {}, forest.forest_to_arrays(on_edges)))
-    own = forest.forest_to_arrays(forest.fit_forest(x, y, **params))
-    with pytest.raises(UpdateError, match="off the shared bins"):
-        strategy.accept_fit(1, ClientResult("hubei", 400, {}, own))
+    sent = forest.forest_to_arrays(on_edges)
+    strategy.check_update(sent, 3)
+    strategy.accept_fit(1, ClientResult("hubei", 400, {}, sent))
+    own = forest.forest_from_arrays(forest.forest_to_arrays(forest.fit_forest(x, y, **params)), 3)
+    # The first split off the edges in the tree's own order is the one named.
+    split = own[0]["children_left"] != forest.LEAF
+    f, t = own[0]["feature"][split][0], own[0]["threshold"][split][0]
+    with pytest.raises(UpdateError, match=f"splits feature {f} at {t:g}, off the shared bins"):
+        strategy.check_update(forest.forest_to_arrays(own), 3)
+    with pytest.raises(UpdateError, match="splits on a feature outside"):
+        strategy.check_update(sent, 2)  # decoded as the union decodes it
 
 
 @pytest.mark.parametrize("floor", [[], ["--rf-min-samples-leaf", str(LEAST)]])

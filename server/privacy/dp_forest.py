@@ -30,6 +30,7 @@ from common.models import forest, histnoise, histtree
 from common.models.checks import UpdateError
 from common.models.histgrow import TreeSettings, check_answer, sketch_query
 from common.settings import RoundNumber
+from common.tensors import Arrays
 from proto.fedstock.v1 import federation_pb2 as pb
 from server.disclosure import entry
 from server.ensemble import EnsembleUnion
@@ -97,14 +98,27 @@ class DPForest(DPFedAvg):
         noise = self._noise()
         return [replace(i, config={**i.config, **noise}, parameters=shared) for i in plan]
 
-    def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
-        """Trees split at the federation's edges only, kept as the union keeps its share."""
-        edges = self.edges or []
-        for tree in forest.forest_from_arrays(result.arrays, len(edges)):
+    def check_update(self, arrays: Arrays, n_features: int) -> None:
+        """Trees well formed, as the union checks them, and split at the federation's edges
+        only: decoded once, each feature's thresholds looked up among its edges at once."""
+        if self.edges is None:
+            raise UpdateError("trees arrived before the federation's bin edges were placed")
+        for tree in forest.forest_from_arrays(arrays, n_features):
             split = tree["children_left"] != forest.LEAF
-            for f, t in zip(tree["feature"][split], tree["threshold"][split], strict=True):
-                if t not in edges[f]:
-                    raise UpdateError(f"a tree splits feature {f} at {t:g}, off the shared bins")
+            feature, threshold = tree["feature"][split], tree["threshold"][split]
+            off = np.zeros(len(feature), dtype=bool)
+            for f in np.unique(feature):
+                on = feature == f
+                off[on] = ~np.isin(threshold[on], self.edges[f])
+            if off.any():
+                first = int(np.argmax(off))  # the first in the tree's own order
+                raise UpdateError(
+                    f"a tree splits feature {feature[first]} at {threshold[first]:g}, "
+                    "off the shared bins"
+                )
+
+    def accept_fit(self, server_round: int, result: ClientResult) -> ClientResult:
+        """Kept as the union keeps its share (checked in `check_update` before)."""
         return self.inner.accept_fit(server_round, result)
 
     def round_report(self, server_round: int) -> dict[str, Any]:
