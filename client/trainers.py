@@ -76,24 +76,26 @@ def forest_base(x: np.ndarray, groups: TaskGroups) -> np.ndarray | float:
 def fit_forest(x: np.ndarray, y: np.ndarray, shared: Arrays | None, groups: TaskGroups) -> Arrays:
     """Table 1's forest; under dp-local first this province's sketch of its rows, which the
     federation sums into bin edges as gbdt's (the protection chain noises it), then trees drawn
-    from the seed alone, split at those edges only (`shared`) to --rf-max-depth (or
-    `forest.DRAWN_DEPTH`), each leaf filled with the count and mean of all its rows' targets
-    clipped to ±C (common/models/leafnoise.py; the chain noises them)."""
+    from the seed alone, split at those edges only (`shared`) to `ForestSettings.drawn_depth`,
+    each leaf filled with the count and mean of all its rows' targets clipped to ±C
+    (common/models/leafnoise.py; the chain noises them)."""
     dp_local = groups.need(Protection).privacy == "dp-local"
     if dp_local and groups.tree_step is not None and groups.tree_step.tree_step == "sketch":
         told, max_bins = groups.tree_step, TreeSettings().max_bins
         query = Query.from_wire(told, 0.0, shared or {}, x.shape[1], max_bins)
         return {"sketch": histtree.sketch(x, query.mean, query.std)}
-    seed = groups.need(MemberSeed).random_state
-    growing = groups.need(ForestSettings).tree_growing(seed)
+    seed, settings = groups.need(MemberSeed).random_state, groups.need(ForestSettings)
+    growing = settings.tree_growing(seed)
     target = y - forest_base(x, groups)
     if not dp_local:
         return forest.forest_to_arrays(forest.fit_forest(x, target, **growing))
     edges = histtree.unpack_edges(shared or {}, x.shape[1], TreeSettings().max_bins)
     target = leafnoise.clipped(target, groups.need(DPNoise).dp_clip)
-    depth = growing["max_depth"] or forest.DRAWN_DEPTH
     drawn = np.random.default_rng(seed)  # public, as the shapes it draws: no secret to keep
-    trees = (forest.drawn_tree(edges, depth, drawn) for _ in range(growing["n_estimators"]))
+    trees = (
+        forest.drawn_tree(edges, settings.drawn_depth, drawn)
+        for _ in range(growing["n_estimators"])
+    )
     return forest.forest_to_arrays(leafnoise.refit(tree, x, target) for tree in trees)
 
 

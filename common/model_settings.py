@@ -51,6 +51,11 @@ class MemberSeed(TaskSettings):
     random_state: int
 
 
+# A drawn tree's depth (rf under dp-local) when --rf-max-depth leaves it unlimited (0): 256
+# leaves at most, some hundreds of rows each for a province of tens of thousands.
+DRAWN_DEPTH = 8
+
+
 @dataclass(frozen=True)
 class ForestSettings(TaskSettings):
     """The random forest's hyperparameters (--rf-*)."""
@@ -67,6 +72,12 @@ class ForestSettings(TaskSettings):
     rf_min_samples_leaf: int
     rf_bins_per_decade: int
     rf_target: str
+
+    @property
+    def drawn_depth(self) -> int:
+        """The depth of the trees a province draws under dp-local: the one the province draws
+        and the one the server discloses, from one place."""
+        return self.rf_max_depth or DRAWN_DEPTH
 
     def tree_growing(self, seed: int) -> dict[str, Any]:
         """`common.models.forest.fit_forest`'s arguments, for trees grown from `seed`."""

@@ -146,9 +146,6 @@ def fit_forest(
 
 # scikit-learn's mark of a leaf's feature and threshold, which prediction never reads.
 UNDEFINED = -2
-# A drawn tree's depth when --rf-max-depth leaves it unlimited (0): 256 leaves at most, some
-# hundreds of rows each for a province of tens of thousands.
-DRAWN_DEPTH = 8
 
 
 def drawn_tree(edges: Sequence[np.ndarray], depth: int, rng: np.random.Generator) -> Member:

@@ -127,18 +127,17 @@ class DPForest(DPFedAvg):
     def disclosure(self):
         s = self.settings
         growing = ForestSettings.from_config(self.inner.model_config)
-        depth = growing.rf_max_depth or forest.DRAWN_DEPTH
         return {
             **super().disclosure(),
             "updates": entry(
                 f"each province's sketch of its rows once, noised by the province and counted "
                 f"as a release, summed into the federation's bin edges; then each province's "
                 f"trees, each one counted release: shapes drawn from the province's seed alone "
-                f"(features and thresholds on those edges, depth {depth}), each leaf's row "
-                f"count and sum of targets clipped to ±{s.clip:g} noised by the province "
-                f"(Gaussian, σ = {s.noise_multiplier:g} on a count, σ·C on a sum), its value "
-                f"their ratio (count at least {growing.rf_min_samples_leaf}), clamped to "
-                f"±{s.clip:g}; ε covers the whole tree",
+                f"(features and thresholds on those edges, depth {growing.drawn_depth}), each "
+                f"leaf's row count and sum of targets clipped to ±{s.clip:g} noised by the "
+                f"province (Gaussian, σ = {s.noise_multiplier:g} on a count, σ·C on a sum), "
+                f"its value their ratio (count at least {growing.rf_min_samples_leaf}), clamped "
+                f"to ±{s.clip:g}; ε covers the whole tree",
                 "the federation's bin edges, and the global forest: the union of the "
                 "provinces' noised trees",
             ),
