@@ -358,14 +358,20 @@ class FederationServicer(pb_grpc.FederationServicer):
         if nbytes == 0:
             return 0
 
+        gone: list[str] = []  # why the wait was abandoned, as `abandoned` found it
+
         def abandoned() -> bool:
-            return not context.is_active() or self._coordinator.task_phase(task_id) is None
+            if not context.is_active():
+                gone.append("stream")
+            elif self._coordinator.task_phase(task_id) is None:
+                gone.append("task")
+            return bool(gone)
 
         if not self._admission.reserve(nbytes, phase.expires, abandoned):
-            if not context.is_active():
+            if gone == ["stream"]:
                 raise ConnectionError("the stream ended while its upload waited for room")
             room = f"room in the server's in-flight budget ({self._admission.limit} bytes)"
-            if self._coordinator.task_phase(task_id) is None:
+            if gone == ["task"]:
                 why = f"the task closed while its upload waited for {room}"
             else:
                 deadline = f"{phase.deadline_seconds:g} s deadline"
