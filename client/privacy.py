@@ -139,17 +139,12 @@ class Encrypted:
         weighted = {name: array * outcome.num_examples for name, array in outcome.arrays.items()}
         weighted[paillier.WEIGHT] = np.array(float(outcome.num_examples))
         protected = self.protocol.protect(weighted, task.groups)
-        return Outcome(outcome.num_examples, untrained(outcome), protected)
+        return Outcome(outcome.num_examples, forecast.without_train_mse(outcome.metrics), protected)
 
 
 def timing(outcome: Outcome) -> dict[str, float]:
     """Of an evaluation's metrics, only the seconds it took: its scores leave as sums."""
     return {k: v for k, v in outcome.metrics.items() if k == "seconds"}
-
-
-def untrained(outcome: Outcome) -> dict[str, float]:
-    """A training outcome's metrics without the training MSE, a score of the province's own."""
-    return {k: v for k, v in outcome.metrics.items() if k != forecast.TRAIN_MSE}
 
 
 class Masked:
@@ -182,7 +177,7 @@ class Masked:
         weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
         weighted[secagg.WEIGHT] = np.array(float(outcome.num_examples))
         masked = self.protocol.mask(weighted, task.groups)
-        return Outcome(outcome.num_examples, untrained(outcome), masked)
+        return Outcome(outcome.num_examples, forecast.without_train_mse(outcome.metrics), masked)
 
 
 class Compressed:
@@ -229,7 +224,7 @@ class LocalNoise:
             noised = noised_forest(outcome.arrays, groups)
         else:
             noised = privatize(outcome.arrays, task.parameters, groups)
-        return Outcome(outcome.num_examples, untrained(outcome), noised)
+        return Outcome(outcome.num_examples, forecast.without_train_mse(outcome.metrics), noised)
 
 
 def noised_forest(

@@ -25,8 +25,16 @@ LAST_CLOSE = "last_close"  # today's close
 NAIVE = (PERSISTENCE, LAST_CLOSE)  # beside ORACLE, a synthetic market's expectation of it
 # A training outcome's MSE on the province's own training rows, a score of its own.
 TRAIN_MSE = "train_mse"
+
+
 # Means over a province's test rows, which the server pools weighted by its test rows.
 MEANS = ("mse", "mae", "direction", *(f"{name}_mse" for name in (*NAIVE, ORACLE)))
+
+
+def without_train_mse(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A training outcome's metrics without the training MSE, a score no noise covers: what
+    a province under a privacy mode sends, and what central DP's server keeps."""
+    return {k: v for k, v in metrics.items() if k != TRAIN_MSE}
 
 
 def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -319,9 +319,7 @@ class DPFedAvg(Strategy):
         kept = super().accept_fit(server_round, result)
         if self.settings.mode == "dp-local" or forecast.TRAIN_MSE not in kept.metrics:
             return kept
-        return replace(
-            kept, metrics={k: v for k, v in kept.metrics.items() if k != forecast.TRAIN_MSE}
-        )
+        return replace(kept, metrics=forecast.without_train_mse(kept.metrics))
 
     def check_update(self, arrays: Arrays, n_features: int) -> None:
         self.inner.check_update(arrays, n_features)
