@@ -74,6 +74,12 @@ class _Round:
     config: dict[str, ConfigScalar]
     graph: secagg.Graph | None  # None: the complete graph
 
+    def parted(self, results: list[ClientResult]) -> tuple[list[int], list[int]]:
+        """The seats whose masked inputs are in `results`, and those that shared their keys
+        but sent no input (their masks are removed from the survivors' shares)."""
+        masked = sorted(self.index[r.province] for r in results)
+        return masked, sorted(set(self.adverts) - set(masked))
+
 
 class SecAggFedAvg(Strategy):
     """`inner` FedAvg whose updates the server only ever sees masked; their sum it unmasks."""
@@ -87,9 +93,8 @@ class SecAggFedAvg(Strategy):
         self.bound = bound
         self.neighbours = neighbours
         self._round: _Round | None = None
-        # Whose masked inputs the last sum was unmasked over, and whose masks it removed
+        # Whose masked inputs the round's sum was unmasked over, and whose masks it removed
         # though their input never came: what a round's disclosure reports.
-        self._unmasked: tuple[list[str], list[str]] | None = None
         self._fit_unmasked: tuple[list[str], list[str]] | None = None
 
     def _ask(
@@ -211,9 +216,12 @@ class SecAggFedAvg(Strategy):
 
     def aggregate_fit(self, server_round, results, failures, current):
         total = self._total(server_round, results)
-        self._fit_unmasked = self._unmasked
-        if total is None:
+        if total is None or self._round is None:
+            self._fit_unmasked = None
             return None
+        name = {i: p for p, i in self._round.index.items()}
+        masked, lost = self._round.parted(results)
+        self._fit_unmasked = ([name[i] for i in masked], [name[i] for i in lost])
         sums = vectors.unflatten(total, results[0].arrays)
         weight = float(sums.pop(secagg.WEIGHT))
         return {k: v / weight for k, v in sums.items()}
@@ -303,16 +311,14 @@ class SecAggFedAvg(Strategy):
         """The sum of the masked inputs in `results`, once the survivors confirmed them and
         revealed the shares that remove the masks; None when the protocol cannot finish."""
         state = self._round
-        self._unmasked = None
         if state is None or len(results) < state.threshold:
             return None
         masked = {state.index[r.province]: secagg.join_input(r.arrays) for r in results}
-        survivors = ",".join(str(i) for i in sorted(masked))
-        dropped = ",".join(str(i) for i in sorted(set(state.adverts) - set(masked)))
+        survivors, lost = (",".join(map(str, seats)) for seats in state.parted(results))
         helpers = {p: i for p, i in state.index.items() if i in masked}
 
         def unmasking(step: str, index: int) -> dict[str, ConfigScalar]:
-            asked = secagg.Unmasking(survivors, dropped, step)
+            asked = secagg.Unmasking(survivors, lost, step)
             return {**state.config, **secagg.Seat(index).to_config(), **asked.to_config()}
 
         confirmations = self._ask(
@@ -360,7 +366,4 @@ class SecAggFedAvg(Strategy):
         except (secagg.SecAggError, KeyError) as error:
             log.warning("round %d: cannot unmask the sum: %s", server_round, error)
             return None
-        name = {i: p for p, i in state.index.items()}
-        lost = sorted(set(state.adverts) - set(masked))
-        self._unmasked = ([name[i] for i in sorted(masked)], [name[i] for i in lost])
         return total
