@@ -11,7 +11,7 @@ from the global parameters in fewer bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -126,25 +126,32 @@ class Encrypted:
             # Gathered once per run: a statistics phase named as another round would be a
             # second sum of them, which the record of decryptions keys by round.
             raise HEError("the server asks for statistics outside round 0; refusing")
-        outcome = next_(task)
-        if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
-            return replace(outcome, arrays=self.protocol.protect(outcome.arrays, task.groups))
-        if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
-            sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
-            return Outcome(
-                outcome.num_examples, timing(outcome), self.protocol.protect(sums, task.groups)
-            )
-        if task.kind != TRAIN:
-            return outcome
-        weighted = {name: array * outcome.num_examples for name, array in outcome.arrays.items()}
-        weighted[paillier.WEIGHT] = np.array(float(outcome.num_examples))
-        protected = self.protocol.protect(weighted, task.groups)
-        return Outcome(outcome.num_examples, forecast.without_train_mse(outcome.metrics), protected)
+        return summed(task, next_(task), self.protocol.protect, paillier.WEIGHT)
 
 
 def timing(outcome: Outcome) -> dict[str, float]:
     """Of an evaluation's metrics, only the seconds it took: its scores leave as sums."""
     return {k: v for k, v in outcome.metrics.items() if k == "seconds"}
+
+
+def summed(
+    task: Task, outcome: Outcome, hide: Callable[[Arrays, TaskGroups], Arrays], weight: str
+) -> Outcome:
+    """What a mode that reveals only sums (he, secagg) sends of `outcome`, each part hidden
+    by `hide`: the statistics as they are, the scores as sums over the test rows, the update
+    weighted by its rows with that weight beside it as `weight` and no training MSE; any
+    other task's outcome as it is."""
+    if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
+        return replace(outcome, arrays=hide(outcome.arrays, task.groups))
+    if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
+        sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
+        return Outcome(outcome.num_examples, timing(outcome), hide(sums, task.groups))
+    if task.kind != TRAIN:
+        return outcome
+    weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
+    weighted[weight] = np.array(float(outcome.num_examples))
+    hidden = hide(weighted, task.groups)
+    return Outcome(outcome.num_examples, forecast.without_train_mse(outcome.metrics), hidden)
 
 
 class Masked:
@@ -165,19 +172,7 @@ class Masked:
         if task.groups.exchange:  # one of many sums under one key agreement
             masked = self.protocol.exchange(outcome.arrays, task.groups, parameters)
             return replace(outcome, arrays=masked)
-        if task.kind == STATISTICS:  # n, Σz, Σzzᵀ: summed as they are
-            return replace(outcome, arrays=self.protocol.mask(outcome.arrays, task.groups))
-        if task.kind == EVALUATE:  # the scores as sums over the test rows, summed as they are
-            sums = forecast.as_sums(outcome.metrics, outcome.num_examples)
-            return Outcome(
-                outcome.num_examples, timing(outcome), self.protocol.mask(sums, task.groups)
-            )
-        if task.kind != TRAIN:
-            return outcome
-        weighted = {k: v * outcome.num_examples for k, v in outcome.arrays.items()}
-        weighted[secagg.WEIGHT] = np.array(float(outcome.num_examples))
-        masked = self.protocol.mask(weighted, task.groups)
-        return Outcome(outcome.num_examples, forecast.without_train_mse(outcome.metrics), masked)
+        return summed(task, outcome, self.protocol.mask, secagg.WEIGHT)
 
 
 class Compressed:
