@@ -10,6 +10,7 @@ from client.local import LocalWork
 from client.trainers import fit_forest, forest_base
 from common.data import synthesize_province
 from common.launch import LocalFederation
+from common.model_settings import DRAWN_DEPTH, ForestSettings
 from common.models import forest, histnoise, histtree, leafnoise
 from common.models.checks import UpdateError
 from common.provinces import PROVINCES
@@ -155,6 +156,22 @@ def test_a_sketch_question_of_the_wrong_shape_is_refused_before_any_row_is_read(
         fit_forest(x, y, short, groups)
     with pytest.raises(UpdateError, match=r"missing \['std'\]"):
         fit_forest(x, y, {"mean": question["mean"]}, groups)
+
+
+def test_the_depth_the_server_discloses_is_the_depth_the_provinces_drew_to(grown):
+    """--rf-max-depth is unlimited here: the provinces draw to ForestSettings.drawn_depth, and
+    the disclosure names that depth, from the same setting."""
+    works, results = grown
+    ((groups, _),) = works["hubei"].sent
+    depth = groups.need(ForestSettings).drawn_depth
+    assert depth == DRAWN_DEPTH
+    trees, _, _ = sent_trees(works["hubei"])
+    for tree in trees:
+        level = np.zeros(len(tree["children_left"]), dtype=int)
+        for node in np.flatnonzero(tree["children_left"] != forest.LEAF):  # parents first
+            level[[tree["children_left"][node], tree["children_right"][node]]] = level[node] + 1
+        assert level.max() == depth
+    assert f"depth {depth})" in results["disclosure"]["updates"]["server"]
 
 
 def test_every_tree_is_a_release_and_nothing_leaves_unnoised(grown):
