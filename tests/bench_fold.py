@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.launch import SINGLE_THREADED, free_port
 from common.provinces import PROVINCES
 from server.admission import DEFAULT_INFLIGHT_MIB
 
@@ -227,6 +226,10 @@ def run(
     pause: float,
     logs: Path,
 ) -> dict:
+    # Here, not at the top: common.launch imports pandas (through the synthetic data), which
+    # `python -m server` never loads, and the server role must hold only what the server holds.
+    from common.launch import SINGLE_THREADED, free_port
+
     port = free_port()
     me = [sys.executable, "-m", "tests.bench_fold"]
     logs.mkdir(parents=True, exist_ok=True)
