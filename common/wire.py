@@ -43,6 +43,32 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.so_reuseport", 0),
 ]
 
+# Each upload stream's receive window at the federation server (HTTP/2 flow control), in KiB:
+# what a client may send before the server has read it. gRPC's own bandwidth-delay probe starts
+# a stream at 4 MiB and grows it on a fast link, and with nine uploads at once all of that sits
+# in the server's buffers while its handler threads catch up (docs/performance.md, "The
+# receive window"). A fixed 1 MiB still carries 20 MB/s a stream over 50 ms of round trip.
+DEFAULT_RECEIVE_WINDOW_KB = 1024
+# HTTP/2's own initial window (64 KiB) up to its largest (2**31 - 1 bytes).
+RECEIVE_WINDOW_KB_RANGE = (64, (2**31 - 1) >> 10)
+
+
+def server_options(receive_window_kb: int) -> list[tuple[str, int]]:
+    """The federation server's gRPC options: SERVER_OPTIONS with every stream's receive window
+    fixed at `receive_window_kb` KiB, or with 0 left to gRPC's bandwidth-delay probe."""
+    if receive_window_kb == 0:
+        return list(SERVER_OPTIONS)
+    low, high = RECEIVE_WINDOW_KB_RANGE
+    if not low <= receive_window_kb <= high:
+        raise ValueError(
+            f"a receive window is 0 (gRPC's probe) or {low} to {high} KiB, not {receive_window_kb}"
+        )
+    return [
+        *SERVER_OPTIONS,
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", receive_window_kb << 10),
+    ]
+
 
 def to_config(values: Mapping[str, ConfigScalar]) -> dict[str, pb.ConfigValue]:
     """Typed task configuration; bool is checked before int because bool is an int in Python."""

@@ -19,7 +19,13 @@ from common import quantity
 from common.allocator import give_back_large_buffers
 from common.logs import setup_logging
 from common.tls import server_credentials
-from common.wire import SERVER_OPTIONS, SOFTWARE_VERSION, ConfigScalar
+from common.wire import (
+    DEFAULT_RECEIVE_WINDOW_KB,
+    SERVER_OPTIONS,
+    SOFTWARE_VERSION,
+    ConfigScalar,
+    server_options,
+)
 from server import analysis, asynchronous, privacy, strategies
 from server.admission import Admission
 from server.channel import TaskChannel
@@ -55,6 +61,7 @@ def build_server(
     admission: Admission | None = None,
     reflection_on: bool = False,
     idle_seconds: float = 60.0,
+    receive_window_kb: int = DEFAULT_RECEIVE_WINDOW_KB,
 ) -> tuple[grpc.Server, health.HealthServicer]:
     """The gRPC server with the Federation and health services (and reflection if asked for),
     bound to `address`.
@@ -63,12 +70,13 @@ def build_server(
     Uploads are admitted by `admission` (by default as many bytes as one largest update).
     Every call is cancelled after `idle_seconds` waiting on its peer, and health and reflection
     streams hold at most SIDE_CALLS threads, which the pool has beside the `workers` threads of
-    the federation, so no stranger can hold a thread the federation needs.
+    the federation, so no stranger can hold a thread the federation needs. Each stream may
+    send `receive_window_kb` KiB ahead of what the server has read (0: as gRPC's probe sizes it).
     """
     activity = Activity(idle_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers + SIDE_CALLS),
-        options=SERVER_OPTIONS,
+        options=server_options(receive_window_kb),
         interceptors=[CallLimits(activity, SIDE_CALLS)],
     )
     add_to_server(
@@ -302,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             Admission(serve.max_inflight_bytes),
             serve.reflection,
             serve.idle_timeout,
+            serve.receive_window_kb,
         )
         probes = serve.health_port and build_health_server(
             f"127.0.0.1:{serve.health_port}", health_servicer, serve.reflection, serve.idle_timeout

@@ -21,7 +21,7 @@ from common.preprocess import SETTINGS
 from common.quantity import DEFAULT as DEFAULT_QUANTITY
 from common.quantity import QUANTITIES
 from common.registry import MODELS
-from common.wire import ConfigScalar
+from common.wire import DEFAULT_RECEIVE_WINDOW_KB, ConfigScalar
 from server.admission import DEFAULT_INFLIGHT_MIB
 from server.config import (
     MODES,
@@ -154,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes all uploads being received may hold together, in MiB; an upload reserves "
         "its announced size before it is read and waits, first come first served, until that "
         "much is free (at most until its task's deadline) [FEDSTOCK_MAX_INFLIGHT_MB]",
+    )
+    add(
+        "--receive-window-kb",
+        type=int,
+        default=env("RECEIVE_WINDOW_KB", str(DEFAULT_RECEIVE_WINDOW_KB)),
+        help="how far each upload stream may send ahead of what the server has read, in KiB "
+        "(HTTP/2 flow control): the server buffers up to this much a stream while its uploads "
+        "come in; 0 lets gRPC size it by probing the link, which grows it to several MiB a "
+        "stream on a fast one. Raise it for links far longer than 50 ms "
+        "[FEDSTOCK_RECEIVE_WINDOW_KB]",
     )
     add(
         "--idle-timeout",

@@ -20,7 +20,7 @@ from common.models.histgrow import TREE_MODELS
 from common.preprocess import SETTINGS, features_for
 from common.registry import MODELS, model_spec, vector_models
 from common.settings import DataSettings
-from common.wire import ConfigScalar
+from common.wire import DEFAULT_RECEIVE_WINDOW_KB, ConfigScalar, server_options
 from server.privacy import DP_ACCOUNTANTS, DP_MODES, PRIVACY_MODES
 from server.strategies import STRATEGY_NAMES
 from server.strategies.robust import AGGREGATIONS
@@ -112,8 +112,13 @@ class ServeSettings:
     http_host: str
     linger: float
     members: Members = PAPER  # who may join (--members FILE)
+    receive_window_kb: int = DEFAULT_RECEIVE_WINDOW_KB  # each upload stream's; 0: gRPC's probe
 
     def __post_init__(self) -> None:
+        try:
+            server_options(self.receive_window_kb)
+        except ValueError as error:
+            raise ConfigError(f"--receive-window-kb: {error}") from None
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
         if not 0 <= self.http_port < 65536:

@@ -42,6 +42,7 @@ from common.data.synthetic import province_rows, synthesize_province
 from common.launch import SINGLE_THREADED, LocalFederation, free_port
 from common.preprocess import split
 from common.provinces import PROVINCES
+from common.wire import DEFAULT_RECEIVE_WINDOW_KB
 from server.admission import DEFAULT_INFLIGHT_MIB
 from tests import bench_fold
 
@@ -177,7 +178,15 @@ def ten_mb(python: Path | None, out: Path, rounds: int, floats: int) -> dict[str
     """The 10 MB variant on each system (Flower's left out when `python` is None): median
     round, and the server's peak RSS idle and at the end in MiB."""
     fedstock = bench_fold.run(
-        len(PROVINCES), rounds, floats, False, False, DEFAULT_INFLIGHT_MIB, 0.0, out / "fold-logs"
+        len(PROVINCES),
+        rounds,
+        floats,
+        False,
+        False,
+        DEFAULT_INFLIGHT_MIB,
+        0.0,
+        DEFAULT_RECEIVE_WINDOW_KB,
+        out / "fold-logs",
     )
     figures = {FEDSTOCK_10MB: fedstock}
     if python is not None:

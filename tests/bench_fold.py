@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from common.provinces import PROVINCES
+from common.wire import DEFAULT_RECEIVE_WINDOW_KB, server_options
 from server.admission import DEFAULT_INFLIGHT_MIB
 
 ROWS = 1_000
@@ -129,6 +130,7 @@ def serve(
     plain_allocator: bool,
     inflight_mib: float,
     pause: float,
+    window_kb: int,
 ) -> None:
     from common.allocator import give_back_large_buffers
     from common.models.linear import check_weights
@@ -145,7 +147,15 @@ def serve(
     coordinator = Coordinator(poll_seconds=5)
     admission = Admission(int(inflight_mib * (1 << 20)))
     largest = min(LIMIT, admission.limit)  # as `python -m server` caps it by the budget
-    server, _ = build_server(coordinator, f"127.0.0.1:{port}", 32, largest, None, admission)
+    server, _ = build_server(
+        coordinator,
+        f"127.0.0.1:{port}",
+        32,
+        largest,
+        None,
+        admission,
+        receive_window_kb=window_kb,
+    )
     server.start()
     idle = high_water_mib()
     provinces = coordinator.wait_for_clients(clients, timeout=300)
@@ -224,6 +234,7 @@ def run(
     plain_allocator: bool,
     inflight_mib: float,
     pause: float,
+    window_kb: int,
     logs: Path,
 ) -> dict:
     # Here, not at the top: common.launch imports pandas (through the synthetic data), which
@@ -235,7 +246,7 @@ def run(
     logs.mkdir(parents=True, exist_ok=True)
     name = (
         f"{'held' if held else 'folded'}-{'glibc' if plain_allocator else 'given-back'}"
-        f"-{inflight_mib:g}"
+        f"-{inflight_mib:g}-{window_kb}"
     )
     # One BLAS thread a process, as LocalFederation and the Flower side of bench_flower run.
     env = {**os.environ, **SINGLE_THREADED}
@@ -246,6 +257,7 @@ def run(
             *("--floats", str(floats), *(["--held"] if held else [])),
             *(["--plain-allocator"] if plain_allocator else []),
             *("--max-inflight-mb", str(inflight_mib), "--pause", str(pause)),
+            *("--receive-window-kb", str(window_kb)),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -290,6 +302,7 @@ def main() -> None:
     serve_p.add_argument("--plain-allocator", action="store_true")
     serve_p.add_argument("--max-inflight-mb", type=float, required=True)
     serve_p.add_argument("--pause", type=float, required=True)
+    serve_p.add_argument("--receive-window-kb", type=int, required=True)
     client_p = sub.add_parser("client", allow_abbrev=False)
     client_p.add_argument("--port", type=int, required=True)
     client_p.add_argument("--province", required=True)
@@ -325,6 +338,14 @@ def main() -> None:
         help="seconds each client waits between taking the model and sending its update; "
         "with it the server also prints what it holds once the model has gone down",
     )
+    parser.add_argument(
+        "--receive-window-kb",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_RECEIVE_WINDOW_KB],
+        help="each upload stream's receive window at the server, in KiB, to run side by side "
+        "(0: sized by gRPC's probe; default: the server's own)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/fold"))
     args = parser.parse_args()
     if args.role == "serve":
@@ -337,6 +358,7 @@ def main() -> None:
             args.plain_allocator,
             args.max_inflight_mb,
             args.pause,
+            args.receive_window_kb,
         )
         return
     if args.role == "client":
@@ -344,16 +366,23 @@ def main() -> None:
         return
     if args.pause < 0:
         parser.error("--pause must not be negative")
+    for window_kb in args.receive_window_kb:
+        try:
+            server_options(window_kb)
+        except ValueError as error:
+            parser.error(f"--receive-window-kb: {error}")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the median round is over rounds 2..R")
     print(f"{args.clients} clients, {args.rounds} rounds, {args.floats * 8 / 1e6:.1f} MB an update")
     print(
-        f"{'server':<22} {'budget MiB':>10} {'idle MiB':>9} {'peak RSS MiB':>13} "
-        f"{'median round s':>15} {'uploads resent':>15}"
+        f"{'server':<22} {'budget MiB':>10} {'window KiB':>10} {'idle MiB':>9} "
+        f"{'peak RSS MiB':>13} {'median round s':>15} {'uploads resent':>15}"
     )
     plain = {"both": (True, False), "given-back": (False,), "glibc": (True,)}[args.allocator]
     keep = {"both": (True, False), "held": (True,), "folded": (False,)}[args.keep]
-    for plain_allocator, held, budget in itertools.product(plain, keep, args.max_inflight_mb):
+    for plain_allocator, held, budget, window_kb in itertools.product(
+        plain, keep, args.max_inflight_mb, args.receive_window_kb
+    ):
         figures = run(
             args.clients,
             args.rounds,
@@ -362,12 +391,14 @@ def main() -> None:
             plain_allocator,
             budget,
             args.pause,
+            window_kb,
             args.out,
         )
         name = f"{'held' if held else 'folded'}, {'glibc' if plain_allocator else 'given back'}"
         print(
-            f"{name:<22} {budget:>10g} {figures['idle_mib']:>9.0f} {figures['peak_mib']:>13.0f} "
-            f"{figures['median_round']:>15.3f} {figures['resent']:>15}"
+            f"{name:<22} {budget:>10g} {window_kb:>10} {figures['idle_mib']:>9.0f} "
+            f"{figures['peak_mib']:>13.0f} {figures['median_round']:>15.3f} "
+            f"{figures['resent']:>15}"
         )
         if "downloaded_mib" in figures:
             rows = " ".join(f"{mib:.0f}" for mib in figures["downloaded_mib"])
