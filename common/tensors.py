@@ -228,7 +228,7 @@ class PayloadReceiver:
     def complete(self) -> bool:
         return self.received == self._total
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes | memoryview) -> None:
         if len(self._buffer) + len(chunk) > self._total:
             raise PayloadError(f"chunks overrun the announced {self._total} bytes")
         self._buffer += chunk
