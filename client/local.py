@@ -66,7 +66,7 @@ class LocalWork:
         """
         data = groups.need(DataSettings)
         if data not in self._splits:
-            self._splits[data] = preprocess.split(
+            split = self._splits[data] = preprocess.split(
                 self.raw,
                 data.setting,
                 data.test_fraction,
@@ -75,6 +75,10 @@ class LocalWork:
                 data.split_cutoff,
                 data.forecast,
             )
+            # Read-only, as every round reads them: the trainers keep what they derive from
+            # rows that cannot change (client/trainers.py).
+            for rows in (split.x_train, split.y_train, split.x_test, split.y_test):
+                rows.flags.writeable = False
         fold = groups.need(FoldSettings)
         if fold.cv_folds:
             by_time = None
@@ -141,12 +145,16 @@ class LocalWork:
         # (and whose drawn trees are whole only once their leaves are noised).
         kept_home = groups.need(Protection).privacy == "dp-local"
         if trainer.update_is_model and groups.tree_step is None and not kept_home:
-            metrics[forecast.TRAIN_MSE] = _mse(trainer.predict(update, x, groups), data.y_train)
+            metrics[forecast.TRAIN_MSE] = forecast.mse(
+                trainer.predict(update, x, groups), data.y_train
+            )
         if trainer.local_steps is not None:
             metrics["local_steps"] = float(trainer.local_steps(len(data.y_train), groups))
             # q-FedAvg weighs provinces by the global model's loss; nobody else asks for it.
             if parameters is not None and groups.need(StartMetrics).start_metrics:
-                metrics["start_mse"] = _mse(trainer.predict(parameters, x, groups), data.y_train)
+                metrics["start_mse"] = forecast.mse(
+                    trainer.predict(parameters, x, groups), data.y_train
+                )
                 if trainer.local_loss is not None:  # ... in the units its steps minimise
                     metrics["start_loss"] = trainer.local_loss(parameters, x, data.y_train, groups)
         return Outcome(len(data.y_train), metrics, update)
@@ -243,7 +251,3 @@ class LocalWork:
             scaled.flags.writeable = False
             kept = self._scaled[part] = (key, scaled)
         return kept[1]
-
-
-def _mse(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean((prediction - truth) ** 2))

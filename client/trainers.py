@@ -118,6 +118,38 @@ def predict_trees(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarr
     return no_change(x, groups, scaled=False) + histograms.predict(arrays, x)
 
 
+class _Derived:
+    """Arrays that every round derives from a province's rows in the same way, derived once.
+
+    A value is kept while its rows are the very same read-only arrays (LocalWork keeps its
+    splits and scaled rows so, for as long as the settings and the scaler stay) and the numbers
+    it is derived with are the same; rows that can be written to are derived from anew. The
+    rows are held beside their value, so no id in a key can name another array meanwhile.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._kept: dict[tuple, tuple[tuple[np.ndarray, ...], np.ndarray | float]] = {}
+
+    def get(
+        self, key: tuple, rows: tuple[np.ndarray, ...], derive: Callable[[], np.ndarray | float]
+    ) -> np.ndarray | float:
+        if any(r.flags.writeable for r in rows):
+            return derive()
+        full = (*key, *map(id, rows))
+        if full not in self._kept:
+            value = derive()
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+            while len(self._kept) >= self.size:
+                self._kept.pop(next(iter(self._kept)))
+            self._kept[full] = (rows, value)
+        return self._kept[full][1]
+
+
+_DERIVED = _Derived()
+
+
 def target_frame(
     x: np.ndarray, groups: TaskGroups, target: str | None = None
 ) -> tuple[np.ndarray | float, float, float]:
@@ -129,22 +161,42 @@ def target_frame(
     """
     context = groups.need(TaskContext)
     if (target or groups.need(SvmSettings).svm_target) == "change":
-        return no_change(x, groups, scaled=True), context.change_mean, context.change_std
+        data = groups.need(DataSettings)
+        key = ("base", data.columns().index("close"), data.forecast)
+        key += (context.close_scale, context.close_mean)
+        base = _DERIVED.get(key, (x,), lambda: no_change(x, groups, scaled=True))
+        return base, context.change_mean, context.change_std
     return 0.0, context.target_mean, context.target_std
+
+
+def _frame_of(
+    x: np.ndarray, groups: TaskGroups, target: str | None
+) -> tuple[np.ndarray | float, float, float, tuple, tuple[np.ndarray, ...]]:
+    """target_frame, with what a value derived from it is kept by: the key and the rows."""
+    base, mean, std = target_frame(x, groups, target)
+    key = (target or groups.need(SvmSettings).svm_target, mean, std)
+    if isinstance(base, np.ndarray):
+        return base, mean, std, key, (x, base)
+    return base, mean, std, (*key, base), (x,)
 
 
 def standardise(
     y: np.ndarray, x: np.ndarray, groups: TaskGroups, target: str | None = None
 ) -> np.ndarray:
-    base, mean, std = target_frame(x, groups, target)
-    return (y - base - mean) / std
+    """The standardised target of rows `x`, derived once for rows that stay the same."""
+    base, mean, std, key, rows = _frame_of(x, groups, target)
+    return _DERIVED.get(("standardised", *key), (*rows, y), lambda: (y - base - mean) / std)
 
 
 def restore(
     t: np.ndarray, x: np.ndarray, groups: TaskGroups, target: str | None = None
 ) -> np.ndarray:
-    base, mean, std = target_frame(x, groups, target)
-    return base + mean + t * std
+    """base + mean + t·std, the same to the last bit: base + mean is derived once for rows that
+    stay the same, and t·std takes it in place."""
+    base, mean, std, key, rows = _frame_of(x, groups, target)
+    restored = t * std
+    restored += _DERIVED.get(("offset", *key), rows, lambda: base + mean)
+    return restored
 
 
 def gamma(n_features: int, groups: TaskGroups) -> float:

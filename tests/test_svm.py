@@ -116,6 +116,27 @@ def test_the_svm_learns_the_change_from_the_close_and_answers_in_yuan():
     np.testing.assert_allclose(trainers.restore(t, x, TaskGroups.parse(cfg)), y)
 
 
+def test_targets_kept_for_read_only_rows_are_those_derived_afresh_and_follow_their_inputs():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(50, 2)), rng.normal(loc=3.0, size=50)
+    frame = {"svm_target": "change", "close_mean": 1.0, "close_scale": 2.0, "change_std": 0.5}
+    groups = TaskGroups.parse(config(**frame, change_mean=0.1))
+    trainers.standardise(y, x, groups)  # writeable rows: derived, not kept ...
+    x[:, 0] += 1.0  # ... so what is written to them shows at once
+    moved = trainers.standardise(y, x, groups)
+    np.testing.assert_array_equal(moved, (y - (x[:, 0] * 2.0 + 1.0) - 0.1) / 0.5)
+    x.flags.writeable = y.flags.writeable = False
+    kept = trainers.standardise(y, x, groups)
+    np.testing.assert_array_equal(kept, moved)
+    assert trainers.standardise(y, x, groups) is kept and not kept.flags.writeable
+    shifted = trainers.standardise(y, x, TaskGroups.parse(config(**frame, change_mean=0.6)))
+    np.testing.assert_array_equal(shifted, (y - (x[:, 0] * 2.0 + 1.0) - 0.6) / 0.5)
+    t = rng.normal(size=50)
+    restored = trainers.restore(t, x, groups)
+    np.testing.assert_array_equal(restored, x[:, 0] * 2.0 + 1.0 + 0.1 + t * 0.5)
+    assert restored.flags.writeable  # the caller's own array, not a kept one
+
+
 def test_an_exact_svr_member_predicts_as_scikit_learn():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 4))

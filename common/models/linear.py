@@ -24,7 +24,10 @@ def fit_weights(x: np.ndarray, y: np.ndarray) -> Arrays:
 
 
 def predict(weights: Arrays, x: np.ndarray) -> np.ndarray:
-    return x @ weights["coef"] + weights["intercept"]
+    """x·coef + intercept, the intercept added in place (one array a call, not two)."""
+    prediction = x @ weights["coef"]
+    prediction += weights["intercept"]
+    return prediction
 
 
 def check_weights(arrays: Arrays, n_features: int) -> None:
