@@ -6,7 +6,11 @@ step 0.02, the same numpy step on both systems: client/steps.py), FedAvg, federa
 on each province's test rows, R rounds, plaintext on loopback. Prints each system's median
 round and the ratio. Both systems' rounds are timed the same way: from one round's end (its
 evaluation aggregated) to the next one's, so each includes what its system does between rounds
-(fedstock's recording: `interval_seconds` in results.json; Flower's own bookkeeping).
+(fedstock's recording: `interval_seconds` in results.json; Flower's own bookkeeping). The
+work is not all the same: fedstock's training task also reports the new weights' training
+MSE, its evaluation also the MAE, the direction share and the reference MSEs, and its server
+records every round durably (docs/performance.md, "The Flower job: the same work, and
+fedstock's own"); Flower's job does none of these.
 
 The 10 MB variant: the same train-free FedAvg of a 10 MB message on both systems, nine client
 processes, R rounds (10 by default), plaintext on loopback. The model is 1,250,000 float64
