@@ -21,12 +21,13 @@ from common.models import histtree
 def compile_all() -> None:
     """Each kernel once, on tiny inputs of the types the fits give them."""
     plan = LocalPlan(epochs=1, learning_rate=0.01, batch_size=1, mu=0.0, seed=0)
-    # A client's features are read-only (a view of the loaded frame), numba types them apart
-    # from a writable array, which others' code (a benchmark, a test) gives it.
-    for writable in (False, True):
-        x = np.zeros((1, 1))
-        x.flags.writeable = writable
-        sgd(x, np.zeros(1), np.zeros(2), plan)
+    # A client's scaled features are read-only, and so is its target (the trainers keep it,
+    # client/trainers.py) but in a fold's rows; numba types a read-only array apart from a
+    # writable one, which others' code (a benchmark, a test) gives it.
+    for x_writable, y_writable in ((False, False), (False, True), (True, True)):
+        x, y = np.zeros((1, 1)), np.zeros(1)
+        x.flags.writeable, y.flags.writeable = x_writable, y_writable
+        sgd(x, y, np.zeros(2), plan)
     histtree.load_kernels()
 
 
