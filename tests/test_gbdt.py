@@ -353,6 +353,27 @@ def test_compiled_split_choice_is_the_vectorised_one_to_the_last_bit(reg_lambda,
     assert (splits.gain[:-1] > 0).any()
 
 
+def test_compiled_children_are_the_masked_child_and_its_parent_minus_it_to_the_last_bit():
+    rng = np.random.default_rng(12)
+    parents, splits, width = 5, 4, 16
+    scale = 10.0 ** rng.integers(-6, 6, (parents, 1, 1))
+    grad = rng.normal(size=(parents, N_FEATURES, width)) * scale
+    hess = rng.poisson(4.0, size=grad.shape).astype(float)
+    child_grad, child_hess = grad[:splits] * rng.random(), np.floor(hess[:splits] / 2)
+    # Noise in bins no feature has (local DP): zeroed in the child, dropped from the sibling.
+    child_grad[:, :, -3:] = rng.normal(size=(splits, N_FEATURES, 3))
+    parent = np.array([4, 0, 2, 3])
+    small_left = np.array([True, False, False, True])
+    used = histtree.used_bins([np.arange(width - 4)] * N_FEATURES, width)
+    got = histtree.next_level(grad, hess, child_grad, child_hess, parent, small_left, used)
+    for i, (p, left) in enumerate(zip(parent, small_left, strict=True)):
+        for out, mine, whole in zip(got, (child_grad, child_hess), (grad, hess), strict=True):
+            child = mine[i] * used
+            small, sibling = (out[2 * i], out[2 * i + 1])[:: 1 if left else -1]
+            assert np.array_equal(small, child)
+            assert np.array_equal(sibling, whole[p] - child)
+
+
 def test_the_compiled_kernels_load_in_the_background_for_a_run_of_trees_only():
     if histtree._warming is None:  # no earlier test of this process started the load
         histograms.warm_up(TaskGroups.parse({"model": "lr"}))

@@ -499,17 +499,21 @@ def _scored(grown: Grown, answer: Arrays, settings: TreeSettings) -> bool:
 
 @dataclass
 class _Tree:
-    """One tree being grown: its builder, its open nodes and their summed histograms, and
-    the splits of its last level as (parent, left, right, the child asked for) with the
-    children's sums as the split found them (left G, H; right G, H); `held`, how many nodes
-    the parties hold of it (as the last question left it)."""
+    """One tree being grown: its builder, its open nodes and their summed histograms (`grad`,
+    `hess`: one array of (open nodes, features, bins) in `open_nodes`' order), and the splits
+    of its last level as (parent, left, right, the child asked for) with the parent's place
+    among the open nodes (`at`) and the children's sums as the split found them (left G, H;
+    right G, H); `held`, how many nodes the parties hold of it (as the last question left
+    it)."""
 
     index: int
     builder: histtree.TreeBuilder
     held: int = 0
     open_nodes: list[int] = field(default_factory=lambda: [0])
-    hist: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    hess: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
     pairs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    at: list[int] = field(default_factory=list)
     sums: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def question(self, asked: np.ndarray) -> Growing:
@@ -529,15 +533,13 @@ class _Tree:
         child of each split to ask for; on the `last` level the children are settled from
         their parents' split sums and nothing is asked. Empty once the tree is done."""
         builder = self.builder
-        grads = np.stack([self.hist[n][0] for n in self.open_nodes])
-        hesses = np.stack([self.hist[n][1] for n in self.open_nodes])
-        totals_g, totals_h = grads[:, 0, :].sum(axis=1), hesses[:, 0, :].sum(axis=1)
-        for node, g, h in zip(self.open_nodes, totals_g, totals_h, strict=True):
-            builder.settle(node, g, h)
         allowed = _allowed(settings, self.index, self.open_nodes, len(edges))
         counts = np.array([len(e) for e in edges])
-        splits = histtree.best_splits(grads, hesses, builder.rule, allowed, counts)
-        self.pairs, self.sums = [], []
+        splits = histtree.best_splits(self.grad, self.hess, builder.rule, allowed, counts)
+        totals_g, totals_h = splits.total_grad, splits.total_hess
+        for node, g, h in zip(self.open_nodes, totals_g, totals_h, strict=True):
+            builder.settle(node, g, h)
+        self.pairs, self.at, self.sums = [], [], []
         for i, node in enumerate(self.open_nodes):
             # A node of one row cannot split; only noised sums (local DP) make one look splittable.
             if not splits.gain[i] > 0 or builder.count[node] < 2:
@@ -547,6 +549,7 @@ class _Tree:
             g_left, h_left = splits.left_grad[i], splits.left_hess[i]
             small = left if h_left <= totals_h[i] - h_left else right
             self.pairs.append((node, left, right, small))
+            self.at.append(i)
             self.sums.append((g_left, h_left, totals_g[i] - g_left, totals_h[i] - h_left))
         if last:  # the deepest leaves need only their sums, which the splits hold
             self.finish()
@@ -558,16 +561,17 @@ class _Tree:
         for (_, left, right, _), (g_l, h_l, g_r, h_r) in zip(self.pairs, self.sums, strict=True):
             self.builder.settle(left, g_l, h_l)
             self.builder.settle(right, g_r, h_r)
-        self.pairs, self.sums = [], []
+        self.pairs, self.at, self.sums = [], [], []
 
-    def take(self, grad: np.ndarray, hess: np.ndarray) -> None:
-        """The asked children's histograms; each sibling's is its parent's minus the child's."""
-        for (parent, left, right, small), g, h in zip(self.pairs, grad, hess, strict=True):
-            self.hist[small] = (g, h)
-            self.hist[right if small == left else left] = (
-                self.hist[parent][0] - g,
-                self.hist[parent][1] - h,
-            )
+    def take(self, grad: np.ndarray, hess: np.ndarray, used: np.ndarray) -> None:
+        """The asked children's histograms (their unused bins zeroed by `used`); each
+        sibling's is its parent's minus the child's. The children, left then right of each
+        split, become the open nodes."""
+        parent = np.array(self.at, dtype=np.intp)
+        small_left = np.array([p[3] == p[1] for p in self.pairs], dtype=np.bool_)
+        self.grad, self.hess = histtree.next_level(
+            self.grad, self.hess, grad, hess, parent, small_left, used
+        )
         self.open_nodes = [n for p in self.pairs for n in p[1:3]]
 
 
@@ -583,7 +587,7 @@ def _grow_trees(
     open nodes and one question asks for the smaller children of all of them."""
     used = histtree.used_bins(grown.edges, settings.max_bins)
     for i, tree in enumerate(trees):
-        tree.hist[0] = (answer["grad"][i] * used, answer["hess"][i] * used)
+        tree.grad, tree.hess = answer["grad"][i : i + 1] * used, answer["hess"][i : i + 1] * used
     for depth in range(settings.max_depth):
         last = depth + 1 == settings.max_depth
         asked = [(t, t.split(settings, grown.edges, last)) for t in trees]
@@ -610,7 +614,7 @@ def _grow_trees(
         at = 0
         for tree in trees:
             rows = slice(at, at + len(tree.pairs))
-            tree.take(answer["grad"][rows] * used, answer["hess"][rows] * used)
+            tree.take(answer["grad"][rows], answer["hess"][rows], used)
             at = rows.stop
 
 

@@ -187,13 +187,16 @@ class Rule:
 
 @dataclass(frozen=True)
 class Splits:
-    """The best split of each node: feature, bin (left takes bins ≤ it), gain, left sums."""
+    """The best split of each node: feature, bin (left takes bins ≤ it), gain, left sums;
+    and the node's own sums (of its first feature's bins), which its leaf value is made of."""
 
     feature: np.ndarray
     bin: np.ndarray
     gain: np.ndarray
     left_grad: np.ndarray
     left_hess: np.ndarray
+    total_grad: np.ndarray
+    total_hess: np.ndarray
 
 
 def best_splits(
@@ -233,7 +236,7 @@ def best_splits(
         TIE,
         *out.values(),
     )
-    return Splits(**out)
+    return Splits(**out, total_grad=g_total, total_hess=h_total)
 
 
 @cache
@@ -302,6 +305,73 @@ def _score_nodes(
         best_gain[n], left_grad[n], left_hess[n] = gains[best], gls[best], hls[best]
 
 
+def next_level(
+    grad: np.ndarray,
+    hess: np.ndarray,
+    child_grad: np.ndarray,
+    child_hess: np.ndarray,
+    parent: np.ndarray,
+    small_left: np.ndarray,
+    used: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The histograms of a level's children, (2 × splits, features, bins), left then right of
+    each split, from their parents' (`grad`, `hess`, indexed by `parent`) and the summed
+    histograms of the child asked for (left where `small_left`), zeroed where not `used`: the
+    sibling's is its parent's minus the child's.
+
+    Compiled: one pass writes both children of every split, the same numbers as masking the
+    answer, then subtracting each child from its parent node by node (a dict of arrays
+    stacked into one per level), which moved every histogram three times on the server's
+    path between the last answer and the next question."""
+    splits, features, width = child_grad.shape
+    out = np.empty((2 * splits, features, width)), np.empty((2 * splits, features, width))
+    _siblings()(
+        np.ascontiguousarray(grad),
+        np.ascontiguousarray(hess),
+        np.ascontiguousarray(child_grad, dtype=np.float64),
+        np.ascontiguousarray(child_hess, dtype=np.float64),
+        np.ascontiguousarray(parent, dtype=np.intp),
+        np.ascontiguousarray(small_left, dtype=np.bool_),
+        np.ascontiguousarray(used, dtype=np.bool_),
+        *out,
+    )
+    return out
+
+
+@cache
+def _siblings() -> Callable[..., None]:
+    """The children's histograms, compiled once a process (or read from numba's cache)."""
+    import numba
+
+    return numba.njit(cache=True)(_fill_children)
+
+
+def _fill_children(
+    grad: np.ndarray,
+    hess: np.ndarray,
+    child_grad: np.ndarray,
+    child_hess: np.ndarray,
+    parent: np.ndarray,
+    small_left: np.ndarray,
+    used: np.ndarray,
+    out_grad: np.ndarray,
+    out_hess: np.ndarray,
+) -> None:
+    splits, features, width = child_grad.shape
+    for i in range(splits):
+        p = parent[i]
+        small, other = (2 * i, 2 * i + 1) if small_left[i] else (2 * i + 1, 2 * i)
+        for f in range(features):
+            for b in range(width):
+                # × 1 or × 0 as numpy's `* used` gives (exact: a sum minus it rounds alike).
+                keep = 1.0 if used[f, b] else 0.0
+                g = child_grad[i, f, b] * keep
+                h = child_hess[i, f, b] * keep
+                out_grad[small, f, b], out_hess[small, f, b] = g, h
+                out_grad[other, f, b] = grad[p, f, b] - g
+                out_hess[other, f, b] = hess[p, f, b] - h
+
+
 def warm_up() -> None:
     """Load the compiled kernels (numba's import and its cache) in the background, once a
     process. A run's first level question waits for the slowest province's load, about 0.4 s
@@ -324,6 +394,7 @@ def load_kernels() -> None:
     histograms(np.zeros((1, 1), dtype=np.uint16), one, one, np.zeros(1), None, 1, 2)
     sums = np.zeros((1, 1, 2))
     best_splits(sums, sums, rule, np.ones((1, 1), dtype=bool), one)
+    next_level(sums, sums, sums, sums, one, np.ones(1, dtype=bool), np.ones((1, 2), dtype=bool))
     leaves(TreeBuilder(rule).arrays(), np.zeros((1, 1), dtype=np.float32))
 
 
