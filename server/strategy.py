@@ -10,7 +10,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,11 +60,20 @@ CARRIES_STATE = (
 # The statistics phase's task kind (pb.TASK_KIND_STATISTICS), kept here free of the wire.
 STATISTICS = 5
 
-# Runs one phase of tasks: (round, task kind, instructions, accept) -> (results, failures).
-PhaseRunner = Callable[
-    [int, int, list[Instruction], Callable[[ClientResult], ClientResult]],
-    tuple[list[ClientResult], list[Failure]],
-]
+
+class PhaseRunner(Protocol):
+    """Runs one phase of tasks: (round, task kind, instructions, accept[, keep]) -> (results,
+    failures); `keep` is what the phase keeps of an accepted outcome once it counts."""
+
+    def __call__(
+        self,
+        server_round: int,
+        kind: int,
+        instructions: list[Instruction],
+        accept: Callable[[ClientResult], ClientResult],
+        keep: Callable[[ClientResult], ClientResult] = ...,
+        /,
+    ) -> tuple[list[ClientResult], list[Failure]]: ...
 
 
 class Strategy(ABC):

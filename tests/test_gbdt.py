@@ -26,6 +26,8 @@ from common.models.histgrow import (
 from common.models.histparty import Party, fit_parties, fit_union
 from common.tensors import Payload, receive
 from server.cli import parse_args
+from server.strategies.trees import InOrder
+from server.strategy import ClientResult
 
 N_FEATURES = 4
 
@@ -288,6 +290,36 @@ def test_compact_and_dense_answers_add_up_to_their_dense_sum_in_order_to_the_las
     }
     mixed = [compact(a) if i % 2 else a for i, a in enumerate(answers)]
     total = add_up(mixed, shapes)
+    assert all(np.array_equal(total[k], expected[k]) for k in shapes)
+    assert total["grad"].shape == shape
+
+
+def test_answers_added_as_they_arrive_make_the_sum_in_province_order_to_the_last_bit():
+    rng = np.random.default_rng(10)
+    shape = (3, N_FEATURES, 16)
+    shapes = {"grad": shape, "hess": shape, "val_sse": (), "val_rows": ()}
+    provinces = [f"p{i}" for i in range(6)]
+    answers = {}
+    for i, province in enumerate(provinces):
+        keep = rng.random(shape) < 0.3
+        grad = np.where(keep, rng.normal(size=shape) * 10.0 ** rng.integers(-8, 8, shape), 0.0)
+        dense = {
+            "grad": grad,
+            "hess": keep * 1.0,
+            "val_sse": np.asarray(rng.random()),
+            "val_rows": 7,
+        }
+        answers[province] = compact(dense) if i % 2 else dense
+    expected = add_up([answers[p] for p in provinces], shapes)
+    running = InOrder(shapes, provinces)
+    results = {p: ClientResult(p, 1, {}, a) for p, a in answers.items()}
+    *first, last = rng.permutation(provinces)
+    for province in first:
+        running.keep(results[province])
+    assert running.total(provinces, shapes) is None  # one still out
+    running.keep(results[last])
+    assert running.total(provinces[1:], shapes) is None  # a sum of other answers
+    total = running.total(provinces, shapes)
     assert all(np.array_equal(total[k], expected[k]) for k in shapes)
     assert total["grad"].shape == shape
 

@@ -18,6 +18,7 @@ from common.models import histnoise
 from common.models.histgrow import TreeStep
 from common.tensors import Arrays
 from common.wire import ConfigScalar
+from server.channel import Keep
 from server.disclosure import entry
 from server.privacy.dp import DPFedAvg, DPSettings
 from server.strategies.trees import HistogramTrees, InTheClear, Shapes
@@ -53,6 +54,9 @@ class DPTrees(DPFedAvg):
 
     def check(self, arrays: Arrays, shapes: Shapes) -> None:
         self._clear.check(arrays, shapes)
+
+    def keep(self, shapes: Shapes, cohort: list[str]) -> Keep:
+        return self._clear.keep(shapes, cohort)
 
     def least(self) -> int:
         return self._clear.least()

@@ -27,6 +27,7 @@ from common import secagg, vectors
 from common.models.checks import UpdateError
 from common.tensors import Arrays
 from common.wire import ConfigScalar
+from server.channel import Keep, as_it_is
 from server.disclosure import entry
 from server.privacy.secagg import SecAggFedAvg
 from server.strategies.trees import HistogramTrees, Shapes
@@ -90,6 +91,10 @@ class SecAggTrees(SecAggFedAvg):
         for name, shape in shapes.items():
             if arrays[name].dtype != np.int64 or arrays[name].shape != shape:
                 raise UpdateError(f"a masked {name!r} must be int64 of shape {shape}")
+
+    def keep(self, shapes: Shapes, cohort: list[str]) -> Keep:
+        """Each masked answer as it is: only their sum unmasks, once all are in."""
+        return as_it_is
 
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
         state = self._round

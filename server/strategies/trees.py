@@ -18,6 +18,8 @@ stops and the round keeps the model it had.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -27,6 +29,7 @@ from common.models import histtree
 from common.models.checks import check_arrays
 from common.models.histgrow import (
     AT,
+    HISTOGRAMS,
     Grown,
     Lost,
     Query,
@@ -43,6 +46,7 @@ from common.settings import RoundNumber
 from common.tensors import Arrays
 from common.wire import ConfigScalar
 from proto.fedstock.v1 import federation_pb2 as pb
+from server.channel import Keep
 from server.strategy import ClientResult, Failure, Instruction, Strategy
 
 log = logging.getLogger("fedstock.server")
@@ -64,6 +68,10 @@ class Exchanges(Protocol):
     def check(self, arrays: Arrays, shapes: Shapes) -> None:
         """UpdateError unless `arrays` is a well-formed answer of these shapes."""
 
+    def keep(self, shapes: Shapes, cohort: list[str]) -> Keep:
+        """What to keep of each checked answer to the question about to go to `cohort`, as it
+        arrives (it may be added to the sum there)."""
+
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
         """The sum of every province's answer, given in province order."""
 
@@ -71,9 +79,59 @@ class Exchanges(Protocol):
         """How many provinces must still be in for their sums to be taken."""
 
 
+class InOrder:
+    """A question's sum made as its answers arrive, each added once every answer before it in
+    `order` has been, so every entry is 0 + the first's + the second's …, as `add_up` adds
+    them, to the last bit. Only the answers after the last to arrive (in `order`) are left to
+    add once it has: adding all nine after the last one held the next question."""
+
+    def __init__(self, shapes: Shapes, order: list[str]) -> None:
+        self.order = order
+        self._sums: dict[str, Any] = {
+            name: np.zeros(math.prod(shape)) if name in HISTOGRAMS else 0
+            for name, shape in shapes.items()
+        }
+        self._shapes = shapes
+        self._arrived: dict[str, Arrays] = {}
+        self._added = 0
+        self._lock = threading.Lock()
+
+    def keep(self, result: ClientResult) -> ClientResult:
+        """Hold `result`'s answer and add every held one whose turn it is (a handler thread)."""
+        with self._lock:
+            self._arrived[result.province] = result.arrays
+            while self._added < len(self.order) and self.order[self._added] in self._arrived:
+                self._add(self._arrived[self.order[self._added]])
+                self._added += 1
+        return result
+
+    def _add(self, answer: Arrays) -> None:
+        for name, total in self._sums.items():
+            if name not in HISTOGRAMS:
+                self._sums[name] = total + answer[name]
+            elif AT in answer:
+                total[answer[AT]] += answer[name]
+            else:
+                total += answer[name].ravel()
+
+    def total(self, provinces: list[str], shapes: Shapes) -> Arrays | None:
+        """The sum, if it is of exactly `provinces`' answers (all of `order`) of these
+        `shapes`, else None."""
+        with self._lock:
+            if provinces != self.order or self._added < len(self.order) or shapes != self._shapes:
+                return None
+            return {
+                name: total.reshape(self._shapes[name]) if name in HISTOGRAMS else total
+                for name, total in self._sums.items()
+            }
+
+
 class InTheClear:
     """Each province's answer reaches the server as it is (histograms as their nonzero entries,
-    `histgrow.compact`); the server adds them up."""
+    `histgrow.compact`); the server adds them up as they arrive (`InOrder`)."""
+
+    def __init__(self) -> None:
+        self._running: InOrder | None = None
 
     def instructions(
         self, config: dict[str, ConfigScalar], arrays: Arrays, cohort: list[str]
@@ -86,8 +144,15 @@ class InTheClear:
         else:
             check_arrays(arrays, shapes)
 
+    def keep(self, shapes: Shapes, cohort: list[str]) -> Keep:
+        self._running = InOrder(shapes, cohort)
+        return self._running.keep
+
     def total(self, answers: list[ClientResult], shapes: Shapes) -> Arrays:
-        return add_up([r.arrays for r in answers], shapes)
+        """The running sum of these answers when they are the question's, or their sum now."""
+        running, self._running = self._running, None
+        made = running.total([r.province for r in answers], shapes) if running is not None else None
+        return made if made is not None else add_up([r.arrays for r in answers], shapes)
 
     def least(self) -> int:
         return 1
@@ -181,7 +246,10 @@ class HistogramTrees(Strategy):
             return result
 
         instructions = self._instructions(server_round, query)
-        results, failures = self.run_phase(server_round, pb.TASK_KIND_TRAIN, instructions, accept)
+        keep = self.exchanges.keep(shapes, self._cohort)
+        results, failures = self.run_phase(
+            server_round, pb.TASK_KIND_TRAIN, instructions, accept, keep
+        )
         # The questions and answers after the sketch: the round's own counts hold the sketch.
         self._bytes["bytes_down"] += sum(_nbytes(i.parameters) for i in instructions)
         self._bytes["bytes_up"] += sum(_nbytes(r.arrays) for r in results)
