@@ -28,7 +28,7 @@ from baselines.data import DataOptions
 from baselines.models import ModelOptions
 from common.data import synthesize_province
 from common.data.synthetic import DEFAULT_SEED
-from common.models.histgrow import TREE_MODELS
+from common.models.histgrow import TREE_MODELS, TreeSettings
 from common.preprocess import split
 from common.provinces import PROVINCES
 from server.localrun import LocalFederation, free_port
@@ -76,6 +76,7 @@ def fedstock_federated(out: Path, rows: int, seed: int, flags: list[str]) -> dic
         "train_seconds": results["final"]["train_seconds"],
         "wall_seconds": wall,
         "exchanges": record["trees"]["exchanges"],
+        "server_cpu_seconds": record["server_cpu_seconds"],
         "bytes_up": record["bytes_up"] + record["trees"]["bytes_up"],
         "bytes_down": record["bytes_down"] + record["trees"]["bytes_down"],
     }
@@ -137,6 +138,11 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, default=8)
     parser.add_argument("--bench-python", required=True, help="Python with xgboost, lightgbm")
     parser.add_argument("--out", type=Path, default=Path("runs/trees"))
+    parser.add_argument(
+        "--federated-only",
+        action="store_true",
+        help="only the two federations (fedstock's and XGBoost's), not the centralised runs",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     settings = replace(TREE_MODELS["gbdt"].defaults, trees=args.trees, max_depth=args.max_depth)
@@ -161,6 +167,17 @@ def main() -> None:
         args.bench_python, args.out / "data", args.out / "xgboost", env
     )
     print("xgboost federated", figures["xgboost federated"], flush=True)
+    if not args.federated_only:
+        figures.update(centralised_figures(args, settings, env))
+    print_table(figures)
+    (args.out / "trees.json").write_text(
+        json.dumps({"rows": args.rows, "settings": asdict(settings), "figures": figures}, indent=2)
+    )
+
+
+def centralised_figures(args: argparse.Namespace, settings: TreeSettings, env: dict) -> dict:
+    """fedstock's, XGBoost's and LightGBM's gbdt on the union of the rows, and persistence."""
+    figures = {}
     data = DataOptions(rows=args.rows, seed=args.seed)
     options = ModelOptions(tree_settings={"gbdt": settings})
     outcome = centralised.run("gbdt", data, options)
@@ -183,15 +200,25 @@ def main() -> None:
         part = np.load(args.out / "data" / f"{province}.npz")
         persistence.append((part["close_test"] - part["y_test"]) ** 2)
     figures["persistence"] = {"mse": float(np.concatenate(persistence).mean())}
+    return figures
+
+
+def print_table(figures: dict) -> None:
+    """MSE and seconds of each part; the federations' ratio, and the server's CPU an exchange."""
     print(f"\n{'':24} {'MSE':>10} {'train s':>9} {'wall s':>8}")
     for name, f in figures.items():
         mse = f"{f['mse']:.6g}" if "mse" in f else "failed"
         train = f"{f['train_seconds']:.2f}" if "train_seconds" in f else ""
         wall = f"{f['wall_seconds']:.2f}" if "wall_seconds" in f else ""
         print(f"{name:24} {mse:>10} {train:>9} {wall:>8}")
-    (args.out / "trees.json").write_text(
-        json.dumps({"rows": args.rows, "settings": asdict(settings), "figures": figures}, indent=2)
-    )
+    ours, theirs = figures["fedstock federated"], figures["xgboost federated"]
+    if "train_seconds" in ours and "train_seconds" in theirs:
+        ratio = ours["train_seconds"] / theirs["train_seconds"]
+        cpu = ours["server_cpu_seconds"] / ours["exchanges"] * 1e3
+        print(
+            f"fedstock's federated training took {ratio:.2f} times XGBoost's; fedstock's "
+            f"server spent {cpu:.2f} ms of CPU an exchange"
+        )
 
 
 if __name__ == "__main__":
