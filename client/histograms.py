@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -57,9 +58,10 @@ def warm_up(groups: TaskGroups) -> None:
 
 
 def answer(
-    x: np.ndarray, change: np.ndarray, question: Arrays | None, groups: TaskGroups
+    x: np.ndarray, change: Callable[[], np.ndarray], question: Arrays | None, groups: TaskGroups
 ) -> Arrays:
-    """This province's answer to the question in the task."""
+    """This province's answer to the question in the task; `change` makes the target the
+    trees learn, wanted only when the party for these rows is made, not at every question."""
     settings = settings_for(groups)
     told = groups.need(TreeStep)
     query = Query.from_wire(told, dp_clip(groups), question or {}, x.shape[1], settings.max_bins)
@@ -67,7 +69,7 @@ def answer(
     if key not in _PARTIES:
         while len(_PARTIES) >= KEEP:
             _PARTIES.pop(next(iter(_PARTIES)))
-        _PARTIES[key] = Party(x, change, settings)
+        _PARTIES[key] = Party(x, change(), settings)
     answer = _PARTIES[key].answer(query)
     # In the clear only the nonzero entries travel; masks and noise need every entry.
     in_clear = groups.need(Protection).privacy in (None, "none")

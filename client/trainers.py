@@ -111,7 +111,7 @@ def predict_forest(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndar
 def tree_answer(
     x: np.ndarray, y: np.ndarray, question: Arrays | None, groups: TaskGroups
 ) -> Arrays:
-    return histograms.answer(x, y - no_change(x, groups, scaled=False), question, groups)
+    return histograms.answer(x, lambda: y - no_change(x, groups, scaled=False), question, groups)
 
 
 def predict_trees(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarray:
