@@ -13,7 +13,6 @@ import time
 
 import grpc
 
-from client import histograms
 from client.handshake import HandshakeCheck
 from client.he import HEError
 from client.links import TRANSPORTS, Link, StreamLink, UnaryLink
@@ -203,7 +202,6 @@ class ClientDaemon:
         log.info(
             "%s joined server %s (version %s)", self.province, self.address, reply.server_version
         )
-        histograms.get_ready(reply.model)
 
     def _recover(
         self, stub: pb_grpc.FederationStub, error: grpc.RpcError, backoff: Backoff

@@ -21,7 +21,7 @@ from common.models.checks import UpdateError
 from common.models.histgrow import Query, TreeSettings, TreeStep, compact
 from common.models.histparty import Party, fit_union
 from common.protection import Protection
-from common.registry import MODELS, model_spec
+from common.registry import model_spec
 from common.tensors import Arrays
 
 # Parties by rows and settings. A province's run needs one; a grid search a few more; a
@@ -38,16 +38,6 @@ def settings_for(groups: TaskGroups) -> TreeSettings:
     if model_spec(model).trees is None or groups.trees is None:
         raise ValueError(f"model {model!r} is not grown from histograms")
     return groups.trees
-
-
-def get_ready(model: str) -> None:
-    """On joining a run of histogram trees (its Join reply names the model), load their
-    compiled kernels in the background: the provinces that join before the last one load them
-    while the quorum gathers, instead of all ten processes at once, at the statistics, with
-    the round's first question waiting for the slowest. Nothing for another or unknown model."""
-    spec = MODELS.get(model)
-    if spec is not None and spec.trees is not None:
-        histtree.warm_up()
 
 
 def warm_up(groups: TaskGroups) -> None:

@@ -296,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
         members=serve.members,
         # A client gets as long to call again after its stream ends as it may stay silent.
         return_seconds=serve.idle_timeout,
-        model=config.model.model,
     )
     address = f"{serve.host}:{serve.port}"
     if serve.insecure:

@@ -100,11 +100,8 @@ class Coordinator:
         report_hint: str = "",
         members: Members = PAPER,
         return_seconds: float = 0.0,
-        model: str = "",
     ) -> None:
         self.poll_seconds = poll_seconds
-        # The run's model, told to each client as it joins, so it can get ready for it.
-        self.model = model
         # How long a client whose session stream ended has to call again before the task it
         # holds, or is handed, fails (0: until its deadline).
         self.return_seconds = return_seconds

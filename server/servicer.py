@@ -173,7 +173,6 @@ class FederationServicer(pb_grpc.FederationServicer):
             server_version=SOFTWARE_VERSION,
             poll_seconds=self._coordinator.poll_seconds,
             protocol_version=PROTOCOL_VERSION,
-            model=self._coordinator.model,
         )
 
     def GetTask(

@@ -1,12 +1,10 @@
 """Histogram trees in one process: summed histograms grow the tree a union of the rows grows."""
 
-import grpc
 import numpy as np
 import pytest
 
 from client import histograms
 from client.groups import TaskGroups
-from common.launch import free_port
 from common.models import forest, histgrow, histtree
 from common.models.checks import UpdateError
 from common.models.histgrow import (
@@ -27,11 +25,7 @@ from common.models.histgrow import (
 )
 from common.models.histparty import Party, fit_parties, fit_union
 from common.tensors import Payload, receive
-from proto.fedstock.v1 import federation_pb2 as pb
-from proto.fedstock.v1 import federation_pb2_grpc as pb_grpc
-from server.__main__ import build_server
 from server.cli import parse_args
-from server.coordinator import Coordinator
 from server.strategies.trees import InOrder
 from server.strategy import ClientResult
 
@@ -416,27 +410,11 @@ def test_the_compiled_kernels_load_in_the_background_for_a_run_of_trees_only():
     if histtree._warming is None:  # no earlier test of this process started the load
         histograms.warm_up(TaskGroups.parse({"model": "lr"}))
         histograms.warm_up(TaskGroups.parse({}))
-        histograms.get_ready("lr")
-        histograms.get_ready("no such model")  # a newer server's: nothing to get ready
         assert histtree._warming is None
-    histograms.get_ready("rf-hist")
+    histograms.warm_up(TaskGroups.parse({"model": "gbdt"}))
     histtree._warming.join()
     # The types the questions use are loaded: no compilation waits for the first question.
-    kernels = (histtree._fill, histtree._score, histtree._siblings, forest._walk)
-    assert all(k().signatures for k in kernels)
-
-
-def test_a_province_joining_hears_the_run_s_model():
-    coordinator = Coordinator(poll_seconds=1, model="gbdt")
-    address = f"127.0.0.1:{free_port()}"
-    server, _ = build_server(coordinator, address, 4, 1 << 20)
-    server.start()
-    try:
-        with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.FederationStub(channel)
-            assert stub.Join(pb.JoinRequest(province="hubei"), timeout=10).model == "gbdt"
-    finally:
-        server.stop(None)
+    assert all(k().signatures for k in (histtree._fill, histtree._score, forest._walk))
 
 
 def depth_of(tree):

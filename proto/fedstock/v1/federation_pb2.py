@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto.fedstock.v1 import tensor_pb2 as proto_dot_fedstock_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/fedstock/v1/federation.proto\x12\x0b\x66\x65\x64stock.v1\x1a\x1eproto/fedstock/v1/tensor.proto\"a\n\x0bJoinRequest\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"s\n\tJoinReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x14\n\x0cpoll_seconds\x18\x03 \x01(\x01\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\r\n\x05model\x18\x05 \x01(\t\"\r\n\x0bTaskRequest\"[\n\x0b\x43onfigValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"a\n\x06Scaler\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12!\n\x04mean\x18\x02 \x01(\x0b\x32\x13.fedstock.v1.Tensor\x12\"\n\x05scale\x18\x03 \x01(\x0b\x32\x13.fedstock.v1.Tensor\"\x98\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedstock.v1.TaskKind\x12-\n\x06\x63onfig\x18\x04 \x03(\x0b\x32\x1d.fedstock.v1.Task.ConfigEntry\x12#\n\x06scaler\x18\x05 \x01(\x0b\x32\x13.fedstock.v1.Scaler\x12\x31\n\nparameters\x18\x06 \x01(\x0b\x32\x1d.fedstock.v1.ParametersHeader\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\x08\x12,\n\x08receipts\x18\n \x03(\x0b\x32\x1a.fedstock.v1.LedgerReceipt\x12\x13\n\x0binline_data\x18\x0b \x01(\x0c\x1aG\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.fedstock.v1.ConfigValue:\x02\x38\x01\"?\n\rLedgerReceipt\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"F\n\tTaskChunk\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x11.fedstock.v1.TaskH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9f\x02\n\x07Outcome\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedstock.v1.TaskKind\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.fedstock.v1.Outcome.MetricsEntry\x12\x31\n\nparameters\x18\x06 \x01(\x0b\x32\x1d.fedstock.v1.ParametersHeader\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x13\n\x0binline_data\x18\x08 \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x0bSubmitChunk\x12\'\n\x07outcome\x18\x01 \x01(\x0b\x32\x14.fedstock.v1.OutcomeH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"0\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\'\n\x0bSessionOpen\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"D\n\rSessionOpened\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"\x0b\n\tHeartbeat\"\xcd\x01\n\tSessionUp\x12(\n\x04open\x18\x01 \x01(\x0b\x32\x18.fedstock.v1.SessionOpenH\x00\x12(\n\x04next\x18\x02 \x01(\x0b\x32\x18.fedstock.v1.TaskRequestH\x00\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x14.fedstock.v1.OutcomeH\x00\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12+\n\theartbeat\x18\x05 \x01(\x0b\x32\x16.fedstock.v1.HeartbeatH\x00\x42\x06\n\x04part\"\xa1\x01\n\x0bSessionDown\x12,\n\x06opened\x18\x01 \x01(\x0b\x32\x1a.fedstock.v1.SessionOpenedH\x00\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x11.fedstock.v1.TaskH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12)\n\x05reply\x18\x04 \x01(\x0b\x32\x18.fedstock.v1.SubmitReplyH\x00\x42\x06\n\x04part*\x9a\x02\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x12\n\x0eTASK_KIND_WAIT\x10\x03\x12\x12\n\x0eTASK_KIND_STOP\x10\x04\x12\x18\n\x14TASK_KIND_STATISTICS\x10\x05\x12\x19\n\x15TASK_KIND_SECAGG_KEYS\x10\x06\x12\x1b\n\x17TASK_KIND_SECAGG_SHARES\x10\x07\x12\x1b\n\x17TASK_KIND_SECAGG_UNMASK\x10\x08\x12\x15\n\x11TASK_KIND_ANALYSE\x10\t\x12\x18\n\x14TASK_KIND_HE_DECRYPT\x10\n2\x86\x02\n\nFederation\x12\x38\n\x04Join\x12\x18.fedstock.v1.JoinRequest\x1a\x16.fedstock.v1.JoinReply\x12=\n\x07GetTask\x12\x18.fedstock.v1.TaskRequest\x1a\x16.fedstock.v1.TaskChunk0\x01\x12>\n\x06Submit\x12\x18.fedstock.v1.SubmitChunk\x1a\x18.fedstock.v1.SubmitReply(\x01\x12?\n\x07Session\x12\x16.fedstock.v1.SessionUp\x1a\x18.fedstock.v1.SessionDown(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/fedstock/v1/federation.proto\x12\x0b\x66\x65\x64stock.v1\x1a\x1eproto/fedstock/v1/tensor.proto\"a\n\x0bJoinRequest\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"d\n\tJoinReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x14\n\x0cpoll_seconds\x18\x03 \x01(\x01\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"\r\n\x0bTaskRequest\"[\n\x0b\x43onfigValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"a\n\x06Scaler\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12!\n\x04mean\x18\x02 \x01(\x0b\x32\x13.fedstock.v1.Tensor\x12\"\n\x05scale\x18\x03 \x01(\x0b\x32\x13.fedstock.v1.Tensor\"\x98\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedstock.v1.TaskKind\x12-\n\x06\x63onfig\x18\x04 \x03(\x0b\x32\x1d.fedstock.v1.Task.ConfigEntry\x12#\n\x06scaler\x18\x05 \x01(\x0b\x32\x13.fedstock.v1.Scaler\x12\x31\n\nparameters\x18\x06 \x01(\x0b\x32\x1d.fedstock.v1.ParametersHeader\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\x08\x12,\n\x08receipts\x18\n \x03(\x0b\x32\x1a.fedstock.v1.LedgerReceipt\x12\x13\n\x0binline_data\x18\x0b \x01(\x0c\x1aG\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.fedstock.v1.ConfigValue:\x02\x38\x01\"?\n\rLedgerReceipt\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"F\n\tTaskChunk\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x11.fedstock.v1.TaskH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9f\x02\n\x07Outcome\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedstock.v1.TaskKind\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.fedstock.v1.Outcome.MetricsEntry\x12\x31\n\nparameters\x18\x06 \x01(\x0b\x32\x1d.fedstock.v1.ParametersHeader\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x13\n\x0binline_data\x18\x08 \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x0bSubmitChunk\x12\'\n\x07outcome\x18\x01 \x01(\x0b\x32\x14.fedstock.v1.OutcomeH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"0\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\'\n\x0bSessionOpen\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"D\n\rSessionOpened\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"\x0b\n\tHeartbeat\"\xcd\x01\n\tSessionUp\x12(\n\x04open\x18\x01 \x01(\x0b\x32\x18.fedstock.v1.SessionOpenH\x00\x12(\n\x04next\x18\x02 \x01(\x0b\x32\x18.fedstock.v1.TaskRequestH\x00\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x14.fedstock.v1.OutcomeH\x00\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12+\n\theartbeat\x18\x05 \x01(\x0b\x32\x16.fedstock.v1.HeartbeatH\x00\x42\x06\n\x04part\"\xa1\x01\n\x0bSessionDown\x12,\n\x06opened\x18\x01 \x01(\x0b\x32\x1a.fedstock.v1.SessionOpenedH\x00\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x11.fedstock.v1.TaskH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12)\n\x05reply\x18\x04 \x01(\x0b\x32\x18.fedstock.v1.SubmitReplyH\x00\x42\x06\n\x04part*\x9a\x02\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x12\n\x0eTASK_KIND_WAIT\x10\x03\x12\x12\n\x0eTASK_KIND_STOP\x10\x04\x12\x18\n\x14TASK_KIND_STATISTICS\x10\x05\x12\x19\n\x15TASK_KIND_SECAGG_KEYS\x10\x06\x12\x1b\n\x17TASK_KIND_SECAGG_SHARES\x10\x07\x12\x1b\n\x17TASK_KIND_SECAGG_UNMASK\x10\x08\x12\x15\n\x11TASK_KIND_ANALYSE\x10\t\x12\x18\n\x14TASK_KIND_HE_DECRYPT\x10\n2\x86\x02\n\nFederation\x12\x38\n\x04Join\x12\x18.fedstock.v1.JoinRequest\x1a\x16.fedstock.v1.JoinReply\x12=\n\x07GetTask\x12\x18.fedstock.v1.TaskRequest\x1a\x16.fedstock.v1.TaskChunk0\x01\x12>\n\x06Submit\x12\x18.fedstock.v1.SubmitChunk\x1a\x18.fedstock.v1.SubmitReply(\x01\x12?\n\x07Session\x12\x16.fedstock.v1.SessionUp\x1a\x18.fedstock.v1.SessionDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,44 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_OUTCOME_METRICSENTRY']._loaded_options = None
   _globals['_OUTCOME_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=1971
-  _globals['_TASKKIND']._serialized_end=2253
+  _globals['_TASKKIND']._serialized_start=1956
+  _globals['_TASKKIND']._serialized_end=2238
   _globals['_JOINREQUEST']._serialized_start=83
   _globals['_JOINREQUEST']._serialized_end=180
   _globals['_JOINREPLY']._serialized_start=182
-  _globals['_JOINREPLY']._serialized_end=297
-  _globals['_TASKREQUEST']._serialized_start=299
-  _globals['_TASKREQUEST']._serialized_end=312
-  _globals['_CONFIGVALUE']._serialized_start=314
-  _globals['_CONFIGVALUE']._serialized_end=405
-  _globals['_SCALER']._serialized_start=407
-  _globals['_SCALER']._serialized_end=504
-  _globals['_TASK']._serialized_start=507
-  _globals['_TASK']._serialized_end=915
-  _globals['_TASK_CONFIGENTRY']._serialized_start=844
-  _globals['_TASK_CONFIGENTRY']._serialized_end=915
-  _globals['_LEDGERRECEIPT']._serialized_start=917
-  _globals['_LEDGERRECEIPT']._serialized_end=980
-  _globals['_TASKCHUNK']._serialized_start=982
-  _globals['_TASKCHUNK']._serialized_end=1052
-  _globals['_OUTCOME']._serialized_start=1055
-  _globals['_OUTCOME']._serialized_end=1342
-  _globals['_OUTCOME_METRICSENTRY']._serialized_start=1296
-  _globals['_OUTCOME_METRICSENTRY']._serialized_end=1342
-  _globals['_SUBMITCHUNK']._serialized_start=1344
-  _globals['_SUBMITCHUNK']._serialized_end=1422
-  _globals['_SUBMITREPLY']._serialized_start=1424
-  _globals['_SUBMITREPLY']._serialized_end=1472
-  _globals['_SESSIONOPEN']._serialized_start=1474
-  _globals['_SESSIONOPEN']._serialized_end=1513
-  _globals['_SESSIONOPENED']._serialized_start=1515
-  _globals['_SESSIONOPENED']._serialized_end=1583
-  _globals['_HEARTBEAT']._serialized_start=1585
-  _globals['_HEARTBEAT']._serialized_end=1596
-  _globals['_SESSIONUP']._serialized_start=1599
-  _globals['_SESSIONUP']._serialized_end=1804
-  _globals['_SESSIONDOWN']._serialized_start=1807
-  _globals['_SESSIONDOWN']._serialized_end=1968
-  _globals['_FEDERATION']._serialized_start=2256
-  _globals['_FEDERATION']._serialized_end=2518
+  _globals['_JOINREPLY']._serialized_end=282
+  _globals['_TASKREQUEST']._serialized_start=284
+  _globals['_TASKREQUEST']._serialized_end=297
+  _globals['_CONFIGVALUE']._serialized_start=299
+  _globals['_CONFIGVALUE']._serialized_end=390
+  _globals['_SCALER']._serialized_start=392
+  _globals['_SCALER']._serialized_end=489
+  _globals['_TASK']._serialized_start=492
+  _globals['_TASK']._serialized_end=900
+  _globals['_TASK_CONFIGENTRY']._serialized_start=829
+  _globals['_TASK_CONFIGENTRY']._serialized_end=900
+  _globals['_LEDGERRECEIPT']._serialized_start=902
+  _globals['_LEDGERRECEIPT']._serialized_end=965
+  _globals['_TASKCHUNK']._serialized_start=967
+  _globals['_TASKCHUNK']._serialized_end=1037
+  _globals['_OUTCOME']._serialized_start=1040
+  _globals['_OUTCOME']._serialized_end=1327
+  _globals['_OUTCOME_METRICSENTRY']._serialized_start=1281
+  _globals['_OUTCOME_METRICSENTRY']._serialized_end=1327
+  _globals['_SUBMITCHUNK']._serialized_start=1329
+  _globals['_SUBMITCHUNK']._serialized_end=1407
+  _globals['_SUBMITREPLY']._serialized_start=1409
+  _globals['_SUBMITREPLY']._serialized_end=1457
+  _globals['_SESSIONOPEN']._serialized_start=1459
+  _globals['_SESSIONOPEN']._serialized_end=1498
+  _globals['_SESSIONOPENED']._serialized_start=1500
+  _globals['_SESSIONOPENED']._serialized_end=1568
+  _globals['_HEARTBEAT']._serialized_start=1570
+  _globals['_HEARTBEAT']._serialized_end=1581
+  _globals['_SESSIONUP']._serialized_start=1584
+  _globals['_SESSIONUP']._serialized_end=1789
+  _globals['_SESSIONDOWN']._serialized_start=1792
+  _globals['_SESSIONDOWN']._serialized_end=1953
+  _globals['_FEDERATION']._serialized_start=2241
+  _globals['_FEDERATION']._serialized_end=2503
 # @@protoc_insertion_point(module_scope)

@@ -46,18 +46,16 @@ class JoinRequest(_message.Message):
     def __init__(self, province: _Optional[str] = ..., rows: _Optional[int] = ..., software_version: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("session", "server_version", "poll_seconds", "protocol_version", "model")
+    __slots__ = ("session", "server_version", "poll_seconds", "protocol_version")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
-    MODEL_FIELD_NUMBER: _ClassVar[int]
     session: str
     server_version: str
     poll_seconds: float
     protocol_version: int
-    model: str
-    def __init__(self, session: _Optional[str] = ..., server_version: _Optional[str] = ..., poll_seconds: _Optional[float] = ..., protocol_version: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., server_version: _Optional[str] = ..., poll_seconds: _Optional[float] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ()
