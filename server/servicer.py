@@ -337,6 +337,13 @@ class FederationServicer(pb_grpc.FederationServicer):
                 chunk = next(chunks, None)
                 if chunk is None:
                     break
+                if self._coordinator.task_phase(outcome.task_id) is None:
+                    # Failed or past its deadline: the rest of its upload may not hold the room.
+                    context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "the task closed while its upload was arriving (its deadline passed or "
+                        "it failed); the upload is dropped",
+                    )
                 if chunk.WhichOneof("part") != "data":
                     raise PayloadError("only data chunks may follow the outcome")
                 receiver.add(chunk.data)

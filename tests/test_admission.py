@@ -265,6 +265,25 @@ def test_streams_dropped_waiting_or_mid_upload_free_their_place_and_the_next_pro
     assert fed.coordinator.task_phase(dropped_task.task_id) is phase
 
 
+def test_an_upload_whose_task_closes_mid_way_is_dropped_at_its_next_chunk_freeing_its_room(
+    federation,
+):
+    """A client trickling chunks (even empty ones, which never overrun the announced size)
+    after its task failed or passed its deadline may not keep the room it reserved."""
+    fed = federation(BUDGET, ("hubei",))
+    fed.send(("hubei",))
+    stream, task = fed.task_stream("hubei")
+    stream.send(outcome(task), *data(0, 1))
+    until(lambda: fed.admission.used == SIZE, "the upload is admitted")
+    fed.coordinator.fail(task.task_id, "its deadline passed")  # what the round loop does
+    stream.send(pb.SessionUp(data=b""))
+    with pytest.raises(grpc.RpcError) as dropped:
+        stream.read()
+    assert dropped.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "the task closed while its upload was arriving" in dropped.value.details()
+    until(lambda: fed.admission.used == 0, "the dropped upload gives its room back")
+
+
 def test_waiting_for_room_is_not_silence_the_idle_timeout_leaves_the_waiting_stream_alone(
     federation,
 ):
