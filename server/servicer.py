@@ -76,7 +76,7 @@ def upload_reader(message: type[Message]) -> Callable[[bytes], Message | DataPar
     def read(raw: bytes) -> Message | DataPart:
         if raw[:1] == bytes((tag,)):
             length, shift, at = 0, 0, 1
-            while at < min(len(raw), 11):  # a varint is at most ten bytes
+            while at < min(len(raw), 6):  # protobuf takes a length of at most five bytes
                 byte = raw[at]
                 at += 1
                 length |= (byte & 0x7F) << shift

@@ -73,6 +73,17 @@ def test_other_messages_and_concatenations_read_as_protobuf_reads_them(
         same_reading(kind, raw)
 
 
+@pytest.mark.parametrize("kind", UPLOADS)
+@pytest.mark.parametrize("width", range(1, 11))
+def test_a_length_written_in_any_number_of_bytes_reads_as_protobuf_reads_it(
+    kind: type[Message], width: int
+) -> None:
+    """A varint may pad a length with continuation bytes; protobuf takes at most five."""
+    padded = [5] if width == 1 else [0x85, *[0x80] * (width - 2), 0x00]
+    tag = kind.DESCRIPTOR.fields_by_name["data"].number << 3 | 2
+    same_reading(kind, bytes([tag, *padded]) + b"hello")
+
+
 @settings(max_examples=2000, deadline=None)
 @given(kind=st.sampled_from(UPLOADS), raw=st.binary(max_size=64))
 def test_garbage_is_refused_as_protobuf_refuses_it(kind: type[Message], raw: bytes) -> None:
