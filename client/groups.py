@@ -44,6 +44,11 @@ from common.wire import ConfigScalar
 Group = TypeVar("Group", bound=TaskSettings)
 # The settings the server sends each province differently (its seat in secure aggregation).
 PER_CLIENT = frozenset(f.name for f in fields(Seat))
+STEP_KEYS = frozenset(f.name for f in fields(TreeStep))
+# The groups parsed lately, by their settings as sent: one a province's run, one a province
+# in a federation in one process (the in-memory channel), a few for a grid search.
+_PARSED: dict[tuple[tuple[str, str], ...], TaskGroups] = {}
+KEEP_PARSED = 32
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,23 @@ class TaskGroups:
 
     @classmethod
     def parse(cls, config: Mapping[str, ConfigScalar]) -> TaskGroups:
-        """The groups in `config`; SettingsError naming the first key that is not as it must be."""
-        carried = {
-            name: group.from_config(config) if own & config.keys() else None
-            for name, (group, own) in _groups().items()
-        }
+        """The groups in `config`; SettingsError naming the first key that is not as it must be.
+
+        A run's tree questions differ only in their step (`TreeStep`), so every other group is
+        read once for settings sent exactly alike, kind of each value included, and reused:
+        at 800 questions a run that was a tenth of a province's CPU an answer (docs/trees.md)."""
+        step = TreeStep.sent(config)
+        rest = {k: v for k, v in config.items() if k not in STEP_KEYS}
+        # repr tells every kind a setting may have apart (1, 1.0, True, '1'; -0.0 from 0.0).
+        key = tuple(sorted((k, repr(v)) for k, v in rest.items()))
+        known = _PARSED.get(key)
+        if known is None:
+            known = _parse(rest)
+            while len(_PARSED) >= KEEP_PARSED:
+                _PARSED.pop(next(iter(_PARSED)))
+            _PARSED[key] = known
         shared = tuple(sorted((k, v) for k, v in config.items() if k not in PER_CLIENT))
-        return cls(**carried, trees=_trees(carried["model"], config), shared=shared)
+        return replace(known, tree_step=step, shared=shared)
 
     def need(self, kind: type[Group]) -> Group:
         """The task's group of `kind`; a group it does not carry is refused by its first
@@ -103,6 +118,16 @@ class TaskGroups:
         """These groups with `group` in place of the one of its kind: the analysis's own
         fine-tuning and members train as a task with those settings would."""
         return replace(self, **{_field_of(type(group)): group})
+
+
+def _parse(config: Mapping[str, ConfigScalar]) -> TaskGroups:
+    """Every group in `config` but the tree step, read from its values."""
+    carried = {
+        name: group.from_config(config) if own & config.keys() else None
+        for name, (group, own) in _groups().items()
+        if group is not TreeStep
+    }
+    return TaskGroups(**carried, tree_step=None, trees=_trees(carried["model"], config))
 
 
 @functools.cache

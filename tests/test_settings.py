@@ -324,3 +324,23 @@ def test_the_work_reads_a_group_from_the_parse_as_it_read_it_from_the_map():
     # Secure aggregation binds an exchange to every setting as sent but the province's seat.
     seated = TaskGroups.parse({**config, **secagg.Seat(4).to_config()})
     assert dict(seated.shared) == config and seated.seat == secagg.Seat(4)
+
+
+def test_a_tree_question_reuses_the_runs_settings_but_never_a_value_sent_otherwise():
+    context = TaskContext(100, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0).to_config()
+    config = {**over_the_wire(build_strategy("gbdt").model_config), **context, "round": 1}
+    first = TaskGroups.parse({**config, **TreeStep("level", 0).to_config()})
+    later = TaskGroups.parse({**config, **TreeStep("level", 7, True).to_config()})
+    assert later.tree_step == TreeStep("level", 7, True) and first.tree_step.tree_index == 0
+    assert later.trees == first.trees and later.context == first.context
+    assert dict(later.shared)["tree_index"] == 7
+    assert TaskGroups.parse(config).tree_step is None
+    # A value equal to one read before but of another kind is read afresh, and refused.
+    assert TaskGroups.parse({**config, "gbdt_max_depth": 1}).trees.max_depth == 1
+    with pytest.raises(SettingsError, match="'gbdt_max_depth' must be int, got True"):
+        TaskGroups.parse({**config, "gbdt_max_depth": True})
+    assert TaskGroups.parse({**config, "gbdt_learning_rate": 1}).trees.learning_rate == 1.0
+    with pytest.raises(SettingsError, match="'gbdt_learning_rate' must be float, got True"):
+        TaskGroups.parse({**config, "gbdt_learning_rate": True})
+    assert np.signbit(TaskGroups.parse({**config, "close_mean": -0.0}).context.close_mean)
+    assert not np.signbit(TaskGroups.parse(config).context.close_mean)
