@@ -300,9 +300,10 @@ def _growing(arrays: Arrays, n_features: int) -> list[Growing]:
     feature, threshold = arrays["split_feature"], arrays["split_threshold"]
     if ((feature < 0) | (feature >= n_features)).any() or not np.isfinite(threshold).all():
         raise UpdateError(f"a split needs a feature in [0, {n_features}) and a finite threshold")
+    asked, split = _bounds(counts), _bounds(splits)
     parts = {
-        k: np.split(arrays[k], np.cumsum(c)[:-1]) if len(index) else []
-        for k, c in (("asked", counts), *((k, splits) for k in SPLITS))
+        k: [arrays[k][start:end] for start, end in b]
+        for k, b in (("asked", asked), *((k, split) for k in SPLITS))
     }
     grow = [
         Growing(int(i), a, int(b), n, f, t, d.tobytes())
@@ -314,6 +315,13 @@ def _growing(arrays: Arrays, n_features: int) -> list[Growing]:
         if ((g.asked < 0) | (g.asked >= g.nodes)).any():
             raise UpdateError("'asked' must list nodes of the tree being grown")
     return grow
+
+
+def _bounds(counts: np.ndarray) -> list[tuple[int, int]]:
+    """Where each tree's entries start and end, from their counts: slices, which cost a
+    question's check a fraction of what `np.split` did (most questions ask of one tree)."""
+    ends = np.cumsum(counts).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def answer_shapes(query: Query, n_features: int, max_bins: int) -> dict[str, tuple[int, ...]]:
