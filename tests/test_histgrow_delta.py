@@ -157,3 +157,31 @@ def test_only_the_ensembles_first_question_brings_the_edges_and_a_party_without_
     party.answer(questions[0])
     with pytest.raises(ValueError, match="must bring the bin edges"):
         party.answer(roots[1])
+
+
+def test_a_questions_trees_come_apart_as_sent_and_a_question_may_ask_of_none():
+    grow = [
+        Growing(
+            3,
+            np.array([1, 2], np.int32),
+            3,
+            np.array([1, 2], np.int32),
+            np.array([0, 3], np.int32),
+            np.array([0.5, -1.0]),
+        ),
+        Growing(5, ROOT),
+        Growing(
+            8,
+            np.array([2], np.int32),
+            1,
+            np.array([0], np.int32),
+            np.array([2], np.int32),
+            np.array([3.0]),
+        ),
+    ]
+    back = over_the_wire(Query("level", grow=grow)).grow
+    assert [g.index for g in back] == [3, 5, 8]
+    for sent, read in zip(grow, back, strict=True):
+        for name in ("asked", "node", "feature", "threshold"):
+            assert np.array_equal(getattr(read, name), getattr(sent, name))
+    assert over_the_wire(Query("level")).grow == []

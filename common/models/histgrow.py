@@ -321,7 +321,7 @@ def _bounds(counts: np.ndarray) -> list[tuple[int, int]]:
     """Where each tree's entries start and end, from their counts: slices, which cost a
     question's check a fraction of what `np.split` did (most questions ask of one tree)."""
     ends = np.cumsum(counts).tolist()
-    return list(zip([0, *ends[:-1]], ends, strict=True))
+    return list(zip([0, *ends][:-1], ends, strict=True))
 
 
 def answer_shapes(query: Query, n_features: int, max_bins: int) -> dict[str, tuple[int, ...]]:
