@@ -15,7 +15,7 @@ from client import analysis, chain, histograms
 from client.chain import Outcome, Task
 from client.groups import TaskGroups
 from client.privacy import ClientPrivacy, PrivacyError
-from client.trainers import Trainer, trainer_for
+from client.trainers import DERIVED, Trainer, trainer_for
 from common import dpbounds, dpstats, forecast, preprocess, quantity, timesplit
 from common.crossval import TimeFolds, fold_split
 from common.model_settings import ModelTask, StartMetrics
@@ -77,7 +77,13 @@ class LocalWork:
             )
             # Read-only, as every round reads them: the trainers keep what they derive from
             # rows that cannot change (client/trainers.py).
-            for rows in (split.x_train, split.y_train, split.x_test, split.y_test):
+            for rows in (
+                split.x_train,
+                split.y_train,
+                split.x_test,
+                split.y_test,
+                *split.reference_test.values(),
+            ):
                 rows.flags.writeable = False
         fold = groups.need(FoldSettings)
         if fold.cv_folds:
@@ -202,7 +208,13 @@ class LocalWork:
         if scoring is not None and scoring.dp_score_clip:
             metrics = forecast.clipped_mse(prediction, data.y_test, scoring.dp_score_clip)
         else:
-            metrics = forecast.scores(prediction, data.y_test, data.reference_test)
+            rows = (data.y_test, *data.reference_test.values())
+            kept = DERIVED.get(
+                ("baseline", *data.reference_test),
+                rows,
+                lambda: forecast.baseline(data.y_test, data.reference_test),
+            )
+            metrics = forecast.scores(prediction, data.y_test, data.reference_test, kept)
         metrics["seconds"] = time.perf_counter() - started
         return Outcome(len(data.y_test), metrics)
 

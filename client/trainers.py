@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -118,6 +119,9 @@ def predict_trees(arrays: Arrays, x: np.ndarray, groups: TaskGroups) -> np.ndarr
     return no_change(x, groups, scaled=False) + histograms.predict(arrays, x)
 
 
+_Value = TypeVar("_Value")
+
+
 class _Derived:
     """Arrays that every round derives from a province's rows in the same way, derived once.
 
@@ -129,11 +133,9 @@ class _Derived:
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
-        self._kept: dict[tuple, tuple[tuple[np.ndarray, ...], np.ndarray | float]] = {}
+        self._kept: dict[tuple, tuple[tuple[np.ndarray, ...], Any]] = {}
 
-    def get(
-        self, key: tuple, rows: tuple[np.ndarray, ...], derive: Callable[[], np.ndarray | float]
-    ) -> np.ndarray | float:
+    def get(self, key: tuple, rows: tuple[np.ndarray, ...], derive: Callable[[], _Value]) -> _Value:
         if any(r.flags.writeable for r in rows):
             return derive()
         full = (*key, *map(id, rows))
@@ -147,7 +149,9 @@ class _Derived:
         return self._kept[full][1]
 
 
-_DERIVED = _Derived()
+# One for the province's process: the trainers' targets, and its evaluation's baselines
+# (client/local.py).
+DERIVED = _Derived()
 
 
 def target_frame(
@@ -164,7 +168,7 @@ def target_frame(
         data = groups.need(DataSettings)
         key = ("base", data.columns().index("close"), data.forecast)
         key += (context.close_scale, context.close_mean)
-        base = _DERIVED.get(key, (x,), lambda: no_change(x, groups, scaled=True))
+        base = DERIVED.get(key, (x,), lambda: no_change(x, groups, scaled=True))
         return base, context.change_mean, context.change_std
     return 0.0, context.target_mean, context.target_std
 
@@ -185,7 +189,7 @@ def standardise(
 ) -> np.ndarray:
     """The standardised target of rows `x`, derived once for rows that stay the same."""
     base, mean, std, key, rows = _frame_of(x, groups, target)
-    return _DERIVED.get(("standardised", *key), (*rows, y), lambda: (y - base - mean) / std)
+    return DERIVED.get(("standardised", *key), (*rows, y), lambda: (y - base - mean) / std)
 
 
 def restore(
@@ -195,7 +199,7 @@ def restore(
     stay the same, and t·std takes it in place."""
     base, mean, std, key, rows = _frame_of(x, groups, target)
     restored = t * std
-    restored += _DERIVED.get(("offset", *key), rows, lambda: base + mean)
+    restored += DERIVED.get(("offset", *key), rows, lambda: base + mean)
     return restored
 
 

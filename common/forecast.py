@@ -10,6 +10,7 @@ rows exactly as it pools the MSE (`pooled`) and derives skill from the pooled me
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,19 +45,42 @@ def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(error))
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What a province's scores take from its test rows alone, the same whatever the model: the
+    sign of each row's true move from persistence (None without it) and each reference's MSE.
+    A province derives it once for rows that do not change (client/local.py)."""
+
+    moves: np.ndarray | None
+    mses: dict[str, float]
+
+
+def baseline(truth: np.ndarray, reference: Mapping[str, np.ndarray]) -> Baseline:
+    """The Baseline of these test rows and references."""
+    today = reference.get(PERSISTENCE)
+    moves = None if today is None else np.sign(truth - today)
+    if moves is not None:  # kept for rounds to come: no one may change it
+        moves.flags.writeable = False
+    return Baseline(
+        moves, {f"{name}_mse": mse(values, truth) for name, values in reference.items()}
+    )
+
+
 def scores(
-    prediction: np.ndarray, truth: np.ndarray, reference: Mapping[str, np.ndarray]
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    reference: Mapping[str, np.ndarray],
+    kept: Baseline | None = None,
 ) -> dict[str, float]:
     """The model's MSE and MAE, the share of rows whose move it calls the right way (the sign of
-    prediction − persistence against the sign of truth − persistence), and each reference's MSE."""
+    prediction − persistence against the sign of truth − persistence), and each reference's MSE;
+    `kept`, the rows' Baseline if already derived."""
+    base = kept or baseline(truth, reference)
     metrics = {"mse": mse(prediction, truth), "mae": float(np.mean(np.abs(prediction - truth)))}
-    if PERSISTENCE in reference:
-        today = reference[PERSISTENCE]
-        called = np.sign(prediction - today) == np.sign(truth - today)
+    if base.moves is not None:
+        called = np.sign(prediction - reference[PERSISTENCE]) == base.moves
         metrics["direction"] = float(np.mean(called))
-    for name, forecast in reference.items():
-        metrics[f"{name}_mse"] = mse(forecast, truth)
-    return metrics
+    return metrics | base.mses
 
 
 def clipped_mse(prediction: np.ndarray, truth: np.ndarray, bound: float) -> dict[str, float]:

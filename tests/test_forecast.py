@@ -3,11 +3,15 @@
 import numpy as np
 import pytest
 
+from client.groups import TaskGroups
+from client.local import LocalWork
+from client.trainers import DERIVED
 from common import forecast, preprocess
 from common.data import synthesize_province
 from server.strategy import ClientResult, Evaluation
 from server.summary import score_table
 from tests.test_preprocess import raw_frame
+from tests.test_svm import config
 
 
 def test_scores_are_the_model_and_each_reference_on_the_same_rows():
@@ -97,3 +101,36 @@ def test_score_table_shows_the_naive_forecast_and_says_when_the_model_loses():
     assert "naive MSE" in table and "skill" in table and "hubei" in table and "overall" in table
     # persistence scored as a model cannot beat the better of persistence and last close
     assert final["skill"] <= 0 and "does NOT beat the naive forecast" in table
+
+
+def test_a_kept_baseline_scores_as_one_derived_afresh_and_writeable_rows_are_not_kept():
+    rng = np.random.default_rng(6)
+    truth, today, close, prediction = rng.normal(size=(4, 200))
+    reference = {"persistence": today, "last_close": close}
+    afresh = forecast.scores(prediction, truth, reference)
+    assert list(afresh) == ["mse", "mae", "direction", "persistence_mse", "last_close_mse"]
+    rows, key = (truth, today, close), ("baseline", *reference)
+    first = DERIVED.get(key, rows, lambda: forecast.baseline(truth, reference))
+    truth[0] += 1.0  # writeable rows: derived anew, so the write shows
+    moved = DERIVED.get(key, rows, lambda: forecast.baseline(truth, reference))
+    assert moved.mses["persistence_mse"] != first.mses["persistence_mse"]
+    for r in rows:
+        r.flags.writeable = False
+    kept = DERIVED.get(key, rows, lambda: forecast.baseline(truth, reference))
+    assert DERIVED.get(key, rows, lambda: forecast.baseline(truth, reference)) is kept
+    assert not kept.moves.flags.writeable
+    assert forecast.scores(prediction, truth, reference, kept) == forecast.scores(
+        prediction, truth, reference
+    )
+    plain = forecast.scores(prediction, truth, {"last_close": close})
+    assert (
+        "direction" not in plain and forecast.baseline(truth, {"last_close": close}).moves is None
+    )
+
+
+def test_a_provinces_references_are_read_only_as_its_kept_baseline_needs():
+    groups = TaskGroups.parse(config())
+    split = LocalWork(synthesize_province("hubei", 1_000, 3)).split(groups)
+    assert split.reference_test and not any(
+        r.flags.writeable for r in (split.y_test, *split.reference_test.values())
+    )
