@@ -5,7 +5,10 @@ each of the server's threads spends on a round, read from /proc between two roun
 train + federated evaluation, plaintext on loopback; `--rows-per-province 300000` counts the
 same for `make bench-flower`'s full job, where the clients' local work dominates. CPU is
 counted from the log line of round `--rounds // 4` to that of round `3 * --rounds // 4`, so
-start-up and the final analysis are left out. Prints figures and asserts nothing.
+start-up and the final analysis are left out. `--neighbours N` runs N processes beside the
+federation that do none of fedstock's work (`--neighbour-work`: an epoch's shuffle and product
+over 300,000 x 9 rows, or a bare Python loop), to show what busy cores alone do to the server's
+CPU. Prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +62,18 @@ def switches(pid: int) -> Counter[str]:
         kind = "main thread" if task.name == str(pid) else f"{name} threads"
         kinds[kind] += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
     return kinds
+
+
+# What a neighbour does, forever: an epoch's memory traffic, or only a core's time.
+NEIGHBOUR_WORK = {
+    "epoch": "import numpy as np\n"
+    "rng = np.random.default_rng(0)\n"
+    "x, w = rng.normal(size=(300_000, 9)), np.ones(9)\n"
+    "while True:\n"
+    "    y = x[rng.permutation(len(x))] @ w\n"
+    "    float(np.mean(y * y))\n",
+    "spin": "while True:\n    pass\n",
+}
 
 
 def wait_for(log: Path, line: str, federation: LocalFederation) -> None:
@@ -132,12 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rows-per-province", type=int, default=300)
+    parser.add_argument("--neighbours", type=int, default=0)
+    parser.add_argument("--neighbour-work", choices=sorted(NEIGHBOUR_WORK), default="epoch")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder)
-        parquet, _ = write_data(province_frames(args.rows_per_province, 7), out)
-        for repeat in range(args.repeats):
-            run(parquet, out / f"run-{repeat}", args.rounds, args.rows_per_province)
+    if args.neighbours < 0:
+        parser.error("--neighbours must be 0 or more")
+    code = NEIGHBOUR_WORK[args.neighbour_work]
+    neighbours = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(args.neighbours)]
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder)
+            parquet, _ = write_data(province_frames(args.rows_per_province, 7), out)
+            if neighbours:
+                print(f"{len(neighbours)} neighbours: {args.neighbour_work}")
+            for repeat in range(args.repeats):
+                run(parquet, out / f"run-{repeat}", args.rounds, args.rows_per_province)
+    finally:
+        for neighbour in neighbours:
+            neighbour.kill()
+            neighbour.wait()
     return 0
 
 
