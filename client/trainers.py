@@ -9,6 +9,7 @@ Whatever a model learns, it answers in the forecast quantity's units (common/qua
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -125,28 +126,32 @@ _Value = TypeVar("_Value")
 class _Derived:
     """Arrays that every round derives from a province's rows in the same way, derived once.
 
-    A value is kept while its rows are the very same read-only arrays (LocalWork keeps its
-    splits and scaled rows so, for as long as the settings and the scaler stay) and the numbers
-    it is derived with are the same; rows that can be written to are derived from anew. The
-    rows are held beside their value, so no id in a key can name another array meanwhile.
+    A value is kept while its rows are the very same read-only arrays that own their memory
+    (LocalWork keeps its splits and scaled rows so, for as long as the settings and the scaler
+    stay) and the numbers it is derived with are the same; rows that can be written to, or are
+    views on memory that might be, are derived from anew. The rows are held beside their
+    value, so no id in a key can name another array meanwhile. Room for a few values of each
+    of the nine provinces an in-memory federation runs in one process.
     """
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 64) -> None:
         self.size = size
         self._kept: dict[tuple, tuple[tuple[np.ndarray, ...], Any]] = {}
+        self._lock = threading.Lock()
 
     def get(self, key: tuple, rows: tuple[np.ndarray, ...], derive: Callable[[], _Value]) -> _Value:
-        if any(r.flags.writeable for r in rows):
+        if any(r.flags.writeable or not r.flags.owndata for r in rows):
             return derive()
         full = (*key, *map(id, rows))
-        if full not in self._kept:
-            value = derive()
-            if isinstance(value, np.ndarray):
-                value.flags.writeable = False
-            while len(self._kept) >= self.size:
-                self._kept.pop(next(iter(self._kept)))
-            self._kept[full] = (rows, value)
-        return self._kept[full][1]
+        with self._lock:
+            if full not in self._kept:
+                value = derive()
+                if isinstance(value, np.ndarray):
+                    value.flags.writeable = False
+                while len(self._kept) >= self.size:
+                    self._kept.pop(next(iter(self._kept)))
+                self._kept[full] = (rows, value)
+            return self._kept[full][1]
 
 
 # One for the province's process: the trainers' targets, and its evaluation's baselines

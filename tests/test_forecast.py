@@ -105,7 +105,7 @@ def test_score_table_shows_the_naive_forecast_and_says_when_the_model_loses():
 
 def test_a_kept_baseline_scores_as_one_derived_afresh_and_writeable_rows_are_not_kept():
     rng = np.random.default_rng(6)
-    truth, today, close, prediction = rng.normal(size=(4, 200))
+    truth, today, close, prediction = (r.copy() for r in rng.normal(size=(4, 200)))
     reference = {"persistence": today, "last_close": close}
     afresh = forecast.scores(prediction, truth, reference)
     assert list(afresh) == ["mse", "mae", "direction", "persistence_mse", "last_close_mse"]

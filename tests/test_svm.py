@@ -137,6 +137,20 @@ def test_targets_kept_for_read_only_rows_are_those_derived_afresh_and_follow_the
     assert restored.flags.writeable  # the caller's own array, not a kept one
 
 
+def test_a_read_only_view_on_rows_that_can_be_written_is_derived_afresh():
+    rng = np.random.default_rng(5)
+    rows, y = rng.normal(size=(50, 2)), rng.normal(loc=3.0, size=50)
+    frame = {"svm_target": "change", "close_mean": 1.0, "close_scale": 2.0, "change_std": 0.5}
+    groups = TaskGroups.parse(config(**frame, change_mean=0.1))
+    x = rows[:]  # read-only itself, but its memory is written through `rows`
+    x.flags.writeable = y.flags.writeable = False
+    trainers.standardise(y, x, groups)
+    rows[:, 0] += 1.0
+    np.testing.assert_array_equal(
+        trainers.standardise(y, x, groups), (y - (x[:, 0] * 2.0 + 1.0) - 0.1) / 0.5
+    )
+
+
 def test_an_exact_svr_member_predicts_as_scikit_learn():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 4))
