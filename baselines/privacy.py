@@ -1,12 +1,13 @@
 """Accuracy against privacy: the federation's MSE under client-level DP at several ε.
 
-Shared by `make reproduce` (LR, as lr-sgd, and SVM at a few ε beside their runs without DP)
-and `make bench-privacy` (what every --privacy mode costs). Every point is a real federation,
-so the clipping, noise and accounting are the server's own. Each row carries two MSEs: the
-final model's clear score on the union of the provinces' test rows (`baselines.clear`, by
-whoever holds the rows), with the naive forecast's MSE and the skill on the same rows, and the
-MSE the run recorded, which under DP is the noisy score DP releases, not the model's. This
-module turns results documents into rows, a CSV, a table and the clear MSE/ε plot.
+Shared by `make reproduce` (LR, as lr-sgd, and SVM under dp-central and dp-local at a few ε,
+beside their runs without DP) and `make bench-privacy` (what every --privacy mode costs). Every
+point is a real federation, so the clipping, noise and accounting are the server's own. Each
+row carries two MSEs: the final model's clear score on the union of the provinces' test rows
+(`baselines.clear`, by whoever holds the rows), with the naive forecast's MSE and the skill on
+the same rows, and the MSE the run recorded, which under DP is the noisy score DP releases, not
+the model's. This module turns results documents into rows, a CSV, a table and the clear MSE/ε
+plot.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ CLIPS = {"lr-sgd": 0.2, "svm": 1.0}
 # The paper's model each swept model stands for.
 PAPER_MODEL = {"lr-sgd": "lr", "svm": "svm"}
 EPSILONS = (1.0, 3.0, 10.0)
+# The DP modes swept, each with its line in the plot: the server noises the sum, or each
+# province noises its own step before sending it.
+MODES = {"dp-central": "o-", "dp-local": "s:"}
+# (mode, ε) of the sweep: every mode at every ε.
+SWEEP = tuple((mode, epsilon) for mode in MODES for epsilon in EPSILONS)
 PLAIN = "plain"
 COLUMNS = (
     "model",
@@ -182,7 +188,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, clients: int = 9) -> Path:
     naive = None
     for k, model in enumerate(sorted({r["model"] for r in rows})):
         done = [r for r in rows if r["model"] == model and "failed" not in r]
-        for mode, marker in (("dp-central", "o-"), ("dp-local", "s:")):
+        for mode, marker in MODES.items():
             points = sorted(
                 (r["epsilon"], r["clear_mse"]) for r in done if r["mode"].startswith(mode)
             )

@@ -346,9 +346,11 @@ def _privacy_section(comparison: Comparison, out: Path) -> list[str]:
     return [
         "## Privacy: MSE against ε",
         "",
-        "The federation again, with client-level differential privacy: the server clips each "
-        "province's step from the global model to a norm C and adds Gaussian noise to the sum, "
-        "calibrated to spend ε over all rounds (δ = 1e-5); ε = ∞ is the run without DP. LR is "
+        "The federation again, with client-level differential privacy: each province's step "
+        "from the global model is clipped to a norm C and Gaussian noise is added, calibrated to "
+        "spend ε over all rounds (δ = 1e-5), by the server to the sum under dp-central, by each "
+        "province to its own step before sending it under dp-local (more noise in the average "
+        "for the same ε); ε = ∞ is the run without DP. LR is "
         "swept as lr-sgd, learnt by gradient steps from zero weights as DP-FedAvg expects (the "
         "exact fit's MSE in one round), beside its own run without DP. The clear MSE is each "
         "run's final model scored here, in the clear, on the union of the provinces' test rows "

@@ -3,9 +3,9 @@
 Runs the real federation (a server and nine client processes over localhost), the centralised
 job and the Spark job for LR, RF and SVM on the same Parquet files, split and scaling, then
 writes the paper's Tables 2 and 3 beside ours, charts and a report (`baselines.report`). LR (as
-the gradient-trained lr-sgd) and SVM are federated again under client-level DP at a few ε, for
-the MSE/ε trade-off (`baselines.privacy`). Models come from the server's own list, so a model
-the federation learns is picked up here.
+the gradient-trained lr-sgd) and SVM are federated again under client-level DP, central and
+local, at a few ε, for the MSE/ε trade-off (`baselines.privacy`). Models come from the server's
+own list, so a model the federation learns is picked up here.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Scale:
     options: ModelOptions  # options.rounds: the federation's rounds, and the SVM's everywhere
     driver_memory: str
     timeout: float  # seconds for one federated run
-    epsilons: tuple[float, ...] = privacy.EPSILONS  # of the DP sweep
+    sweep: tuple[tuple[str, float], ...] = privacy.SWEEP  # (DP mode, ε) of the DP sweep
 
     @property
     def rounds(self) -> int:
@@ -53,7 +53,7 @@ SCALES = {
         ModelOptions(trees=4, max_depth=6, components=50, svr_rows=400, rounds=2),
         "1g",
         900,
-        (1.0,),
+        (("dp-central", 1.0), ("dp-local", 1.0)),
     ),
     # The default: the client's default market, a few minutes in all on two cores.
     "small": Scale(
@@ -277,17 +277,18 @@ class Plan:
         extras = [(f, job) for model, f, job in EXTRAS if model in self.models]
         return keys + (extras if self.extras else [])
 
-    def privacy_points(self) -> list[tuple[str, float]]:
-        """(model, ε) of the DP sweep: each swept model at each of the scale's ε, after its
-        run without DP (ε = ∞) unless the comparison already makes that run."""
+    def privacy_points(self) -> list[tuple[str, str, float]]:
+        """(model, mode, ε) of the DP sweep: each swept model at each of the scale's (DP mode,
+        ε), after its run without DP (`privacy.PLAIN`, ε = ∞) unless the comparison already
+        makes that run."""
         if not self.privacy:
             return []
         points = []
         for model, stands_for in privacy.PAPER_MODEL.items():
             if stands_for in self.models:
                 if model not in self.models:  # no federated run of it to compare with
-                    points.append((model, math.inf))
-                points += [(model, e) for e in self.scale.epsilons]
+                    points.append((model, privacy.PLAIN, math.inf))
+                points += [(model, mode, e) for mode, e in self.scale.sweep]
         return points
 
 
@@ -395,7 +396,7 @@ def privacy_sweep(
     if not plan.privacy_points():
         return rows
     frames = load_frames(plan.data)
-    for model in dict.fromkeys(m for m, _ in plan.privacy_points()):
+    for model in dict.fromkeys(m for m, _, _ in plan.privacy_points()):
         plain = comparison.runs.get(("federated", model))
         if plain is not None:
             folder = plan.out / "federated" / model
@@ -403,13 +404,13 @@ def privacy_sweep(
                 rows.append(privacy.summarise(model, privacy.PLAIN, plain, folder, frames))
             except ValueError as error:  # not the rows the run scored
                 rows.append({"model": model, "mode": privacy.PLAIN, "failed": str(error)})
-        for epsilon in (e for m, e in plan.privacy_points() if m == model):
-            dp = math.isfinite(epsilon)
-            label = privacy.dp_label(epsilon) if dp else privacy.PLAIN
-            name = f"{model}-dp-epsilon-{epsilon:g}" if dp else model
+        for mode, epsilon in ((d, e) for m, d, e in plan.privacy_points() if m == model):
+            dp = mode != privacy.PLAIN
+            label = privacy.dp_label(epsilon, mode) if dp else privacy.PLAIN
+            name = f"{model}-{mode}-epsilon-{epsilon:g}" if dp else model
             with progress.step(f"federated {model} {label}") as shown:
                 try:
-                    flags = privacy.dp_flags(model, epsilon) if dp else []
+                    flags = privacy.dp_flags(model, epsilon, mode) if dp else []
                     outcome = run_federation(
                         model, plan.data, plan.scale, plan.out, progress, flags, name
                     )
@@ -464,10 +465,13 @@ def setup(plan: Plan, comparison: report.Comparison, session_seconds: float) -> 
     }
     if plan.privacy_points():
         clips = ", ".join(f"{m.upper()} {c:g}" for m, c in privacy.CLIPS.items())
-        epsilons = ", ".join(f"{e:g}" for e in plan.scale.epsilons)
+        modes = "; ".join(
+            f"{mode} at ε = " + ", ".join(f"{e:g}" for m, e in plan.scale.sweep if m == mode)
+            for mode in dict.fromkeys(m for m, _ in plan.scale.sweep)
+        )
         facts["DP sweep"] = (
-            f"central client-level DP at ε = {epsilons} over all rounds (δ = 1e-5), "
-            f"clip norm {clips}; each final model scored in the clear on its run's test rows"
+            f"client-level DP, {modes}, over all rounds (δ = 1e-5), clip norm {clips}; each "
+            "final model scored in the clear on its run's test rows"
         )
     facts.update(machine.machine())
     facts.update(machine.versions())

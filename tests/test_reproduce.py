@@ -43,8 +43,10 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
     argv = ["--scale", "tiny", "--out", str(out), "--no-extras", "--master", "local[2]"]
     assert reproduce_cli.main(argv, session=spark_session) == 0
     printed = capsys.readouterr().out
-    # LR (as lr-sgd, with its own run without DP) and SVM under DP.
-    sweep = 1 + 2 * len(reproduce.SCALES["tiny"].epsilons)
+    # LR (as lr-sgd, with its own run without DP) and SVM under DP, central and local.
+    tiny = reproduce.SCALES["tiny"].sweep
+    assert {mode for mode, _ in tiny} == set(privacy.MODES)
+    sweep = 1 + 2 * len(tiny)
     assert f"(1/{9 + sweep}) federated lr" in printed and "report:" in printed
 
     for name in ("table2_mse", "table3_seconds"):
@@ -77,24 +79,32 @@ def test_reproduce_writes_both_tables_charts_and_a_report(spark_session, tmp_pat
     assert "beat the naive forecast" in text and "| naive MSE | skill |" in text
     assert federated["final"]["naive_mse"] > 0 and "skill" in federated["final"]
 
-    # Each model without DP (ε = ∞) and at each ε, its final model scored in the clear. The
-    # recorded MSE under DP is the released one, clipped to [0, B], noised and clamped, so no
-    # order holds of it; without DP it is the provinces' own clear score, which the harness's
-    # must equal, and each model's ε = ∞ point is its plain run.
+    # Each model without DP (ε = ∞) and in each DP mode at each ε, its final model scored in
+    # the clear. The recorded MSE under DP is the released one, clipped to [0, B], noised and
+    # clamped (by the server or by each province), so no order holds of it; without DP it is
+    # the provinces' own clear score, which the harness's must equal, and each model's ε = ∞
+    # point is its plain run.
     points = table(out / "privacy.csv")
+    released = {
+        "dp-central": "DP release, noised by the server",
+        "dp-local": "DP release, noised by each province",
+    }
     for model in ("lr-sgd", "svm"):
-        rows = {float(r["epsilon"]): r for r in points if r["model"] == model}
-        assert len(rows) == 1 + len(reproduce.SCALES["tiny"].epsilons), points
-        for epsilon, row in rows.items():
+        rows = {r["mode"]: r for r in points if r["model"] == model}
+        wanted = [privacy.dp_label(e, mode) for mode, e in tiny]
+        assert sorted(rows) == sorted([privacy.PLAIN, *wanted]), points
+        for label, row in rows.items():
             clear, naive = float(row["clear_mse"]), float(row["naive_mse"])
             assert math.isfinite(clear) and clear >= 0 and naive > 0, row
             assert float(row["clear_skill"]) == pytest.approx(1 - clear / naive, rel=1e-9)
             assert int(row["test_rows"]) > 0
-            if math.isfinite(epsilon):
-                assert row["recorded_as"] == "DP release, noised by the server", row
+            if label != privacy.PLAIN:
+                mode = label.split()[0]
+                assert math.isfinite(float(row["epsilon"])), row
+                assert row["recorded_as"] == released[mode], row
                 assert 0.0 <= float(row["recorded_mse"]) <= SCORE_CLIP, row
-        plain = rows[math.inf]
-        assert plain["mode"] == "plain" and plain["recorded_as"] == "clear"
+        plain = rows[privacy.PLAIN]
+        assert float(plain["epsilon"]) == math.inf and plain["recorded_as"] == "clear"
         assert float(plain["clear_mse"]) == pytest.approx(float(plain["recorded_mse"]), rel=1e-9)
     # svm's ε = ∞ point is the comparison's own federated run.
     federated_svm = json.loads((out / "results" / "federated-svm.json").read_text())["final"]
@@ -142,6 +152,27 @@ def test_the_clear_score_of_a_dp_model_is_its_mse_on_the_union_of_the_test_rows(
         clear.score(outcome, folder, other)
     with pytest.raises(ValueError, match="provinces"):
         clear.score(outcome, folder, dict(list(frames.items())[1:]))
+
+
+def test_the_sweep_runs_each_model_in_each_dp_mode_at_each_epsilon(tmp_path):
+    def points(*models: str) -> list[tuple[str, str, float]]:
+        small = reproduce.SCALES["small"]
+        plan = reproduce.Plan(
+            DataOptions(), small, tmp_path, "local[1]", "1g", False, True, "small", models
+        )
+        return plan.privacy_points()
+
+    both = points("lr", "svm")
+    # lr-sgd is not in the comparison, so the sweep makes its run without DP first.
+    assert both[0] == ("lr-sgd", privacy.PLAIN, math.inf)
+    for model in ("lr-sgd", "svm"):
+        for mode in ("dp-central", "dp-local"):
+            epsilons = [e for m, d, e in both if (m, d) == (model, mode)]
+            assert epsilons == list(privacy.EPSILONS), both
+    assert len(both) == 1 + 2 * 2 * len(privacy.EPSILONS)
+    # svm's run without DP is the comparison's own; without lr, no lr-sgd.
+    assert points("svm") == [("svm", mode, e) for mode, e in privacy.SWEEP]
+    assert points("rf") == []
 
 
 def test_a_table_says_why_a_cell_is_empty(tmp_path):
