@@ -7,6 +7,7 @@ from client import histograms
 from client.groups import TaskGroups
 from common.models import forest, histgrow, histtree
 from common.models.checks import UpdateError
+from common.models.compiled import compiled
 from common.models.histgrow import (
     ROOT,
     Growing,
@@ -414,7 +415,8 @@ def test_the_compiled_kernels_load_in_the_background_for_a_run_of_trees_only():
     histograms.warm_up(TaskGroups.parse({"model": "gbdt"}))
     histtree._warming.join()
     # The types the questions use are loaded: no compilation waits for the first question.
-    assert all(k().signatures for k in (histtree._fill, histtree._score, forest._walk))
+    kernels = (histtree._add_rows, histtree._score_nodes, forest._descend)
+    assert all(compiled(k).signatures for k in kernels)
 
 
 def depth_of(tree):

@@ -18,13 +18,13 @@ its leaves' noised counts and sums carry the rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from functools import cache
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.models.checks import UpdateError
+from common.models.compiled import compiled
 from common.models.ensemble import Member, MemberCodec, check_vector
 from common.tensors import Arrays
 
@@ -227,19 +227,10 @@ def leaves(tree: Member, x32: np.ndarray, start: np.ndarray | None = None) -> np
     vectorised numpy descent it replaces (all rows one level per step) took about twice as
     long, for one level of a histogram tree and for a whole descent of 300,000 rows."""
     node = np.zeros(len(x32), dtype=np.intp) if start is None else start.astype(np.intp)
-    _walk()(
+    compiled(_descend)(
         tree["children_left"], tree["children_right"], tree["feature"], tree["threshold"], x32, node
     )
     return node
-
-
-@cache
-def _walk() -> Callable[..., None]:
-    """The descent, compiled once a process (or read from numba's cache beside this file);
-    numba is imported by the first prediction only."""
-    import numba
-
-    return numba.njit(cache=True)(_descend)
 
 
 def _descend(

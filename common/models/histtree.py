@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
 
 from common.models.checks import UpdateError
+from common.models.compiled import compiled
 from common.models.ensemble import Member
 from common.models.forest import FLOAT, INDEX, LEAF, TREES, leaves
 from common.tensors import Arrays
@@ -129,7 +128,7 @@ def histograms(
         "hess": np.zeros((slots, len(bins), width)),
     }
     unit = hess is None
-    _fill()(
+    compiled(_add_rows)(
         bins,
         np.ascontiguousarray(rows, dtype=np.intp),
         np.ascontiguousarray(slot, dtype=np.intp),
@@ -140,15 +139,6 @@ def histograms(
         sums["hess"],
     )
     return sums
-
-
-@cache
-def _fill() -> Callable[..., None]:
-    """The histogram pass, compiled once a process (or read from numba's cache beside this
-    file); numba is imported by the first question only."""
-    import numba
-
-    return numba.njit(cache=True)(_add_rows)
 
 
 def _add_rows(
@@ -223,7 +213,7 @@ def best_splits(
         "left_grad": np.zeros(nodes),
         "left_hess": np.zeros(nodes),
     }
-    _score()(
+    compiled(_score_nodes)(
         np.ascontiguousarray(grad, dtype=np.float64),
         np.ascontiguousarray(hess, dtype=np.float64),
         g_total,
@@ -237,14 +227,6 @@ def best_splits(
         *out.values(),
     )
     return Splits(**out, total_grad=g_total, total_hess=h_total)
-
-
-@cache
-def _score() -> Callable[..., None]:
-    """The split scoring, compiled once a process (or read from numba's cache)."""
-    import numba
-
-    return numba.njit(cache=True)(_score_nodes)
 
 
 def _score_nodes(
@@ -325,7 +307,7 @@ def next_level(
     path between the last answer and the next question."""
     splits, features, width = child_grad.shape
     out = np.empty((2 * splits, features, width)), np.empty((2 * splits, features, width))
-    _siblings()(
+    compiled(_fill_children)(
         np.ascontiguousarray(grad),
         np.ascontiguousarray(hess),
         np.ascontiguousarray(child_grad, dtype=np.float64),
@@ -336,14 +318,6 @@ def next_level(
         *out,
     )
     return out
-
-
-@cache
-def _siblings() -> Callable[..., None]:
-    """The children's histograms, compiled once a process (or read from numba's cache)."""
-    import numba
-
-    return numba.njit(cache=True)(_fill_children)
 
 
 def _fill_children(
