@@ -13,12 +13,15 @@ ROWS ?= 270000
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml common/models/compiled.py common/models/ahead.py common/models/ahead_cli.py common/models/histtree.py common/models/forest.py
 	@command -v python3 >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
 	@python3 -c 'import ensurepip, venv' 2>/dev/null || (apt-get update && apt-get install -y python3-venv)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,baselines]'
+	@command -v cc >/dev/null && test -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+		|| (apt-get update && apt-get install -y gcc python3-dev)
+	$(PY) -m common.models.ahead
 	touch $(STAMP)
 
 # Regenerates the committed stubs; tests/test_stubs.py fails when they are stale.

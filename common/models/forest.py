@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.models.checks import UpdateError
-from common.models.compiled import compiled
+from common.models.compiled import Array, compiled, kernel
 from common.models.ensemble import Member, MemberCodec, check_vector
 from common.tensors import Arrays
 
@@ -233,6 +233,14 @@ def leaves(tree: Member, x32: np.ndarray, start: np.ndarray | None = None) -> np
     return node
 
 
+@kernel(
+    Array("int32", 1),
+    Array("int32", 1),
+    Array("int32", 1),
+    Array("float64", 1),
+    Array("float32", 2),
+    Array("intp", 1, written=True),
+)
 def _descend(
     left: np.ndarray,
     right: np.ndarray,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.models.checks import UpdateError
-from common.models.compiled import compiled
+from common.models.compiled import Array, Scalar, compiled, kernel
 from common.models.ensemble import Member
 from common.models.forest import FLOAT, INDEX, LEAF, TREES, leaves
 from common.tensors import Arrays
@@ -141,6 +141,16 @@ def histograms(
     return sums
 
 
+@kernel(
+    Array("uint16", 2),
+    Array("intp", 1),
+    Array("intp", 1),
+    Array("float64", 1),
+    Array("float64", 1),
+    Scalar("bool"),
+    Array("float64", 3, written=True),
+    Array("float64", 3, written=True),
+)
 def _add_rows(
     bins: np.ndarray,
     rows: np.ndarray,
@@ -229,6 +239,23 @@ def best_splits(
     return Splits(**out, total_grad=g_total, total_hess=h_total)
 
 
+@kernel(
+    Array("float64", 3),
+    Array("float64", 3),
+    Array("float64", 1),
+    Array("float64", 1),
+    Array("float64", 1),
+    Array("bool", 2),
+    Array("intp", 1),
+    Scalar("float64"),
+    Scalar("float64"),
+    Scalar("float64"),
+    Array("intp", 1, written=True),
+    Array("intp", 1, written=True),
+    Array("float64", 1, written=True),
+    Array("float64", 1, written=True),
+    Array("float64", 1, written=True),
+)
 def _score_nodes(
     grad: np.ndarray,
     hess: np.ndarray,
@@ -320,6 +347,17 @@ def next_level(
     return out
 
 
+@kernel(
+    Array("float64", 3),
+    Array("float64", 3),
+    Array("float64", 3),
+    Array("float64", 3),
+    Array("intp", 1),
+    Array("bool", 1),
+    Array("bool", 2),
+    Array("float64", 3, written=True),
+    Array("float64", 3, written=True),
+)
 def _fill_children(
     grad: np.ndarray,
     hess: np.ndarray,
