@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PACKAGES := $(VENV)/.packages
 PROTOS := $(wildcard proto/fedstock/v1/*.proto)
 
 MODEL ?= lr
@@ -13,13 +14,19 @@ ROWS ?= 270000
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml common/models/compiled.py common/models/ahead.py common/models/ahead_cli.py common/models/histtree.py common/models/forest.py
+$(PACKAGES): pyproject.toml
 	@command -v python3 >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
 	@python3 -c 'import ensurepip, venv' 2>/dev/null || (apt-get update && apt-get install -y python3-venv)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,baselines]'
-	@command -v cc >/dev/null && test -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+	touch $(PACKAGES)
+
+# The trees' kernels built ahead of time (common/models/ahead.py), with the C compiler Python
+# was built with and its headers; rebuilt when a kernel's code changes.
+$(STAMP): $(PACKAGES) common/models/compiled.py common/models/ahead.py common/models/ahead_cli.py common/models/histtree.py common/models/forest.py
+	@command -v "$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("CC").split()[0])')" >/dev/null \
+		&& test -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
 		|| (apt-get update && apt-get install -y gcc python3-dev)
 	$(PY) -m common.models.ahead
 	touch $(STAMP)

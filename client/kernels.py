@@ -9,6 +9,7 @@ the fits give them: the local SGD epoch (client/steps.py) and the histogram tree
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -19,7 +20,9 @@ from common.models import histtree
 
 
 def compile_all() -> None:
-    """Each kernel once, on tiny inputs of the types the fits give them."""
+    """Each kernel once, on tiny inputs of the types the fits give them, through numba even
+    where the trees' kernels were built ahead of time (the cache is what this fills)."""
+    os.environ["FEDSTOCK_COMPILED_AHEAD"] = "0"
     plan = LocalPlan(epochs=1, learning_rate=0.01, batch_size=1, mu=0.0, seed=0)
     # A client's scaled features are read-only, and so is its target (the trainers keep it,
     # client/trainers.py) but in a fold's rows; numba types a read-only array apart from a

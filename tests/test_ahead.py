@@ -16,11 +16,13 @@ from common.models.compiled import Array, exported_name
 ROOT = Path(__file__).resolve().parent.parent
 
 CHECK = r"""
+import os
 import sys
 import numpy as np
 from common.models import histtree
 from common.models.compiled import _built, _numba
-from common.models.forest import _descend, leaves
+from common.models.forest import _descend, leaves, tree_arrays
+from sklearn.tree import DecisionTreeRegressor
 
 assert _built() is not None, "the built module is not on the path"
 rng = np.random.default_rng(7)
@@ -35,11 +37,11 @@ allowed = rng.random((nodes, features)) < 0.8
 edge_counts = rng.integers(1, width, features)
 x32 = rng.normal(size=(rows, features)).astype(np.float32)
 
-built = {
+ahead = {
     "weighted": histtree.histograms(bins, asked, slot, grad, hess, nodes, width),
     "counted": histtree.histograms(bins, asked, slot, grad, None, nodes, width),
 }
-summed = built["weighted"]
+summed = ahead["weighted"]
 splits = histtree.best_splits(summed["grad"], summed["hess"], rule, allowed, edge_counts)
 parent = rng.integers(0, nodes, 5)
 small_left = rng.random(5) < 0.5
@@ -48,6 +50,9 @@ children = histtree.next_level(
     summed["grad"], summed["hess"], summed["grad"][:5] * 0.4, summed["hess"][:5] * 0.4,
     parent, small_left, used,
 )
+grown = DecisionTreeRegressor(max_depth=6, random_state=0).fit(x32, rng.normal(size=rows))
+member = tree_arrays(grown)
+ahead_leaves = leaves(member, x32)
 assert "numba" not in sys.modules, "a built kernel started numba"
 
 # numba's own compilation of the same kernels, on the same inputs
@@ -57,7 +62,7 @@ for name, hess_in, unit in (("weighted", hess, False), ("counted", np.zeros(0), 
     kernel = _numba(histtree._add_rows)
     kernel(bins, asked.astype(np.intp), slot.astype(np.intp), grad, hess_in, unit, g, h)
     reference[name] = (g, h)
-for name, sums in built.items():
+for name, sums in ahead.items():
     assert np.array_equal(sums["grad"], reference[name][0]), name
     assert np.array_equal(sums["hess"], reference[name][1]), name
 
@@ -65,7 +70,6 @@ for name, sums in built.items():
 import common.models.compiled as compiled_module
 compiled_module.compiled.cache_clear()
 compiled_module._built.cache_clear()
-import os
 os.environ["FEDSTOCK_COMPILED_AHEAD"] = "0"
 again = histtree.best_splits(summed["grad"], summed["hess"], rule, allowed, edge_counts)
 for field in ("feature", "bin", "gain", "left_grad", "left_hess"):
@@ -76,15 +80,7 @@ children_again = histtree.next_level(
 )
 assert all(np.array_equal(a, b) for a, b in zip(children, children_again))
 
-# the forest's descent, built against numba's, on a grown tree
-from sklearn.tree import DecisionTreeRegressor
-from common.models.forest import tree_arrays
-os.environ["FEDSTOCK_COMPILED_AHEAD"] = "1"
-compiled_module.compiled.cache_clear()
-compiled_module._built.cache_clear()
-grown = DecisionTreeRegressor(max_depth=6, random_state=0).fit(x32, rng.normal(size=rows))
-member = tree_arrays(grown)
-ahead_leaves = leaves(member, x32)
+# the forest's descent, built against numba's, on the grown tree
 node = np.zeros(rows, dtype=np.intp)
 tree_in = [member[k] for k in ("children_left", "children_right", "feature", "threshold")]
 _numba(_descend)(*tree_in, x32, node)
@@ -96,7 +92,7 @@ narrow = bins.astype(np.uint8)
 strided = np.repeat(bins, 2, axis=1)[:, ::2]
 for other in (narrow, strided):
     sums = histtree.histograms(other, asked, slot, grad, hess, nodes, width)
-    assert np.array_equal(sums["grad"], built["weighted"]["grad"])
+    assert np.array_equal(sums["grad"], ahead["weighted"]["grad"])
 print("ok")
 """
 

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ class Array:
             and value.dtype == np.dtype(self.dtype)
             and value.ndim == self.ndim
             and value.flags.c_contiguous
+            and value.flags.aligned  # a received array may sit at any offset of its message
             and (value.flags.writeable or not self.written)
         )
 
@@ -86,8 +88,9 @@ def signature(arguments: tuple[Argument, ...]) -> str:
 
 
 def exported_name(function: Callable[..., None], arguments: tuple[Argument, ...]) -> str:
-    """The kernel's name in the built module: its own and a digest of its source and types."""
-    text = inspect.getsource(function) + signature(arguments)
+    """The kernel's name in the built module: its own and a digest of its source, its types
+    and the numba and numpy it was built with (another numba may compile the same code apart)."""
+    text = inspect.getsource(function) + signature(arguments) + _versions()
     return f"{function.__name__.lstrip('_')}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -98,13 +101,17 @@ def compiled(function: Callable[..., None]) -> Callable[..., None]:
     arguments = getattr(function, "__kernel_arguments__", None)
     built = None
     if arguments is not None:
-        built = getattr(_built(), exported_name(function, arguments), None)
+        try:
+            built = getattr(_built(), exported_name(function, arguments), None)
+        except OSError:  # no source to digest: numba's own compilation
+            built = None
     if built is None:
         return _numba(function)
 
     def call(*values: Any) -> None:
         # The built code trusts its arguments' types (a wrong one is a crash, not an error).
-        if len(values) == len(arguments) and all(map(_admits, arguments, values)):
+        fits = len(values) == len(arguments)
+        if fits and all(a.admits(v) for a, v in zip(arguments, values, strict=True)):
             built(*values)
         else:
             _numba(function)(*values)
@@ -112,8 +119,9 @@ def compiled(function: Callable[..., None]) -> Callable[..., None]:
     return call
 
 
-def _admits(argument: Argument, value: object) -> bool:
-    return argument.admits(value)
+@cache
+def _versions() -> str:
+    return f"numba {metadata.version('numba')} numpy {metadata.version('numpy')}"
 
 
 @cache

@@ -385,9 +385,10 @@ def _fill_children(
 
 
 def warm_up() -> None:
-    """Load the compiled kernels (numba's import and its cache) in the background, once a
-    process. A run's first level question waits for the slowest province's load, about 0.4 s
-    of CPU each and several seconds on a busy machine, unless it started before the round."""
+    """Load the compiled kernels in the background, once a process. A run's first level
+    question waits for the slowest province's load unless it started before the round: the
+    built module's 0.1 s of CPU, or, without it, numba's import and cache, about 0.5 s of CPU
+    each and several seconds on a busy machine (common/models/compiled.py)."""
     global _warming
     with _warm_lock:
         if _warming is None:
