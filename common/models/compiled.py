@@ -121,7 +121,7 @@ def compiled(function: Callable[..., None]) -> Callable[..., None]:
 
 @cache
 def _versions() -> str:
-    return f"numba {metadata.version('numba')} numpy {metadata.version('numpy')}"
+    return f"numba {metadata.version('numba')} numpy {np.__version__}"
 
 
 @cache
