@@ -108,10 +108,14 @@ def agree(
 
     def day_of(k: int) -> np.datetime64:
         year = FIRST_YEAR + int(np.searchsorted(before[1:], k, side="right"))
-        # Noised days (common/dpstats.py) may be negative: their running sum's running maximum.
-        within = np.maximum.accumulate(np.cumsum(rows[year]))
-        day = int(np.searchsorted(within, k - before[year - FIRST_YEAR], "right"))
-        # ... and need not add up to their year's count: its last day then.
+        # Noised days (common/dpstats.py) may be negative: none then; and need not add up to
+        # their year's count: scaled to it, so the quantile falls among the days' rows. (Taking
+        # the year's last day instead put the cutoff past every row: no test rows at all.)
+        counts = np.maximum(rows[year], 0.0)
+        total, whole = counts.sum(), years[year - FIRST_YEAR]
+        if 0 < total != whole:
+            counts = counts * (whole / total)
+        day = int(np.searchsorted(np.cumsum(counts), k - before[year - FIRST_YEAR], "right"))
         return _new_year(year) + min(day, _year_days(year) - 1) * DAY
 
     position, low, high = _quantile_rows(years, test_fraction)

@@ -77,6 +77,25 @@ def test_a_cutoff_agreed_from_noised_counts_is_a_valid_date_near_the_clear_one()
     assert abs((last - datetime.date.fromisoformat(cutoff)).days) <= 10
 
 
+def test_noised_days_short_of_their_year_put_the_cutoff_among_them_not_on_its_last_day():
+    # 2020's noise took half its rows off its days: 100 rows in the year, 50 on days 0-99.
+    years = np.zeros(2020 - timesplit.FIRST_YEAR + 1)
+    years[-1] = 100
+    days = np.zeros((1, timesplit.YEAR_DAYS))
+    days[0, :100:2] = 1.0
+    days[0, 1:100:2] = 0.0
+    days[0, 150] = -3.0  # noise below zero counts as no rows
+    start, cutoff = timesplit.agree(years, [2020], days, 0.2)
+    cut = datetime.date.fromisoformat(cutoff)
+    # The 80 % quantile of the days' rows (scaled to the year's 100): day 79 of 2020.
+    assert cut == datetime.date(2020, 1, 1) + datetime.timedelta(days=78), cut
+    assert start == "2020-01-01"
+    # Clear counts are unchanged by the scaling: they add up to their year already.
+    days[0, 150] = 0.0
+    years[-1] = 50
+    assert timesplit.agree(years, [2020], days, 0.2)[1] == "2020-03-19"
+
+
 def test_under_local_dp_a_province_refuses_day_counts_asked_without_their_noise():
     work = LocalWork(synthesize_province("fujian", 3_000, 3))
     groups = TaskGroups.parse({"privacy": "dp-local", "day_counts": "years"})
