@@ -108,14 +108,16 @@ def agree(
 
     def day_of(k: int) -> np.datetime64:
         year = FIRST_YEAR + int(np.searchsorted(before[1:], k, side="right"))
-        # Noised days (common/dpstats.py) may be negative: none then; and need not add up to
-        # their year's count: scaled to it, so the quantile falls among the days' rows. (Taking
-        # the year's last day instead put the cutoff past every row: no test rows at all.)
-        counts = np.maximum(rows[year], 0.0)
-        total, whole = counts.sum(), years[year - FIRST_YEAR]
-        if 0 < total != whole:
-            counts = counts * (whole / total)
-        day = int(np.searchsorted(np.cumsum(counts), k - before[year - FIRST_YEAR], "right"))
+        # Noised days (common/dpstats.py) may be negative: their running sum's running maximum
+        # (the noise of empty days then cancels out; dropping the negative ones biased them up).
+        running = np.cumsum(rows[year])
+        within = np.maximum.accumulate(running)
+        wanted, whole = k - before[year - FIRST_YEAR], years[year - FIRST_YEAR]
+        if 0 < running[-1] != whole:
+            # ... and need not add up to their year's count: the same share of their own sum,
+            # so the cutoff falls among them (the year's last day put it past every row).
+            wanted = wanted / whole * running[-1]
+        day = int(np.searchsorted(within, wanted, "right"))
         return _new_year(year) + min(day, _year_days(year) - 1) * DAY
 
     position, low, high = _quantile_rows(years, test_fraction)

@@ -84,14 +84,14 @@ def test_noised_days_short_of_their_year_put_the_cutoff_among_them_not_on_its_la
     days = np.zeros((1, timesplit.YEAR_DAYS))
     days[0, :100:2] = 1.0
     days[0, 1:100:2] = 0.0
-    days[0, 150] = -3.0  # noise below zero counts as no rows
+    days[0, 150], days[0, 151] = -3.0, 3.0  # empty days' noise, cancelling out
     start, cutoff = timesplit.agree(years, [2020], days, 0.2)
     cut = datetime.date.fromisoformat(cutoff)
-    # The 80 % quantile of the days' rows (scaled to the year's 100): day 79 of 2020.
+    # The 80 % quantile of the days' rows (the same share of their own 50): day 79 of 2020.
     assert cut == datetime.date(2020, 1, 1) + datetime.timedelta(days=78), cut
     assert start == "2020-01-01"
     # Clear counts are unchanged by the scaling: they add up to their year already.
-    days[0, 150] = 0.0
+    days[0, 150] = days[0, 151] = 0.0
     years[-1] = 50
     assert timesplit.agree(years, [2020], days, 0.2)[1] == "2020-03-19"
 
