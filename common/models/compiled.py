@@ -1,15 +1,16 @@
 """The trees' numeric kernels, machine code either built ahead of time or compiled by numba.
 
-A process that loads a kernel through numba pays about 0.4 s of CPU (numba's import, LLVM's
+A process that loads a kernel through numba pays about 0.5 s of CPU (numba's import, LLVM's
 start, the cached code's link) before its first call; ten processes starting a federation at
 once on two cores wait two seconds for it. So `python -m common.models.ahead` (run by `make`'s
 set-up) builds every kernel declared here into one extension module, `fedstock_kernels`, which
-loads like any other. A kernel's exported name carries a digest of its source and signature, so
-a module built from other code is never used for this code. Where the module or a kernel is
-missing, or an argument is not of the declared type, the kernel is compiled by numba as before:
-the same numbers to the last bit. `cache=True` keeps numba's machine code beside the kernel's
-own module, so later processes read it instead of compiling (the image compiles them at build:
-client/kernels.py). FEDSTOCK_COMPILED_AHEAD=0 leaves the built module unused.
+loads like any other. A kernel's exported name carries a digest of its source, its signature and
+numba's and numpy's versions, so a module built from other code is never used for this code.
+Where the module or a kernel is missing, or an argument is not of the declared type, the kernel
+is compiled by numba as before: the same numbers to the last bit. `cache=True` keeps numba's
+machine code beside the kernel's own module, so later processes read it instead of compiling
+(the image compiles them at build: client/kernels.py). FEDSTOCK_COMPILED_AHEAD=0 leaves the
+built module unused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import numpy as np
 MODULE = "fedstock_kernels"
 
 
+def _numba_name(dtype: str) -> str:
+    return "boolean" if dtype == "bool" else dtype  # numba's name for numpy's bool
+
+
 @dataclass(frozen=True)
 class Array:
     """A C-contiguous array argument of `dtype` and `ndim`; `written` ones must be writable."""
@@ -38,8 +43,7 @@ class Array:
     written: bool = False
 
     def numba_type(self) -> str:
-        name = "boolean" if self.dtype == "bool" else self.dtype
-        return f"{name}[{', '.join([':'] * (self.ndim - 1) + ['::1'])}]"
+        return f"{_numba_name(self.dtype)}[{', '.join([':'] * (self.ndim - 1) + ['::1'])}]"
 
     def admits(self, value: object) -> bool:
         return (
@@ -59,7 +63,7 @@ class Scalar:
     dtype: str
 
     def numba_type(self) -> str:
-        return "boolean" if self.dtype == "bool" else self.dtype
+        return _numba_name(self.dtype)
 
     def admits(self, value: object) -> bool:
         if self.dtype == "bool":
