@@ -112,7 +112,7 @@ class LocalWork:
             if asked.day_counts == "years":
                 counts = {"years": timesplit.year_counts(dates)}
             else:
-                counts = {"days": timesplit.day_counts(dates, asked.years())}
+                counts = {"days": timesplit.day_counts(dates, asked.years(), asked.width())}
             seconds = {"seconds": time.perf_counter() - started}
             return Outcome(len(dates), seconds, {"count": np.array(float(len(dates))), **counts})
         data = self.split(task.groups)

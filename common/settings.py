@@ -16,6 +16,7 @@ import numpy as np
 
 from common import quantity
 from common.preprocess import GlobalStatistics, features_for
+from common.timesplit import YEAR_DAYS
 from common.wire import ConfigScalar
 
 _KINDS = {"str": str, "int": int, "float": float, "bool": bool}
@@ -92,13 +93,15 @@ class RoundNumber(TaskSettings):
 @dataclass(frozen=True)
 class DayCounts(TaskSettings):
     """The date phase's question, asked before any split (common/timesplit.py): a province's
-    rows per calendar year (`day_counts` 'years'), or per day of the years listed. Under
-    dp-local, `day_counts_noise` is the noise multiplier σ the province noises its counts at
-    (common/dpstats.py); it is left out otherwise."""
+    rows per calendar year (`day_counts` 'years'), or per day of the years listed, or, with
+    `day_counts_width`, per bin of that many days (under DP, where one noise draw a count makes
+    wider bins the better reading). Under dp-local, `day_counts_noise` is the noise multiplier
+    σ the province noises its counts at (common/dpstats.py); it is left out otherwise."""
 
     day_counts: str
     day_counts_years: str | None = None
     day_counts_noise: float | None = None
+    day_counts_width: int | None = None
 
     def __post_init__(self) -> None:
         if self.day_counts not in ("years", "days"):
@@ -107,10 +110,22 @@ class DayCounts(TaskSettings):
             )
         if self.day_counts == "days" and not self.day_counts_years:
             raise SettingsError("the task's config lacks the setting 'day_counts_years'")
+        if not 1 <= self.width() <= YEAR_DAYS:
+            raise SettingsError(
+                f"task setting 'day_counts_width' must be 1 to {YEAR_DAYS} days, "
+                f"got {self.day_counts_width}"
+            )
 
     @classmethod
-    def per_day(cls, years: list[int]) -> DayCounts:
-        return cls("days", ",".join(map(str, years)))
+    def per_day(cls, years: list[int], width: int = 1) -> DayCounts:
+        """Rows per day of `years`, or per bin of `width` days (left out of the config at 1)."""
+        return cls(
+            "days", ",".join(map(str, years)), day_counts_width=None if width == 1 else width
+        )
+
+    def width(self) -> int:
+        """The days each count covers."""
+        return 1 if self.day_counts_width is None else self.day_counts_width
 
     def years(self) -> list[int]:
         """The years whose days are asked for."""

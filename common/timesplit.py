@@ -9,6 +9,11 @@ alone has always used) and sends the cutoff down; test rows are those dated stri
 in every province. Two small uploads rather than one count per day of fifty years: under
 homomorphic encryption each number is a ciphertext.
 
+Under DP each count is noised once, so the running sum the cutoff is read from carries the noise
+of every count before it, and that of the empty days after the last row can carry the cutoff
+past every row. There the days are counted in bins of several days (`bin_width`: fewer counts,
+so less noise summed, at a coarser resolution), and the cutoff is read linearly within its bin.
+
 Cross-validation inside the training span is by time too: the days from the union's first day
 to the cutoff are cut into equal blocks; fold j validates on block j and trains on the days
 outside it, less an embargo of days on either side, so no training day lies within the
@@ -52,15 +57,41 @@ def year_counts(dates: np.ndarray) -> np.ndarray:
     return np.bincount(index, minlength=YEARS).astype(np.float64)
 
 
-def day_counts(dates: np.ndarray, years: Sequence[int]) -> np.ndarray:
-    """How many of `dates` fall on each day of each of `years`: one row of 366 per year."""
+def bins(width: int) -> int:
+    """How many bins of `width` days cover a year of the calendar (the last may be shorter)."""
+    return -(-YEAR_DAYS // width)
+
+
+def day_counts(dates: np.ndarray, years: Sequence[int], width: int = 1) -> np.ndarray:
+    """How many of `dates` fall on each day of each of `years` (one row of 366 per year), or in
+    each bin of `width` days from its first day."""
     days = _days(dates)
-    counts = np.zeros((len(years), YEAR_DAYS))
+    counts = np.zeros((len(years), bins(width)))
     for row, year in enumerate(years):
         inside = days[_years(days) == year]
         offsets = ((inside - _new_year(year)) / DAY).astype(np.int64)
-        counts[row] = np.bincount(offsets, minlength=YEAR_DAYS)
+        counts[row] = np.bincount(offsets // width, minlength=bins(width))
     return counts
+
+
+def bin_width(noise: float, years: np.ndarray, test_fraction: float) -> int:
+    """The days each count of the days' question should cover, `noise` being the deviation of
+    the noise on one count of the federation's sum: 1 in the clear. With noise, the cutoff read
+    from R rows of its year errs by about noise·√(366/w) rows (the running sum's noise over
+    366/w bins) plus R·w/366 (a bin's rows, read linearly within it); w = 366·(noise / 2R)^⅔
+    makes the sum least. `years` are the rows per year, noised too (post-processing only)."""
+    if noise <= 0:
+        return 1
+    years = np.round(np.asarray(years, dtype=np.float64))
+    _, low, _ = _quantile_rows(years, test_fraction)
+    rows = max(float(years[int(np.searchsorted(np.cumsum(years), low, side="right"))]), 1.0)
+    return int(np.clip(round(YEAR_DAYS * (noise / (2 * rows)) ** (2 / 3)), 1, YEAR_DAYS))
+
+
+def _per_day(counts: np.ndarray, width: int) -> np.ndarray:
+    """Counts per bin of `width` days as counts per day, each bin's spread evenly on its days."""
+    covered = np.diff(np.minimum(np.arange(counts.shape[-1] + 1) * width, YEAR_DAYS))
+    return np.repeat(counts / covered, covered, axis=-1)
 
 
 def check_counts(counts: np.ndarray, shape: tuple[int, ...], rows: float) -> None:
@@ -96,13 +127,17 @@ def years_asked(years: np.ndarray, test_fraction: float) -> list[int]:
 
 
 def agree(
-    years: np.ndarray, asked: Sequence[int], days: np.ndarray, test_fraction: float
+    years: np.ndarray,
+    asked: Sequence[int],
+    days: np.ndarray,
+    test_fraction: float,
+    width: int = 1,
 ) -> tuple[str, str]:
     """The union's first day and the cutoff, as ISO dates, from its rows per year and per day
-    of the `asked` years: the (1 − `test_fraction`) quantile of the union's row dates (linear
-    between neighbouring rows, as pandas' quantile), down to its day."""
+    (or per bin of `width` days) of the `asked` years: the (1 − `test_fraction`) quantile of the
+    union's row dates (linear between neighbouring rows, as pandas' quantile), down to its day."""
     years = np.round(np.asarray(years, dtype=np.float64))
-    days = np.round(np.asarray(days, dtype=np.float64))
+    days = _per_day(np.round(np.asarray(days, dtype=np.float64)), width)
     before = np.concatenate([[0.0], np.cumsum(years)])  # rows before each year
     rows = {year: days[i] for i, year in enumerate(asked)}
 

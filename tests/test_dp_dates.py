@@ -14,7 +14,7 @@ from common import dpstats, preprocess, timesplit
 from common.data import synthesize_province
 from common.provinces import PROVINCES
 from server.memory import MemoryChannel
-from server.privacy.dp import epsilon
+from server.privacy.dp import epsilon, noise_for_epsilon, planned_releases
 from tests import in_memory
 
 
@@ -45,6 +45,70 @@ def test_one_row_replaced_moves_the_counts_by_at_most_root_two():
         if moved.astype(object).year == 1995:  # a year none of its rows is in: the bound met
             assert reach == pytest.approx(dpstats.COUNT_SENSITIVITY)
         assert np.linalg.norm(timesplit.day_counts(other, asked) - before) <= np.sqrt(2) + 1e-12
+        binned = timesplit.day_counts(other, asked, 9) - timesplit.day_counts(dates, asked, 9)
+        assert np.linalg.norm(binned) <= np.sqrt(2) + 1e-12  # bins of days: the same reach
+
+
+def test_counts_per_bin_are_the_days_summed_bin_by_bin_and_read_within_their_bin():
+    dates = synthesize_province("hubei", 3_000, 3)["date"].to_numpy()
+    asked = timesplit.years_asked(timesplit.year_counts(dates), 0.2)
+    days = timesplit.day_counts(dates, asked)
+    for width in (1, 7, 30, 366):
+        binned = timesplit.day_counts(dates, asked, width)
+        assert binned.shape == (len(asked), timesplit.bins(width))
+        for b in range(timesplit.bins(width)):  # the last bin holds the year's last days only
+            assert np.array_equal(binned[:, b], days[:, b * width : (b + 1) * width].sum(axis=1))
+    years = timesplit.year_counts(dates)
+    _, daily = timesplit.agree(years, asked, days, 0.2)
+    for width in (7, 30):
+        binned = timesplit.day_counts(dates, asked, width)
+        _, cutoff = timesplit.agree(years, asked, binned, 0.2, width)
+        gap = datetime.date.fromisoformat(cutoff) - datetime.date.fromisoformat(daily)
+        assert abs(gap.days) < width  # inside the cutoff's bin, read linearly
+
+
+def test_the_bins_are_single_days_in_the_clear_and_widen_with_the_noise_on_each_count():
+    years = np.zeros(timesplit.YEARS)
+    years[2019 - timesplit.FIRST_YEAR : 2021 - timesplit.FIRST_YEAR] = 2_000
+    assert timesplit.bin_width(0.0, years, 0.2) == 1
+    widths = [timesplit.bin_width(noise, years, 0.2) for noise in (0.5, 5, 50, 500, 5e6)]
+    assert widths == sorted(widths) and widths[0] == 1 and widths[-1] == timesplit.YEAR_DAYS
+    # 366·(noise / 2R)^⅔ for the cutoff's year's R rows: more rows, narrower bins.
+    assert timesplit.bin_width(50, years, 0.2) == round(366 * (50 / 4_000) ** (2 / 3))
+    assert timesplit.bin_width(50, 10 * years, 0.2) < timesplit.bin_width(50, years, 0.2)
+
+
+def test_on_a_small_market_at_epsilon_one_the_noised_days_no_longer_put_the_cutoff_past_every_row():
+    """The reproduction's tiny market (3,943 next-day rows, the last on 2020-07-07) and the noise
+    its dp-local ε = 1 runs put on each count of the nine provinces' sum: read day by day, the
+    cutoff often fell past every row (no province had test rows); read in bins of the width the
+    noise calls for, never in the same 200 draws, and nearer the clear share of test rows."""
+    provinces = [synthesize_province(p, 4_000, 7) for p in PROVINCES]
+    dates = np.concatenate([preprocess.next_day_dates(raw) for raw in provinces])
+    years = timesplit.year_counts(dates)
+    asked = timesplit.years_asked(years, 0.2)
+    sigma = noise_for_epsilon(1.0, planned_releases(2, 0, 1, time_split=True), 1e-5)
+    noise = sigma * dpstats.COUNT_SENSITIVITY * 3  # nine provinces, each noising its own
+    width = timesplit.bin_width(noise, years, 0.2)
+    assert width > 7
+    rng = np.random.default_rng(11)
+
+    def test_shares(width: int) -> np.ndarray:
+        counts = timesplit.day_counts(dates, asked, width)
+        shares = []
+        for _ in range(200):
+            noised = np.round(counts + rng.normal(0.0, noise, counts.shape))
+            try:
+                _, cutoff = timesplit.agree(years, asked, noised, 0.2, width)
+            except ValueError:  # the counts show no row after the cutoff
+                shares.append(0.0)
+            else:
+                shares.append(timesplit.is_test(dates, cutoff).mean())
+        return np.array(shares)
+
+    daily, binned = test_shares(1), test_shares(width)
+    assert (daily == 0).sum() > 10 and (binned > 0.05).all()
+    assert np.abs(binned - 0.2).mean() < np.abs(daily - 0.2).mean() / 2
 
 
 def test_the_noise_on_each_count_has_the_stated_spread_and_the_sum_is_made_whole():
@@ -117,7 +181,7 @@ def test_the_day_counts_leave_noised_and_count_in_the_one_epsilon(tmp_path, mode
             if asked.day_counts == "years":
                 clear = timesplit.year_counts(dates)
             else:
-                clear = timesplit.day_counts(dates, asked.years())
+                clear = timesplit.day_counts(dates, asked.years(), asked.width())
             assert float(outcome.arrays["count"]) == len(dates)  # n is public
             sent = outcome.arrays[asked.day_counts]
             if mode == "dp-local":  # no count leaves the province as it is

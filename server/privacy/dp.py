@@ -264,6 +264,11 @@ class DPFedAvg(Strategy):
             sums = dpstats.from_move(sums, close)
         return checked_sums(results, sums, plausible)
 
+    def count_noise(self, clients: int) -> float:
+        """σ√2 on each count, once on the sum (central) or once by each province (local)."""
+        releases = clients if self.settings.mode == "dp-local" else 1
+        return self.settings.unit_noise * dpstats.COUNT_SENSITIVITY * math.sqrt(releases)
+
     def gather_counts(
         self,
         provinces: list[str],
