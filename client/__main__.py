@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         receipts=receipts,
         transport=config.transport,
     )
+    # What is here by now (the imports, the province's rows) lives as long as the process: out
+    # of the collector's sight, its full passes stop walking it again (docs/performance.md).
+    gc.freeze()
     try:
         daemon.run()
     except (ClientError, PrivacyError, HEError, SecAggError, SettingsError) as error:
