@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # What is here by now (the imports, the province's rows) lives as long as the process: out
     # of the collector's sight, its full passes stop walking it again (docs/performance.md).
+    # The garbage of loading goes first, so none of it is kept for good.
+    gc.collect()
     gc.freeze()
     try:
         daemon.run()

@@ -90,6 +90,8 @@ def bin_width(noise: float, years: np.ndarray, test_fraction: float) -> int:
 
 def _per_day(counts: np.ndarray, width: int) -> np.ndarray:
     """Counts per bin of `width` days as counts per day, each bin's spread evenly on its days."""
+    if counts.shape[-1] != bins(width):
+        raise ValueError(f"{counts.shape[-1]} counts a year are not bins of {width} days")
     covered = np.diff(np.minimum(np.arange(counts.shape[-1] + 1) * width, YEAR_DAYS))
     return np.repeat(counts / covered, covered, axis=-1)
 

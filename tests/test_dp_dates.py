@@ -64,7 +64,17 @@ def test_counts_per_bin_are_the_days_summed_bin_by_bin_and_read_within_their_bin
         binned = timesplit.day_counts(dates, asked, width)
         _, cutoff = timesplit.agree(years, asked, binned, 0.2, width)
         gap = datetime.date.fromisoformat(cutoff) - datetime.date.fromisoformat(daily)
-        assert abs(gap.days) < width  # inside the cutoff's bin, read linearly
+        assert abs(gap.days) < width  # inside the cutoff's bin
+    # Read linearly within it: ten rows on every day of 2020, so each bin's rows are even, and
+    # the binned cutoff is the daily one (neither a bin's first nor its last day).
+    even = np.repeat(np.arange("2020-01-01", "2021-01-01", dtype="datetime64[D]"), 10)
+    years = timesplit.year_counts(even)
+    _, daily = timesplit.agree(years, [2020], timesplit.day_counts(even, [2020]), 0.2)
+    for width in (30, 61):
+        binned = timesplit.day_counts(even, [2020], width)
+        assert timesplit.agree(years, [2020], binned, 0.2, width)[1] == daily
+    with pytest.raises(ValueError, match="not bins of 7 days"):
+        timesplit.agree(years, [2020], timesplit.day_counts(even, [2020], 30), 0.2, 7)
 
 
 def test_the_bins_are_single_days_in_the_clear_and_widen_with_the_noise_on_each_count():
@@ -76,6 +86,9 @@ def test_the_bins_are_single_days_in_the_clear_and_widen_with_the_noise_on_each_
     # 366·(noise / 2R)^⅔ for the cutoff's year's R rows: more rows, narrower bins.
     assert timesplit.bin_width(50, years, 0.2) == round(366 * (50 / 4_000) ** (2 / 3))
     assert timesplit.bin_width(50, 10 * years, 0.2) < timesplit.bin_width(50, years, 0.2)
+    # R is the rows of the year the cutoff falls in: 2020's 8,000, not 2019's 2,000.
+    years[2020 - timesplit.FIRST_YEAR] = 8_000
+    assert timesplit.bin_width(50, years, 0.2) == round(366 * (50 / 16_000) ** (2 / 3))
 
 
 def test_on_a_small_market_at_epsilon_one_the_noised_days_no_longer_put_the_cutoff_past_every_row():
@@ -165,6 +178,37 @@ def test_under_local_dp_a_province_refuses_day_counts_asked_without_their_noise(
     groups = TaskGroups.parse({"privacy": "dp-local", "day_counts": "years"})
     with pytest.raises(PrivacyError, match="without their noise"):
         ClientPrivacy().run(Task(STATISTICS, groups, None), work._statistics)
+
+
+def test_under_heavy_noise_the_provinces_count_bins_of_days_and_the_split_still_has_test_rows(
+    tmp_path,
+):
+    """The server's own run in memory at a noise that calls for bins: each province is asked
+    for counts per bin of the width the server derives, answers in that shape, noised, and the
+    cutoff agreed leaves test rows in the provinces."""
+    works = {p: Counting(synthesize_province(p, in_memory.ROWS, 3)) for p in PROVINCES}
+    flags = ["--model", "lr-sgd", "--rounds", "1", "--dp-noise-multiplier", "40"]
+    results = in_memory.run(tmp_path, *flags, "--privacy", "dp-local", over=MemoryChannel(works))
+    widths = set()
+    for work in works.values():
+        _, (days, binned) = work.sent
+        assert days.day_counts == "days" and days.day_counts_noise == 20.0
+        widths.add(days.width())
+        shape = (len(days.years()), timesplit.bins(days.width()))
+        assert binned.arrays["days"].shape == shape
+        dates = preprocess.next_day_dates(work.raw)
+        assert (
+            binned.arrays["days"] != timesplit.day_counts(dates, days.years(), days.width())
+        ).all()
+    (width,) = widths  # the same question to every province
+    assert width > 1
+    cutoff = results["split"]["cutoff"]
+    rows = sum(
+        int(timesplit.is_test(preprocess.next_day_dates(w.raw), cutoff).sum())
+        for w in works.values()
+    )
+    assert rows > 0
+    assert "per bin of days" in results["disclosure"]["dates"]["server"]
 
 
 @pytest.mark.parametrize("mode", ["dp-local", "dp-central"])

@@ -208,6 +208,14 @@ def test_the_round_the_date_question_the_analysis_and_start_metrics_come_back_as
     for settings in sent:
         assert type(settings).from_config(over_the_wire(settings.to_config())) == settings
     assert DayCounts.per_day([2019, 2020]).years() == [2019, 2020]
+    binned = DayCounts.per_day([2020], 17)
+    assert DayCounts.from_config(over_the_wire(binned.to_config())).width() == 17
+    assert DayCounts.per_day([2020]).width() == 1
+    for width in (0, 367):
+        with pytest.raises(SettingsError, match="'day_counts_width' must be 1 to 366 days"):
+            DayCounts.from_config(
+                {"day_counts": "days", "day_counts_years": "2020", "day_counts_width": width}
+            )
     assert StartMetrics.from_config({}).start_metrics is False  # only q-FedAvg asks for them
 
 

@@ -462,10 +462,12 @@ class DPFedAvg(Strategy):
             f"Gaussian noise σ = {s.unit_noise:g}·√2 on each count, counted as two releases "
             "(ε per row)"
         )
+        # Counted per bin of as many days as the noise calls for (common/timesplit.py).
+        counts = DATE_COUNTS.replace("per day", "per bin of days (one day or more)")
         if s.mode == "dp-local":
-            server = f"{DATE_COUNTS} of each province, noised by the province ({noise})"
+            server = f"{counts} of each province, noised by the province ({noise})"
         else:
-            server = f"{DATE_COUNTS} of each province, in the clear; it noises their sum ({noise})"
+            server = f"{counts} of each province, in the clear; it noises their sum ({noise})"
         return entry(server, f"{CUTOFF}, from the noised sums rounded and floored (docs/dp.md)")
 
     def round_report(self, server_round: int) -> dict[str, Any]:
