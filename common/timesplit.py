@@ -182,18 +182,20 @@ def iso(day: np.datetime64) -> str:
     return str(np.datetime64(day, "D"))
 
 
-def record(setting: str, test_fraction: float, seed: int, start: str, cutoff: str) -> dict:
-    """The split as results.json states it: `kind` time (its first day and cutoff, ISO dates)
-    or random (the paper setting's seeded 80/20)."""
+def record(
+    setting: str, test_fraction: float, seed: int, start: str, cutoff: str, width: int = 1
+) -> dict:
+    """The split as results.json states it: `kind` time (its first day and cutoff, ISO dates,
+    and `bin_days` where the days were counted in bins wider than one) or random (the paper
+    setting's seeded 80/20)."""
     if setting != "next-day":
         return {"kind": "random", "test_fraction": test_fraction, "seed": seed}
-    return {
-        "kind": "time",
-        "start": start,
-        "cutoff": cutoff,
-        "rule": f"test rows are dated strictly after the {1 - test_fraction:.0%} quantile of "
-        "all provinces' next-day row dates, in every province",
-    }
+    rule = (
+        f"test rows are dated strictly after the {1 - test_fraction:.0%} quantile of "
+        "all provinces' next-day row dates, in every province"
+    )
+    binned = {"bin_days": width} if width > 1 else {}
+    return {"kind": "time", "start": start, "cutoff": cutoff, "rule": rule, **binned}
 
 
 def is_test(dates: np.ndarray, cutoff: str) -> np.ndarray:

@@ -281,7 +281,7 @@ class RoundLoop:
         shape = (len(asked), timesplit.bins(width))
         days = self._counts(provinces, DayCounts.per_day(asked, width), shape)
         start, cutoff = timesplit.agree(years, asked, days, s.test_fraction, width)
-        record = timesplit.record(s.setting, s.test_fraction, s.seed, start, cutoff)
+        record = timesplit.record(s.setting, s.test_fraction, s.seed, start, cutoff, width)
         self.results.update(split=record)
         self._use_split(record)
         log.info("the federation's time split: train to %s, test after it", cutoff)

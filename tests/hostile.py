@@ -108,7 +108,10 @@ def no_dates(task: pb.Task) -> Lie:
     """A date question answered with no rows: counts of zero, of the shape asked."""
     asked = DayCounts.from_config(from_config(task.config))
     kind = asked.day_counts
-    shape = (timesplit.YEARS,) if kind == "years" else (len(asked.years()), timesplit.YEAR_DAYS)
+    if kind == "years":
+        shape: tuple[int, ...] = (timesplit.YEARS,)
+    else:
+        shape = (len(asked.years()), timesplit.bins(asked.width()))
     return Lie(0, {}, {"count": np.array(0.0), kind: np.zeros(shape)})
 
 

@@ -201,7 +201,7 @@ def test_under_heavy_noise_the_provinces_count_bins_of_days_and_the_split_still_
             binned.arrays["days"] != timesplit.day_counts(dates, days.years(), days.width())
         ).all()
     (width,) = widths  # the same question to every province
-    assert width > 1
+    assert width > 1 and results["split"]["bin_days"] == width
     cutoff = results["split"]["cutoff"]
     rows = sum(
         int(timesplit.is_test(preprocess.next_day_dates(w.raw), cutoff).sum())
@@ -242,6 +242,7 @@ def test_the_day_counts_leave_noised_and_count_in_the_one_epsilon(tmp_path, mode
     assert spent["epsilon"] == pytest.approx(epsilon(unit, releases, 1e-5))
     assert spent["epsilon"] > epsilon(unit, releases - 2, 1e-5)
     split = results["split"]
+    assert "bin_days" not in split  # one day a count at this noise
     start = datetime.date.fromisoformat(split["start"])
     assert start < datetime.date.fromisoformat(split["cutoff"])
     disclosed = results["disclosure"]["dates"]
