@@ -166,10 +166,16 @@ def noised_counts(
     return np.asarray(counts, dtype=np.float64) + noise
 
 
+def count_spread(sigma: float, releases: int = 1) -> float:
+    """The deviation of the noise on one count of a sum that `releases` independent releases at
+    σ each noised (each province's under dp-local, the server's once under dp-central)."""
+    return sigma * COUNT_SENSITIVITY * math.sqrt(releases)
+
+
 def usable_years(total: np.ndarray, sigma: float, releases: int = 1) -> np.ndarray:
     """A noised sum of rows per year that `releases` independent releases at σ each noised,
     made whole and non-negative at no cost in ε: rounded, and zero below `COUNT_FLOOR`
     deviations."""
-    spread = sigma * COUNT_SENSITIVITY * math.sqrt(releases)
+    spread = count_spread(sigma, releases)
     counts = np.round(np.asarray(total, dtype=np.float64))
     return np.where(counts < max(COUNT_FLOOR * spread, 1.0), 0.0, counts)

@@ -84,7 +84,7 @@ def bin_width(noise: float, years: np.ndarray, test_fraction: float) -> int:
         return 1
     years = np.round(np.asarray(years, dtype=np.float64))
     _, low, _ = _quantile_rows(years, test_fraction)
-    rows = max(float(years[int(np.searchsorted(np.cumsum(years), low, side="right"))]), 1.0)
+    rows = max(float(years[_year_holding(years, low)]), 1.0)
     return int(np.clip(round(YEAR_DAYS * (noise / (2 * rows)) ** (2 / 3)), 1, YEAR_DAYS))
 
 
@@ -115,16 +115,20 @@ def _quantile_rows(years: np.ndarray, test_fraction: float) -> tuple[float, int,
     return position, int(np.floor(position)), int(np.ceil(position))
 
 
+def _year_holding(years: np.ndarray, k: int) -> int:
+    """The index in the calendar of the year holding the union's row k (rows sorted by date)."""
+    return int(np.searchsorted(np.cumsum(years), k, side="right"))
+
+
 def years_asked(years: np.ndarray, test_fraction: float) -> list[int]:
     """The years whose days the cutoff needs: the union's first, and those of the two rows
     around the quantile."""
     years = np.round(np.asarray(years, dtype=np.float64))
     if years.sum() < 2:
         raise ValueError("a time split needs at least two rows")
-    ends = np.cumsum(years)
     _, low, high = _quantile_rows(years, test_fraction)
     index = {int(np.flatnonzero(years)[0])}
-    index |= {int(np.searchsorted(ends, k, side="right")) for k in (low, high)}
+    index |= {_year_holding(years, k) for k in (low, high)}
     return [FIRST_YEAR + i for i in sorted(index)]
 
 
@@ -144,7 +148,7 @@ def agree(
     rows = {year: days[i] for i, year in enumerate(asked)}
 
     def day_of(k: int) -> np.datetime64:
-        year = FIRST_YEAR + int(np.searchsorted(before[1:], k, side="right"))
+        year = FIRST_YEAR + _year_holding(years, k)
         # Noised days (common/dpstats.py) may be negative: their running sum's running maximum
         # (the noise of empty days then cancels out; dropping the negative ones biased them up).
         running = np.cumsum(rows[year])

@@ -30,6 +30,11 @@ SCALER = "the federation's mean and standard deviation of every column (the scal
 # paper setting (a random split) has no such phase and reports none.
 CUTOFF = "the federation's first day and its cutoff date"
 DATE_COUNTS = "the rows per year, and per day of the years the first day and the cutoff fall in"
+# Under DP, per bin of as many days as the noise calls for (common/timesplit.py).
+BINNED_DATE_COUNTS = (
+    "the rows per year, and per bin of days (one day or more) of the years the first day and "
+    "the cutoff fall in"
+)
 
 IN_THE_CLEAR: Disclosure = {
     "dates": entry(

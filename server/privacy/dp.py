@@ -46,7 +46,7 @@ from common.protection import DPNoise, DPScoring, DPStatistics, Protection
 from common.settings import DayCounts
 from common.tensors import Arrays
 from server.checks import check_declared_count
-from server.disclosure import CUTOFF, DATE_COUNTS, SCALER, entry
+from server.disclosure import BINNED_DATE_COUNTS, CUTOFF, SCALER, entry
 from server.folding import Folding
 from server.strategy import ClientResult, FedAvg, Strategy, checked_sums
 
@@ -267,7 +267,7 @@ class DPFedAvg(Strategy):
     def count_noise(self, clients: int) -> float:
         """σ√2 on each count, once on the sum (central) or once by each province (local)."""
         releases = clients if self.settings.mode == "dp-local" else 1
-        return self.settings.unit_noise * dpstats.COUNT_SENSITIVITY * math.sqrt(releases)
+        return dpstats.count_spread(self.settings.unit_noise, releases)
 
     def gather_counts(
         self,
@@ -462,12 +462,13 @@ class DPFedAvg(Strategy):
             f"Gaussian noise σ = {s.unit_noise:g}·√2 on each count, counted as two releases "
             "(ε per row)"
         )
-        # Counted per bin of as many days as the noise calls for (common/timesplit.py).
-        counts = DATE_COUNTS.replace("per day", "per bin of days (one day or more)")
         if s.mode == "dp-local":
-            server = f"{counts} of each province, noised by the province ({noise})"
+            server = f"{BINNED_DATE_COUNTS} of each province, noised by the province ({noise})"
         else:
-            server = f"{counts} of each province, in the clear; it noises their sum ({noise})"
+            server = (
+                f"{BINNED_DATE_COUNTS} of each province, in the clear; it noises their sum "
+                f"({noise})"
+            )
         return entry(server, f"{CUTOFF}, from the noised sums rounded and floored (docs/dp.md)")
 
     def round_report(self, server_round: int) -> dict[str, Any]:
