@@ -173,6 +173,12 @@ bench-scale: $(STAMP)
 bench-overhead: $(STAMP)
 	$(PY) -u -m tests.bench_overhead
 
+# The floor gRPC's Python APIs set an exchange (nine client processes, one raw message each
+# way, no fedstock code): synchronous and asyncio servers and clients, all four pairings.
+.PHONY: bench-transport
+bench-transport: $(STAMP)
+	$(PY) -u -m tests.bench_transport
+
 .PHONY: bench-hostile
 bench-hostile: $(STAMP)
 	$(PY) -u -m tests.bench_hostile
